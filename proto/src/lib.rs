@@ -1,0 +1,1 @@
+//! CRI `runtime.v1` API (placeholder until api.proto lands).
