@@ -1,0 +1,148 @@
+//! The private containerd runs a pause sandbox and a busybox container through the generated
+//! CRI client, the container's output reaches its CRI log file, and dropping the instance
+//! leaves no mount, process, cgroup or network namespace behind.
+
+use std::time::{Duration, Instant};
+
+use nodus_proto::runtime::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, ListImagesRequest, RunPodSandboxRequest,
+    StartContainerRequest, VersionRequest,
+};
+use nodus_testkit::{
+    cleanup, Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE, PAUSE_IMAGE,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_and_container_run_and_leave_nothing_behind() {
+    let ctrd = PrivateContainerd::start(ContainerdOptions {
+        cni: Cni::ReferenceBridge {
+            subnet: "10.66.0.0/24".into(),
+        },
+        ..Default::default()
+    })
+    .await
+    .expect("private containerd starts");
+    let dir = ctrd.dir().to_path_buf();
+    let netns_path = ctrd.node_netns().path().to_path_buf();
+    let cgroup_parent = ctrd.cgroup_parent();
+    let socket = ctrd.socket().display().to_string();
+
+    let mut rt = ctrd.runtime().await.unwrap();
+    let version = rt
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version.runtime_name, "containerd");
+    assert_eq!(version.runtime_api_version, "v1");
+
+    let mut images = ctrd.images().await.unwrap();
+    let listed = images
+        .list_images(ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    for wanted in [PAUSE_IMAGE, BUSYBOX_IMAGE] {
+        assert!(
+            listed
+                .iter()
+                .any(|i| i.repo_tags.iter().any(|t| t == wanted)),
+            "{wanted} not in {:?}",
+            listed.iter().map(|i| &i.repo_tags).collect::<Vec<_>>()
+        );
+    }
+
+    let sandbox_config = ctrd.sandbox_config("hello");
+    let log_dir = std::path::PathBuf::from(&sandbox_config.log_directory);
+    let sandbox_id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+
+    let container_id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "greeter".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into(), "-c".into()],
+                args: vec!["echo hello from nodus; ip -4 addr show eth0".into()],
+                log_path: "greeter/0.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: container_id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = rt
+            .container_status(ContainerStatusRequest {
+                container_id: container_id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if status.state == ContainerState::ContainerExited as i32 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.state, ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 0);
+
+    // CRI log format: "<RFC3339Nano> stdout F <line>".
+    let log = std::fs::read_to_string(log_dir.join("greeter/0.log")).expect("CRI log file");
+    let lines: Vec<&str> = log.lines().collect();
+    let hello = lines
+        .iter()
+        .find(|l| l.ends_with(" stdout F hello from nodus"))
+        .unwrap_or_else(|| panic!("no greeting in log:\n{log}"));
+    assert!(hello.split(' ').next().unwrap().contains('T'));
+    assert!(
+        log.contains("inet 10.66.0."),
+        "no pod address in log:\n{log}"
+    );
+    drop(rt);
+    drop(images);
+    drop(ctrd);
+
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(!netns_path.exists(), "{} left behind", netns_path.display());
+    assert!(cleanup::mounts_under(&dir).is_empty());
+    assert!(
+        cleanup::pids_with_cmdline(&[&socket]).is_empty(),
+        "processes left"
+    );
+    assert!(cleanup::cgroup_pids(&cgroup_parent).is_empty());
+    for root in cleanup::cgroup_roots() {
+        let left = root.join(cgroup_parent.trim_start_matches('/'));
+        assert!(!left.exists(), "{} left behind", left.display());
+    }
+}
