@@ -1,0 +1,349 @@
+//! Masquerade (`ipMasq`) and MAC spoof check (`macspoofchk`) rules in nftables.
+//!
+//! One `nft -f -` per ADD or DEL. Everything lives in tables of ours: `inet nodus`
+//! (postrouting NAT) and `bridge nodus` (MAC filter). Per-container state is one map
+//! element keyed by the pod address (or host veth name), carrying a comment
+//! `<containerID>/<ifname>`, so DEL removes exactly its elements without listing handles and GC
+//! finds the ones whose attachment is gone. Base rules are re-written in the same atomic
+//! batch each time, so every batch is idempotent and concurrent ADDs cannot duplicate them.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::error::{code, CniError, Result};
+use crate::ip::{self, IpNet};
+
+const TABLE: &str = "inet nodus";
+const BR_TABLE: &str = "bridge nodus";
+const COMMENT_MAX: usize = 120;
+
+/// The comment that tags an attachment's elements: `<network hash>:<containerID>/<ifname>`
+/// (a hash of the container ID if it is too long for an nft comment).
+pub fn tag(network: &str, container_id: &str, ifname: &str) -> String {
+    let t = format!("{}{container_id}/{ifname}", tag_prefix(network));
+    if t.len() <= COMMENT_MAX {
+        t
+    } else {
+        format!(
+            "{}h{:016x}/{ifname}",
+            tag_prefix(network),
+            ip::fnv1a64(&[container_id])
+        )
+    }
+}
+
+/// The part of a tag that names the network.
+pub fn tag_prefix(network: &str) -> String {
+    format!("{:016x}:", ip::fnv1a64(&[network]))
+}
+
+/// Name of the per-network masquerade chain.
+pub fn net_chain(network: &str) -> String {
+    format!("net-{:016x}", ip::fnv1a64(&[network]))
+}
+
+/// A batch of nft commands, run with one `nft -f -`.
+#[derive(Default)]
+pub struct Batch {
+    text: String,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn line(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.text.push('\n');
+    }
+
+    fn masq_base(&mut self) {
+        self.line(&format!("add table {TABLE}"));
+        self.line(&format!(
+            "add chain {TABLE} postrouting {{ type nat hook postrouting priority srcnat; }}"
+        ));
+        self.line(&format!(
+            "add map {TABLE} masq4 {{ type ipv4_addr : verdict; }}"
+        ));
+        self.line(&format!(
+            "add map {TABLE} masq6 {{ type ipv6_addr : verdict; }}"
+        ));
+        self.line(&format!("flush chain {TABLE} postrouting"));
+        self.line(&format!(
+            "add rule {TABLE} postrouting ip saddr vmap @masq4"
+        ));
+        self.line(&format!(
+            "add rule {TABLE} postrouting ip6 saddr vmap @masq6"
+        ));
+    }
+
+    /// ADD: masquerade traffic from `ips` leaving `subnets` (the network's own ranges).
+    pub fn masq_add(&mut self, network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) {
+        self.masq_base();
+        let chain = net_chain(network);
+        self.line(&format!("add chain {TABLE} {chain}"));
+        self.line(&format!("flush chain {TABLE} {chain}"));
+        for s in subnets {
+            let fam = if s.is_ipv4() { "ip" } else { "ip6" };
+            self.line(&format!(
+                "add rule {TABLE} {chain} {fam} daddr {} accept",
+                s.trunc()
+            ));
+        }
+        self.line(&format!(
+            "add rule {TABLE} {chain} ip daddr != 224.0.0.0/4 masquerade"
+        ));
+        self.line(&format!(
+            "add rule {TABLE} {chain} ip6 daddr != ff00::/8 masquerade"
+        ));
+        for ip in ips {
+            let map = if ip.is_ipv4() { "masq4" } else { "masq6" };
+            // add (no-op if present), delete, add with our comment: replaces a stale element.
+            self.line(&format!(
+                "add element {TABLE} {map} {{ {ip} : jump {chain} }}"
+            ));
+            self.line(&format!("delete element {TABLE} {map} {{ {ip} }}"));
+            self.line(&format!(
+                "add element {TABLE} {map} {{ {ip} comment \"{tag}\" : jump {chain} }}"
+            ));
+        }
+    }
+
+    /// DEL: remove the elements of `ips` (present or not).
+    pub fn masq_del(&mut self, network: &str, ips: &[IpAddr]) {
+        if ips.is_empty() {
+            return;
+        }
+        let chain = net_chain(network);
+        self.line(&format!("add table {TABLE}"));
+        self.line(&format!(
+            "add map {TABLE} masq4 {{ type ipv4_addr : verdict; }}"
+        ));
+        self.line(&format!(
+            "add map {TABLE} masq6 {{ type ipv6_addr : verdict; }}"
+        ));
+        self.line(&format!("add chain {TABLE} {chain}"));
+        for ip in ips {
+            let map = if ip.is_ipv4() { "masq4" } else { "masq6" };
+            self.line(&format!(
+                "add element {TABLE} {map} {{ {ip} : jump {chain} }}"
+            ));
+            self.line(&format!("delete element {TABLE} {map} {{ {ip} }}"));
+        }
+    }
+
+    fn spoof_base(&mut self) {
+        self.line(&format!("add table {BR_TABLE}"));
+        self.line(&format!(
+            "add chain {BR_TABLE} prerouting {{ type filter hook prerouting priority -300; }}"
+        ));
+        self.line(&format!(
+            "add map {BR_TABLE} macspoof {{ type ifname : verdict; }}"
+        ));
+        self.line(&format!("flush chain {BR_TABLE} prerouting"));
+        self.line(&format!(
+            "add rule {BR_TABLE} prerouting iifname vmap @macspoof"
+        ));
+    }
+
+    /// ADD: frames from `host_veth` must carry `mac` as source.
+    pub fn spoof_add(&mut self, host_veth: &str, mac: &str, tag: &str) {
+        self.spoof_base();
+        let chain = format!("mac-{host_veth}");
+        self.line(&format!("add chain {BR_TABLE} {chain}"));
+        self.line(&format!("flush chain {BR_TABLE} {chain}"));
+        self.line(&format!(
+            "add rule {BR_TABLE} {chain} ether saddr {mac} return"
+        ));
+        self.line(&format!("add rule {BR_TABLE} {chain} drop"));
+        self.line(&format!(
+            "add element {BR_TABLE} macspoof {{ \"{host_veth}\" : jump {chain} }}"
+        ));
+        self.line(&format!(
+            "delete element {BR_TABLE} macspoof {{ \"{host_veth}\" }}"
+        ));
+        self.line(&format!(
+            "add element {BR_TABLE} macspoof {{ \"{host_veth}\" comment \"{tag}\" : jump {chain} }}"
+        ));
+    }
+
+    /// DEL: remove the MAC check of `host_veth` (present or not).
+    pub fn spoof_del(&mut self, host_veth: &str) {
+        self.spoof_base();
+        let chain = format!("mac-{host_veth}");
+        self.line(&format!("add chain {BR_TABLE} {chain}"));
+        self.line(&format!(
+            "add element {BR_TABLE} macspoof {{ \"{host_veth}\" : jump {chain} }}"
+        ));
+        self.line(&format!(
+            "delete element {BR_TABLE} macspoof {{ \"{host_veth}\" }}"
+        ));
+        self.line(&format!("flush chain {BR_TABLE} {chain}"));
+        self.line(&format!("delete chain {BR_TABLE} {chain}"));
+    }
+
+    /// Runs the batch (nothing to do if empty).
+    pub fn run(&self) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let out = nft(&["-f", "-"], Some(self.text.as_bytes()))?;
+        if !out.status.success() {
+            return Err(CniError::new(
+                code::NFTABLES,
+                format!(
+                    "nft: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .next()
+                        .unwrap_or("failed")
+                ),
+            )
+            .with_details(format!(
+                "{}\nbatch:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.text
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn nft(args: &[&str], stdin: Option<&[u8]>) -> Result<std::process::Output> {
+    let spawn = |prog: &str| {
+        Command::new(prog)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let mut child = match spawn("nft") {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => spawn("/usr/sbin/nft")
+            .or_else(|_| spawn("/sbin/nft"))
+            .map_err(|e| CniError::new(code::NFTABLES, format!("run nft: {e}")))?,
+        Err(e) => return Err(CniError::new(code::NFTABLES, format!("run nft: {e}"))),
+    };
+    if let Some(input) = stdin {
+        if let Some(mut si) = child.stdin.take() {
+            si.write_all(input)
+                .map_err(|e| CniError::new(code::NFTABLES, format!("write to nft: {e}")))?;
+        }
+    }
+    child
+        .wait_with_output()
+        .map_err(|e| CniError::new(code::NFTABLES, format!("wait for nft: {e}")))
+}
+
+/// A tagged map element found by [`list_tagged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    /// `inet` or `bridge`.
+    pub family: String,
+    pub map: String,
+    /// The key as nft prints it (address or interface name).
+    pub key: String,
+    pub tag: String,
+}
+
+/// All tagged elements of our maps (GC).
+pub fn list_tagged() -> Result<Vec<Tagged>> {
+    let mut out = Vec::new();
+    for (family, table) in [("inet", TABLE), ("bridge", BR_TABLE)] {
+        let mut args = vec!["-j", "list", "table"];
+        args.extend(table.split(' '));
+        let o = nft(&args, None)?;
+        if !o.status.success() {
+            continue; // no such table: nothing of ours there
+        }
+        let v: Value = serde_json::from_slice(&o.stdout)
+            .map_err(|e| CniError::new(code::NFTABLES, format!("nft -j output: {e}")))?;
+        out.extend(parse_tagged(family, &v));
+    }
+    Ok(out)
+}
+
+fn parse_tagged(family: &str, v: &Value) -> Vec<Tagged> {
+    let mut out = Vec::new();
+    let items = v.get("nftables").and_then(Value::as_array);
+    for item in items.into_iter().flatten() {
+        let Some(map) = item.get("map") else { continue };
+        let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
+        for e in map
+            .get("elem")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e.get(0).and_then(|k| k.get("elem"));
+            let (Some(val), Some(tag)) = (
+                key.and_then(|k| k.get("val")).and_then(Value::as_str),
+                key.and_then(|k| k.get("comment")).and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            out.push(Tagged {
+                family: family.to_string(),
+                map: name.to_string(),
+                key: val.to_string(),
+                tag: tag.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// GC: removes the given elements (and, for MAC checks, their chains).
+pub fn remove_tagged(items: &[Tagged]) -> Result<()> {
+    let mut b = Batch::default();
+    for t in items {
+        if t.family == "bridge" {
+            b.line(&format!(
+                "delete element {BR_TABLE} {} {{ \"{}\" }}",
+                t.map, t.key
+            ));
+            b.line(&format!("flush chain {BR_TABLE} mac-{}", t.key));
+            b.line(&format!("delete chain {BR_TABLE} mac-{}", t.key));
+        } else {
+            b.line(&format!("delete element {TABLE} {} {{ {} }}", t.map, t.key));
+        }
+    }
+    b.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_and_parse() {
+        let t = tag("net", "abc", "eth0");
+        assert!(
+            t.starts_with(&tag_prefix("net")) && t.ends_with(":abc/eth0"),
+            "{t}"
+        );
+        let long = "x".repeat(200);
+        assert!(tag("net", &long, "eth0").len() <= COMMENT_MAX);
+        let v: Value = serde_json::from_str(
+            r#"{"nftables":[{"metainfo":{}},{"map":{"family":"inet","name":"masq4","table":"nodus","type":"ipv4_addr","map":"verdict","elem":[[{"elem":{"val":"10.0.0.5","comment":"c1/eth0"}},{"jump":{"target":"net-a"}}],["10.0.0.6",{"accept":null}]]}}]}"#,
+        )
+        .unwrap();
+        let t = parse_tagged("inet", &v);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].key, "10.0.0.5");
+        assert_eq!(t[0].tag, "c1/eth0");
+    }
+}
