@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# The VM tier's checks, run inside the guest (pure cgroup v2, systemd as PID 1) by
+# hack/vm/guest-run.sh. Each check is a function `check_<name>` that prints `PASS name: detail`
+# or `FAIL name: detail` lines through pass/fail; run_check runs it in a subshell so a crash of
+# one check is reported as a FAIL of it and the others still run. Exit status: 0 if every line
+# is PASS, 1 otherwise.
+#
+# Settings (from the host through /results/env):
+#   NODUS_VM_RUNTIMES  runtimes for the runtime checks, default "runc nodus" (runc is the control)
+#   NODUS_VM_CHECKS    names of the checks to run (default all, in order), e.g. "cgroup_v2 runtime"
+#   NODUS_VM_BIN_DIR   where the host's cargo binaries are (nodus-runtime)
+#   NODUS_VM_RESULTS   writable results directory (the `checks` file lands there)
+#
+# To add a check: write check_<name>, add <name> to ALL_CHECKS.
+set -u
+
+ALL_CHECKS=(cgroup_v2 runtime containerd)
+RUNTIMES=${NODUS_VM_RUNTIMES:-runc nodus}
+BIN_DIR=${NODUS_VM_BIN_DIR:-/nodus/target/debug}
+RESULTS=${NODUS_VM_RESULTS:-/tmp/nodus-vm-results}
+CHECKS_FILE=$RESULTS/checks
+WORK=/run/nodus-vm
+CGROUP_ROOT=/sys/fs/cgroup
+# Parent of the test containers' cgroups (cgroupsPath "/nodus-vm/<id>").
+CGROUP_PARENT=nodus-vm
+
+mkdir -p "$RESULTS" "$WORK"
+: > "$CHECKS_FILE"
+
+pass() { echo "PASS $1: $2" | tee -a "$CHECKS_FILE"; }
+fail() { echo "FAIL $1: $2" | tee -a "$CHECKS_FILE"; }
+note() { echo "  .. $*"; }
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+
+# Runs check_$1 in a subshell; a check that exits non-zero without reporting a FAIL, or reports
+# nothing at all, is a FAIL of its own.
+run_check() {
+  local name=$1 before after rc t0
+  before=$(wc -l < "$CHECKS_FILE")
+  t0=$(uptime_s)
+  echo "--- $name"
+  ( "check_$name" )
+  rc=$?
+  after=$(wc -l < "$CHECKS_FILE")
+  if [ "$after" -eq "$before" ]; then
+    fail "$name" "reported nothing (exit $rc)"
+  elif [ "$rc" -ne 0 ] && ! tail -n +$((before + 1)) "$CHECKS_FILE" | grep -q '^FAIL'; then
+    fail "$name" "aborted (exit $rc)"
+  fi
+  note "$name took $(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
+}
+
+# --- 1. pure cgroup v2 --------------------------------------------------------------------------
+check_cgroup_v2() {
+  local fstype controllers c missing=()
+  fstype=$(stat -f -c %T "$CGROUP_ROOT")
+  controllers=$(cat "$CGROUP_ROOT/cgroup.controllers" 2>/dev/null)
+  for c in cpu memory pids cpuset; do
+    [[ " $controllers " == *" $c "* ]] || missing+=("$c")
+  done
+  if [ "$fstype" != cgroup2fs ]; then
+    fail cgroup_v2 "$CGROUP_ROOT is $fstype, not cgroup2"
+  elif [ ${#missing[@]} -gt 0 ]; then
+    fail cgroup_v2 "controllers '$controllers' lack ${missing[*]}"
+  elif awk '$3 == "cgroup" { found = 1 } END { exit !found }' /proc/mounts; then
+    fail cgroup_v2 "a cgroup v1 hierarchy is mounted: $(awk '$3 == "cgroup"' /proc/mounts | head -1)"
+  else
+    pass cgroup_v2 "cgroup2 at $CGROUP_ROOT, controllers: $controllers"
+  fi
+}
+
+# --- 2. OCI runtimes on cgroup v2 ---------------------------------------------------------------
+# A busybox bundle's rootfs: the static busybox as /usr/bin/busybox (/bin -> usr/bin as on Debian)
+# and its applet links, made by busybox itself (one process: under TCG each process costs ~40 ms).
+make_busybox_rootfs() {
+  local dir=$1
+  mkdir -p "$dir"/{usr/bin,dev,proc,sys,tmp,etc}
+  ln -s usr/bin "$dir/bin"
+  cp /bin/busybox "$dir/usr/bin/busybox"
+  # The links point at the path of the running busybox, so run it as /usr/bin/busybox.
+  /usr/bin/busybox --install -s "$dir/usr/bin"
+  echo "root:x:0:0:root:/:/bin/sh" > "$dir/etc/passwd"
+  echo "root:x:0:" > "$dir/etc/group"
+}
+
+json_str() { # a JSON string literal
+  local s=${1//\\/\\\\}
+  s=${s//\"/\\\"}
+  printf '"%s"' "$s"
+}
+
+# write_bundle DIR ID RESOURCES_JSON SCRIPT: a bundle whose process is `sh -c SCRIPT`.
+write_bundle() {
+  local dir=$1 id=$2 resources=$3 script=$4
+  mkdir -p "$dir"
+  cp -a "$WORK/busybox-rootfs" "$dir/rootfs"
+  local caps='"CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKNOD","CAP_NET_RAW",
+    "CAP_SETGID","CAP_SETUID","CAP_SETFCAP","CAP_SETPCAP","CAP_NET_BIND_SERVICE","CAP_SYS_CHROOT",
+    "CAP_KILL","CAP_AUDIT_WRITE"'
+  cat > "$dir/config.json" <<EOF
+{
+  "ociVersion": "1.0.2",
+  "process": {
+    "terminal": false,
+    "user": { "uid": 0, "gid": 0 },
+    "args": ["/bin/sh", "-c", $(json_str "$script")],
+    "env": ["PATH=/bin", "HOME=/"],
+    "cwd": "/",
+    "capabilities": { "bounding": [$caps], "effective": [$caps], "permitted": [$caps] },
+    "noNewPrivileges": true
+  },
+  "root": { "path": "rootfs", "readonly": false },
+  "hostname": "$id",
+  "mounts": [
+    { "destination": "/proc", "type": "proc", "source": "proc" },
+    { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+      "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+    { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+      "options": ["nosuid", "noexec", "nodev", "ro"] }
+  ],
+  "linux": {
+    "cgroupsPath": "/$CGROUP_PARENT/$id",
+    "resources": $resources,
+    "namespaces": [ { "type": "pid" }, { "type": "mount" }, { "type": "ipc" }, { "type": "uts" } ]
+  }
+}
+EOF
+}
+
+# The runtime under test: RT (name), RT_BIN, RT_ROOT (its --root).
+rt() { timeout 60 "$RT_BIN" --root "$RT_ROOT" "$@"; }
+rt_status() { rt state "$1" 2>/dev/null | tr -d ' \n' | grep -o '"status":"[a-z]*"' | cut -d'"' -f4; }
+
+# start_container NAME ID: create + start a bundle in $WORK/$RT/ID; its output goes to out.log.
+start_container() {
+  local name=$1 id=$2 dir=$WORK/$RT/$2 status
+  if ! rt create --bundle "$dir" "$id" > "$dir/out.log" 2>&1 < /dev/null; then
+    fail "$name" "$RT create failed: $(tail -c 400 "$dir/out.log" | tr '\n' ' ')"
+    return 1
+  fi
+  status=$(rt_status "$id")
+  if [ "$status" != created ]; then
+    fail "$name" "state after create is '$status', expected created"
+    return 1
+  fi
+  if ! rt start "$id" > "$dir/start.log" 2>&1; then
+    fail "$name" "$RT start failed: $(tail -c 400 "$dir/start.log" | tr '\n' ' ')"
+    return 1
+  fi
+}
+
+# stop_container ID: SIGKILL, wait for stopped, delete; echoes what is left behind, if anything.
+stop_container() {
+  local id=$1 i status
+  rt kill "$id" SIGKILL > /dev/null 2>&1
+  for i in $(seq 100); do
+    status=$(rt_status "$id")
+    [ "$status" = stopped ] || [ -z "$status" ] && break
+    sleep 0.1
+  done
+  rt delete "$id" > /dev/null 2>&1 || rt delete --force "$id" > /dev/null 2>&1
+  [ -d "$CGROUP_ROOT/$CGROUP_PARENT/$id" ] && echo "cgroup $CGROUP_PARENT/$id"
+  [ -n "$(rt_status "$id")" ] && echo "state of $id"
+  return 0
+}
+
+cg_get() { # cg_get ID FILE [KEY]: a cgroup file, or one key of a flat-keyed file
+  local f=$CGROUP_ROOT/$CGROUP_PARENT/$1/$2
+  if [ $# -ge 3 ]; then
+    awk -v k="$3" '$1 == k { print $2 }' "$f" 2>/dev/null
+  else
+    cat "$f" 2>/dev/null
+  fi
+}
+
+# cpu.quota 20000 / period 100000: cpu.max reads "20000 100000" and a busy loop is throttled.
+rt_cpu() {
+  local id=$RT-cpu-$$ cpumax thr0 thr1 use0 use1 t0 t1 ratio left
+  write_bundle "$WORK/$RT/$id" "$id" '{ "cpu": { "quota": 20000, "period": 100000 } }' \
+    'while :; do :; done'
+  start_container "$RT.cpu_max" "$id" || { stop_container "$id" > /dev/null; fail "$RT.cpu_throttled" "container did not start"; return 0; }
+  cpumax=$(cg_get "$id" cpu.max)
+  if [ "$cpumax" = "20000 100000" ]; then
+    pass "$RT.cpu_max" "cpu.max = '$cpumax'"
+  else
+    fail "$RT.cpu_max" "cpu.max = '$cpumax', expected '20000 100000'"
+  fi
+  # Measure over ~2 s of busy looping.
+  thr0=$(cg_get "$id" cpu.stat nr_throttled); use0=$(cg_get "$id" cpu.stat usage_usec); t0=$(uptime_s)
+  sleep 2
+  thr1=$(cg_get "$id" cpu.stat nr_throttled); use1=$(cg_get "$id" cpu.stat usage_usec); t1=$(uptime_s)
+  ratio=$(awk -v u0="${use0:-0}" -v u1="${use1:-0}" -v a="$t0" -v b="$t1" \
+    'BEGIN { printf "%.2f", (u1 - u0) / 1e6 / (b - a) }')
+  if [ "${thr1:-0}" -gt 0 ] && awk -v r="$ratio" 'BEGIN { exit !(r > 0.05 && r < 0.5) }'; then
+    pass "$RT.cpu_throttled" "nr_throttled $thr0 -> $thr1 in 2 s, busy loop used $ratio CPU (quota 0.20)"
+  else
+    fail "$RT.cpu_throttled" "nr_throttled $thr0 -> $thr1, busy loop used $ratio CPU (quota 0.20)"
+  fi
+  left=$(stop_container "$id")
+  [ -z "$left" ] || fail "$RT.cpu_cleanup" "left behind: $left"
+}
+
+# memory.limit 32 MiB (no swap): a 100 MB allocation is OOM-killed.
+rt_memory() {
+  local id=$RT-mem-$$ max events oom i left
+  write_bundle "$WORK/$RT/$id" "$id" '{ "memory": { "limit": 33554432, "swap": 33554432 } }' \
+    'dd if=/dev/zero of=/dev/null bs=100M count=1 && echo survived; echo hog-done; sleep 600'
+  start_container "$RT.memory_oom" "$id" || { stop_container "$id" > /dev/null; return 0; }
+  max=$(cg_get "$id" memory.max)
+  for i in $(seq 150); do
+    oom=$(cg_get "$id" memory.events oom_kill)
+    [ "${oom:-0}" -ge 1 ] && grep -q hog-done "$WORK/$RT/$id/out.log" && break
+    sleep 0.1
+  done
+  events=$(cg_get "$id" memory.events | tr '\n' ' ')
+  if [ "$max" = 33554432 ] && [ "${oom:-0}" -ge 1 ] && ! grep -q survived "$WORK/$RT/$id/out.log"; then
+    pass "$RT.memory_oom" "memory.max = $max, hog OOM-killed (memory.events: $events)"
+  else
+    fail "$RT.memory_oom" "memory.max = '$max', memory.events: '$events', output: $(tail -c 200 "$WORK/$RT/$id/out.log" | tr '\n' ' ')"
+  fi
+  left=$(stop_container "$id")
+  [ -z "$left" ] || fail "$RT.memory_cleanup" "left behind: $left"
+}
+
+# pids.limit 10: forks beyond it fail.
+rt_pids() {
+  local id=$RT-pids-$$ max cur ev started i left
+  write_bundle "$WORK/$RT/$id" "$id" '{ "pids": { "limit": 10 } }' \
+    'i=0; while [ $i -lt 30 ]; do sleep 600 & i=$((i+1)); echo $i > /tmp/started; done; echo all-forked; sleep 600'
+  start_container "$RT.pids_max" "$id" || { stop_container "$id" > /dev/null; return 0; }
+  for i in $(seq 100); do
+    ev=$(cg_get "$id" pids.events max)
+    [ "${ev:-0}" -ge 1 ] && break
+    sleep 0.1
+  done
+  sleep 0.3
+  max=$(cg_get "$id" pids.max)
+  cur=$(cg_get "$id" pids.current)
+  started=$(cat "$WORK/$RT/$id/rootfs/tmp/started" 2>/dev/null)
+  if [ "$max" = 10 ] && [ "${ev:-0}" -ge 1 ] && [ "${started:-0}" -lt 30 ] && [ "${cur:-99}" -le 10 ]; then
+    pass "$RT.pids_max" "pids.max = $max, forks refused (pids.events max $ev, $started of 30 sleeps started, pids.current $cur)"
+  else
+    fail "$RT.pids_max" "pids.max = '$max', pids.events max '$ev', started '$started' of 30, pids.current '$cur', output: $(tail -c 200 "$WORK/$RT/$id/out.log" | tr '\n' ' ')"
+  fi
+  left=$(stop_container "$id")
+  [ -z "$left" ] || fail "$RT.pids_cleanup" "left behind: $left"
+}
+
+check_runtime() {
+  make_busybox_rootfs "$WORK/busybox-rootfs"
+  local RT RT_BIN RT_ROOT
+  for RT in $RUNTIMES; do
+    case $RT in
+      runc) RT_BIN=$(command -v runc) ;;
+      nodus) RT_BIN=$BIN_DIR/nodus-runtime ;;
+      *) RT_BIN=$(command -v "$RT") ;;
+    esac
+    if [ -z "$RT_BIN" ] || [ ! -x "$RT_BIN" ]; then
+      local sub
+      for sub in cpu_max cpu_throttled memory_oom pids_max; do
+        fail "$RT.$sub" "runtime binary not found (${RT_BIN:-$RT}); build it on the host with cargo build --workspace --bins"
+      done
+      continue
+    fi
+    RT_ROOT=$WORK/$RT/state
+    mkdir -p "$RT_ROOT"
+    note "$RT: $RT_BIN ($("$RT_BIN" --version 2>&1 | head -1))"
+    rt_cpu
+    rt_memory
+    rt_pids
+  done
+}
+
+# --- 3. containerd under systemd ----------------------------------------------------------------
+check_containerd() {
+  local i state version
+  for i in $(seq 600); do
+    state=$(systemctl is-active containerd 2>/dev/null)
+    [ "$state" = active ] && break
+    [ "$state" = failed ] && break
+    sleep 0.1
+  done
+  if [ "$state" != active ]; then
+    fail containerd "systemctl is-active containerd: $state; $(journalctl -u containerd -n 5 --no-pager 2>&1 | tr '\n' ' ')"
+    return 0
+  fi
+  version=$(timeout 30 ctr version 2>&1)
+  local server
+  server=$(echo "$version" | awk '/^Server:/ { s = 1 } s && /Version:/ { print $2; exit }')
+  if [ -n "$server" ]; then
+    pass containerd "started by systemd (active), ctr version: server $server"
+  else
+    fail containerd "ctr version did not answer: $(echo "$version" | tr '\n' ' ')"
+  fi
+}
+
+# --- main ---------------------------------------------------------------------------------------
+read -r -a selected <<< "${NODUS_VM_CHECKS:-${ALL_CHECKS[*]}}"
+[ ${#selected[@]} -gt 0 ] || selected=("${ALL_CHECKS[@]}")
+echo "guest: kernel $(uname -r), $(nproc) CPUs, runtimes: $RUNTIMES, checks: ${selected[*]}"
+for c in "${selected[@]}"; do
+  if declare -F "check_$c" > /dev/null; then
+    run_check "$c"
+  else
+    fail "$c" "no such check (known: ${ALL_CHECKS[*]})"
+  fi
+done
+
+passed=$(grep -c '^PASS' "$CHECKS_FILE")
+failed=$(grep -c '^FAIL' "$CHECKS_FILE")
+echo "guest: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
