@@ -8,7 +8,11 @@ use serde_json::json;
 
 /// Nothing of an attachment is left: no lease file, no veth, no tagged nft element.
 fn assert_clean(host: &Host, network: &str) {
-    assert!(host.leases(network).is_empty(), "{:?}", host.leases(network));
+    assert!(
+        host.leases(network).is_empty(),
+        "{:?}",
+        host.leases(network)
+    );
     assert!(host.veths().is_empty(), "{:?}", host.veths());
     assert_eq!(host.nft_elements(), 0, "{}", host.nft());
 }
@@ -114,7 +118,13 @@ fn bad_input_gives_spec_codes_and_leaves_nothing() {
         });
         assert!(!o.ok, "{}: {o:?}", c.what);
         assert_eq!(o.code(), c.code, "{}: {o:?}", c.what);
-        assert!(o.msg().contains(c.field), "{}: {:?} lacks {}", c.what, o.msg(), c.field);
+        assert!(
+            o.msg().contains(c.field),
+            "{}: {:?} lacks {}",
+            c.what,
+            o.msg(),
+            c.field
+        );
         assert!(o.json["cniVersion"].is_string(), "{}: {o:?}", c.what);
         assert_clean(&host, "badnet");
     }
@@ -153,7 +163,10 @@ fn bad_input_gives_spec_codes_and_leaves_nothing() {
     let second = host.cni(OURS, "ADD", "second", b.path(), &tiny);
     assert!(!second.ok);
     assert_eq!(second.code(), 100, "{second:?}");
-    assert!(second.msg().contains("no IP addresses available"), "{second:?}");
+    assert!(
+        second.msg().contains("no IP addresses available"),
+        "{second:?}"
+    );
     assert_eq!(host.leases("tinynet"), ["10.211.0.2"]);
     assert_eq!(host.veths().len(), 1);
     assert_eq!(host.nft_elements(), 1);
@@ -206,7 +219,13 @@ fn gc_releases_unlisted_attachments_and_keeps_listed_ones() {
         let r = host.cni(OURS, "ADD", &format!("gc{i}"), p.path(), &conf);
         assert!(r.ok, "{r:?}");
         ips.push(
-            r.json["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string(),
+            r.json["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string(),
         );
     }
     // Another network's elements in the same table must survive our GC.
