@@ -1,0 +1,337 @@
+//! cgroup v1: one directory per controller under `<root>/<controller>/<path>`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{clean_path, own_cgroups, read_file, read_keyed, read_u64, write_file};
+use crate::error::{Context, Error, Result};
+
+/// The v1 controllers a container joins.
+pub const CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer",
+];
+
+/// A container's v1 cgroup: the hierarchy root and, per controller, the path below it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct V1 {
+    /// Where the hierarchies are mounted (`/sys/fs/cgroup`).
+    pub root: PathBuf,
+    /// Controller -> path relative to that controller's mount.
+    pub paths: BTreeMap<String, PathBuf>,
+}
+
+/// Device rules every container gets after its own (as runc does): mknod of anything,
+/// the default devices, /dev/pts/*, /dev/ptmx and /dev/net/tun.
+pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
+    let rule = |t: LinuxDeviceType, maj: Option<i64>, min: Option<i64>, acc: &str| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true);
+        r.set_typ(Some(t));
+        r.set_major(maj);
+        r.set_minor(min);
+        r.set_access(Some(acc.to_string()));
+        r
+    };
+    use LinuxDeviceType::{B, C};
+    vec![
+        rule(C, None, None, "m"),
+        rule(B, None, None, "m"),
+        rule(C, Some(1), Some(3), "rwm"),
+        rule(C, Some(1), Some(8), "rwm"),
+        rule(C, Some(1), Some(7), "rwm"),
+        rule(C, Some(5), Some(0), "rwm"),
+        rule(C, Some(1), Some(5), "rwm"),
+        rule(C, Some(1), Some(9), "rwm"),
+        rule(C, Some(136), None, "rwm"),
+        rule(C, Some(5), Some(2), "rwm"),
+        rule(C, Some(10), Some(200), "rwm"),
+    ]
+}
+
+impl V1 {
+    /// Resolve `path` (absolute, or relative to our own cgroup) for each mounted controller.
+    pub fn resolve(root: &Path, path: &Path) -> Result<V1> {
+        let (abs, rel) = clean_path(path);
+        let own = if abs {
+            vec![]
+        } else {
+            own_cgroups().ctx(|| "read /proc/self/cgroup".into())?
+        };
+        let mut paths = BTreeMap::new();
+        for c in CONTROLLERS {
+            if !root.join(c).is_dir() {
+                continue;
+            }
+            let p = if abs {
+                rel.clone()
+            } else {
+                let base = own
+                    .iter()
+                    .find(|(ctrls, _)| ctrls.split(',').any(|x| x == *c))
+                    .map(|(_, p)| clean_path(p).1)
+                    .unwrap_or_default();
+                base.join(&rel)
+            };
+            paths.insert(c.to_string(), p);
+        }
+        if paths.is_empty() {
+            return Err(Error::Other(format!(
+                "no cgroup v1 controllers found under {}",
+                root.display()
+            )));
+        }
+        Ok(V1 {
+            root: root.to_path_buf(),
+            paths,
+        })
+    }
+
+    /// Controller -> absolute directory.
+    pub fn dirs(&self) -> BTreeMap<String, PathBuf> {
+        self.paths
+            .iter()
+            .map(|(c, p)| (c.clone(), self.root.join(c).join(p)))
+            .collect()
+    }
+
+    fn dir(&self, ctrl: &str) -> Option<PathBuf> {
+        self.paths.get(ctrl).map(|p| self.root.join(ctrl).join(p))
+    }
+
+    /// mkdir -p each controller's directory; new cpuset levels inherit cpus/mems from
+    /// their parent (a v1 cpuset with empty cpus refuses tasks).
+    pub fn create(&self) -> Result<()> {
+        for (ctrl, rel) in &self.paths {
+            let mut cur = self.root.join(ctrl);
+            for comp in rel.components() {
+                let parent = cur.clone();
+                cur.push(comp);
+                match fs::create_dir(&cur) {
+                    Ok(()) => {
+                        if ctrl == "cpuset" {
+                            for f in ["cpuset.cpus", "cpuset.mems"] {
+                                if read_file(&cur, f).is_some_and(|v| v.is_empty()) {
+                                    let v = read_file(&parent, f).unwrap_or_default();
+                                    write_file(&cur, f, &v)?;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e).ctx(|| format!("create cgroup {}", cur.display())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply resource limits.
+    pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        if let Some(cpu) = r.cpu() {
+            if let Some(d) = self.dir("cpu") {
+                if let Some(s) = cpu.shares().filter(|s| *s != 0) {
+                    write_file(&d, "cpu.shares", &s.to_string())?;
+                }
+                if let Some(p) = cpu.period().filter(|p| *p != 0) {
+                    write_file(&d, "cpu.cfs_period_us", &p.to_string())?;
+                }
+                if let Some(q) = cpu.quota().filter(|q| *q != 0) {
+                    write_file(&d, "cpu.cfs_quota_us", &q.to_string())?;
+                }
+                if let Some(p) = cpu.realtime_period().filter(|p| *p != 0) {
+                    write_file(&d, "cpu.rt_period_us", &p.to_string())?;
+                }
+                if let Some(rt) = cpu.realtime_runtime().filter(|p| *p != 0) {
+                    write_file(&d, "cpu.rt_runtime_us", &rt.to_string())?;
+                }
+            }
+            if let Some(d) = self.dir("cpuset") {
+                if let Some(c) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
+                    write_file(&d, "cpuset.cpus", c)?;
+                }
+                if let Some(m) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
+                    write_file(&d, "cpuset.mems", m)?;
+                }
+            }
+        }
+        if let (Some(m), Some(d)) = (r.memory(), self.dir("memory")) {
+            self.apply_memory(&d, m)?;
+        }
+        if let (Some(p), Some(d)) = (r.pids(), self.dir("pids")) {
+            let v = if p.limit() > 0 {
+                p.limit().to_string()
+            } else {
+                "max".to_string()
+            };
+            write_file(&d, "pids.max", &v)?;
+        }
+        if let Some(d) = self.dir("devices") {
+            let mut rules = r.devices().clone().unwrap_or_default();
+            rules.extend(default_device_rules());
+            // Start from deny-all unless the first rule allows everything (runc's model).
+            let first_allows_all = rules
+                .first()
+                .is_some_and(|x| x.allow() && matches!(x.typ(), None | Some(LinuxDeviceType::A)));
+            if !first_allows_all {
+                write_file(&d, "devices.deny", "a")?;
+            }
+            for rule in &rules {
+                let f = if rule.allow() {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                };
+                let mut s = rule.to_string();
+                if rule.access().as_deref().unwrap_or("").is_empty() {
+                    s.push_str("rwm");
+                }
+                write_file(&d, f, &s)?;
+            }
+        }
+        if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+            return Err(Error::config(
+                "linux.resources.unified",
+                "cgroup v2 settings given but this host uses cgroup v1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply_memory(&self, d: &Path, m: &oci_spec::runtime::LinuxMemory) -> Result<()> {
+        let limit = m.limit().filter(|l| *l != 0);
+        let swap = m.swap().filter(|s| *s != 0);
+        let have_memsw = d.join("memory.memsw.limit_in_bytes").exists();
+        let set_swap = |v: i64| -> Result<()> {
+            if have_memsw {
+                write_file(d, "memory.memsw.limit_in_bytes", &v.to_string())
+            } else {
+                tracing::warn!("swap accounting is off: linux.resources.memory.swap ignored");
+                Ok(())
+            }
+        };
+        match (limit, swap) {
+            (Some(l), Some(s)) => {
+                // memsw must stay >= memory: raise memsw first when growing.
+                let cur_sw = read_file(d, "memory.memsw.limit_in_bytes")
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(i64::MAX);
+                if s == -1 || l == -1 || l > cur_sw || s > cur_sw {
+                    set_swap(s)?;
+                    write_file(d, "memory.limit_in_bytes", &l.to_string())?;
+                } else {
+                    write_file(d, "memory.limit_in_bytes", &l.to_string())?;
+                    set_swap(s)?;
+                }
+            }
+            (Some(l), None) => write_file(d, "memory.limit_in_bytes", &l.to_string())?,
+            (None, Some(s)) => set_swap(s)?,
+            (None, None) => {}
+        }
+        if let Some(r) = m.reservation().filter(|r| *r != 0) {
+            write_file(d, "memory.soft_limit_in_bytes", &r.to_string())?;
+        }
+        if let Some(s) = m.swappiness() {
+            if s > 100 {
+                return Err(Error::config(
+                    "linux.resources.memory.swappiness",
+                    format!("{s} is out of range 0-100"),
+                ));
+            }
+            write_file(d, "memory.swappiness", &s.to_string())?;
+        }
+        if m.disable_oom_killer() == Some(true) {
+            write_file(d, "memory.oom_control", "1")?;
+        }
+        Ok(())
+    }
+
+    /// Freeze or thaw via the freezer controller and wait for the state to settle.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let d = self
+            .dir("freezer")
+            .ok_or_else(|| Error::Other("the freezer cgroup controller is not mounted".into()))?;
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            write_file(&d, "freezer.state", want)?;
+            if read_file(&d, "freezer.state").as_deref() == Some(want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "cgroup {} did not reach {want}",
+                    d.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether the freezer says FROZEN (or FREEZING).
+    pub fn is_frozen(&self) -> bool {
+        self.dir("freezer")
+            .and_then(|d| read_file(&d, "freezer.state"))
+            .is_some_and(|s| s != "THAWED")
+    }
+
+    /// runc-shaped stats.
+    pub fn stats(&self) -> serde_json::Value {
+        let mut out = json!({});
+        if let Some(d) = self.dir("cpuacct") {
+            let percpu: Vec<u64> = read_file(&d, "cpuacct.usage_percpu")
+                .map(|s| {
+                    s.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let st = read_keyed(&d, "cpuacct.stat");
+            // cpuacct.stat is in USER_HZ ticks (100/s); runc reports nanoseconds.
+            let tick_ns = 10_000_000u64;
+            out["cpu"] = json!({"usage": {
+                "total": read_u64(&d, "cpuacct.usage").unwrap_or(0),
+                "percpu": percpu,
+                "user": st.get("user").copied().unwrap_or(0) * tick_ns,
+                "kernel": st.get("system").copied().unwrap_or(0) * tick_ns,
+            }});
+        }
+        if let Some(d) = self.dir("cpu") {
+            let t = read_keyed(&d, "cpu.stat");
+            out["cpu"]["throttling"] = json!({
+                "periods": t.get("nr_periods").copied().unwrap_or(0),
+                "throttled_periods": t.get("nr_throttled").copied().unwrap_or(0),
+                "throttled_time": t.get("throttled_time").copied().unwrap_or(0),
+            });
+        }
+        if let Some(d) = self.dir("memory") {
+            let entry = |p: &str| {
+                json!({
+                    "usage": read_u64(&d, &format!("{p}usage_in_bytes")).unwrap_or(0),
+                    "max": read_u64(&d, &format!("{p}max_usage_in_bytes")).unwrap_or(0),
+                    "limit": read_u64(&d, &format!("{p}limit_in_bytes")).unwrap_or(0),
+                    "failcnt": read_u64(&d, &format!("{p}failcnt")).unwrap_or(0),
+                })
+            };
+            out["memory"] = json!({
+                "usage": entry("memory."),
+                "swap": entry("memory.memsw."),
+                "kernel": entry("memory.kmem."),
+                "raw": read_keyed(&d, "memory.stat"),
+            });
+        }
+        if let Some(d) = self.dir("pids") {
+            out["pids"] = json!({
+                "current": read_u64(&d, "pids.current").unwrap_or(0),
+                "limit": read_u64(&d, "pids.max").map(|v| if v == u64::MAX { 0 } else { v }).unwrap_or(0),
+            });
+        }
+        out
+    }
+}

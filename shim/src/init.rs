@@ -1,0 +1,161 @@
+//! The container's init: runs in the cloned child, sets up the container from inside
+//! its namespaces, reports READY and blocks on the exec FIFO until `start`.
+//!
+//! This code runs in a freshly cloned single-threaded process and never returns: it
+//! either execs the container program or exits after reporting the error.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, unshare, CloneFlags};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{Context, Error, Result};
+use crate::namespaces::Plan;
+use crate::{hooks, process, rootfs, sync};
+
+/// Everything the init needs, prepared by the runtime before clone.
+pub struct InitArgs<'a> {
+    /// The container config.
+    pub spec: &'a Spec,
+    /// Bundle directory.
+    pub bundle: &'a Path,
+    /// Absolute rootfs.
+    pub rootfs: &'a Path,
+    /// Namespace plan.
+    pub plan: &'a Plan,
+    /// Namespaces to join (opened by the runtime), except pid.
+    pub joins: Vec<(CloneFlags, File)>,
+    /// Our end of the sync socket.
+    pub sync: OwnedFd,
+    /// O_PATH fd of the state directory holding `exec.fifo`.
+    pub state_dir: OwnedFd,
+    /// Connected `--console-socket`, when process.terminal is set.
+    pub console: Option<OwnedFd>,
+    /// `--no-pivot`.
+    pub no_pivot: bool,
+    /// Host directories of the container's cgroup, for a `cgroup` mount.
+    pub cgroup_sources: Vec<(String, PathBuf)>,
+}
+
+/// Run the init; never returns.
+pub fn run(a: InitArgs) -> ! {
+    let err = match setup(&a) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    if sync::send(&a.sync, sync::ERROR, msg.as_bytes()).is_err() {
+        // After READY nobody listens: the runtime has exited. Tell the container's stderr.
+        let _ = writeln!(std::io::stderr(), "nodus-runtime init: {msg}");
+    }
+    // SAFETY: _exit skips destructors that belong to the parent's copy of our memory.
+    unsafe { libc::_exit(if msg.starts_with("exec") { 127 } else { 1 }) }
+}
+
+fn setup(a: &InitArgs) -> Result<std::convert::Infallible> {
+    let spec = a.spec;
+    let process = spec.process().as_ref().expect("validated");
+    // Wait until the runtime has put us in our cgroup.
+    let state = match sync::recv(&a.sync)? {
+        Some((sync::GO, state)) => state,
+        _ => return Err(Error::Other("runtime went away before setup".into())),
+    };
+    // SAFETY: setsid has no memory-safety preconditions.
+    unsafe { libc::setsid() };
+    for (flag, f) in &a.joins {
+        setns(f, *flag).ctx(|| format!("join {flag:?} namespace"))?;
+    }
+    if a.plan.new_cgroup {
+        unshare(CloneFlags::CLONE_NEWCGROUP).ctx(|| "unshare cgroup namespace".into())?;
+    }
+    if a.plan.is_new(LinuxNamespaceType::Uts) {
+        if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+            nix::unistd::sethostname(h).ctx(|| format!("hostname: sethostname {h:?}"))?;
+        }
+        if let Some(d) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
+            let c = CString::new(d).unwrap_or_default();
+            // SAFETY: setdomainname reads len bytes of a valid buffer.
+            if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
+                return Err(std::io::Error::last_os_error()).ctx(|| format!("domainname: {d:?}"));
+            }
+        }
+    }
+    // SAFETY: umask has no preconditions; devices are created with exact modes.
+    unsafe { libc::umask(0) };
+    rootfs::prepare_root(spec, a.rootfs)?;
+    let cx = rootfs::Context2 {
+        bundle: a.bundle,
+        rootfs: a.rootfs,
+        cgroup_sources: &a.cgroup_sources,
+        new_netns: a.plan.is_new(LinuxNamespaceType::Network),
+    };
+    rootfs::mount_all(spec, &cx)?;
+    rootfs::setup_dev(spec, a.rootfs)?;
+    let hooks = spec.hooks().as_ref();
+    let has = |h: Option<&Vec<oci_spec::runtime::Hook>>| h.is_some_and(|v| !v.is_empty());
+    if hooks.is_some_and(|h| has(h.prestart().as_ref()) || has(h.create_runtime().as_ref())) {
+        sync::send(&a.sync, sync::HOOKS, &[])?;
+        match sync::recv(&a.sync)? {
+            Some((sync::HOOKS_DONE, _)) => {}
+            _ => return Err(Error::Other("runtime went away during hooks".into())),
+        }
+    }
+    if let Some(h) = hooks.and_then(|h| h.create_container().as_ref()) {
+        hooks::run(h, "createContainer", &state)?;
+    }
+    rootfs::enter_root(a.rootfs, a.no_pivot)?;
+    if process.terminal() == Some(true) {
+        let sock = a.console.as_ref().ok_or_else(|| {
+            Error::config(
+                "process.terminal",
+                "true, but no --console-socket was given",
+            )
+        })?;
+        let size = process
+            .console_size()
+            .as_ref()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        let slave = process::setup_console(sock.as_raw_fd(), size)?;
+        rootfs::bind_console(&slave)?;
+    }
+    rootfs::finalize(spec)?;
+    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+        for (k, v) in sysctl {
+            let p = Path::new("/proc/sys").join(k.replace('.', "/"));
+            std::fs::write(&p, v).ctx(|| format!("linux.sysctl[{k:?}]: write {}", p.display()))?;
+        }
+    }
+    process::set_rlimits(process)?;
+    let cwd = process.cwd();
+    let chdir_early = nix::unistd::chdir(cwd);
+    let prog = process::find_program(process)?;
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(process.user().umask().unwrap_or(0o022) as libc::mode_t) };
+    process::set_user_and_caps(process)?;
+    if chdir_early.is_err() {
+        nix::unistd::chdir(cwd).ctx(|| format!("process.cwd: chdir {}", cwd.display()))?;
+    }
+    process::set_no_new_privs(process)?;
+    process::reset_signals();
+    process::cloexec_from_3(&[]);
+    sync::send(&a.sync, sync::READY, &[])?;
+    // Block until `start` opens the FIFO for reading.
+    let fifo = nix::fcntl::openat(
+        &a.state_dir,
+        "exec.fifo",
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| "open exec fifo".into())?;
+    let mut fifo = File::from(fifo);
+    fifo.write_all(b"0").ctx(|| "write exec fifo".into())?;
+    drop(fifo);
+    if let Some(h) = hooks.and_then(|h| h.start_container().as_ref()) {
+        hooks::run(h, "startContainer", &state)?;
+    }
+    Err(process::exec(&prog, process))
+}

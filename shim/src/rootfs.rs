@@ -1,0 +1,669 @@
+//! The container's root filesystem: mounts, devices, pivot_root, masked and read-only
+//! paths. Runs in the container's init, inside its new mount namespace.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, chroot, fchdir, pivot_root};
+use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
+
+use crate::error::{Context, Error, Result};
+
+/// Propagation flags by name (also used for `linux.rootfsPropagation`).
+pub fn propagation_flag(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Parsed mount options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Flags for mount(2).
+    pub flags: MsFlags,
+    /// Propagation changes applied after mounting.
+    pub propagation: Vec<MsFlags>,
+    /// Filesystem-specific data (`mode=755,size=...`).
+    pub data: String,
+}
+
+/// Split OCI mount options into flags, propagation and data, as runc does.
+pub fn parse_options(opts: &[String]) -> MountOptions {
+    let mut o = MountOptions {
+        flags: MsFlags::empty(),
+        propagation: vec![],
+        data: String::new(),
+    };
+    let mut data = vec![];
+    for opt in opts {
+        let (set, clear) = match opt.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "tmpcopyup" | "defaults" => continue,
+            other => {
+                if let Some(p) = propagation_flag(other) {
+                    o.propagation.push(p);
+                } else {
+                    data.push(other.to_string());
+                }
+                continue;
+            }
+        };
+        o.flags |= set;
+        o.flags &= !clear;
+    }
+    o.data = data.join(",");
+    o
+}
+
+/// Resolve `path` inside `root`, following symlinks as if `root` were `/`, so a
+/// malicious image cannot point a mount outside its rootfs.
+pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf> {
+    let mut queue: VecDeque<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut cur = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = queue.pop_front() {
+        if part == ".." {
+            cur.pop();
+            continue;
+        }
+        let cand = cur.join(&part);
+        let full = root.join(&cand);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 255 {
+                    return Err(Error::Other(format!(
+                        "too many symlinks resolving {} in {}",
+                        path.display(),
+                        root.display()
+                    )));
+                }
+                let target = fs::read_link(&full).ctx(|| format!("readlink {}", full.display()))?;
+                if target.is_absolute() {
+                    cur = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => queue.push_front(n.to_os_string()),
+                        Component::ParentDir => queue.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => cur = cand,
+        }
+    }
+    Ok(root.join(cur))
+}
+
+fn nix_ctx<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
+    r.ctx(what)
+}
+
+/// What the mount code needs besides the spec.
+pub struct Context2<'a> {
+    /// The bundle directory (relative bind sources are relative to it).
+    pub bundle: &'a Path,
+    /// Absolute rootfs path.
+    pub rootfs: &'a Path,
+    /// Sources for a `cgroup` mount: (subdirectory, host directory).
+    pub cgroup_sources: &'a [(String, PathBuf)],
+    /// Whether the container has its own network namespace (sysfs may be mounted).
+    pub new_netns: bool,
+}
+
+/// Set the propagation of the whole tree (default rslave), make the rootfs a mount
+/// point of its own (bind onto itself) so pivot_root can use it.
+pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
+    let prop = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .and_then(propagation_flag)
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    nix_ctx(
+        mount(None::<&str>, "/", None::<&str>, prop, None::<&str>),
+        || "set propagation of /".into(),
+    )?;
+    if prop.contains(MsFlags::MS_SHARED) {
+        make_parent_private(rootfs)?;
+    }
+    nix_ctx(
+        mount(
+            Some(rootfs),
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || format!("bind mount rootfs {}", rootfs.display()),
+    )
+}
+
+/// pivot_root refuses a new root whose parent mount is shared: make that mount private.
+fn make_parent_private(rootfs: &Path) -> Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo".into())?;
+    let best = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| rootfs.starts_with(mp))
+        .max_by_key(|mp| mp.len())
+        .unwrap_or("/")
+        .to_string();
+    nix_ctx(
+        mount(
+            None::<&str>,
+            best.as_str(),
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || format!("make {best} private"),
+    )
+}
+
+fn is_bind(m: &Mount, o: &MountOptions) -> bool {
+    m.typ().as_deref() == Some("bind") || o.flags.contains(MsFlags::MS_BIND)
+}
+
+/// Do the mounts of config.json in order.
+pub fn mount_all(spec: &Spec, cx: &Context2) -> Result<()> {
+    for (i, m) in spec.mounts().as_deref().unwrap_or(&[]).iter().enumerate() {
+        mount_one(m, cx).map_err(|e| {
+            Error::Other(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+        })?;
+    }
+    Ok(())
+}
+
+fn ensure_dir(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).ctx(|| format!("mkdir {}", p.display()))
+}
+
+fn ensure_file(p: &Path) -> Result<()> {
+    if p.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = p.parent() {
+        ensure_dir(parent)?;
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)
+        .map(drop)
+        .ctx(|| format!("create {}", p.display()))
+}
+
+/// Remount a bind mount with its final flags (mount(2) ignores them on the first call).
+fn remount_bind(dest: &Path, flags: MsFlags) -> Result<()> {
+    let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    if extra.is_empty() {
+        return Ok(());
+    }
+    let f = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
+    match mount(None::<&str>, dest, None::<&str>, f, None::<&str>) {
+        Ok(()) => Ok(()),
+        Err(Errno::EPERM) => {
+            // Locked flags of the source (nodev, nosuid, noexec) must be kept.
+            let st =
+                nix::sys::statvfs::statvfs(dest).ctx(|| format!("statvfs {}", dest.display()))?;
+            let mut keep = MsFlags::empty();
+            use nix::sys::statvfs::FsFlags;
+            for (a, b) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+                (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+            ] {
+                if st.flags().contains(a) {
+                    keep |= b;
+                }
+            }
+            nix_ctx(
+                mount(None::<&str>, dest, None::<&str>, f | keep, None::<&str>),
+                || format!("remount {}", dest.display()),
+            )
+        }
+        Err(e) => Err(e).ctx(|| format!("remount {}", dest.display())),
+    }
+}
+
+fn mount_one(m: &Mount, cx: &Context2) -> Result<()> {
+    let o = parse_options(m.options().as_deref().unwrap_or(&[]));
+    let dest = secure_join(cx.rootfs, m.destination())?;
+    let typ = m.typ().as_deref().unwrap_or("");
+    let data = (!o.data.is_empty()).then_some(o.data.as_str());
+    if is_bind(m, &o) {
+        let src = m.source().clone().unwrap_or_default();
+        let src = if src.is_absolute() {
+            src
+        } else {
+            cx.bundle.join(src)
+        };
+        let meta = fs::metadata(&src).ctx(|| format!("bind source {}", src.display()))?;
+        if meta.is_dir() {
+            ensure_dir(&dest)?;
+        } else {
+            ensure_file(&dest)?;
+        }
+        let first = MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC);
+        nix_ctx(
+            mount(Some(&src), &dest, None::<&str>, first, None::<&str>),
+            || format!("bind {} to {}", src.display(), dest.display()),
+        )?;
+        remount_bind(&dest, o.flags)?;
+    } else if typ == "cgroup" || typ == "cgroup2" {
+        mount_cgroup(&dest, &o, cx)?;
+    } else {
+        ensure_dir(&dest)?;
+        let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        let r = mount(Some(&src), &dest, Some(typ), o.flags, data);
+        match r {
+            Ok(()) => {}
+            Err(Errno::EPERM) | Err(Errno::EBUSY) if typ == "sysfs" && !cx.new_netns => {
+                // sysfs needs its own network namespace; share the host's /sys instead.
+                nix_ctx(
+                    mount(
+                        Some("/sys"),
+                        &dest,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    ),
+                    || format!("bind /sys to {}", dest.display()),
+                )?;
+                remount_bind(&dest, o.flags)?;
+            }
+            Err(e) => {
+                return Err(e).ctx(|| format!("mount {typ} on {}", dest.display()));
+            }
+        }
+        if typ == "devpts" && m.destination() == Path::new("/dev/pts") {
+            let ptmx = secure_join(cx.rootfs, Path::new("/dev/ptmx"))?;
+            let _ = fs::remove_file(&ptmx);
+            symlink("pts/ptmx", &ptmx).ctx(|| format!("symlink {}", ptmx.display()))?;
+        }
+    }
+    for p in &o.propagation {
+        nix_ctx(
+            mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>),
+            || format!("set propagation of {}", dest.display()),
+        )?;
+    }
+    Ok(())
+}
+
+/// A `cgroup` mount: the container's own cgroup directories, bind-mounted (v1: a
+/// tmpfs holding one directory per controller; v2: the cgroup directory itself).
+fn mount_cgroup(dest: &Path, o: &MountOptions, cx: &Context2) -> Result<()> {
+    ensure_dir(dest)?;
+    let bind_flags = o.flags
+        & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    let v2 = cx.cgroup_sources.len() == 1 && cx.cgroup_sources[0].0.is_empty();
+    if v2 {
+        let src = &cx.cgroup_sources[0].1;
+        nix_ctx(
+            mount(
+                Some(src),
+                dest,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+            || format!("bind {} to {}", src.display(), dest.display()),
+        )?;
+        return remount_bind(
+            dest,
+            bind_flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        );
+    }
+    let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    nix_ctx(
+        mount(
+            Some("tmpfs"),
+            dest,
+            Some("tmpfs"),
+            tmpfs_flags,
+            Some("mode=755"),
+        ),
+        || format!("mount tmpfs on {}", dest.display()),
+    )?;
+    for (name, src) in cx.cgroup_sources {
+        let d = dest.join(name);
+        ensure_dir(&d)?;
+        nix_ctx(
+            mount(Some(src), &d, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+            || format!("bind {} to {}", src.display(), d.display()),
+        )?;
+        remount_bind(&d, bind_flags | tmpfs_flags)?;
+    }
+    if o.flags.contains(MsFlags::MS_RDONLY) {
+        nix_ctx(
+            mount(
+                None::<&str>,
+                dest,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | tmpfs_flags,
+                None::<&str>,
+            ),
+            || format!("remount {} read-only", dest.display()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether config.json bind-mounts /dev (then devices are not created).
+fn dev_is_bind(spec: &Spec) -> bool {
+    spec.mounts().as_deref().unwrap_or(&[]).iter().any(|m| {
+        m.destination() == Path::new("/dev")
+            && is_bind(m, &parse_options(m.options().as_deref().unwrap_or(&[])))
+    })
+}
+
+/// The devices every container gets: (path, major, minor).
+const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+/// Create the default devices, `linux.devices` and the /dev symlinks.
+pub fn setup_dev(spec: &Spec, rootfs: &Path) -> Result<()> {
+    if dev_is_bind(spec) {
+        return Ok(());
+    }
+    let mk = |path: &Path,
+              kind: SFlag,
+              major: u64,
+              minor: u64,
+              mode: u32,
+              uid: u32,
+              gid: u32|
+     -> Result<()> {
+        let dest = secure_join(rootfs, path)?;
+        if let Some(p) = dest.parent() {
+            ensure_dir(p)?;
+        }
+        let _ = fs::remove_file(&dest);
+        nix_ctx(
+            mknod(
+                &dest,
+                kind,
+                Mode::from_bits_truncate(mode),
+                makedev(major, minor),
+            ),
+            || format!("mknod {}", dest.display()),
+        )?;
+        if uid != 0 || gid != 0 {
+            nix_ctx(
+                nix::unistd::chown(&dest, Some(uid.into()), Some(gid.into())),
+                || format!("chown {}", dest.display()),
+            )?;
+        }
+        Ok(())
+    };
+    for (p, ma, mi) in DEFAULT_DEVICES {
+        mk(Path::new(p), SFlag::S_IFCHR, *ma, *mi, 0o666, 0, 0)?;
+    }
+    let devs = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default();
+    for (i, d) in devs.iter().enumerate() {
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            LinuxDeviceType::A => {
+                return Err(Error::config(
+                    format!("linux.devices[{i}].type"),
+                    "\"a\" is not a device type",
+                ))
+            }
+        };
+        mk(
+            d.path(),
+            kind,
+            d.major() as u64,
+            d.minor() as u64,
+            d.file_mode().unwrap_or(0o666) & 0o7777,
+            d.uid().unwrap_or(0),
+            d.gid().unwrap_or(0),
+        )?;
+    }
+    let dev = secure_join(rootfs, Path::new("/dev"))?;
+    let mut links = vec![
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ];
+    if Path::new("/proc/kcore").exists() {
+        links.push(("/proc/kcore", "core"));
+    }
+    for (target, name) in links {
+        match symlink(target, dev.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).ctx(|| format!("symlink /dev/{name}")),
+        }
+    }
+    Ok(())
+}
+
+/// Make `rootfs` the root: pivot_root (old root detached) or, with `no_pivot`, move
+/// the mount onto / and chroot (for ramdisk roots where pivot_root is impossible).
+pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
+    if no_pivot {
+        nix_ctx(chdir(rootfs), || format!("chdir {}", rootfs.display()))?;
+        nix_ctx(
+            mount(
+                Some(rootfs),
+                "/",
+                None::<&str>,
+                MsFlags::MS_MOVE,
+                None::<&str>,
+            ),
+            || "move rootfs to /".into(),
+        )?;
+        nix_ctx(chroot("."), || "chroot".into())?;
+        return nix_ctx(chdir("/"), || "chdir /".into());
+    }
+    let old = nix_ctx(
+        open(
+            "/",
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        || "open /".into(),
+    )?;
+    let new = nix_ctx(
+        open(
+            rootfs,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        || format!("open {}", rootfs.display()),
+    )?;
+    nix_ctx(fchdir(&new), || "fchdir rootfs".into())?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; detach it after.
+    nix_ctx(pivot_root(".", "."), || {
+        format!("pivot_root {}", rootfs.display())
+    })?;
+    nix_ctx(fchdir(&old), || "fchdir old root".into())?;
+    nix_ctx(
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || "make old root rslave".into(),
+    )?;
+    nix_ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detach old root".into()
+    })?;
+    nix_ctx(chdir("/"), || "chdir /".into())
+}
+
+/// After entering the root: read-only rootfs, masked and read-only paths.
+pub fn finalize(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    for p in linux
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or(&[])
+    {
+        mask_path(Path::new(p))?;
+    }
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_deref())
+        .unwrap_or(&[])
+    {
+        readonly_path(Path::new(p))?;
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        remount_bind(Path::new("/"), MsFlags::MS_RDONLY)?;
+    }
+    Ok(())
+}
+
+fn mask_path(p: &Path) -> Result<()> {
+    match mount(
+        Some("/dev/null"),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        Ok(()) => Ok(()),
+        Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::ENOTDIR) => nix_ctx(
+            mount(
+                Some("tmpfs"),
+                p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0k"),
+            ),
+            || format!("mask {}", p.display()),
+        ),
+        Err(e) => Err(e).ctx(|| format!("mask {}", p.display())),
+    }
+}
+
+fn readonly_path(p: &Path) -> Result<()> {
+    match mount(
+        Some(p),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
+        Ok(()) => remount_bind(p, MsFlags::MS_RDONLY | MsFlags::MS_REC),
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("make {} read-only", p.display())),
+    }
+}
+
+/// Make the console: bind the pty slave on /dev/console.
+pub fn bind_console(slave: &Path) -> Result<()> {
+    let c = Path::new("/dev/console");
+    if !c.exists() {
+        fs::File::create(c).ctx(|| "create /dev/console".into())?;
+        let _ = fs::set_permissions(c, fs::Permissions::from_mode(0o600));
+    }
+    nix_ctx(
+        mount(Some(slave), c, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+        || format!("bind {} to /dev/console", slave.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let o = parse_options(&[
+            "nosuid".into(),
+            "strictatime".into(),
+            "mode=755".into(),
+            "size=65536k".into(),
+        ]);
+        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
+        assert_eq!(o.data, "mode=755,size=65536k");
+        let o = parse_options(&["rbind".into(), "ro".into(), "rw".into(), "rprivate".into()]);
+        assert_eq!(o.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
+    }
+
+    #[test]
+    fn secure_join_stays_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir_all(r.join("a/b")).unwrap();
+        symlink("/etc", r.join("a/abs")).unwrap();
+        symlink("../../../..", r.join("a/b/up")).unwrap();
+        assert_eq!(
+            secure_join(r, Path::new("/a/abs/passwd")).unwrap(),
+            r.join("etc/passwd")
+        );
+        assert_eq!(secure_join(r, Path::new("/a/b/up/x")).unwrap(), r.join("x"));
+        assert_eq!(secure_join(r, Path::new("/../../y")).unwrap(), r.join("y"));
+        symlink("loop", r.join("loop")).unwrap();
+        assert!(secure_join(r, Path::new("/loop")).is_err());
+    }
+}
