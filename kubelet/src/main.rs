@@ -1,4 +1,97 @@
+//! `kubelet`: parses flags and the config file, then runs the kubelet until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use nodus_kubelet::config::{Config, Flags};
+use nodus_kubelet::kubelet::Kubelet;
+use nodus_kubelet::server;
+
+fn init_tracing(verbosity: u8) {
+    let level = match verbosity {
+        0..=2 => "info",
+        3..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("nodus_kubelet={level},kubelet={level},warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.root_dir)
+        .with_context(|| format!("creating --root-dir {}", cfg.root_dir.display()))?;
+    let kubelet = Kubelet::new(cfg.clone());
+    let shared = kubelet.shared();
+    if cfg.healthz_port != 0 {
+        let l = server::bind(
+            SocketAddr::new(cfg.healthz_bind_address, cfg.healthz_port),
+            "healthz",
+        )
+        .await?;
+        tokio::spawn(server::serve(l, shared.clone(), false));
+    }
+    if cfg.read_only_port != 0 {
+        let l = server::bind(
+            SocketAddr::new(cfg.address, cfg.read_only_port),
+            "the read-only port",
+        )
+        .await?;
+        tokio::spawn(server::serve(l, shared.clone(), true));
+    }
+    tracing::info!(
+        node = %cfg.node_name,
+        endpoint = %cfg.container_runtime_endpoint,
+        static_pod_path = ?cfg.static_pod_path,
+        static_pod_url = ?cfg.static_pod_url,
+        read_only_port = cfg.read_only_port,
+        healthz_port = cfg.healthz_port,
+        "kubelet starting"
+    );
+    kubelet.run(shutdown_signal()).await;
+    Ok(())
+}
+
 fn main() {
-    eprintln!("kubelet: not built yet");
-    std::process::exit(1);
+    let flags = Flags::parse();
+    let cfg = match Config::load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kubelet: {e}");
+            std::process::exit(1);
+        }
+    };
+    init_tracing(flags.verbosity);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kubelet: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cfg)) {
+        eprintln!("kubelet: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,153 @@
+//! Per-container restart back-off (CrashLoopBackOff), as upstream's `flowcontrol.Backoff`
+//! used by the kubelet: the first restart is immediate, then 10 s, doubling up to 300 s.
+//! An entry is forgotten (back to the start) when the container ran for 10 minutes, or when
+//! nothing happened for twice the maximum. Times are explicit so the logic is testable.
+
+use std::collections::HashMap;
+
+use crate::container::{Nanos, NANOS_PER_SEC};
+
+pub const INITIAL: Nanos = 10 * NANOS_PER_SEC;
+pub const MAX: Nanos = 300 * NANOS_PER_SEC;
+/// A container that ran this long before exiting starts over from the initial back-off.
+pub const RESET_AFTER_RUNNING: Nanos = 600 * NANOS_PER_SEC;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    backoff: Nanos,
+    last_update: Nanos,
+}
+
+/// Back-off state keyed by container (see [`key`]).
+#[derive(Debug, Default, Clone)]
+pub struct Backoff {
+    entries: HashMap<String, Entry>,
+}
+
+/// The key of one container of one pod: pod UID, container name and spec hash (a new spec
+/// starts without back-off, as upstream's stable key).
+pub fn key(pod_uid: &str, container: &str, hash: &str) -> String {
+    format!("{pod_uid}_{container}_{hash}")
+}
+
+fn expired(event: Nanos, last_update: Nanos) -> bool {
+    event - last_update > 2 * MAX
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long a restart must still wait, if at all, for a container that ran from
+    /// `started_at` to `finished_at`.
+    pub fn remaining(
+        &self,
+        key: &str,
+        started_at: Nanos,
+        finished_at: Nanos,
+        now: Nanos,
+    ) -> Option<Nanos> {
+        let e = self.entries.get(key)?;
+        if expired(finished_at, e.last_update)
+            || (started_at > 0 && finished_at - started_at >= RESET_AFTER_RUNNING)
+        {
+            return None;
+        }
+        let waited = now - finished_at;
+        (waited < e.backoff).then(|| e.backoff - waited)
+    }
+
+    /// Records a restart: sets the next back-off (initial, or doubled up to the maximum).
+    pub fn next(&mut self, key: &str, started_at: Nanos, finished_at: Nanos, now: Nanos) {
+        let reset = started_at > 0 && finished_at - started_at >= RESET_AFTER_RUNNING;
+        let entry = match self.entries.get(key) {
+            Some(e) if !reset && !expired(finished_at, e.last_update) => Entry {
+                backoff: (e.backoff * 2).min(MAX),
+                last_update: now,
+            },
+            _ => Entry {
+                backoff: INITIAL,
+                last_update: now,
+            },
+        };
+        self.entries.insert(key.to_string(), entry);
+    }
+
+    /// The current back-off of a key (for messages).
+    pub fn current(&self, key: &str) -> Option<Nanos> {
+        self.entries.get(key).map(|e| e.backoff)
+    }
+
+    /// Forgets every key of a pod (when it is terminated).
+    pub fn forget_pod(&mut self, pod_uid: &str) {
+        let prefix = format!("{pod_uid}_");
+        self.entries.retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    /// Drops entries untouched for twice the maximum.
+    pub fn gc(&mut self, now: Nanos) {
+        self.entries.retain(|_, e| !expired(now, e.last_update));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const S: Nanos = NANOS_PER_SEC;
+
+    #[test]
+    fn first_restart_is_immediate_then_doubles_to_the_cap() {
+        let mut b = Backoff::new();
+        let k = "uid_c_h";
+        let mut t = 1_000 * S;
+        // First exit: no entry, restart now.
+        assert_eq!(b.remaining(k, t - S, t, t), None);
+        b.next(k, t - S, t, t);
+        let mut expected = 10 * S;
+        for _ in 0..8 {
+            // The restarted container runs 1 s and exits again.
+            let started = t + S;
+            let finished = started + S;
+            assert_eq!(b.remaining(k, started, finished, finished), Some(expected));
+            assert_eq!(
+                b.remaining(k, started, finished, finished + expected - S),
+                Some(S)
+            );
+            assert_eq!(b.remaining(k, started, finished, finished + expected), None);
+            t = finished + expected;
+            b.next(k, started, finished, t);
+            expected = (expected * 2).min(MAX);
+        }
+        assert_eq!(b.current(k), Some(MAX));
+    }
+
+    #[test]
+    fn running_ten_minutes_resets() {
+        let mut b = Backoff::new();
+        let k = "uid_c_h";
+        b.next(k, 0, 100 * S, 100 * S);
+        b.next(k, 101 * S, 102 * S, 112 * S);
+        assert_eq!(b.current(k), Some(20 * S));
+        // Runs 10 minutes, then exits: restart at once, back to 10 s.
+        let (st, fin) = (113 * S, 113 * S + RESET_AFTER_RUNNING);
+        assert_eq!(b.remaining(k, st, fin, fin), None);
+        b.next(k, st, fin, fin);
+        assert_eq!(b.current(k), Some(INITIAL));
+        // Just under 10 minutes does not reset.
+        let (st, fin) = (fin + S, fin + S + RESET_AFTER_RUNNING - S);
+        assert!(b.remaining(k, st, fin, fin).is_some());
+    }
+
+    #[test]
+    fn keys_are_per_pod_and_forgotten() {
+        let mut b = Backoff::new();
+        b.next(&key("u1", "c", "h"), 0, S, S);
+        b.next(&key("u2", "c", "h"), 0, S, S);
+        b.forget_pod("u1");
+        assert_eq!(b.current(&key("u1", "c", "h")), None);
+        assert_eq!(b.current(&key("u2", "c", "h")), Some(INITIAL));
+        b.gc(S + 2 * MAX + 1);
+        assert_eq!(b.current(&key("u2", "c", "h")), None);
+    }
+}

@@ -1,0 +1,536 @@
+//! Kubelet configuration: upstream command-line flags and the `KubeletConfiguration` file
+//! (`kubelet.config.k8s.io/v1beta1`, camelCase fields), merged into one resolved [`Config`].
+//! Flags override the file; the file overrides the defaults. Every refused value is
+//! reported with the field (or flag) that carried it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::duration;
+
+pub const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub const KIND: &str = "KubeletConfiguration";
+pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for {field}: {reason}")]
+    Invalid {
+        field: String,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(field: &str, value: impl ToString, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Command-line flags, named as upstream's kubelet names them.
+#[derive(Debug, Default, Clone, Parser)]
+#[command(
+    name = "kubelet",
+    about = "Nodus kubelet: runs static pods through a CRI runtime"
+)]
+pub struct Flags {
+    /// Path to a KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+    /// Directory of static pod manifests (staticPodPath).
+    #[arg(long = "pod-manifest-path")]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// URL serving static pods (staticPodURL), http only.
+    #[arg(long = "manifest-url")]
+    pub manifest_url: Option<String>,
+    /// CRI endpoint (containerRuntimeEndpoint), e.g. unix:///run/containerd/containerd.sock.
+    #[arg(long = "container-runtime-endpoint")]
+    pub container_runtime_endpoint: Option<String>,
+    /// Directory for kubelet files.
+    #[arg(long = "root-dir", default_value = "/var/lib/kubelet")]
+    pub root_dir: PathBuf,
+    /// Node name to use instead of the hostname.
+    #[arg(long = "hostname-override")]
+    pub hostname_override: Option<String>,
+    /// Node IP address, reported as the pods' hostIP.
+    #[arg(long = "node-ip")]
+    pub node_ip: Option<String>,
+    /// Log verbosity (0-10) as upstream's klog levels; RUST_LOG overrides it.
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+    /// Read-only HTTP port (readOnlyPort), 0 disables it.
+    #[arg(long = "read-only-port")]
+    pub read_only_port: Option<u16>,
+    /// Healthz port (healthzPort), 0 disables it.
+    #[arg(long = "healthz-port")]
+    pub healthz_port: Option<u16>,
+    /// Healthz bind address (healthzBindAddress).
+    #[arg(long = "healthz-bind-address")]
+    pub healthz_bind_address: Option<String>,
+    /// Address the read-only server listens on (address).
+    #[arg(long = "address")]
+    pub address: Option<String>,
+    /// Root cgroup for pods (cgroupRoot).
+    #[arg(long = "cgroup-root")]
+    pub cgroup_root: Option<String>,
+    /// Cgroup driver (cgroupDriver); only cgroupfs is supported.
+    #[arg(long = "cgroup-driver")]
+    pub cgroup_driver: Option<String>,
+    /// Directory for pod logs (podLogsDir).
+    #[arg(long = "pod-logs-dir")]
+    pub pod_logs_dir: Option<PathBuf>,
+}
+
+/// The `KubeletConfiguration` file, as far as this kubelet understands it. Unknown fields
+/// are refused so that a typo does not silently fall back to a default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletConfiguration {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub static_pod_path: Option<PathBuf>,
+    #[serde(rename = "staticPodURL")]
+    pub static_pod_url: Option<String>,
+    pub file_check_frequency: Option<String>,
+    pub http_check_frequency: Option<String>,
+    pub sync_frequency: Option<String>,
+    pub container_runtime_endpoint: Option<String>,
+    pub pod_logs_dir: Option<PathBuf>,
+    pub cgroup_root: Option<String>,
+    pub cgroup_driver: Option<String>,
+    pub max_pods: Option<i64>,
+    pub read_only_port: Option<i64>,
+    pub healthz_port: Option<i64>,
+    pub healthz_bind_address: Option<String>,
+    pub address: Option<String>,
+    pub port: Option<i64>,
+    pub resolv_conf: Option<PathBuf>,
+}
+
+impl KubeletConfiguration {
+    /// Parses the YAML (or JSON) text of a configuration file.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let cfg: KubeletConfiguration =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        if let Some(v) = &cfg.api_version {
+            if v != API_VERSION {
+                return Err(invalid("apiVersion", v, format!("expected {API_VERSION}")));
+            }
+        }
+        if let Some(k) = &cfg.kind {
+            if k != KIND {
+                return Err(invalid("kind", k, format!("expected {KIND}")));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The resolved configuration the kubelet runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub static_pod_path: Option<PathBuf>,
+    pub static_pod_url: Option<String>,
+    pub file_check_frequency: Duration,
+    pub http_check_frequency: Duration,
+    pub sync_frequency: Duration,
+    pub container_runtime_endpoint: String,
+    pub pod_logs_dir: PathBuf,
+    /// Absolute cgroup under which pod cgroups are made (`<cgroupRoot>/kubepods/pod<uid>`).
+    pub cgroup_root: String,
+    pub max_pods: u32,
+    /// 0 disables the read-only server (upstream's default; set it to serve `GET /pods`).
+    pub read_only_port: u16,
+    pub healthz_port: u16,
+    pub healthz_bind_address: IpAddr,
+    pub address: IpAddr,
+    /// The authenticated kubelet port; recorded, not served (no API server yet).
+    pub port: u16,
+    pub root_dir: PathBuf,
+    pub node_name: String,
+    pub node_ip: Option<IpAddr>,
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            static_pod_path: None,
+            static_pod_url: None,
+            file_check_frequency: Duration::from_secs(20),
+            http_check_frequency: Duration::from_secs(20),
+            sync_frequency: Duration::from_secs(60),
+            container_runtime_endpoint: DEFAULT_RUNTIME_ENDPOINT.into(),
+            pod_logs_dir: "/var/log/pods".into(),
+            cgroup_root: "/".into(),
+            max_pods: 110,
+            read_only_port: 0,
+            healthz_port: 10248,
+            healthz_bind_address: IpAddr::from([127, 0, 0, 1]),
+            address: IpAddr::from([0, 0, 0, 0]),
+            port: 10250,
+            root_dir: "/var/lib/kubelet".into(),
+            node_name: String::new(),
+            node_ip: None,
+            resolv_conf: "/etc/resolv.conf".into(),
+        }
+    }
+}
+
+fn parse_duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
+    duration::parse(value).map_err(|e| invalid(field, value, e.reason))
+}
+
+fn parse_port(field: &str, value: i64) -> Result<u16, ConfigError> {
+    u16::try_from(value).map_err(|_| invalid(field, value, "must be between 0 and 65535"))
+}
+
+fn parse_ip(field: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(field, value, "not an IP address"))
+}
+
+fn check_cgroup_driver(field: &str, value: &str) -> Result<(), ConfigError> {
+    match value {
+        "cgroupfs" => Ok(()),
+        "systemd" => Err(invalid(
+            field,
+            value,
+            "the systemd cgroup driver is not supported; use cgroupfs",
+        )),
+        _ => Err(invalid(field, value, "supported value: cgroupfs")),
+    }
+}
+
+fn normalize_cgroup_root(field: &str, value: &str) -> Result<String, ConfigError> {
+    if !value.starts_with('/') {
+        return Err(invalid(
+            field,
+            value,
+            "must be an absolute cgroup path (cgroupfs driver)",
+        ));
+    }
+    if value.split('/').any(|c| c == "..") {
+        return Err(invalid(field, value, "must not contain '..'"));
+    }
+    Ok(value.to_string())
+}
+
+fn check_endpoint(field: &str, value: &str) -> Result<String, ConfigError> {
+    if value.starts_with("unix://") || value.starts_with('/') {
+        Ok(value.to_string())
+    } else {
+        Err(invalid(
+            field,
+            value,
+            "only unix sockets are supported (unix:///path or /path)",
+        ))
+    }
+}
+
+fn check_url(field: &str, value: &str) -> Result<String, ConfigError> {
+    crate::sources::http::parse_url(value).map_err(|e| invalid(field, value, e))?;
+    Ok(value.to_string())
+}
+
+/// The machine's hostname, lowercased, as upstream's default node name.
+pub fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl Config {
+    /// Resolves flags (and the file they name) into a configuration.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                KubeletConfiguration::parse(path, &text)?
+            }
+            None => KubeletConfiguration::default(),
+        };
+        Config::resolve(flags, &file)
+    }
+
+    /// Merges defaults, the file and the flags (in that order of precedence, lowest first).
+    pub fn resolve(flags: &Flags, file: &KubeletConfiguration) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        if let Some(v) = &file.static_pod_path {
+            c.static_pod_path = Some(v.clone());
+        }
+        if let Some(v) = &file.static_pod_url {
+            c.static_pod_url = Some(check_url("staticPodURL", v)?);
+        }
+        if let Some(v) = &file.file_check_frequency {
+            c.file_check_frequency = parse_duration("fileCheckFrequency", v)?;
+        }
+        if let Some(v) = &file.http_check_frequency {
+            c.http_check_frequency = parse_duration("httpCheckFrequency", v)?;
+        }
+        if let Some(v) = &file.sync_frequency {
+            c.sync_frequency = parse_duration("syncFrequency", v)?;
+        }
+        if let Some(v) = &file.container_runtime_endpoint {
+            c.container_runtime_endpoint = check_endpoint("containerRuntimeEndpoint", v)?;
+        }
+        if let Some(v) = &file.pod_logs_dir {
+            if !v.is_absolute() {
+                return Err(invalid(
+                    "podLogsDir",
+                    v.display(),
+                    "must be an absolute path",
+                ));
+            }
+            c.pod_logs_dir = v.clone();
+        }
+        if let Some(v) = &file.cgroup_root {
+            c.cgroup_root = normalize_cgroup_root("cgroupRoot", v)?;
+        }
+        if let Some(v) = &file.cgroup_driver {
+            check_cgroup_driver("cgroupDriver", v)?;
+        }
+        if let Some(v) = file.max_pods {
+            c.max_pods = u32::try_from(v)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("maxPods", v, "must be a positive integer"))?;
+        }
+        if let Some(v) = file.read_only_port {
+            c.read_only_port = parse_port("readOnlyPort", v)?;
+        }
+        if let Some(v) = file.healthz_port {
+            c.healthz_port = parse_port("healthzPort", v)?;
+        }
+        if let Some(v) = &file.healthz_bind_address {
+            c.healthz_bind_address = parse_ip("healthzBindAddress", v)?;
+        }
+        if let Some(v) = &file.address {
+            c.address = parse_ip("address", v)?;
+        }
+        if let Some(v) = file.port {
+            c.port = parse_port("port", v)?;
+        }
+        if let Some(v) = &file.resolv_conf {
+            c.resolv_conf = v.clone();
+        }
+
+        // Flags override the file.
+        if let Some(v) = &flags.pod_manifest_path {
+            c.static_pod_path = Some(v.clone());
+        }
+        if let Some(v) = &flags.manifest_url {
+            c.static_pod_url = Some(check_url("--manifest-url", v)?);
+        }
+        if let Some(v) = &flags.container_runtime_endpoint {
+            c.container_runtime_endpoint = check_endpoint("--container-runtime-endpoint", v)?;
+        }
+        if let Some(v) = flags.read_only_port {
+            c.read_only_port = v;
+        }
+        if let Some(v) = flags.healthz_port {
+            c.healthz_port = v;
+        }
+        if let Some(v) = &flags.healthz_bind_address {
+            c.healthz_bind_address = parse_ip("--healthz-bind-address", v)?;
+        }
+        if let Some(v) = &flags.address {
+            c.address = parse_ip("--address", v)?;
+        }
+        if let Some(v) = &flags.cgroup_root {
+            c.cgroup_root = normalize_cgroup_root("--cgroup-root", v)?;
+        }
+        if let Some(v) = &flags.cgroup_driver {
+            check_cgroup_driver("--cgroup-driver", v)?;
+        }
+        if let Some(v) = &flags.pod_logs_dir {
+            if !v.is_absolute() {
+                return Err(invalid(
+                    "--pod-logs-dir",
+                    v.display(),
+                    "must be an absolute path",
+                ));
+            }
+            c.pod_logs_dir = v.clone();
+        }
+        c.root_dir = flags.root_dir.clone();
+        if let Some(v) = &flags.node_ip {
+            c.node_ip = Some(parse_ip("--node-ip", v)?);
+        }
+        c.node_name = match &flags.hostname_override {
+            Some(name) => {
+                let name = name.trim().to_lowercase();
+                if name.is_empty() {
+                    return Err(invalid("--hostname-override", name, "must not be empty"));
+                }
+                name
+            }
+            None => default_node_name(),
+        };
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut v = vec!["kubelet"];
+        v.extend_from_slice(args);
+        Flags::try_parse_from(v).unwrap()
+    }
+
+    fn file(text: &str) -> Result<KubeletConfiguration, ConfigError> {
+        KubeletConfiguration::parse(Path::new("/etc/kubelet.yaml"), text)
+    }
+
+    #[test]
+    fn defaults_match_upstream() {
+        let c =
+            Config::resolve(&flags(&["--hostname-override", "n1"]), &Default::default()).unwrap();
+        assert_eq!(c.file_check_frequency, Duration::from_secs(20));
+        assert_eq!(c.http_check_frequency, Duration::from_secs(20));
+        assert_eq!(c.sync_frequency, Duration::from_secs(60));
+        assert_eq!(c.container_runtime_endpoint, DEFAULT_RUNTIME_ENDPOINT);
+        assert_eq!(c.pod_logs_dir, PathBuf::from("/var/log/pods"));
+        assert_eq!(c.root_dir, PathBuf::from("/var/lib/kubelet"));
+        assert_eq!(c.max_pods, 110);
+        assert_eq!(c.read_only_port, 0);
+        assert_eq!(c.healthz_port, 10248);
+        assert_eq!(c.healthz_bind_address.to_string(), "127.0.0.1");
+        assert_eq!(c.node_name, "n1");
+    }
+
+    #[test]
+    fn file_is_read_and_flags_override_it() {
+        let f = file(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             staticPodPath: /etc/kubernetes/manifests\nfileCheckFrequency: 1m30s\n\
+             syncFrequency: 10s\nreadOnlyPort: 10255\ncgroupRoot: /nodus\n\
+             cgroupDriver: cgroupfs\nmaxPods: 30\npodLogsDir: /tmp/logs\n\
+             containerRuntimeEndpoint: unix:///run/x.sock\nhealthzBindAddress: 0.0.0.0\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&flags(&["--hostname-override", "Node-A"]), &f).unwrap();
+        assert_eq!(
+            c.static_pod_path.as_deref(),
+            Some(Path::new("/etc/kubernetes/manifests"))
+        );
+        assert_eq!(c.file_check_frequency, Duration::from_secs(90));
+        assert_eq!(c.sync_frequency, Duration::from_secs(10));
+        assert_eq!(c.read_only_port, 10255);
+        assert_eq!(c.cgroup_root, "/nodus");
+        assert_eq!(c.max_pods, 30);
+        assert_eq!(c.container_runtime_endpoint, "unix:///run/x.sock");
+        assert_eq!(c.node_name, "node-a");
+
+        let c = Config::resolve(
+            &flags(&[
+                "--pod-manifest-path",
+                "/m",
+                "--container-runtime-endpoint",
+                "unix:///y.sock",
+                "--read-only-port",
+                "0",
+                "--hostname-override",
+                "n",
+                "--node-ip",
+                "10.0.0.1",
+            ]),
+            &f,
+        )
+        .unwrap();
+        assert_eq!(c.static_pod_path.as_deref(), Some(Path::new("/m")));
+        assert_eq!(c.container_runtime_endpoint, "unix:///y.sock");
+        assert_eq!(c.read_only_port, 0);
+        assert_eq!(c.node_ip.unwrap().to_string(), "10.0.0.1");
+    }
+
+    fn err_text(text: &str) -> String {
+        match file(text) {
+            Err(e) => e.to_string(),
+            Ok(f) => Config::resolve(&flags(&["--hostname-override", "n"]), &f)
+                .unwrap_err()
+                .to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_field_and_value() {
+        let e = err_text("fileCheckFrequency: 20x\n");
+        assert!(e.contains("fileCheckFrequency") && e.contains("20x"), "{e}");
+        let e = err_text("syncFrequency: \"10\"\n");
+        assert!(e.contains("syncFrequency") && e.contains("\"10\""), "{e}");
+        let e = err_text("cgroupDriver: systemd\n");
+        assert!(e.contains("cgroupDriver") && e.contains("systemd"), "{e}");
+        let e = err_text("readOnlyPort: 70000\n");
+        assert!(e.contains("readOnlyPort") && e.contains("70000"), "{e}");
+        let e = err_text("maxPods: 0\n");
+        assert!(e.contains("maxPods"), "{e}");
+        let e = err_text("cgroupRoot: relative/path\n");
+        assert!(e.contains("cgroupRoot"), "{e}");
+        let e = err_text("kind: Pod\n");
+        assert!(e.contains("kind") && e.contains("Pod"), "{e}");
+        let e = err_text("staticPodURL: https://x/pods\n");
+        assert!(e.contains("staticPodURL"), "{e}");
+        let e = err_text("healthzBindAddress: nowhere\n");
+        assert!(
+            e.contains("healthzBindAddress") && e.contains("nowhere"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = err_text("staticPodPth: /x\n");
+        assert!(
+            e.contains("staticPodPth") && e.contains("/etc/kubelet.yaml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let e = Config::resolve(
+            &flags(&["--cgroup-driver", "systemd", "--hostname-override", "n"]),
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--cgroup-driver") && e.contains("systemd"),
+            "{e}"
+        );
+        let e = Config::resolve(
+            &flags(&["--node-ip", "x.y", "--hostname-override", "n"]),
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--node-ip") && e.contains("x.y"), "{e}");
+        assert!(Flags::try_parse_from(["kubelet", "--read-only-port", "abc"]).is_err());
+    }
+}

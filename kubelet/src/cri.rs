@@ -1,0 +1,377 @@
+//! The one CRI client of the kubelet: tonic over the runtime's unix socket, a timeout on
+//! every call, and reconnection with back-off when the runtime goes away (containerd
+//! restarting): a failed call drops the channel, the next call dials again, no sooner than
+//! the current back-off allows (100 ms doubling to 5 s).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nodus_proto::runtime::v1 as cri;
+use nodus_proto::runtime::v1::image_service_client::ImageServiceClient;
+use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+/// Default timeout of a CRI call (upstream's runtime request timeout is 2 minutes; most
+/// calls answer in milliseconds).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const LIST_TIMEOUT: Duration = Duration::from_secs(15);
+const SANDBOX_TIMEOUT: Duration = Duration::from_secs(120);
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("connecting to {endpoint}: {detail}")]
+    Connect { endpoint: String, detail: String },
+    #[error("CRI {op}: timed out after {timeout:?}")]
+    Timeout { op: &'static str, timeout: Duration },
+    #[error("CRI {op}: {code:?}: {message}")]
+    Status {
+        op: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("CRI {op}: empty answer")]
+    Empty { op: &'static str },
+}
+
+impl CriError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            CriError::Status {
+                code: tonic::Code::NotFound,
+                ..
+            }
+        )
+    }
+}
+
+struct State {
+    channel: Option<Channel>,
+    /// No dialing before this instant.
+    next_dial: Instant,
+    dial_backoff: Duration,
+}
+
+/// A cheap-to-clone CRI client.
+#[derive(Clone)]
+pub struct Cri {
+    endpoint: Arc<str>,
+    state: Arc<Mutex<State>>,
+}
+
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Cri {
+    pub fn new(endpoint: &str) -> Self {
+        Cri {
+            endpoint: endpoint.into(),
+            state: Arc::new(Mutex::new(State {
+                channel: None,
+                next_dial: Instant::now(),
+                dial_backoff: DIAL_BACKOFF_MIN,
+            })),
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn channel(&self) -> Result<Channel, CriError> {
+        let mut st = self.state.lock().await;
+        if let Some(ch) = &st.channel {
+            return Ok(ch.clone());
+        }
+        let now = Instant::now();
+        if now < st.next_dial {
+            // Wait out the back-off rather than failing at once; callers have timeouts.
+            tokio::time::sleep(st.next_dial - now).await;
+        }
+        match nodus_proto::connect_with_timeout(&self.endpoint, Duration::from_secs(5)).await {
+            Ok(ch) => {
+                if st.dial_backoff > DIAL_BACKOFF_MIN {
+                    tracing::info!(endpoint = %self.endpoint, "reconnected to the container runtime");
+                }
+                st.dial_backoff = DIAL_BACKOFF_MIN;
+                st.channel = Some(ch.clone());
+                Ok(ch)
+            }
+            Err(e) => {
+                st.next_dial = Instant::now() + st.dial_backoff;
+                st.dial_backoff = (st.dial_backoff * 2).min(DIAL_BACKOFF_MAX);
+                Err(CriError::Connect {
+                    endpoint: self.endpoint.to_string(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn drop_channel(&self) {
+        let mut st = self.state.lock().await;
+        if st.channel.take().is_some() {
+            tracing::warn!(endpoint = %self.endpoint, "lost the container runtime, will reconnect");
+        }
+    }
+
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, CriError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let ch = self.channel().await?;
+        match tokio::time::timeout(timeout, f(ch)).await {
+            Err(_) => Err(CriError::Timeout { op, timeout }),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => {
+                // Unavailable (and Unknown from a broken transport) mean the socket is gone.
+                let gone = status.code() == tonic::Code::Unavailable
+                    || (status.code() == tonic::Code::Unknown
+                        && status.message().contains("transport"));
+                if gone {
+                    self.drop_channel().await;
+                }
+                Err(CriError::Status {
+                    op,
+                    code: status.code(),
+                    message: status.message().to_string(),
+                })
+            }
+        }
+    }
+
+    pub async fn version(&self) -> Result<cri::VersionResponse, CriError> {
+        self.call("Version", LIST_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .version(cri::VersionRequest::default())
+                .await
+        })
+        .await
+    }
+
+    pub async fn run_pod_sandbox(
+        &self,
+        config: cri::PodSandboxConfig,
+        runtime_handler: String,
+    ) -> Result<String, CriError> {
+        let r = self
+            .call("RunPodSandbox", SANDBOX_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(config),
+                        runtime_handler,
+                    })
+                    .await
+            })
+            .await?;
+        Ok(r.pod_sandbox_id)
+    }
+
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        let pod_sandbox_id = id.to_string();
+        self.call("StopPodSandbox", SANDBOX_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        let pod_sandbox_id = id.to_string();
+        self.call("RemovePodSandbox", SANDBOX_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus, CriError> {
+        let pod_sandbox_id = id.to_string();
+        let r = self
+            .call("PodSandboxStatus", DEFAULT_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                        pod_sandbox_id,
+                        verbose: false,
+                    })
+                    .await
+            })
+            .await?;
+        r.status.ok_or(CriError::Empty {
+            op: "PodSandboxStatus",
+        })
+    }
+
+    /// Lists sandboxes, optionally only those with these labels.
+    pub async fn list_pod_sandbox(
+        &self,
+        label_selector: HashMap<String, String>,
+    ) -> Result<Vec<cri::PodSandbox>, CriError> {
+        let r = self
+            .call("ListPodSandbox", LIST_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .list_pod_sandbox(cri::ListPodSandboxRequest {
+                        filter: Some(cri::PodSandboxFilter {
+                            label_selector,
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+            })
+            .await?;
+        Ok(r.items)
+    }
+
+    pub async fn create_container(
+        &self,
+        pod_sandbox_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: cri::PodSandboxConfig,
+    ) -> Result<String, CriError> {
+        let pod_sandbox_id = pod_sandbox_id.to_string();
+        let r = self
+            .call("CreateContainer", DEFAULT_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .create_container(cri::CreateContainerRequest {
+                        pod_sandbox_id,
+                        config: Some(config),
+                        sandbox_config: Some(sandbox_config),
+                    })
+                    .await
+            })
+            .await?;
+        Ok(r.container_id)
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), CriError> {
+        let container_id = id.to_string();
+        self.call("StartContainer", DEFAULT_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .start_container(cri::StartContainerRequest { container_id })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Stops a container: the stop signal, then SIGKILL after `grace_secs`.
+    pub async fn stop_container(&self, id: &str, grace_secs: i64) -> Result<(), CriError> {
+        let container_id = id.to_string();
+        let timeout = Duration::from_secs(grace_secs.max(0) as u64) + DEFAULT_TIMEOUT;
+        self.call("StopContainer", timeout, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .stop_container(cri::StopContainerRequest {
+                    container_id,
+                    timeout: grace_secs,
+                })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<(), CriError> {
+        let container_id = id.to_string();
+        self.call("RemoveContainer", DEFAULT_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .remove_container(cri::RemoveContainerRequest { container_id })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Lists containers, optionally only those with these labels.
+    pub async fn list_containers(
+        &self,
+        label_selector: HashMap<String, String>,
+    ) -> Result<Vec<cri::Container>, CriError> {
+        let r = self
+            .call("ListContainers", LIST_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .list_containers(cri::ListContainersRequest {
+                        filter: Some(cri::ContainerFilter {
+                            label_selector,
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+            })
+            .await?;
+        Ok(r.containers)
+    }
+
+    pub async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus, CriError> {
+        let container_id = id.to_string();
+        let r = self
+            .call("ContainerStatus", DEFAULT_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .container_status(cri::ContainerStatusRequest {
+                        container_id,
+                        verbose: false,
+                    })
+                    .await
+            })
+            .await?;
+        r.status.ok_or(CriError::Empty {
+            op: "ContainerStatus",
+        })
+    }
+
+    /// The image's ID if the runtime has it.
+    pub async fn image_status(&self, image: &str) -> Result<Option<String>, CriError> {
+        let spec = cri::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        };
+        let r = self
+            .call("ImageStatus", DEFAULT_TIMEOUT, |ch| async move {
+                ImageServiceClient::new(ch)
+                    .image_status(cri::ImageStatusRequest {
+                        image: Some(spec),
+                        verbose: false,
+                    })
+                    .await
+            })
+            .await?;
+        Ok(r.image.map(|i| i.id))
+    }
+
+    /// Pulls an image; returns its reference.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        sandbox_config: Option<cri::PodSandboxConfig>,
+    ) -> Result<String, CriError> {
+        let spec = cri::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        };
+        let r = self
+            .call("PullImage", PULL_TIMEOUT, |ch| async move {
+                ImageServiceClient::new(ch)
+                    .pull_image(cri::PullImageRequest {
+                        image: Some(spec),
+                        auth: None,
+                        sandbox_config,
+                    })
+                    .await
+            })
+            .await?;
+        Ok(r.image_ref)
+    }
+}

@@ -1,0 +1,397 @@
+//! The kubelet proper: wires sources, `pod_config`, PLEG, pod workers, the runtime
+//! manager and the status manager together, and runs the sync loop, one `tokio::select!`
+//! over config updates, PLEG events, worker results, the sync tick (1 s) and the
+//! housekeeping tick (2 s).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::mpsc;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::container::now_nanos;
+use crate::cri::Cri;
+use crate::kuberuntime::actions::compute_pod_actions;
+use crate::kuberuntime::sandbox::NodePaths;
+use crate::kuberuntime::RuntimeManager;
+use crate::pleg::{Pleg, PlegShared};
+use crate::pod_config::{uid_of, PodConfig, PodUpdate};
+use crate::pod_workers::{PodSyncer, PodWorkers, Work, WorkerResult, WorkerState};
+use crate::sources::file::FileSource;
+use crate::sources::http::HttpSource;
+use crate::sources::Source;
+use crate::status_manager::{self, StatusInputs, StatusManager};
+
+pub const SYNC_TICK: Duration = Duration::from_secs(1);
+pub const HOUSEKEEPING_TICK: Duration = Duration::from_secs(2);
+pub const PLEG_PERIOD: Duration = Duration::from_secs(1);
+/// After a failed sync, try again this soon.
+const ERROR_REQUEUE: Duration = Duration::from_secs(2);
+
+/// The desired pods by UID (upstream's pod manager), shared with the HTTP server.
+#[derive(Debug, Clone, Default)]
+pub struct PodManager {
+    inner: Arc<RwLock<HashMap<String, Arc<Pod>>>>,
+}
+
+impl PodManager {
+    pub fn get(&self, uid: &str) -> Option<Arc<Pod>> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()
+    }
+    pub fn set(&self, pod: Pod) -> Arc<Pod> {
+        let pod = Arc::new(pod);
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid_of(&pod).to_string(), pod.clone());
+        pod
+    }
+    pub fn remove(&self, uid: &str) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+    pub fn contains(&self, uid: &str) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(uid)
+    }
+    /// All pods, sorted by namespace/name.
+    pub fn all(&self) -> Vec<Arc<Pod>> {
+        let mut v: Vec<_> = self
+            .inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|p| crate::pod_config::full_name(p));
+        v
+    }
+}
+
+/// What the pod workers call into.
+pub struct Syncer {
+    pub runtime: RuntimeManager,
+    pub status: StatusManager,
+    pub backoff: Mutex<Backoff>,
+    pub node_ip: Option<String>,
+    pub sync_frequency: Duration,
+}
+
+impl Syncer {
+    async fn sync(&self, pod: &Pod) -> Duration {
+        let uid = uid_of(pod).to_string();
+        let runtime_status = match self.runtime.get_pod_status(&uid).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "cannot read pod status from the runtime");
+                return ERROR_REQUEUE;
+            }
+        };
+        let now = now_nanos();
+        let actions = {
+            let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+            compute_pod_actions(pod, &runtime_status, &b, now)
+        };
+        let previous = self.status.get(&uid);
+        let api = status_manager::generate(
+            pod,
+            &runtime_status,
+            &StatusInputs {
+                backoff: &actions.backoff,
+                node_ip: self.node_ip.clone(),
+                previous: previous.as_ref(),
+                now,
+            },
+        );
+        self.status.set(&uid, api);
+        for w in &actions.backoff {
+            tracing::info!(pod = %crate::pod_config::full_name(pod), container = %w.name, wait_ms = w.remaining / 1_000_000, "back-off restarting failed container (CrashLoopBackOff)");
+        }
+        if !actions.is_noop() {
+            tracing::debug!(pod = %crate::pod_config::full_name(pod), ?actions, "syncing pod");
+            if let Err(e) = self
+                .runtime
+                .sync_pod(pod, &runtime_status, &actions, &self.backoff)
+                .await
+            {
+                tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "error syncing pod");
+                return ERROR_REQUEUE;
+            }
+        }
+        actions
+            .backoff
+            .iter()
+            .map(|w| Duration::from_nanos(w.remaining.max(0) as u64))
+            .min()
+            .unwrap_or(self.sync_frequency)
+    }
+}
+
+impl PodSyncer for Syncer {
+    fn sync_pod<'a>(
+        &'a self,
+        pod: &'a Pod,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + Send + 'a>> {
+        Box::pin(self.sync(pod))
+    }
+
+    fn terminate_pod<'a>(
+        &'a self,
+        uid: &'a str,
+        pod: Option<&'a Pod>,
+        grace_override: Option<i64>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let name = pod.map(crate::pod_config::full_name).unwrap_or_default();
+            tracing::info!(pod = %name, %uid, "terminating pod");
+            self.runtime
+                .remove_pod(uid, pod, grace_override)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(pod = %name, %uid, "pod terminated and removed");
+            Ok(())
+        })
+    }
+}
+
+/// Handles shared with the HTTP servers.
+#[derive(Clone)]
+pub struct Shared {
+    pub pods: PodManager,
+    pub status: StatusManager,
+    pub pleg: PlegShared,
+    /// Updated by the sync loop on every iteration (for healthz).
+    pub loop_alive: Arc<Mutex<Instant>>,
+}
+
+impl Shared {
+    pub fn healthy(&self) -> Result<(), String> {
+        let last = *self.loop_alive.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() > Duration::from_secs(30) {
+            return Err(format!("sync loop stalled for {:?}", last.elapsed()));
+        }
+        if !self.pleg.healthy(Duration::from_secs(180)) {
+            return Err("PLEG has not relisted for 3 minutes".into());
+        }
+        Ok(())
+    }
+}
+
+pub struct Kubelet {
+    cfg: Config,
+    syncer: Arc<Syncer>,
+    shared: Shared,
+    cri: Cri,
+}
+
+impl Kubelet {
+    pub fn new(cfg: Config) -> Self {
+        let cri = Cri::new(&cfg.container_runtime_endpoint);
+        let runtime = RuntimeManager::new(
+            cri.clone(),
+            NodePaths {
+                pod_logs_dir: cfg.pod_logs_dir.clone(),
+                cgroup_root: cfg.cgroup_root.clone(),
+            },
+            cfg.root_dir.clone(),
+            cfg.resolv_conf.clone(),
+        );
+        let status = StatusManager::new();
+        let syncer = Arc::new(Syncer {
+            runtime,
+            status: status.clone(),
+            backoff: Mutex::new(Backoff::new()),
+            node_ip: cfg.node_ip.map(|ip| ip.to_string()),
+            sync_frequency: cfg.sync_frequency,
+        });
+        let shared = Shared {
+            pods: PodManager::default(),
+            status,
+            pleg: PlegShared::default(),
+            loop_alive: Arc::new(Mutex::new(Instant::now())),
+        };
+        Kubelet {
+            cfg,
+            syncer,
+            shared,
+            cri,
+        }
+    }
+
+    pub fn shared(&self) -> Shared {
+        self.shared.clone()
+    }
+
+    /// Runs until `shutdown` resolves. Pods keep running after the kubelet exits.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        match self.cri.version().await {
+            Ok(v) => {
+                tracing::info!(runtime = %v.runtime_name, version = %v.runtime_version, api = %v.runtime_api_version, "connected to the container runtime")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "container runtime not reachable yet, will keep trying")
+            }
+        }
+        let (src_tx, mut src_rx) = mpsc::channel(64);
+        let mut expected = Vec::new();
+        if let Some(path) = &self.cfg.static_pod_path {
+            expected.push(Source::File);
+            tokio::spawn(
+                FileSource {
+                    path: path.clone(),
+                    node_name: self.cfg.node_name.clone(),
+                    period: self.cfg.file_check_frequency,
+                }
+                .run(src_tx.clone()),
+            );
+        }
+        if let Some(url) = &self.cfg.static_pod_url {
+            expected.push(Source::Http);
+            tokio::spawn(
+                HttpSource {
+                    url: url.clone(),
+                    node_name: self.cfg.node_name.clone(),
+                    period: self.cfg.http_check_frequency,
+                }
+                .run(src_tx.clone()),
+            );
+        }
+        drop(src_tx);
+
+        let (pleg_tx, mut pleg_rx) = mpsc::channel(4096);
+        tokio::spawn(
+            Pleg {
+                cri: self.cri.clone(),
+                period: PLEG_PERIOD,
+                shared: self.shared.pleg.clone(),
+            }
+            .run(pleg_tx),
+        );
+
+        let (res_tx, mut res_rx) = mpsc::unbounded_channel();
+        let mut workers = PodWorkers::new(self.syncer.clone(), res_tx);
+        let mut pod_config = PodConfig::new();
+        let mut queue: HashMap<String, Instant> = HashMap::new();
+        let mut sync_tick = tokio::time::interval(SYNC_TICK);
+        let mut housekeeping_tick = tokio::time::interval(HOUSEKEEPING_TICK);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        housekeeping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pods = self.shared.pods.clone();
+        tokio::pin!(shutdown);
+
+        loop {
+            *self
+                .shared
+                .loop_alive
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down (pods keep running)");
+                    return;
+                }
+                Some(update) = src_rx.recv() => {
+                    for u in pod_config.merge(update) {
+                        handle_update(u, &pods, &mut workers, self.cfg.max_pods);
+                    }
+                }
+                Some(ev) = pleg_rx.recv() => {
+                    if let Some(pod) = pods.get(&ev.uid) {
+                        if workers.state(&ev.uid) != Some(WorkerState::Terminating) {
+                            workers.update_pod(&ev.uid, Work::Sync(pod));
+                        }
+                    }
+                }
+                Some(res) = res_rx.recv() => match res {
+                    WorkerResult::Synced { uid, requeue_after } => {
+                        queue.insert(uid, Instant::now() + requeue_after);
+                    }
+                    WorkerResult::Terminated { uid } => {
+                        workers.remove(&uid);
+                        queue.remove(&uid);
+                        self.syncer.backoff.lock().unwrap_or_else(|e| e.into_inner()).forget_pod(&uid);
+                        match pods.get(&uid) {
+                            // Re-added while it was being torn down: start it again.
+                            Some(pod) => { workers.update_pod(&uid, Work::Sync(pod)); }
+                            None => self.shared.status.remove(&uid),
+                        }
+                    }
+                },
+                _ = sync_tick.tick() => {
+                    let now = Instant::now();
+                    let due: Vec<String> = queue.iter().filter(|(_, t)| **t <= now).map(|(u, _)| u.clone()).collect();
+                    for uid in due {
+                        queue.remove(&uid);
+                        if let Some(pod) = pods.get(&uid) {
+                            workers.update_pod(&uid, Work::Sync(pod));
+                        }
+                    }
+                }
+                _ = housekeeping_tick.tick() => {
+                    // Never remove what the sources may still announce.
+                    if pod_config.sources_ready(&expected) && self.shared.pleg.relisted_once() {
+                        for (uid, rp) in self.shared.pleg.runtime_pods() {
+                            if !pods.contains(&uid) && workers.state(&uid).is_none() {
+                                tracing::info!(%uid, pod = %format!("{}/{}", rp.namespace, rp.name), "removing pod no source knows (housekeeping)");
+                                workers.update_pod(&uid, Work::Terminate { pod: None, grace_override: None });
+                            }
+                        }
+                    }
+                    self.syncer.backoff.lock().unwrap_or_else(|e| e.into_inner()).gc(now_nanos());
+                }
+            }
+        }
+    }
+}
+
+fn handle_update(
+    update: PodUpdate,
+    pods: &PodManager,
+    workers: &mut PodWorkers<Syncer>,
+    max_pods: u32,
+) {
+    match update {
+        PodUpdate::Add(list) | PodUpdate::Update(list) => {
+            for pod in list {
+                let uid = uid_of(&pod).to_string();
+                if !pods.contains(&uid) && pods.all().len() >= max_pods as usize {
+                    tracing::error!(pod = %crate::pod_config::full_name(&pod), max_pods, "pod rejected: node has reached maxPods (OutOfpods)");
+                    continue;
+                }
+                tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, "pod added");
+                let pod = pods.set(pod);
+                workers.update_pod(&uid, Work::Sync(pod));
+            }
+        }
+        PodUpdate::Remove(list) => {
+            for pod in list {
+                let uid = uid_of(&pod).to_string();
+                tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, "pod removed from its source");
+                pods.remove(&uid);
+                workers.update_pod(
+                    &uid,
+                    Work::Terminate {
+                        pod: Some(Arc::new(pod)),
+                        grace_override: None,
+                    },
+                );
+            }
+        }
+        PodUpdate::Reconcile(list) => {
+            for pod in list {
+                pods.set(pod);
+            }
+        }
+    }
+}

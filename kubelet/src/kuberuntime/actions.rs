@@ -1,0 +1,647 @@
+//! `compute_pod_actions`: what must happen to bring a pod's runtime state (as CRI reports
+//! it) to its spec. A pure function, following upstream's `computePodActions`: create or
+//! recreate the sandbox, run init containers one by one in order, start or restart app
+//! containers per `restartPolicy`, hold restarts back while in CrashLoopBackOff, and stop
+//! the pod's sandbox when nothing is left to run.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use crate::backoff::{self, Backoff};
+use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus, SandboxState};
+use crate::labels::hash_container;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+pub fn restart_policy(pod: &Pod) -> RestartPolicy {
+    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+        Some("OnFailure") => RestartPolicy::OnFailure,
+        Some("Never") => RestartPolicy::Never,
+        _ => RestartPolicy::Always,
+    }
+}
+
+pub fn init_containers(pod: &Pod) -> &[Container] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or(&[])
+}
+
+pub fn app_containers(pod: &Pod) -> &[Container] {
+    pod.spec.as_ref().map(|s| &s.containers[..]).unwrap_or(&[])
+}
+
+/// A container to stop, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerToKill {
+    pub id: String,
+    pub name: String,
+    pub reason: String,
+}
+
+/// A container held back by CrashLoopBackOff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackoffWait {
+    pub name: String,
+    /// How long until the restart may happen.
+    pub remaining: Nanos,
+    /// The current back-off period (for the status message).
+    pub period: Nanos,
+}
+
+/// The actions for one sync of one pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodActions {
+    /// Stop every container and sandbox of the pod first.
+    pub kill_pod: bool,
+    /// Create a new sandbox.
+    pub create_sandbox: bool,
+    /// The ready sandbox to start containers in (when not creating one).
+    pub sandbox_id: Option<String>,
+    /// The attempt number of the sandbox to create.
+    pub attempt: u32,
+    /// Index (in `spec.initContainers`) of the init container to start next.
+    pub next_init_container: Option<usize>,
+    /// Indexes (in `spec.containers`) of app containers to start.
+    pub containers_to_start: Vec<usize>,
+    /// Running containers to stop (spec changed).
+    pub containers_to_kill: Vec<ContainerToKill>,
+    /// Containers (init or app) whose restart waits for back-off.
+    pub backoff: Vec<BackoffWait>,
+}
+
+impl PodActions {
+    /// True when this sync changes nothing.
+    pub fn is_noop(&self) -> bool {
+        !self.kill_pod
+            && !self.create_sandbox
+            && self.next_init_container.is_none()
+            && self.containers_to_start.is_empty()
+            && self.containers_to_kill.is_empty()
+    }
+}
+
+/// Upstream's `podSandboxChanged`: (must create, attempt for the new one, current ready id).
+fn sandbox_changed(status: &PodStatus) -> (bool, u32, Option<String>) {
+    let Some(newest) = status.sandboxes.first() else {
+        return (true, 0, None);
+    };
+    let ready = status
+        .sandboxes
+        .iter()
+        .filter(|s| s.state == SandboxState::Ready)
+        .count();
+    if ready > 1 || newest.state != SandboxState::Ready || newest.ips.is_empty() {
+        return (true, newest.attempt + 1, Some(newest.id.clone()));
+    }
+    (false, newest.attempt, Some(newest.id.clone()))
+}
+
+fn succeeded(c: &ContainerStatus) -> bool {
+    c.state == ContainerState::Exited && c.exit_code == 0
+}
+
+/// Upstream's `ShouldContainerBeRestarted` for a container whose newest instance is `last`.
+pub fn should_restart(policy: RestartPolicy, last: Option<&ContainerStatus>) -> bool {
+    match last {
+        None => true,
+        Some(c) => match c.state {
+            ContainerState::Running => false,
+            ContainerState::Created | ContainerState::Unknown => true,
+            ContainerState::Exited => match policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => c.exit_code != 0,
+                RestartPolicy::Never => false,
+            },
+        },
+    }
+}
+
+/// What the init containers need, as upstream's `findNextInitContainerToRun`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitProgress {
+    /// All init containers succeeded (or there are none).
+    Done,
+    /// Start this one next (never run, or the previous one just succeeded).
+    Next(usize),
+    /// This one failed; it is to be restarted (or the pod fails, with restartPolicy Never).
+    Failed(usize),
+    /// One is running; wait.
+    Running,
+}
+
+pub fn init_progress(pod: &Pod, status: &PodStatus) -> InitProgress {
+    let inits = init_containers(pod);
+    if inits.is_empty() {
+        return InitProgress::Done;
+    }
+    // A running app container means the init containers ran before (maybe since removed).
+    if app_containers(pod).iter().any(|c| {
+        status
+            .find_container(&c.name)
+            .is_some_and(|s| s.state == ContainerState::Running)
+    }) {
+        return InitProgress::Done;
+    }
+    for (i, c) in inits.iter().enumerate().rev() {
+        if let Some(s) = status.find_container(&c.name) {
+            if s.state == ContainerState::Exited && s.exit_code != 0 {
+                return InitProgress::Failed(i);
+            }
+        }
+    }
+    for (i, c) in inits.iter().enumerate().rev() {
+        let Some(s) = status.find_container(&c.name) else {
+            continue;
+        };
+        return match s.state {
+            ContainerState::Running => InitProgress::Running,
+            ContainerState::Exited if i + 1 == inits.len() => InitProgress::Done,
+            ContainerState::Exited => InitProgress::Next(i + 1),
+            // Created but never started, or unknown: start it (again).
+            ContainerState::Created | ContainerState::Unknown => InitProgress::Next(i),
+        };
+    }
+    InitProgress::Next(0)
+}
+
+/// Back-off for restarting `container` whose newest exited instance is in `status`.
+fn backoff_wait(
+    pod_uid: &str,
+    container: &Container,
+    status: &PodStatus,
+    backoff: &Backoff,
+    now: Nanos,
+) -> Option<BackoffWait> {
+    let last = status.last_exited(&container.name)?;
+    let key = backoff::key(pod_uid, &container.name, &hash_container(container));
+    let remaining = backoff.remaining(&key, last.started_at, last.finished_at, now)?;
+    Some(BackoffWait {
+        name: container.name.clone(),
+        remaining,
+        period: backoff.current(&key).unwrap_or(backoff::INITIAL),
+    })
+}
+
+/// Computes the actions for one sync. `backoff` and `now` decide CrashLoopBackOff.
+pub fn compute_pod_actions(
+    pod: &Pod,
+    status: &PodStatus,
+    backoff: &Backoff,
+    now: Nanos,
+) -> PodActions {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    let policy = restart_policy(pod);
+    let (create, attempt, sandbox_id) = sandbox_changed(status);
+    let mut a = PodActions {
+        kill_pod: create,
+        create_sandbox: create,
+        sandbox_id: sandbox_id.clone(),
+        attempt,
+        ..Default::default()
+    };
+    let apps = app_containers(pod);
+
+    if create {
+        a.sandbox_id = None;
+        if policy == RestartPolicy::Never && attempt != 0 && !status.containers.is_empty() {
+            // The pod ran and must not run again.
+            a.create_sandbox = false;
+            // Nothing left to stop once the sandbox is down.
+            a.kill_pod = status
+                .sandboxes
+                .iter()
+                .any(|s| s.state == SandboxState::Ready)
+                || status.running_containers().next().is_some();
+            return a;
+        }
+        let to_start: Vec<usize> = apps
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                !(policy == RestartPolicy::OnFailure
+                    && status.find_container(&c.name).is_some_and(succeeded))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if to_start.is_empty() {
+            a.create_sandbox = false;
+            a.kill_pod = status
+                .sandboxes
+                .iter()
+                .any(|s| s.state == SandboxState::Ready)
+                || status.running_containers().next().is_some();
+            return a;
+        }
+        if !init_containers(pod).is_empty() {
+            // A new sandbox runs the init containers again, from the first.
+            a.next_init_container = Some(0);
+            return a;
+        }
+        for i in to_start {
+            match backoff_wait(uid, &apps[i], status, backoff, now) {
+                Some(w) => a.backoff.push(w),
+                None => a.containers_to_start.push(i),
+            }
+        }
+        return a;
+    }
+
+    match init_progress(pod, status) {
+        InitProgress::Done => {}
+        InitProgress::Running => return a,
+        InitProgress::Next(i) => {
+            a.next_init_container = Some(i);
+            return a;
+        }
+        InitProgress::Failed(i) => {
+            if policy == RestartPolicy::Never {
+                // A failed init container fails the pod.
+                a.kill_pod = true;
+                return a;
+            }
+            match backoff_wait(uid, &init_containers(pod)[i], status, backoff, now) {
+                Some(w) => a.backoff.push(w),
+                None => a.next_init_container = Some(i),
+            }
+            return a;
+        }
+    }
+
+    let mut keep = 0;
+    let mut to_start = Vec::new();
+    for (i, c) in apps.iter().enumerate() {
+        let last = status.find_container(&c.name);
+        match last {
+            Some(s) if s.state == ContainerState::Running => {
+                if s.hash != hash_container(c) {
+                    a.containers_to_kill.push(ContainerToKill {
+                        id: s.id.clone(),
+                        name: c.name.clone(),
+                        reason: "container spec changed".into(),
+                    });
+                    to_start.push(i);
+                } else {
+                    keep += 1;
+                }
+            }
+            _ => {
+                if should_restart(policy, last) {
+                    to_start.push(i);
+                }
+            }
+        }
+    }
+    if keep == 0 && to_start.is_empty() {
+        // Everything finished and stays finished: stop the sandbox.
+        a.kill_pod = status
+            .sandboxes
+            .iter()
+            .any(|s| s.state == SandboxState::Ready);
+        return a;
+    }
+    for i in to_start {
+        let c = &apps[i];
+        let killing = a.containers_to_kill.iter().any(|k| k.name == c.name);
+        match (!killing)
+            .then(|| backoff_wait(uid, c, status, backoff, now))
+            .flatten()
+        {
+            Some(w) => a.backoff.push(w),
+            None => a.containers_to_start.push(i),
+        }
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::{SandboxStatus, NANOS_PER_SEC as S};
+    use crate::sources::{load_manifest, Source};
+
+    const UID_FILE: &str = "/m/p.yaml";
+
+    fn pod(policy: &str, inits: &[&str], apps: &[&str]) -> Pod {
+        let list = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("{{name: {n}, image: 'i:1'}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let text = format!(
+            "kind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: {policy}\n  initContainers: [{}]\n  containers: [{}]\n",
+            list(inits),
+            list(apps)
+        );
+        load_manifest(&text, Source::File, UID_FILE, "n")
+            .0
+            .remove(0)
+    }
+
+    fn sandbox(id: &str, ready: bool, attempt: u32) -> SandboxStatus {
+        SandboxStatus {
+            id: id.into(),
+            state: if ready {
+                SandboxState::Ready
+            } else {
+                SandboxState::NotReady
+            },
+            attempt,
+            created_at: attempt as i64 * S,
+            ips: vec!["10.0.0.2".into()],
+        }
+    }
+
+    /// A container instance. `created` orders instances (newest first after sort).
+    fn ctr(
+        pod: &Pod,
+        name: &str,
+        state: ContainerState,
+        exit: i32,
+        created: i64,
+    ) -> ContainerStatus {
+        let spec = init_containers(pod)
+            .iter()
+            .chain(app_containers(pod))
+            .find(|c| c.name == name)
+            .unwrap();
+        ContainerStatus {
+            id: format!("{name}-{created}"),
+            name: name.into(),
+            sandbox_id: "sb".into(),
+            state,
+            created_at: created * S,
+            started_at: created * S,
+            finished_at: if state == ContainerState::Exited {
+                created * S + S
+            } else {
+                0
+            },
+            exit_code: exit,
+            reason: String::new(),
+            message: String::new(),
+            image: "i:1".into(),
+            image_ref: String::new(),
+            hash: hash_container(spec),
+            restart_count: 0,
+        }
+    }
+
+    fn status(sandboxes: Vec<SandboxStatus>, containers: Vec<ContainerStatus>) -> PodStatus {
+        let mut s = PodStatus {
+            uid: "u".into(),
+            sandboxes,
+            containers,
+            ..Default::default()
+        };
+        s.sort();
+        s
+    }
+
+    fn compute(pod: &Pod, st: &PodStatus) -> PodActions {
+        compute_pod_actions(pod, st, &Backoff::new(), 1_000 * S)
+    }
+
+    use ContainerState::*;
+
+    #[test]
+    fn new_pod_creates_sandbox_and_starts_everything() {
+        let p = pod("Always", &[], &["a", "b"]);
+        let a = compute(&p, &PodStatus::default());
+        assert!(a.create_sandbox && a.kill_pod);
+        assert_eq!(a.attempt, 0);
+        assert_eq!(a.containers_to_start, vec![0, 1]);
+    }
+
+    #[test]
+    fn healthy_pod_is_left_alone() {
+        let p = pod("Always", &[], &["a", "b"]);
+        let st = status(
+            vec![sandbox("sb", true, 0)],
+            vec![ctr(&p, "a", Running, 0, 1), ctr(&p, "b", Running, 0, 1)],
+        );
+        let a = compute(&p, &st);
+        assert!(a.is_noop(), "{a:?}");
+        assert_eq!(a.sandbox_id.as_deref(), Some("sb"));
+    }
+
+    #[test]
+    fn dead_sandbox_is_recreated_with_next_attempt() {
+        let p = pod("Always", &[], &["a"]);
+        let st = status(
+            vec![sandbox("sb", false, 2)],
+            vec![ctr(&p, "a", Exited, 137, 1)],
+        );
+        let a = compute(&p, &st);
+        assert!(a.create_sandbox && a.kill_pod);
+        assert_eq!(a.attempt, 3);
+        assert_eq!(a.containers_to_start, vec![0]);
+        // A ready sandbox without an IP is recreated too.
+        let mut sb = sandbox("sb", true, 0);
+        sb.ips.clear();
+        let a = compute(&p, &status(vec![sb], vec![]));
+        assert!(a.create_sandbox);
+        assert_eq!(a.attempt, 1);
+    }
+
+    #[test]
+    fn two_ready_sandboxes_are_reconciled() {
+        let p = pod("Always", &[], &["a"]);
+        let st = status(vec![sandbox("s1", true, 0), sandbox("s2", true, 1)], vec![]);
+        let a = compute(&p, &st);
+        assert!(a.create_sandbox && a.kill_pod);
+        assert_eq!(a.attempt, 2);
+    }
+
+    #[test]
+    fn restart_policies_for_exited_containers() {
+        for (policy, exit, restart) in [
+            ("Always", 0, true),
+            ("Always", 1, true),
+            ("OnFailure", 0, false),
+            ("OnFailure", 1, true),
+            ("Never", 0, false),
+            ("Never", 1, false),
+        ] {
+            let p = pod(policy, &[], &["a", "b"]);
+            let st = status(
+                vec![sandbox("sb", true, 0)],
+                vec![ctr(&p, "a", Exited, exit, 1), ctr(&p, "b", Running, 0, 1)],
+            );
+            let a = compute(&p, &st);
+            assert_eq!(
+                a.containers_to_start == vec![0],
+                restart,
+                "{policy} exit {exit}"
+            );
+            assert!(!a.kill_pod && !a.create_sandbox);
+        }
+    }
+
+    #[test]
+    fn finished_pod_stops_its_sandbox_and_stays_finished() {
+        for (policy, exit) in [("OnFailure", 0), ("Never", 0), ("Never", 1)] {
+            let p = pod(policy, &[], &["a"]);
+            let st = status(
+                vec![sandbox("sb", true, 0)],
+                vec![ctr(&p, "a", Exited, exit, 1)],
+            );
+            let a = compute(&p, &st);
+            assert!(a.kill_pod && !a.create_sandbox, "{policy} {exit}: {a:?}");
+            assert!(a.containers_to_start.is_empty());
+            // Once the sandbox is down nothing more happens.
+            let st = status(
+                vec![sandbox("sb", false, 0)],
+                vec![ctr(&p, "a", Exited, exit, 1)],
+            );
+            let a = compute(&p, &st);
+            assert!(a.is_noop(), "{policy} {exit}: {a:?}");
+        }
+    }
+
+    #[test]
+    fn on_failure_recreated_sandbox_skips_succeeded_containers() {
+        let p = pod("OnFailure", &[], &["a", "b"]);
+        let st = status(
+            vec![sandbox("sb", false, 0)],
+            vec![ctr(&p, "a", Exited, 0, 1), ctr(&p, "b", Exited, 2, 1)],
+        );
+        let a = compute(&p, &st);
+        assert!(a.create_sandbox);
+        assert_eq!(a.containers_to_start, vec![1]);
+    }
+
+    #[test]
+    fn init_containers_run_in_order() {
+        let p = pod("Always", &["i1", "i2"], &["a"]);
+        // New pod: sandbox, then the first init container only.
+        let a = compute(&p, &PodStatus::default());
+        assert!(a.create_sandbox);
+        assert_eq!(a.next_init_container, Some(0));
+        assert!(a.containers_to_start.is_empty());
+        let sb = || vec![sandbox("sb", true, 0)];
+        // i1 running: wait.
+        let a = compute(&p, &status(sb(), vec![ctr(&p, "i1", Running, 0, 1)]));
+        assert!(a.is_noop(), "{a:?}");
+        // i1 done: i2.
+        let a = compute(&p, &status(sb(), vec![ctr(&p, "i1", Exited, 0, 1)]));
+        assert_eq!(a.next_init_container, Some(1));
+        // Both done: app containers.
+        let st = status(
+            sb(),
+            vec![ctr(&p, "i1", Exited, 0, 1), ctr(&p, "i2", Exited, 0, 2)],
+        );
+        let a = compute(&p, &st);
+        assert_eq!(a.next_init_container, None);
+        assert_eq!(a.containers_to_start, vec![0]);
+        // App running, init containers gone (removed): still done.
+        let a = compute(&p, &status(sb(), vec![ctr(&p, "a", Running, 0, 3)]));
+        assert!(a.is_noop(), "{a:?}");
+    }
+
+    #[test]
+    fn failing_init_container_blocks_apps() {
+        let p = pod("Always", &["i1", "i2"], &["a"]);
+        let sb = || vec![sandbox("sb", true, 0)];
+        let st = status(
+            sb(),
+            vec![ctr(&p, "i1", Exited, 0, 1), ctr(&p, "i2", Exited, 3, 2)],
+        );
+        let a = compute(&p, &st);
+        assert_eq!(a.next_init_container, Some(1));
+        assert!(a.containers_to_start.is_empty());
+        // With back-off in force the restart waits, apps still blocked.
+        let mut b = Backoff::new();
+        let i2 = &init_containers(&p)[1];
+        let key = backoff::key(
+            p.metadata.uid.as_deref().unwrap(),
+            "i2",
+            &hash_container(i2),
+        );
+        b.next(&key, 2 * S, 3 * S, 3 * S);
+        let a = compute_pod_actions(&p, &st, &b, 5 * S);
+        assert_eq!(a.next_init_container, None);
+        assert!(a.containers_to_start.is_empty());
+        assert_eq!(a.backoff[0].name, "i2");
+        assert_eq!(a.backoff[0].remaining, 8 * S);
+        // restartPolicy Never: the pod fails.
+        let p = pod("Never", &["i1"], &["a"]);
+        let st = status(sb(), vec![ctr(&p, "i1", Exited, 1, 1)]);
+        let a = compute(&p, &st);
+        assert!(a.kill_pod);
+        assert!(a.next_init_container.is_none() && a.containers_to_start.is_empty());
+    }
+
+    #[test]
+    fn crash_loop_backoff_holds_restarts() {
+        let p = pod("Always", &[], &["a"]);
+        let uid = p.metadata.uid.clone().unwrap();
+        let c = &app_containers(&p)[0];
+        let key = backoff::key(&uid, "a", &hash_container(c));
+        let mut st = status(
+            vec![sandbox("sb", true, 0)],
+            vec![ctr(&p, "a", Exited, 1, 100)],
+        );
+        let (started, finished) = (100 * S, 101 * S);
+        let mut b = Backoff::new();
+        // First crash: immediate restart.
+        let a = compute_pod_actions(&p, &st, &b, finished);
+        assert_eq!(a.containers_to_start, vec![0]);
+        b.next(&key, started, finished, finished);
+        // Crashes again right away: 10 s.
+        st.containers[0].started_at = 102 * S;
+        st.containers[0].finished_at = 103 * S;
+        let a = compute_pod_actions(&p, &st, &b, 104 * S);
+        assert!(a.containers_to_start.is_empty());
+        assert_eq!(
+            a.backoff,
+            vec![BackoffWait {
+                name: "a".into(),
+                remaining: 9 * S,
+                period: 10 * S
+            }]
+        );
+        assert!(!a.kill_pod, "a container in back-off keeps the pod up");
+        let a = compute_pod_actions(&p, &st, &b, 113 * S);
+        assert_eq!(a.containers_to_start, vec![0]);
+        b.next(&key, 102 * S, 103 * S, 113 * S);
+        // Next crash: 20 s.
+        st.containers[0].started_at = 114 * S;
+        st.containers[0].finished_at = 115 * S;
+        let a = compute_pod_actions(&p, &st, &b, 115 * S);
+        assert_eq!(a.backoff[0].remaining, 20 * S);
+        // After ten minutes of running, no back-off.
+        st.containers[0].finished_at = 114 * S + backoff::RESET_AFTER_RUNNING;
+        let a = compute_pod_actions(&p, &st, &b, st.containers[0].finished_at);
+        assert_eq!(a.containers_to_start, vec![0]);
+    }
+
+    #[test]
+    fn changed_spec_restarts_running_container_without_backoff() {
+        let p = pod("Always", &[], &["a"]);
+        let mut c = ctr(&p, "a", Running, 0, 1);
+        c.hash = "deadbeef".into();
+        let a = compute(&p, &status(vec![sandbox("sb", true, 0)], vec![c]));
+        assert_eq!(a.containers_to_kill.len(), 1);
+        assert_eq!(a.containers_to_start, vec![0]);
+    }
+
+    #[test]
+    fn never_policy_does_not_recreate_a_sandbox_that_ran() {
+        let p = pod("Never", &[], &["a"]);
+        let st = status(
+            vec![sandbox("sb", false, 0)],
+            vec![ctr(&p, "a", Exited, 0, 1)],
+        );
+        let a = compute(&p, &st);
+        assert!(!a.create_sandbox);
+        assert!(a.is_noop());
+    }
+}

@@ -1,0 +1,541 @@
+//! The runtime manager (upstream `kuberuntime`): reads a pod's state from CRI
+//! ([`RuntimeManager::get_pod_status`]), applies the actions [`actions::compute_pod_actions`]
+//! decides ([`RuntimeManager::sync_pod`]: sandbox, image pulls per `imagePullPolicy`,
+//! containers with upstream labels and annotations) and tears pods down
+//! ([`RuntimeManager::kill_pod`], [`RuntimeManager::remove_pod`]).
+
+pub mod actions;
+pub mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use nodus_proto::runtime::v1 as cri;
+
+use crate::backoff::{self, Backoff};
+use crate::container::{
+    now_nanos, ContainerState, ContainerStatus, PodStatus, SandboxState, SandboxStatus,
+};
+use crate::cri::{Cri, CriError};
+use crate::labels;
+use actions::{app_containers, init_containers, PodActions};
+use sandbox::NodePaths;
+
+/// Upstream's minimum grace period when stopping containers.
+pub const MIN_GRACE_SECS: i64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Cri(#[from] CriError),
+    #[error("image {image:?} is not present and imagePullPolicy is Never (ErrImageNeverPull)")]
+    ImageNeverPull { image: String },
+    #[error("pulling image {image:?} (ErrImagePull): {source}")]
+    ImagePull { image: String, source: CriError },
+    #[error("preparing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The runtime manager. Cheap to share behind an `Arc`.
+pub struct RuntimeManager {
+    cri: Cri,
+    paths: NodePaths,
+    root_dir: PathBuf,
+    resolv_conf: PathBuf,
+    /// IPs of sandboxes (they never change for a given sandbox).
+    sandbox_ips: Mutex<HashMap<String, Vec<String>>>,
+    /// Container statuses by ID; refreshed when the listed state differs.
+    container_cache: Mutex<HashMap<String, ContainerStatus>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn uid_selector(uid: &str) -> HashMap<String, String> {
+    HashMap::from([(labels::POD_UID_LABEL.to_string(), uid.to_string())])
+}
+
+fn container_state(s: i32) -> ContainerState {
+    match cri::ContainerState::try_from(s) {
+        Ok(cri::ContainerState::ContainerCreated) => ContainerState::Created,
+        Ok(cri::ContainerState::ContainerRunning) => ContainerState::Running,
+        Ok(cri::ContainerState::ContainerExited) => ContainerState::Exited,
+        _ => ContainerState::Unknown,
+    }
+}
+
+fn sandbox_state(s: i32) -> SandboxState {
+    if s == cri::PodSandboxState::SandboxReady as i32 {
+        SandboxState::Ready
+    } else {
+        SandboxState::NotReady
+    }
+}
+
+fn pod_grace(pod: &Pod) -> i64 {
+    pod.metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30)
+        .max(MIN_GRACE_SECS)
+}
+
+impl RuntimeManager {
+    pub fn new(cri: Cri, paths: NodePaths, root_dir: PathBuf, resolv_conf: PathBuf) -> Self {
+        RuntimeManager {
+            cri,
+            paths,
+            root_dir,
+            resolv_conf,
+            sandbox_ips: Mutex::new(HashMap::new()),
+            container_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn cri(&self) -> &Cri {
+        &self.cri
+    }
+
+    /// The runtime's view of one pod, from CRI only.
+    pub async fn get_pod_status(&self, uid: &str) -> Result<PodStatus, CriError> {
+        let (sandboxes, containers) = tokio::try_join!(
+            self.cri.list_pod_sandbox(uid_selector(uid)),
+            self.cri.list_containers(uid_selector(uid)),
+        )?;
+        let mut status = PodStatus {
+            uid: uid.to_string(),
+            ..Default::default()
+        };
+        for sb in sandboxes {
+            let meta = sb.metadata.clone().unwrap_or_default();
+            status.name = meta.name.clone();
+            status.namespace = meta.namespace.clone();
+            let state = sandbox_state(sb.state);
+            let cached = lock(&self.sandbox_ips).get(&sb.id).cloned();
+            let ips = match (cached, state) {
+                (Some(ips), _) => ips,
+                (None, SandboxState::Ready) => {
+                    let st = self.cri.pod_sandbox_status(&sb.id).await?;
+                    let net = st.network.unwrap_or_default();
+                    let mut ips = Vec::new();
+                    if !net.ip.is_empty() {
+                        ips.push(net.ip);
+                    }
+                    ips.extend(net.additional_ips.into_iter().map(|p| p.ip));
+                    lock(&self.sandbox_ips).insert(sb.id.clone(), ips.clone());
+                    ips
+                }
+                (None, SandboxState::NotReady) => Vec::new(),
+            };
+            status.sandboxes.push(SandboxStatus {
+                id: sb.id,
+                state,
+                attempt: meta.attempt,
+                created_at: sb.created_at,
+                ips,
+            });
+        }
+        for c in containers {
+            let state = container_state(c.state);
+            let cached = lock(&self.container_cache)
+                .get(&c.id)
+                .filter(|s| s.state == state)
+                .cloned();
+            let cs = match cached {
+                Some(cs) => cs,
+                None => match self.cri.container_status(&c.id).await {
+                    Ok(st) => {
+                        let cs = self.convert_container(&c, &st);
+                        lock(&self.container_cache).insert(c.id.clone(), cs.clone());
+                        cs
+                    }
+                    // Removed between the list and the status call.
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            status.containers.push(cs);
+        }
+        status.sort();
+        Ok(status)
+    }
+
+    fn convert_container(&self, c: &cri::Container, st: &cri::ContainerStatus) -> ContainerStatus {
+        let meta = c.metadata.clone().unwrap_or_default();
+        ContainerStatus {
+            id: c.id.clone(),
+            name: c
+                .labels
+                .get(labels::CONTAINER_NAME_LABEL)
+                .cloned()
+                .unwrap_or(meta.name),
+            sandbox_id: c.pod_sandbox_id.clone(),
+            state: container_state(st.state),
+            created_at: st.created_at,
+            started_at: st.started_at,
+            finished_at: st.finished_at,
+            exit_code: st.exit_code,
+            reason: st.reason.clone(),
+            message: st.message.clone(),
+            image: c
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+            image_ref: st.image_ref.clone(),
+            hash: c
+                .annotations
+                .get(labels::CONTAINER_HASH)
+                .cloned()
+                .unwrap_or_default(),
+            restart_count: labels::restart_count(&c.annotations),
+        }
+    }
+
+    fn node_resolv_conf(&self) -> String {
+        std::fs::read_to_string(&self.resolv_conf).unwrap_or_else(|e| {
+            tracing::warn!(path = %self.resolv_conf.display(), error = %e, "cannot read resolv.conf, pods get no DNS servers");
+            String::new()
+        })
+    }
+
+    /// Applies `actions` to `pod` whose runtime state is `status`.
+    pub async fn sync_pod(
+        &self,
+        pod: &Pod,
+        status: &PodStatus,
+        actions: &PodActions,
+        backoff: &Mutex<Backoff>,
+    ) -> Result<(), SyncError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if actions.kill_pod {
+            tracing::info!(pod = %status_name(pod), %uid, "stopping pod sandbox and containers");
+            self.kill_pod(&uid, Some(pod), None).await?;
+        }
+        let resolv = self.node_resolv_conf();
+        let sandbox_config = sandbox::sandbox_config(pod, actions.attempt, &self.paths, &resolv);
+        let sandbox_id = if actions.create_sandbox {
+            let log_dir = PathBuf::from(&sandbox_config.log_directory);
+            mkdir(&log_dir)?;
+            let handler = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.runtime_class_name.clone())
+                .unwrap_or_default();
+            let id = self
+                .cri
+                .run_pod_sandbox(sandbox_config.clone(), handler)
+                .await?;
+            tracing::info!(pod = %status_name(pod), %uid, sandbox = %id, attempt = actions.attempt, "sandbox started");
+            id
+        } else {
+            match &actions.sandbox_id {
+                Some(id) => id.clone(),
+                None => return Ok(()),
+            }
+        };
+        for k in &actions.containers_to_kill {
+            tracing::info!(pod = %status_name(pod), container = %k.name, reason = %k.reason, "stopping container");
+            self.cri.stop_container(&k.id, pod_grace(pod)).await?;
+        }
+        if let Some(i) = actions.next_init_container {
+            let c = &init_containers(pod)[i];
+            self.start_container(pod, c, true, &sandbox_id, &sandbox_config, status, backoff)
+                .await?;
+        }
+        let starts = actions.containers_to_start.iter().map(|&i| {
+            let c = &app_containers(pod)[i];
+            self.start_container(pod, c, false, &sandbox_id, &sandbox_config, status, backoff)
+        });
+        let mut first_err = None;
+        for r in join_all(starts).await {
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        self.remove_old_containers(status).await;
+        Ok(())
+    }
+
+    async fn ensure_image(
+        &self,
+        container: &Container,
+        sandbox_config: &cri::PodSandboxConfig,
+    ) -> Result<String, SyncError> {
+        let image = container.image.clone().unwrap_or_default();
+        let policy = container
+            .image_pull_policy
+            .as_deref()
+            .unwrap_or("IfNotPresent");
+        if policy != "Always" {
+            if let Some(id) = self.cri.image_status(&image).await? {
+                return Ok(id);
+            }
+            if policy == "Never" {
+                return Err(SyncError::ImageNeverPull { image });
+            }
+        }
+        tracing::info!(%image, "pulling image");
+        self.cri
+            .pull_image(&image, Some(sandbox_config.clone()))
+            .await
+            .map_err(|source| SyncError::ImagePull {
+                image: image.clone(),
+                source,
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_container(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        is_init: bool,
+        sandbox_id: &str,
+        sandbox_config: &cri::PodSandboxConfig,
+        status: &PodStatus,
+        backoff: &Mutex<Backoff>,
+    ) -> Result<(), SyncError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let previous = status.find_container(&container.name);
+        let restart_count = previous.map(|p| p.restart_count + 1).unwrap_or(0);
+        if let Some(last) = status.last_exited(&container.name) {
+            let key = backoff::key(&uid, &container.name, &labels::hash_container(container));
+            lock(backoff).next(&key, last.started_at, last.finished_at, now_nanos());
+        }
+        let image_ref = self.ensure_image(container, sandbox_config).await?;
+        let log_dir = PathBuf::from(&sandbox_config.log_directory).join(&container.name);
+        mkdir(&log_dir)?;
+        let mut mounts = Vec::new();
+        if let Some(path) = container
+            .termination_message_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
+            let dir = self
+                .root_dir
+                .join("pods")
+                .join(&uid)
+                .join("containers")
+                .join(&container.name);
+            mkdir(&dir)?;
+            let file = dir.join(restart_count.to_string());
+            std::fs::write(&file, b"").map_err(|source| SyncError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            mounts.push(cri::Mount {
+                container_path: path.to_string(),
+                host_path: file.display().to_string(),
+                ..Default::default()
+            });
+        }
+        let envs = container
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.value_from.is_none())
+            .map(|e| cri::KeyValue {
+                key: e.name.clone(),
+                value: e.value.clone().unwrap_or_default(),
+            })
+            .collect();
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: container.name.clone(),
+                attempt: restart_count,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image_ref,
+                user_specified_image: container.image.clone().unwrap_or_default(),
+                ..Default::default()
+            }),
+            command: container.command.clone().unwrap_or_default(),
+            args: container.args.clone().unwrap_or_default(),
+            working_dir: container.working_dir.clone().unwrap_or_default(),
+            envs,
+            mounts,
+            labels: labels::container_labels(container, pod),
+            annotations: labels::container_annotations(container, pod, restart_count, is_init),
+            log_path: format!("{}/{restart_count}.log", container.name),
+            stdin: container.stdin.unwrap_or(false),
+            stdin_once: container.stdin_once.unwrap_or(false),
+            tty: container.tty.unwrap_or(false),
+            linux: Some(cri::LinuxContainerConfig {
+                resources: Some(cri::LinuxContainerResources::default()),
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: sandbox_config
+                        .linux
+                        .as_ref()
+                        .and_then(|l| l.security_context.as_ref())
+                        .and_then(|s| s.namespace_options.clone()),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .cri
+            .create_container(sandbox_id, config, sandbox_config.clone())
+            .await?;
+        if let Err(e) = self.cri.start_container(&id).await {
+            // Do not leave a created container behind; the next sync tries again.
+            let _ = self.cri.remove_container(&id).await;
+            return Err(e.into());
+        }
+        tracing::info!(pod = %status_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
+        Ok(())
+    }
+
+    /// Removes exited containers beyond the newest exited one per name (upstream's
+    /// container GC with `maxPerPodContainer` 1), so restarts do not pile up.
+    async fn remove_old_containers(&self, status: &PodStatus) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for c in &status.containers {
+            if c.state != ContainerState::Exited {
+                continue;
+            }
+            let n = seen.entry(c.name.as_str()).or_default();
+            *n += 1;
+            if *n > 1 {
+                if let Err(e) = self.cri.remove_container(&c.id).await {
+                    tracing::warn!(container = %c.name, id = %c.id, error = %e, "cannot remove old container");
+                }
+                lock(&self.container_cache).remove(&c.id);
+            }
+        }
+    }
+
+    /// Stops every running container of the pod with its grace period, then its sandboxes.
+    /// `pod` gives the grace period; without it the containers' annotations do.
+    pub async fn kill_pod(
+        &self,
+        uid: &str,
+        pod: Option<&Pod>,
+        grace_override: Option<i64>,
+    ) -> Result<(), CriError> {
+        let containers = self.cri.list_containers(uid_selector(uid)).await?;
+        let stops = containers
+            .iter()
+            .filter(|c| {
+                matches!(
+                    container_state(c.state),
+                    ContainerState::Running | ContainerState::Created | ContainerState::Unknown
+                )
+            })
+            .map(|c| {
+                let grace = grace_override
+                    .or_else(|| pod.map(pod_grace))
+                    .or_else(|| labels::termination_grace_period(&c.annotations))
+                    .unwrap_or(30)
+                    .max(MIN_GRACE_SECS);
+                let name = c.labels.get(labels::CONTAINER_NAME_LABEL).cloned().unwrap_or_default();
+                async move {
+                    tracing::info!(%uid, container = %name, id = %c.id, grace, "stopping container");
+                    match self.cri.stop_container(&c.id, grace).await {
+                        Err(e) if !e.is_not_found() => Err(e),
+                        _ => Ok(()),
+                    }
+                }
+            });
+        for r in join_all(stops).await {
+            r?;
+        }
+        for sb in self.cri.list_pod_sandbox(uid_selector(uid)).await? {
+            if sandbox_state(sb.state) == SandboxState::Ready {
+                match self.cri.stop_pod_sandbox(&sb.id).await {
+                    Err(e) if !e.is_not_found() => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the pod and removes everything it left: sandboxes (with their containers),
+    /// its cgroup, its log directory and its kubelet directory.
+    pub async fn remove_pod(
+        &self,
+        uid: &str,
+        pod: Option<&Pod>,
+        grace_override: Option<i64>,
+    ) -> Result<(), CriError> {
+        self.kill_pod(uid, pod, grace_override).await?;
+        let sandboxes = self.cri.list_pod_sandbox(uid_selector(uid)).await?;
+        for sb in &sandboxes {
+            match self.cri.remove_pod_sandbox(&sb.id).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+            lock(&self.sandbox_ips).remove(&sb.id);
+            if let Some(meta) = &sb.metadata {
+                let dir = sandbox::pod_log_dir(
+                    &self.paths.pod_logs_dir,
+                    &meta.namespace,
+                    &meta.name,
+                    uid,
+                );
+                remove_dir(&dir);
+            }
+        }
+        // Containers not attached to a listed sandbox (should not happen, but be thorough).
+        for c in self.cri.list_containers(uid_selector(uid)).await? {
+            let _ = self.cri.remove_container(&c.id).await;
+        }
+        lock(&self.container_cache).retain(|_, c| !sandboxes.iter().any(|s| s.id == c.sandbox_id));
+        remove_pod_cgroup(&sandbox::pod_cgroup_parent(&self.paths.cgroup_root, uid));
+        remove_dir(&self.root_dir.join("pods").join(uid));
+        Ok(())
+    }
+}
+
+fn status_name(pod: &Pod) -> String {
+    crate::pod_config::full_name(pod)
+}
+
+fn mkdir(path: &Path) -> Result<(), SyncError> {
+    std::fs::create_dir_all(path).map_err(|source| SyncError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn remove_dir(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove directory");
+        }
+    }
+}
+
+/// Removes the (now empty) pod cgroup from every mounted hierarchy.
+fn remove_pod_cgroup(cgroup: &str) {
+    let rel = cgroup.trim_start_matches('/');
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        let dir = root.join(rel);
+        if dir.is_dir() {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                tracing::debug!(path = %dir.display(), error = %e, "cannot remove pod cgroup");
+            }
+        }
+    }
+}

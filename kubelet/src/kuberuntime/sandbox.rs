@@ -1,0 +1,290 @@
+//! Building the CRI sandbox configuration of a pod (upstream
+//! `kuberuntime_sandbox.go` `generatePodSandboxConfig`): metadata, hostname, DNS from the
+//! node's resolv.conf (or the pod's dnsConfig), port mappings, the pod's log directory,
+//! the per-pod cgroup parent and the Linux namespace options.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Pod;
+use nodus_proto::runtime::v1 as cri;
+
+use crate::labels;
+
+/// The pod's log directory: `<podLogsDir>/<namespace>_<name>_<uid>`.
+pub fn pod_log_dir(pod_logs_dir: &Path, namespace: &str, name: &str, uid: &str) -> PathBuf {
+    pod_logs_dir.join(format!("{namespace}_{name}_{uid}"))
+}
+
+/// The pod's cgroup parent under `cgroupRoot` (cgroupfs, absolute): `<root>/kubepods/pod<uid>`.
+pub fn pod_cgroup_parent(cgroup_root: &str, uid: &str) -> String {
+    let root = cgroup_root.trim_end_matches('/');
+    format!("{root}/kubepods/pod{uid}")
+}
+
+/// The sandbox hostname: `spec.hostname`, else the pod name, cut to 63 characters.
+pub fn hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    let mut h: String = name.chars().take(63).collect();
+    while h.ends_with('-') || h.ends_with('.') {
+        h.pop();
+    }
+    h
+}
+
+/// Parses resolv.conf text into servers, searches and options.
+pub fn parse_resolv_conf(text: &str) -> cri::DnsConfig {
+    let mut d = cri::DnsConfig::default();
+    for line in text.lines() {
+        let line = line.split(['#', ';']).next().unwrap_or("").trim();
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("nameserver") => d.servers.extend(f.next().map(str::to_owned)),
+            Some("search") => d.searches = f.map(str::to_owned).collect(),
+            Some("options") => d.options.extend(f.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    d
+}
+
+/// The pod's DNS: `dnsPolicy: None` uses only `spec.dnsConfig`; every other policy starts
+/// from the node's resolv.conf (there is no cluster DNS in standalone mode, where upstream
+/// falls back to the same) and adds `spec.dnsConfig`.
+pub fn dns_config(pod: &Pod, node_resolv_conf: &str) -> cri::DnsConfig {
+    let spec = pod.spec.as_ref();
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
+    let mut d = if policy == "None" {
+        cri::DnsConfig::default()
+    } else {
+        parse_resolv_conf(node_resolv_conf)
+    };
+    if let Some(extra) = spec.and_then(|s| s.dns_config.as_ref()) {
+        for s in extra.nameservers.iter().flatten() {
+            if !d.servers.contains(s) {
+                d.servers.push(s.clone());
+            }
+        }
+        for s in extra.searches.iter().flatten() {
+            if !d.searches.contains(s) {
+                d.searches.push(s.clone());
+            }
+        }
+        for o in extra.options.iter().flatten() {
+            let text = match &o.value {
+                Some(v) => format!("{}:{v}", o.name.as_deref().unwrap_or("")),
+                None => o.name.clone().unwrap_or_default(),
+            };
+            d.options.push(text);
+        }
+    }
+    d
+}
+
+/// Port mappings for every container port with a hostPort.
+pub fn port_mappings(pod: &Pod) -> Vec<cri::PortMapping> {
+    let Some(spec) = &pod.spec else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.host_port.unwrap_or(0) > 0)
+        .map(|p| cri::PortMapping {
+            protocol: match p.protocol.as_deref() {
+                Some("UDP") => cri::Protocol::Udp as i32,
+                Some("SCTP") => cri::Protocol::Sctp as i32,
+                _ => cri::Protocol::Tcp as i32,
+            },
+            container_port: p.container_port,
+            host_port: p.host_port.unwrap_or(0),
+            host_ip: p.host_ip.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Where things go on the node, for building configs.
+#[derive(Debug, Clone)]
+pub struct NodePaths {
+    pub pod_logs_dir: PathBuf,
+    pub cgroup_root: String,
+}
+
+fn ns_mode(host: bool, otherwise: cri::NamespaceMode) -> i32 {
+    if host {
+        cri::NamespaceMode::Node as i32
+    } else {
+        otherwise as i32
+    }
+}
+
+/// The pod's namespace options (network and IPC per pod, PID per container as upstream
+/// unless `shareProcessNamespace`; host namespaces when asked for).
+pub fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
+    let spec = pod.spec.as_ref();
+    let flag = |f: fn(&k8s_openapi::api::core::v1::PodSpec) -> Option<bool>| {
+        spec.and_then(f).unwrap_or(false)
+    };
+    let pid = if flag(|s| s.share_process_namespace) {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Container
+    };
+    cri::NamespaceOption {
+        network: ns_mode(flag(|s| s.host_network), cri::NamespaceMode::Pod),
+        pid: ns_mode(flag(|s| s.host_pid), pid),
+        ipc: ns_mode(flag(|s| s.host_ipc), cri::NamespaceMode::Pod),
+        ..Default::default()
+    }
+}
+
+/// The full sandbox config for `attempt`.
+pub fn sandbox_config(
+    pod: &Pod,
+    attempt: u32,
+    paths: &NodePaths,
+    node_resolv_conf: &str,
+) -> cri::PodSandboxConfig {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            attempt,
+        }),
+        hostname: if host_network {
+            String::new()
+        } else {
+            hostname(pod)
+        },
+        log_directory: pod_log_dir(&paths.pod_logs_dir, &namespace, &name, &uid)
+            .display()
+            .to_string(),
+        dns_config: Some(dns_config(pod, node_resolv_conf)),
+        port_mappings: port_mappings(pod),
+        labels: labels::pod_labels(pod),
+        annotations: labels::pod_annotations(pod),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: pod_cgroup_parent(&paths.cgroup_root, &uid),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(namespace_options(pod)),
+                ..Default::default()
+            }),
+            sysctls: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|sc| sc.sysctls.as_ref())
+                .map(|v| {
+                    v.iter()
+                        .map(|s| (s.name.clone(), s.value.clone()))
+                        .collect()
+                })
+                .unwrap_or_else(HashMap::new),
+            ..Default::default()
+        }),
+        windows: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{load_manifest, Source};
+
+    fn pod(extra: &str) -> Pod {
+        let text = format!(
+            "kind: Pod\nmetadata: {{name: web, namespace: ns1}}\nspec:\n{extra}  containers:\n  - name: c\n    image: 'i:1'\n    ports: [{{containerPort: 80, hostPort: 8080}}, {{containerPort: 53, protocol: UDP}}]\n"
+        );
+        load_manifest(&text, Source::File, "/m/w", "node1")
+            .0
+            .remove(0)
+    }
+
+    #[test]
+    fn sandbox_config_as_upstream() {
+        let p = pod("");
+        let uid = p.metadata.uid.clone().unwrap();
+        let paths = NodePaths {
+            pod_logs_dir: "/var/log/pods".into(),
+            cgroup_root: "/".into(),
+        };
+        let c = sandbox_config(
+            &p,
+            2,
+            &paths,
+            "nameserver 10.0.0.53\nsearch a.local b.local\noptions ndots:2\n",
+        );
+        let m = c.metadata.as_ref().unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.namespace.as_str(), m.attempt),
+            ("web-node1", "ns1", 2)
+        );
+        assert_eq!(c.hostname, "web-node1");
+        assert_eq!(
+            c.log_directory,
+            format!("/var/log/pods/ns1_web-node1_{uid}")
+        );
+        let dns = c.dns_config.as_ref().unwrap();
+        assert_eq!(dns.servers, ["10.0.0.53"]);
+        assert_eq!(dns.searches, ["a.local", "b.local"]);
+        assert_eq!(dns.options, ["ndots:2"]);
+        assert_eq!(c.port_mappings.len(), 1);
+        assert_eq!(c.port_mappings[0].host_port, 8080);
+        let linux = c.linux.as_ref().unwrap();
+        assert_eq!(linux.cgroup_parent, format!("/kubepods/pod{uid}"));
+        let ns = linux
+            .security_context
+            .as_ref()
+            .unwrap()
+            .namespace_options
+            .as_ref()
+            .unwrap();
+        assert_eq!(ns.pid, cri::NamespaceMode::Container as i32);
+        assert_eq!(ns.network, cri::NamespaceMode::Pod as i32);
+        assert_eq!(c.labels[labels::POD_UID_LABEL], uid);
+    }
+
+    #[test]
+    fn cgroup_parent_is_absolute_under_root() {
+        assert_eq!(
+            pod_cgroup_parent("/nodus-test-1/", "u"),
+            "/nodus-test-1/kubepods/podu"
+        );
+        assert_eq!(pod_cgroup_parent("/", "u"), "/kubepods/podu");
+    }
+
+    #[test]
+    fn dns_policy_none_uses_only_pod_config() {
+        let p = pod("  dnsPolicy: None\n  dnsConfig: {nameservers: [1.1.1.1], options: [{name: ndots, value: '1'}]}\n");
+        let d = dns_config(&p, "nameserver 10.0.0.53\n");
+        assert_eq!(d.servers, ["1.1.1.1"]);
+        assert_eq!(d.options, ["ndots:1"]);
+    }
+
+    #[test]
+    fn host_namespaces_and_hostname() {
+        let p = pod("  hostNetwork: true\n  hostPID: true\n  hostname: custom\n");
+        let ns = namespace_options(&p);
+        assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
+        assert_eq!(ns.pid, cri::NamespaceMode::Node as i32);
+        assert_eq!(hostname(&p), "custom");
+        let long = pod(&format!("  hostname: {}-\n", "a".repeat(62)));
+        assert_eq!(hostname(&long), "a".repeat(62));
+    }
+}

@@ -1,0 +1,284 @@
+//! The pod lifecycle event generator (upstream's generic PLEG): relists every sandbox and
+//! container through CRI each period, diffs against the previous relist and emits
+//! ContainerStarted / ContainerDied / ContainerRemoved / ContainerChanged and sandbox
+//! events per pod UID. It also keeps what the runtime holds per pod, for housekeeping.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nodus_proto::runtime::v1 as cri;
+use tokio::sync::mpsc;
+
+use crate::cri::{Cri, CriError};
+use crate::labels;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlegEventKind {
+    ContainerStarted,
+    ContainerDied,
+    ContainerRemoved,
+    /// Created or unknown state.
+    ContainerChanged,
+    SandboxChanged,
+    SandboxRemoved,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlegEvent {
+    pub uid: String,
+    pub kind: PlegEventKind,
+    /// Container or sandbox ID.
+    pub id: String,
+}
+
+/// What the runtime holds for one pod UID (from labels), for housekeeping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimePod {
+    pub name: String,
+    pub namespace: String,
+    pub sandboxes: usize,
+    pub containers: usize,
+}
+
+/// One relist: state of every object by ID, with its pod UID.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Relist {
+    pub containers: HashMap<String, (String, i32)>,
+    pub sandboxes: HashMap<String, (String, i32)>,
+}
+
+impl Relist {
+    pub fn from_cri(sandboxes: &[cri::PodSandbox], containers: &[cri::Container]) -> Self {
+        let uid = |l: &HashMap<String, String>| l.get(labels::POD_UID_LABEL).cloned();
+        Relist {
+            sandboxes: sandboxes
+                .iter()
+                .filter_map(|s| Some((s.id.clone(), (uid(&s.labels)?, s.state))))
+                .collect(),
+            containers: containers
+                .iter()
+                .filter_map(|c| Some((c.id.clone(), (uid(&c.labels)?, c.state))))
+                .collect(),
+        }
+    }
+}
+
+/// The events between two relists, ordered by pod.
+pub fn diff(old: &Relist, new: &Relist) -> Vec<PlegEvent> {
+    let mut out = Vec::new();
+    for (id, (uid, state)) in &new.containers {
+        let old_state = old.containers.get(id).map(|(_, s)| *s);
+        if old_state == Some(*state) {
+            continue;
+        }
+        let kind = match cri::ContainerState::try_from(*state) {
+            Ok(cri::ContainerState::ContainerRunning) => PlegEventKind::ContainerStarted,
+            Ok(cri::ContainerState::ContainerExited) => PlegEventKind::ContainerDied,
+            _ => PlegEventKind::ContainerChanged,
+        };
+        out.push(PlegEvent {
+            uid: uid.clone(),
+            kind,
+            id: id.clone(),
+        });
+    }
+    for (id, (uid, _)) in &old.containers {
+        if !new.containers.contains_key(id) {
+            out.push(PlegEvent {
+                uid: uid.clone(),
+                kind: PlegEventKind::ContainerRemoved,
+                id: id.clone(),
+            });
+        }
+    }
+    for (id, (uid, state)) in &new.sandboxes {
+        if old.sandboxes.get(id).map(|(_, s)| *s) != Some(*state) {
+            out.push(PlegEvent {
+                uid: uid.clone(),
+                kind: PlegEventKind::SandboxChanged,
+                id: id.clone(),
+            });
+        }
+    }
+    for (id, (uid, _)) in &old.sandboxes {
+        if !new.sandboxes.contains_key(id) {
+            out.push(PlegEvent {
+                uid: uid.clone(),
+                kind: PlegEventKind::SandboxRemoved,
+                id: id.clone(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.uid, &a.id).cmp(&(&b.uid, &b.id)));
+    out
+}
+
+/// State shared with the sync loop and the health check.
+#[derive(Debug, Clone, Default)]
+pub struct PlegShared {
+    inner: Arc<Mutex<SharedInner>>,
+}
+
+#[derive(Debug, Default)]
+struct SharedInner {
+    pods: HashMap<String, RuntimePod>,
+    last_relist: Option<Instant>,
+    relisted_once: bool,
+}
+
+impl PlegShared {
+    /// The pods the runtime holds, by UID (as of the last relist).
+    pub fn runtime_pods(&self) -> HashMap<String, RuntimePod> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pods
+            .clone()
+    }
+
+    /// Healthy when a relist succeeded within `threshold` (upstream: 3 minutes).
+    pub fn healthy(&self, threshold: Duration) -> bool {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match g.last_relist {
+            Some(t) => t.elapsed() < threshold,
+            None => true,
+        }
+    }
+
+    pub fn relisted_once(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .relisted_once
+    }
+}
+
+pub struct Pleg {
+    pub cri: Cri,
+    pub period: Duration,
+    pub shared: PlegShared,
+}
+
+impl Pleg {
+    async fn relist(&self) -> Result<(Relist, HashMap<String, RuntimePod>), CriError> {
+        let (sandboxes, containers) = tokio::try_join!(
+            self.cri.list_pod_sandbox(HashMap::new()),
+            self.cri.list_containers(HashMap::new()),
+        )?;
+        let mut pods: HashMap<String, RuntimePod> = HashMap::new();
+        for s in &sandboxes {
+            if let Some(uid) = s.labels.get(labels::POD_UID_LABEL) {
+                let p = pods.entry(uid.clone()).or_default();
+                if let Some(m) = &s.metadata {
+                    p.name = m.name.clone();
+                    p.namespace = m.namespace.clone();
+                }
+                p.sandboxes += 1;
+            }
+        }
+        for c in &containers {
+            if let Some(uid) = c.labels.get(labels::POD_UID_LABEL) {
+                pods.entry(uid.clone()).or_default().containers += 1;
+            }
+        }
+        Ok((Relist::from_cri(&sandboxes, &containers), pods))
+    }
+
+    pub async fn run(self, tx: mpsc::Sender<PlegEvent>) {
+        let mut ticker = tokio::time::interval(self.period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut old = Relist::default();
+        let mut failing = false;
+        loop {
+            ticker.tick().await;
+            match self.relist().await {
+                Ok((new, pods)) => {
+                    if failing {
+                        tracing::info!("PLEG relist works again");
+                        failing = false;
+                    }
+                    let events = diff(&old, &new);
+                    {
+                        let mut g = self.shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+                        g.pods = pods;
+                        g.last_relist = Some(Instant::now());
+                        g.relisted_once = true;
+                    }
+                    old = new;
+                    for ev in events {
+                        tracing::debug!(uid = %ev.uid, kind = ?ev.kind, id = %ev.id, "PLEG event");
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "PLEG relist failed");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relist(
+        containers: &[(&str, &str, cri::ContainerState)],
+        sandboxes: &[(&str, &str, i32)],
+    ) -> Relist {
+        Relist {
+            containers: containers
+                .iter()
+                .map(|(id, uid, s)| (id.to_string(), (uid.to_string(), *s as i32)))
+                .collect(),
+            sandboxes: sandboxes
+                .iter()
+                .map(|(id, uid, s)| (id.to_string(), (uid.to_string(), *s)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn diff_reports_lifecycle_events() {
+        use cri::ContainerState::*;
+        let a = relist(
+            &[
+                ("c1", "u1", ContainerRunning),
+                ("c2", "u2", ContainerRunning),
+            ],
+            &[("s1", "u1", 0)],
+        );
+        let b = relist(
+            &[
+                ("c1", "u1", ContainerExited),
+                ("c3", "u1", ContainerRunning),
+                ("c4", "u3", ContainerCreated),
+            ],
+            &[("s1", "u1", 1)],
+        );
+        let ev = diff(&a, &b);
+        let got: Vec<(&str, PlegEventKind, &str)> = ev
+            .iter()
+            .map(|e| (e.uid.as_str(), e.kind, e.id.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("u1", PlegEventKind::ContainerDied, "c1"),
+                ("u1", PlegEventKind::ContainerStarted, "c3"),
+                ("u1", PlegEventKind::SandboxChanged, "s1"),
+                ("u2", PlegEventKind::ContainerRemoved, "c2"),
+                ("u3", PlegEventKind::ContainerChanged, "c4"),
+            ]
+        );
+        assert!(diff(&b, &b).is_empty());
+        let gone = diff(&b, &Relist::default());
+        assert!(gone.iter().any(|e| e.kind == PlegEventKind::SandboxRemoved));
+    }
+}

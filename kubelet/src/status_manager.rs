@@ -1,0 +1,603 @@
+//! Pod status (upstream `status_manager` and `generateAPIPodStatus`): phase, conditions
+//! (PodScheduled, Initialized, ContainersReady, Ready), container statuses with state,
+//! restart count and last termination state, pod IPs from the sandbox. Generation is a pure
+//! function of the pod, the runtime's view and the back-off waits; the manager keeps the
+//! latest status per pod for `GET /pods`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus as ApiContainerStatus, HostIP, Pod, PodCondition, PodIP,
+    PodStatus as ApiPodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus};
+use crate::kuberuntime::actions::{
+    app_containers, init_containers, restart_policy, should_restart, BackoffWait, RestartPolicy,
+};
+
+/// The runtime prefix of container IDs in status (`containerd://<id>`).
+pub const CONTAINER_ID_PREFIX: &str = "containerd://";
+
+fn time(n: Nanos) -> Option<Time> {
+    if n <= 0 {
+        return None;
+    }
+    Timestamp::from_nanosecond(n as i128).ok().map(Time)
+}
+
+fn terminated(c: &ContainerStatus) -> ContainerStateTerminated {
+    let reason = if !c.reason.is_empty() {
+        c.reason.clone()
+    } else if c.exit_code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    };
+    ContainerStateTerminated {
+        exit_code: c.exit_code,
+        reason: Some(reason),
+        message: (!c.message.is_empty()).then(|| c.message.clone()),
+        started_at: time(c.started_at),
+        finished_at: time(c.finished_at),
+        container_id: Some(format!("{CONTAINER_ID_PREFIX}{}", c.id)),
+        signal: None,
+    }
+}
+
+fn waiting(reason: &str, message: Option<String>) -> ApiState {
+    ApiState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_status(
+    spec: &Container,
+    runtime: &PodStatus,
+    policy: RestartPolicy,
+    backoff: &[BackoffWait],
+    waiting_reason: &str,
+    is_init: bool,
+) -> ApiContainerStatus {
+    let mut instances = runtime.containers_named(&spec.name);
+    let latest = instances.next();
+    let previous = instances.next();
+    let mut s = ApiContainerStatus {
+        name: spec.name.clone(),
+        image: spec.image.clone().unwrap_or_default(),
+        image_id: String::new(),
+        ready: false,
+        restart_count: 0,
+        ..Default::default()
+    };
+    let Some(latest) = latest else {
+        s.state = Some(waiting(waiting_reason, None));
+        return s;
+    };
+    s.restart_count = latest.restart_count as i32;
+    s.container_id = Some(format!("{CONTAINER_ID_PREFIX}{}", latest.id));
+    s.image_id = latest.image_ref.clone();
+    let prev_terminated = previous
+        .filter(|p| p.state == ContainerState::Exited)
+        .map(|p| ApiState {
+            terminated: Some(terminated(p)),
+            ..Default::default()
+        });
+    match latest.state {
+        ContainerState::Running => {
+            s.state = Some(ApiState {
+                running: Some(ContainerStateRunning {
+                    started_at: time(latest.started_at),
+                }),
+                ..Default::default()
+            });
+            s.last_state = prev_terminated;
+            s.ready = !is_init;
+            s.started = Some(true);
+        }
+        ContainerState::Exited => {
+            let waits = backoff.iter().find(|w| w.name == spec.name);
+            if let Some(w) = waits {
+                s.state = Some(waiting(
+                    "CrashLoopBackOff",
+                    Some(format!(
+                        "back-off {}s restarting failed container={} pod={}",
+                        w.period / crate::container::NANOS_PER_SEC,
+                        spec.name,
+                        runtime.name
+                    )),
+                ));
+                s.last_state = Some(ApiState {
+                    terminated: Some(terminated(latest)),
+                    ..Default::default()
+                });
+            } else {
+                s.state = Some(ApiState {
+                    terminated: Some(terminated(latest)),
+                    ..Default::default()
+                });
+                s.last_state = prev_terminated;
+                // A finished init container counts as ready, as upstream.
+                s.ready = is_init && latest.exit_code == 0;
+                let _ = (policy, should_restart);
+            }
+            s.started = Some(false);
+        }
+        ContainerState::Created | ContainerState::Unknown => {
+            s.state = Some(waiting(waiting_reason, None));
+            s.last_state = prev_terminated;
+        }
+    }
+    s
+}
+
+/// Upstream's `getPhase` over generated statuses.
+pub fn phase(pod: &Pod, init: &[ApiContainerStatus], apps: &[ApiContainerStatus]) -> &'static str {
+    let policy = restart_policy(pod);
+    let (mut pending_init, mut failed_init) = (0, 0);
+    for s in init {
+        let st = s.state.clone().unwrap_or_default();
+        let last_exit = s
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .map(|t| t.exit_code);
+        if st.running.is_some() {
+            pending_init += 1;
+        } else if let Some(t) = &st.terminated {
+            if t.exit_code != 0 {
+                pending_init += 1;
+                failed_init += 1;
+            }
+        } else if st.waiting.is_some() {
+            match last_exit {
+                Some(0) => {}
+                Some(_) => {
+                    pending_init += 1;
+                    failed_init += 1;
+                }
+                None => pending_init += 1,
+            }
+        } else {
+            pending_init += 1;
+        }
+    }
+    let (mut running, mut waiting_n, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in apps {
+        let st = s.state.clone().unwrap_or_default();
+        if st.running.is_some() {
+            running += 1;
+        } else if let Some(t) = &st.terminated {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if s
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_some()
+        {
+            stopped += 1;
+        } else {
+            waiting_n += 1;
+        }
+    }
+    if failed_init > 0 && policy == RestartPolicy::Never {
+        return "Failed";
+    }
+    if pending_init > 0 || waiting_n > 0 {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    if stopped > 0 {
+        return match policy {
+            RestartPolicy::Always => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            RestartPolicy::Never => "Failed",
+            RestartPolicy::OnFailure => "Running",
+        };
+    }
+    "Pending"
+}
+
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: Option<&str>,
+    previous: Option<&ApiPodStatus>,
+    now: Nanos,
+) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    // Keep the transition time while the status stays the same.
+    let prev = previous
+        .and_then(|p| p.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == kind));
+    let last_transition_time = match prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => time(now),
+    };
+    PodCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: reason.filter(|_| !ok).map(str::to_owned),
+        last_transition_time,
+        ..Default::default()
+    }
+}
+
+/// Everything `generate` needs besides the pod and the runtime's view.
+#[derive(Debug, Clone, Default)]
+pub struct StatusInputs<'a> {
+    pub backoff: &'a [BackoffWait],
+    pub node_ip: Option<String>,
+    pub previous: Option<&'a ApiPodStatus>,
+    pub now: Nanos,
+}
+
+/// Generates the API status of a pod from the runtime's view of it.
+pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPodStatus {
+    let policy = restart_policy(pod);
+    let init_statuses: Vec<ApiContainerStatus> = init_containers(pod)
+        .iter()
+        .map(|c| container_status(c, runtime, policy, inputs.backoff, "PodInitializing", true))
+        .collect();
+    let initialized = init_statuses.iter().all(|s| {
+        s.state
+            .as_ref()
+            .and_then(|st| st.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0)
+    }) || app_containers(pod).iter().any(|c| {
+        runtime
+            .find_container(&c.name)
+            .is_some_and(|s| s.state == ContainerState::Running)
+    });
+    let app_reason = if initialized {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    let app_statuses: Vec<ApiContainerStatus> = app_containers(pod)
+        .iter()
+        .map(|c| container_status(c, runtime, policy, inputs.backoff, app_reason, false))
+        .collect();
+    let phase = phase(pod, &init_statuses, &app_statuses);
+    let all_ready = app_statuses.iter().all(|s| s.ready);
+    let terminal = matches!(phase, "Succeeded" | "Failed");
+    let prev = inputs.previous;
+    let ready_reason = if terminal {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let conditions = vec![
+        condition("PodScheduled", true, None, prev, inputs.now),
+        condition(
+            "Initialized",
+            initialized,
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotInitialized"
+            }),
+            prev,
+            inputs.now,
+        ),
+        condition(
+            "ContainersReady",
+            all_ready && !terminal,
+            Some(ready_reason),
+            prev,
+            inputs.now,
+        ),
+        condition(
+            "Ready",
+            all_ready && !terminal,
+            Some(ready_reason),
+            prev,
+            inputs.now,
+        ),
+    ];
+    let ips: Vec<String> = runtime
+        .sandboxes
+        .first()
+        .map(|s| s.ips.clone())
+        .unwrap_or_default();
+    ApiPodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        host_ip: inputs.node_ip.clone(),
+        host_ips: inputs.node_ip.clone().map(|ip| vec![HostIP { ip }]),
+        pod_ip: ips.first().cloned(),
+        pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
+        start_time: prev
+            .and_then(|p| p.start_time.clone())
+            .or_else(|| time(inputs.now)),
+        container_statuses: Some(app_statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        ..Default::default()
+    }
+}
+
+/// The latest status of each pod, shared with the HTTP server.
+#[derive(Debug, Clone, Default)]
+pub struct StatusManager {
+    inner: Arc<Mutex<HashMap<String, ApiPodStatus>>>,
+}
+
+impl StatusManager {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&self, uid: &str, status: ApiPodStatus) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_string(), status);
+    }
+
+    pub fn get(&self, uid: &str) -> Option<ApiPodStatus> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    pub fn remove(&self, uid: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::{SandboxState, SandboxStatus, NANOS_PER_SEC as S};
+    use crate::labels::hash_container;
+    use crate::sources::{load_manifest, Source};
+    use ContainerState::*;
+
+    fn pod(policy: &str, inits: &[&str], apps: &[&str]) -> Pod {
+        let list = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("{{name: {n}, image: 'i:1'}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let text = format!(
+            "kind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: {policy}\n  initContainers: [{}]\n  containers: [{}]\n",
+            list(inits),
+            list(apps)
+        );
+        load_manifest(&text, Source::File, "/m/p", "n").0.remove(0)
+    }
+
+    fn ctr(
+        name: &str,
+        state: ContainerState,
+        exit: i32,
+        created: i64,
+        restarts: u32,
+    ) -> ContainerStatus {
+        ContainerStatus {
+            id: format!("{name}{created}"),
+            name: name.into(),
+            sandbox_id: "sb".into(),
+            state,
+            created_at: created * S,
+            started_at: created * S,
+            finished_at: if state == Exited { created * S + S } else { 0 },
+            exit_code: exit,
+            reason: String::new(),
+            message: String::new(),
+            image: "i:1".into(),
+            image_ref: "sha256:x".into(),
+            hash: hash_container(&Container {
+                name: name.into(),
+                ..Default::default()
+            }),
+            restart_count: restarts,
+        }
+    }
+
+    fn runtime(containers: Vec<ContainerStatus>) -> PodStatus {
+        let mut s = PodStatus {
+            uid: "u".into(),
+            name: "p-n".into(),
+            namespace: "default".into(),
+            sandboxes: vec![SandboxStatus {
+                id: "sb".into(),
+                state: SandboxState::Ready,
+                attempt: 0,
+                created_at: S,
+                ips: vec!["10.1.0.5".into()],
+            }],
+            containers,
+        };
+        s.sort();
+        s
+    }
+
+    fn gen(p: &Pod, r: &PodStatus, backoff: &[BackoffWait]) -> ApiPodStatus {
+        generate(
+            p,
+            r,
+            &StatusInputs {
+                backoff,
+                node_ip: Some("10.0.0.1".into()),
+                previous: None,
+                now: 100 * S,
+            },
+        )
+    }
+
+    fn cond(s: &ApiPodStatus, kind: &str) -> String {
+        s.conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap()
+            .status
+            .clone()
+    }
+
+    #[test]
+    fn running_pod() {
+        let p = pod("Always", &[], &["a"]);
+        let s = gen(&p, &runtime(vec![ctr("a", Running, 0, 5, 0)]), &[]);
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(s.pod_ip.as_deref(), Some("10.1.0.5"));
+        assert_eq!(s.host_ip.as_deref(), Some("10.0.0.1"));
+        for c in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+            assert_eq!(cond(&s, c), "True", "{c}");
+        }
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert!(cs.ready);
+        assert!(cs.state.as_ref().unwrap().running.is_some());
+        assert_eq!(cs.container_id.as_deref(), Some("containerd://a5"));
+    }
+
+    #[test]
+    fn pending_pod_without_containers() {
+        let p = pod("Always", &[], &["a"]);
+        let s = gen(&p, &runtime(vec![]), &[]);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert_eq!(cond(&s, "Ready"), "False");
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        let w = cs.state.as_ref().unwrap().waiting.as_ref().unwrap();
+        assert_eq!(w.reason.as_deref(), Some("ContainerCreating"));
+    }
+
+    #[test]
+    fn crash_loop_shows_waiting_with_last_state() {
+        let p = pod("Always", &[], &["a"]);
+        let r = runtime(vec![ctr("a", Exited, 1, 5, 2), ctr("a", Exited, 1, 3, 1)]);
+        let wait = [BackoffWait {
+            name: "a".into(),
+            remaining: 5 * S,
+            period: 20 * S,
+        }];
+        let s = gen(&p, &r, &wait);
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(cs.restart_count, 2);
+        let w = cs.state.as_ref().unwrap().waiting.as_ref().unwrap();
+        assert_eq!(w.reason.as_deref(), Some("CrashLoopBackOff"));
+        assert!(w.message.as_ref().unwrap().contains("back-off 20s"));
+        let last = cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(last.exit_code, 1);
+        assert_eq!(last.reason.as_deref(), Some("Error"));
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+    }
+
+    #[test]
+    fn restarted_container_has_previous_termination() {
+        let p = pod("Always", &[], &["a"]);
+        let r = runtime(vec![ctr("a", Running, 0, 5, 1), ctr("a", Exited, 7, 3, 0)]);
+        let s = gen(&p, &r, &[]);
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(cs.restart_count, 1);
+        assert_eq!(
+            cs.last_state
+                .as_ref()
+                .unwrap()
+                .terminated
+                .as_ref()
+                .unwrap()
+                .exit_code,
+            7
+        );
+    }
+
+    #[test]
+    fn phases_of_finished_pods() {
+        for (policy, exit, phase) in [
+            ("OnFailure", 0, "Succeeded"),
+            ("Never", 0, "Succeeded"),
+            ("Never", 1, "Failed"),
+            ("Always", 0, "Running"),
+            ("OnFailure", 1, "Running"),
+        ] {
+            let p = pod(policy, &[], &["a"]);
+            let s = gen(&p, &runtime(vec![ctr("a", Exited, exit, 5, 0)]), &[]);
+            assert_eq!(s.phase.as_deref(), Some(phase), "{policy} {exit}");
+            let t = s.container_statuses.as_ref().unwrap()[0]
+                .state
+                .as_ref()
+                .unwrap()
+                .terminated
+                .clone()
+                .unwrap();
+            assert_eq!(t.exit_code, exit);
+            assert_eq!(
+                t.reason.as_deref(),
+                Some(if exit == 0 { "Completed" } else { "Error" })
+            );
+        }
+    }
+
+    #[test]
+    fn init_containers_gate_initialized() {
+        let p = pod("Always", &["i"], &["a"]);
+        let s = gen(&p, &runtime(vec![ctr("i", Running, 0, 5, 0)]), &[]);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert_eq!(cond(&s, "Initialized"), "False");
+        let app = &s.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(
+            app.state
+                .as_ref()
+                .unwrap()
+                .waiting
+                .as_ref()
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("PodInitializing")
+        );
+        let s = gen(
+            &p,
+            &runtime(vec![ctr("i", Exited, 0, 5, 0), ctr("a", Running, 0, 7, 0)]),
+            &[],
+        );
+        assert_eq!(cond(&s, "Initialized"), "True");
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        // A failed init container with restartPolicy Never fails the pod.
+        let p = pod("Never", &["i"], &["a"]);
+        let s = gen(&p, &runtime(vec![ctr("i", Exited, 1, 5, 0)]), &[]);
+        assert_eq!(s.phase.as_deref(), Some("Failed"));
+        assert_eq!(cond(&s, "Initialized"), "False");
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_holds() {
+        let p = pod("Always", &[], &["a"]);
+        let r = runtime(vec![ctr("a", Running, 0, 5, 0)]);
+        let first = gen(&p, &r, &[]);
+        let second = generate(
+            &p,
+            &r,
+            &StatusInputs {
+                previous: Some(&first),
+                now: 500 * S,
+                ..Default::default()
+            },
+        );
+        assert_eq!(first.conditions, second.conditions);
+        assert_eq!(first.start_time, second.start_time);
+    }
+}
