@@ -1,0 +1,205 @@
+//! nodus-runtime driven by containerd: the private containerd of nodus-testkit has a
+//! runtime handler `nodus` (`io.containerd.runc.v2` with `BinaryName` = our binary).
+//! A pod runs on it, its container's log arrives, ExecSync works, and stop + remove
+//! leave no state directory, cgroup or mount behind.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nodus_proto::runtime::v1::{
+    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
+    ExecSyncRequest, ImageSpec, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use nodus_testkit::{ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
+
+fn ctrd_log(ctrd: &PrivateContainerd) -> String {
+    let log = std::fs::read_to_string(ctrd.log_path()).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    format!("containerd log (newest first):\n{}", tail.join("\n"))
+}
+
+fn mounts_mentioning(s: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(s))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_runs_on_nodus_runtime_handler() {
+    assert!(
+        nodus_testkit::bin_path("nodus-runtime").exists(),
+        "build nodus-runtime first (cargo build -p nodus-shim)"
+    );
+    let ctrd = PrivateContainerd::start(ContainerdOptions::default())
+        .await
+        .expect("private containerd starts");
+    let mut rt = ctrd.runtime().await.unwrap();
+    let sandbox_config = ctrd.sandbox_config("nodusrt");
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: "nodus".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .pod_sandbox_id;
+    // The runc shim keeps runtime state under <Root>/<namespace>.
+    let nodus_root = ctrd.dir().join("nodus").join("k8s.io");
+    assert!(
+        nodus_root.join(&pod).join("state.json").exists(),
+        "the sandbox runs under nodus-runtime ({} has its state)",
+        nodus_root.display()
+    );
+
+    let ctr = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into()],
+                args: vec![
+                    "-c".into(),
+                    "echo hello-from-nodus; echo data > /tmp/f; exec sleep 1000".into(),
+                ],
+                log_path: "app/0.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", ctrd_log(&ctrd)));
+
+    // The log line arrives in the CRI log file.
+    let log_file = Path::new(&sandbox_config.log_directory).join("app/0.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains("hello-from-nodus") {
+            assert!(log.contains(" stdout F hello-from-nodus"), "{log}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line in {}: {log:?}",
+            log_file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let st = rt
+        .container_status(ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, 1, "CONTAINER_RUNNING");
+
+    // ExecSync: output, exit code, same filesystem and cgroup as the container.
+    let ex = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /tmp/f; echo err >&2; exit 3".into(),
+            ],
+            timeout: 20,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&ex.stdout), "data\n");
+    assert_eq!(String::from_utf8_lossy(&ex.stderr), "err\n");
+    assert_eq!(ex.exit_code, 3);
+    let missing = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["/no/such/program".into()],
+            timeout: 20,
+        })
+        .await;
+    assert!(
+        missing.is_err() || missing.as_ref().unwrap().get_ref().exit_code != 0,
+        "exec of a missing program fails: {missing:?}"
+    );
+
+    // The container's cgroup is below the pod's cgroup parent.
+    let cg_parent = sandbox_config.linux.as_ref().unwrap().cgroup_parent.clone();
+    let cg_root = if nodus_shim::cgroups::is_unified() {
+        Path::new("/sys/fs/cgroup").join(cg_parent.trim_start_matches('/'))
+    } else {
+        Path::new("/sys/fs/cgroup/memory").join(cg_parent.trim_start_matches('/'))
+    };
+    assert!(
+        cg_root.join(&ctr).is_dir(),
+        "{}",
+        cg_root.join(&ctr).display()
+    );
+
+    rt.stop_container(StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 2,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopContainer: {e}\n{}", ctrd_log(&ctrd)));
+    let st = rt
+        .container_status(ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, 2, "CONTAINER_EXITED");
+    rt.remove_container(RemoveContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", ctrd_log(&ctrd)));
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+
+    // Nothing left: state dirs, cgroups, mounts.
+    for id in [&pod, &ctr] {
+        assert!(!nodus_root.join(id).exists(), "state dir of {id} left");
+        assert!(!cg_root.join(id).exists(), "cgroup of {id} left");
+        assert!(
+            mounts_mentioning(id).is_empty(),
+            "mounts of {id} left: {:?}",
+            mounts_mentioning(id)
+        );
+    }
+}
