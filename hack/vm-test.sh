@@ -384,28 +384,32 @@ if [ -s "$run/results/checks" ]; then
     case $line in PASS*) passed=$((passed + 1)) ;; FAIL*) failed=$((failed + 1)) ;; esac
   done < "$run/results/checks"
 fi
-printf '  %-22s %s s (qemu exit %s)\n' "VM run" "$vm_s" "$qemu_rc"
-printf '  %-22s %s s\n' "total" "$(elapsed "$t_start")"
 
+# A missing verdict or check, or a failing verdict without a FAIL line, counts as a failure of its
+# own so the closing count never reads clean when the run was not.
 ok=1
 if [ -z "$verdict" ]; then
-  ok=0
   if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
-    log "FAIL: no verdict: the VM did not finish within $vm_timeout s"
+    reason="the VM did not finish within $vm_timeout s"
   else
-    log "FAIL: no verdict from the guest (qemu exit $qemu_rc)"
+    reason="qemu exited $qemu_rc without one"
   fi
+  printf '  FAIL verdict: no verdict from the guest: %s\n' "$reason"
+  failed=$((failed + 1))
   [ -s "$run/qemu.log" ] && { log "qemu said:"; tail -20 "$run/qemu.log" >&2; }
   log "last console lines:"
   tail -40 "$run/console.log" >&2 2>/dev/null || true
-elif [ "$verdict" != 0 ]; then
-  ok=0
-  log "FAIL: guest verdict $verdict"
+elif [ "$verdict" != 0 ] && [ "$failed" -eq 0 ]; then
+  printf '  FAIL verdict: guest exit status %s\n' "$verdict"
+  failed=$((failed + 1))
 fi
 if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
-  ok=0
-  log "FAIL: the guest reported no check"
+  printf '  FAIL verdict: the guest reported no check\n'
+  failed=$((failed + 1))
 fi
+[ "$failed" -eq 0 ] || ok=0
+printf '  %-22s %s s (qemu exit %s)\n' "VM run" "$vm_s" "$qemu_rc"
+printf '  %-22s %s s\n' "total" "$(elapsed "$t_start")"
 echo "vm-test: $passed passed, $failed failed"
 if [ "$ok" = 1 ] && [ "$keep" = 0 ]; then
   rm -rf "$run"
