@@ -9,5 +9,6 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nftnl;
 pub mod plugin;
 pub mod types;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::error::{code, CniError, Result};
 use crate::ip::{self, IpNet};
+use crate::nftnl;
 
 const TABLE: &str = "inet nodus";
 const BR_TABLE: &str = "bridge nodus";
@@ -40,9 +41,50 @@ pub fn tag_prefix(network: &str) -> String {
     format!("{:016x}:", ip::fnv1a64(&[network]))
 }
 
-/// Name of the per-network masquerade chain.
-pub fn net_chain(network: &str) -> String {
-    format!("net-{:016x}", ip::fnv1a64(&[network]))
+/// Name of the per-network masquerade chain; the subnets are part of the name, so a
+/// changed configuration gets a fresh chain (made by the `nft` slow path).
+pub fn net_chain(network: &str, subnets: &[IpNet]) -> String {
+    let mut parts: Vec<String> = vec![network.to_string()];
+    parts.extend(subnets.iter().map(|s| s.trunc().to_string()));
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    format!("net-{:016x}", ip::fnv1a64(&refs))
+}
+
+fn masq_groups<'a>(
+    ips: &[IpAddr],
+    chain: Option<&'a str>,
+    tag: Option<&'a str>,
+) -> Vec<(&'static str, Vec<nftnl::Element<'a>>)> {
+    let elem = |ip: &IpAddr| nftnl::Element {
+        key: nftnl::ip_key(ip),
+        jump: chain,
+        comment: tag,
+    };
+    vec![
+        (
+            "masq4",
+            ips.iter().filter(|i| i.is_ipv4()).map(elem).collect(),
+        ),
+        (
+            "masq6",
+            ips.iter().filter(|i| i.is_ipv6()).map(elem).collect(),
+        ),
+    ]
+}
+
+/// ADD fast path: the elements for `ips` straight through netlink. `false` when the
+/// table, maps or chain are missing or an element is in the way: use [`Batch::masq_add`].
+pub fn masq_add_fast(network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) -> bool {
+    let chain = net_chain(network, subnets);
+    let groups = masq_groups(ips, Some(&chain), Some(tag));
+    nftnl::set_elements(nftnl::NFPROTO_INET, "nodus", &groups, true).is_ok()
+}
+
+/// DEL fast path: removes the elements of `ips`. `false` if any was missing (the whole
+/// transaction is then void): use [`Batch::masq_del`], which tolerates missing ones.
+pub fn masq_del_fast(ips: &[IpAddr]) -> bool {
+    let groups = masq_groups(ips, None, None);
+    nftnl::set_elements(nftnl::NFPROTO_INET, "nodus", &groups, false).is_ok()
 }
 
 /// A batch of nft commands, run with one `nft -f -`.
@@ -88,7 +130,7 @@ impl Batch {
     /// ADD: masquerade traffic from `ips` leaving `subnets` (the network's own ranges).
     pub fn masq_add(&mut self, network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) {
         self.masq_base();
-        let chain = net_chain(network);
+        let chain = net_chain(network, subnets);
         self.line(&format!("add chain {TABLE} {chain}"));
         self.line(&format!("flush chain {TABLE} {chain}"));
         for s in subnets {
@@ -118,11 +160,11 @@ impl Batch {
     }
 
     /// DEL: remove the elements of `ips` (present or not).
-    pub fn masq_del(&mut self, network: &str, ips: &[IpAddr]) {
+    pub fn masq_del(&mut self, network: &str, subnets: &[IpNet], ips: &[IpAddr]) {
         if ips.is_empty() {
             return;
         }
-        let chain = net_chain(network);
+        let chain = net_chain(network, subnets);
         self.line(&format!("add table {TABLE}"));
         self.line(&format!(
             "add map {TABLE} masq4 {{ type ipv4_addr : verdict; }}"

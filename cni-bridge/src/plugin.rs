@@ -335,13 +335,11 @@ fn add_links(
     let tag = nft::tag(&conf.name, &env.container_id, &env.ifname);
     let mut b = Batch::default();
     if conf.ip_masq && !allocs.is_empty() {
-        let subnets: Vec<IpNet> = conf
-            .ipam
-            .iter()
-            .flat_map(|i| i.range_sets.iter().flatten().map(|r| r.subnet))
-            .collect();
+        let subnets = conf_subnets(conf);
         let ips: Vec<IpAddr> = allocs.iter().map(|a| a.address.addr).collect();
-        b.masq_add(&conf.name, &subnets, &ips, &tag);
+        if !nft::masq_add_fast(&conf.name, &subnets, &ips, &tag) {
+            b.masq_add(&conf.name, &subnets, &ips, &tag);
+        }
     }
     if conf.macspoofchk {
         b.spoof_add(veth, &ip::format_mac(&pod_mac), &tag);
@@ -382,6 +380,14 @@ fn add_links(
         }
     }
     Ok(result)
+}
+
+/// Every subnet of the network's ranges (what masquerading leaves alone).
+fn conf_subnets(conf: &NetConf) -> Vec<IpNet> {
+    conf.ipam
+        .iter()
+        .flat_map(|i| i.range_sets.iter().flatten().map(|r| r.subnet))
+        .collect()
 }
 
 /// Routes for the pod: the IPAM routes (gateway of the same family when none is given),
@@ -429,35 +435,52 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<()> {
         }
         None => Vec::new(),
     };
-    let mut b = Batch::default();
-    if conf.ip_masq {
-        b.masq_del(&conf.name, &ips);
-    }
-    if conf.macspoofchk {
-        b.spoof_del(&veth);
-    }
-    b.run()?;
-
-    let mut host = Netlink::open().map_err(|e| CniError::io("open netlink socket", e))?;
-    let mut removed = false;
-    if !env.netns.is_empty() {
-        if let Ok(ns) = NetNs::open(&env.netns) {
-            let home =
-                NetNs::current().map_err(|e| CniError::io("open own network namespace", e))?;
-            if let Ok(Ok(mut pod)) = ns.run(&home, Netlink::open) {
-                // Also removes links made by the reference plugin (random host names).
-                removed = pod.delete_link(&env.ifname).map_err(nl_err)?;
+    // The nft transaction and the link deletion each wait for an RCU grace period in the
+    // kernel: run them side by side. The helper thread never changes namespace; the main
+    // thread is the only one that enters the pod's.
+    let (nft_res, link_res) = std::thread::scope(|sc| {
+        let nft_job = sc.spawn(|| -> Result<()> {
+            let mut b = Batch::default();
+            if conf.ip_masq && !ips.is_empty() && !nft::masq_del_fast(&ips) {
+                b.masq_del(&conf.name, &conf_subnets(conf), &ips);
             }
-        }
-    }
-    if !removed {
-        host.delete_link(&veth).map_err(nl_err)?;
-    }
+            if conf.macspoofchk {
+                b.spoof_del(&veth);
+            }
+            b.run()
+        });
+        let links = del_links(env, &veth);
+        let nft = nft_job
+            .join()
+            .unwrap_or_else(|_| Err(CniError::new(code::NFTABLES, "nft thread panicked")));
+        (nft, links)
+    });
+    nft_res?;
+    link_res?;
 
     if let Some(ipam) = &conf.ipam {
         let store = Store::open(&ipam.data_dir, &conf.name)?;
         store.release_by_id(&env.container_id, &env.ifname);
     }
+    Ok(())
+}
+
+/// Removes the pod's interface (from inside the pod if its netns is still there, which
+/// also covers links made by the reference plugin), else the host end by its name.
+fn del_links(env: &Env, veth: &str) -> Result<()> {
+    if !env.netns.is_empty() {
+        if let Ok(ns) = NetNs::open(&env.netns) {
+            let home =
+                NetNs::current().map_err(|e| CniError::io("open own network namespace", e))?;
+            if let Ok(Ok(mut pod)) = ns.run(&home, Netlink::open) {
+                if pod.delete_link(&env.ifname).map_err(nl_err)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let mut host = Netlink::open().map_err(|e| CniError::io("open netlink socket", e))?;
+    host.delete_link(veth).map_err(nl_err)?;
     Ok(())
 }
 

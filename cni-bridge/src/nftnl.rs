@@ -1,0 +1,257 @@
+//! The per-container fast path of [`crate::nft`]: adding and removing map elements by
+//! speaking nf_tables netlink directly (one batch, one transaction), with no `nft` process.
+//! Tables, chains, maps and rules are still made by `nft` (once per node and network); when
+//! they are missing, or an element is in the way, these calls fail and the caller falls
+//! back to the `nft` batch.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use netlink_sys::{Socket, SocketAddr};
+
+const NETLINK_NETFILTER: isize = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 0x2;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFT_JUMP: i32 = -3;
+/// libnftnl's user data type for an element comment (a NUL-terminated string).
+const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
+
+/// `NFPROTO_INET`, the family of `table inet ...`.
+pub const NFPROTO_INET: u8 = 1;
+
+/// Growing netlink message with nested attribute support.
+struct Msg {
+    buf: Vec<u8>,
+    nests: Vec<usize>,
+}
+
+impl Msg {
+    fn new(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        // struct nfgenmsg
+        buf.push(family);
+        buf.push(0); // NFNETLINK_V0
+        buf.extend_from_slice(&res_id.to_be_bytes());
+        Msg {
+            buf,
+            nests: Vec::new(),
+        }
+    }
+
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    fn attr(&mut self, kind: u16, value: &[u8]) {
+        let len = (4 + value.len()) as u16;
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(value);
+        self.pad();
+    }
+
+    fn attr_str(&mut self, kind: u16, s: &str) {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        self.attr(kind, &v);
+    }
+
+    fn begin(&mut self, kind: u16) {
+        self.nests.push(self.buf.len());
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+    }
+
+    fn end(&mut self) {
+        let start = self.nests.pop().expect("balanced nesting");
+        let len = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.pad();
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+/// One map element: key bytes, optional jump target, optional comment.
+pub struct Element<'a> {
+    pub key: Vec<u8>,
+    pub jump: Option<&'a str>,
+    pub comment: Option<&'a str>,
+}
+
+/// Key bytes of an address as nf_tables stores `ipv4_addr` / `ipv6_addr`.
+pub fn ip_key(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// Adds (`create`: fails with `EEXIST` if present) or deletes elements of maps of one
+/// table, all in one transaction. Any error (missing table/map/chain, element present or
+/// absent) aborts the whole transaction.
+pub fn set_elements(
+    family: u8,
+    table: &str,
+    groups: &[(&str, Vec<Element>)],
+    add: bool,
+) -> io::Result<()> {
+    let groups: Vec<&(&str, Vec<Element>)> = groups.iter().filter(|g| !g.1.is_empty()).collect();
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let mut sock = Socket::new(NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    set_timeout(&sock)?;
+    let mut out = Vec::new();
+    out.extend(
+        Msg::new(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            1,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .finish(),
+    );
+    let (kind, flags) = if add {
+        (
+            NFT_MSG_NEWSETELEM,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+    } else {
+        (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+    };
+    let mut seq = 1u32;
+    for (set, elems) in &groups {
+        seq += 1;
+        let mut m = Msg::new((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, family, 0);
+        m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        m.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+        m.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+        for e in elems {
+            m.begin(NFTA_LIST_ELEM);
+            m.begin(NFTA_SET_ELEM_KEY);
+            m.attr(NFTA_DATA_VALUE, &e.key);
+            m.end();
+            if add {
+                if let Some(chain) = e.jump {
+                    m.begin(NFTA_SET_ELEM_DATA);
+                    m.begin(NFTA_DATA_VERDICT);
+                    m.attr(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                    m.attr_str(NFTA_VERDICT_CHAIN, chain);
+                    m.end();
+                    m.end();
+                }
+                if let Some(c) = e.comment {
+                    let mut ud = vec![NFTNL_UDATA_SET_ELEM_COMMENT, (c.len() + 1) as u8];
+                    ud.extend_from_slice(c.as_bytes());
+                    ud.push(0);
+                    m.attr(NFTA_SET_ELEM_USERDATA, &ud);
+                }
+            }
+            m.end();
+        }
+        m.end();
+        out.extend(m.finish());
+    }
+    let last = seq;
+    out.extend(
+        Msg::new(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            last + 1,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .finish(),
+    );
+    sock.send(&out, 0)?;
+    // One answer per element message: an ack (error 0) or its error.
+    let mut acked = 0;
+    let mut buf = Vec::with_capacity(8192);
+    loop {
+        buf.clear();
+        let n = sock.recv(&mut buf, 0)?;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+            let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
+            if len < 16 {
+                break;
+            }
+            if kind == NLMSG_ERROR && off + 20 <= n {
+                let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
+                if code != 0 {
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                if (2..=last).contains(&seq) {
+                    acked += 1;
+                    if acked == groups.len() {
+                        return Ok(());
+                    }
+                }
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+fn set_timeout(sock: &Socket) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: 10,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid timeval on a socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
