@@ -1,0 +1,352 @@
+//! A test node: a private containerd (testkit) with its node network namespace, and our
+//! kubelet binary started in that namespace with its own root dir, manifest dir, pod logs
+//! dir and config. Dropping it stops the kubelet by PID, then containerd cleans up.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nodus_proto::runtime::v1 as cri;
+use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd};
+use tonic::transport::Channel;
+
+pub use nodus_testkit::BUSYBOX_IMAGE;
+
+pub const NODE: &str = "testnode";
+pub const READ_ONLY_PORT: u16 = 10255;
+pub const HEALTHZ_PORT: u16 = 10248;
+
+pub struct Node {
+    pub ctrd: PrivateContainerd,
+    pub manifests: PathBuf,
+    pub root_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    kubelet: Option<Child>,
+    starts: u32,
+}
+
+fn cni() -> Cni {
+    let ours = nodus_testkit::bin_path("nodus-bridge");
+    let subnet = "10.66.0.0/24".to_string();
+    if ours.exists() {
+        Cni::NodusBridge { subnet }
+    } else {
+        eprintln!(
+            "WARNING: {} not built (cargo build --workspace --bins); using the reference bridge plugin",
+            ours.display()
+        );
+        Cni::ReferenceBridge { subnet }
+    }
+}
+
+impl Node {
+    pub async fn start() -> Node {
+        let ctrd = PrivateContainerd::start(ContainerdOptions {
+            cni: cni(),
+            ..Default::default()
+        })
+        .await
+        .expect("private containerd");
+        let manifests = ctrd.dir().join("manifests");
+        let root_dir = ctrd.dir().join("kubelet");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let config = ctrd.dir().join("kubelet-config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 staticPodPath: {}\ncontainerRuntimeEndpoint: {}\npodLogsDir: {}\n\
+                 cgroupDriver: cgroupfs\ncgroupRoot: {}\nfileCheckFrequency: 20s\n\
+                 readOnlyPort: {READ_ONLY_PORT}\nhealthzPort: {HEALTHZ_PORT}\n\
+                 healthzBindAddress: 127.0.0.1\naddress: 127.0.0.1\n",
+                manifests.display(),
+                ctrd.endpoint(),
+                ctrd.pod_logs_dir().display(),
+                ctrd.cgroup_parent(),
+            ),
+        )
+        .unwrap();
+        let log = ctrd.dir().join("kubelet.log");
+        let mut node = Node {
+            ctrd,
+            manifests,
+            root_dir,
+            config,
+            log,
+            kubelet: None,
+            starts: 0,
+        };
+        node.start_kubelet();
+        node
+    }
+
+    pub fn start_kubelet(&mut self) {
+        assert!(self.kubelet.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ctrd.node_netns().path().display()))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_kubelet"))
+            .arg(format!("--config={}", self.config.display()))
+            .arg(format!("--root-dir={}", self.root_dir.display()))
+            .arg(format!("--hostname-override={NODE}"))
+            .arg("--node-ip=10.66.0.1")
+            .arg("-v=4")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start kubelet");
+        self.kubelet = Some(child);
+        self.starts += 1;
+    }
+
+    /// Stops the kubelet by PID: SIGKILL when `crash`, else SIGTERM.
+    pub fn stop_kubelet(&mut self, crash: bool) {
+        if let Some(mut child) = self.kubelet.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let sig = if crash {
+                nix::sys::signal::Signal::SIGKILL
+            } else {
+                nix::sys::signal::Signal::SIGTERM
+            };
+            let _ = nix::sys::signal::kill(pid, sig);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn kubelet_alive(&mut self) -> bool {
+        match self.kubelet.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test with the kubelet log tail.
+    pub fn fail(&self, msg: &str) -> ! {
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!("{msg}\n--- kubelet log tail ---\n{}", tail.join("\n"));
+    }
+
+    /// Writes a manifest atomically (hidden temp file, then rename).
+    pub fn write_manifest(&self, file: &str, text: &str) {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.manifests.join(file)).unwrap();
+    }
+
+    pub fn remove_manifest(&self, file: &str) {
+        std::fs::remove_file(self.manifests.join(file)).unwrap();
+    }
+
+    pub async fn rt(&self) -> RuntimeServiceClient<Channel> {
+        self.ctrd.runtime().await.expect("CRI client")
+    }
+
+    /// Sandboxes of the static pod `name` (the manifest's name; the node suffix is added).
+    pub async fn sandboxes(&self, name: &str) -> Vec<cri::PodSandbox> {
+        let mut rt = self.rt().await;
+        let filter = cri::PodSandboxFilter {
+            label_selector: HashMap::from([(
+                "io.kubernetes.pod.name".to_string(),
+                format!("{name}-{NODE}"),
+            )]),
+            ..Default::default()
+        };
+        let mut v = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(filter),
+            })
+            .await
+            .map(|r| r.into_inner().items)
+            .unwrap_or_default();
+        v.sort_by_key(|s| s.created_at);
+        v
+    }
+
+    pub async fn all_sandboxes(&self) -> Vec<cri::PodSandbox> {
+        let mut rt = self.rt().await;
+        rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().items)
+            .unwrap_or_default()
+    }
+
+    /// Containers of the static pod `name`, oldest first.
+    pub async fn containers(&self, name: &str) -> Vec<cri::Container> {
+        let mut rt = self.rt().await;
+        let filter = cri::ContainerFilter {
+            label_selector: HashMap::from([(
+                "io.kubernetes.pod.name".to_string(),
+                format!("{name}-{NODE}"),
+            )]),
+            ..Default::default()
+        };
+        let mut v = rt
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(filter),
+            })
+            .await
+            .map(|r| r.into_inner().containers)
+            .unwrap_or_default();
+        v.sort_by_key(|c| c.created_at);
+        v
+    }
+
+    pub async fn container_status(&self, id: &str) -> Option<cri::ContainerStatus> {
+        let mut rt = self.rt().await;
+        rt.container_status(cri::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().status)
+    }
+
+    pub async fn sandbox_ip(&self, id: &str) -> String {
+        let mut rt = self.rt().await;
+        rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap_or_default()
+        .ip
+    }
+
+    /// Polls `f` every 200 ms until it returns Some, or fails the test after `timeout`.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The running containers of pod `name` once there are `n` of them.
+    pub async fn wait_running(&self, name: &str, n: usize) -> Vec<cri::Container> {
+        self.wait_for(
+            &format!("{n} running container(s) in pod {name}"),
+            Duration::from_secs(60),
+            || async {
+                let running: Vec<_> = self
+                    .containers(name)
+                    .await
+                    .into_iter()
+                    .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+                    .collect();
+                (running.len() == n).then_some(running)
+            },
+        )
+        .await
+    }
+
+    /// GET on the kubelet's port inside the node netns: (status code, body).
+    pub fn http_get(&self, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+        let ns = self.ctrd.node_netns().path().to_path_buf();
+        let path = path.to_string();
+        std::thread::spawn(move || -> std::io::Result<(u16, String)> {
+            // setns affects only this (dedicated) thread.
+            let f = std::fs::File::open(&ns)?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            let code = buf
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = buf
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            Ok((code, body))
+        })
+        .join()
+        .expect("http thread")
+    }
+
+    /// `GET /pods` parsed as JSON.
+    pub fn get_pods(&self) -> Option<serde_json::Value> {
+        let (code, body) = self.http_get(READ_ONLY_PORT, "/pods").ok()?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
+    /// The `/pods` item of static pod `name`.
+    pub fn api_pod(&self, name: &str) -> Option<serde_json::Value> {
+        let full = format!("{name}-{NODE}");
+        self.get_pods()?["items"]
+            .as_array()?
+            .iter()
+            .find(|p| p["metadata"]["name"] == full.as_str())
+            .cloned()
+    }
+
+    pub fn pod_dir(&self) -> &Path {
+        &self.manifests
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_kubelet(false);
+    }
+}
+
+/// A one-container pod manifest running `script` in busybox.
+pub fn pod_yaml(name: &str, restart_policy: &str, script: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {restart_policy}\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, {script:?}]\n"
+    )
+}
+
+pub fn ts(nanos: i64) -> f64 {
+    nanos as f64 / 1e9
+}
