@@ -128,6 +128,11 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf) -> Result<Link> {
             ) {
                 Ok(()) => {}
                 Err(e) if e.is(libc::EEXIST) => {} // created concurrently by another ADD
+                Err(e) if e.is(libc::EOPNOTSUPP) && conf.vlan.is_some() => {
+                    return Err(CniError::config(format!(
+                        "vlan: this kernel's bridge has no VLAN filtering ({e})"
+                    )))
+                }
                 Err(e) => return Err(nl_err(e)),
             }
             nl.link_by_name(&conf.bridge)
