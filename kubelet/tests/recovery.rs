@@ -1,0 +1,89 @@
+//! Recovery: a restarted kubelet adopts what containerd runs (same sandbox and container
+//! IDs, no restarts); a restarted containerd is reconnected to and the kubelet keeps working.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_kubelet_adopts_running_pods() {
+    let mut node = Node::start().await;
+    node.write_manifest("keep.yaml", &pod_yaml("keep", "Always", "exec sleep 3600"));
+    node.write_manifest("done.yaml", &pod_yaml("done", "OnFailure", "exit 0"));
+    let before = node.wait_running("keep", 1).await;
+    let sandbox_before = node.sandboxes("keep").await;
+    node.wait_for(
+        "the finished pod to complete",
+        Duration::from_secs(30),
+        || async {
+            node.api_pod("done")
+                .filter(|p| p["status"]["phase"] == "Succeeded")
+        },
+    )
+    .await;
+    let done_before = node.containers("done").await;
+
+    node.stop_kubelet(true);
+    node.start_kubelet();
+    // Wait until the new kubelet has synced the pods (it reports them through /pods).
+    node.wait_for(
+        "the new kubelet to report the pods",
+        Duration::from_secs(30),
+        || async {
+            let keep = node.api_pod("keep")?;
+            let done = node.api_pod("done")?;
+            (keep["status"]["phase"] == "Running" && done["status"]["phase"] == "Succeeded")
+                .then_some(())
+        },
+    )
+    .await;
+    // A few more relist and sync periods.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = node.containers("keep").await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].id, before[0].id, "container was replaced");
+    assert_eq!(after[0].metadata.as_ref().unwrap().attempt, 0);
+    let sandbox_after = node.sandboxes("keep").await;
+    assert_eq!(sandbox_after.len(), 1);
+    assert_eq!(
+        sandbox_after[0].id, sandbox_before[0].id,
+        "sandbox was replaced"
+    );
+    let api = node.api_pod("keep").unwrap();
+    assert_eq!(api["status"]["containerStatuses"][0]["restartCount"], 0);
+    // The completed pod was not run again either.
+    let done_after = node.containers("done").await;
+    assert_eq!(
+        done_after.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        done_before.iter().map(|c| &c.id).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_survives_a_containerd_restart() {
+    let mut node = Node::start().await;
+    node.write_manifest("one.yaml", &pod_yaml("one", "Always", "exec sleep 3600"));
+    let before = node.wait_running("one", 1).await;
+    node.ctrd.restart().await.expect("containerd restart");
+    // Still alive, and it reconnects: a new manifest runs, the old pod is untouched.
+    node.write_manifest("two.yaml", &pod_yaml("two", "Always", "exec sleep 3600"));
+    node.wait_running("two", 1).await;
+    assert!(
+        node.kubelet_alive(),
+        "kubelet exited after the containerd restart"
+    );
+    let after = node.wait_running("one", 1).await;
+    assert_eq!(after[0].id, before[0].id);
+    // And it still removes pods.
+    node.remove_manifest("one.yaml");
+    node.wait_for("pod one to be removed", Duration::from_secs(30), || async {
+        node.sandboxes("one").await.is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        !node.log_text().contains("panicked"),
+        "the kubelet panicked"
+    );
+}
