@@ -78,9 +78,9 @@ impl PodStatus {
     /// Sorts sandboxes and containers newest first, as the rest of the kubelet expects.
     pub fn sort(&mut self) {
         self.sandboxes
-            .sort_by(|a, b| (b.created_at, b.attempt).cmp(&(a.created_at, a.attempt)));
+            .sort_by_key(|s| std::cmp::Reverse((s.created_at, s.attempt)));
         self.containers
-            .sort_by(|a, b| (b.created_at, b.restart_count).cmp(&(a.created_at, a.restart_count)));
+            .sort_by_key(|c| std::cmp::Reverse((c.created_at, c.restart_count)));
     }
 
     /// The newest container with this name.

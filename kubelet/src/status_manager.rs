@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus};
 use crate::kuberuntime::actions::{
-    app_containers, init_containers, restart_policy, should_restart, BackoffWait, RestartPolicy,
+    app_containers, init_containers, restart_policy, BackoffWait, RestartPolicy,
 };
 
 /// The runtime prefix of container IDs in status (`containerd://<id>`).
@@ -62,7 +62,6 @@ fn waiting(reason: &str, message: Option<String>) -> ApiState {
 fn container_status(
     spec: &Container,
     runtime: &PodStatus,
-    policy: RestartPolicy,
     backoff: &[BackoffWait],
     waiting_reason: &str,
     is_init: bool,
@@ -127,7 +126,6 @@ fn container_status(
                 s.last_state = prev_terminated;
                 // A finished init container counts as ready, as upstream.
                 s.ready = is_init && latest.exit_code == 0;
-                let _ = (policy, should_restart);
             }
             s.started = Some(false);
         }
@@ -247,10 +245,9 @@ pub struct StatusInputs<'a> {
 
 /// Generates the API status of a pod from the runtime's view of it.
 pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPodStatus {
-    let policy = restart_policy(pod);
     let init_statuses: Vec<ApiContainerStatus> = init_containers(pod)
         .iter()
-        .map(|c| container_status(c, runtime, policy, inputs.backoff, "PodInitializing", true))
+        .map(|c| container_status(c, runtime, inputs.backoff, "PodInitializing", true))
         .collect();
     let initialized = init_statuses.iter().all(|s| {
         s.state
@@ -269,7 +266,7 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
     };
     let app_statuses: Vec<ApiContainerStatus> = app_containers(pod)
         .iter()
-        .map(|c| container_status(c, runtime, policy, inputs.backoff, app_reason, false))
+        .map(|c| container_status(c, runtime, inputs.backoff, app_reason, false))
         .collect();
     let phase = phase(pod, &init_statuses, &app_statuses);
     let all_ready = app_statuses.iter().all(|s| s.ready);

@@ -3,7 +3,6 @@
 //! node's resolv.conf (or the pod's dnsConfig), port mappings, the pod's log directory,
 //! the per-pod cgroup parent and the Linux namespace options.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -195,7 +194,7 @@ pub fn sandbox_config(
                         .map(|s| (s.name.clone(), s.value.clone()))
                         .collect()
                 })
-                .unwrap_or_else(HashMap::new),
+                .unwrap_or_default(),
             ..Default::default()
         }),
         windows: None,
