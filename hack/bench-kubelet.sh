@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): kubelet pod startup latency, manifest written -> container started
+# (CRI started_at), for 1 pod (RUNS times) and a burst of BURST pods, next to the floor (the
+# same CRI calls made directly by a small client in the same run, same private containerd).
+# Prints p50/p99, ratios ours/floor and the kubelet's RSS with the burst running.
+#
+#   hack/bench-kubelet.sh            (root; RUNS=10 BURST=30 PROFILE=release by default)
+#
+# Everything runs in a private containerd and node network namespace (nodus-testkit) and is
+# removed afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${PROFILE:-release}
+flag=()
+[[ $PROFILE == release ]] && flag=(--release)
+cargo build "${flag[@]}" -p nodus-kubelet --bins --example bench_startup
+cargo build "${flag[@]}" -p nodus-cni-bridge --bins || echo "WARNING: nodus-bridge did not build; an older binary or the reference bridge is used" >&2
+RUNS=${RUNS:-10} BURST=${BURST:-30} "target/$PROFILE/examples/bench_startup"

@@ -1,0 +1,419 @@
+//! Pod startup benchmark (not a test; run by `hack/bench-kubelet.sh`).
+//!
+//! In one private containerd (testkit) it measures, for one pod and for a burst of pods,
+//! the time from "the pod is asked for" to "its container started" (CRI `started_at`):
+//! - floor: a small client making the kubelet's CRI calls itself (ImageStatus,
+//!   RunPodSandbox, CreateContainer, StartContainer), one pod in sequence, and for the burst
+//!   one such sequence per pod, all at once;
+//! - ours: the kubelet, from the manifest written to its static pod directory.
+//!
+//! Prints p50/p99 and the ratios ours/floor, and the kubelet's RSS with the burst running.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use nodus_proto::runtime::v1 as cri;
+use nodus_proto::runtime::v1::image_service_client::ImageServiceClient;
+use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
+use tonic::transport::Channel;
+
+const NODE: &str = "bench";
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+struct Clients {
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+}
+
+/// The kubelet's CRI sequence for one pod, made directly. Returns the container's started_at.
+async fn floor_pod(c: &mut Clients, ctrd: &PrivateContainerd, name: &str) -> Result<(String, i64)> {
+    let mut config = ctrd.sandbox_config(name);
+    config.dns_config = Some(cri::DnsConfig::default());
+    c.img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: BUSYBOX_IMAGE.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await?;
+    std::fs::create_dir_all(&config.log_directory)?;
+    let sandbox =
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let container =
+        c.rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: "main/0.log".into(),
+                labels: config.labels.clone(),
+                linux: Some(cri::LinuxContainerConfig {
+                    resources: Some(Default::default()),
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        namespace_options: Some(cri::NamespaceOption {
+                            pid: cri::NamespaceMode::Container as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    c.rt.start_container(cri::StartContainerRequest {
+        container_id: container.clone(),
+    })
+    .await?;
+    let st =
+        c.rt.container_status(cri::ContainerStatusRequest {
+            container_id: container,
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no status")?;
+    Ok((sandbox, st.started_at))
+}
+
+async fn remove_sandboxes(rt: &mut RuntimeServiceClient<Channel>, ids: &[String]) -> Result<()> {
+    for id in ids {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+fn manifest(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sleep, '3600']\n"
+    )
+}
+
+fn write_manifest(dir: &Path, name: &str) -> Result<i64> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, manifest(name))?;
+    let t0 = now_ns();
+    std::fs::rename(&tmp, dir.join(format!("{name}.yaml")))?;
+    Ok(t0)
+}
+
+/// started_at of the running container of each of `names`, waiting until all run.
+async fn wait_started(
+    rt: &mut RuntimeServiceClient<Channel>,
+    names: &[String],
+    timeout: Duration,
+) -> Result<HashMap<String, i64>> {
+    let deadline = Instant::now() + timeout;
+    let mut out = HashMap::new();
+    while out.len() < names.len() {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {} pods started in {timeout:?}",
+                out.len(),
+                names.len()
+            );
+        }
+        let list = rt
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    state: Some(cri::ContainerStateValue {
+                        state: cri::ContainerState::ContainerRunning as i32,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .containers;
+        for c in list {
+            let Some(pod) = c.labels.get("io.kubernetes.pod.name") else {
+                continue;
+            };
+            let Some(name) = pod.strip_suffix(&format!("-{NODE}")) else {
+                continue;
+            };
+            if names.iter().any(|n| n == name) && !out.contains_key(name) {
+                let st = rt
+                    .container_status(cri::ContainerStatusRequest {
+                        container_id: c.id.clone(),
+                        verbose: false,
+                    })
+                    .await?
+                    .into_inner()
+                    .status
+                    .context("no status")?;
+                out.insert(name.to_string(), st.started_at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(out)
+}
+
+async fn wait_no_sandboxes(rt: &mut RuntimeServiceClient<Channel>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await?
+            .into_inner()
+            .items
+            .len();
+        if n == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{n} sandboxes left after removal");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let burst: usize = std::env::var("BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let ours_cni = nodus_testkit::bin_path("nodus-bridge");
+    let cni = if ours_cni.exists() {
+        Cni::NodusBridge {
+            subnet: "10.67.0.0/16".into(),
+        }
+    } else {
+        eprintln!(
+            "note: {} missing, using the reference bridge",
+            ours_cni.display()
+        );
+        Cni::ReferenceBridge {
+            subnet: "10.67.0.0/16".into(),
+        }
+    };
+    let ctrd = PrivateContainerd::start(ContainerdOptions {
+        cni,
+        ..Default::default()
+    })
+    .await?;
+    let mut clients = Clients {
+        rt: ctrd.runtime().await?,
+        img: ctrd.images().await?,
+    };
+
+    let manifests = ctrd.dir().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let config = ctrd.dir().join("kubelet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             staticPodPath: {}\ncontainerRuntimeEndpoint: {}\npodLogsDir: {}\n\
+             cgroupRoot: {}\nhealthzPort: 0\n",
+            manifests.display(),
+            ctrd.endpoint(),
+            ctrd.pod_logs_dir().display(),
+            ctrd.cgroup_parent()
+        ),
+    )?;
+    let kubelet_bin = nodus_testkit::bin_path("kubelet");
+    let log = std::fs::File::create(ctrd.dir().join("kubelet.log"))?;
+    let kubelet = KillOnDrop(
+        Command::new("nsenter")
+            .arg(format!("--net={}", ctrd.node_netns().path().display()))
+            .arg("--")
+            .arg(&kubelet_bin)
+            .arg(format!("--config={}", config.display()))
+            .arg(format!(
+                "--root-dir={}",
+                ctrd.dir().join("kubelet").display()
+            ))
+            .arg(format!("--hostname-override={NODE}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", kubelet_bin.display()))?,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Warm-up (first sandbox pays one-time costs): one of each, not counted.
+    let (sb, _) = floor_pod(&mut clients, &ctrd, "warm-floor").await?;
+    remove_sandboxes(&mut clients.rt, &[sb]).await?;
+    write_manifest(&manifests, "warm")?;
+    wait_started(
+        &mut clients.rt,
+        &["warm".to_string()],
+        Duration::from_secs(60),
+    )
+    .await?;
+    std::fs::remove_file(manifests.join("warm.yaml"))?;
+    wait_no_sandboxes(&mut clients.rt).await?;
+
+    // One pod at a time, alternating floor and ours.
+    let (mut floor1, mut ours1) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let t0 = now_ns();
+        let (sb, started) = floor_pod(&mut clients, &ctrd, &format!("floor-{i}")).await?;
+        floor1.push((started - t0) as f64 / 1e6);
+        remove_sandboxes(&mut clients.rt, &[sb]).await?;
+
+        let name = format!("one-{i}");
+        let t0 = write_manifest(&manifests, &name)?;
+        let started =
+            wait_started(&mut clients.rt, &[name.clone()], Duration::from_secs(60)).await?;
+        ours1.push((started[&name] - t0) as f64 / 1e6);
+        std::fs::remove_file(manifests.join(format!("{name}.yaml")))?;
+        wait_no_sandboxes(&mut clients.rt).await?;
+    }
+
+    // Burst: floor = one CRI sequence per pod, all started together.
+    let t0 = now_ns();
+    let mut tasks = Vec::new();
+    for i in 0..burst {
+        let mut c = Clients {
+            rt: clients.rt.clone(),
+            img: clients.img.clone(),
+        };
+        let config_src = &ctrd;
+        let name = format!("fb-{i}");
+        tasks.push(async move { floor_pod(&mut c, config_src, &name).await });
+    }
+    let results = futures::future::join_all(tasks).await;
+    let mut floor_burst = Vec::new();
+    let mut ids = Vec::new();
+    for r in results {
+        let (sb, started) = r?;
+        floor_burst.push((started - t0) as f64 / 1e6);
+        ids.push(sb);
+    }
+    remove_sandboxes(&mut clients.rt, &ids).await?;
+    wait_no_sandboxes(&mut clients.rt).await?;
+
+    // Burst: ours = all manifests written at once.
+    let names: Vec<String> = (0..burst).map(|i| format!("burst-{i}")).collect();
+    let mut t0s = HashMap::new();
+    for n in &names {
+        t0s.insert(n.clone(), write_manifest(&manifests, n)?);
+    }
+    let started = wait_started(&mut clients.rt, &names, Duration::from_secs(180)).await?;
+    let mut ours_burst: Vec<f64> = names
+        .iter()
+        .map(|n| (started[n] - t0s[n]) as f64 / 1e6)
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = rss_kib(kubelet.0.id());
+    for n in &names {
+        std::fs::remove_file(manifests.join(format!("{n}.yaml")))?;
+    }
+    wait_no_sandboxes(&mut clients.rt).await?;
+
+    let (f50, f99) = (pct(&mut floor1, 50.0), pct(&mut floor1, 99.0));
+    let (o50, o99) = (pct(&mut ours1, 50.0), pct(&mut ours1, 99.0));
+    let (fb50, fb99) = (pct(&mut floor_burst, 50.0), pct(&mut floor_burst, 99.0));
+    let (ob50, ob99) = (pct(&mut ours_burst, 50.0), pct(&mut ours_burst, 99.0));
+    println!("pod startup latency (request -> container started, CRI started_at), ms");
+    println!("{:<28}{:>10}{:>10}", "", "p50", "p99");
+    println!(
+        "{:<28}{:>10.1}{:>10.1}",
+        format!("floor, 1 pod (n={runs})"),
+        f50,
+        f99
+    );
+    println!(
+        "{:<28}{:>10.1}{:>10.1}",
+        format!("kubelet, 1 pod (n={runs})"),
+        o50,
+        o99
+    );
+    println!(
+        "{:<28}{:>10.1}{:>10.1}",
+        format!("floor, burst of {burst}"),
+        fb50,
+        fb99
+    );
+    println!(
+        "{:<28}{:>10.1}{:>10.1}",
+        format!("kubelet, burst of {burst}"),
+        ob50,
+        ob99
+    );
+    println!(
+        "ratio ours/floor, 1 pod p50: {:.2}  (target <= 1.2)",
+        o50 / f50
+    );
+    println!("ratio ours/floor, burst p99: {:.2}", ob99 / fb99);
+    println!("burst of {burst} p99: {:.0} ms (target < 2000)", ob99);
+    println!(
+        "kubelet RSS with {burst} pods: {:.1} MiB (target < 25)",
+        rss as f64 / 1024.0
+    );
+    drop(kubelet);
+    Ok(())
+}
