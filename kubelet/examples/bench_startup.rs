@@ -326,8 +326,12 @@ async fn main() -> Result<()> {
 
         let name = format!("one-{i}");
         let t0 = write_manifest(&manifests, &name)?;
-        let started =
-            wait_started(&mut clients.rt, &[name.clone()], Duration::from_secs(60)).await?;
+        let started = wait_started(
+            &mut clients.rt,
+            std::slice::from_ref(&name),
+            Duration::from_secs(60),
+        )
+        .await?;
         ours1.push((started[&name] - t0) as f64 / 1e6);
         std::fs::remove_file(manifests.join(format!("{name}.yaml")))?;
         wait_no_sandboxes(&mut clients.rt).await?;
