@@ -10,5 +10,6 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod nftnl;
+pub mod nlmsg;
 pub mod plugin;
 pub mod types;

@@ -10,19 +10,14 @@ use std::os::fd::AsRawFd;
 
 use netlink_sys::{Socket, SocketAddr};
 
+use crate::nlmsg::{self, Msg, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+
 const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 0x2;
-const NLA_F_NESTED: u16 = 0x8000;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -42,69 +37,10 @@ const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 /// `NFPROTO_INET`, the family of `table inet ...`.
 pub const NFPROTO_INET: u8 = 1;
 
-/// Growing netlink message with nested attribute support.
-struct Msg {
-    buf: Vec<u8>,
-    nests: Vec<usize>,
-}
-
-impl Msg {
-    fn new(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish
-        buf.extend_from_slice(&kind.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        // struct nfgenmsg
-        buf.push(family);
-        buf.push(0); // NFNETLINK_V0
-        buf.extend_from_slice(&res_id.to_be_bytes());
-        Msg {
-            buf,
-            nests: Vec::new(),
-        }
-    }
-
-    fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-    }
-
-    fn attr(&mut self, kind: u16, value: &[u8]) {
-        let len = (4 + value.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(value);
-        self.pad();
-    }
-
-    fn attr_str(&mut self, kind: u16, s: &str) {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.attr(kind, &v);
-    }
-
-    fn begin(&mut self, kind: u16) {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    }
-
-    fn end(&mut self) {
-        let start = self.nests.pop().expect("balanced nesting");
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.pad();
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf
-    }
+/// A message with the `struct nfgenmsg` header.
+fn nfmsg(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
+    let r = res_id.to_be_bytes();
+    Msg::new(kind, flags, seq, &[family, 0, r[0], r[1]])
 }
 
 /// One map element: key bytes, optional jump target, optional comment.
@@ -141,7 +77,7 @@ pub fn set_elements(
     set_timeout(&sock)?;
     let mut out = Vec::new();
     out.extend(
-        Msg::new(
+        nfmsg(
             NFNL_MSG_BATCH_BEGIN,
             NLM_F_REQUEST,
             1,
@@ -161,7 +97,7 @@ pub fn set_elements(
     let mut seq = 1u32;
     for (set, elems) in &groups {
         seq += 1;
-        let mut m = Msg::new((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, family, 0);
+        let mut m = nfmsg((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, family, 0);
         m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
         m.attr_str(NFTA_SET_ELEM_LIST_SET, set);
         m.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
@@ -193,7 +129,7 @@ pub fn set_elements(
     }
     let last = seq;
     out.extend(
-        Msg::new(
+        nfmsg(
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
             last + 1,
@@ -209,27 +145,20 @@ pub fn set_elements(
     loop {
         buf.clear();
         let n = sock.recv(&mut buf, 0)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-            let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
-            if len < 16 {
-                break;
+        for m in nlmsg::messages(&buf[..n]) {
+            if m.kind != NLMSG_ERROR {
+                continue;
             }
-            if kind == NLMSG_ERROR && off + 20 <= n {
-                let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
-                if code != 0 {
-                    return Err(io::Error::from_raw_os_error(-code));
-                }
-                if (2..=last).contains(&seq) {
-                    acked += 1;
-                    if acked == groups.len() {
-                        return Ok(());
-                    }
+            let code = nlmsg::error_code(m.payload);
+            if code != 0 {
+                return Err(io::Error::from_raw_os_error(-code));
+            }
+            if (2..=last).contains(&m.seq) {
+                acked += 1;
+                if acked == groups.len() {
+                    return Ok(());
                 }
             }
-            off += (len + 3) & !3;
         }
     }
 }

@@ -4,14 +4,13 @@ use std::collections::HashSet;
 use std::fs;
 use std::net::IpAddr;
 
-use netlink_packet_route::link::{BridgeVlanInfoFlags, InfoKind, LinkFlags};
 use serde_json::{json, Value};
 
 use crate::config::{self, Command, Env, NetConf, SUPPORTED_VERSIONS};
 use crate::error::{code, CniError, Result};
 use crate::ip::{self, IpNet};
 use crate::ipam::{self, Allocation, Store};
-use crate::netlink::{Link, Netlink, NlError};
+use crate::netlink::{self, Link, Netlink, NlError, IFF_PROMISC, IFF_UP};
 use crate::netns::NetNs;
 use crate::nft::{self, Batch};
 use crate::types::{CniResult, Interface, IpConfig, RouteOut};
@@ -145,17 +144,17 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf) -> Result<Link> {
                 })?
         }
     };
-    if link.kind != Some(InfoKind::Bridge) {
+    if link.kind.as_deref() != Some("bridge") {
         return Err(CniError::new(
             code::BRIDGE_CONFLICT,
             format!("bridge: {:?} exists and is not a bridge", conf.bridge),
         ));
     }
-    let mut want = LinkFlags::Up;
+    let mut want = IFF_UP;
     if conf.promisc_mode {
-        want |= LinkFlags::Promisc;
+        want |= IFF_PROMISC;
     }
-    if !link.flags.contains(want) {
+    if link.flags & want != want {
         nl.set_flags(link.index, want, want).map_err(nl_err)?;
     }
     Ok(link)
@@ -227,9 +226,7 @@ fn add_links(
     let mut gw_index = bridge.index;
     if let Some(vid) = conf.vlan {
         if conf.is_gateway {
-            let _ = s
-                .host
-                .bridge_vlan(bridge.index, vid, BridgeVlanInfoFlags::empty(), true, true);
+            let _ = s.host.bridge_vlan(bridge.index, vid, 0, true, true);
             let name = format!("{}.{}", conf.bridge, vid);
             let name: String = name.chars().take(15).collect();
             let l = match s.host.link_by_name(&name).map_err(nl_err)? {
@@ -299,14 +296,12 @@ fn add_links(
                 .bridge_vlan(
                     hl.index,
                     vid,
-                    BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged,
+                    netlink::BRIDGE_VLAN_INFO_PVID | netlink::BRIDGE_VLAN_INFO_UNTAGGED,
                     false,
                     true,
                 )
                 .map_err(nl_err)?;
-            let _ = s
-                .host
-                .bridge_vlan(hl.index, 1, BridgeVlanInfoFlags::empty(), false, false);
+            let _ = s.host.bridge_vlan(hl.index, 1, 0, false, false);
         }
     }
 
@@ -324,9 +319,7 @@ fn add_links(
                 ),
             )
         })?;
-    s.pod
-        .set_flags(pl.index, LinkFlags::Up, LinkFlags::Up)
-        .map_err(nl_err)?;
+    s.pod.set_flags(pl.index, IFF_UP, IFF_UP).map_err(nl_err)?;
     for a in allocs {
         s.pod
             .add_addr(pl.index, &a.address, false)
