@@ -80,11 +80,12 @@ pub fn masq_add_fast(network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str
     nftnl::set_elements(nftnl::NFPROTO_INET, "nodus", &groups, true).is_ok()
 }
 
-/// DEL fast path: removes the elements of `ips`. `false` if any was missing (the whole
+/// DEL fast path: removes the elements of `ips`. `None` if any was missing (the whole
 /// transaction is then void): use [`Batch::masq_del`], which tolerates missing ones.
-pub fn masq_del_fast(ips: &[IpAddr]) -> bool {
+/// Keep the returned value while doing other slow work; dropping it waits for the kernel.
+pub fn masq_del_fast(ips: &[IpAddr]) -> Option<nftnl::Done> {
     let groups = masq_groups(ips, None, None);
-    nftnl::set_elements(nftnl::NFPROTO_INET, "nodus", &groups, false).is_ok()
+    nftnl::set_elements(nftnl::NFPROTO_INET, "nodus", &groups, false).ok()
 }
 
 /// A batch of nft commands, run with one `nft -f -`.

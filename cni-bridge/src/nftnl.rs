@@ -58,6 +58,11 @@ pub fn ip_key(ip: &IpAddr) -> Vec<u8> {
     }
 }
 
+/// The socket a transaction went through. Closing it waits until the kernel has freed
+/// what the transaction removed (an RCU grace period after a delete), so a caller with
+/// other slow work keeps it open meanwhile and drops it afterwards.
+pub struct Done(#[allow(dead_code)] Option<Socket>);
+
 /// Adds (`create`: fails with `EEXIST` if present) or deletes elements of maps of one
 /// table, all in one transaction. Any error (missing table/map/chain, element present or
 /// absent) aborts the whole transaction.
@@ -66,10 +71,10 @@ pub fn set_elements(
     table: &str,
     groups: &[(&str, Vec<Element>)],
     add: bool,
-) -> io::Result<()> {
+) -> io::Result<Done> {
     let groups: Vec<&(&str, Vec<Element>)> = groups.iter().filter(|g| !g.1.is_empty()).collect();
     if groups.is_empty() {
-        return Ok(());
+        return Ok(Done(None));
     }
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
@@ -156,7 +161,7 @@ pub fn set_elements(
             if (2..=last).contains(&m.seq) {
                 acked += 1;
                 if acked == groups.len() {
-                    return Ok(());
+                    return Ok(Done(Some(sock)));
                 }
             }
         }

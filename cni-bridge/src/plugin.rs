@@ -433,28 +433,23 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<()> {
         }
         None => Vec::new(),
     };
-    // The nft transaction and the link deletion each wait for an RCU grace period in the
-    // kernel: run them side by side. The helper thread never changes namespace; the main
-    // thread is the only one that enters the pod's.
-    let (nft_res, link_res) = std::thread::scope(|sc| {
-        let nft_job = sc.spawn(|| -> Result<()> {
-            let mut b = Batch::default();
-            if conf.ip_masq && !ips.is_empty() && !nft::masq_del_fast(&ips) {
-                b.masq_del(&conf.name, &conf_subnets(conf), &ips);
-            }
-            if conf.macspoofchk {
-                b.spoof_del(&veth);
-            }
-            b.run()
-        });
-        let links = del_links(env, &veth);
-        let nft = nft_job
-            .join()
-            .unwrap_or_else(|_| Err(CniError::new(code::NFTABLES, "nft thread panicked")));
-        (nft, links)
-    });
-    nft_res?;
-    link_res?;
+    // Removing map elements and removing links each end with the kernel waiting for an RCU
+    // grace period. The element transaction's wait happens when its socket closes, so the
+    // socket stays open across the link removal and both waits overlap, on one thread.
+    let mut pending = None;
+    let mut b = Batch::default();
+    if conf.ip_masq && !ips.is_empty() {
+        pending = nft::masq_del_fast(&ips);
+        if pending.is_none() {
+            b.masq_del(&conf.name, &conf_subnets(conf), &ips);
+        }
+    }
+    if conf.macspoofchk {
+        b.spoof_del(&veth);
+    }
+    b.run()?;
+    del_links(env, &veth)?;
+    drop(pending);
 
     if let Some(ipam) = &conf.ipam {
         let store = Store::open(&ipam.data_dir, &conf.name)?;
