@@ -13,7 +13,7 @@
 #   --runc-only      run the runtime checks with runc only (the control), not nodus-runtime
 #   --runtimes LIST  runtimes for the runtime checks (default "runc nodus"; NODUS_VM_RUNTIMES)
 #   --checks LIST    only these check functions of guest-tests.sh (default all; NODUS_VM_CHECKS)
-#   --timeout S      bound of the whole qemu run (default 900; NODUS_VM_TIMEOUT)
+#   --timeout S      bound of the whole qemu run (default 600; NODUS_VM_TIMEOUT)
 #   --rebuild        drop the cached qemu/kernel/image and build them again
 #   --keep           keep the run directory (console log, guest log) even on success
 #   --build-only     build or check the cache, do not boot
@@ -30,7 +30,7 @@ hackvm=$repo/hack/vm
 
 runtimes=${NODUS_VM_RUNTIMES:-runc nodus}
 checks=${NODUS_VM_CHECKS:-}
-vm_timeout=${NODUS_VM_TIMEOUT:-900}
+vm_timeout=${NODUS_VM_TIMEOUT:-600}
 accel_mode=${NODUS_VM_ACCEL:-auto}
 rebuild=0 keep=0 build_only=0
 while [ $# -gt 0 ]; do
@@ -53,8 +53,8 @@ HOST_PACKAGES=(debootstrap e2fsprogs xz-utils busybox-static util-linux coreutil
 # Unpacked into build/vm, never installed (see the header).
 QEMU_DEBS=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
 # The guest's packages (debootstrap --variant=minbase --include=...).
-GUEST_PACKAGES=(systemd systemd-sysv dbus containerd runc iproute2 nftables iptables kmod procps
-  iputils-ping busybox-static util-linux)
+GUEST_PACKAGES=(systemd systemd-sysv dbus containerd runc crun containernetworking-plugins iproute2
+  nftables iptables kmod procps iputils-ping busybox-static util-linux)
 # Kernel modules carried in the image (with their dependencies). The first group is loaded by the
 # initramfs to reach the root filesystem and the 9p shares; the rest load on demand or through
 # /etc/modules-load.d in the guest.
@@ -105,7 +105,7 @@ ensure_apt_lists() {
 download_debs() {
   local dest=$1; shift
   mkdir -p "$dest"
-  (cd "$dest" && apt-get download -q "$@" 2>&1 | grep -v -e '^Get:' -e 'unsandboxed' >&2 || true)
+  (cd "$dest" && { apt-get download -q "$@" 2>&1 | grep -v -e '^Get:' -e 'unsandboxed' >&2; true; })
   local p
   for p in "$@"; do
     ls "$dest/${p}_"*.deb >/dev/null 2>&1 || die "apt-get download $p failed"
@@ -285,7 +285,7 @@ build_image() {
 # --- accelerator ----------------------------------------------------------------------------------
 # KVM only when it really boots a kernel: on nested setups without vmx/svm it aborts or hangs.
 choose_accel() {
-  accel=(-accel tcg,thread=multi -cpu max)
+  accel=(-accel "tcg,thread=multi" -cpu max)
   accel_name=tcg
   [ "$accel_mode" = tcg ] && return 0
   if [ "$accel_mode" = auto ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
@@ -331,6 +331,9 @@ choose_accel
 
 # The run directory: the writable results share and the console log.
 mkdir -p "$vmdir/runs"
+# Keep the last few kept runs (failures, --keep) for inspection, not all of them.
+# shellcheck disable=SC2012 # our own mktemp names
+ls -td "$vmdir"/runs/run.* 2>/dev/null | tail -n +6 | xargs -r rm -rf
 run=$(mktemp -d "$vmdir/runs/run.XXXXXX")
 mkdir -p "$run/results"
 target=${CARGO_TARGET_DIR:-$repo/target}

@@ -50,6 +50,18 @@ run_check() {
   note "$name took $(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
 }
 
+# host_bin NAME: path of a local copy of the host's cargo binary NAME (e.g. nodus-runtime, kubelet).
+# Executing straight from 9p is slow (every page fault is a 9p read), and under memory pressure
+# in a container's cgroup the binary's pages thrash over 9p: run a copy in the guest's /run.
+host_bin() {
+  local name=$1
+  if [ ! -x "$WORK/bin/$name" ]; then
+    mkdir -p "$WORK/bin"
+    cp "$BIN_DIR/$name" "$WORK/bin/$name.tmp" && mv "$WORK/bin/$name.tmp" "$WORK/bin/$name"
+  fi
+  echo "$WORK/bin/$name"
+}
+
 # --- 1. pure cgroup v2 --------------------------------------------------------------------------
 check_cgroup_v2() {
   local fstype controllers c missing=()
@@ -151,9 +163,9 @@ start_container() {
 
 # stop_container ID: SIGKILL, wait for stopped, delete; echoes what is left behind, if anything.
 stop_container() {
-  local id=$1 i status
+  local id=$1 status
   rt kill "$id" SIGKILL > /dev/null 2>&1
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     status=$(rt_status "$id")
     [ "$status" = stopped ] || [ -z "$status" ] && break
     sleep 0.1
@@ -175,7 +187,7 @@ cg_get() { # cg_get ID FILE [KEY]: a cgroup file, or one key of a flat-keyed fil
 
 # create -> created, start -> running, kill -> stopped, delete -> gone (state and cgroup).
 rt_lifecycle() {
-  local id=$RT-life-$$ name=$RT.lifecycle seen=() status i
+  local id=$RT-life-$$ name=$RT.lifecycle seen=() status
   write_bundle "$WORK/$RT/$id" "$id" '{}' 'echo started; sleep 600'
   start_container "$name" "$id" || { stop_container "$id" > /dev/null; return 0; }
   seen+=("created")
@@ -186,12 +198,12 @@ rt_lifecycle() {
     stop_container "$id" > /dev/null
     return 0
   fi
-  for i in $(seq 50); do grep -q started "$WORK/$RT/$id/out.log" && break; sleep 0.1; done
+  for _ in $(seq 50); do grep -q started "$WORK/$RT/$id/out.log" && break; sleep 0.1; done
   if ! grep -q started "$WORK/$RT/$id/out.log"; then
     fail "$name" "the container's output did not arrive: $(tail -c 200 "$WORK/$RT/$id/out.log")"
   fi
   rt kill "$id" SIGKILL > /dev/null 2>&1
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     status=$(rt_status "$id")
     [ "$status" = stopped ] && break
     sleep 0.1
@@ -245,12 +257,12 @@ rt_cpu() {
 
 # memory.limit 32 MiB (no swap): a 100 MB allocation is OOM-killed.
 rt_memory() {
-  local id=$RT-mem-$$ max events oom i left
+  local id=$RT-mem-$$ max events oom left
   write_bundle "$WORK/$RT/$id" "$id" '{ "memory": { "limit": 33554432, "swap": 33554432 } }' \
     'dd if=/dev/zero of=/dev/null bs=100M count=1 && echo survived; echo hog-done; sleep 600'
   start_container "$RT.memory_oom" "$id" || { stop_container "$id" > /dev/null; return 0; }
   max=$(cg_get "$id" memory.max)
-  for i in $(seq 150); do
+  for _ in $(seq 150); do
     oom=$(cg_get "$id" memory.events oom_kill)
     [ "${oom:-0}" -ge 1 ] && grep -q hog-done "$WORK/$RT/$id/out.log" && break
     sleep 0.1
@@ -267,11 +279,12 @@ rt_memory() {
 
 # pids.limit 10: forks beyond it fail.
 rt_pids() {
-  local id=$RT-pids-$$ max cur ev started i left
+  local id=$RT-pids-$$ max cur ev started left
+  # shellcheck disable=SC2016 # expanded by the container's shell
   write_bundle "$WORK/$RT/$id" "$id" '{ "pids": { "limit": 10 } }' \
     'i=0; while [ $i -lt 30 ]; do sleep 600 & i=$((i+1)); echo $i > /tmp/started; done; echo all-forked; sleep 600'
   start_container "$RT.pids_max" "$id" || { stop_container "$id" > /dev/null; return 0; }
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     ev=$(cg_get "$id" pids.events max)
     [ "${ev:-0}" -ge 1 ] && break
     sleep 0.1
@@ -305,13 +318,7 @@ check_runtime() {
       done
       continue
     fi
-    if [[ $RT_BIN == /nodus/* || $RT_BIN == /results/* ]]; then
-      # Run a local copy: executing from 9p is slow (every page fault is a 9p read), and under
-      # memory pressure in the container's cgroup the runtime's pages thrash over 9p.
-      mkdir -p "$WORK/bin"
-      cp "$RT_BIN" "$WORK/bin/$RT-runtime"
-      RT_BIN=$WORK/bin/$RT-runtime
-    fi
+    [[ $RT_BIN == "$BIN_DIR"/* ]] && RT_BIN=$(host_bin "${RT_BIN##*/}")
     RT_ROOT=$WORK/$RT/state
     mkdir -p "$RT_ROOT"
     note "$RT: $RT_BIN ($("$RT_BIN" --version 2>&1 | head -1))"
@@ -326,8 +333,8 @@ check_runtime() {
 
 # --- 3. containerd under systemd ----------------------------------------------------------------
 check_containerd() {
-  local i state version
-  for i in $(seq 600); do
+  local state version
+  for _ in $(seq 600); do
     state=$(systemctl is-active containerd 2>/dev/null)
     [ "$state" = active ] && break
     [ "$state" = failed ] && break
