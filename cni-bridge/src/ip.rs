@@ -174,11 +174,9 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub fn fnv1a64(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            h ^= 0;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        for b in p.bytes() {
+        // A NUL byte between parts keeps ("ab", "c") and ("a", "bc") apart.
+        let sep: &[u8] = if i > 0 { &[0] } else { &[] };
+        for &b in sep.iter().chain(p.as_bytes()) {
             h ^= b as u64;
             h = h.wrapping_mul(0x100000001b3);
         }

@@ -18,9 +18,8 @@ use crate::types::{CniResult, Interface, IpConfig, RouteOut};
 /// Runs one command; `Ok(Some(json))` is printed on stdout.
 pub fn run(cmd: Command, env: &Env, stdin: &[u8]) -> Result<Option<String>> {
     if cmd == Command::Version {
-        let requested = config::peek_version(stdin).unwrap_or_else(|| "1.1.0".into());
         return Ok(Some(
-            json!({"cniVersion": requested, "supportedVersions": SUPPORTED_VERSIONS}).to_string(),
+            json!({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS}).to_string(),
         ));
     }
     let conf = config::parse(stdin, env)?;
@@ -102,9 +101,14 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value> {
     match add_links(env, conf, &mut s, &allocs, &veth, prev) {
         Ok(r) => Ok(r.to_json(&conf.cni_version)),
         Err(e) => {
-            // Undo what this ADD made; the bridge stays (it is shared). The nft batch is
-            // the last step and atomic, so a failed ADD never leaves rules behind.
+            // Undo what this ADD made; the bridge stays (it is shared). nft comes last, so
+            // at most the masquerade elements went in before a failing MAC check batch;
+            // the leases are still ours, so the elements keyed by them are too.
             let _ = s.host.delete_link(&veth);
+            if conf.ip_masq && !allocs.is_empty() {
+                let ips: Vec<IpAddr> = allocs.iter().map(|a| a.address.addr).collect();
+                drop(nft::masq_del_fast(&ips));
+            }
             if let Some(ipam) = &conf.ipam {
                 if let Ok(store) = Store::open(&ipam.data_dir, &conf.name) {
                     store.release_by_id(&env.container_id, &env.ifname);

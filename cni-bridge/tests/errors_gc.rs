@@ -272,3 +272,61 @@ fn gc_releases_unlisted_attachments_and_keeps_listed_ones() {
     assert!(host.cni(OURS, "DEL", "other", op.path(), &other).ok);
     assert_eq!(host.nft_elements(), 0);
 }
+
+#[test]
+fn masquerade_state_recovers_from_missing_and_stale_elements() {
+    let host = Host::new("cnib-nftfix");
+    let conf = host.conf("fixnet", "cni0", json!([[{"subnet": "10.217.0.0/24"}]]));
+    let pa = NodeNetns::create("pod").unwrap();
+    let pb = NodeNetns::create("pod").unwrap();
+
+    // DEL when the element is already gone (someone flushed it): still succeeds and
+    // releases the lease.
+    let a = host.cni(OURS, "ADD", "fix-a", pa.path(), &conf);
+    assert!(a.ok, "{a:?}");
+    let ip_a = a.json["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let del = format!("delete element inet nodus masq4 {{ {ip_a} }}");
+    assert!(host.ns.run(&["nft", &del]).status.success());
+    let d = host.cni(OURS, "DEL", "fix-a", pa.path(), &conf);
+    assert!(d.ok, "{d:?}");
+    assert!(host.leases("fixnet").is_empty());
+    assert_eq!(host.nft_elements(), 0, "{}", host.nft());
+
+    // A stale element (its lease lost) for the address the next pod gets: ADD replaces it
+    // with one tagged for the new attachment.
+    let a = host.cni(OURS, "ADD", "fix-a", pa.path(), &conf);
+    assert!(a.ok, "{a:?}");
+    let ip_a = a.json["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(host.lease_dir("fixnet").join(&ip_a)).unwrap();
+    let b = host.call(Call {
+        bin: OURS,
+        cmd: "ADD",
+        cid: "fix-b",
+        netns: pb.path().to_str().unwrap(),
+        ifname: "eth0",
+        args: &format!("IP={ip_a}"),
+        stdin: conf.to_string().into_bytes(),
+        unset: &[],
+    });
+    assert!(b.ok, "{b:?}");
+    let nft = host.nft();
+    assert!(nft.contains(":fix-b/eth0\""), "{nft}");
+    assert!(!nft.contains(":fix-a/eth0\""), "{nft}");
+    assert_eq!(host.nft_elements(), 1, "{nft}");
+    assert!(host.cni(OURS, "DEL", "fix-b", pb.path(), &conf).ok);
+    assert!(host.cni(OURS, "DEL", "fix-a", pa.path(), &conf).ok);
+    assert_eq!(host.nft_elements(), 0, "{}", host.nft());
+    assert!(host.veths().is_empty());
+}
