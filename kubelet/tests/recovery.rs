@@ -12,6 +12,8 @@ async fn restarted_kubelet_adopts_running_pods() {
     let mut node = Node::start().await;
     node.write_manifest("keep.yaml", &pod_yaml("keep", "Always", "exec sleep 3600"));
     node.write_manifest("done.yaml", &pod_yaml("done", "OnFailure", "exit 0"));
+    node.write_manifest("gone.yaml", &pod_yaml("gone", "Always", "exec sleep 3600"));
+    node.wait_running("gone", 1).await;
     let before = node.wait_running("keep", 1).await;
     let sandbox_before = node.sandboxes("keep").await;
     node.wait_for(
@@ -26,6 +28,8 @@ async fn restarted_kubelet_adopts_running_pods() {
     let done_before = node.containers("done").await;
 
     node.stop_kubelet(true);
+    // Removed while no kubelet runs: housekeeping of the next one must clean it up.
+    node.remove_manifest("gone.yaml");
     node.start_kubelet();
     // Wait until the new kubelet has synced the pods (it reports them through /pods).
     node.wait_for(
@@ -53,6 +57,15 @@ async fn restarted_kubelet_adopts_running_pods() {
     );
     let api = node.api_pod("keep").unwrap();
     assert_eq!(api["status"]["containerStatuses"][0]["restartCount"], 0);
+    node.wait_for(
+        "housekeeping to remove the orphaned pod",
+        Duration::from_secs(30),
+        || async {
+            (node.sandboxes("gone").await.is_empty() && node.containers("gone").await.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
     // The completed pod was not run again either.
     let done_after = node.containers("done").await;
     assert_eq!(

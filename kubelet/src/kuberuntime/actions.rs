@@ -198,8 +198,17 @@ pub fn compute_pod_actions(
     let uid = pod.metadata.uid.as_deref().unwrap_or("");
     let policy = restart_policy(pod);
     let (create, attempt, sandbox_id) = sandbox_changed(status);
+    // Something to stop before a new sandbox: a ready sandbox or a live container.
+    let anything_up = status
+        .sandboxes
+        .iter()
+        .any(|s| s.state == SandboxState::Ready)
+        || status
+            .containers
+            .iter()
+            .any(|c| matches!(c.state, ContainerState::Running | ContainerState::Created));
     let mut a = PodActions {
-        kill_pod: create,
+        kill_pod: create && anything_up,
         create_sandbox: create,
         sandbox_id: sandbox_id.clone(),
         attempt,
@@ -212,12 +221,6 @@ pub fn compute_pod_actions(
         if policy == RestartPolicy::Never && attempt != 0 && !status.containers.is_empty() {
             // The pod ran and must not run again.
             a.create_sandbox = false;
-            // Nothing left to stop once the sandbox is down.
-            a.kill_pod = status
-                .sandboxes
-                .iter()
-                .any(|s| s.state == SandboxState::Ready)
-                || status.running_containers().next().is_some();
             return a;
         }
         let to_start: Vec<usize> = apps
@@ -231,11 +234,6 @@ pub fn compute_pod_actions(
             .collect();
         if to_start.is_empty() {
             a.create_sandbox = false;
-            a.kill_pod = status
-                .sandboxes
-                .iter()
-                .any(|s| s.state == SandboxState::Ready)
-                || status.running_containers().next().is_some();
             return a;
         }
         if !init_containers(pod).is_empty() {
@@ -415,7 +413,7 @@ mod tests {
     fn new_pod_creates_sandbox_and_starts_everything() {
         let p = pod("Always", &[], &["a", "b"]);
         let a = compute(&p, &PodStatus::default());
-        assert!(a.create_sandbox && a.kill_pod);
+        assert!(a.create_sandbox && !a.kill_pod, "nothing to kill yet");
         assert_eq!(a.attempt, 0);
         assert_eq!(a.containers_to_start, vec![0, 1]);
     }
@@ -440,9 +438,16 @@ mod tests {
             vec![ctr(&p, "a", Exited, 137, 1)],
         );
         let a = compute(&p, &st);
-        assert!(a.create_sandbox && a.kill_pod);
+        assert!(a.create_sandbox && !a.kill_pod);
         assert_eq!(a.attempt, 3);
         assert_eq!(a.containers_to_start, vec![0]);
+        // A dead sandbox with a container still running: stop it first.
+        let st = status(
+            vec![sandbox("sb", false, 2)],
+            vec![ctr(&p, "a", Running, 0, 1)],
+        );
+        let a = compute(&p, &st);
+        assert!(a.create_sandbox && a.kill_pod);
         // A ready sandbox without an IP is recreated too.
         let mut sb = sandbox("sb", true, 0);
         sb.ips.clear();
