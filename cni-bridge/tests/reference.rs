@@ -95,3 +95,50 @@ fn reference_and_ours_share_leases_both_ways() {
     assert!(host.leases("mixnet").is_empty());
     assert!(host.veths().is_empty(), "{:?}", host.veths());
 }
+
+#[test]
+fn concurrent_allocations_with_reference_host_local_never_collide() {
+    let host_local = "/usr/lib/cni/host-local";
+    assert!(Path::new(host_local).exists(), "{host_local} missing");
+    let host = Host::new("cnib-refpar");
+    let mut ours = host.conf("parnet", "cni0", json!([[{"subnet": "10.218.0.0/24"}]]));
+    ours["ipMasq"] = json!(false);
+    let pods: Vec<NodeNetns> = (0..10).map(|_| NodeNetns::create("pod").unwrap()).collect();
+    let results: Vec<(bool, Out)> = std::thread::scope(|s| {
+        let mut hs = Vec::new();
+        for (i, p) in pods.iter().enumerate() {
+            let (host, ours) = (&host, &ours);
+            // Ours: a full attachment.
+            hs.push(s.spawn(move || {
+                (
+                    true,
+                    host.cni(OURS, "ADD", &format!("o{i}"), p.path(), ours),
+                )
+            }));
+            // The reference IPAM alone, on the same data dir, at the same time.
+            hs.push(s.spawn(move || {
+                (
+                    false,
+                    host.cni(host_local, "ADD", &format!("r{i}"), p.path(), ours),
+                )
+            }));
+        }
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips = std::collections::HashSet::new();
+    for (_, r) in &results {
+        assert!(r.ok, "{r:?}");
+        ips.insert(addr(&r.json));
+    }
+    assert_eq!(ips.len(), 20, "{ips:?}");
+    assert_eq!(host.leases("parnet").len(), 20);
+    for (i, p) in pods.iter().enumerate() {
+        assert!(host.cni(OURS, "DEL", &format!("o{i}"), p.path(), &ours).ok);
+        assert!(
+            host.cni(host_local, "DEL", &format!("r{i}"), p.path(), &ours)
+                .ok
+        );
+    }
+    assert!(host.leases("parnet").is_empty());
+    assert!(host.veths().is_empty());
+}
