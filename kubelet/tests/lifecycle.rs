@@ -182,3 +182,48 @@ async fn two_static_pods_reach_each_other_by_pod_ip() {
     assert!(out.contains("pong-from-b"), "{out}");
     let _ = &mut rt;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_from_the_manifest_url() {
+    let port = 18099;
+    let node = Node::start_with(
+        "httpCheckFrequency: 1s\n",
+        &[&format!("--manifest-url=http://127.0.0.1:{port}/pods")],
+    )
+    .await;
+    // A PodList in YAML.
+    let item = |name: &str| {
+        format!(
+            "- metadata: {{name: {name}}}\n  spec:\n    terminationGracePeriodSeconds: 2\n    containers: [{{name: main, image: '{BUSYBOX_IMAGE}', command: [sleep, '3600']}}]\n"
+        )
+    };
+    let header = "apiVersion: v1\nkind: PodList\nitems:\n";
+    let server = ManifestServer::start(
+        &node,
+        port,
+        &format!("{header}{}{}", item("url-a"), item("url-b")),
+    );
+    node.wait_running("url-a", 1).await;
+    node.wait_running("url-b", 1).await;
+    let api = node
+        .wait_for(
+            "/pods to list the URL pods",
+            Duration::from_secs(20),
+            || async { node.api_pod("url-a") },
+        )
+        .await;
+    assert_eq!(
+        api["metadata"]["annotations"]["kubernetes.io/config.source"],
+        "http"
+    );
+    // Only url-b left at the URL: url-a goes, url-b stays as it is.
+    let b_before = node.containers("url-b").await;
+    server.set(&format!("{header}{}", item("url-b")));
+    node.wait_for("url-a to be removed", Duration::from_secs(30), || async {
+        node.sandboxes("url-a").await.is_empty().then_some(())
+    })
+    .await;
+    let b_after = node.containers("url-b").await;
+    assert_eq!(b_after.len(), 1);
+    assert_eq!(b_after[0].id, b_before[0].id);
+}

@@ -28,6 +28,7 @@ pub struct Node {
     pub log: PathBuf,
     kubelet: Option<Child>,
     starts: u32,
+    extra_args: Vec<String>,
 }
 
 fn cni() -> Cni {
@@ -46,6 +47,12 @@ fn cni() -> Cni {
 
 impl Node {
     pub async fn start() -> Node {
+        Self::start_with("", &[]).await
+    }
+
+    /// Starts a node whose kubelet config gets `extra_config` (YAML lines) and whose
+    /// kubelet gets `extra_args`.
+    pub async fn start_with(extra_config: &str, extra_args: &[&str]) -> Node {
         let ctrd = PrivateContainerd::start(ContainerdOptions {
             cni: cni(),
             ..Default::default()
@@ -63,7 +70,7 @@ impl Node {
                  staticPodPath: {}\ncontainerRuntimeEndpoint: {}\npodLogsDir: {}\n\
                  cgroupDriver: cgroupfs\ncgroupRoot: {}\nfileCheckFrequency: 20s\n\
                  readOnlyPort: {READ_ONLY_PORT}\nhealthzPort: {HEALTHZ_PORT}\n\
-                 healthzBindAddress: 127.0.0.1\naddress: 127.0.0.1\n",
+                 healthzBindAddress: 127.0.0.1\naddress: 127.0.0.1\n{extra_config}",
                 manifests.display(),
                 ctrd.endpoint(),
                 ctrd.pod_logs_dir().display(),
@@ -80,6 +87,7 @@ impl Node {
             log,
             kubelet: None,
             starts: 0,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         node.start_kubelet();
         node
@@ -101,6 +109,7 @@ impl Node {
             .arg(format!("--hostname-override={NODE}"))
             .arg("--node-ip=10.66.0.1")
             .arg("-v=4")
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -349,4 +358,70 @@ pub fn pod_yaml(name: &str, restart_policy: &str, script: &str) -> String {
 
 pub fn ts(nanos: i64) -> f64 {
     nanos as f64 / 1e9
+}
+
+/// A tiny HTTP server inside the node netns serving `body` at any path, for the kubelet's
+/// manifest URL. Stopped (thread joined) on drop.
+pub struct ManifestServer {
+    pub body: std::sync::Arc<std::sync::Mutex<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ManifestServer {
+    pub fn start(node: &Node, port: u16, body: &str) -> ManifestServer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let body = Arc::new(Mutex::new(body.to_string()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns = node.ctrd.node_netns().path().to_path_buf();
+        let (b, st) = (body.clone(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // This thread alone enters the node netns.
+            let f = std::fs::File::open(&ns).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut buf = [0u8; 4096];
+                        let _ = s.read(&mut buf);
+                        let text = b.lock().unwrap().clone();
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                            text.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("manifest server ready");
+        ManifestServer {
+            body,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn set(&self, body: &str) {
+        *self.body.lock().unwrap() = body.to_string();
+    }
+}
+
+impl Drop for ManifestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
