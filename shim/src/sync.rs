@@ -53,9 +53,30 @@ pub fn send(fd: &OwnedFd, tag: u8, payload: &[u8]) -> Result<()> {
 
 /// Receive one message; `None` when the other end closed.
 pub fn recv(fd: &OwnedFd) -> Result<Option<(u8, Vec<u8>)>> {
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        // SAFETY: recv into a buffer we own.
+        // Size the buffer to the packet (MSG_PEEK|MSG_TRUNC returns its full length):
+        // a big fixed buffer would cost resident memory in every create.
+        // SAFETY: a zero-length peek reads nothing into the null buffer.
+        let len = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_PEEK | libc::MSG_TRUNC,
+            )
+        };
+        if len < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).ctx(|| "sync recv".into());
+        }
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; len as usize];
+        // SAFETY: recv into a buffer we own of the given length.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -68,8 +89,7 @@ pub fn recv(fd: &OwnedFd) -> Result<Option<(u8, Vec<u8>)>> {
             return Ok(None);
         }
         buf.truncate(n as usize);
-        let tag = buf[0];
-        buf.remove(0);
+        let tag = buf.remove(0);
         return Ok(Some((tag, buf)));
     }
 }

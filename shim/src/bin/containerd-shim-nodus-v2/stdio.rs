@@ -1,0 +1,226 @@
+//! A process's standard streams. containerd names FIFOs (CRI and `ctr` both use them).
+//!
+//! - Without a terminal the output FIFOs are handed straight to the process (opened
+//!   read-write, so the process never gets SIGPIPE while containerd is restarting), and
+//!   stdin goes through a pipe fed by a thread that opens the FIFO when containerd does:
+//!   the process sees EOF only when containerd closes its end (CloseIO).
+//! - With a terminal the runtime sends the pty master over a console socket; threads copy
+//!   between it and the FIFOs, and ResizePty sets its window size.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+/// The stream paths containerd gave for one process.
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// The streams a runtime command gets for the process it starts.
+pub struct ProcessIo {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
+fn fifo_path(uri: &str) -> Result<&str> {
+    if let Some(rest) = uri.strip_prefix("fifo://") {
+        return Ok(rest);
+    }
+    if uri.starts_with("binary://") || uri.starts_with("file://") {
+        bail!("stdio {uri:?}: only FIFO paths are supported");
+    }
+    Ok(uri)
+}
+
+fn thread(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(64 * 1024)
+        .spawn(f)
+    {
+        tracing::warn!(error = %e, "spawn {name} thread");
+    }
+}
+
+fn open_output(uri: &str) -> Result<Stdio> {
+    if uri.is_empty() {
+        return Ok(Stdio::null());
+    }
+    let path = fifo_path(uri)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open stdio {path}"))?;
+    Ok(Stdio::from(file))
+}
+
+/// A pipe whose read end the process gets, fed from the stdin FIFO by a thread.
+fn stdin_pipe(uri: &str) -> Result<Stdio> {
+    if uri.is_empty() {
+        return Ok(Stdio::null());
+    }
+    let path = fifo_path(uri)?.to_string();
+    let (read, write) = nix::unistd::pipe().context("stdin pipe")?;
+    thread("stdin", move || {
+        // Blocks until containerd opens its end for writing.
+        let Ok(mut fifo) = File::open(&path) else {
+            return;
+        };
+        let mut sink = File::from(write);
+        let _ = std::io::copy(&mut fifo, &mut sink);
+    });
+    Ok(Stdio::from(read))
+}
+
+impl StdioPaths {
+    /// Streams for a process without a terminal.
+    pub fn open_direct(&self) -> Result<ProcessIo> {
+        Ok(ProcessIo {
+            stdin: stdin_pipe(&self.stdin)?,
+            stdout: open_output(&self.stdout)?,
+            stderr: open_output(&self.stderr)?,
+        })
+    }
+}
+
+/// A unix socket the runtime connects to, sending the pty master.
+pub struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    pub fn new() -> Result<ConsoleSocket> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        // Bundle paths can exceed sun_path's 108 bytes: use a short one.
+        let path = std::env::temp_dir().join(format!(
+            "nodus-shim-pty-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The master the runtime sent (it has connected and sent before it exited).
+    pub fn receive(&self) -> Result<OwnedFd> {
+        self.listener.set_nonblocking(true)?;
+        let (stream, _) = self
+            .listener
+            .accept()
+            .context("the runtime sent no console")?;
+        stream.set_nonblocking(false)?;
+        let mut buf = [0u8; 256];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!(RawFd);
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .context("receive the console")?;
+        for cmsg in msg.cmsgs().context("console control message")? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                if let Some(&fd) = fds.first() {
+                    // SAFETY: the fd was just received and is owned by nobody else.
+                    return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        bail!("the console message carried no file descriptor")
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Copies between the pty master and the FIFOs for the life of the process.
+pub fn start_console_copy(master: Arc<OwnedFd>, paths: &StdioPaths) -> Result<()> {
+    if !paths.stdin.is_empty() {
+        let path = fifo_path(&paths.stdin)?.to_string();
+        let m = master.clone();
+        thread("pty-in", move || {
+            let Ok(mut fifo) = File::open(&path) else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            loop {
+                match fifo.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if nix::unistd::write(&*m, &buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    if !paths.stdout.is_empty() {
+        let path = fifo_path(&paths.stdout)?.to_string();
+        let mut out = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("open stdio {path}"))?;
+        let m = master.clone();
+        thread("pty-out", move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match nix::unistd::read(&*m, &mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if out.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    // EIO once the last process holding the slave exits.
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Sets the window size of a pty master.
+pub fn resize(master: &OwnedFd, width: u32, height: u32) -> Result<()> {
+    let ws = libc::winsize {
+        ws_row: u16::try_from(height).with_context(|| format!("height {height} too large"))?,
+        ws_col: u16::try_from(width).with_context(|| format!("width {width} too large"))?,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct we own.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("TIOCSWINSZ");
+    }
+    Ok(())
+}

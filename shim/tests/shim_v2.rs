@@ -1,0 +1,411 @@
+//! containerd-shim-nodus-v2 driven by a real containerd (nodus-testkit's private instance):
+//! a runtime handler `nodus-shim` with `runtime_type = "io.containerd.nodus.v2"`, the shim
+//! found in containerd's PATH (the cargo target dir, prepended by the test).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use nodus_proto::runtime::v1::{
+    ContainerConfig, ContainerMetadata, ContainerStatsRequest, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
+    LinuxContainerResources, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig,
+    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest,
+};
+use nodus_testkit::{cleanup, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
+use tonic::transport::Channel;
+
+const HANDLER: &str = "nodus-shim";
+const SHIM: &str = "containerd-shim-nodus-v2";
+
+/// Starts a private containerd that knows our shim as runtime handler `nodus-shim`.
+async fn containerd() -> PrivateContainerd {
+    let shim = nodus_testkit::bin_path(SHIM);
+    assert!(
+        shim.exists() && nodus_testkit::bin_path("nodus-runtime").exists(),
+        "build the shim and nodus-runtime first (cargo build -p nodus-shim)"
+    );
+    // containerd finds `containerd-shim-nodus-v2` in its PATH, which it inherits from us.
+    let dir = shim.parent().unwrap().to_path_buf();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if !dirs.contains(&dir) {
+        dirs.insert(0, dir);
+        std::env::set_var("PATH", std::env::join_paths(dirs).unwrap());
+    }
+    PrivateContainerd::start(ContainerdOptions {
+        extra_config: format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.nodus.v2\"\n"
+        ),
+        ..Default::default()
+    })
+    .await
+    .expect("private containerd starts")
+}
+
+fn ctrd_log(ctrd: &PrivateContainerd) -> String {
+    let log = std::fs::read_to_string(ctrd.log_path()).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    format!("containerd log (newest first):\n{}", tail.join("\n"))
+}
+
+fn mounts_mentioning(s: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(s))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Our shim processes serving this containerd.
+fn shims(ctrd: &PrivateContainerd) -> Vec<i32> {
+    let socket = ctrd.socket().display().to_string();
+    cleanup::pids_with_cmdline(&[SHIM, &socket])
+}
+
+async fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn memory_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
+    let base = if nodus_shim::cgroups::is_unified() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+    };
+    base.join(cgroup_parent.trim_start_matches('/')).join(id)
+}
+
+async fn create_started(
+    rt: &mut RuntimeServiceClient<Channel>,
+    ctrd: &PrivateContainerd,
+    pod: &str,
+    sandbox: &PodSandboxConfig,
+    name: &str,
+    script: &str,
+) -> String {
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into()],
+                args: vec!["-c".into(), script.into()],
+                log_path: format!("{name}/0.log"),
+                linux: Some(LinuxContainerConfig {
+                    resources: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: 256 << 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd_log(ctrd)))
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd_log(ctrd)));
+    id
+}
+
+async fn container_state(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> (i32, i32, String) {
+    let st = rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+        .into_inner()
+        .status
+        .unwrap();
+    (st.state, st.exit_code, st.reason)
+}
+
+async fn exec(
+    rt: &mut RuntimeServiceClient<Channel>,
+    ctrd: &PrivateContainerd,
+    id: &str,
+    script: &str,
+) -> (String, String, i32) {
+    let out = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 20,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}\n{}", ctrd_log(ctrd)))
+        .into_inner();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.exit_code,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_with_two_containers_runs_on_the_shim() {
+    let mut ctrd = containerd().await;
+    let mut rt = ctrd.runtime().await.unwrap();
+    let sandbox = ctrd.sandbox_config("shimpod");
+    let cg_parent = sandbox.linux.as_ref().unwrap().cgroup_parent.clone();
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: HANDLER.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .pod_sandbox_id;
+    let shim_pids = shims(&ctrd);
+    assert_eq!(
+        shim_pids.len(),
+        1,
+        "one shim serves the sandbox: {shim_pids:?}"
+    );
+
+    let app = create_started(
+        &mut rt,
+        &ctrd,
+        &pod,
+        &sandbox,
+        "app",
+        "echo hello-from-shim; echo oops >&2; echo data > /tmp/f; exec sleep 1000",
+    )
+    .await;
+    let side = create_started(&mut rt, &ctrd, &pod, &sandbox, "side", "exec sleep 1000").await;
+    assert_eq!(
+        shims(&ctrd),
+        shim_pids,
+        "the containers of the pod share the sandbox's shim"
+    );
+    for id in [&app, &side] {
+        assert_eq!(
+            container_state(&mut rt, id).await.0,
+            1,
+            "{id} CONTAINER_RUNNING"
+        );
+    }
+
+    // CRI logs arrive through the stdio FIFOs.
+    let log_file = Path::new(&sandbox.log_directory).join("app/0.log");
+    wait_until("the app's log lines", 20, || {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        log.contains(" stdout F hello-from-shim") && log.contains(" stderr F oops")
+    })
+    .await;
+
+    // ExecSync: output, exit code, the container's filesystem.
+    let (out, err, code) = exec(&mut rt, &ctrd, &app, "cat /tmp/f; echo e >&2; exit 3").await;
+    assert_eq!((out.as_str(), err.as_str(), code), ("data\n", "e\n", 3));
+    let (out, _, code) = exec(
+        &mut rt,
+        &ctrd,
+        &side,
+        "cat /tmp/f 2>/dev/null || echo separate",
+    )
+    .await;
+    assert_eq!((out.as_str(), code), ("separate\n", 0));
+
+    // Stats come from the container's cgroup.
+    let stats = rt
+        .container_stats(ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .stats
+        .unwrap();
+    let mem = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    assert!(mem.unwrap_or(0) > 0, "memory working set reported: {mem:?}");
+
+    // UpdateContainerResources reaches the cgroup.
+    let cg = memory_cgroup(&cg_parent, &app);
+    let limit_file = if nodus_shim::cgroups::is_unified() {
+        cg.join("memory.max")
+    } else {
+        cg.join("memory.limit_in_bytes")
+    };
+    let read_limit = || {
+        std::fs::read_to_string(&limit_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        read_limit(),
+        (256u64 << 20).to_string(),
+        "{}",
+        limit_file.display()
+    );
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: app.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 128 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", ctrd_log(&ctrd)));
+    assert_eq!(read_limit(), (128u64 << 20).to_string());
+
+    // containerd restarts: the pod is still there, running and controllable.
+    ctrd.restart().await.expect("containerd restarts");
+    let mut rt = ctrd.runtime().await.unwrap();
+    assert_eq!(
+        shims(&ctrd),
+        shim_pids,
+        "the shim outlived containerd's restart"
+    );
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(
+        pods.iter().any(|p| p.id == pod && p.state == 0),
+        "pod ready after restart: {pods:?}"
+    );
+    let ctrs = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    for id in [&app, &side] {
+        assert!(
+            ctrs.iter().any(|c| &c.id == id && c.state == 1),
+            "{id} running after restart: {ctrs:?}"
+        );
+    }
+    let (out, _, code) = exec(&mut rt, &ctrd, &app, "echo after-restart").await;
+    assert_eq!((out.as_str(), code), ("after-restart\n", 0));
+
+    // Stop one container: it exits by signal and its status says so.
+    rt.stop_container(StopContainerRequest {
+        container_id: side.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopContainer: {e}\n{}", ctrd_log(&ctrd)));
+    let (state, exit_code, _) = container_state(&mut rt, &side).await;
+    assert_eq!(state, 2, "CONTAINER_EXITED");
+    assert!(
+        exit_code == 137 || exit_code == 143,
+        "exit code {exit_code}"
+    );
+    rt.remove_container(RemoveContainerRequest {
+        container_id: side.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", ctrd_log(&ctrd)));
+
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+    let status = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.state, 1, "SANDBOX_NOTREADY after stop");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+
+    // Nothing left: the shim, mounts, cgroups, processes, runtime state.
+    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    for id in [&pod, &app, &side] {
+        assert!(
+            mounts_mentioning(id).is_empty(),
+            "mounts of {id} left: {:?}",
+            mounts_mentioning(id)
+        );
+        assert!(
+            !memory_cgroup(&cg_parent, id).exists(),
+            "cgroup of {id} left"
+        );
+        assert!(
+            !Path::new("/run/nodus-shim/k8s.io").join(id).exists(),
+            "runtime state of {id} left"
+        );
+    }
+    assert!(
+        cleanup::cgroup_pids(&cg_parent).is_empty(),
+        "processes left in {cg_parent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_run_prints_output() {
+    let ctrd = containerd().await;
+    let id = format!("ctr-{}", nodus_testkit::unique_suffix());
+    let cgroup = format!("{}/{id}", ctrd.cgroup_parent());
+    let socket = ctrd.socket().display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ctr")
+            .args(["--address", &socket, "-n", "k8s.io", "run", "--rm"])
+            .args(["--runtime", "io.containerd.nodus.v2", "--cgroup", &cgroup])
+            .args([
+                BUSYBOX_IMAGE,
+                &id,
+                "sh",
+                "-c",
+                "echo hello-from-ctr; exit 0",
+            ])
+            .output()
+            .expect("run ctr")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr run failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        ctrd_log(&ctrd)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello-from-ctr"
+    );
+    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+}
