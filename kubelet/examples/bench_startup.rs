@@ -45,6 +45,9 @@ struct Clients {
 async fn floor_pod(c: &mut Clients, ctrd: &PrivateContainerd, name: &str) -> Result<(String, i64)> {
     let mut config = ctrd.sandbox_config(name);
     config.dns_config = Some(cri::DnsConfig::default());
+    // Without the kubelet's labels: the kubelet running beside must not adopt (and so
+    // garbage-collect) the floor's pods.
+    config.labels.clear();
     c.img
         .image_status(cri::ImageStatusRequest {
             image: Some(cri::ImageSpec {
@@ -77,7 +80,6 @@ async fn floor_pod(c: &mut Clients, ctrd: &PrivateContainerd, name: &str) -> Res
                 }),
                 command: vec!["sleep".into(), "3600".into()],
                 log_path: "main/0.log".into(),
-                labels: config.labels.clone(),
                 linux: Some(cri::LinuxContainerConfig {
                     resources: Some(Default::default()),
                     security_context: Some(cri::LinuxContainerSecurityContext {
@@ -113,14 +115,27 @@ async fn floor_pod(c: &mut Clients, ctrd: &PrivateContainerd, name: &str) -> Res
 
 async fn remove_sandboxes(rt: &mut RuntimeServiceClient<Channel>, ids: &[String]) -> Result<()> {
     for id in ids {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await?;
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await?;
+        let not_found = |e: &tonic::Status| e.code() == tonic::Code::NotFound;
+        if let Err(e) = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+        {
+            if !not_found(&e) {
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+        {
+            if !not_found(&e) {
+                return Err(e.into());
+            }
+        }
     }
     Ok(())
 }

@@ -87,7 +87,7 @@ impl PodActions {
 }
 
 /// Upstream's `podSandboxChanged`: (must create, attempt for the new one, current ready id).
-fn sandbox_changed(status: &PodStatus) -> (bool, u32, Option<String>) {
+fn sandbox_changed(status: &PodStatus, host_network: bool) -> (bool, u32, Option<String>) {
     let Some(newest) = status.sandboxes.first() else {
         return (true, 0, None);
     };
@@ -96,7 +96,10 @@ fn sandbox_changed(status: &PodStatus) -> (bool, u32, Option<String>) {
         .iter()
         .filter(|s| s.state == SandboxState::Ready)
         .count();
-    if ready > 1 || newest.state != SandboxState::Ready || newest.ips.is_empty() {
+    // A pod network sandbox without an IP lost its network: recreate it (host network
+    // sandboxes have no IP of their own).
+    if ready > 1 || newest.state != SandboxState::Ready || (!host_network && newest.ips.is_empty())
+    {
         return (true, newest.attempt + 1, Some(newest.id.clone()));
     }
     (false, newest.attempt, Some(newest.id.clone()))
@@ -197,7 +200,12 @@ pub fn compute_pod_actions(
 ) -> PodActions {
     let uid = pod.metadata.uid.as_deref().unwrap_or("");
     let policy = restart_policy(pod);
-    let (create, attempt, sandbox_id) = sandbox_changed(status);
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let (create, attempt, sandbox_id) = sandbox_changed(status, host_network);
     // Something to stop before a new sandbox: a ready sandbox or a live container.
     let anything_up = status
         .sandboxes
@@ -451,9 +459,15 @@ mod tests {
         // A ready sandbox without an IP is recreated too.
         let mut sb = sandbox("sb", true, 0);
         sb.ips.clear();
-        let a = compute(&p, &status(vec![sb], vec![]));
+        let a = compute(&p, &status(vec![sb.clone()], vec![]));
         assert!(a.create_sandbox);
         assert_eq!(a.attempt, 1);
+        // ...unless the pod uses the host network.
+        let mut host = p.clone();
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        let a = compute(&host, &status(vec![sb], vec![]));
+        assert!(!a.create_sandbox);
+        assert_eq!(a.containers_to_start, vec![0]);
     }
 
     #[test]
