@@ -100,3 +100,48 @@ async fn kubelet_survives_a_containerd_restart() {
         "the kubelet panicked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_sandbox_is_recreated() {
+    let node = Node::start().await;
+    node.write_manifest(
+        "phoenix.yaml",
+        &pod_yaml("phoenix", "Always", "exec sleep 3600"),
+    );
+    let first = node.wait_running("phoenix", 1).await.remove(0);
+    let sb = node.sandboxes("phoenix").await.remove(0);
+    // The sandbox dies behind the kubelet's back.
+    let mut rt = node.rt().await;
+    rt.stop_pod_sandbox(nodus_proto::runtime::v1::StopPodSandboxRequest {
+        pod_sandbox_id: sb.id.clone(),
+    })
+    .await
+    .unwrap();
+    let (new_sb, c) = node
+        .wait_for(
+            "a new sandbox with the container running again",
+            Duration::from_secs(60),
+            || async {
+                let sbs = node.sandboxes("phoenix").await;
+                let ready = sbs
+                    .iter()
+                    .find(|s| {
+                        s.id != sb.id
+                            && s.state
+                                == nodus_proto::runtime::v1::PodSandboxState::SandboxReady as i32
+                    })?
+                    .clone();
+                let c = node.containers("phoenix").await.into_iter().find(|c| {
+                    c.pod_sandbox_id == ready.id
+                        && c.state
+                            == nodus_proto::runtime::v1::ContainerState::ContainerRunning as i32
+                })?;
+                Some((ready, c))
+            },
+        )
+        .await;
+    // Attempts go on from the old ones.
+    assert_eq!(new_sb.metadata.unwrap().attempt, 1);
+    assert_eq!(c.metadata.unwrap().attempt, 1);
+    assert_ne!(c.id, first.id);
+}

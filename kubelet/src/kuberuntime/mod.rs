@@ -5,6 +5,7 @@
 //! ([`RuntimeManager::kill_pod`], [`RuntimeManager::remove_pod`]).
 
 pub mod actions;
+pub mod container;
 pub mod sandbox;
 
 use std::collections::HashMap;
@@ -344,50 +345,21 @@ impl RuntimeManager {
                 ..Default::default()
             });
         }
-        let envs = container
-            .env
-            .iter()
-            .flatten()
-            .filter(|e| e.value_from.is_none())
-            .map(|e| cri::KeyValue {
-                key: e.name.clone(),
-                value: e.value.clone().unwrap_or_default(),
-            })
-            .collect();
-        let config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: container.name.clone(),
-                attempt: restart_count,
-            }),
-            image: Some(cri::ImageSpec {
-                image: image_ref,
-                user_specified_image: container.image.clone().unwrap_or_default(),
-                ..Default::default()
-            }),
-            command: container.command.clone().unwrap_or_default(),
-            args: container.args.clone().unwrap_or_default(),
-            working_dir: container.working_dir.clone().unwrap_or_default(),
-            envs,
-            mounts,
-            labels: labels::container_labels(container, pod),
-            annotations: labels::container_annotations(container, pod, restart_count, is_init),
-            log_path: format!("{}/{restart_count}.log", container.name),
-            stdin: container.stdin.unwrap_or(false),
-            stdin_once: container.stdin_once.unwrap_or(false),
-            tty: container.tty.unwrap_or(false),
-            linux: Some(cri::LinuxContainerConfig {
-                resources: Some(cri::LinuxContainerResources::default()),
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: sandbox_config
-                        .linux
-                        .as_ref()
-                        .and_then(|l| l.security_context.as_ref())
-                        .and_then(|s| s.namespace_options.clone()),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        };
+        let config = container::container_config(
+            pod,
+            container,
+            &container::ContainerOptions {
+                restart_count,
+                is_init,
+                image_ref,
+                mounts,
+                namespace_options: sandbox_config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.security_context.as_ref())
+                    .and_then(|s| s.namespace_options.clone()),
+            },
+        );
         let id = self
             .cri
             .create_container(sandbox_id, config, sandbox_config.clone())
