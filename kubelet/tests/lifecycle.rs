@@ -112,14 +112,33 @@ async fn manifest_runs_then_edit_replaces_then_delete_removes() {
             },
         )
         .await;
-    assert_ne!(new_sb.metadata.unwrap().uid, sm.uid);
+    assert_ne!(new_sb.metadata.as_ref().unwrap().uid, sm.uid);
 
     // Deleting it stops and removes the pod and its sandbox.
+    let new_uid = new_sb.metadata.as_ref().unwrap().uid.clone();
+    let cgroup = std::path::PathBuf::from("/sys/fs/cgroup/pids")
+        .join(node.ctrd.cgroup_parent().trim_start_matches('/'))
+        .join("kubepods")
+        .join(format!("pod{new_uid}"));
+    assert!(cgroup.is_dir(), "pod cgroup {} missing", cgroup.display());
     node.remove_manifest("web.yaml");
     node.wait_for("the pod to be removed", Duration::from_secs(60), || async {
         (node.sandboxes("web").await.is_empty() && node.containers("web").await.is_empty())
             .then_some(())
     })
+    .await;
+    // Its cgroup and log directory are gone too.
+    node.wait_for(
+        "the pod cgroup and logs to be removed",
+        Duration::from_secs(10),
+        || async {
+            let logs = node
+                .ctrd
+                .pod_logs_dir()
+                .join(format!("default_web-{NODE}_{new_uid}"));
+            (!cgroup.exists() && !logs.exists()).then_some(())
+        },
+    )
     .await;
     node.wait_for("/pods to drop the pod", Duration::from_secs(10), || async {
         node.get_pods()
