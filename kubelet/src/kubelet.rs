@@ -84,11 +84,58 @@ pub struct Syncer {
     pub runtime: RuntimeManager,
     pub status: StatusManager,
     pub backoff: Mutex<Backoff>,
+    /// Why the last start of a container failed (waiting reason, message), per pod UID.
+    pub reasons: Mutex<HashMap<String, HashMap<String, (String, String)>>>,
     pub node_ip: Option<String>,
     pub sync_frequency: Duration,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Syncer {
+    fn set_status(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        runtime_status: &crate::container::PodStatus,
+        backoff: &[crate::kuberuntime::actions::BackoffWait],
+        now: crate::container::Nanos,
+    ) {
+        let previous = self.status.get(uid);
+        let reasons = lock(&self.reasons).get(uid).cloned().unwrap_or_default();
+        let api = status_manager::generate(
+            pod,
+            runtime_status,
+            &StatusInputs {
+                backoff,
+                reasons: Some(&reasons),
+                node_ip: self.node_ip.clone(),
+                previous: previous.as_ref(),
+                now,
+            },
+        );
+        self.status.set(uid, api);
+    }
+
+    async fn refresh_status(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        backoff: &[crate::kuberuntime::actions::BackoffWait],
+    ) {
+        if let Ok(st) = self.runtime.get_pod_status(uid).await {
+            self.set_status(pod, uid, &st, backoff, now_nanos());
+        }
+    }
+
+    /// Forgets what the sync kept about a pod that is gone.
+    pub fn forget_pod(&self, uid: &str) {
+        lock(&self.reasons).remove(uid);
+        lock(&self.backoff).forget_pod(uid);
+    }
+
     async fn sync(&self, pod: &Pod) -> Duration {
         let uid = uid_of(pod).to_string();
         let runtime_status = match self.runtime.get_pod_status(&uid).await {
@@ -103,30 +150,44 @@ impl Syncer {
             let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
             compute_pod_actions(pod, &runtime_status, &b, now)
         };
-        let previous = self.status.get(&uid);
-        let api = status_manager::generate(
-            pod,
-            &runtime_status,
-            &StatusInputs {
-                backoff: &actions.backoff,
-                node_ip: self.node_ip.clone(),
-                previous: previous.as_ref(),
-                now,
-            },
-        );
-        self.status.set(&uid, api);
+        self.set_status(pod, &uid, &runtime_status, &actions.backoff, now);
         for w in &actions.backoff {
             tracing::info!(pod = %crate::pod_config::full_name(pod), container = %w.name, wait_ms = w.remaining / 1_000_000, "back-off restarting failed container (CrashLoopBackOff)");
         }
         if !actions.is_noop() {
             tracing::debug!(pod = %crate::pod_config::full_name(pod), ?actions, "syncing pod");
-            if let Err(e) = self
+            match self
                 .runtime
                 .sync_pod(pod, &runtime_status, &actions, &self.backoff)
                 .await
             {
-                tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "error syncing pod");
-                return ERROR_REQUEUE;
+                Err(e) => {
+                    tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "error syncing pod");
+                    return ERROR_REQUEUE;
+                }
+                Ok(results) => {
+                    let failed = results.iter().any(|(_, r)| r.is_err());
+                    {
+                        let mut reasons = lock(&self.reasons);
+                        let pod_reasons = reasons.entry(uid.clone()).or_default();
+                        for (name, r) in results {
+                            match r {
+                                Ok(()) => {
+                                    pod_reasons.remove(&name);
+                                }
+                                Err(e) => {
+                                    pod_reasons
+                                        .insert(name, (e.reason().to_string(), e.to_string()));
+                                }
+                            }
+                        }
+                    }
+                    if failed {
+                        // Show the failure at once rather than at the next sync.
+                        self.refresh_status(pod, &uid, &actions.backoff).await;
+                        return ERROR_REQUEUE;
+                    }
+                }
             }
         }
         actions
@@ -212,6 +273,7 @@ impl Kubelet {
             runtime,
             status: status.clone(),
             backoff: Mutex::new(Backoff::new()),
+            reasons: Mutex::new(HashMap::new()),
             node_ip: cfg.node_ip.map(|ip| ip.to_string()),
             sync_frequency: cfg.sync_frequency,
         });
@@ -320,7 +382,7 @@ impl Kubelet {
                     WorkerResult::Terminated { uid } => {
                         workers.remove(&uid);
                         queue.remove(&uid);
-                        self.syncer.backoff.lock().unwrap_or_else(|e| e.into_inner()).forget_pod(&uid);
+                        self.syncer.forget_pod(&uid);
                         match pods.get(&uid) {
                             // Re-added while it was being torn down: start it again.
                             Some(pod) => { workers.update_pod(&uid, Work::Sync(pod)); }

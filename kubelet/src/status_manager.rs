@@ -62,10 +62,17 @@ fn waiting(reason: &str, message: Option<String>) -> ApiState {
 fn container_status(
     spec: &Container,
     runtime: &PodStatus,
-    backoff: &[BackoffWait],
+    inputs: &StatusInputs,
     waiting_reason: &str,
     is_init: bool,
 ) -> ApiContainerStatus {
+    let backoff = inputs.backoff;
+    // A failed start (image missing, create error...) is what the container waits on.
+    let failed = inputs.reasons.and_then(|r| r.get(&spec.name));
+    let waiting_state = || match failed {
+        Some((reason, message)) => waiting(reason, Some(message.clone())),
+        None => waiting(waiting_reason, None),
+    };
     let mut instances = runtime.containers_named(&spec.name);
     let latest = instances.next();
     let previous = instances.next();
@@ -78,7 +85,7 @@ fn container_status(
         ..Default::default()
     };
     let Some(latest) = latest else {
-        s.state = Some(waiting(waiting_reason, None));
+        s.state = Some(waiting_state());
         return s;
     };
     s.restart_count = latest.restart_count as i32;
@@ -118,6 +125,12 @@ fn container_status(
                     terminated: Some(terminated(latest)),
                     ..Default::default()
                 });
+            } else if failed.is_some() {
+                s.state = Some(waiting_state());
+                s.last_state = Some(ApiState {
+                    terminated: Some(terminated(latest)),
+                    ..Default::default()
+                });
             } else {
                 s.state = Some(ApiState {
                     terminated: Some(terminated(latest)),
@@ -130,7 +143,7 @@ fn container_status(
             s.started = Some(false);
         }
         ContainerState::Created | ContainerState::Unknown => {
-            s.state = Some(waiting(waiting_reason, None));
+            s.state = Some(waiting_state());
             s.last_state = prev_terminated;
         }
     }
@@ -238,6 +251,8 @@ fn condition(
 #[derive(Debug, Clone, Default)]
 pub struct StatusInputs<'a> {
     pub backoff: &'a [BackoffWait],
+    /// Why the last start of a container failed: name -> (reason, message).
+    pub reasons: Option<&'a HashMap<String, (String, String)>>,
     pub node_ip: Option<String>,
     pub previous: Option<&'a ApiPodStatus>,
     pub now: Nanos,
@@ -247,7 +262,7 @@ pub struct StatusInputs<'a> {
 pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPodStatus {
     let init_statuses: Vec<ApiContainerStatus> = init_containers(pod)
         .iter()
-        .map(|c| container_status(c, runtime, inputs.backoff, "PodInitializing", true))
+        .map(|c| container_status(c, runtime, inputs, "PodInitializing", true))
         .collect();
     let initialized = init_statuses.iter().all(|s| {
         s.state
@@ -266,7 +281,7 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
     };
     let app_statuses: Vec<ApiContainerStatus> = app_containers(pod)
         .iter()
-        .map(|c| container_status(c, runtime, inputs.backoff, app_reason, false))
+        .map(|c| container_status(c, runtime, inputs, app_reason, false))
         .collect();
     let phase = phase(pod, &init_statuses, &app_statuses);
     let all_ready = app_statuses.iter().all(|s| s.ready);
@@ -436,6 +451,7 @@ mod tests {
             r,
             &StatusInputs {
                 backoff,
+                reasons: None,
                 node_ip: Some("10.0.0.1".into()),
                 previous: None,
                 now: 100 * S,
@@ -578,6 +594,42 @@ mod tests {
         let s = gen(&p, &runtime(vec![ctr("i", Exited, 1, 5, 0)]), &[]);
         assert_eq!(s.phase.as_deref(), Some("Failed"));
         assert_eq!(cond(&s, "Initialized"), "False");
+    }
+
+    #[test]
+    fn failed_start_shows_its_reason() {
+        let p = pod("Always", &[], &["a"]);
+        let reasons = HashMap::from([(
+            "a".to_string(),
+            ("ErrImageNeverPull".to_string(), "image missing".to_string()),
+        )]);
+        let inputs = StatusInputs {
+            reasons: Some(&reasons),
+            ..Default::default()
+        };
+        let s = generate(&p, &runtime(vec![]), &inputs);
+        let w = s.container_statuses.as_ref().unwrap()[0]
+            .state
+            .clone()
+            .unwrap()
+            .waiting
+            .unwrap();
+        assert_eq!(w.reason.as_deref(), Some("ErrImageNeverPull"));
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        // A restart that fails keeps the last termination.
+        let s = generate(&p, &runtime(vec![ctr("a", Exited, 2, 5, 0)]), &inputs);
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert!(cs.state.as_ref().unwrap().waiting.is_some());
+        assert_eq!(
+            cs.last_state
+                .as_ref()
+                .unwrap()
+                .terminated
+                .as_ref()
+                .unwrap()
+                .exit_code,
+            2
+        );
     }
 
     #[test]

@@ -41,7 +41,27 @@ pub enum SyncError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("creating container (CreateContainerError): {0}")]
+    CreateContainer(CriError),
+    #[error("starting container (RunContainerError): {0}")]
+    StartContainer(CriError),
 }
+
+impl SyncError {
+    /// The waiting reason upstream shows for a container that failed this way.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SyncError::ImageNeverPull { .. } => "ErrImageNeverPull",
+            SyncError::ImagePull { .. } => "ErrImagePull",
+            SyncError::Io { .. } => "CreateContainerConfigError",
+            SyncError::CreateContainer(_) => "CreateContainerError",
+            SyncError::StartContainer(_) | SyncError::Cri(_) => "RunContainerError",
+        }
+    }
+}
+
+/// The outcome of starting each container a sync tried to start.
+pub type StartResults = Vec<(String, Result<(), SyncError>)>;
 
 /// The runtime manager. Cheap to share behind an `Arc`.
 pub struct RuntimeManager {
@@ -218,7 +238,7 @@ impl RuntimeManager {
         status: &PodStatus,
         actions: &PodActions,
         backoff: &Mutex<Backoff>,
-    ) -> Result<(), SyncError> {
+    ) -> Result<StartResults, SyncError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if actions.kill_pod {
             tracing::info!(pod = %status_name(pod), %uid, "stopping pod sandbox and containers");
@@ -243,33 +263,39 @@ impl RuntimeManager {
         } else {
             match &actions.sandbox_id {
                 Some(id) => id.clone(),
-                None => return Ok(()),
+                None => return Ok(Vec::new()),
             }
         };
         for k in &actions.containers_to_kill {
             tracing::info!(pod = %status_name(pod), container = %k.name, reason = %k.reason, "stopping container");
             self.cri.stop_container(&k.id, pod_grace(pod)).await?;
         }
+        let mut results = StartResults::new();
         if let Some(i) = actions.next_init_container {
             let c = &init_containers(pod)[i];
-            self.start_container(pod, c, true, &sandbox_id, &sandbox_config, status, backoff)
-                .await?;
+            let r = self
+                .start_container(pod, c, true, &sandbox_id, &sandbox_config, status, backoff)
+                .await;
+            results.push((c.name.clone(), r));
         }
+        let (sandbox_id, sandbox_config) = (&sandbox_id, &sandbox_config);
         let starts = actions.containers_to_start.iter().map(|&i| {
             let c = &app_containers(pod)[i];
-            self.start_container(pod, c, false, &sandbox_id, &sandbox_config, status, backoff)
+            async move {
+                let r = self
+                    .start_container(pod, c, false, sandbox_id, sandbox_config, status, backoff)
+                    .await;
+                (c.name.clone(), r)
+            }
         });
-        let mut first_err = None;
-        for r in join_all(starts).await {
+        results.extend(join_all(starts).await);
+        for (name, r) in &results {
             if let Err(e) = r {
-                first_err.get_or_insert(e);
+                tracing::warn!(pod = %status_name(pod), container = %name, reason = e.reason(), error = %e, "cannot start container");
             }
         }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
         self.remove_old_containers(status).await;
-        Ok(())
+        Ok(results)
     }
 
     async fn ensure_image(
@@ -363,11 +389,12 @@ impl RuntimeManager {
         let id = self
             .cri
             .create_container(sandbox_id, config, sandbox_config.clone())
-            .await?;
+            .await
+            .map_err(SyncError::CreateContainer)?;
         if let Err(e) = self.cri.start_container(&id).await {
             // Do not leave a created container behind; the next sync tries again.
             let _ = self.cri.remove_container(&id).await;
-            return Err(e.into());
+            return Err(SyncError::StartContainer(e));
         }
         tracing::info!(pod = %status_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
         Ok(())
