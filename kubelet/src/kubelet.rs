@@ -85,7 +85,7 @@ pub struct Syncer {
     pub status: StatusManager,
     pub backoff: Mutex<Backoff>,
     /// Why the last start of a container failed (waiting reason, message), per pod UID.
-    pub reasons: Mutex<HashMap<String, HashMap<String, (String, String)>>>,
+    pub reasons: Mutex<HashMap<String, status_manager::StartFailures>>,
     pub node_ip: Option<String>,
     pub sync_frequency: Duration,
 }

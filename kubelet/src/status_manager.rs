@@ -247,12 +247,15 @@ fn condition(
     }
 }
 
+/// Why the last start of each container failed: name -> (waiting reason, message).
+pub type StartFailures = HashMap<String, (String, String)>;
+
 /// Everything `generate` needs besides the pod and the runtime's view.
 #[derive(Debug, Clone, Default)]
 pub struct StatusInputs<'a> {
     pub backoff: &'a [BackoffWait],
     /// Why the last start of a container failed: name -> (reason, message).
-    pub reasons: Option<&'a HashMap<String, (String, String)>>,
+    pub reasons: Option<&'a StartFailures>,
     pub node_ip: Option<String>,
     pub previous: Option<&'a ApiPodStatus>,
     pub now: Nanos,
