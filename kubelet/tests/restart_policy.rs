@@ -23,7 +23,8 @@ async fn always_restarts_with_growing_backoff() {
     // garbage-collected as newer ones come).
     let mut seen: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !seen.contains_key(&3) {
+    // A container is listed (Created) before it starts: wait for attempt 3's start time.
+    while seen.get(&3).is_none_or(|e| e.0 == 0) {
         if std::time::Instant::now() > deadline {
             node.fail(&format!(
                 "no fourth attempt (restart count 3) after 90 s: {seen:?}"
@@ -33,7 +34,9 @@ async fn always_restarts_with_growing_backoff() {
             let attempt = c.metadata.clone().unwrap().attempt;
             if let Some(st) = node.container_status(&c.id).await {
                 let e = seen.entry(attempt).or_default();
-                e.0 = st.started_at;
+                if st.started_at > 0 {
+                    e.0 = st.started_at;
+                }
                 if st.state == EXITED {
                     e.1 = st.finished_at;
                 }
