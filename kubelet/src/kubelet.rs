@@ -385,7 +385,10 @@ impl Kubelet {
                         self.syncer.forget_pod(&uid);
                         match pods.get(&uid) {
                             // Re-added while it was being torn down: start it again.
-                            Some(pod) => { workers.update_pod(&uid, Work::Sync(pod)); }
+                            Some(pod) => {
+                                tracing::info!(%uid, "pod was added again while terminating, starting it again");
+                                workers.update_pod(&uid, Work::Sync(pod));
+                            }
                             None => self.shared.status.remove(&uid),
                         }
                     }

@@ -246,3 +246,50 @@ async fn pods_from_the_manifest_url() {
     assert_eq!(b_after.len(), 1);
     assert_eq!(b_after[0].id, b_before[0].id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverted_edit_runs_the_original_again() {
+    let node = Node::start().await;
+    let original = pod_yaml("rev", "Always", "exec sleep 3600");
+    node.write_manifest("rev.yaml", &original);
+    node.wait_running("rev", 1).await;
+    let uid_a = node.sandboxes("rev").await[0].metadata.clone().unwrap().uid;
+    // Edit: the original (same UID) starts terminating (its grace period is 2 s)...
+    node.write_manifest(
+        "rev.yaml",
+        &pod_yaml("rev", "Always", "echo b; exec sleep 3600"),
+    );
+    node.wait_for(
+        "the edited pod's sandbox",
+        Duration::from_secs(30),
+        || async {
+            node.sandboxes("rev")
+                .await
+                .iter()
+                .any(|s| s.metadata.as_ref().unwrap().uid != uid_a)
+                .then_some(())
+        },
+    )
+    .await;
+    // ...and is asked for again while that is under way.
+    node.write_manifest("rev.yaml", &original);
+    node.wait_for(
+        "only the original pod, running again",
+        Duration::from_secs(60),
+        || async {
+            let sbs = node.sandboxes("rev").await;
+            let running: Vec<_> = node
+                .containers("rev")
+                .await
+                .into_iter()
+                .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+                .collect();
+            (sbs.len() == 1
+                && sbs[0].metadata.as_ref().unwrap().uid == uid_a
+                && sbs[0].state == cri::PodSandboxState::SandboxReady as i32
+                && running.len() == 1)
+                .then_some(())
+        },
+    )
+    .await;
+}
