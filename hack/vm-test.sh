@@ -348,19 +348,27 @@ esac
   printf 'NODUS_VM_RUNTIMES=%q\n' "$runtimes"
   printf 'NODUS_VM_CHECKS=%q\n' "$checks"
   printf 'NODUS_VM_BIN_DIR=%q\n' "$bin_dir"
+  # The guest stops its checks itself a little before the host's bound.
+  printf 'NODUS_VM_GUEST_TIMEOUT=%q\n' "$(( vm_timeout > 120 ? vm_timeout - 60 : vm_timeout * 3 / 4 ))"
 } > "$run/results/env"
 
 log "booting ($accel_name, timeout ${vm_timeout} s, runtimes: $runtimes)"
 t_boot=$(now)
 set +e
+# In the background so that an interrupted run takes qemu down with it (timeout passes the
+# signal on to qemu).
 timeout -k 10 "$vm_timeout" "$qemu" "${qemu_data[@]}" "${accel[@]}" -m 2048 -smp 2 \
   -nodefaults -display none -no-reboot -no-user-config \
   -kernel "$kernel_dir/vmlinux" -initrd "$image_dir/initrd.img" -append "$KERNEL_CMDLINE" \
   -drive "file=$image_dir/rootfs.img,format=raw,if=virtio,snapshot=on" \
   -virtfs "local,path=$repo,mount_tag=nodus,security_model=none,readonly=on" \
   -virtfs "local,path=$run/results,mount_tag=results,security_model=none" \
-  -serial "file:$run/console.log" > "$run/qemu.log" 2>&1
+  -serial "file:$run/console.log" > "$run/qemu.log" 2>&1 &
+vm_pid=$!
+trap 'kill "$vm_pid" 2>/dev/null; wait "$vm_pid"; exit 130' INT TERM HUP
+wait "$vm_pid"
 qemu_rc=$?
+trap - INT TERM HUP
 set -e
 vm_s=$(elapsed "$t_boot")
 
@@ -379,6 +387,11 @@ printf '  %-22s %s\n' "kernel" "$kver"
 printf '  %-22s %s\n' "qemu/kernel/image" "$cache_note ($build_s s)"
 if [ -s "$run/results/boot-seconds" ]; then
   printf '  %-22s %s s\n' "boot (guest uptime)" "$(cat "$run/results/boot-seconds")"
+fi
+if [ -s "$run/results/metrics" ]; then
+  while IFS=$'\t' read -r name value; do
+    printf '  %-22s %s\n' "$name" "$value"
+  done < "$run/results/metrics"
 fi
 passed=0 failed=0
 if [ -s "$run/results/checks" ]; then

@@ -35,5 +35,19 @@ if [ ! -f "$tests" ]; then
   say "nodus-vm: $tests not found on the repository share"
   finish 125
 fi
-bash "$tests" 2>&1 | tee /results/guest.log > "$console"
-finish "${PIPESTATUS[0]}"
+# A heartbeat straight to the console (not through 9p): tells a frozen guest from a stuck check.
+( while sleep 30; do say "nodus-vm: alive at $(cut -d' ' -f1 /proc/uptime)s"; done ) &
+heartbeat=$!
+# The guest's own bound, below the host's, so that a stuck check still leaves a verdict and
+# what was running.
+timeout -k 5 "${NODUS_VM_GUEST_TIMEOUT:-500}" bash "$tests" 2>&1 | tee /results/guest.log > "$console"
+rc=${PIPESTATUS[0]}
+kill "$heartbeat" 2>/dev/null
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+  say "nodus-vm: guest-tests.sh did not finish within ${NODUS_VM_GUEST_TIMEOUT:-500} s; processes:"
+  ps -eo pid,ppid,stat,wchan:30,etime,args > "$console" 2>&1
+  dmesg -n 7
+  echo w > /proc/sysrq-trigger   # blocked tasks with their stacks, to the console
+  sleep 1
+fi
+finish "$rc"

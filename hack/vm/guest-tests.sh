@@ -11,7 +11,8 @@
 #   NODUS_VM_BIN_DIR   where the host's cargo binaries are (nodus-runtime)
 #   NODUS_VM_RESULTS   writable results directory (the `checks` file lands there)
 #
-# To add a check: write check_<name>, add <name> to ALL_CHECKS.
+# To add a check: write check_<name>, add <name> to ALL_CHECKS. Host binaries: $(host_bin NAME).
+# Figures for the host's report (boot-to-ready times and the like): metric NAME VALUE.
 set -u
 
 ALL_CHECKS=(cgroup_v2 runtime containerd)
@@ -19,6 +20,7 @@ RUNTIMES=${NODUS_VM_RUNTIMES:-runc nodus}
 BIN_DIR=${NODUS_VM_BIN_DIR:-/nodus/target/debug}
 RESULTS=${NODUS_VM_RESULTS:-/tmp/nodus-vm-results}
 CHECKS_FILE=$RESULTS/checks
+METRICS_FILE=$RESULTS/metrics
 WORK=/run/nodus-vm
 CGROUP_ROOT=/sys/fs/cgroup
 # Parent of the test containers' cgroups (cgroupsPath "/nodus-vm/<id>").
@@ -26,10 +28,13 @@ CGROUP_PARENT=nodus-vm
 
 mkdir -p "$RESULTS" "$WORK"
 : > "$CHECKS_FILE"
+: > "$METRICS_FILE"
 
 pass() { echo "PASS $1: $2" | tee -a "$CHECKS_FILE"; }
 fail() { echo "FAIL $1: $2" | tee -a "$CHECKS_FILE"; }
 note() { echo "  .. $*"; }
+# metric NAME VALUE: a figure for the host's report (e.g. "time to all pods Running" "12.3 s").
+metric() { echo "$1: $2"; printf '%s\t%s\n' "$1" "$2" >> "$METRICS_FILE"; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 # Runs check_$1 in a subshell; a check that exits non-zero without reporting a FAIL, or reports
@@ -140,7 +145,7 @@ EOF
 }
 
 # The runtime under test: RT (name), RT_BIN, RT_ROOT (its --root).
-rt() { timeout 60 "$RT_BIN" --root "$RT_ROOT" "$@"; }
+rt() { timeout -k 5 60 "$RT_BIN" --root "$RT_ROOT" "$@"; }
 rt_status() { rt state "$1" 2>/dev/null | tr -d ' \n' | grep -o '"status":"[a-z]*"' | cut -d'"' -f4; }
 
 # start_container NAME ID: create + start a bundle in $WORK/$RT/ID; its output goes to out.log.
@@ -340,6 +345,7 @@ check_containerd() {
     [ "$state" = failed ] && break
     sleep 0.1
   done
+  metric "containerd active" "at $(uptime_s) s of uptime"
   if [ "$state" != active ]; then
     fail containerd "systemctl is-active containerd: $state; $(journalctl -u containerd -n 5 --no-pager 2>&1 | tr '\n' ' ')"
     return 0
