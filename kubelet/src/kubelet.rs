@@ -59,6 +59,12 @@ impl PodManager {
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid);
     }
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     pub fn contains(&self, uid: &str) -> bool {
         self.inner
             .read()
@@ -430,7 +436,7 @@ fn handle_update(
         PodUpdate::Add(list) | PodUpdate::Update(list) => {
             for pod in list {
                 let uid = uid_of(&pod).to_string();
-                if !pods.contains(&uid) && pods.all().len() >= max_pods as usize {
+                if !pods.contains(&uid) && pods.len() >= max_pods as usize {
                     tracing::error!(pod = %crate::pod_config::full_name(&pod), max_pods, "pod rejected: node has reached maxPods (OutOfpods)");
                     continue;
                 }

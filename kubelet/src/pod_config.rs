@@ -92,6 +92,16 @@ impl PodConfig {
                 );
                 continue;
             }
+            if incoming.contains_key(uid_of(&pod)) {
+                tracing::error!(
+                    pod = %name,
+                    file = %origin(&pod),
+                    field = "metadata.uid",
+                    uid = %uid_of(&pod),
+                    "duplicate pod UID, the later pod is rejected"
+                );
+                continue;
+            }
             names.insert(name, origin(&pod).to_string());
             incoming.insert(uid_of(&pod).to_string(), pod);
         }
@@ -201,6 +211,19 @@ mod tests {
         a3.status.as_mut().unwrap().phase = Some("Running".into());
         let u = pc.merge(snap(vec![a3]));
         assert!(matches!(&u[..], [PodUpdate::Reconcile(_)]));
+    }
+
+    #[test]
+    fn duplicate_uids_keep_the_first() {
+        let mut pc = PodConfig::new();
+        let mut a = pod("a", "x", "/m/1.yaml");
+        let mut b = pod("b", "x", "/m/2.yaml");
+        a.metadata.uid = Some("same".into());
+        b.metadata.uid = Some("same".into());
+        let u = pc.merge(snap(vec![a, b]));
+        assert!(
+            matches!(&u[..], [PodUpdate::Add(p)] if p.len() == 1 && p[0].metadata.name.as_deref() == Some("a-n"))
+        );
     }
 
     #[test]

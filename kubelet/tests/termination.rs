@@ -21,6 +21,17 @@ async fn grace_period_then_kill() {
     let log_path = node.container_status(&c.id).await.unwrap().log_path;
     let t0 = Instant::now();
     node.remove_manifest("stubborn.yaml");
+    // It gets SIGTERM and ignores it (read the log now: the pod's logs go with the pod).
+    node.wait_for(
+        "SIGTERM to reach the container",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&log_path)
+                .ok()
+                .filter(|l| l.contains("got TERM"))
+        },
+    )
+    .await;
     let gone = node
         .wait_for("the container to stop", Duration::from_secs(40), || async {
             match node.container_status(&c.id).await {
@@ -36,10 +47,7 @@ async fn grace_period_then_kill() {
         "container stopped {:.1} s after the manifest was deleted",
         gone.as_secs_f64()
     );
-    // It got SIGTERM (and ignored it), and was killed once the 5 s grace period ran out:
-    // later than 4 s, well before the 30 s default.
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(log.contains("got TERM"), "no SIGTERM seen: {log}");
+    // Killed once the 5 s grace period ran out: later than 4 s, well before the 30 s default.
     assert!(gone >= Duration::from_secs(4), "killed too early: {gone:?}");
     assert!(
         gone < Duration::from_secs(20),

@@ -3,19 +3,52 @@
 //! `fileCheckFrequency` as well (and whenever inotify cannot be used). Every read sends a
 //! full snapshot; `pod_config` works out what changed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use inotify::{Inotify, WatchMask};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc;
 
 use super::{load_manifest, Source, SourceUpdate};
 
+/// What a file held when it was last parsed, keyed by its identity and modification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(meta: &std::fs::Metadata) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    FileStamp {
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+    }
+}
+
+/// Parsed manifests by path, so a re-read parses (and reports) only files that changed.
+#[derive(Debug, Default)]
+pub struct ManifestCache {
+    files: HashMap<PathBuf, (FileStamp, Vec<Pod>)>,
+}
+
 /// Reads every manifest under `path` (sorted by file name, hidden files skipped). Bad
 /// manifests are logged with their file and field and left out.
 pub fn read_path(path: &Path, node_name: &str) -> std::io::Result<Vec<Pod>> {
+    read_path_cached(path, node_name, &mut ManifestCache::default())
+}
+
+/// [`read_path`], parsing only files that changed since the last call with this cache.
+pub fn read_path_cached(
+    path: &Path,
+    node_name: &str,
+    cache: &mut ManifestCache,
+) -> std::io::Result<Vec<Pod>> {
     let meta = std::fs::metadata(path)?;
     let files: Vec<PathBuf> = if meta.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
@@ -29,9 +62,20 @@ pub fn read_path(path: &Path, node_name: &str) -> std::io::Result<Vec<Pod>> {
     } else {
         vec![path.to_path_buf()]
     };
+    cache.files.retain(|p, _| files.contains(p));
     let mut pods = Vec::new();
     for f in files {
         let origin = f.display().to_string();
+        let Ok(meta) = std::fs::metadata(&f) else {
+            continue;
+        };
+        let st = stamp(&meta);
+        if let Some((cached, parsed)) = cache.files.get(&f) {
+            if *cached == st {
+                pods.extend(parsed.iter().cloned());
+                continue;
+            }
+        }
         let text = match std::fs::read_to_string(&f) {
             Ok(t) => t,
             Err(e) => {
@@ -39,11 +83,12 @@ pub fn read_path(path: &Path, node_name: &str) -> std::io::Result<Vec<Pod>> {
                 continue;
             }
         };
-        let (mut ok, errors) = load_manifest(&text, Source::File, &origin, node_name);
+        let (ok, errors) = load_manifest(&text, Source::File, &origin, node_name);
         for e in errors {
             tracing::error!(file = %e.origin, field = %e.field, reason = %e.reason, "invalid static pod manifest, skipped");
         }
-        pods.append(&mut ok);
+        pods.extend(ok.iter().cloned());
+        cache.files.insert(f, (st, ok));
     }
     Ok(pods)
 }
@@ -64,8 +109,8 @@ const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
     .union(WatchMask::MOVE_SELF);
 
 impl FileSource {
-    fn snapshot(&self) -> Option<SourceUpdate> {
-        match read_path(&self.path, &self.node_name) {
+    fn snapshot(&self, cache: &mut ManifestCache) -> Option<SourceUpdate> {
+        match read_path_cached(&self.path, &self.node_name, cache) {
             Ok(pods) => Some(SourceUpdate {
                 source: Source::File,
                 pods,
@@ -97,13 +142,24 @@ impl FileSource {
         let mut ticker = tokio::time::interval(self.period.max(Duration::from_millis(100)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stream = self.watch();
+        let mut cache = ManifestCache::default();
         loop {
             let reread = match stream.as_mut() {
                 Some(s) => tokio::select! {
                     _ = ticker.tick() => true,
                     ev = s.next() => match ev {
                         Some(Ok(ev)) => {
-                            if ev.mask.intersects(inotify::EventMask::DELETE_SELF | inotify::EventMask::MOVE_SELF | inotify::EventMask::IGNORED) {
+                            let gone = |mask: inotify::EventMask| mask.intersects(
+                                inotify::EventMask::DELETE_SELF
+                                    | inotify::EventMask::MOVE_SELF
+                                    | inotify::EventMask::IGNORED,
+                            );
+                            let mut lost = gone(ev.mask);
+                            // One re-read for every event already queued (a burst of files).
+                            while let Some(Some(Ok(more))) = s.next().now_or_never() {
+                                lost |= gone(more.mask);
+                            }
+                            if lost {
                                 stream = None;
                             }
                             true
@@ -123,7 +179,7 @@ impl FileSource {
                 }
             };
             if reread {
-                if let Some(update) = self.snapshot() {
+                if let Some(update) = self.snapshot(&mut cache) {
                     if tx.send(update).await.is_err() {
                         return;
                     }
@@ -136,6 +192,31 @@ impl FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_reparses_only_changed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = |cmd: &str| {
+            format!("kind: Pod\nmetadata: {{name: a}}\nspec: {{containers: [{{name: c, image: 'i:1', command: [{cmd}]}}]}}\n")
+        };
+        std::fs::write(dir.path().join("a.yaml"), pod("x")).unwrap();
+        let mut cache = ManifestCache::default();
+        let first = read_path_cached(dir.path(), "n", &mut cache).unwrap();
+        let again = read_path_cached(dir.path(), "n", &mut cache).unwrap();
+        assert_eq!(first, again);
+        // Rewritten with the same size: still seen as changed (new mtime or inode).
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let tmp = dir.path().join(".a.tmp");
+        std::fs::write(&tmp, pod("y")).unwrap();
+        std::fs::rename(&tmp, dir.path().join("a.yaml")).unwrap();
+        let edited = read_path_cached(dir.path(), "n", &mut cache).unwrap();
+        assert_ne!(first[0].metadata.uid, edited[0].metadata.uid);
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert!(read_path_cached(dir.path(), "n", &mut cache)
+            .unwrap()
+            .is_empty());
+        assert!(cache.files.is_empty());
+    }
 
     #[tokio::test]
     async fn directory_changes_are_seen_at_once() {
