@@ -18,7 +18,8 @@
 #   --keep           keep the run directory (console log, guest log) even on success
 #   --build-only     build or check the cache, do not boot
 # Environment: NODUS_VM_ACCEL=auto|kvm|tcg (default auto: KVM only if it really boots),
-#   NODUS_VM_MIRROR (Debian mirror for debootstrap), CARGO_TARGET_DIR (where nodus-runtime is).
+#   NODUS_VM_MIRROR (Debian mirror for debootstrap), CARGO_TARGET_DIR (where nodus-runtime is),
+#   NODUS_VM_GUEST_TIMEOUT (the guest's own bound of guest-tests.sh, default 60 s below --timeout).
 set -euo pipefail
 
 # Bump when the way the cached artifacts are built changes (part of every cache key).
@@ -349,7 +350,7 @@ esac
   printf 'NODUS_VM_CHECKS=%q\n' "$checks"
   printf 'NODUS_VM_BIN_DIR=%q\n' "$bin_dir"
   # The guest stops its checks itself a little before the host's bound.
-  printf 'NODUS_VM_GUEST_TIMEOUT=%q\n' "$(( vm_timeout > 120 ? vm_timeout - 60 : vm_timeout * 3 / 4 ))"
+  printf 'NODUS_VM_GUEST_TIMEOUT=%q\n' "${NODUS_VM_GUEST_TIMEOUT:-$(( vm_timeout > 120 ? vm_timeout - 60 : vm_timeout / 2 ))}"
 } > "$run/results/env"
 
 log "booting ($accel_name, timeout ${vm_timeout} s, runtimes: $runtimes)"

@@ -45,7 +45,7 @@ rc=${PIPESTATUS[0]}
 kill "$heartbeat" 2>/dev/null
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
   say "nodus-vm: guest-tests.sh did not finish within ${NODUS_VM_GUEST_TIMEOUT:-500} s; processes:"
-  ps -eo pid,ppid,stat,wchan:30,etime,args > "$console" 2>&1
+  ps --ppid 2 -p 2 --deselect -o pid,ppid,stat,wchan:30,etime,args > "$console" 2>&1  # no kernel threads
   dmesg -n 7
   echo w > /proc/sysrq-trigger   # blocked tasks with their stacks, to the console
   sleep 1

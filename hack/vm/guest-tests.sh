@@ -345,7 +345,9 @@ check_containerd() {
     [ "$state" = failed ] && break
     sleep 0.1
   done
-  metric "containerd active" "at $(uptime_s) s of uptime"
+  local active_us
+  active_us=$(systemctl show -p ActiveEnterTimestampMonotonic --value containerd 2>/dev/null)
+  metric "containerd active" "$(awk -v u="${active_us:-0}" 'BEGIN { printf "%.1f", u / 1e6 }') s after boot"
   if [ "$state" != active ]; then
     fail containerd "systemctl is-active containerd: $state; $(journalctl -u containerd -n 5 --no-pager 2>&1 | tr '\n' ' ')"
     return 0
