@@ -237,6 +237,29 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process used so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let ticks = clk_tck();
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the ")" that ends the command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((u + st) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+fn clk_tck() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
 struct KillOnDrop(std::process::Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -377,11 +400,15 @@ async fn main() -> Result<()> {
 
     // Burst: ours = all manifests written at once.
     let names: Vec<String> = (0..burst).map(|i| format!("burst-{i}")).collect();
+    let cpu_before = cpu_secs(kubelet.0.id());
+    let wall_before = Instant::now();
     let mut t0s = HashMap::new();
     for n in &names {
         t0s.insert(n.clone(), write_manifest(&manifests, n)?);
     }
     let started = wait_started(&mut clients.rt, &names, Duration::from_secs(180)).await?;
+    let burst_cpu = cpu_secs(kubelet.0.id()) - cpu_before;
+    let burst_wall = wall_before.elapsed().as_secs_f64();
     let mut ours_burst: Vec<f64> = names
         .iter()
         .map(|n| (started[n] - t0s[n]) as f64 / 1e6)
@@ -432,6 +459,13 @@ async fn main() -> Result<()> {
     println!(
         "kubelet RSS with {burst} pods: {:.1} MiB (target < 25)",
         rss as f64 / 1024.0
+    );
+    println!("kubelet CPU during the burst: {burst_cpu:.2} s over {burst_wall:.2} s wall");
+    println!(
+        "load average at the end: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     drop(kubelet);
     Ok(())
