@@ -333,8 +333,8 @@ choose_accel
 # The run directory: the writable results share and the console log.
 mkdir -p "$vmdir/runs"
 # Keep the last few kept runs (failures, --keep) for inspection, not all of them.
-# shellcheck disable=SC2012 # our own mktemp names
-ls -td "$vmdir"/runs/run.* 2>/dev/null | tail -n +6 | xargs -r rm -rf
+find "$vmdir/runs" -mindepth 1 -maxdepth 1 -name 'run.*' -printf '%T@ %p\n' | sort -rn | tail -n +6 \
+  | cut -d' ' -f2- | xargs -r rm -rf
 run=$(mktemp -d "$vmdir/runs/run.XXXXXX")
 mkdir -p "$run/results"
 target=${CARGO_TARGET_DIR:-$repo/target}
