@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::{MessageDyn, MessageFull};
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::ttrpc::context;
@@ -32,24 +32,28 @@ pub enum Event {
 
 impl Event {
     fn topic_and_any(self) -> (&'static str, Any) {
-        fn any<M: MessageFull>(m: M) -> Any {
+        // containerd's typeurl names events by their proto full name. Spelled out rather
+        // than taken from the descriptor: building protobuf reflection costs memory.
+        fn any<M: Message>(name: &str, m: M) -> Any {
             Any {
-                // containerd's typeurl names events by their proto full name.
-                type_url: m.descriptor_dyn().full_name().to_string(),
+                type_url: format!("containerd.events.{name}"),
                 value: m.write_to_bytes().unwrap_or_default(),
                 ..Default::default()
             }
         }
         match self {
-            Event::Create(e) => (topics::TASK_CREATE_EVENT_TOPIC, any(e)),
-            Event::Start(e) => (topics::TASK_START_EVENT_TOPIC, any(e)),
-            Event::Exit(e) => (topics::TASK_EXIT_EVENT_TOPIC, any(e)),
-            Event::Delete(e) => (topics::TASK_DELETE_EVENT_TOPIC, any(e)),
-            Event::ExecAdded(e) => (topics::TASK_EXEC_ADDED_EVENT_TOPIC, any(e)),
-            Event::ExecStarted(e) => (topics::TASK_EXEC_STARTED_EVENT_TOPIC, any(e)),
-            Event::Oom(e) => (topics::TASK_OOM_EVENT_TOPIC, any(e)),
-            Event::Paused(e) => (topics::TASK_PAUSED_EVENT_TOPIC, any(e)),
-            Event::Resumed(e) => (topics::TASK_RESUMED_EVENT_TOPIC, any(e)),
+            Event::Create(e) => (topics::TASK_CREATE_EVENT_TOPIC, any("TaskCreate", e)),
+            Event::Start(e) => (topics::TASK_START_EVENT_TOPIC, any("TaskStart", e)),
+            Event::Exit(e) => (topics::TASK_EXIT_EVENT_TOPIC, any("TaskExit", e)),
+            Event::Delete(e) => (topics::TASK_DELETE_EVENT_TOPIC, any("TaskDelete", e)),
+            Event::ExecAdded(e) => (topics::TASK_EXEC_ADDED_EVENT_TOPIC, any("TaskExecAdded", e)),
+            Event::ExecStarted(e) => (
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                any("TaskExecStarted", e),
+            ),
+            Event::Oom(e) => (topics::TASK_OOM_EVENT_TOPIC, any("TaskOOM", e)),
+            Event::Paused(e) => (topics::TASK_PAUSED_EVENT_TOPIC, any("TaskPaused", e)),
+            Event::Resumed(e) => (topics::TASK_RESUMED_EVENT_TOPIC, any("TaskResumed", e)),
         }
     }
 }
