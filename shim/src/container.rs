@@ -339,6 +339,12 @@ impl Runtime {
         };
         nix::unistd::mkfifo(&dir.join("exec.fifo"), Mode::from_bits_truncate(0o622))
             .ctx(|| "create exec fifo".into())?;
+        // Writable by a non-root container user (the umask took the w bits away).
+        fs::set_permissions(
+            dir.join("exec.fifo"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o622),
+        )
+        .ctx(|| "chmod exec fifo".into())?;
         guard.cgroup = Some(cgroup.clone());
         cgroup.create(linux.resources().as_ref())?;
         let state_dir: OwnedFd = open(

@@ -43,20 +43,21 @@ pub struct InitArgs<'a> {
 
 /// Run the init; never returns.
 pub fn run(a: InitArgs) -> ! {
-    let err = match setup(&a) {
+    let ready = std::cell::Cell::new(false);
+    let err = match setup(&a, &ready) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     let msg = err.to_string();
-    if sync::send(&a.sync, sync::ERROR, msg.as_bytes()).is_err() {
-        // After READY nobody listens: the runtime has exited. Tell the container's stderr.
+    if ready.get() || sync::send(&a.sync, sync::ERROR, msg.as_bytes()).is_err() {
+        // After READY nobody listens for errors: tell the container's stderr.
         let _ = writeln!(std::io::stderr(), "nodus-runtime init: {msg}");
     }
     // SAFETY: _exit skips destructors that belong to the parent's copy of our memory.
     unsafe { libc::_exit(if msg.starts_with("exec") { 127 } else { 1 }) }
 }
 
-fn setup(a: &InitArgs) -> Result<std::convert::Infallible> {
+fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::Infallible> {
     let spec = a.spec;
     let process = spec.process().as_ref().expect("validated");
     // Wait until the runtime has put us in our cgroup.
@@ -122,13 +123,14 @@ fn setup(a: &InitArgs) -> Result<std::convert::Infallible> {
         let slave = process::setup_console(sock.as_raw_fd(), size)?;
         rootfs::bind_console(&slave)?;
     }
-    rootfs::finalize(spec)?;
+    // Before finalize: /proc/sys is usually one of the read-only paths.
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (k, v) in sysctl {
             let p = Path::new("/proc/sys").join(k.replace('.', "/"));
             std::fs::write(&p, v).ctx(|| format!("linux.sysctl[{k:?}]: write {}", p.display()))?;
         }
     }
+    rootfs::finalize(spec)?;
     process::set_rlimits(process)?;
     let cwd = process.cwd();
     let chdir_early = nix::unistd::chdir(cwd);
@@ -143,6 +145,7 @@ fn setup(a: &InitArgs) -> Result<std::convert::Infallible> {
     process::reset_signals();
     process::cloexec_from_3(&[]);
     sync::send(&a.sync, sync::READY, &[])?;
+    ready.set(true);
     // Block until `start` opens the FIFO for reading.
     let fifo = nix::fcntl::openat(
         &a.state_dir,
