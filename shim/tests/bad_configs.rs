@@ -1,0 +1,152 @@
+//! Host tier: a bad config.json or bundle fails `create` with exit status 1 and an
+//! error naming the field; nothing is left behind (state dir, cgroup).
+
+mod common;
+
+use std::fs;
+
+use common::Bundle;
+use serde_json::{json, Value};
+
+type Edit = fn(&mut Value);
+
+#[test]
+fn bad_configs_name_the_field_and_leave_nothing() {
+    let cases: Vec<(&str, Edit)> = vec![
+        ("root", |c| c["root"] = Value::Null),
+        ("root.path", |c| c["root"]["path"] = json!("no-such-rootfs")),
+        ("ociVersion", |c| c["ociVersion"] = json!("2.0.0")),
+        ("process.args", |c| c["process"]["args"] = json!([])),
+        ("process.cwd", |c| {
+            c["process"]["cwd"] = json!("relative/dir")
+        }),
+        ("process.env[1]", |c| {
+            c["process"]["env"][1] = json!("NOEQUALS")
+        }),
+        ("process.user.uid", |c| {
+            c["process"]["user"]["uid"] = json!("root")
+        }),
+        ("process.rlimits[0].type", |c| {
+            c["process"]["rlimits"][0]["type"] = json!("RLIMIT_BOGUS")
+        }),
+        ("process.rlimits[0]", |c| {
+            c["process"]["rlimits"][0] = json!({"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5})
+        }),
+        ("process.capabilities.bounding", |c| {
+            c["process"]["capabilities"]["bounding"] = json!(["CAP_BOGUS"])
+        }),
+        ("process.terminal", |c| {
+            c["process"]["terminal"] = json!(true)
+        }),
+        ("linux.namespaces[5].type", |c| {
+            c["linux"]["namespaces"][5] = json!({"type": "user"})
+        }),
+        ("linux.namespaces[1].path", |c| {
+            c["linux"]["namespaces"][1] =
+                json!({"type": "network", "path": "/run/netns/nodus-does-not-exist"})
+        }),
+        ("linux.namespaces", |c| {
+            c["linux"]["namespaces"][4] = json!({"type": "ipc"})
+        }),
+        ("hostname", |c| {
+            c["linux"]["namespaces"][3] = json!({"type": "uts", "path": "/proc/self/ns/uts"})
+        }),
+        ("mounts[0].destination", |c| {
+            c["mounts"][0]["destination"] = json!("proc")
+        }),
+        ("mounts[7].source", |c| {
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/x", "type": "bind"}))
+        }),
+        ("linux.sysctl", |c| {
+            c["linux"]["sysctl"] = json!({"kernel.panic": "1"})
+        }),
+        ("linux.rootfsPropagation", |c| {
+            c["linux"]["rootfsPropagation"] = json!("sideways")
+        }),
+        ("hooks.prestart[0].path", |c| {
+            c["hooks"] = json!({"prestart": [{"path": "relative/hook"}]})
+        }),
+        ("linux.seccomp", |c| {
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"})
+        }),
+        ("linux.resources.memory.swappiness", |c| {
+            c["linux"]["resources"]["memory"] = json!({"swappiness": 500})
+        }),
+        ("linux.resources.memory.limit", |c| {
+            c["linux"]["resources"]["memory"] = json!({"limit": "lots"})
+        }),
+        ("mounts[1] (/dev)", |c| {
+            c["mounts"][1]["type"] = json!("nosuchfs")
+        }),
+        (
+            "linux.devices[0].path",
+            |c| {
+                c["linux"]["devices"] =
+                    json!([{"path": "dev/x", "type": "c", "major": 1, "minor": 3}])
+            },
+        ),
+    ];
+    for (field, edit) in cases {
+        let mut b = Bundle::new(&["true"]);
+        b.edit(edit);
+        let o = b.rt(&["create", "--bundle", b.path().to_str().unwrap(), &b.id]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{field}: {err}");
+        assert!(
+            err.contains(field),
+            "error for {field} does not name it: {err}"
+        );
+        assert!(
+            !b.state_root().join(&b.id).exists(),
+            "{field}: state dir left"
+        );
+        assert!(
+            b.cgroup_left().is_empty(),
+            "{field}: cgroups left {:?}",
+            b.cgroup_left()
+        );
+    }
+}
+
+#[test]
+fn bad_bundle_and_id() {
+    let b = Bundle::new(&["true"]);
+    let o = b.rt(&["create", "--bundle", "/nonexistent-bundle", "x1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bundle"),
+        "{o:?}"
+    );
+    fs::write(b.path().join("config.json"), "{not json").unwrap();
+    let o = b.rt(&["create", "--bundle", b.path().to_str().unwrap(), "x2"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("config.json"),
+        "{o:?}"
+    );
+    let o = b.rt(&["create", "--bundle", b.path().to_str().unwrap(), "../evil"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("invalid container id"),
+        "{o:?}"
+    );
+    assert!(!b.state_root().exists() || fs::read_dir(b.state_root()).unwrap().count() == 0);
+}
+
+#[test]
+fn duplicate_id_is_refused() {
+    let b = Bundle::new(&["sleep", "100"]);
+    b.create();
+    let o = b.rt(&["create", "--bundle", b.path().to_str().unwrap(), &b.id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already exists"),
+        "{o:?}"
+    );
+    assert_eq!(
+        b.state()["status"],
+        "created",
+        "the first container is untouched"
+    );
+}
