@@ -148,6 +148,29 @@ async fn never_with_exit_1_stays_failed() {
     finished_pod("Never", 1, "Failed").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_message_is_reported() {
+    let node = Node::start().await;
+    node.write_manifest(
+        "msg.yaml",
+        &pod_yaml(
+            "msg",
+            "Never",
+            "echo -n goodbye > /dev/termination-log; exit 3",
+        ),
+    );
+    let api = node
+        .wait_for("the pod to fail", Duration::from_secs(60), || async {
+            node.api_pod("msg")
+                .filter(|p| p["status"]["phase"] == "Failed")
+        })
+        .await;
+    let t = &api["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["exitCode"], 3);
+    assert_eq!(t["reason"], "Error");
+    assert_eq!(t["message"], "goodbye");
+}
+
 fn init_pod(name: &str, policy: &str, second_init: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 2\n  initContainers:\n  - name: init1\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, 'sleep 1; echo init1']\n  - name: init2\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, {second_init:?}]\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, 'echo app; exec sleep 3600']\n"

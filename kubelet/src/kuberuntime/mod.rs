@@ -194,6 +194,11 @@ impl RuntimeManager {
 
     fn convert_container(&self, c: &cri::Container, st: &cri::ContainerStatus) -> ContainerStatus {
         let meta = c.metadata.clone().unwrap_or_default();
+        let state = container_state(st.state);
+        let mut message = st.message.clone();
+        if message.is_empty() && state == ContainerState::Exited {
+            message = termination_message(c, st).unwrap_or_default();
+        }
         ContainerStatus {
             id: c.id.clone(),
             name: c
@@ -202,13 +207,13 @@ impl RuntimeManager {
                 .cloned()
                 .unwrap_or(meta.name),
             sandbox_id: c.pod_sandbox_id.clone(),
-            state: container_state(st.state),
+            state,
             created_at: st.created_at,
             started_at: st.started_at,
             finished_at: st.finished_at,
             exit_code: st.exit_code,
             reason: st.reason.clone(),
-            message: st.message.clone(),
+            message,
             image: c
                 .image
                 .as_ref()
@@ -500,6 +505,27 @@ impl RuntimeManager {
         remove_dir(&self.root_dir.join("pods").join(uid));
         Ok(())
     }
+}
+
+/// Upstream's limit on a termination message.
+const MAX_TERMINATION_MESSAGE: u64 = 4096;
+
+/// What the container wrote to its `terminationMessagePath` (the file the kubelet mounted
+/// there, found through the container's mounts), cut to 4096 bytes.
+fn termination_message(c: &cri::Container, st: &cri::ContainerStatus) -> Option<String> {
+    use std::io::Read;
+    let path = c
+        .annotations
+        .get(labels::CONTAINER_TERMINATION_MESSAGE_PATH)?;
+    let mount = st.mounts.iter().find(|m| &m.container_path == path)?;
+    let mut buf = Vec::new();
+    std::fs::File::open(&mount.host_path)
+        .ok()?
+        .take(MAX_TERMINATION_MESSAGE)
+        .read_to_end(&mut buf)
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    (!text.is_empty()).then_some(text)
 }
 
 fn status_name(pod: &Pod) -> String {
