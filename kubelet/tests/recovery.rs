@@ -74,19 +74,69 @@ async fn restarted_kubelet_adopts_running_pods() {
     );
 }
 
+/// The PID of the private containerd this test process started (child of this process,
+/// running with the node's config file).
+fn containerd_pid(node: &Node) -> i32 {
+    let config = node.ctrd.dir().join("config.toml").display().to_string();
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1));
+        if cmdline.starts_with("containerd ")
+            && cmdline.contains(&config)
+            && ppid == Some(me.as_str())
+        {
+            return pid;
+        }
+    }
+    panic!("containerd of this test not found");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_survives_a_containerd_restart() {
     let mut node = Node::start().await;
     node.write_manifest("one.yaml", &pod_yaml("one", "Always", "exec sleep 3600"));
     let before = node.wait_running("one", 1).await;
-    node.ctrd.restart().await.expect("containerd restart");
-    // Still alive, and it reconnects: a new manifest runs, the old pod is untouched.
+
+    // containerd goes away for a few seconds (stopped by PID), and a pod is asked for
+    // meanwhile; then containerd comes back (same root and state).
+    let pid = containerd_pid(&node);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    node.wait_for("containerd to exit", Duration::from_secs(20), || async {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().chars().next());
+        (state.flatten() == Some('Z') || stat.is_empty()).then_some(())
+    })
+    .await;
     node.write_manifest("two.yaml", &pod_yaml("two", "Always", "exec sleep 3600"));
-    node.wait_running("two", 1).await;
+    node.wait_for(
+        "the kubelet to notice the runtime is gone",
+        Duration::from_secs(20),
+        || async { node.log_text().contains("PLEG relist failed").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         node.kubelet_alive(),
-        "kubelet exited after the containerd restart"
+        "kubelet exited while containerd was down"
     );
+    node.ctrd.restart().await.expect("containerd start");
+
+    // It reconnects: the pod asked for meanwhile runs, the old pod is untouched.
+    node.wait_running("two", 1).await;
     let after = node.wait_running("one", 1).await;
     assert_eq!(after[0].id, before[0].id);
     // And it still removes pods.
@@ -95,10 +145,19 @@ async fn kubelet_survives_a_containerd_restart() {
         node.sandboxes("one").await.is_empty().then_some(())
     })
     .await;
+    let log = node.log_text();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("runtime") || l.contains("relist"))
+    {
+        eprintln!("kubelet: {l}");
+    }
     assert!(
-        !node.log_text().contains("panicked"),
-        "the kubelet panicked"
+        log.contains("PLEG relist works again"),
+        "no recovery logged"
     );
+    assert!(!log.contains("panicked"), "the kubelet panicked");
+    assert!(node.kubelet_alive());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
