@@ -149,13 +149,14 @@ async fn exec(
     id: &str,
     script: &str,
 ) -> (String, String, i32) {
-    let out = rt
-        .exec_sync(ExecSyncRequest {
-            container_id: id.to_string(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 20,
-        })
+    let call = rt.exec_sync(ExecSyncRequest {
+        container_id: id.to_string(),
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        timeout: 20,
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), call)
         .await
+        .unwrap_or_else(|_| panic!("ExecSync {script:?} hangs\n{}", ctrd_log(ctrd)))
         .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}\n{}", ctrd_log(ctrd)))
         .into_inner();
     (

@@ -265,6 +265,8 @@ impl Service {
             exited_at: MessageField::some(exited_at),
             ..Default::default()
         }));
+        // Wait callers (and anyone else on the condvar) look again.
+        self.exited.notify_all();
         if exec_id.is_empty() && !own_pid_ns {
             // Processes sharing the pod's PID namespace do not die with init: end them.
             let this = self.clone();
