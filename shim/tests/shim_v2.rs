@@ -410,3 +410,131 @@ async fn ctr_run_prints_output() {
     );
     wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
 }
+
+/// `ctr` against the private containerd, namespace k8s.io; returns (status code, stdout, stderr).
+fn ctr(socket: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new("ctr")
+        .args(["--address", socket, "-n", "k8s.io"])
+        .args(args)
+        .output()
+        .expect("run ctr");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The STATUS column of `ctr task ls` for `id`.
+fn task_status(socket: &str, id: &str) -> String {
+    let (_, out, _) = ctr(socket, &["task", "ls"]);
+    out.lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
+    let ctrd = containerd().await;
+    let id = format!("ctrtask-{}", nodus_testkit::unique_suffix());
+    let cgroup = format!("{}/{id}", ctrd.cgroup_parent());
+    let socket = ctrd.socket().display().to_string();
+    let log = ctrd_log(&ctrd);
+    let (s, i) = (socket.clone(), id.clone());
+    tokio::task::spawn_blocking(move || {
+        let (socket, id) = (s.as_str(), i.as_str());
+        let (code, _, err) = ctr(
+            socket,
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                "io.containerd.nodus.v2",
+                "--cgroup",
+                &cgroup,
+                BUSYBOX_IMAGE,
+                id,
+                "sh",
+                "-c",
+                "sleep 1000 & exec sleep 1001",
+            ],
+        );
+        assert_eq!(code, 0, "ctr run -d: {err}\n{log}");
+        assert_eq!(task_status(socket, id), "RUNNING");
+
+        // Pids: init and its background child.
+        let (code, out, err) = ctr(socket, &["task", "ps", id]);
+        assert_eq!(code, 0, "task ps: {err}");
+        assert_eq!(out.lines().skip(1).count(), 2, "two processes: {out}");
+
+        // Exec without a terminal: output and exit code.
+        let (code, out, _) = ctr(
+            socket,
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                "e1",
+                id,
+                "sh",
+                "-c",
+                "echo out; exit 5",
+            ],
+        );
+        assert_eq!((code, out.as_str()), (5, "out\n"));
+
+        // Exec with a terminal (ctr needs one itself: script(1) gives it a pty).
+        let cmd = format!(
+            "ctr --address {socket} -n k8s.io task exec -t --exec-id e2 {id} sh -c 'tty; stty size'"
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .expect("run script");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "exec -t: {text}");
+        assert!(
+            text.contains("/dev/pts/"),
+            "the exec has a terminal: {text:?}"
+        );
+
+        // Pause and resume (freezer), metrics from the cgroup.
+        assert_eq!(ctr(socket, &["task", "pause", id]).0, 0);
+        assert_eq!(task_status(socket, id), "PAUSED");
+        assert_eq!(ctr(socket, &["task", "resume", id]).0, 0);
+        assert_eq!(task_status(socket, id), "RUNNING");
+        let (code, out, err) = ctr(socket, &["task", "metrics", id]);
+        assert_eq!(code, 0, "task metrics: {err}");
+        assert!(
+            out.contains("memory.usage_in_bytes") || out.contains("memory.usage"),
+            "{out}"
+        );
+        assert!(out.contains("pids.current"), "{out}");
+
+        // Kill all: the task stops, delete leaves nothing.
+        assert_eq!(
+            ctr(socket, &["task", "kill", "-a", "-s", "SIGKILL", id]).0,
+            0
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while task_status(socket, id) != "STOPPED" {
+            assert!(Instant::now() < deadline, "task did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (code, _, err) = ctr(socket, &["task", "delete", id]);
+        assert_eq!(code, 0, "task delete: {err}");
+        let (code, _, err) = ctr(socket, &["container", "delete", id]);
+        assert_eq!(code, 0, "container delete: {err}");
+    })
+    .await
+    .unwrap();
+    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    assert!(
+        mounts_mentioning(&id).is_empty(),
+        "{:?}",
+        mounts_mentioning(&id)
+    );
+    assert!(!Path::new("/run/nodus-shim/k8s.io").join(&id).exists());
+}
