@@ -21,7 +21,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
+use oci_spec::runtime::{Hooks, LinuxNamespaceType, LinuxResources, Process};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::Cgroup;
@@ -102,8 +102,14 @@ pub struct Saved {
     pub created: String,
     /// The container's cgroup.
     pub cgroup: Cgroup,
-    /// The config at create time (hooks, process defaults for exec).
-    pub spec: Spec,
+    /// config.json annotations.
+    pub annotations: HashMap<String, String>,
+    /// config.json hooks (poststart and poststop run after create).
+    pub hooks: Option<Hooks>,
+    /// config.json process: the defaults of `exec ID CMD...`.
+    pub process: Option<Process>,
+    /// Current resource limits (config.json's, as changed by `update`).
+    pub resources: Option<LinuxResources>,
 }
 
 /// Options of `create`/`run`.
@@ -251,7 +257,7 @@ impl Runtime {
             rootfs: s.rootfs.clone(),
             created: s.created.clone(),
             owner: String::new(),
-            annotations: s.spec.annotations().clone().unwrap_or_default(),
+            annotations: s.annotations.clone(),
         }
     }
 
@@ -404,7 +410,10 @@ impl Runtime {
             pid_start,
             created: rfc3339(SystemTime::now()),
             cgroup,
-            spec: b.spec.clone(),
+            annotations: b.spec.annotations().clone().unwrap_or_default(),
+            hooks: b.spec.hooks().clone(),
+            process: b.spec.process().clone(),
+            resources: linux.resources().clone(),
         };
         let mut st = self.oci_state(&saved, Status::Creating);
         sync::send(
@@ -490,7 +499,7 @@ impl Runtime {
         }
         drop(fd);
         fs::remove_file(&fifo).ctx(|| format!("remove {}", fifo.display()))?;
-        if let Some(h) = s.spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()) {
+        if let Some(h) = s.hooks.as_ref().and_then(|h| h.poststart().as_ref()) {
             let data = serde_json::to_vec(&self.oci_state(&s, Status::Running)).unwrap_or_default();
             if let Err(e) = hooks::run(h, "poststart", &data) {
                 tracing::warn!("{e}");
@@ -611,7 +620,7 @@ impl Runtime {
         s.cgroup.destroy()?;
         let d = self.dir(id);
         fs::remove_dir_all(&d).ctx(|| format!("remove {}", d.display()))?;
-        if let Some(h) = s.spec.hooks().as_ref().and_then(|h| h.poststop().as_ref()) {
+        if let Some(h) = s.hooks.as_ref().and_then(|h| h.poststop().as_ref()) {
             let data = serde_json::to_vec(&self.oci_state(&s, Status::Stopped)).unwrap_or_default();
             if let Err(e) = hooks::run(h, "poststop", &data) {
                 tracing::warn!("{e}");
@@ -655,11 +664,9 @@ impl Runtime {
         }
         s.cgroup.apply(r)?;
         // Keep the saved config in step (read by `exec` and later updates).
-        if let Some(l) = s.spec.linux_mut() {
-            let mut cur = l.resources().clone().unwrap_or_default();
-            merge_resources(&mut cur, r);
-            l.set_resources(Some(cur));
-        }
+        let mut cur = s.resources.clone().unwrap_or_default();
+        merge_resources(&mut cur, r);
+        s.resources = Some(cur);
         let p = self.dir(id).join("state.json");
         write_atomic(&p, &serde_json::to_vec(&s).unwrap_or_default(), 0o600)
             .ctx(|| format!("write {}", p.display()))

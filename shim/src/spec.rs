@@ -25,6 +25,11 @@ pub struct Bundle {
 
 /// Parse JSON into `T`, naming the JSON path of the field at fault.
 pub fn parse_json<T: DeserializeOwned>(data: &[u8], what: &str) -> Result<T> {
+    // Fast path without path tracking (it doubles the deserializer code that runs, and
+    // so the memory this short-lived process touches); redo with it only on error.
+    if let Ok(v) = serde_json::from_slice(data) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(data);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -4,228 +4,255 @@
 //! library, print results. Errors go to the log (JSON for containerd's runc shim) and
 //! to stderr, with exit status 1.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
-use clap::{Parser, Subcommand, ValueEnum};
 use nodus_shim::cgroups;
 use nodus_shim::logging::{Format, RuncLogger};
 use nodus_shim::spec::parse_json;
 use nodus_shim::{CreateOpts, ExecOpts, Runtime, Status};
 use oci_spec::runtime::{LinuxCpu, LinuxPids, LinuxResources, Process};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "nodus-runtime",
-    about = "An OCI runtime with runc's command line",
-    disable_version_flag = true
-)]
-struct Cli {
-    /// State directory for containers.
-    #[arg(long, global = true, default_value = "/run/nodus")]
-    root: PathBuf,
-    /// Log file (default: stderr).
-    #[arg(long, global = true)]
-    log: Option<PathBuf>,
-    /// Log format.
-    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
-    /// Debug logging.
-    #[arg(long, global = true)]
-    debug: bool,
-    /// Use systemd for cgroups (not supported).
-    #[arg(long = "systemd-cgroup", global = true)]
-    systemd_cgroup: bool,
-    /// Accepted for runc compatibility; ignored.
-    #[arg(long, global = true, hide = true)]
-    criu: Option<String>,
-    /// Accepted for runc compatibility; ignored.
-    #[arg(long, global = true, hide = true)]
-    rootless: Option<String>,
-    /// Print the version.
-    #[arg(short = 'v', long = "version")]
-    version: bool,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
+const USAGE: &str = "nodus-runtime: an OCI runtime with runc's command line
+
+USAGE: nodus-runtime [--root DIR] [--log FILE] [--log-format text|json] [--debug] COMMAND [OPTIONS] ID
+
+COMMANDS:
+  create [--bundle DIR] [--pid-file F] [--console-socket S] [--no-pivot] ID
+  start ID
+  run [--bundle DIR] [--pid-file F] [--console-socket S] [--no-pivot] [--detach] [--keep] ID
+  state ID
+  kill [--all] ID [SIGNAL]
+  delete [--force] ID
+  ps [--format table|json] ID
+  exec [--process FILE] [--detach] [--pid-file F] [--console-socket S] [--tty] [--cwd DIR]
+       [--env K=V]... [--user UID[:GID]] [--additional-gids G]... [--no-new-privs] ID [CMD ARGS...]
+  pause ID | resume ID
+  update [--resources FILE|-] [--memory N] [--memory-swap N] [--memory-reservation N]
+         [--pids-limit N] [--cpu-quota N] [--cpu-period N] [--cpu-share N]
+         [--cpuset-cpus L] [--cpuset-mems L] ID
+  features
+  events [--stats] [--interval 5s] ID
+  list [--quiet]
+  --version
+";
+
+/// Parsed options of one command: flags (long names) with their values, and positionals.
+#[derive(Default, Debug)]
+struct Opts {
+    vals: HashMap<&'static str, Vec<String>>,
+    flags: Vec<&'static str>,
+    pos: Vec<String>,
+    /// Everything after the first positional, for `exec ID CMD...` (raw, hyphens kept).
+    rest: Vec<String>,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum LogFormat {
-    Json,
-    Text,
+impl Opts {
+    fn val(&self, k: &str) -> Option<String> {
+        self.vals.get(k).and_then(|v| v.last().cloned())
+    }
+    fn all(&self, k: &str) -> Vec<String> {
+        self.vals.get(k).cloned().unwrap_or_default()
+    }
+    fn has(&self, k: &str) -> bool {
+        self.flags.contains(&k)
+    }
+    fn path(&self, k: &str) -> Option<PathBuf> {
+        self.val(k).map(PathBuf::from)
+    }
+    fn num<T: std::str::FromStr>(&self, k: &str) -> anyhow::Result<Option<T>> {
+        self.val(k)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| anyhow!("--{k} {v:?}: not a number"))
+            })
+            .transpose()
+    }
+    fn id(&self, cmd: &str) -> anyhow::Result<String> {
+        match self.pos.first() {
+            Some(id) => Ok(id.clone()),
+            None => bail!("{cmd}: missing container id"),
+        }
+    }
 }
 
-#[derive(clap::Args, Debug)]
-struct CreateArgs {
-    /// Bundle directory.
-    #[arg(short = 'b', long, default_value = ".")]
-    bundle: PathBuf,
-    /// File to write the init pid to.
-    #[arg(long = "pid-file")]
-    pid_file: Option<PathBuf>,
-    /// Unix socket to send the pty master to.
-    #[arg(long = "console-socket")]
-    console_socket: Option<PathBuf>,
-    /// Use MS_MOVE + chroot instead of pivot_root.
-    #[arg(long = "no-pivot")]
-    no_pivot: bool,
-    /// Accepted for runc compatibility; ignored.
-    #[arg(long = "no-new-keyring")]
-    no_new_keyring: bool,
-    /// Accepted for runc compatibility; only 0 is supported.
-    #[arg(long = "preserve-fds", default_value_t = 0)]
-    preserve_fds: u32,
-    /// Container id.
-    id: String,
+/// Options every command accepts (runc's global flags).
+const GLOBAL_VALUES: &[(&str, &str)] = &[
+    ("root", "root"),
+    ("log", "log"),
+    ("log-format", "log-format"),
+    ("criu", "criu"),
+    ("rootless", "rootless"),
+];
+const GLOBAL_FLAGS: &[(&str, &str)] = &[
+    ("debug", "debug"),
+    ("systemd-cgroup", "systemd-cgroup"),
+    ("version", "version"),
+    ("v", "version"),
+    ("help", "help"),
+    ("h", "help"),
+];
+
+/// (accepted spelling, canonical name) tables of a command.
+fn command_options(
+    cmd: &str,
+) -> (
+    &'static [(&'static str, &'static str)],
+    &'static [(&'static str, &'static str)],
+) {
+    const CREATE_V: &[(&str, &str)] = &[
+        ("bundle", "bundle"),
+        ("b", "bundle"),
+        ("pid-file", "pid-file"),
+        ("console-socket", "console-socket"),
+        ("preserve-fds", "preserve-fds"),
+    ];
+    const CREATE_F: &[(&str, &str)] = &[
+        ("no-pivot", "no-pivot"),
+        ("no-new-keyring", "no-new-keyring"),
+        ("detach", "detach"),
+        ("d", "detach"),
+        ("keep", "keep"),
+    ];
+    match cmd {
+        "create" | "run" => (CREATE_V, CREATE_F),
+        "kill" => (&[], &[("all", "all"), ("a", "all")]),
+        "delete" => (&[], &[("force", "force"), ("f", "force")]),
+        "ps" => (&[("format", "format"), ("f", "format")], &[]),
+        "exec" => (
+            &[
+                ("process", "process"),
+                ("p", "process"),
+                ("pid-file", "pid-file"),
+                ("console-socket", "console-socket"),
+                ("cwd", "cwd"),
+                ("env", "env"),
+                ("e", "env"),
+                ("user", "user"),
+                ("u", "user"),
+                ("additional-gids", "additional-gids"),
+                ("g", "additional-gids"),
+                ("preserve-fds", "preserve-fds"),
+                ("process-label", "process-label"),
+                ("apparmor", "apparmor"),
+                ("cap", "cap"),
+                ("c", "cap"),
+                ("cgroup", "cgroup"),
+            ],
+            &[
+                ("detach", "detach"),
+                ("d", "detach"),
+                ("tty", "tty"),
+                ("t", "tty"),
+                ("no-new-privs", "no-new-privs"),
+                ("ignore-paused", "ignore-paused"),
+            ],
+        ),
+        "update" => (
+            &[
+                ("resources", "resources"),
+                ("r", "resources"),
+                ("memory", "memory"),
+                ("memory-swap", "memory-swap"),
+                ("memory-reservation", "memory-reservation"),
+                ("pids-limit", "pids-limit"),
+                ("cpu-quota", "cpu-quota"),
+                ("cpu-period", "cpu-period"),
+                ("cpu-share", "cpu-share"),
+                ("cpuset-cpus", "cpuset-cpus"),
+                ("cpuset-mems", "cpuset-mems"),
+            ],
+            &[],
+        ),
+        "events" => (&[("interval", "interval")], &[("stats", "stats")]),
+        "list" => (
+            &[("format", "format"), ("f", "format")],
+            &[("quiet", "quiet"), ("q", "quiet")],
+        ),
+        _ => (&[], &[]),
+    }
 }
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Create a container (init waits for `start`).
-    Create(CreateArgs),
-    /// Start a created container.
-    Start { id: String },
-    /// Create, start, wait and delete.
-    Run {
-        #[command(flatten)]
-        c: CreateArgs,
-        /// Return after start.
-        #[arg(short = 'd', long)]
-        detach: bool,
-        /// Keep the container after it exits.
-        #[arg(long)]
-        keep: bool,
-    },
-    /// Print the OCI state.
-    State { id: String },
-    /// Send a signal (default SIGTERM).
-    Kill {
-        /// Signal every process of the container.
-        #[arg(short = 'a', long)]
-        all: bool,
-        id: String,
-        #[arg(default_value = "SIGTERM")]
-        signal: String,
-    },
-    /// Delete a container.
-    Delete {
-        /// Kill it first if it runs.
-        #[arg(short = 'f', long)]
-        force: bool,
-        id: String,
-    },
-    /// List the container's processes.
-    Ps {
-        /// table or json.
-        #[arg(short = 'f', long, default_value = "table")]
-        format: String,
-        id: String,
-        /// Ignored (runc passes them to ps).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        ps_args: Vec<String>,
-    },
-    /// Run a process in a running container.
-    Exec {
-        /// process.json to run.
-        #[arg(short = 'p', long)]
-        process: Option<PathBuf>,
-        #[arg(short = 'd', long)]
-        detach: bool,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        /// Allocate a pty.
-        #[arg(short = 't', long)]
-        tty: bool,
-        /// Working directory.
-        #[arg(long)]
-        cwd: Option<PathBuf>,
-        /// Extra environment KEY=VALUE.
-        #[arg(short = 'e', long = "env")]
-        env: Vec<String>,
-        /// uid[:gid].
-        #[arg(short = 'u', long)]
-        user: Option<String>,
-        /// Additional groups.
-        #[arg(short = 'g', long = "additional-gids")]
-        additional_gids: Vec<u32>,
-        /// Set no_new_privs.
-        #[arg(long = "no-new-privs")]
-        no_new_privs: bool,
-        /// Accepted for runc compatibility; only 0 is supported.
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
-        id: String,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-    },
-    /// Freeze all processes.
-    Pause { id: String },
-    /// Thaw all processes.
-    Resume { id: String },
-    /// Change resource limits.
-    Update {
-        /// LinuxResources JSON file, or - for stdin.
-        #[arg(short = 'r', long)]
-        resources: Option<String>,
-        #[arg(long)]
-        memory: Option<i64>,
-        #[arg(long = "memory-swap")]
-        memory_swap: Option<i64>,
-        #[arg(long = "memory-reservation")]
-        memory_reservation: Option<i64>,
-        #[arg(long = "pids-limit")]
-        pids_limit: Option<i64>,
-        #[arg(long = "cpu-quota")]
-        cpu_quota: Option<i64>,
-        #[arg(long = "cpu-period")]
-        cpu_period: Option<u64>,
-        #[arg(long = "cpu-share")]
-        cpu_share: Option<u64>,
-        #[arg(long = "cpuset-cpus")]
-        cpuset_cpus: Option<String>,
-        #[arg(long = "cpuset-mems")]
-        cpuset_mems: Option<String>,
-        id: String,
-    },
-    /// Print what this runtime supports (JSON).
-    Features,
-    /// Print resource statistics.
-    Events {
-        /// One snapshot, then exit.
-        #[arg(long)]
-        stats: bool,
-        /// Seconds between snapshots.
-        #[arg(long, default_value = "5s")]
-        interval: String,
-        id: String,
-    },
-    /// List containers.
-    List {
-        #[arg(short = 'q', long)]
-        quiet: bool,
-    },
+/// Parse `args` with lexopt: globals anywhere, the command's own options, positionals.
+/// For `exec`, everything after the container id is the command line, taken raw.
+fn parse(args: Vec<OsString>) -> anyhow::Result<(Opts, Option<String>)> {
+    use lexopt::prelude::*;
+    let mut p =
+        lexopt::Parser::from_iter(std::iter::once(OsString::from("nodus-runtime")).chain(args));
+    let mut o = Opts::default();
+    let mut cmd: Option<String> = None;
+    while let Some(arg) = p.next()? {
+        let name = match &arg {
+            Short(c) => c.to_string(),
+            Long(l) => l.to_string(),
+            Value(v) => {
+                let v = v
+                    .clone()
+                    .into_string()
+                    .map_err(|v| anyhow!("argument {v:?} is not UTF-8"))?;
+                if cmd.is_none() {
+                    cmd = Some(v);
+                    continue;
+                }
+                o.pos.push(v);
+                if cmd.as_deref() == Some("exec") || cmd.as_deref() == Some("ps") {
+                    for r in p.raw_args()? {
+                        o.rest.push(
+                            r.into_string()
+                                .map_err(|v| anyhow!("argument {v:?} is not UTF-8"))?,
+                        );
+                    }
+                }
+                continue;
+            }
+        };
+        let (cv, cf) = command_options(cmd.as_deref().unwrap_or(""));
+        if let Some((_, canon)) = GLOBAL_VALUES.iter().chain(cv).find(|(n, _)| *n == name) {
+            let v = p
+                .value()?
+                .into_string()
+                .map_err(|v| anyhow!("--{name} {v:?} is not UTF-8"))?;
+            o.vals.entry(canon).or_default().push(v);
+        } else if let Some((_, canon)) = GLOBAL_FLAGS.iter().chain(cf).find(|(n, _)| *n == name) {
+            o.flags.push(canon);
+        } else {
+            return Err(arg.unexpected().into());
+        }
+    }
+    Ok((o, cmd))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let format = match cli.log_format {
-        LogFormat::Json => Format::Json,
-        LogFormat::Text => Format::Text,
+    let (opts, cmd) = match parse(std::env::args_os().skip(1).collect()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("nodus-runtime: {e}\n\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
     };
-    let logger = match RuncLogger::new(cli.log.as_deref(), format, cli.debug) {
+    let format = match opts.val("log-format").as_deref() {
+        None | Some("text") => Format::Text,
+        Some("json") => Format::Json,
+        Some(f) => {
+            eprintln!("nodus-runtime: --log-format {f:?}: use text or json");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = opts.path("log");
+    let logger = match RuncLogger::new(log.as_deref(), format, opts.has("debug")) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("nodus-runtime: open log {:?}: {e}", cli.log);
+            eprintln!("nodus-runtime: open log {log:?}: {e}");
             return ExitCode::FAILURE;
         }
     };
     let to_file = logger.to_file();
     let _ = tracing::subscriber::set_global_default(logger);
-    match run(cli) {
+    match run(opts, cmd) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let msg = format!("{e:#}");
@@ -238,63 +265,72 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
-    if cli.version {
+fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
+    if o.has("help") {
+        print!("{USAGE}");
+        return Ok(0);
+    }
+    if o.has("version") {
         println!("nodus-runtime version {}", env!("CARGO_PKG_VERSION"));
         println!("spec: {}", nodus_shim::container::OCI_VERSION);
         return Ok(0);
     }
-    if cli.systemd_cgroup {
+    if o.has("systemd-cgroup") {
         bail!("--systemd-cgroup: the systemd cgroup driver is not supported; use cgroupfs");
     }
-    let Some(cmd) = cli.cmd else {
+    let Some(cmd) = cmd else {
         bail!("no command given (see --help)");
     };
-    let rt = Runtime::new(&cli.root);
-    let create_opts = |c: &CreateArgs| -> anyhow::Result<CreateOpts> {
-        if c.preserve_fds != 0 {
+    let rt = Runtime::new(
+        o.path("root")
+            .unwrap_or_else(|| PathBuf::from("/run/nodus")),
+    );
+    let create_opts = |o: &Opts| -> anyhow::Result<CreateOpts> {
+        if o.num::<u32>("preserve-fds")?.unwrap_or(0) != 0 {
             bail!("--preserve-fds is not supported");
         }
         Ok(CreateOpts {
-            id: c.id.clone(),
-            bundle: c.bundle.clone(),
-            pid_file: c.pid_file.clone(),
-            console_socket: c.console_socket.clone(),
-            no_pivot: c.no_pivot,
+            id: o.id("create")?,
+            bundle: o.path("bundle").unwrap_or_else(|| PathBuf::from(".")),
+            pid_file: o.path("pid-file"),
+            console_socket: o.path("console-socket"),
+            no_pivot: o.has("no-pivot"),
         })
     };
-    match cmd {
-        Cmd::Create(c) => {
-            rt.create(&create_opts(&c)?)?;
+    match cmd.as_str() {
+        "create" => {
+            rt.create(&create_opts(&o)?)?;
         }
-        Cmd::Start { id } => rt.start(&id)?,
-        Cmd::Run { c, detach, keep } => {
-            let o = create_opts(&c)?;
-            if keep {
-                let pid = rt.create(&o)?;
-                rt.start(&o.id)?;
+        "start" => rt.start(&o.id("start")?)?,
+        "run" => {
+            let c = create_opts(&o)?;
+            let detach = o.has("detach");
+            if o.has("keep") {
+                let pid = rt.create(&c)?;
+                rt.start(&c.id)?;
                 if detach {
                     return Ok(0);
                 }
-                let code = wait_pid(pid);
-                return Ok(code as u8);
+                return Ok(wait_pid(pid).clamp(0, 255) as u8);
             }
-            let code = rt.run(&o, detach)?;
+            let code = rt.run(&c, detach)?;
             return Ok(code.clamp(0, 255) as u8);
         }
-        Cmd::State { id } => {
-            let st = rt.state(&id)?;
+        "state" => {
+            let st = rt.state(&o.id("state")?)?;
             println!("{}", serde_json::to_string_pretty(&st)?);
         }
-        Cmd::Kill { all, id, signal } => {
+        "kill" => {
+            let id = o.id("kill")?;
+            let signal = o.pos.get(1).cloned().unwrap_or_else(|| "SIGTERM".into());
             let sig = nodus_shim::util::parse_signal(&signal)
                 .ok_or_else(|| anyhow!("unknown signal {signal:?}"))?;
-            rt.kill(&id, sig, all)?;
+            rt.kill(&id, sig, o.has("all"))?;
         }
-        Cmd::Delete { force, id } => rt.delete(&id, force)?,
-        Cmd::Ps { format, id, .. } => {
-            let pids = rt.ps(&id)?;
-            match format.as_str() {
+        "delete" => rt.delete(&o.id("delete")?, o.has("force"))?,
+        "ps" => {
+            let pids = rt.ps(&o.id("ps")?)?;
+            match o.val("format").as_deref().unwrap_or("table") {
                 "json" => println!("{}", serde_json::to_string(&pids)?),
                 "table" => {
                     println!("{:>8} CMD", "PID");
@@ -313,45 +349,32 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 f => bail!("--format {f:?}: use table or json"),
             }
         }
-        Cmd::Exec {
-            process,
-            detach,
-            pid_file,
-            console_socket,
-            tty,
-            cwd,
-            env,
-            user,
-            additional_gids,
-            no_new_privs,
-            preserve_fds,
-            id,
-            command,
-        } => {
-            if preserve_fds != 0 {
+        "exec" => {
+            let id = o.id("exec")?;
+            if o.num::<u32>("preserve-fds")?.unwrap_or(0) != 0 {
                 bail!("--preserve-fds is not supported");
             }
-            let p: Process = match &process {
+            let p: Process = match o.path("process") {
                 Some(f) => {
                     let data =
-                        std::fs::read(f).with_context(|| format!("--process {}", f.display()))?;
+                        std::fs::read(&f).with_context(|| format!("--process {}", f.display()))?;
                     parse_json(&data, &f.display().to_string())?
                 }
                 None => {
-                    if command.is_empty() {
+                    if o.rest.is_empty() {
                         bail!("exec: give --process FILE or a command");
                     }
                     let saved = rt.load(&id)?;
-                    let mut p = saved.spec.process().clone().unwrap_or_default();
-                    p.set_args(Some(command));
-                    p.set_terminal(Some(tty));
-                    if let Some(c) = cwd {
+                    let mut p = saved.process.clone().unwrap_or_default();
+                    p.set_args(Some(o.rest.clone()));
+                    p.set_terminal(Some(o.has("tty")));
+                    if let Some(c) = o.path("cwd") {
                         p.set_cwd(c);
                     }
                     let mut e = p.env().clone().unwrap_or_default();
-                    e.extend(env);
+                    e.extend(o.all("env"));
                     p.set_env(Some(e));
-                    if let Some(u) = user {
+                    if let Some(u) = o.val("user") {
                         let (uid, gid) = match u.split_once(':') {
                             Some((a, b)) => (a.parse::<u32>(), b.parse::<u32>()),
                             None => (u.parse::<u32>(), Ok(0)),
@@ -364,12 +387,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         usr.set_gid(gid);
                         p.set_user(usr);
                     }
-                    if !additional_gids.is_empty() {
+                    let gids = o.all("additional-gids");
+                    if !gids.is_empty() {
+                        let gids = gids
+                            .iter()
+                            .map(|g| {
+                                g.parse::<u32>()
+                                    .map_err(|_| anyhow!("--additional-gids {g:?}: not a number"))
+                            })
+                            .collect::<anyhow::Result<Vec<u32>>>()?;
                         let mut usr = p.user().clone();
-                        usr.set_additional_gids(Some(additional_gids));
+                        usr.set_additional_gids(Some(gids));
                         p.set_user(usr);
                     }
-                    if no_new_privs {
+                    if o.has("no-new-privs") {
                         p.set_no_new_privileges(Some(true));
                     }
                     p
@@ -379,29 +410,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 &id,
                 &ExecOpts {
                     process: p,
-                    detach,
-                    pid_file,
-                    console_socket,
+                    detach: o.has("detach"),
+                    pid_file: o.path("pid-file"),
+                    console_socket: o.path("console-socket"),
                 },
             )?;
             return Ok(code.clamp(0, 255) as u8);
         }
-        Cmd::Pause { id } => rt.pause(&id)?,
-        Cmd::Resume { id } => rt.resume(&id)?,
-        Cmd::Update {
-            resources,
-            memory,
-            memory_swap,
-            memory_reservation,
-            pids_limit,
-            cpu_quota,
-            cpu_period,
-            cpu_share,
-            cpuset_cpus,
-            cpuset_mems,
-            id,
-        } => {
-            let mut r: LinuxResources = match resources.as_deref() {
+        "pause" => rt.pause(&o.id("pause")?)?,
+        "resume" => rt.resume(&o.id("resume")?)?,
+        "update" => {
+            let id = o.id("update")?;
+            let mut r: LinuxResources = match o.val("resources").as_deref() {
                 Some("-") => {
                     let mut data = vec![];
                     std::io::stdin().read_to_end(&mut data)?;
@@ -413,6 +433,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 None => LinuxResources::default(),
             };
+            let memory = o.num::<i64>("memory")?;
+            let memory_swap = o.num::<i64>("memory-swap")?;
+            let memory_reservation = o.num::<i64>("memory-reservation")?;
             if memory.is_some() || memory_swap.is_some() || memory_reservation.is_some() {
                 let mut m = r.memory().unwrap_or_default();
                 if memory.is_some() {
@@ -426,43 +449,46 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 r.set_memory(Some(m));
             }
-            if let Some(l) = pids_limit {
+            if let Some(l) = o.num::<i64>("pids-limit")? {
                 let mut p = LinuxPids::default();
                 p.set_limit(l);
                 r.set_pids(Some(p));
             }
-            if cpu_quota.is_some()
-                || cpu_period.is_some()
-                || cpu_share.is_some()
-                || cpuset_cpus.is_some()
-                || cpuset_mems.is_some()
+            let quota = o.num::<i64>("cpu-quota")?;
+            let period = o.num::<u64>("cpu-period")?;
+            let share = o.num::<u64>("cpu-share")?;
+            let cpus = o.val("cpuset-cpus");
+            let mems = o.val("cpuset-mems");
+            if quota.is_some()
+                || period.is_some()
+                || share.is_some()
+                || cpus.is_some()
+                || mems.is_some()
             {
                 let mut c: LinuxCpu = r.cpu().clone().unwrap_or_default();
-                if cpu_quota.is_some() {
-                    c.set_quota(cpu_quota);
+                if quota.is_some() {
+                    c.set_quota(quota);
                 }
-                if cpu_period.is_some() {
-                    c.set_period(cpu_period);
+                if period.is_some() {
+                    c.set_period(period);
                 }
-                if cpu_share.is_some() {
-                    c.set_shares(cpu_share);
+                if share.is_some() {
+                    c.set_shares(share);
                 }
-                if cpuset_cpus.is_some() {
-                    c.set_cpus(cpuset_cpus);
+                if cpus.is_some() {
+                    c.set_cpus(cpus);
                 }
-                if cpuset_mems.is_some() {
-                    c.set_mems(cpuset_mems);
+                if mems.is_some() {
+                    c.set_mems(mems);
                 }
                 r.set_cpu(Some(c));
             }
             rt.update(&id, &r)?;
         }
-        Cmd::Features => println!("{}", serde_json::to_string_pretty(&features())?),
-        Cmd::Events {
-            stats,
-            interval,
-            id,
-        } => {
+        "features" => println!("{}", serde_json::to_string_pretty(&features())?),
+        "events" => {
+            let id = o.id("events")?;
+            let interval = o.val("interval").unwrap_or_else(|| "5s".into());
             let secs: f64 = interval
                 .trim_end_matches('s')
                 .parse()
@@ -472,7 +498,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{v}")?;
                 out.flush()?;
-                if stats {
+                if o.has("stats") {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.1)));
@@ -481,8 +507,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
         }
-        Cmd::List { quiet } => {
+        "list" => {
             let ids = rt.list()?;
+            let quiet = o.has("quiet");
             if !quiet {
                 println!("{:<40} {:>8} {:<10} BUNDLE", "ID", "PID", "STATUS");
             }
@@ -500,6 +527,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
         }
+        other => bail!("unknown command {other:?} (see --help)"),
     }
     Ok(0)
 }
