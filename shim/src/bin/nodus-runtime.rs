@@ -97,13 +97,11 @@ const GLOBAL_FLAGS: &[(&str, &str)] = &[
     ("h", "help"),
 ];
 
-/// (accepted spelling, canonical name) tables of a command.
-fn command_options(
-    cmd: &str,
-) -> (
-    &'static [(&'static str, &'static str)],
-    &'static [(&'static str, &'static str)],
-) {
+/// (accepted spelling, canonical name) pairs.
+type OptTable = &'static [(&'static str, &'static str)];
+
+/// The value-taking and flag options of a command.
+fn command_options(cmd: &str) -> (OptTable, OptTable) {
     const CREATE_V: &[(&str, &str)] = &[
         ("bundle", "bundle"),
         ("b", "bundle"),
