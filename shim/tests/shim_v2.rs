@@ -538,3 +538,92 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
     );
     assert!(!Path::new("/run/nodus-shim/k8s.io").join(&id).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_past_its_memory_limit_is_oom_killed() {
+    let ctrd = containerd().await;
+    let mut rt = ctrd.runtime().await.unwrap();
+    let sandbox = ctrd.sandbox_config("oompod");
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: HANDLER.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .pod_sandbox_id;
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "hog".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                // dd fills a 256 MiB buffer: far past the 32 MiB limit.
+                command: vec!["dd".into()],
+                args: vec![
+                    "if=/dev/zero".into(),
+                    "of=/dev/null".into(),
+                    "bs=256M".into(),
+                    "count=1".into(),
+                ],
+                log_path: "hog/0.log".into(),
+                linux: Some(LinuxContainerConfig {
+                    resources: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: 32 << 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", ctrd_log(&ctrd)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (exit_code, reason) = loop {
+        let (state, exit_code, reason) = container_state(&mut rt, &id).await;
+        if state == 2 {
+            break (exit_code, reason);
+        }
+        assert!(Instant::now() < deadline, "the hog did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit_code, 137, "killed by SIGKILL");
+    assert_eq!(
+        reason,
+        "OOMKilled",
+        "TaskOOM reached containerd\n{}",
+        ctrd_log(&ctrd)
+    );
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+}
