@@ -12,6 +12,7 @@ packages=(
   iputils-ping util-linux procps  # ping, nsenter/unshare, ps
   ca-certificates curl xz-utils   # fetching crates, unpacking the VM kernel
   time                            # /usr/bin/time -v for peak RSS in benchmarks
+  debootstrap e2fsprogs           # the VM tier's root filesystem (hack/vm-test.sh)
 )
 
 if [ "$(id -u)" -ne 0 ]; then
