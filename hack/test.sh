@@ -20,7 +20,8 @@ step "cargo test (unit + host integration)"
 # Integration tests of one crate use the binaries of others (nodus-bridge, nodus-runtime,
 # kubelet): build them all first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+# A hung test must fail the run, not eat the CI budget.
+timeout --kill-after=20 2400 cargo test --workspace --locked
 
 if [ -x hack/vm-test.sh ]; then
   step "VM tier (pure cgroup v2 under qemu)"
