@@ -2,6 +2,7 @@
 //! on containerd's ttrpc socket). One thread sends them in order and retries while
 //! containerd is away (e.g. restarting), so a handler never blocks on it.
 
+use crate::THREAD_STACK;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ impl Publisher {
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("events".into())
-            .stack_size(256 * 1024)
+            .stack_size(THREAD_STACK)
             .spawn(move || publish_loop(rx, &ttrpc_address, &namespace))
             .expect("spawn events thread");
         Publisher { tx }

@@ -2,6 +2,7 @@
 //! when the runtime exits) and the runtime processes it runs are all reaped here, and each
 //! exit is handed to the service (which matches it to a task, an exec or a runtime command).
 
+use crate::THREAD_STACK;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -24,7 +25,7 @@ impl Signals {
     pub fn spawn_reaper(mut self, service: Arc<Service>) {
         std::thread::Builder::new()
             .name("reaper".into())
-            .stack_size(64 * 1024)
+            .stack_size(THREAD_STACK)
             .spawn(move || loop {
                 for _ in self.0.wait() {
                     reap_all(&service);

@@ -243,6 +243,7 @@ impl Service {
             return;
         };
         let own_pid_ns = container.own_pid_ns;
+        let cgroup = container.cgroup.clone();
         let Some(proc) = container.proc_mut(exec_id) else {
             return;
         };
@@ -251,6 +252,13 @@ impl Service {
             return;
         }
         let pid = proc.pid;
+        // An OOM kill is announced before the exit it caused (CRI reads the reason then).
+        if exec_id.is_empty() && cgroup.is_some_and(|cg| cg.take_new_oom_kills()) {
+            self.publisher.publish(Event::Oom(ev::TaskOOM {
+                container_id: id.to_string(),
+                ..Default::default()
+            }));
+        }
         let exited_at = now();
         proc.status = ProcStatus::Stopped;
         proc.exit_status = code as u32;

@@ -3,11 +3,14 @@
 //! `io.containerd.cgroups.v2.Metrics` on pure cgroup v2) and the OOM watcher that turns
 //! the kernel's OOM notifications into TaskOOM events.
 
+use crate::THREAD_STACK;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::cgroups::metrics as v1;
@@ -21,11 +24,18 @@ const NS_PER_TICK: u64 = 10_000_000;
 
 /// Where a container's cgroup is.
 #[derive(Debug, Clone)]
-pub enum Cgroup {
+pub enum Location {
     /// v1 (or hybrid): one directory per controller.
     V1 { path: String },
     /// Pure v2: one directory.
     V2 { dir: PathBuf },
+}
+
+/// A container's cgroup and the OOM kills already reported for it.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    loc: Location,
+    oom_seen: Arc<AtomicU64>,
 }
 
 fn unified() -> bool {
@@ -47,32 +57,55 @@ impl Cgroup {
         if !cg.starts_with('/') || cg.split('/').any(|c| c == "..") {
             bail!("linux.cgroupsPath {cg:?} is not an absolute cgroupfs path");
         }
-        Ok(if unified() {
-            Cgroup::V2 {
+        let loc = if unified() {
+            Location::V2 {
                 dir: Path::new(CGROUP_ROOT).join(cg.trim_start_matches('/')),
             }
         } else {
-            Cgroup::V1 {
+            Location::V1 {
                 path: cg.trim_start_matches('/').to_string(),
             }
-        })
+        };
+        let cgroup = Cgroup {
+            loc,
+            oom_seen: Arc::new(AtomicU64::new(0)),
+        };
+        cgroup.oom_seen.store(cgroup.oom_kills(), Ordering::SeqCst);
+        Ok(cgroup)
     }
 
     fn v1(&self, controller: &str) -> PathBuf {
-        match self {
-            Cgroup::V1 { path } => Path::new(CGROUP_ROOT).join(controller).join(path),
-            Cgroup::V2 { dir } => dir.clone(),
+        match &self.loc {
+            Location::V1 { path } => Path::new(CGROUP_ROOT).join(controller).join(path),
+            Location::V2 { dir } => dir.clone(),
         }
+    }
+
+    /// The kernel's count of OOM kills in this cgroup (`oom_kill` of memory.oom_control on
+    /// v1, of memory.events on v2).
+    fn oom_kills(&self) -> u64 {
+        let file = match &self.loc {
+            Location::V1 { .. } => self.v1("memory").join("memory.oom_control"),
+            Location::V2 { dir } => dir.join("memory.events"),
+        };
+        read_kv(&file).get("oom_kill").copied().unwrap_or(0)
+    }
+
+    /// Whether OOM kills happened since the last call (each kill is reported once, whether
+    /// the watcher thread or the exit path sees it first).
+    pub fn take_new_oom_kills(&self) -> bool {
+        let now = self.oom_kills();
+        self.oom_seen.fetch_max(now, Ordering::SeqCst) < now
     }
 
     /// The metrics, wrapped as containerd expects them in StatsResponse.
     pub fn metrics(&self) -> Result<Any> {
-        let (type_url, value) = match self {
-            Cgroup::V1 { .. } => (
+        let (type_url, value) = match &self.loc {
+            Location::V1 { .. } => (
                 "io.containerd.cgroups.v1.Metrics",
                 self.metrics_v1().write_to_bytes()?,
             ),
-            Cgroup::V2 { dir } => (
+            Location::V2 { dir } => (
                 "io.containerd.cgroups.v2.Metrics",
                 metrics_v2(dir).write_to_bytes()?,
             ),
@@ -172,12 +205,18 @@ impl Cgroup {
         }
     }
 
-    /// Watches for OOM kills in this cgroup on a thread, calling `on_oom` for each, until the
-    /// cgroup is removed.
+    /// Watches for OOM notifications of this cgroup on a thread, calling `on_oom` for each
+    /// new kill, until the cgroup is removed.
     pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
-        match self {
-            Cgroup::V1 { .. } => watch_oom_v1(self.v1("memory"), on_oom),
-            Cgroup::V2 { dir } => watch_oom_v2(dir.clone(), on_oom),
+        let this = self.clone();
+        let check = move || {
+            if this.take_new_oom_kills() {
+                on_oom();
+            }
+        };
+        match &self.loc {
+            Location::V1 { .. } => watch_oom_v1(self.v1("memory"), check),
+            Location::V2 { dir } => watch_oom_v2(dir.clone(), check),
         }
     }
 }
@@ -266,7 +305,7 @@ fn read_kv(path: &Path) -> HashMap<String, u64> {
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
     std::thread::Builder::new()
         .name(name.into())
-        .stack_size(64 * 1024)
+        .stack_size(THREAD_STACK)
         .spawn(f)
         .map(|_| ())
         .with_context(|| format!("spawn {name} thread"))
@@ -274,7 +313,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
 
 /// cgroup v1: an eventfd registered on memory.oom_control through cgroup.event_control.
 /// The kernel also signals it when the cgroup goes away, which ends the watch.
-fn watch_oom_v1(dir: PathBuf, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+fn watch_oom_v1(dir: PathBuf, on_event: impl Fn() + Send + 'static) -> Result<()> {
     let control = fs::File::open(dir.join("memory.oom_control"))
         .with_context(|| format!("open {}/memory.oom_control", dir.display()))?;
     // SAFETY: eventfd returns a new fd or -1.
@@ -291,31 +330,17 @@ fn watch_oom_v1(dir: PathBuf, on_oom: impl Fn() + Send + 'static) -> Result<()> 
     .with_context(|| format!("write {}/cgroup.event_control", dir.display()))?;
     spawn("oom", move || {
         let _control = control;
-        let kills = |d: &Path| {
-            read_kv(&d.join("memory.oom_control"))
-                .get("oom_kill")
-                .copied()
-                .unwrap_or(0)
-        };
-        let mut seen = kills(&dir);
         let mut file = fs::File::from(efd);
         let mut buf = [0u8; 8];
-        while file.read_exact(&mut buf).is_ok() {
-            // The event also fires when the cgroup is removed: count only new kills.
-            if !dir.exists() {
-                return;
-            }
-            let now = kills(&dir);
-            if now > seen {
-                seen = now;
-                on_oom();
-            }
+        // The event also fires when the cgroup is removed, which ends the watch.
+        while file.read_exact(&mut buf).is_ok() && dir.exists() {
+            on_event();
         }
     })
 }
 
-/// cgroup v2: inotify on memory.events; each rise of `oom_kill` is an OOM.
-fn watch_oom_v2(dir: PathBuf, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+/// cgroup v2: inotify on memory.events.
+fn watch_oom_v2(dir: PathBuf, on_event: impl Fn() + Send + 'static) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let events = dir.join("memory.events");
     // SAFETY: inotify_init1 returns a new fd or -1.
@@ -333,8 +358,6 @@ fn watch_oom_v2(dir: PathBuf, on_oom: impl Fn() + Send + 'static) -> Result<()> 
             .with_context(|| format!("watch {}", events.display()));
     }
     spawn("oom", move || {
-        let kills = |p: &Path| read_kv(p).get("oom_kill").copied().unwrap_or(0);
-        let mut seen = kills(&events);
         let mut file = fs::File::from(fd);
         let mut buf = [0u8; 4096];
         loop {
@@ -345,11 +368,7 @@ fn watch_oom_v2(dir: PathBuf, on_oom: impl Fn() + Send + 'static) -> Result<()> 
             if !dir.exists() {
                 return;
             }
-            let now = kills(&events);
-            if now > seen {
-                seen = now;
-                on_oom();
-            }
+            on_event();
         }
     })
 }
