@@ -627,3 +627,65 @@ async fn container_past_its_memory_limit_is_oom_killed() {
     .unwrap();
     wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_shim_is_cleaned_up_by_delete() {
+    let ctrd = containerd().await;
+    let mut rt = ctrd.runtime().await.unwrap();
+    let sandbox = ctrd.sandbox_config("crashpod");
+    let cg_parent = sandbox.linux.as_ref().unwrap().cgroup_parent.clone();
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: HANDLER.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .pod_sandbox_id;
+    let app = create_started(&mut rt, &ctrd, &pod, &sandbox, "app", "exec sleep 1000").await;
+    let shim_pids = shims(&ctrd);
+    assert_eq!(shim_pids.len(), 1);
+    // SAFETY: kill(2) on the shim process this test's containerd started.
+    unsafe { libc::kill(shim_pids[0], libc::SIGKILL) };
+
+    // containerd notices, runs `containerd-shim-nodus-v2 delete` and reports the exit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while container_state(&mut rt, &app).await.0 != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "app not reported exited\n{}",
+            ctrd_log(&ctrd)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rt.remove_container(RemoveContainerRequest {
+        container_id: app.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", ctrd_log(&ctrd)));
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+    // containerd cleans up after a dead shim in the background: give it a moment.
+    for id in [&pod, &app] {
+        let state = Path::new("/run/nodus-shim/k8s.io").join(id);
+        wait_until(
+            &format!("mounts and runtime state of {id} to go"),
+            10,
+            || mounts_mentioning(id).is_empty() && !state.exists(),
+        )
+        .await;
+    }
+    wait_until("the pod's processes to go", 10, || {
+        cleanup::cgroup_pids(&cg_parent).is_empty()
+    })
+    .await;
+}

@@ -209,13 +209,19 @@ fn delete(flags: &Flags) -> Result<()> {
         Some(b) => PathBuf::from(b),
         None => std::env::current_dir().context("current dir (the bundle)")?,
     };
-    let runtime = runtime::Runtime::locate(&flags.namespace)?;
-    if let Err(e) = runtime.run_plain(&["delete", "--force", &flags.id]) {
-        eprintln!("runtime delete {}: {e:#}", flags.id);
-    }
+    // The host's view of the rootfs first: it is not the container's (that lives in the
+    // container's own mount namespace), and it must go even if the runtime below is slow.
     let rootfs = bundle.join("rootfs");
     if let Err(e) = mount::unmount_all(&rootfs) {
         eprintln!("unmount {}: {e:#}", rootfs.display());
+    }
+    match runtime::Runtime::locate(&flags.namespace) {
+        Ok(runtime) => {
+            if let Err(e) = runtime.run_plain(&["delete", "--force", &flags.id]) {
+                eprintln!("runtime delete {}: {e:#}", flags.id);
+            }
+        }
+        Err(e) => eprintln!("{e:#}"),
     }
     let response = DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
