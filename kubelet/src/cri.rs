@@ -351,6 +351,26 @@ impl Cri {
         Ok(r.image.map(|i| i.id))
     }
 
+    /// The user an image runs as: (uid, username) from ImageStatus.
+    pub async fn image_user(&self, image: &str) -> Result<(Option<i64>, String), CriError> {
+        let spec = cri::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        };
+        let r = self
+            .call("ImageStatus", DEFAULT_TIMEOUT, |ch| async move {
+                ImageServiceClient::new(ch)
+                    .image_status(cri::ImageStatusRequest {
+                        image: Some(spec),
+                        verbose: false,
+                    })
+                    .await
+            })
+            .await?;
+        let img = r.image.unwrap_or_default();
+        Ok((img.uid.map(|u| u.value), img.username))
+    }
+
     /// Pulls an image; returns its reference.
     pub async fn pull_image(
         &self,

@@ -3,7 +3,7 @@
 //! over config updates, PLEG events, worker results, the sync tick (1 s) and the
 //! housekeeping tick (2 s).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use crate::kuberuntime::RuntimeManager;
 use crate::pleg::{Pleg, PlegShared};
 use crate::pod_config::{uid_of, PodConfig, PodUpdate};
 use crate::pod_workers::{PodSyncer, PodWorkers, Work, WorkerResult, WorkerState};
+use crate::resources::{self, NodeAllocatable};
 use crate::sources::file::FileSource;
 use crate::sources::http::HttpSource;
 use crate::sources::Source;
@@ -265,7 +266,7 @@ pub struct Kubelet {
 impl Kubelet {
     pub fn new(cfg: Config) -> Self {
         let cri = Cri::new(&cfg.container_runtime_endpoint);
-        let runtime = RuntimeManager::new(
+        let mut runtime = RuntimeManager::new(
             cri.clone(),
             NodePaths {
                 pod_logs_dir: cfg.pod_logs_dir.clone(),
@@ -274,6 +275,8 @@ impl Kubelet {
             cfg.root_dir.clone(),
             cfg.resolv_conf.clone(),
         );
+        runtime.node_name = cfg.node_name.clone();
+        runtime.node_ip = cfg.node_ip.map(|ip| ip.to_string());
         let status = StatusManager::new();
         let syncer = Arc::new(Syncer {
             runtime,
@@ -356,6 +359,12 @@ impl Kubelet {
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         housekeeping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pods = self.shared.pods.clone();
+        let mut admission = Admission {
+            max_pods: self.cfg.max_pods,
+            node: self.syncer.runtime.node,
+            rejected: HashSet::new(),
+            status: self.shared.status.clone(),
+        };
         tokio::pin!(shutdown);
 
         loop {
@@ -371,7 +380,7 @@ impl Kubelet {
                 }
                 Some(update) = src_rx.recv() => {
                     for u in pod_config.merge(update) {
-                        handle_update(u, &pods, &mut workers, self.cfg.max_pods);
+                        handle_update(u, &pods, &mut workers, &mut admission);
                     }
                 }
                 Some(ev) = pleg_rx.recv() => {
@@ -389,6 +398,7 @@ impl Kubelet {
                         workers.remove(&uid);
                         queue.remove(&uid);
                         self.syncer.forget_pod(&uid);
+                        admission.rejected.remove(&uid);
                         match pods.get(&uid) {
                             // Re-added while it was being torn down: start it again.
                             Some(pod) => {
@@ -426,19 +436,87 @@ impl Kubelet {
     }
 }
 
+/// Pod admission (upstream's predicate admit handler, for what a standalone node knows):
+/// maxPods, and the sum of requests against node allocatable.
+struct Admission {
+    max_pods: u32,
+    node: NodeAllocatable,
+    /// Pods that were rejected: kept (Failed) in the pod manager, never run.
+    rejected: HashSet<String>,
+    status: StatusManager,
+}
+
+impl Admission {
+    /// Ok, or (reason, message) as upstream words them.
+    fn admit(&self, pod: &Pod, pods: &PodManager) -> Result<(), (String, String)> {
+        let admitted: Vec<_> = pods
+            .all()
+            .into_iter()
+            .filter(|p| !self.rejected.contains(uid_of(p)))
+            .collect();
+        if admitted.len() >= self.max_pods as usize {
+            return Err((
+                "OutOfpods".into(),
+                format!(
+                    "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
+                    admitted.len(),
+                    self.max_pods
+                ),
+            ));
+        }
+        let (cpu, mem) = resources::pod_requests(pod);
+        let (mut used_cpu, mut used_mem) = (0i64, 0i64);
+        for p in &admitted {
+            let (c, m) = resources::pod_requests(p);
+            used_cpu = used_cpu.saturating_add(c);
+            used_mem = used_mem.saturating_add(m);
+        }
+        if cpu > 0 && used_cpu.saturating_add(cpu) > self.node.cpu_milli {
+            return Err((
+                "OutOfcpu".into(),
+                format!(
+                    "Node didn't have enough resource: cpu, requested: {cpu}, used: {used_cpu}, capacity: {}",
+                    self.node.cpu_milli
+                ),
+            ));
+        }
+        if mem > 0 && used_mem.saturating_add(mem) > self.node.memory {
+            return Err((
+                "OutOfmemory".into(),
+                format!(
+                    "Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}",
+                    self.node.memory
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn handle_update(
     update: PodUpdate,
     pods: &PodManager,
     workers: &mut PodWorkers<Syncer>,
-    max_pods: u32,
+    admission: &mut Admission,
 ) {
     match update {
         PodUpdate::Add(list) | PodUpdate::Update(list) => {
             for pod in list {
                 let uid = uid_of(&pod).to_string();
-                if !pods.contains(&uid) && pods.len() >= max_pods as usize {
-                    tracing::error!(pod = %crate::pod_config::full_name(&pod), max_pods, "pod rejected: node has reached maxPods (OutOfpods)");
+                if admission.rejected.contains(&uid) {
                     continue;
+                }
+                if !pods.contains(&uid) {
+                    if let Err((reason, message)) = admission.admit(&pod, pods) {
+                        tracing::error!(pod = %crate::pod_config::full_name(&pod), %uid, %reason, %message, "pod rejected by admission");
+                        admission.status.set(
+                            &uid,
+                            status_manager::rejected(&pod, &reason, &message, now_nanos()),
+                        );
+                        admission.rejected.insert(uid);
+                        pods.set(pod);
+                        continue;
+                    }
                 }
                 tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, "pod added");
                 let pod = pods.set(pod);
@@ -448,6 +526,11 @@ fn handle_update(
         PodUpdate::Remove(list) => {
             for pod in list {
                 let uid = uid_of(&pod).to_string();
+                if admission.rejected.remove(&uid) {
+                    pods.remove(&uid);
+                    admission.status.remove(&uid);
+                    continue;
+                }
                 tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, "pod removed from its source");
                 pods.remove(&uid);
                 workers.update_pod(

@@ -340,6 +340,19 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
             .or_else(|| time(inputs.now)),
         container_statuses: Some(app_statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        qos_class: Some(crate::resources::pod_qos(pod).as_str().into()),
+        ..Default::default()
+    }
+}
+
+/// The status of a pod admission rejected (phase Failed with the reason).
+pub fn rejected(pod: &Pod, reason: &str, message: &str, now: Nanos) -> ApiPodStatus {
+    ApiPodStatus {
+        phase: Some("Failed".into()),
+        reason: Some(reason.into()),
+        message: Some(format!("Pod was rejected: {message}")),
+        start_time: time(now),
+        qos_class: Some(crate::resources::pod_qos(pod).as_str().into()),
         ..Default::default()
     }
 }

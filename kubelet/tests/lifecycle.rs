@@ -118,7 +118,7 @@ async fn manifest_runs_then_edit_replaces_then_delete_removes() {
     let new_uid = new_sb.metadata.as_ref().unwrap().uid.clone();
     let cgroup = std::path::PathBuf::from("/sys/fs/cgroup/pids")
         .join(node.ctrd.cgroup_parent().trim_start_matches('/'))
-        .join("kubepods")
+        .join("kubepods/besteffort")
         .join(format!("pod{new_uid}"));
     assert!(cgroup.is_dir(), "pod cgroup {} missing", cgroup.display());
     node.remove_manifest("web.yaml");

@@ -17,6 +17,114 @@ pub struct ContainerOptions {
     pub image_ref: String,
     pub mounts: Vec<cri::Mount>,
     pub namespace_options: Option<cri::NamespaceOption>,
+    /// The resolved environment (None: literal values only).
+    pub env: Option<Vec<(String, String)>>,
+    /// Command and args after `$(VAR)` expansion (None: as written).
+    pub command_args: Option<(Vec<String>, Vec<String>)>,
+    pub resources: Option<cri::LinuxContainerResources>,
+}
+
+/// Upstream's default masked and read-only paths for unprivileged containers.
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The effective user settings of a container: the container's security context over the
+/// pod's (upstream `determineEffectiveSecurityContext`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EffectiveUser {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_non_root: bool,
+}
+
+pub fn effective_user(pod: &Pod, container: &Container) -> EffectiveUser {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let csc = container.security_context.as_ref();
+    EffectiveUser {
+        run_as_user: csc
+            .and_then(|s| s.run_as_user)
+            .or_else(|| psc.and_then(|s| s.run_as_user)),
+        run_as_group: csc
+            .and_then(|s| s.run_as_group)
+            .or_else(|| psc.and_then(|s| s.run_as_group)),
+        run_as_non_root: csc
+            .and_then(|s| s.run_as_non_root)
+            .or_else(|| psc.and_then(|s| s.run_as_non_root))
+            .unwrap_or(false),
+    }
+}
+
+/// The container's CRI security context (user, groups incl. fsGroup, privileged,
+/// read-only root, no_new_privs, capabilities, masked paths, namespaces).
+pub fn security_context(
+    pod: &Pod,
+    container: &Container,
+    namespace_options: Option<cri::NamespaceOption>,
+) -> cri::LinuxContainerSecurityContext {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let csc = container.security_context.as_ref();
+    let user = effective_user(pod, container);
+    let privileged = csc.and_then(|s| s.privileged).unwrap_or(false);
+    let mut groups: Vec<i64> = psc
+        .and_then(|s| s.supplemental_groups.clone())
+        .unwrap_or_default();
+    if let Some(g) = psc.and_then(|s| s.fs_group) {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    let caps = csc.and_then(|s| s.capabilities.as_ref());
+    let (masked, readonly) = if privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )
+    };
+    cri::LinuxContainerSecurityContext {
+        capabilities: caps.map(|c| cri::Capability {
+            add_capabilities: c.add.clone().unwrap_or_default(),
+            drop_capabilities: c.drop.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        privileged,
+        namespace_options,
+        run_as_user: user.run_as_user.map(|value| cri::Int64Value { value }),
+        run_as_group: user.run_as_group.map(|value| cri::Int64Value { value }),
+        readonly_rootfs: csc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
+        supplemental_groups: groups,
+        no_new_privs: csc
+            .and_then(|s| s.allow_privilege_escalation)
+            .map(|a| !a)
+            .unwrap_or(false),
+        masked_paths: masked,
+        readonly_paths: readonly,
+        ..Default::default()
+    }
 }
 
 /// The container log path, relative to the sandbox log directory.
@@ -53,10 +161,25 @@ pub fn container_config(
             user_specified_image: container.image.clone().unwrap_or_default(),
             ..Default::default()
         }),
-        command: container.command.clone().unwrap_or_default(),
-        args: container.args.clone().unwrap_or_default(),
+        command: match &o.command_args {
+            Some((c, _)) => c.clone(),
+            None => container.command.clone().unwrap_or_default(),
+        },
+        args: match &o.command_args {
+            Some((_, a)) => a.clone(),
+            None => container.args.clone().unwrap_or_default(),
+        },
         working_dir: container.working_dir.clone().unwrap_or_default(),
-        envs: envs(container),
+        envs: match &o.env {
+            Some(env) => env
+                .iter()
+                .map(|(key, value)| cri::KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            None => envs(container),
+        },
         mounts: o.mounts.clone(),
         labels: labels::container_labels(container, pod),
         annotations: labels::container_annotations(container, pod, o.restart_count, o.is_init),
@@ -65,11 +188,12 @@ pub fn container_config(
         stdin_once: container.stdin_once.unwrap_or(false),
         tty: container.tty.unwrap_or(false),
         linux: Some(cri::LinuxContainerConfig {
-            resources: Some(cri::LinuxContainerResources::default()),
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: o.namespace_options.clone(),
-                ..Default::default()
-            }),
+            resources: Some(o.resources.clone().unwrap_or_default()),
+            security_context: Some(security_context(
+                pod,
+                container,
+                o.namespace_options.clone(),
+            )),
         }),
         ..Default::default()
     }
@@ -110,5 +234,23 @@ mod tests {
         assert_eq!(cfg.labels[labels::CONTAINER_NAME_LABEL], "c");
         assert_eq!(cfg.annotations[labels::CONTAINER_RESTART_COUNT], "4");
         assert_eq!(cfg.annotations[labels::CONTAINER_TYPE], "container");
+    }
+
+    #[test]
+    fn security_context_as_upstream() {
+        let text = "kind: Pod\nmetadata: {name: web}\nspec:\n  securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000], fsGroup: 2000}\n  containers:\n  - name: c\n    image: 'i:1'\n    securityContext: {runAsUser: 1001, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {add: [NET_ADMIN], drop: [ALL]}}\n";
+        let pod = load_manifest(text, Source::File, "/m/w", "n").0.remove(0);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let sc = security_context(&pod, c, None);
+        assert_eq!(sc.run_as_user.unwrap().value, 1001);
+        assert_eq!(sc.run_as_group.unwrap().value, 3000);
+        assert_eq!(sc.supplemental_groups, [4000, 2000]);
+        assert!(sc.readonly_rootfs && sc.no_new_privs && !sc.privileged);
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(
+            (caps.add_capabilities, caps.drop_capabilities),
+            (vec!["NET_ADMIN".to_string()], vec!["ALL".to_string()])
+        );
+        assert!(sc.masked_paths.contains(&"/proc/kcore".to_string()));
     }
 }

@@ -45,6 +45,10 @@ pub enum SyncError {
     CreateContainer(CriError),
     #[error("starting container (RunContainerError): {0}")]
     StartContainer(CriError),
+    #[error("{0}")]
+    Config(String),
+    #[error("pod cgroup: {0}")]
+    Cgroup(#[from] crate::resources::CgroupError),
 }
 
 impl SyncError {
@@ -53,7 +57,8 @@ impl SyncError {
         match self {
             SyncError::ImageNeverPull { .. } => "ErrImageNeverPull",
             SyncError::ImagePull { .. } => "ErrImagePull",
-            SyncError::Io { .. } => "CreateContainerConfigError",
+            SyncError::Io { .. } | SyncError::Config(_) => "CreateContainerConfigError",
+            SyncError::Cgroup(_) => "CreateContainerError",
             SyncError::CreateContainer(_) => "CreateContainerError",
             SyncError::StartContainer(_) | SyncError::Cri(_) => "RunContainerError",
         }
@@ -73,6 +78,10 @@ pub struct RuntimeManager {
     sandbox_ips: Mutex<HashMap<String, Vec<String>>>,
     /// Container statuses by ID; refreshed when the listed state differs.
     container_cache: Mutex<HashMap<String, ContainerStatus>>,
+    /// The node's allocatable resources (resource references, oom_score_adj).
+    pub node: crate::resources::NodeAllocatable,
+    pub node_name: String,
+    pub node_ip: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,6 +130,32 @@ impl RuntimeManager {
             resolv_conf,
             sandbox_ips: Mutex::new(HashMap::new()),
             container_cache: Mutex::new(HashMap::new()),
+            node: crate::resources::NodeAllocatable::detect(),
+            node_name: String::new(),
+            node_ip: None,
+        }
+    }
+
+    /// The IPs of a sandbox (cached; asked from the runtime once).
+    async fn sandbox_pod_ips(&self, id: &str) -> Vec<String> {
+        if let Some(ips) = lock(&self.sandbox_ips).get(id).cloned() {
+            return ips;
+        }
+        match self.cri.pod_sandbox_status(id).await {
+            Ok(st) => {
+                let net = st.network.unwrap_or_default();
+                let mut ips = Vec::new();
+                if !net.ip.is_empty() {
+                    ips.push(net.ip);
+                }
+                ips.extend(net.additional_ips.into_iter().map(|p| p.ip));
+                lock(&self.sandbox_ips).insert(id.to_string(), ips.clone());
+                ips
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "cannot read sandbox IPs");
+                Vec::new()
+            }
         }
     }
 
@@ -254,6 +289,12 @@ impl RuntimeManager {
         let sandbox_id = if actions.create_sandbox {
             let log_dir = PathBuf::from(&sandbox_config.log_directory);
             mkdir(&log_dir)?;
+            if let Some(linux) = &sandbox_config.linux {
+                crate::resources::ensure_pod_cgroup(
+                    &linux.cgroup_parent,
+                    &crate::resources::pod_cgroup_config(pod),
+                )?;
+            }
             let handler = pod
                 .spec
                 .as_ref()
@@ -350,9 +391,27 @@ impl RuntimeManager {
             lock(backoff).next(&key, last.started_at, last.finished_at, now_nanos());
         }
         let image_ref = self.ensure_image(container, sandbox_config).await?;
+        let user = container::effective_user(pod, container);
+        if user.run_as_non_root {
+            self.verify_non_root(pod, container, &user, &image_ref)
+                .await?;
+        }
+        let rt_fields = crate::envvars::RuntimeFields {
+            pod_ips: self.sandbox_pod_ips(sandbox_id).await,
+            host_ip: self.node_ip.clone(),
+            node_name: self.node_name.clone(),
+        };
+        let env = crate::envvars::make_env(pod, container, &rt_fields, &self.node)
+            .map_err(SyncError::Config)?;
+        let command_args = crate::envvars::expand_command(container, &env);
+        let resources = crate::resources::linux_container_resources(pod, container, &self.node)
+            .map_err(SyncError::Config)?;
+        let volumes = crate::volumes::prepare(&self.root_dir, pod, &rt_fields, &self.node)
+            .map_err(|e| SyncError::Config(e.to_string()))?;
         let log_dir = PathBuf::from(&sandbox_config.log_directory).join(&container.name);
         mkdir(&log_dir)?;
-        let mut mounts = Vec::new();
+        let mut mounts = crate::volumes::container_mounts(container, &volumes)
+            .map_err(|e| SyncError::Config(e.to_string()))?;
         if let Some(path) = container
             .termination_message_path
             .as_deref()
@@ -384,6 +443,9 @@ impl RuntimeManager {
                 is_init,
                 image_ref,
                 mounts,
+                env: Some(env),
+                command_args: Some(command_args),
+                resources: Some(resources),
                 namespace_options: sandbox_config
                     .linux
                     .as_ref()
@@ -403,6 +465,39 @@ impl RuntimeManager {
         }
         tracing::info!(pod = %status_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
         Ok(())
+    }
+
+    /// Upstream's `verifyRunAsNonRoot`: refuses a container that would run as root.
+    async fn verify_non_root(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        user: &container::EffectiveUser,
+        image_ref: &str,
+    ) -> Result<(), SyncError> {
+        let who = format!("pod: {:?}, container: {}", status_name(pod), container.name);
+        if let Some(uid) = user.run_as_user {
+            if uid == 0 {
+                return Err(SyncError::Config(format!(
+                    "container's runAsUser breaks non-root policy ({who})"
+                )));
+            }
+            return Ok(());
+        }
+        let (uid, username) = self.cri.image_user(image_ref).await?;
+        match uid {
+            Some(0) => Err(SyncError::Config(format!(
+                "container has runAsNonRoot and image will run as root ({who})"
+            ))),
+            Some(_) => Ok(()),
+            None if !username.is_empty() => Err(SyncError::Config(format!(
+                "container has runAsNonRoot and image has non-numeric user ({username}), cannot verify user is non-root ({who})"
+            ))),
+            // No user in the image: it runs as root.
+            None => Err(SyncError::Config(format!(
+                "container has runAsNonRoot and image will run as root ({who})"
+            ))),
+        }
     }
 
     /// Removes exited containers beyond the newest exited one per name (upstream's
@@ -501,7 +596,10 @@ impl RuntimeManager {
             let _ = self.cri.remove_container(&c.id).await;
         }
         lock(&self.container_cache).retain(|_, c| !sandboxes.iter().any(|s| s.id == c.sandbox_id));
-        remove_pod_cgroup(&sandbox::pod_cgroup_parent(&self.paths.cgroup_root, uid));
+        for cg in crate::resources::all_pod_cgroup_names(&self.paths.cgroup_root, uid) {
+            remove_pod_cgroup(&cg);
+        }
+        crate::volumes::teardown(&self.root_dir, uid);
         remove_dir(&self.root_dir.join("pods").join(uid));
         Ok(())
     }

@@ -15,10 +15,14 @@ pub fn pod_log_dir(pod_logs_dir: &Path, namespace: &str, name: &str, uid: &str) 
     pod_logs_dir.join(format!("{namespace}_{name}_{uid}"))
 }
 
-/// The pod's cgroup parent under `cgroupRoot` (cgroupfs, absolute): `<root>/kubepods/pod<uid>`.
-pub fn pod_cgroup_parent(cgroup_root: &str, uid: &str) -> String {
-    let root = cgroup_root.trim_end_matches('/');
-    format!("{root}/kubepods/pod{uid}")
+/// The pod's cgroup parent under `cgroupRoot` (cgroupfs, absolute):
+/// `<root>/kubepods/{burstable,besteffort}/pod<uid>`, Guaranteed pods directly in `kubepods`.
+pub fn pod_cgroup_parent(cgroup_root: &str, pod: &Pod) -> String {
+    crate::resources::pod_cgroup_name(
+        cgroup_root,
+        crate::resources::pod_qos(pod),
+        pod.metadata.uid.as_deref().unwrap_or(""),
+    )
 }
 
 /// The sandbox hostname: `spec.hostname`, else the pod name, cut to 63 characters.
@@ -144,6 +148,41 @@ pub fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
     }
 }
 
+/// The sandbox's security context: namespaces, the pod's user and groups, and privileged
+/// when any container is (upstream `determinePodSandboxSecurityContext`).
+pub fn sandbox_security_context(pod: &Pod) -> cri::LinuxSandboxSecurityContext {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let privileged = crate::kuberuntime::actions::app_containers(pod)
+        .iter()
+        .chain(crate::kuberuntime::actions::init_containers(pod))
+        .any(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false)
+        });
+    let mut groups: Vec<i64> = psc
+        .and_then(|s| s.supplemental_groups.clone())
+        .unwrap_or_default();
+    if let Some(g) = psc.and_then(|s| s.fs_group) {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(namespace_options(pod)),
+        run_as_user: psc
+            .and_then(|s| s.run_as_user)
+            .map(|value| cri::Int64Value { value }),
+        run_as_group: psc
+            .and_then(|s| s.run_as_group)
+            .map(|value| cri::Int64Value { value }),
+        supplemental_groups: groups,
+        privileged,
+        ..Default::default()
+    }
+}
+
 /// The full sandbox config for `attempt`.
 pub fn sandbox_config(
     pod: &Pod,
@@ -179,11 +218,8 @@ pub fn sandbox_config(
         labels: labels::pod_labels(pod),
         annotations: labels::pod_annotations(pod),
         linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: pod_cgroup_parent(&paths.cgroup_root, &uid),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespace_options(pod)),
-                ..Default::default()
-            }),
+            cgroup_parent: pod_cgroup_parent(&paths.cgroup_root, pod),
+            security_context: Some(sandbox_security_context(pod)),
             sysctls: pod
                 .spec
                 .as_ref()
@@ -246,7 +282,10 @@ mod tests {
         assert_eq!(c.port_mappings.len(), 1);
         assert_eq!(c.port_mappings[0].host_port, 8080);
         let linux = c.linux.as_ref().unwrap();
-        assert_eq!(linux.cgroup_parent, format!("/kubepods/pod{uid}"));
+        assert_eq!(
+            linux.cgroup_parent,
+            format!("/kubepods/besteffort/pod{uid}")
+        );
         let ns = linux
             .security_context
             .as_ref()
@@ -261,11 +300,16 @@ mod tests {
 
     #[test]
     fn cgroup_parent_is_absolute_under_root() {
+        let p = pod("");
+        let uid = p.metadata.uid.clone().unwrap();
         assert_eq!(
-            pod_cgroup_parent("/nodus-test-1/", "u"),
-            "/nodus-test-1/kubepods/podu"
+            pod_cgroup_parent("/nodus-test-1/", &p),
+            format!("/nodus-test-1/kubepods/besteffort/pod{uid}")
         );
-        assert_eq!(pod_cgroup_parent("/", "u"), "/kubepods/podu");
+        assert_eq!(
+            pod_cgroup_parent("/", &p),
+            format!("/kubepods/besteffort/pod{uid}")
+        );
     }
 
     #[test]

@@ -1,0 +1,307 @@
+//! Container environment as upstream's `makeEnvironmentVariables`: literal values with
+//! `$(VAR)` references to earlier variables expanded, `valueFrom.fieldRef` (pod metadata,
+//! spec and status fields) and `valueFrom.resourceFieldRef` (requests and limits, limits
+//! defaulting to node allocatable), and the `$(VAR)` expansion of command and args
+//! (upstream's `expansion.Expand`: `$$` escapes, unknown references stay as written).
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::{Container, ObjectFieldSelector, Pod, ResourceFieldSelector};
+
+use crate::resources::{container_resources, parse_milli, NodeAllocatable};
+
+/// Expands `$(VAR)` in `input` with `lookup`, as upstream's `expansion.Expand`.
+pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let b = input.as_bytes();
+    let mut i = 0;
+    let mut checkpoint = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            out.push_str(&input[checkpoint..i]);
+            match b[i + 1] {
+                // `$$` is an escaped `$`.
+                b'$' => {
+                    out.push('$');
+                    i += 2;
+                }
+                b'(' => match input[i + 2..].find(')') {
+                    Some(end) => {
+                        let name = &input[i + 2..i + 2 + end];
+                        match lookup(name) {
+                            Some(v) => out.push_str(&v),
+                            None => {
+                                out.push_str("$(");
+                                out.push_str(name);
+                                out.push(')');
+                            }
+                        }
+                        i += 2 + end + 1;
+                    }
+                    // Not closed: kept as written.
+                    None => {
+                        out.push_str(&input[i..]);
+                        i = b.len();
+                    }
+                },
+                _ => {
+                    out.push('$');
+                    i += 1;
+                }
+            }
+            checkpoint = i;
+        } else {
+            i += 1;
+        }
+    }
+    if checkpoint < b.len() {
+        out.push_str(&input[checkpoint..]);
+    }
+    out
+}
+
+/// What field references can see besides the pod.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeFields {
+    pub pod_ips: Vec<String>,
+    pub host_ip: Option<String>,
+    pub node_name: String,
+}
+
+fn map_key<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    let inner = rest.strip_prefix("['")?.strip_suffix("']")?;
+    Some(inner)
+}
+
+/// The value of a `fieldRef` (upstream `podFieldSelectorRuntimeValue`).
+pub fn field_ref_value(
+    pod: &Pod,
+    sel: &ObjectFieldSelector,
+    rt: &RuntimeFields,
+) -> Result<String, String> {
+    let path = sel.field_path.as_str();
+    let m = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let v = match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => spec
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_else(|| rt.node_name.clone()),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => rt.host_ip.clone().unwrap_or_default(),
+        "status.podIP" => rt.pod_ips.first().cloned().unwrap_or_default(),
+        "status.podIPs" => rt.pod_ips.join(","),
+        _ => {
+            if let Some(k) = map_key(path, "metadata.labels") {
+                m.labels
+                    .as_ref()
+                    .and_then(|l| l.get(k).cloned())
+                    .unwrap_or_default()
+            } else if let Some(k) = map_key(path, "metadata.annotations") {
+                m.annotations
+                    .as_ref()
+                    .and_then(|l| l.get(k).cloned())
+                    .unwrap_or_default()
+            } else if path == "metadata.labels" || path == "metadata.annotations" {
+                let map = if path == "metadata.labels" {
+                    m.labels.clone()
+                } else {
+                    m.annotations.clone()
+                };
+                map.unwrap_or_default()
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:?}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else {
+                return Err(format!("unsupported fieldRef fieldPath {path:?}"));
+            }
+        }
+    };
+    Ok(v)
+}
+
+/// The value of a `resourceFieldRef` for `container` (upstream
+/// `ExtractContainerResourceValue`, limits defaulting to node allocatable).
+pub fn resource_field_value(
+    container: &Container,
+    sel: &ResourceFieldSelector,
+    node: &NodeAllocatable,
+) -> Result<String, String> {
+    let r = container_resources(container)?;
+    let divisor = match &sel.divisor {
+        Some(q) => parse_milli(&q.0).map_err(|e| format!("resourceFieldRef.divisor: {e}"))?,
+        None => 1000,
+    };
+    if divisor <= 0 {
+        return Err(format!(
+            "resourceFieldRef.divisor {:?} must be positive",
+            sel.divisor
+                .as_ref()
+                .map(|q| q.0.clone())
+                .unwrap_or_default()
+        ));
+    }
+    let (value_milli, cpu): (i128, bool) = match sel.resource.as_str() {
+        "limits.cpu" => (r.cpu_limit.unwrap_or(node.cpu_milli) as i128, true),
+        "requests.cpu" => (r.cpu_request.unwrap_or(0) as i128, true),
+        "limits.memory" => (r.mem_limit.unwrap_or(node.memory) as i128 * 1000, false),
+        "requests.memory" => (r.mem_request.unwrap_or(0) as i128 * 1000, false),
+        other => return Err(format!("unsupported resourceFieldRef resource {other:?}")),
+    };
+    let mut v = (value_milli + divisor - 1) / divisor;
+    // Upstream reports at least 1 core for a CPU limit.
+    if cpu && sel.resource == "limits.cpu" && v == 0 {
+        v = 1;
+    }
+    Ok(v.to_string())
+}
+
+/// The container's environment in order, with references resolved and `$(VAR)` expanded.
+pub fn make_env(
+    pod: &Pod,
+    container: &Container,
+    rt: &RuntimeFields,
+    node: &NodeAllocatable,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut map: HashMap<String, String> = HashMap::new();
+    for e in container.env.iter().flatten() {
+        let value = match &e.value_from {
+            None => {
+                let v = e.value.clone().unwrap_or_default();
+                expand(&v, &|n| map.get(n).cloned())
+            }
+            Some(src) => {
+                if let Some(f) = &src.field_ref {
+                    field_ref_value(pod, f, rt).map_err(|m| format!("env {}: {m}", e.name))?
+                } else if let Some(r) = &src.resource_field_ref {
+                    // A reference names a container of this pod; default is this one.
+                    let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
+                        Some(n) if n != container.name => crate::kuberuntime::actions::app_containers(pod)
+                            .iter()
+                            .chain(crate::kuberuntime::actions::init_containers(pod))
+                            .find(|c| c.name == n)
+                            .ok_or_else(|| {
+                                format!("env {}: resourceFieldRef.containerName {n:?} is not a container of the pod", e.name)
+                            })?,
+                        _ => container,
+                    };
+                    resource_field_value(target, r, node)
+                        .map_err(|m| format!("env {}: {m}", e.name))?
+                } else {
+                    return Err(format!(
+                        "env {}: configMapKeyRef and secretKeyRef need an API server (standalone kubelet)",
+                        e.name
+                    ));
+                }
+            }
+        };
+        map.insert(e.name.clone(), value.clone());
+        if let Some(slot) = out.iter_mut().find(|(k, _)| *k == e.name) {
+            slot.1 = value;
+        } else {
+            out.push((e.name.clone(), value));
+        }
+    }
+    Ok(out)
+}
+
+/// Command and args with `$(VAR)` expanded from `env`.
+pub fn expand_command(
+    container: &Container,
+    env: &[(String, String)],
+) -> (Vec<String>, Vec<String>) {
+    let lookup = |n: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
+    let f = |v: &Option<Vec<String>>| {
+        v.iter()
+            .flatten()
+            .map(|s| expand(s, &lookup))
+            .collect::<Vec<_>>()
+    };
+    (f(&container.command), f(&container.args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{load_manifest, Source};
+
+    fn lk(n: &str) -> Option<String> {
+        match n {
+            "A" => Some("x".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expansion_as_upstream() {
+        assert_eq!(expand("$(A)", &lk), "x");
+        assert_eq!(expand("a$(A)b$(A)", &lk), "axbx");
+        assert_eq!(expand("$(B)", &lk), "$(B)");
+        assert_eq!(expand("$$(A)", &lk), "$(A)");
+        assert_eq!(expand("$$$(A)", &lk), "$x");
+        assert_eq!(expand("$A", &lk), "$A");
+        assert_eq!(expand("$(A", &lk), "$(A");
+        assert_eq!(expand("tail$", &lk), "tail$");
+        assert_eq!(expand("$(EMPTY)-", &lk), "-");
+        assert_eq!(expand("", &lk), "");
+        assert_eq!(expand("ünï$(A)cödé", &lk), "ünïxcödé");
+    }
+
+    #[test]
+    fn env_with_references() {
+        let text = "kind: Pod\nmetadata: {name: web, namespace: ns, labels: {app: a}}\nspec:\n  containers:\n  - name: c\n    image: i:1\n    resources: {limits: {memory: 64Mi}, requests: {cpu: 250m}}\n    command: [echo, '$(POD)', '$$(POD)']\n    env:\n    - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}\n    - {name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: APP, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['app']\"}}}\n    - {name: MEM, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}\n    - {name: CPU, valueFrom: {resourceFieldRef: {resource: requests.cpu, divisor: 1m}}}\n    - {name: LCPU, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}\n    - {name: BOTH, value: '$(POD)@$(IP)'}\n";
+        let pod = load_manifest(text, Source::File, "/m/w", "n1").0.remove(0);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let rt = RuntimeFields {
+            pod_ips: vec!["10.1.0.5".into()],
+            host_ip: None,
+            node_name: "n1".into(),
+        };
+        let node = NodeAllocatable {
+            cpu_milli: 2000,
+            memory: 1 << 30,
+        };
+        let env = make_env(&pod, c, &rt, &node).unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        assert_eq!(get("POD"), "web-n1");
+        assert_eq!(get("IP"), "10.1.0.5");
+        assert_eq!(get("APP"), "a");
+        assert_eq!(get("MEM"), "64");
+        assert_eq!(get("CPU"), "250");
+        assert_eq!(get("LCPU"), "2");
+        assert_eq!(get("BOTH"), "web-n1@10.1.0.5");
+        let (cmd, _) = expand_command(c, &env);
+        assert_eq!(cmd, ["echo", "web-n1", "$(POD)"]);
+    }
+
+    #[test]
+    fn bad_field_path_is_an_error() {
+        let text = "kind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: c\n    image: i:1\n    env: [{name: X, valueFrom: {fieldRef: {fieldPath: spec.bogus}}}]\n";
+        let pod = load_manifest(text, Source::File, "/m/w", "n1").0.remove(0);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let e = make_env(
+            &pod,
+            c,
+            &RuntimeFields::default(),
+            &NodeAllocatable {
+                cpu_milli: 1000,
+                memory: 1,
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("spec.bogus") && e.contains("env X"), "{e}");
+    }
+}
