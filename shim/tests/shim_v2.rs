@@ -409,6 +409,39 @@ async fn ctr_run_prints_output() {
         "hello-from-ctr"
     );
     wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+
+    // stdin reaches the process, and its end is the process's EOF; the exit code comes back.
+    let id = format!("ctr-{}", nodus_testkit::unique_suffix());
+    let cgroup = format!("{}/{id}", ctrd.cgroup_parent());
+    let socket = ctrd.socket().display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("ctr")
+            .args(["--address", &socket, "-n", "k8s.io", "run", "--rm"])
+            .args(["--runtime", "io.containerd.nodus.v2", "--cgroup", &cgroup])
+            .args([BUSYBOX_IMAGE, &id, "sh", "-c", "tr a-z A-Z; exit 7"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ctr");
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"piped-in\n").unwrap();
+        drop(stdin);
+        child.wait_with_output().expect("ctr output")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        (Some(7), "PIPED-IN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
 }
 
 /// `ctr` against the private containerd, namespace k8s.io; returns (status code, stdout, stderr).
