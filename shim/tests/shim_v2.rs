@@ -219,6 +219,28 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     })
     .await;
 
+    // The containers' processes hold their stdio and nothing of the shim's (socket, pipes).
+    for id in [&pod, &app, &side] {
+        let procs = memory_cgroup(&cg_parent, id).join("cgroup.procs");
+        let pids = std::fs::read_to_string(&procs).unwrap_or_default();
+        assert!(
+            !pids.trim().is_empty(),
+            "{} lists no process",
+            procs.display()
+        );
+        for pid in pids.split_whitespace() {
+            let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            fds.sort();
+            assert_eq!(fds, ["0", "1", "2"], "open fds of {pid} in {id}");
+        }
+    }
+
     // ExecSync: output, exit code, the container's filesystem.
     let (out, err, code) = exec(&mut rt, &ctrd, &app, "cat /tmp/f; echo e >&2; exit 3").await;
     assert_eq!((out.as_str(), err.as_str(), code), ("data\n", "e\n", 3));

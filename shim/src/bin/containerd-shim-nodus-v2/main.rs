@@ -274,6 +274,12 @@ fn serve(flags: &Flags) -> Result<()> {
 
     // SAFETY: fd 3 is the listening socket `start` handed us; we own it from here on.
     let listener = unsafe { OwnedFd::from_raw_fd(LISTENER_FD) };
+    // It came without FD_CLOEXEC; no runtime or container process may inherit it.
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .context("FD_CLOEXEC on the listening socket")?;
     // containerd 1.6/1.7 call `containerd.task.v2.Task`, 2.x `containerd.task.v3.Task`:
     // the messages are the same, so answer under both names.
     let task: Arc<dyn containerd_shim_protos::Task + Send + Sync> =

@@ -76,7 +76,9 @@ fn stdin_pipe(uri: &str) -> Result<Stdio> {
         return Ok(Stdio::null());
     }
     let path = fifo_path(uri)?.to_string();
-    let (read, write) = nix::unistd::pipe().context("stdin pipe")?;
+    // CLOEXEC: the write end must not leak into later children (the process would never
+    // see EOF); the read end becomes the child's fd 0 through dup2, which clears the flag.
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("stdin pipe")?;
     thread("stdin", move || {
         // Blocks until containerd opens its end for writing.
         let Ok(mut fifo) = File::open(&path) else {
@@ -139,7 +141,7 @@ impl ConsoleSocket {
             stream.as_raw_fd(),
             &mut iov,
             Some(&mut space),
-            MsgFlags::empty(),
+            MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .context("receive the console")?;
         for cmsg in msg.cmsgs().context("console control message")? {
