@@ -555,6 +555,22 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
             "the exec has a terminal: {text:?}"
         );
 
+        // A task whose init has the terminal.
+        let cmd = format!(
+            "ctr --address {socket} -n k8s.io run --rm -t --runtime io.containerd.nodus.v2 \
+             --cgroup {cgroup}-tty {BUSYBOX_IMAGE} {id}-tty sh -c 'tty; exit 3'"
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .expect("run script");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "run -t: {text}");
+        assert!(
+            text.contains("/dev/pts/"),
+            "the init has a terminal: {text:?}"
+        );
+
         // Pause and resume (freezer), metrics from the cgroup.
         assert_eq!(ctr(socket, &["task", "pause", id]).0, 0);
         assert_eq!(task_status(socket, id), "PAUSED");

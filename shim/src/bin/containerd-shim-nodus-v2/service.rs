@@ -472,10 +472,11 @@ impl Service {
 
     fn process_io(&self, paths: &StdioPaths) -> TtrpcResult<Io> {
         if paths.terminal {
+            // Nothing of ours for the process to inherit by mistake: errors are in the log.
             return Ok(Io {
                 stdin: Some(Stdio::null()),
                 stdout: Some(Stdio::null()),
-                stderr: None,
+                stderr: Some(Stdio::null()),
                 input: None,
             });
         }
