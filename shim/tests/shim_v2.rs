@@ -554,6 +554,22 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
             text.contains("/dev/pts/"),
             "the exec has a terminal: {text:?}"
         );
+        // All of a terminal's output arrives, also what was written just before the exit.
+        for n in 0..5 {
+            let cmd = format!(
+                "ctr --address {socket} -n k8s.io task exec -t --exec-id t{n} {id} sh -c 'seq 1 3000; echo END-OF-OUTPUT'"
+            );
+            let out = std::process::Command::new("script")
+                .args(["-qec", &cmd, "/dev/null"])
+                .output()
+                .expect("run script");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("2999") && text.trim_end().ends_with("END-OF-OUTPUT"),
+                "exec -t output cut short (run {n}): ...{:?}",
+                &text[text.len().saturating_sub(200)..]
+            );
+        }
 
         // A task whose init has the terminal.
         let cmd = format!(

@@ -22,9 +22,12 @@ use crate::events::{Event, Publisher};
 use crate::mount;
 use crate::runtime::{ChildWaiter, Io, Runtime};
 use crate::stats::Cgroup;
-use crate::stdio::{self, ConsoleSocket, StdioPaths};
+use crate::stdio::{self, ConsoleSocket, Done, StdioPaths};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
+
+/// How long an exit waits for the last terminal output.
+const OUTPUT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Exit statuses of children nobody claimed yet are kept up to this many.
 const MAX_UNCLAIMED: usize = 4096;
@@ -94,6 +97,9 @@ impl ProcStatus {
     }
 }
 
+/// A pty master and the end of its output copy.
+type Terminal = (Arc<OwnedFd>, Option<Arc<Done>>);
+
 /// A container's init or one of its exec processes.
 struct Proc {
     pid: i32,
@@ -102,10 +108,14 @@ struct Proc {
     exited_at: Option<Timestamp>,
     paths: StdioPaths,
     console: Option<Arc<OwnedFd>>,
+    /// Set when a terminal's output is all copied out; the exit waits for it.
+    output_done: Option<Arc<Done>>,
     /// Between the runtime's start/exec and our TaskStart/TaskExecStarted: an exit seen
     /// then waits in `pending_exit`, so containerd always sees start before exit.
     starting: bool,
     pending_exit: Option<i32>,
+    /// The exit waits for the terminal output (see `output_done`).
+    draining: bool,
     /// An exec's runtime-spec Process (JSON).
     spec: Vec<u8>,
 }
@@ -119,8 +129,10 @@ impl Proc {
             exited_at: None,
             paths,
             console: None,
+            output_done: None,
             starting: false,
             pending_exit: None,
+            draining: false,
             spec: Vec::new(),
         }
     }
@@ -250,6 +262,29 @@ impl Service {
         if proc.starting {
             proc.pending_exit = Some(code);
             return;
+        }
+        // A terminal's last output may still be in the pty: report the exit once it is out
+        // (bounded, a process holding the slave open must not hold the exit back forever).
+        if let Some(done) = proc.output_done.clone() {
+            if !done.is_set() {
+                if !proc.draining {
+                    proc.draining = true;
+                    let (this, id, exec_id) = (self.clone(), id.to_string(), exec_id.to_string());
+                    std::thread::spawn(move || {
+                        done.wait(OUTPUT_DRAIN_TIMEOUT);
+                        let mut state = this.lock();
+                        if let Some(p) = state
+                            .containers
+                            .get_mut(&id)
+                            .and_then(|c| c.proc_mut(&exec_id))
+                        {
+                            p.output_done = None;
+                        }
+                        this.process_exited(&mut state, &id, &exec_id, code);
+                    });
+                }
+                return;
+            }
         }
         let pid = proc.pid;
         // An OOM kill is announced before the exit it caused (CRI reads the reason then).
@@ -406,7 +441,10 @@ impl Service {
         };
         let mut init = Proc::new(paths);
         init.pid = pid;
-        init.console = console;
+        if let Some((master, done)) = console {
+            init.console = Some(master);
+            init.output_done = done;
+        }
         let mut state = self.lock();
         state.containers.insert(
             req.id.clone(),
@@ -444,7 +482,7 @@ impl Service {
         id: &str,
         bundle: &Path,
         paths: &StdioPaths,
-    ) -> TtrpcResult<(i32, Option<Arc<OwnedFd>>)> {
+    ) -> TtrpcResult<(i32, Option<Terminal>)> {
         let pid_file = bundle.join("init.pid");
         let bundle_s = bundle.to_string_lossy().into_owned();
         let pid_s = pid_file.to_string_lossy().into_owned();
@@ -493,13 +531,13 @@ impl Service {
         &self,
         console: Option<ConsoleSocket>,
         paths: &StdioPaths,
-    ) -> TtrpcResult<Option<Arc<OwnedFd>>> {
+    ) -> TtrpcResult<Option<Terminal>> {
         let Some(console) = console else {
             return Ok(None);
         };
         let master = Arc::new(console.receive().map_err(internal)?);
-        stdio::start_console_copy(master.clone(), paths).map_err(internal)?;
-        Ok(Some(master))
+        let done = stdio::start_console_copy(master.clone(), paths).map_err(internal)?;
+        Ok(Some((master, done)))
     }
 
     fn do_start(self: &Arc<Self>, id: &str, exec_id: &str) -> TtrpcResult<u32> {
@@ -596,7 +634,10 @@ impl Service {
             Some(p) => {
                 p.pid = pid;
                 p.status = ProcStatus::Running;
-                p.console = console;
+                if let Some((master, done)) = console {
+                    p.console = Some(master);
+                    p.output_done = done;
+                }
             }
             None => return Err(not_found(id, exec_id)),
         }
@@ -619,7 +660,7 @@ impl Service {
         bundle: &Path,
         spec: &[u8],
         paths: &StdioPaths,
-    ) -> TtrpcResult<(i32, Option<Arc<OwnedFd>>)> {
+    ) -> TtrpcResult<(i32, Option<Terminal>)> {
         let spec_file = bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
         fs::write(&spec_file, spec)

@@ -16,7 +16,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -162,8 +163,34 @@ impl Drop for ConsoleSocket {
     }
 }
 
-/// Copies between the pty master and the FIFOs for the life of the process.
-pub fn start_console_copy(master: Arc<OwnedFd>, paths: &StdioPaths) -> Result<()> {
+/// Set once a copy thread has written everything out.
+#[derive(Default)]
+pub struct Done {
+    flag: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Done {
+    fn set(&self) {
+        *self.flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until set, at most `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        let guard = self.flag.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.cond.wait_timeout_while(guard, timeout, |done| !*done);
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.flag.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Copies between the pty master and the FIFOs for the life of the process. Returns what
+/// tells when the output is all out (the exit must not be reported before that, or the
+/// reader stops short of the last lines).
+pub fn start_console_copy(master: Arc<OwnedFd>, paths: &StdioPaths) -> Result<Option<Arc<Done>>> {
     if !paths.stdin.is_empty() {
         let path = fifo_path(&paths.stdin)?.to_string();
         let m = master.clone();
@@ -193,24 +220,30 @@ pub fn start_console_copy(master: Arc<OwnedFd>, paths: &StdioPaths) -> Result<()
             .open(&path)
             .with_context(|| format!("open stdio {path}"))?;
         let m = master.clone();
+        let done = Arc::new(Done::default());
+        let done_copy = done.clone();
         thread("pty-out", move || {
             let mut buf = [0u8; 4096];
             loop {
                 match nix::unistd::read(&*m, &mut buf) {
-                    Ok(0) => return,
+                    Ok(0) => break,
                     Ok(n) => {
                         if out.write_all(&buf[..n]).is_err() {
-                            return;
+                            break;
                         }
                     }
                     Err(nix::errno::Errno::EINTR) => continue,
                     // EIO once the last process holding the slave exits.
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             }
+            // Close our end of the FIFO first: the reader sees EOF.
+            drop(out);
+            done_copy.set();
         });
+        return Ok(Some(done));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Sets the window size of a pty master.
