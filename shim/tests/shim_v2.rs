@@ -500,6 +500,13 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
     let (s, i) = (socket.clone(), id.clone());
     tokio::task::spawn_blocking(move || {
         let (socket, id) = (s.as_str(), i.as_str());
+        // Everything the shim publishes for this task, as containerd forwards it.
+        let mut events = std::process::Command::new("ctr")
+            .args(["--address", socket, "-n", "k8s.io", "events"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ctr events");
+        std::thread::sleep(Duration::from_millis(300));
         let (code, _, err) = ctr(
             socket,
             &[
@@ -614,6 +621,25 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
         assert_eq!(code, 0, "task delete: {err}");
         let (code, _, err) = ctr(socket, &["container", "delete", id]);
         assert_eq!(code, 0, "container delete: {err}");
+
+        let _ = events.kill();
+        let out = events.wait_with_output().expect("ctr events output");
+        let seen = String::from_utf8_lossy(&out.stdout);
+        for topic in [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+            "/tasks/delete",
+        ] {
+            assert!(
+                seen.lines().any(|l| l.contains(topic) && l.contains(id)),
+                "no {topic} event for {id}:\n{seen}"
+            );
+        }
     })
     .await
     .unwrap();
