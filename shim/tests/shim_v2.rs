@@ -530,6 +530,12 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
         let (code, out, err) = ctr(socket, &["task", "ps", id]);
         assert_eq!(code, 0, "task ps: {err}");
         assert_eq!(out.lines().skip(1).count(), 2, "two processes: {out}");
+        // A detached exec shows up with its exec ID.
+        let (code, _, err) = ctr(socket, &["task", "exec", "-d", "--exec-id", "bg", id, "sleep", "999"]);
+        assert_eq!(code, 0, "exec -d: {err}");
+        let (_, out, _) = ctr(socket, &["task", "ps", id]);
+        assert_eq!(out.lines().skip(1).count(), 3, "three processes: {out}");
+        assert!(out.contains("bg"), "the exec's details name it: {out}");
 
         // Exec without a terminal: output and exit code.
         let (code, out, _) = ctr(

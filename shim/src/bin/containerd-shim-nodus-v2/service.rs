@@ -14,8 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::events::task as ev;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageField};
+use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::ttrpc::{self, Code, TtrpcContext};
 
 use crate::events::{Event, Publisher};
@@ -1076,11 +1077,41 @@ impl containerd_shim_protos::Task for TaskService {
                 String::from_utf8_lossy(&out)
             ))
         })?;
+        // Exec processes carry their exec ID (containerd.runc.v1.ProcessDetails, as runc's
+        // shim reports them).
+        let execs: HashMap<u32, String> = {
+            let state = self.0.lock();
+            state
+                .containers
+                .get(&req.id)
+                .map(|c| {
+                    c.execs
+                        .iter()
+                        .filter(|(_, p)| p.pid > 0)
+                        .map(|(exec_id, p)| (p.pid as u32, exec_id.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         Ok(api::PidsResponse {
             processes: pids
                 .into_iter()
                 .map(|pid| containerd_shim_protos::types::task::ProcessInfo {
                     pid,
+                    info: execs
+                        .get(&pid)
+                        .and_then(|exec_id| {
+                            let details = containerd_shim_protos::shim::oci::ProcessDetails {
+                                exec_id: exec_id.clone(),
+                                ..Default::default()
+                            };
+                            Some(Any {
+                                type_url: "containerd.runc.v1.ProcessDetails".into(),
+                                value: details.write_to_bytes().ok()?,
+                                ..Default::default()
+                            })
+                        })
+                        .into(),
                     ..Default::default()
                 })
                 .collect(),
