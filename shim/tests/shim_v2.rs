@@ -808,3 +808,76 @@ async fn a_killed_shim_is_cleaned_up_by_delete() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_cannot_start_reports_why_and_leaves_nothing() {
+    let ctrd = containerd().await;
+    let mut rt = ctrd.runtime().await.unwrap();
+    let sandbox = ctrd.sandbox_config("badpod");
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: HANDLER.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .pod_sandbox_id;
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "bad".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["/no/such/program".into()],
+                log_path: "bad/0.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .container_id;
+    let err = rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("a missing program cannot start");
+    assert!(
+        err.message().contains("/no/such/program"),
+        "the error names the program: {}",
+        err.message()
+    );
+    // The pod's shim still serves the sandbox.
+    assert_eq!(shims(&ctrd).len(), 1);
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", ctrd_log(&ctrd)));
+    assert!(
+        mounts_mentioning(&id).is_empty(),
+        "{:?}",
+        mounts_mentioning(&id)
+    );
+    assert!(!Path::new("/run/nodus-shim/k8s.io").join(&id).exists());
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+}
