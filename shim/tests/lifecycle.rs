@@ -184,6 +184,21 @@ fn exec_into_a_running_container() {
     // Exit codes pass through.
     let o = b.rt(&["exec", &b.id, "sh", "-c", "exit 5"]);
     assert_eq!(o.status.code(), Some(5));
+    // --cap adds a capability, --env an environment variable, --cwd the directory.
+    let out = b.ok(&[
+        "exec",
+        "--cap",
+        "CAP_SYS_ADMIN",
+        "--env",
+        "EXTRA=1",
+        "--cwd",
+        "/tmp",
+        &b.id,
+        "sh",
+        "-c",
+        "grep CapEff /proc/self/status; echo $EXTRA; pwd",
+    ]);
+    assert_eq!(out, "CapEff:\t0000000020200420\n1\n/tmp\n");
     // A missing program is an error of exec itself.
     let o = b.rt(&["exec", &b.id, "/no/such/thing"]);
     assert!(!o.status.success());

@@ -352,6 +352,14 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
             if o.num::<u32>("preserve-fds")?.unwrap_or(0) != 0 {
                 bail!("--preserve-fds is not supported");
             }
+            if o.val("cgroup").is_some() {
+                bail!("--cgroup: joining a sub-cgroup is not supported");
+            }
+            if o.val("process-label").is_some() || o.val("apparmor").is_some() {
+                tracing::warn!(
+                    "--process-label/--apparmor: no SELinux or AppArmor support, ignored"
+                );
+            }
             let p: Process = match o.path("process") {
                 Some(f) => {
                     let data =
@@ -400,6 +408,35 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
                     }
                     if o.has("no-new-privs") {
                         p.set_no_new_privileges(Some(true));
+                    }
+                    let extra = o.all("cap");
+                    if !extra.is_empty() {
+                        // Like runc: --cap adds to the bounding, effective and permitted sets.
+                        let mut caps = p.capabilities().clone().unwrap_or_default();
+                        let add = |set: &mut Option<oci_spec::runtime::Capabilities>| -> anyhow::Result<()> {
+                            let s = set.get_or_insert_with(Default::default);
+                            for c in &extra {
+                                let name = c.to_ascii_uppercase();
+                                let name = name.strip_prefix("CAP_").unwrap_or(&name);
+                                let cap = name
+                                    .parse::<oci_spec::runtime::Capability>()
+                                    .map_err(|_| anyhow!("--cap {c:?}: unknown capability"))?;
+                                s.insert(cap);
+                            }
+                            Ok(())
+                        };
+                        let (mut b, mut e, mut pm) = (
+                            caps.bounding().clone(),
+                            caps.effective().clone(),
+                            caps.permitted().clone(),
+                        );
+                        add(&mut b)?;
+                        add(&mut e)?;
+                        add(&mut pm)?;
+                        caps.set_bounding(b);
+                        caps.set_effective(e);
+                        caps.set_permitted(pm);
+                        p.set_capabilities(Some(caps));
                     }
                     p
                 }
