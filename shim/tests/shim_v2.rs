@@ -765,6 +765,19 @@ async fn a_killed_shim_is_cleaned_up_by_delete() {
     let app = create_started(&mut rt, &ctrd, &pod, &sandbox, "app", "exec sleep 1000").await;
     let shim_pids = shims(&ctrd);
     assert_eq!(shim_pids.len(), 1);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", shim_pids[0])).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let socket = args
+        .iter()
+        .position(|a| a == "-socket")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|a| a.strip_prefix("unix://"))
+        .map(PathBuf::from)
+        .expect("the shim's -socket argument");
+    assert!(socket.exists(), "{}", socket.display());
     // SAFETY: kill(2) on the shim process this test's containerd started.
     unsafe { libc::kill(shim_pids[0], libc::SIGKILL) };
 
@@ -803,6 +816,11 @@ async fn a_killed_shim_is_cleaned_up_by_delete() {
         )
         .await;
     }
+    assert!(
+        !socket.exists(),
+        "the dead shim's socket {} is left",
+        socket.display()
+    );
     wait_until("the pod's processes to go", 10, || {
         cleanup::cgroup_pids(&cg_parent).is_empty()
     })

@@ -223,6 +223,14 @@ fn delete(flags: &Flags) -> Result<()> {
         }
         Err(e) => eprintln!("{e:#}"),
     }
+    // The pod's socket, if its shim is gone (a killed shim cannot remove it itself).
+    if let Ok(grouping) = grouping(&bundle, &flags.id) {
+        let address = socket_address(&flags.address, &flags.namespace, &grouping);
+        let path = socket_path(&address);
+        if UnixStream::connect(path).is_err() {
+            let _ = fs::remove_file(path);
+        }
+    }
     let response = DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
         exited_at: protobuf::MessageField::some(service::now()),
