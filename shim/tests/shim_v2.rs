@@ -578,7 +578,7 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
                 .expect("run script");
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(
-                text.contains("2999") && text.trim_end().ends_with("END-OF-OUTPUT"),
+                text.contains("\n3000\r") && text.contains("END-OF-OUTPUT"),
                 "exec -t output cut short (run {n}): ...{:?}",
                 &text[text.len().saturating_sub(200)..]
             );
