@@ -1,29 +1,38 @@
 #!/usr/bin/env bash
-# Installs Nodus on this node (idempotent):
+# Installs Nodus on this node (idempotent: a second run changes nothing and restarts only what
+# changed):
 #   binaries      /usr/local/bin/{kubelet,nodus-runtime,containerd-shim-nodus-v2}, /opt/cni/bin/nodus-bridge
 #   CNI           /etc/cni/net.d/10-nodus.conflist (+ loopback, host-local, portmap in /opt/cni/bin)
 #   containerd    /etc/containerd/config.toml (the original kept as config.toml.nodus-orig)
-#   kubelet       /var/lib/kubelet/config.yaml, /etc/kubernetes/manifests,
+#   kubelet       /var/lib/kubelet/config.yaml (kept if present), /etc/kubernetes/manifests,
 #                 /etc/systemd/system/kubelet.service + kubelet.service.d/10-nodus.conf
 #   images        /usr/local/share/nodus/images/*.tar, imported by nodus-images.service
+#   --demo        the example static pods (hack/deploy/manifests) in /etc/kubernetes/manifests
 # With systemd running, enables and starts containerd, nodus-images and kubelet.
 #
-# usage: hack/install.sh [--root DIR] [--no-build] [--bin-dir target/release]
-#   --root DIR   install into DIR (an image being built); enables units there, starts nothing
+# usage: hack/install.sh [--root DIR] [--no-build] [--bin-dir target/release] [--demo]
+#   --root DIR     install into DIR (an image being built); enables units there, starts nothing
+#   --no-build     use the binaries in --bin-dir and the images in build/images as they are
+#   --bin-dir DIR  where the binaries are (default target/release)
+#   --demo         also install the example static pods
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 root=""
 build=1
+demo=0
 bin_dir=target/release
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) root="${2:?--root needs a directory}"; shift 2 ;;
     --no-build) build=0; shift ;;
     --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift 2 ;;
-    *) echo "install: unknown argument '$1'" >&2; exit 2 ;;
+    --demo) demo=1; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+[ "$(id -u)" -eq 0 ] || { echo "install: run as root" >&2; exit 1; }
 
 if [ "$build" = 1 ]; then
   [ -z "$root" ] && bash hack/install-deps.sh
@@ -33,43 +42,78 @@ fi
 for b in kubelet nodus-runtime containerd-shim-nodus-v2 nodus-bridge; do
   [ -x "$bin_dir/$b" ] || { echo "install: $bin_dir/$b missing (build first)" >&2; exit 1; }
 done
+for i in pause busybox; do
+  [ -f "build/images/$i.tar" ] || { echo "install: build/images/$i.tar missing (nodus-images build --out build/images)" >&2; exit 1; }
+done
 
 r="$root"
+# What changed, to restart only the services concerned (a re-run on an installed node is a no-op).
+changed_containerd=0 changed_kubelet=0 changed_images=0 changed_units=0
+# put MODE SRC DST [flag]: install SRC as DST if it differs; sets changed_<flag>=1 when it did.
+put() {
+  local mode=$1 src=$2 dst=$3 flag=${4:-}
+  cmp -s "$src" "$dst" && return 0
+  install -m "$mode" "$src" "$dst.nodus-new"
+  mv -f "$dst.nodus-new" "$dst"   # atomic: a running binary is replaced, not overwritten
+  [ -z "$flag" ] || printf -v "changed_$flag" 1
+}
+
 install -d "$r/usr/local/bin" "$r/opt/cni/bin" "$r/etc/cni/net.d" "$r/etc/containerd" \
   "$r/var/lib/kubelet" "$r/etc/kubernetes/manifests" "$r/etc/systemd/system/kubelet.service.d" \
   "$r/usr/local/share/nodus/images" "$r/var/log/pods"
-install -m 0755 "$bin_dir/kubelet" "$bin_dir/nodus-runtime" "$bin_dir/containerd-shim-nodus-v2" "$r/usr/local/bin/"
-install -m 0755 "$bin_dir/nodus-bridge" "$r/opt/cni/bin/"
-for p in loopback host-local portmap; do ln -sfn "/usr/lib/cni/$p" "$r/opt/cni/bin/$p"; done
-install -m 0644 hack/deploy/10-nodus.conflist "$r/etc/cni/net.d/10-nodus.conflist"
+put 0755 "$bin_dir/kubelet" "$r/usr/local/bin/kubelet" kubelet
+put 0755 "$bin_dir/nodus-runtime" "$r/usr/local/bin/nodus-runtime"
+put 0755 "$bin_dir/containerd-shim-nodus-v2" "$r/usr/local/bin/containerd-shim-nodus-v2"
+put 0755 "$bin_dir/nodus-bridge" "$r/opt/cni/bin/nodus-bridge"
+# Debian's reference plugins live in /usr/lib/cni; containerd looks in /opt/cni/bin.
+for p in loopback host-local portmap; do
+  [ -e "$r/opt/cni/bin/$p" ] || ln -sfn "/usr/lib/cni/$p" "$r/opt/cni/bin/$p"
+done
+put 0644 hack/deploy/10-nodus.conflist "$r/etc/cni/net.d/10-nodus.conflist"
 
 cfg="$r/etc/containerd/config.toml"
 if [ -f "$cfg" ] && ! cmp -s "$cfg" hack/deploy/containerd-config.toml && [ ! -f "$cfg.nodus-orig" ]; then
   cp -p "$cfg" "$cfg.nodus-orig"
 fi
-install -m 0644 hack/deploy/containerd-config.toml "$cfg"
+put 0644 hack/deploy/containerd-config.toml "$cfg" containerd
 
 # The operator's kubelet config is kept if it exists.
-[ -f "$r/var/lib/kubelet/config.yaml" ] || install -m 0644 hack/deploy/kubelet-config.yaml "$r/var/lib/kubelet/config.yaml"
-install -m 0644 hack/deploy/kubelet.service "$r/etc/systemd/system/kubelet.service"
-install -m 0644 hack/deploy/kubelet.service.d/10-nodus.conf "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf"
-install -m 0644 hack/deploy/nodus-images.service "$r/etc/systemd/system/nodus-images.service"
-install -m 0644 build/images/pause.tar build/images/busybox.tar "$r/usr/local/share/nodus/images/"
+[ -f "$r/var/lib/kubelet/config.yaml" ] || { install -m 0644 hack/deploy/kubelet-config.yaml "$r/var/lib/kubelet/config.yaml"; changed_kubelet=1; }
+put 0644 hack/deploy/kubelet.service "$r/etc/systemd/system/kubelet.service" units
+put 0644 hack/deploy/kubelet.service.d/10-nodus.conf "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf" units
+put 0644 hack/deploy/nodus-images.service "$r/etc/systemd/system/nodus-images.service" units
+for i in pause busybox; do
+  put 0644 "build/images/$i.tar" "$r/usr/local/share/nodus/images/$i.tar" images
+done
+if [ "$demo" = 1 ]; then
+  for m in hack/deploy/manifests/*.yaml; do
+    put 0644 "$m" "$r/etc/kubernetes/manifests/$(basename "$m")"
+  done
+fi
 
+units=(containerd.service nodus-images.service kubelet.service)
 if [ -n "$root" ]; then
-  systemctl --root="$root" enable containerd.service nodus-images.service kubelet.service >/dev/null 2>&1 || {
+  systemctl --root="$root" enable "${units[@]}" >/dev/null 2>&1 || {
+    install -d "$root/etc/systemd/system/multi-user.target.wants"
     ln -sfn /lib/systemd/system/containerd.service "$root/etc/systemd/system/multi-user.target.wants/containerd.service"
     ln -sfn /etc/systemd/system/nodus-images.service "$root/etc/systemd/system/multi-user.target.wants/nodus-images.service"
     ln -sfn /etc/systemd/system/kubelet.service "$root/etc/systemd/system/multi-user.target.wants/kubelet.service"
   }
   echo "install: installed into $root (units enabled, nothing started)"
 elif [ -d /run/systemd/system ]; then
-  systemctl daemon-reload
-  systemctl enable containerd.service nodus-images.service kubelet.service
-  systemctl restart containerd.service
-  systemctl restart nodus-images.service
-  systemctl restart kubelet.service
-  echo "install: containerd, nodus-images and kubelet enabled and started"
+  [ "$changed_units" = 0 ] || systemctl daemon-reload
+  systemctl enable --quiet "${units[@]}"
+  # Restarting containerd or the kubelet leaves running containers alone (their shims and
+  # cgroups are their own); still, only what changed is restarted.
+  if [ "$changed_containerd" = 1 ]; then systemctl restart containerd.service; else systemctl start containerd.service; fi
+  if [ "$changed_images" = 1 ] || [ "$changed_containerd" = 1 ]; then
+    systemctl restart nodus-images.service
+  else
+    systemctl start nodus-images.service
+  fi
+  if [ "$changed_kubelet" = 1 ] || [ "$changed_units" = 1 ]; then systemctl restart kubelet.service; else systemctl start kubelet.service; fi
+  echo "install: containerd, nodus-images and kubelet enabled and running" \
+    "(restarted: containerd=$changed_containerd images=$changed_images kubelet=$((changed_kubelet | changed_units)))"
 else
   echo "install: files installed; systemd is not running here, so start containerd and" \
        "/usr/local/bin/kubelet --config=/var/lib/kubelet/config.yaml yourself"

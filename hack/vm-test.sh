@@ -13,7 +13,7 @@
 #   --runc-only      run the runtime checks with runc only (the control), not nodus-runtime
 #   --runtimes LIST  runtimes for the runtime checks (default "runc nodus"; NODUS_VM_RUNTIMES)
 #   --checks LIST    only these check functions of guest-tests.sh (default all; NODUS_VM_CHECKS)
-#   --timeout S      bound of the whole qemu run (default 600; NODUS_VM_TIMEOUT)
+#   --timeout S      bound of the whole VM run, all boots (default 780; NODUS_VM_TIMEOUT)
 #   --rebuild        drop the cached qemu/kernel/image and build them again
 #   --keep           keep the run directory (console log, guest log) even on success
 #   --build-only     build or check the cache, do not boot
@@ -31,7 +31,7 @@ hackvm=$repo/hack/vm
 
 runtimes=${NODUS_VM_RUNTIMES:-runc nodus}
 checks=${NODUS_VM_CHECKS:-}
-vm_timeout=${NODUS_VM_TIMEOUT:-600}
+vm_timeout=${NODUS_VM_TIMEOUT:-780}
 accel_mode=${NODUS_VM_ACCEL:-auto}
 rebuild=0 keep=0 build_only=0
 while [ $# -gt 0 ]; do
@@ -50,12 +50,13 @@ while [ $# -gt 0 ]; do
 done
 
 # Host packages the tier uses itself (debootstrap builds the root filesystem).
-HOST_PACKAGES=(debootstrap e2fsprogs xz-utils busybox-static util-linux coreutils)
+# qemu-img (qemu-utils) makes the per-run disk overlay that survives a guest reboot.
+HOST_PACKAGES=(debootstrap e2fsprogs xz-utils busybox-static util-linux coreutils qemu-utils)
 # Unpacked into build/vm, never installed (see the header).
 QEMU_DEBS=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
 # The guest's packages (debootstrap --variant=minbase --include=...).
 GUEST_PACKAGES=(systemd systemd-sysv dbus containerd runc crun containernetworking-plugins iproute2
-  nftables iptables kmod procps iputils-ping busybox-static util-linux)
+  nftables iptables kmod procps iputils-ping busybox-static util-linux jq curl)
 # Kernel modules carried in the image (with their dependencies). The first group is loaded by the
 # initramfs to reach the root filesystem and the 9p shares; the rest load on demand or through
 # /etc/modules-load.d in the guest.
@@ -345,6 +346,14 @@ case $(cd "$target" 2>/dev/null && pwd || echo "$target") in
     find "$target/debug" -maxdepth 1 -type f -perm -u+x -exec cp {} "$run/results/bin/" \; 2>/dev/null || true
     bin_dir=/results/bin ;;
 esac
+# The node checks install the local images (hack/install.sh takes build/images/*.tar): build them
+# with the host's nodus-images (quick, byte-identical on every rebuild). Without it those checks FAIL.
+if [ -x "$target/debug/nodus-images" ]; then
+  "$target/debug/nodus-images" build --out "$repo/build/images" > /dev/null ||
+    log "warning: nodus-images build failed; the node checks will miss the images"
+else
+  log "warning: $target/debug/nodus-images not built (cargo build --workspace --bins); the node checks will FAIL"
+fi
 {
   printf 'NODUS_VM_RUNTIMES=%q\n' "$runtimes"
   printf 'NODUS_VM_CHECKS=%q\n' "$checks"
@@ -353,23 +362,44 @@ esac
   printf 'NODUS_VM_GUEST_TIMEOUT=%q\n' "${NODUS_VM_GUEST_TIMEOUT:-$(( vm_timeout > 120 ? vm_timeout - 60 : vm_timeout / 2 ))}"
 } > "$run/results/env"
 
+# The guest's disk: a qcow2 overlay of the cached image, private to this run. A guest reboot (the
+# node checks reboot the node once) ends qemu (-no-reboot, so a guest panic still ends the run at
+# once) and the next qemu boots the same overlay: the disk state survives as it would on a real
+# node, and the host sees each boot.
+qemu-img create -q -f qcow2 -F raw -b "$image_dir/rootfs.img" "$run/disk.qcow2"
+max_boots=${NODUS_VM_MAX_BOOTS:-2}
 log "booting ($accel_name, timeout ${vm_timeout} s, runtimes: $runtimes)"
 t_boot=$(now)
+boots=0
+qemu_rc=0
 set +e
-# In the background so that an interrupted run takes qemu down with it (timeout passes the
-# signal on to qemu).
-timeout -k 10 "$vm_timeout" "$qemu" "${qemu_data[@]}" "${accel[@]}" -m 2048 -smp 2 \
-  -nodefaults -display none -no-reboot -no-user-config \
-  -kernel "$kernel_dir/vmlinux" -initrd "$image_dir/initrd.img" -append "$KERNEL_CMDLINE" \
-  -drive "file=$image_dir/rootfs.img,format=raw,if=virtio,snapshot=on" \
-  -virtfs "local,path=$repo,mount_tag=nodus,security_model=none,readonly=on" \
-  -virtfs "local,path=$run/results,mount_tag=results,security_model=none" \
-  -serial "file:$run/console.log" > "$run/qemu.log" 2>&1 &
-vm_pid=$!
-trap 'kill "$vm_pid" 2>/dev/null; wait "$vm_pid"; exit 130' INT TERM HUP
-wait "$vm_pid"
-qemu_rc=$?
-trap - INT TERM HUP
+while :; do
+  boots=$((boots + 1))
+  left=$(awk -v a="$t_boot" -v b="$(now)" -v t="$vm_timeout" 'BEGIN { l = int(t - (b - a)); print (l > 1 ? l : 1) }')
+  rm -f "$run/results/reboot-request"
+  # In the background so that an interrupted run takes qemu down with it (timeout passes the
+  # signal on to qemu).
+  timeout -k 10 "$left" "$qemu" "${qemu_data[@]}" "${accel[@]}" -m 2048 -smp 2 \
+    -nodefaults -display none -no-reboot -no-user-config \
+    -kernel "$kernel_dir/vmlinux" -initrd "$image_dir/initrd.img" -append "$KERNEL_CMDLINE" \
+    -drive "file=$run/disk.qcow2,format=qcow2,if=virtio,cache=unsafe" \
+    -virtfs "local,path=$repo,mount_tag=nodus,security_model=none,readonly=on" \
+    -virtfs "local,path=$run/results,mount_tag=results,security_model=none" \
+    -serial "file:$run/console.$boots.log" > "$run/qemu.log" 2>&1 &
+  vm_pid=$!
+  trap 'kill "$vm_pid" 2>/dev/null; wait "$vm_pid"; exit 130' INT TERM HUP
+  wait "$vm_pid"
+  qemu_rc=$?
+  trap - INT TERM HUP
+  cat "$run/console.$boots.log" >> "$run/console.log" 2>/dev/null
+  # The guest asks for a reboot by leaving reboot-request on the results share (no verdict yet).
+  if [ "$qemu_rc" = 0 ] && [ -e "$run/results/reboot-request" ] && [ ! -s "$run/results/verdict" ] \
+      && [ "$boots" -lt "$max_boots" ]; then
+    log "the guest rebooted (boot $boots done after $(elapsed "$t_boot") s); booting again"
+    continue
+  fi
+  break
+done
 set -e
 vm_s=$(elapsed "$t_boot")
 
@@ -386,8 +416,10 @@ echo "=== VM tier report ==="
 printf '  %-22s %s\n' "accelerator" "$accel_name"
 printf '  %-22s %s\n' "kernel" "$kver"
 printf '  %-22s %s\n' "qemu/kernel/image" "$cache_note ($build_s s)"
-if [ -s "$run/results/boot-seconds" ]; then
-  printf '  %-22s %s s\n' "boot (guest uptime)" "$(cat "$run/results/boot-seconds")"
+if [ -s "$run/results/boots" ]; then
+  while read -r n up; do
+    printf '  %-22s %s s (kernel start to the test runner)\n' "boot $n (guest uptime)" "$up"
+  done < "$run/results/boots"
 fi
 if [ -s "$run/results/metrics" ]; then
   while IFS=$'\t' read -r name value; do
@@ -425,7 +457,7 @@ if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
   failed=$((failed + 1))
 fi
 [ "$failed" -eq 0 ] || ok=0
-printf '  %-22s %s s (qemu exit %s)\n' "VM run" "$vm_s" "$qemu_rc"
+printf '  %-22s %s s, %s boot(s) (last qemu exit %s)\n' "VM run" "$vm_s" "$boots" "$qemu_rc"
 printf '  %-22s %s s\n' "total" "$(elapsed "$t_start")"
 echo "vm-test: $passed passed, $failed failed"
 if [ "$ok" = 1 ] && [ "$keep" = 0 ]; then
