@@ -1,7 +1,7 @@
 #!/bin/sh
 # Benchmark (not a test): create+start+wait+delete of a busybox /bin/true bundle, N times
-# (default 50) with nodus-runtime, runc and crun in alternation; prints medians, peak RSS
-# and ratios peer/ours.
+# (default 50) with nodus-runtime (two builds), runc and crun in alternation; prints
+# medians, peak RSS and ratios against the first (nodus-lean).
 #
 # All three run under the same conditions: a private mount namespace where
 # /sys/fs/cgroup/unified is unmounted (crun refuses this host's hybrid cgroups otherwise;
@@ -12,10 +12,20 @@
 set -eu
 N="${1:-50}"
 cd "$(dirname "$0")/.."
+# Two builds of ours: the workspace's release profile ("nodus"), and the lean build we
+# recommend shipping ("nodus-lean": static glibc, opt-level s, fat LTO, one codegen unit,
+# panic=abort), which drops the dynamic loader and shared libc from every start. The lean
+# build goes to target/<triple>/ so it does not disturb the normal release artifacts.
 cargo build --release -q -p nodus-shim --bin nodus-runtime --example bench_lifecycle
-TARGET="${CARGO_TARGET_DIR:-target}/release"
-OURS="$(pwd)/$TARGET/nodus-runtime"
-DRIVER="$(pwd)/$TARGET/examples/bench_lifecycle"
+TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+    CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+    CARGO_PROFILE_RELEASE_PANIC=abort \
+    cargo build --release -q --target "$TRIPLE" -p nodus-shim --bin nodus-runtime
+TARGET="${CARGO_TARGET_DIR:-target}"
+OURS="$(cd "$TARGET" && pwd)/release/nodus-runtime"
+LEAN="$(cd "$TARGET" && pwd)/$TRIPLE/release/nodus-runtime"
+DRIVER="$(cd "$TARGET" && pwd)/release/examples/bench_lifecycle"
 
 WORK="$(mktemp -d /tmp/nodus-bench.XXXXXX)"
 CG="nodus-bench-$$"
@@ -46,8 +56,8 @@ c["linux"]["cgroupsPath"] = "/" + cg + "/c"
 json.dump(c, open(p, "w"), indent=1)
 PY
 
-echo "nodus-runtime: $("$OURS" --version | head -1), binary $(stat -c %s "$OURS") bytes"
+echo "nodus-runtime: $("$OURS" --version | head -1), binary $(stat -c %s "$OURS") bytes, lean $(stat -c %s "$LEAN") bytes"
 echo "runc: $(runc --version | head -1)"
 echo "crun: $(crun --version | head -1)"
 unshare --mount --propagation private sh -c \
-    "umount -l /sys/fs/cgroup/unified && exec '$DRIVER' '$N' '$WORK/bundle' nodus='$OURS' runc=/usr/sbin/runc crun=/usr/bin/crun"
+    "umount -l /sys/fs/cgroup/unified && exec '$DRIVER' '$N' '$WORK/bundle' nodus-lean='$LEAN' nodus='$OURS' runc=/usr/sbin/runc crun=/usr/bin/crun"

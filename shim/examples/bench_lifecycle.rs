@@ -94,7 +94,7 @@ fn main() {
         }
     }
     println!(
-        "create+start+wait+delete of /bin/true, {n} runs each, alternating\n{:<8} {:>12} {:>14} {:>9}",
+        "create+start+wait+delete of /bin/true, {n} runs each, alternating\n{:<11} {:>12} {:>14} {:>9}",
         "runtime", "median ms", "peak RSS KiB", "failures"
     );
     let mut medians = vec![];
@@ -105,7 +105,7 @@ fn main() {
             median(&mut times[r])
         };
         medians.push(m);
-        println!("{name:<8} {m:>12.2} {:>14} {:>9}", rss[r], failures[r]);
+        println!("{name:<11} {m:>12.2} {:>14} {:>9}", rss[r], failures[r]);
     }
     let (ours, _) = &runtimes[0];
     for (r, (name, _)) in runtimes.iter().enumerate().skip(1) {
