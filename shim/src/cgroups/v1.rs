@@ -335,3 +335,85 @@ impl V1 {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+
+    /// A fake v1 hierarchy: one directory per controller with the files the kernel has.
+    fn fake() -> (tempfile::TempDir, V1) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut paths = BTreeMap::new();
+        for c in ["cpu", "cpuset", "memory", "devices"] {
+            fs::create_dir_all(tmp.path().join(c)).unwrap();
+            paths.insert(c.to_string(), PathBuf::from("pod/ctr"));
+        }
+        fs::write(tmp.path().join("cpuset/cpuset.cpus"), "0-1").unwrap();
+        fs::write(tmp.path().join("cpuset/cpuset.mems"), "0").unwrap();
+        let cg = V1 {
+            root: tmp.path().to_path_buf(),
+            paths,
+        };
+        (tmp, cg)
+    }
+
+    #[test]
+    fn apply_writes_v1_files() {
+        let (tmp, cg) = fake();
+        cg.create().unwrap();
+        let d = |c: &str| tmp.path().join(c).join("pod/ctr");
+        fs::write(
+            d("memory").join("memory.memsw.limit_in_bytes"),
+            "9223372036854771712",
+        )
+        .unwrap();
+        let r = LinuxResourcesBuilder::default()
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .shares(512u64)
+                    .quota(25_000i64)
+                    .period(100_000u64)
+                    .cpus("1")
+                    .build()
+                    .unwrap(),
+            )
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(64i64 << 20)
+                    .swap(96i64 << 20)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        cg.apply(&r).unwrap();
+        let rd = |c: &str, f: &str| fs::read_to_string(d(c).join(f)).unwrap();
+        assert_eq!(rd("cpu", "cpu.shares"), "512");
+        assert_eq!(rd("cpu", "cpu.cfs_quota_us"), "25000");
+        assert_eq!(rd("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(rd("cpuset", "cpuset.cpus"), "1");
+        assert_eq!(
+            rd("memory", "memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            rd("memory", "memory.memsw.limit_in_bytes"),
+            (96u64 << 20).to_string()
+        );
+        // The last device rule written is the last default rule (files keep the last write).
+        assert_eq!(rd("devices", "devices.allow"), "c 10:200 rwm");
+        assert_eq!(rd("devices", "devices.deny"), "a");
+    }
+
+    #[test]
+    fn unified_is_refused_on_v1() {
+        let (_tmp, cg) = fake();
+        cg.create().unwrap();
+        let mut u = std::collections::HashMap::new();
+        u.insert("memory.high".to_string(), "1".to_string());
+        let r = LinuxResourcesBuilder::default().unified(u).build().unwrap();
+        let e = cg.apply(&r).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.unified"), "{e}");
+    }
+}
