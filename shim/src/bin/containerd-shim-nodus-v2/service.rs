@@ -824,13 +824,34 @@ impl Service {
                 format!("container {}: process already finished", req.id),
             ));
         }
-        let sig = signal.to_string();
-        let mut args = vec!["kill"];
-        if req.all {
-            args.push("--all");
+        if !req.all {
+            // The init is our child (re-parented to us, not yet reaped while it is not
+            // Stopped), so signal it directly: a runtime process less on every stop.
+            let state = self.lock();
+            let live = state
+                .containers
+                .get(&req.id)
+                .map(|c| (c.init.pid, c.init.status))
+                .filter(|(pid, st)| *pid > 0 && *st != ProcStatus::Stopped);
+            let Some((pid, _)) = live else {
+                return Err(status(
+                    Code::NOT_FOUND,
+                    format!("container {}: process already finished", req.id),
+                ));
+            };
+            // SAFETY: kill(2) with plain integers.
+            if unsafe { libc::kill(pid, signal) } < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(status(
+                    Code::NOT_FOUND,
+                    format!("container {}: kill {pid}: {e}", req.id),
+                ));
+            }
+            return Ok(());
         }
-        args.extend([req.id.as_str(), sig.as_str()]);
-        match self.run(&req.id, &args, Io::default()) {
+        // Every process of the container: the runtime knows its cgroup.
+        let sig = signal.to_string();
+        match self.run(&req.id, &["kill", "--all", &req.id, &sig], Io::default()) {
             Ok(_) => Ok(()),
             Err(e) => {
                 let stopped = self
