@@ -103,12 +103,16 @@ pub struct Saved {
     /// The container's cgroup.
     pub cgroup: Cgroup,
     /// config.json annotations.
+    #[serde(default)]
     pub annotations: HashMap<String, String>,
     /// config.json hooks (poststart and poststop run after create).
+    #[serde(default)]
     pub hooks: Option<Hooks>,
     /// config.json process: the defaults of `exec ID CMD...`.
+    #[serde(default)]
     pub process: Option<Process>,
     /// Current resource limits (config.json's, as changed by `update`).
+    #[serde(default)]
     pub resources: Option<LinuxResources>,
 }
 
@@ -578,6 +582,12 @@ impl Runtime {
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let s = match self.load(id) {
             Ok(s) => s,
+            Err(Error::Other(msg)) if force && msg.starts_with("corrupt state") => {
+                // Nothing to kill or remove by the book: drop the state so the id is free.
+                tracing::warn!("{msg}; removing the state directory only");
+                let d = self.dir(id);
+                return fs::remove_dir_all(&d).ctx(|| format!("remove {}", d.display()));
+            }
             Err(Error::NotFound(_)) => {
                 // A create that died before writing state.json may leave the directory.
                 let d = self.dir(id);

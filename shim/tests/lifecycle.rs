@@ -490,3 +490,19 @@ fn version_features_and_systemd_flag() {
         "{o:?}"
     );
 }
+
+#[test]
+fn force_delete_clears_a_corrupt_state() {
+    let b = Bundle::new(&["true"]);
+    let dir = b.state_root().join(&b.id);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("state.json"), "{garbage").unwrap();
+    let o = b.rt(&["delete", &b.id]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("corrupt state"),
+        "{o:?}"
+    );
+    b.ok(&["delete", "--force", &b.id]);
+    assert!(!dir.exists());
+}
