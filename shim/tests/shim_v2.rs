@@ -197,7 +197,15 @@ async fn pod_with_two_containers_runs_on_the_shim() {
         "echo hello-from-shim; echo oops >&2; echo data > /tmp/f; exec sleep 1000",
     )
     .await;
-    let side = create_started(&mut rt, &ctrd, &pod, &sandbox, "side", "exec sleep 1000").await;
+    let side = create_started(
+        &mut rt,
+        &ctrd,
+        &pod,
+        &sandbox,
+        "side",
+        "sleep 999 & exec sleep 1000",
+    )
+    .await;
     assert_eq!(
         shims(&ctrd),
         shim_pids,

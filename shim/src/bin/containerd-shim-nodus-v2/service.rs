@@ -288,8 +288,18 @@ impl Service {
             }
         }
         let pid = proc.pid;
+        if exec_id.is_empty() && !own_pid_ns {
+            // Processes sharing the pod's PID namespace do not die with init: end them
+            // (before the exit is reported, as runc's shim does).
+            if let Some(cg) = &cgroup {
+                for p in cg.procs() {
+                    // SAFETY: kill(2) with plain integers, on processes of this container.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+        }
         // An OOM kill is announced before the exit it caused (CRI reads the reason then).
-        if exec_id.is_empty() && cgroup.is_some_and(|cg| cg.take_new_oom_kills()) {
+        if exec_id.is_empty() && cgroup.as_ref().is_some_and(|cg| cg.take_new_oom_kills()) {
             self.publisher.publish(Event::Oom(ev::TaskOOM {
                 container_id: id.to_string(),
                 ..Default::default()
@@ -311,16 +321,6 @@ impl Service {
         }));
         // Wait callers (and anyone else on the condvar) look again.
         self.exited.notify_all();
-        if exec_id.is_empty() && !own_pid_ns {
-            // Processes sharing the pod's PID namespace do not die with init: end them.
-            let this = self.clone();
-            let id = id.to_string();
-            std::thread::spawn(move || {
-                let _ =
-                    this.runtime
-                        .run(&*this, None, &["kill", "--all", &id, "KILL"], Io::default());
-            });
-        }
     }
 
     /// Registers a started process's pid; handles an exit that already happened.

@@ -81,6 +81,19 @@ impl Cgroup {
         }
     }
 
+    /// The processes in the cgroup.
+    pub fn procs(&self) -> Vec<i32> {
+        let file = match &self.loc {
+            Location::V1 { .. } => self.v1("memory").join("cgroup.procs"),
+            Location::V2 { dir } => dir.join("cgroup.procs"),
+        };
+        fs::read_to_string(file)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
     /// The kernel's count of OOM kills in this cgroup (`oom_kill` of memory.oom_control on
     /// v1, of memory.events on v2).
     fn oom_kills(&self) -> u64 {
