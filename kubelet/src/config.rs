@@ -120,6 +120,15 @@ pub struct KubeletConfiguration {
     pub address: Option<String>,
     pub port: Option<i64>,
     pub resolv_conf: Option<PathBuf>,
+    pub container_log_max_size: Option<String>,
+    pub container_log_max_files: Option<i64>,
+    pub container_log_monitor_interval: Option<String>,
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: Option<i64>,
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: Option<i64>,
+    #[serde(rename = "imageMinimumGCAge")]
+    pub image_minimum_gc_age: Option<String>,
 }
 
 impl KubeletConfiguration {
@@ -168,6 +177,18 @@ pub struct Config {
     pub node_name: String,
     pub node_ip: Option<IpAddr>,
     pub resolv_conf: PathBuf,
+    /// Rotate a container's log above this many bytes (default 10Mi).
+    pub container_log_max_size: u64,
+    /// Keep this many log files per container, the live one included (default 5).
+    pub container_log_max_files: u32,
+    /// How often logs are checked for rotation (default 10s).
+    pub container_log_monitor_interval: Duration,
+    /// Image GC runs when the image filesystem is fuller than this (default 85).
+    pub image_gc_high_threshold_percent: u8,
+    /// ... and frees down to this (default 80).
+    pub image_gc_low_threshold_percent: u8,
+    /// Images unused for less than this are kept (default 2m).
+    pub image_minimum_gc_age: Duration,
 }
 
 impl Default for Config {
@@ -191,6 +212,12 @@ impl Default for Config {
             node_name: String::new(),
             node_ip: None,
             resolv_conf: "/etc/resolv.conf".into(),
+            container_log_max_size: 10 << 20,
+            container_log_max_files: 5,
+            container_log_monitor_interval: Duration::from_secs(10),
+            image_gc_high_threshold_percent: 85,
+            image_gc_low_threshold_percent: 80,
+            image_minimum_gc_age: Duration::from_secs(120),
         }
     }
 }
@@ -335,6 +362,53 @@ impl Config {
         }
         if let Some(v) = &file.resolv_conf {
             c.resolv_conf = v.clone();
+        }
+        if let Some(v) = &file.container_log_max_size {
+            let bytes = crate::resources::parse_milli(v)
+                .map_err(|e| invalid("containerLogMaxSize", v, e.reason))?
+                / 1000;
+            c.container_log_max_size = u64::try_from(bytes)
+                .ok()
+                .filter(|b| *b > 0)
+                .ok_or_else(|| invalid("containerLogMaxSize", v, "must be positive"))?;
+        }
+        if let Some(v) = file.container_log_max_files {
+            c.container_log_max_files = u32::try_from(v)
+                .ok()
+                .filter(|n| *n >= 2)
+                .ok_or_else(|| invalid("containerLogMaxFiles", v, "must be at least 2"))?;
+        }
+        if let Some(v) = &file.container_log_monitor_interval {
+            c.container_log_monitor_interval = parse_duration("containerLogMonitorInterval", v)?;
+            if c.container_log_monitor_interval < Duration::from_secs(1) {
+                return Err(invalid(
+                    "containerLogMonitorInterval",
+                    v,
+                    "must be at least 1s",
+                ));
+            }
+        }
+        let percent = |field: &str, v: i64| {
+            u8::try_from(v)
+                .ok()
+                .filter(|p| *p <= 100)
+                .ok_or_else(|| invalid(field, v, "must be between 0 and 100"))
+        };
+        if let Some(v) = file.image_gc_high_threshold_percent {
+            c.image_gc_high_threshold_percent = percent("imageGCHighThresholdPercent", v)?;
+        }
+        if let Some(v) = file.image_gc_low_threshold_percent {
+            c.image_gc_low_threshold_percent = percent("imageGCLowThresholdPercent", v)?;
+        }
+        if c.image_gc_low_threshold_percent > c.image_gc_high_threshold_percent {
+            return Err(invalid(
+                "imageGCLowThresholdPercent",
+                c.image_gc_low_threshold_percent,
+                "must not be above imageGCHighThresholdPercent",
+            ));
+        }
+        if let Some(v) = &file.image_minimum_gc_age {
+            c.image_minimum_gc_age = parse_duration("imageMinimumGCAge", v)?;
         }
 
         // Flags override the file.

@@ -129,6 +129,21 @@ impl Cri {
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let r = self.call_inner(op, timeout, f).await;
+        crate::metrics::global().runtime_op(op, r.is_err());
+        r
+    }
+
+    async fn call_inner<T, F, Fut>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, CriError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let ch = self.channel().await?;
         match tokio::time::timeout(timeout, f(ch)).await {
             Err(_) => Err(CriError::Timeout { op, timeout }),
@@ -349,6 +364,93 @@ impl Cri {
             })
             .await?;
         Ok(r.image.map(|i| i.id))
+    }
+
+    /// Runs `cmd` in a container and waits for it (up to `timeout`).
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<cri::ExecSyncResponse, CriError> {
+        let container_id = id.to_string();
+        let secs = timeout.as_secs().max(1) as i64;
+        self.call(
+            "ExecSync",
+            timeout + Duration::from_secs(5),
+            |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .exec_sync(cri::ExecSyncRequest {
+                        container_id,
+                        cmd,
+                        timeout: secs,
+                    })
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Asks the runtime to reopen a container's log file (after the kubelet renamed it).
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), CriError> {
+        let container_id = id.to_string();
+        self.call("ReopenContainerLog", DEFAULT_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .reopen_container_log(cri::ReopenContainerLogRequest { container_id })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// CPU and memory statistics of every container.
+    pub async fn list_container_stats(&self) -> Result<Vec<cri::ContainerStats>, CriError> {
+        let r = self
+            .call("ListContainerStats", LIST_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+                    .await
+            })
+            .await?;
+        Ok(r.stats)
+    }
+
+    /// Every image the runtime holds.
+    pub async fn list_images(&self) -> Result<Vec<cri::Image>, CriError> {
+        let r = self
+            .call("ListImages", LIST_TIMEOUT, |ch| async move {
+                ImageServiceClient::new(ch)
+                    .list_images(cri::ListImagesRequest { filter: None })
+                    .await
+            })
+            .await?;
+        Ok(r.images)
+    }
+
+    pub async fn remove_image(&self, image: &str) -> Result<(), CriError> {
+        let spec = cri::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        };
+        self.call("RemoveImage", DEFAULT_TIMEOUT, |ch| async move {
+            ImageServiceClient::new(ch)
+                .remove_image(cri::RemoveImageRequest { image: Some(spec) })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The image filesystems' usage.
+    pub async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>, CriError> {
+        let r = self
+            .call("ImageFsInfo", LIST_TIMEOUT, |ch| async move {
+                ImageServiceClient::new(ch)
+                    .image_fs_info(cri::ImageFsInfoRequest {})
+                    .await
+            })
+            .await?;
+        Ok(r.image_filesystems)
     }
 
     /// The user an image runs as: (uid, username) from ImageStatus.

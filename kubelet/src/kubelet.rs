@@ -20,6 +20,7 @@ use crate::kuberuntime::RuntimeManager;
 use crate::pleg::{Pleg, PlegShared};
 use crate::pod_config::{uid_of, PodConfig, PodUpdate};
 use crate::pod_workers::{PodSyncer, PodWorkers, Work, WorkerResult, WorkerState};
+use crate::prober::ProbeManager;
 use crate::resources::{self, NodeAllocatable};
 use crate::sources::file::FileSource;
 use crate::sources::http::HttpSource;
@@ -95,6 +96,9 @@ pub struct Syncer {
     pub reasons: Mutex<HashMap<String, status_manager::StartFailures>>,
     pub node_ip: Option<String>,
     pub sync_frequency: Duration,
+    pub probes: ProbeManager,
+    /// When each pod was first synced (None once its start was measured).
+    pub first_seen: Mutex<HashMap<String, Option<Instant>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,6 +116,7 @@ impl Syncer {
     ) {
         let previous = self.status.get(uid);
         let reasons = lock(&self.reasons).get(uid).cloned().unwrap_or_default();
+        let probes = self.probes.results();
         let api = status_manager::generate(
             pod,
             runtime_status,
@@ -121,8 +126,17 @@ impl Syncer {
                 node_ip: self.node_ip.clone(),
                 previous: previous.as_ref(),
                 now,
+                probes: Some(&probes),
             },
         );
+        if api.phase.as_deref() == Some("Running") {
+            let mut seen = lock(&self.first_seen);
+            if let Some(slot) = seen.get_mut(uid) {
+                if let Some(t) = slot.take() {
+                    crate::metrics::global().pod_started(t.elapsed().as_secs_f64());
+                }
+            }
+        }
         self.status.set(uid, api);
     }
 
@@ -141,6 +155,8 @@ impl Syncer {
     pub fn forget_pod(&self, uid: &str) {
         lock(&self.reasons).remove(uid);
         lock(&self.backoff).forget_pod(uid);
+        lock(&self.first_seen).remove(uid);
+        self.probes.forget_pod(uid);
     }
 
     async fn sync(&self, pod: &Pod) -> Duration {
@@ -152,6 +168,18 @@ impl Syncer {
                 return ERROR_REQUEUE;
             }
         };
+        lock(&self.first_seen)
+            .entry(uid.clone())
+            .or_insert_with(|| Some(Instant::now()));
+        self.probes.sync_pod(
+            pod,
+            &runtime_status,
+            runtime_status
+                .sandboxes
+                .first()
+                .and_then(|s| s.ips.first().cloned()),
+            crate::kuberuntime::pod_grace(pod),
+        );
         let now = now_nanos();
         let actions = {
             let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
@@ -241,6 +269,9 @@ pub struct Shared {
     pub pleg: PlegShared,
     /// Updated by the sync loop on every iteration (for healthz).
     pub loop_alive: Arc<Mutex<Instant>>,
+    /// For `/containerLogs` and `/stats/summary`.
+    pub cri: Cri,
+    pub node_name: String,
 }
 
 impl Shared {
@@ -261,6 +292,8 @@ pub struct Kubelet {
     syncer: Arc<Syncer>,
     shared: Shared,
     cri: Cri,
+    /// Pods whose probe results changed.
+    probe_rx: mpsc::UnboundedReceiver<String>,
 }
 
 impl Kubelet {
@@ -278,7 +311,10 @@ impl Kubelet {
         runtime.node_name = cfg.node_name.clone();
         runtime.node_ip = cfg.node_ip.map(|ip| ip.to_string());
         let status = StatusManager::new();
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let syncer = Arc::new(Syncer {
+            probes: ProbeManager::new(cri.clone(), probe_tx),
+            first_seen: Mutex::new(HashMap::new()),
             runtime,
             status: status.clone(),
             backoff: Mutex::new(Backoff::new()),
@@ -291,12 +327,15 @@ impl Kubelet {
             status,
             pleg: PlegShared::default(),
             loop_alive: Arc::new(Mutex::new(Instant::now())),
+            cri: cri.clone(),
+            node_name: cfg.node_name.clone(),
         };
         Kubelet {
             cfg,
             syncer,
             shared,
             cri,
+            probe_rx,
         }
     }
 
@@ -305,7 +344,7 @@ impl Kubelet {
     }
 
     /// Runs until `shutdown` resolves. Pods keep running after the kubelet exits.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         match self.cri.version().await {
             Ok(v) => {
                 tracing::info!(runtime = %v.runtime_name, version = %v.runtime_version, api = %v.runtime_api_version, "connected to the container runtime")
@@ -340,6 +379,12 @@ impl Kubelet {
         }
         drop(src_tx);
 
+        tokio::spawn(crate::logs::run_log_manager(
+            self.cri.clone(),
+            self.cfg.container_log_max_size,
+            self.cfg.container_log_max_files,
+            self.cfg.container_log_monitor_interval,
+        ));
         let (pleg_tx, mut pleg_rx) = mpsc::channel(4096);
         tokio::spawn(
             Pleg {
@@ -381,6 +426,13 @@ impl Kubelet {
                 Some(update) = src_rx.recv() => {
                     for u in pod_config.merge(update) {
                         handle_update(u, &pods, &mut workers, &mut admission);
+                    }
+                }
+                Some(uid) = self.probe_rx.recv() => {
+                    if let Some(pod) = pods.get(&uid) {
+                        if workers.state(&uid) != Some(WorkerState::Terminating) {
+                            workers.update_pod(&uid, Work::Sync(pod));
+                        }
                     }
                 }
                 Some(ev) = pleg_rx.recv() => {

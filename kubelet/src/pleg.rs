@@ -192,8 +192,10 @@ impl Pleg {
         let mut failing = false;
         loop {
             ticker.tick().await;
+            let started = Instant::now();
             match self.relist().await {
                 Ok((new, pods)) => {
+                    record_metrics(&new, started.elapsed().as_secs_f64());
                     if failing {
                         tracing::info!("PLEG relist works again");
                         failing = false;
@@ -222,6 +224,29 @@ impl Pleg {
             }
         }
     }
+}
+
+/// Running pods (a ready sandbox) and containers by state, for `/metrics`.
+fn record_metrics(r: &Relist, secs: f64) {
+    let ready = cri::PodSandboxState::SandboxReady as i32;
+    let running_pods = r
+        .sandboxes
+        .values()
+        .filter(|(_, st)| *st == ready)
+        .map(|(uid, _)| uid)
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    let mut containers = std::collections::BTreeMap::new();
+    for (_, st) in r.containers.values() {
+        let name = match cri::ContainerState::try_from(*st) {
+            Ok(cri::ContainerState::ContainerCreated) => "created",
+            Ok(cri::ContainerState::ContainerRunning) => "running",
+            Ok(cri::ContainerState::ContainerExited) => "exited",
+            _ => "unknown",
+        };
+        *containers.entry(name).or_insert(0u64) += 1;
+    }
+    crate::metrics::global().relist(secs, running_pods, containers);
 }
 
 #[cfg(test)]

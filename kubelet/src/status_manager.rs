@@ -106,8 +106,14 @@ fn container_status(
                 ..Default::default()
             });
             s.last_state = prev_terminated;
-            s.ready = !is_init;
-            s.started = Some(true);
+            let probe = inputs.probes.and_then(|p| p.get(&latest.id));
+            // The startup probe gates readiness; a readiness probe must succeed first.
+            let started =
+                spec.startup_probe.is_none() || probe.and_then(|p| p.started).unwrap_or(false);
+            let ready =
+                spec.readiness_probe.is_none() || probe.and_then(|p| p.ready).unwrap_or(false);
+            s.ready = !is_init && started && ready;
+            s.started = Some(started);
         }
         ContainerState::Exited => {
             let waits = backoff.iter().find(|w| w.name == spec.name);
@@ -145,6 +151,26 @@ fn container_status(
         ContainerState::Created | ContainerState::Unknown => {
             s.state = Some(waiting_state());
             s.last_state = prev_terminated;
+        }
+    }
+    // A container the kubelet killed for a failed probe says so.
+    if let Some(probes) = inputs.probes {
+        for st in [s.state.as_mut(), s.last_state.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(t) = st.terminated.as_mut() {
+                let id = t
+                    .container_id
+                    .as_deref()
+                    .and_then(|i| i.strip_prefix(CONTAINER_ID_PREFIX))
+                    .unwrap_or("");
+                if let Some(msg) = probes.get(id).and_then(|p| p.killed.clone()) {
+                    if t.message.is_none() {
+                        t.message = Some(msg);
+                    }
+                }
+            }
         }
     }
     s
@@ -259,6 +285,8 @@ pub struct StatusInputs<'a> {
     pub node_ip: Option<String>,
     pub previous: Option<&'a ApiPodStatus>,
     pub now: Nanos,
+    /// Probe results by container ID (None: no probes known).
+    pub probes: Option<&'a crate::prober::ProbeResults>,
 }
 
 /// Generates the API status of a pod from the runtime's view of it.
@@ -471,6 +499,7 @@ mod tests {
                 node_ip: Some("10.0.0.1".into()),
                 previous: None,
                 now: 100 * S,
+                probes: None,
             },
         )
     }
@@ -659,6 +688,7 @@ mod tests {
             &StatusInputs {
                 previous: Some(&first),
                 now: 500 * S,
+                probes: None,
                 ..Default::default()
             },
         );

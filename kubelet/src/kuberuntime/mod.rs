@@ -47,6 +47,8 @@ pub enum SyncError {
     StartContainer(CriError),
     #[error("{0}")]
     Config(String),
+    #[error("postStart hook failed: {0}")]
+    PostStartHook(String),
     #[error("pod cgroup: {0}")]
     Cgroup(#[from] crate::resources::CgroupError),
 }
@@ -59,6 +61,7 @@ impl SyncError {
             SyncError::ImagePull { .. } => "ErrImagePull",
             SyncError::Io { .. } | SyncError::Config(_) => "CreateContainerConfigError",
             SyncError::Cgroup(_) => "CreateContainerError",
+            SyncError::PostStartHook(_) => "PostStartHookError",
             SyncError::CreateContainer(_) => "CreateContainerError",
             SyncError::StartContainer(_) | SyncError::Cri(_) => "RunContainerError",
         }
@@ -109,7 +112,7 @@ fn sandbox_state(s: i32) -> SandboxState {
     }
 }
 
-fn pod_grace(pod: &Pod) -> i64 {
+pub fn pod_grace(pod: &Pod) -> i64 {
     pod.metadata
         .deletion_grace_period_seconds
         .or_else(|| {
@@ -314,7 +317,8 @@ impl RuntimeManager {
         };
         for k in &actions.containers_to_kill {
             tracing::info!(pod = %status_name(pod), container = %k.name, reason = %k.reason, "stopping container");
-            self.cri.stop_container(&k.id, pod_grace(pod)).await?;
+            self.stop_container(Some(pod), &k.name, &k.id, &sandbox_id, pod_grace(pod))
+                .await?;
         }
         let mut results = StartResults::new();
         if let Some(i) = actions.next_init_container {
@@ -464,7 +468,48 @@ impl RuntimeManager {
             return Err(SyncError::StartContainer(e));
         }
         tracing::info!(pod = %status_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
+        if let Some(h) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        {
+            let ip = rt_fields.pod_ips.first().map(String::as_str);
+            let timeout = std::time::Duration::from_secs(pod_grace(pod).max(30) as u64);
+            if let Err(msg) = run_lifecycle_handler(&self.cri, h, container, &id, ip, timeout).await
+            {
+                tracing::warn!(pod = %status_name(pod), container = %container.name, error = %msg, "postStart hook failed, killing the container (FailedPostStartHook)");
+                let _ = self.cri.stop_container(&id, pod_grace(pod)).await;
+                return Err(SyncError::PostStartHook(msg));
+            }
+        }
         Ok(())
+    }
+
+    /// Stops one container: its preStop hook (when `pod` knows one) within the grace
+    /// period, then the stop signal with what is left of it.
+    pub async fn stop_container(
+        &self,
+        pod: Option<&Pod>,
+        name: &str,
+        id: &str,
+        sandbox_id: &str,
+        grace: i64,
+    ) -> Result<(), CriError> {
+        let spec = pod.and_then(|p| {
+            app_containers(p)
+                .iter()
+                .chain(init_containers(p))
+                .find(|c| c.name == name)
+        });
+        let mut grace = grace;
+        if let Some((c, h)) = spec.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
+        {
+            let ip = self.sandbox_pod_ips(sandbox_id).await;
+            let start = std::time::Instant::now();
+            run_pre_stop(&self.cri, h, c, id, ip.first().map(String::as_str), grace).await;
+            grace = (grace - start.elapsed().as_secs() as i64).max(MIN_GRACE_SECS);
+        }
+        self.cri.stop_container(id, grace).await
     }
 
     /// Upstream's `verifyRunAsNonRoot`: refuses a container that would run as root.
@@ -545,7 +590,7 @@ impl RuntimeManager {
                 let name = c.labels.get(labels::CONTAINER_NAME_LABEL).cloned().unwrap_or_default();
                 async move {
                     tracing::info!(%uid, container = %name, id = %c.id, grace, "stopping container");
-                    match self.cri.stop_container(&c.id, grace).await {
+                    match self.stop_container(pod, &name, &c.id, &c.pod_sandbox_id, grace).await {
                         Err(e) if !e.is_not_found() => Err(e),
                         _ => Ok(()),
                     }
@@ -605,6 +650,48 @@ impl RuntimeManager {
     }
 }
 
+/// Runs a lifecycle handler (exec, httpGet, sleep) with a deadline.
+pub async fn run_lifecycle_handler(
+    cri: &Cri,
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    container: &Container,
+    container_id: &str,
+    pod_ip: Option<&str>,
+    timeout: std::time::Duration,
+) -> crate::handlers::Outcome {
+    if let Some(e) = &h.exec {
+        crate::handlers::exec(cri, container_id, e, timeout).await
+    } else if let Some(g) = &h.http_get {
+        crate::handlers::http_get(g, container, pod_ip, timeout).await
+    } else if let Some(s) = &h.sleep {
+        let d = std::time::Duration::from_secs(s.seconds.max(0) as u64).min(timeout);
+        tokio::time::sleep(d).await;
+        Ok(())
+    } else if let Some(t) = &h.tcp_socket {
+        // Deprecated for hooks; upstream treats it as a connect.
+        crate::handlers::tcp(t, container, pod_ip, timeout).await
+    } else {
+        Err("lifecycle handler has no action".into())
+    }
+}
+
+/// Runs a preStop hook within `grace` seconds; failures are logged (upstream goes on
+/// to stop the container).
+pub async fn run_pre_stop(
+    cri: &Cri,
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    container: &Container,
+    container_id: &str,
+    pod_ip: Option<&str>,
+    grace: i64,
+) {
+    let timeout = std::time::Duration::from_secs(grace.max(1) as u64);
+    tracing::info!(container = %container.name, id = %container_id, "running preStop hook");
+    if let Err(e) = run_lifecycle_handler(cri, h, container, container_id, pod_ip, timeout).await {
+        tracing::warn!(container = %container.name, id = %container_id, error = %e, "preStop hook failed (FailedPreStopHook)");
+    }
+}
+
 /// Upstream's limit on a termination message.
 const MAX_TERMINATION_MESSAGE: u64 = 4096;
 
@@ -623,8 +710,35 @@ fn termination_message(c: &cri::Container, st: &cri::ContainerStatus) -> Option<
         .read_to_end(&mut buf)
         .ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
-    (!text.is_empty()).then_some(text)
+    if !text.is_empty() {
+        return Some(text);
+    }
+    // FallbackToLogsOnError: the end of the log of a failed container.
+    let fallback = c
+        .annotations
+        .get(labels::CONTAINER_TERMINATION_MESSAGE_POLICY)
+        .is_some_and(|p| p == "FallbackToLogsOnError");
+    if fallback && st.exit_code != 0 && !st.log_path.is_empty() {
+        let opts = crate::logs::LogOptions {
+            tail_lines: Some(MAX_TERMINATION_MESSAGE_LOG_LINES),
+            ..Default::default()
+        };
+        let (mut text, _) = crate::logs::read_all(Path::new(&st.log_path), &opts).ok()?;
+        if text.len() > MAX_TERMINATION_MESSAGE_LOG_BYTES {
+            let mut cut = text.len() - MAX_TERMINATION_MESSAGE_LOG_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text.drain(..cut);
+        }
+        return (!text.is_empty()).then_some(text);
+    }
+    None
 }
+
+/// Upstream's limits on a termination message taken from the log.
+const MAX_TERMINATION_MESSAGE_LOG_LINES: usize = 80;
+const MAX_TERMINATION_MESSAGE_LOG_BYTES: usize = 2048;
 
 fn status_name(pod: &Pod) -> String {
     crate::pod_config::full_name(pod)

@@ -1,0 +1,323 @@
+//! The actions probes and lifecycle hooks run (upstream `prober` and `lifecycle`
+//! handlers): exec through CRI `ExecSync`, HTTP GET (a small HTTP/1.1 client: success is a
+//! status in 200..400), TCP connect, and the gRPC health check (`grpc.health.v1.Health/Check`
+//! through tonic, SERVING is success). The kubelet runs in the node network namespace, so
+//! pod IPs are reachable.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, GRPCAction, HTTPGetAction, TCPSocketAction,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cri::Cri;
+
+/// A probe or hook outcome: Ok, or why it failed.
+pub type Outcome = Result<(), String>;
+
+/// Upstream caps how much probe output it keeps.
+const MAX_OUTPUT: usize = 10 * 1024;
+
+pub async fn exec(
+    cri: &Cri,
+    container_id: &str,
+    action: &ExecAction,
+    timeout: Duration,
+) -> Outcome {
+    let cmd = action.command.clone().unwrap_or_default();
+    if cmd.is_empty() {
+        return Err("exec: no command".into());
+    }
+    let r = cri
+        .exec_sync(container_id, cmd, timeout)
+        .await
+        .map_err(|e| format!("exec: {e}"))?;
+    if r.exit_code == 0 {
+        Ok(())
+    } else {
+        let mut out = String::from_utf8_lossy(&r.stdout).to_string();
+        out.push_str(&String::from_utf8_lossy(&r.stderr));
+        out.truncate(MAX_OUTPUT);
+        Err(format!(
+            "command exited with {}: {}",
+            r.exit_code,
+            out.trim_end()
+        ))
+    }
+}
+
+/// Resolves a port given as a number or as the name of one of the container's ports.
+pub fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("invalid port {n}")),
+        IntOrString::String(s) => {
+            if let Ok(n) = s.parse::<u16>() {
+                return Ok(n);
+            }
+            container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(s.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok())
+                .ok_or_else(|| format!("port name {s:?} not found in the container's ports"))
+        }
+    }
+}
+
+fn host_of(host: Option<&str>, pod_ip: Option<&str>) -> Result<IpAddr, String> {
+    let h = host
+        .filter(|h| !h.is_empty())
+        .or(pod_ip)
+        .ok_or("no pod IP yet")?;
+    h.parse()
+        .map_err(|_| format!("host {h:?} is not an IP address (names are not resolved)"))
+}
+
+/// HTTP GET as upstream's probe: status 200..400 succeeds.
+pub async fn http_get(
+    action: &HTTPGetAction,
+    container: &Container,
+    pod_ip: Option<&str>,
+    timeout: Duration,
+) -> Outcome {
+    let scheme = action.scheme.as_deref().unwrap_or("HTTP");
+    if !scheme.eq_ignore_ascii_case("HTTP") {
+        return Err(format!(
+            "httpGet scheme {scheme:?} is not supported (HTTP only)"
+        ));
+    }
+    let ip = host_of(action.host.as_deref(), pod_ip)?;
+    let port = resolve_port(&action.port, container)?;
+    let path = action
+        .path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    let mut req = format!("GET {path} HTTP/1.1\r\n");
+    let mut has_host = false;
+    let mut has_agent = false;
+    for h in action.http_headers.iter().flatten() {
+        if h.name.contains(['\r', '\n']) || h.value.contains(['\r', '\n']) {
+            return Err(format!("httpGet header {:?} has a line break", h.name));
+        }
+        has_host |= h.name.eq_ignore_ascii_case("host");
+        has_agent |= h.name.eq_ignore_ascii_case("user-agent");
+        req.push_str(&format!("{}: {}\r\n", h.name, h.value));
+    }
+    if !has_host {
+        let host = match ip {
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+        };
+        req.push_str(&format!("Host: {host}\r\n"));
+    }
+    if !has_agent {
+        req.push_str("User-Agent: kube-probe/1.34\r\n");
+    }
+    req.push_str("Accept: */*\r\nConnection: close\r\n\r\n");
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect((ip, port))
+            .await
+            .map_err(|e| format!("GET http://{ip}:{port}{path}: {e}"))?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("GET http://{ip}:{port}{path}: {e}"))?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // Only the status line matters.
+        while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 8192 {
+            let n = s
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("GET http://{ip}:{port}{path}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("GET http://{ip}:{port}{path}: malformed HTTP response"))?;
+        if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("HTTP probe failed with statuscode: {code}"))
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("GET http://{ip}:{port}{path}: timed out after {timeout:?}"))?
+}
+
+pub async fn tcp(
+    action: &TCPSocketAction,
+    container: &Container,
+    pod_ip: Option<&str>,
+    timeout: Duration,
+) -> Outcome {
+    let ip = host_of(action.host.as_deref(), pod_ip)?;
+    let port = resolve_port(&action.port, container)?;
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("dial tcp {ip}:{port}: {e}")),
+        Err(_) => Err(format!("dial tcp {ip}:{port}: timed out after {timeout:?}")),
+    }
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse` (status 1 = SERVING).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+pub const SERVING: i32 = 1;
+
+/// `grpc.health.v1.Health/Check` against `ip:port`.
+pub async fn grpc_check(ip: IpAddr, port: u16, service: &str, timeout: Duration) -> Outcome {
+    let addr = match ip {
+        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+    };
+    let fut = async {
+        let ch = tonic::transport::Endpoint::from_shared(addr.clone())
+            .map_err(|e| format!("grpc {addr}: {e}"))?
+            .connect()
+            .await
+            .map_err(|e| format!("failed to connect service {addr}: {e}"))?;
+        let mut client = tonic::client::Grpc::new(ch);
+        client
+            .ready()
+            .await
+            .map_err(|e| format!("grpc {addr}: {e}"))?;
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+        let codec: tonic_prost::ProstCodec<HealthCheckRequest, HealthCheckResponse> =
+            tonic_prost::ProstCodec::default();
+        let resp = client
+            .unary(
+                tonic::Request::new(HealthCheckRequest {
+                    service: service.to_string(),
+                }),
+                path,
+                codec,
+            )
+            .await
+            .map_err(|s| format!("health rpc failed: {:?}: {}", s.code(), s.message()))?;
+        let status = resp.into_inner().status;
+        if status == SERVING {
+            Ok(())
+        } else {
+            Err(format!(
+                "service unhealthy (responded with status {status})"
+            ))
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("timeout: health rpc did not complete within {timeout:?}"))?
+}
+
+pub async fn grpc(action: &GRPCAction, pod_ip: Option<&str>, timeout: Duration) -> Outcome {
+    let ip = host_of(None, pod_ip)?;
+    let port = u16::try_from(action.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("invalid grpc port {}", action.port))?;
+    grpc_check(ip, port, action.service.as_deref().unwrap_or(""), timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn http_and_tcp_against_a_local_server() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 2048];
+                let n = s.read(&mut buf).await.unwrap();
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let code = if req.starts_with("GET /ok ") {
+                    200
+                } else {
+                    500
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let c = Container::default();
+        let get = |path: &str| HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port as i32),
+            ..Default::default()
+        };
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            http_get(&get("/ok"), &c, Some("127.0.0.1"), t).await,
+            Ok(())
+        );
+        let e = http_get(&get("/bad"), &c, Some("127.0.0.1"), t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("statuscode: 500"), "{e}");
+        let tcp_ok = TCPSocketAction {
+            port: IntOrString::Int(port as i32),
+            ..Default::default()
+        };
+        assert_eq!(tcp(&tcp_ok, &c, Some("127.0.0.1"), t).await, Ok(()));
+        // A port nobody listens on (bound then dropped).
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fport = free.local_addr().unwrap().port();
+        drop(free);
+        let tcp_bad = TCPSocketAction {
+            port: IntOrString::Int(fport as i32),
+            ..Default::default()
+        };
+        assert!(tcp(&tcp_bad, &c, Some("127.0.0.1"), t).await.is_err());
+        let e = grpc_check("127.0.0.1".parse().unwrap(), fport, "", t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("connect"), "{e}");
+    }
+
+    #[test]
+    fn named_ports() {
+        let c: Container =
+            serde_json::from_str(r#"{"name":"c","ports":[{"name":"http","containerPort":8080}]}"#)
+                .unwrap();
+        assert_eq!(
+            resolve_port(&IntOrString::String("http".into()), &c),
+            Ok(8080)
+        );
+        assert!(resolve_port(&IntOrString::String("nope".into()), &c).is_err());
+        assert!(resolve_port(&IntOrString::Int(0), &c).is_err());
+    }
+}

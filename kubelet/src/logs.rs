@@ -1,0 +1,322 @@
+//! Container logs: reading CRI log files (`<RFC3339Nano> <stream> <P|F> <message>`, partial
+//! lines joined) for `GET /containerLogs/{namespace}/{pod}/{container}` with `tailLines`,
+//! `timestamps`, `previous`, `limitBytes` and `follow`; and the container log manager
+//! (upstream `ContainerLogManager`): a log above `containerLogMaxSize` is renamed to
+//! `<log>.<YYYYmmdd-HHMMSS>` and the runtime reopens it (`ReopenContainerLog`), keeping at
+//! most `containerLogMaxFiles` files per container.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nodus_proto::runtime::v1 as cri;
+
+use crate::cri::Cri;
+use crate::labels;
+
+/// One logical log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub timestamp: String,
+    pub stream: String,
+    pub message: String,
+}
+
+/// Parses CRI log text into lines, joining partial (`P`) records; a trailing partial
+/// record is returned as `rest` (bytes not yet complete).
+pub fn parse(text: &str) -> (Vec<LogLine>, usize) {
+    let mut out = Vec::new();
+    let mut pending: Option<LogLine> = None;
+    let mut consumed = 0;
+    let mut pos = 0;
+    for raw in text.split_inclusive('\n') {
+        pos += raw.len();
+        if !raw.ends_with('\n') {
+            break;
+        }
+        let line = raw.trim_end_matches('\n');
+        let mut f = line.splitn(4, ' ');
+        let (Some(ts), Some(stream), Some(tag)) = (f.next(), f.next(), f.next()) else {
+            consumed = pos;
+            continue;
+        };
+        let msg = f.next().unwrap_or("");
+        let entry = pending.get_or_insert_with(|| LogLine {
+            timestamp: ts.to_string(),
+            stream: stream.to_string(),
+            message: String::new(),
+        });
+        entry.message.push_str(msg);
+        if tag != "P" {
+            out.extend(pending.take());
+            consumed = pos;
+        }
+    }
+    (out, consumed)
+}
+
+/// Options of `GET /containerLogs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    pub tail_lines: Option<usize>,
+    pub timestamps: bool,
+    pub previous: bool,
+    pub follow: bool,
+    pub limit_bytes: Option<usize>,
+}
+
+impl LogOptions {
+    /// Parses the query string; a bad value is an error naming the parameter.
+    pub fn from_query(q: &str) -> Result<LogOptions, String> {
+        let mut o = LogOptions::default();
+        for kv in q.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+            let flag = |v: &str| match v {
+                "true" | "1" | "" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(format!("{k}: {v:?} is not a boolean")),
+            };
+            match k {
+                "tailLines" => {
+                    o.tail_lines =
+                        Some(v.parse().map_err(|_| {
+                            format!("tailLines: {v:?} is not a non-negative integer")
+                        })?)
+                }
+                "limitBytes" => {
+                    o.limit_bytes =
+                        Some(v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            format!("limitBytes: {v:?} is not a positive integer")
+                        })?)
+                }
+                "timestamps" => o.timestamps = flag(v)?,
+                "previous" => o.previous = flag(v)?,
+                "follow" => o.follow = flag(v)?,
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Formats lines for the client.
+pub fn render(lines: &[LogLine], timestamps: bool) -> String {
+    let mut s = String::new();
+    for l in lines {
+        if timestamps {
+            s.push_str(&l.timestamp);
+            s.push(' ');
+        }
+        s.push_str(&l.message);
+        s.push('\n');
+    }
+    s
+}
+
+/// The log file of a pod's container: the newest instance, or the one before it
+/// (`previous`). Err is (HTTP status, message).
+pub async fn find_log(
+    cri: &Cri,
+    uid: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+) -> Result<(String, String), (u16, String)> {
+    let sel = std::collections::HashMap::from([
+        (labels::POD_UID_LABEL.to_string(), uid.to_string()),
+        (
+            labels::CONTAINER_NAME_LABEL.to_string(),
+            container.to_string(),
+        ),
+    ]);
+    let mut list = cri
+        .list_containers(sel)
+        .await
+        .map_err(|e| (500, e.to_string()))?;
+    list.sort_by_key(|c| std::cmp::Reverse(labels::restart_count(&c.annotations)));
+    let idx = usize::from(previous);
+    let Some(c) = list.get(idx) else {
+        let what = if previous {
+            "previous terminated container"
+        } else {
+            "container"
+        };
+        return Err((
+            400,
+            format!("{what} {container:?} in pod {pod:?} not found"),
+        ));
+    };
+    let st = cri
+        .container_status(&c.id)
+        .await
+        .map_err(|e| (500, e.to_string()))?;
+    Ok((st.log_path, c.id.clone()))
+}
+
+/// Reads what a log holds, applying tailLines and limitBytes.
+pub fn read_all(path: &Path, o: &LogOptions) -> std::io::Result<(String, u64)> {
+    let text = std::fs::read(path)?;
+    let len = text.len() as u64;
+    let text = String::from_utf8_lossy(&text);
+    let (mut lines, _) = parse(&text);
+    if let Some(n) = o.tail_lines {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let mut out = render(&lines, o.timestamps);
+    if let Some(limit) = o.limit_bytes {
+        let mut cut = limit.min(out.len());
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    Ok((out, len))
+}
+
+/// Rotated files of `log`, oldest first.
+pub fn rotated_files(log: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    n.starts_with(&prefix) && !n.ends_with(".tmp")
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Rotates `log` of container `id` when it is larger than `max_size`, keeping
+/// `max_files` files in all. Returns whether it rotated.
+pub async fn rotate_if_needed(
+    cri: &Cri,
+    id: &str,
+    log: &Path,
+    max_size: u64,
+    max_files: u32,
+) -> Result<bool, String> {
+    let size = match std::fs::metadata(log) {
+        Ok(m) => m.len(),
+        Err(_) => return Ok(false),
+    };
+    if size < max_size {
+        return Ok(false);
+    }
+    // Room for the file about to be rotated: keep max_files - 2 older ones.
+    let rotated = rotated_files(log);
+    let keep = max_files.saturating_sub(2) as usize;
+    if rotated.len() > keep {
+        for old in &rotated[..rotated.len() - keep] {
+            if let Err(e) = std::fs::remove_file(old) {
+                tracing::warn!(path = %old.display(), error = %e, "cannot remove old rotated log");
+            }
+        }
+    }
+    let stamp =
+        k8s_openapi::jiff::Timestamp::from_nanosecond(crate::container::now_nanos() as i128)
+            .map(|t| t.strftime("%Y%m%d-%H%M%S").to_string())
+            .unwrap_or_else(|_| "0".into());
+    let mut target = PathBuf::from(format!("{}.{stamp}", log.display()));
+    let mut n = 1;
+    while target.exists() {
+        target = PathBuf::from(format!("{}.{stamp}.{n:03}", log.display()));
+        n += 1;
+    }
+    std::fs::rename(log, &target).map_err(|e| format!("renaming {}: {e}", log.display()))?;
+    if let Err(e) = cri.reopen_container_log(id).await {
+        // Put it back so the runtime's open file and the name agree again.
+        let _ = std::fs::rename(&target, log);
+        return Err(format!("ReopenContainerLog: {e}"));
+    }
+    tracing::debug!(container = %id, log = %log.display(), size, "rotated container log");
+    Ok(true)
+}
+
+/// The log manager loop: every `interval`, rotates the logs of running containers.
+pub async fn run_log_manager(cri: Cri, max_size: u64, max_files: u32, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(list) = cri.list_containers(Default::default()).await else {
+            continue;
+        };
+        for c in list {
+            if c.state != cri::ContainerState::ContainerRunning as i32
+                || !c.labels.contains_key(labels::POD_UID_LABEL)
+            {
+                continue;
+            }
+            let Ok(st) = cri.container_status(&c.id).await else {
+                continue;
+            };
+            if st.log_path.is_empty() {
+                continue;
+            }
+            if let Err(e) =
+                rotate_if_needed(&cri, &c.id, Path::new(&st.log_path), max_size, max_files).await
+            {
+                tracing::warn!(container = %c.id, error = %e, "cannot rotate container log");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_joins_partial_lines() {
+        let text = "2024-01-01T00:00:00.1Z stdout F one\n2024-01-01T00:00:00.2Z stderr P tw\n2024-01-01T00:00:00.3Z stderr F o\n2024-01-01T00:00:00.4Z stdout F \n2024-01-01T00:00:00.5Z stdout F par";
+        let (lines, consumed) = parse(text);
+        let msgs: Vec<_> = lines.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(msgs, ["one", "two", ""]);
+        assert_eq!(lines[1].timestamp, "2024-01-01T00:00:00.2Z");
+        assert_eq!(&text[consumed..], "2024-01-01T00:00:00.5Z stdout F par");
+        assert_eq!(render(&lines[..1], true), "2024-01-01T00:00:00.1Z one\n");
+    }
+
+    #[test]
+    fn query_options() {
+        let o =
+            LogOptions::from_query("tailLines=2&timestamps=true&previous&follow=false").unwrap();
+        assert_eq!(
+            o,
+            LogOptions {
+                tail_lines: Some(2),
+                timestamps: true,
+                previous: true,
+                follow: false,
+                limit_bytes: None
+            }
+        );
+        let e = LogOptions::from_query("tailLines=x").unwrap_err();
+        assert!(e.contains("tailLines") && e.contains("\"x\""), "{e}");
+    }
+
+    #[test]
+    fn tail_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("0.log");
+        std::fs::write(&p, "t1 stdout F a\nt2 stdout F b\nt3 stdout F c\n").unwrap();
+        let tail = LogOptions {
+            tail_lines: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(read_all(&p, &tail).unwrap().0, "b\nc\n");
+        let limit = LogOptions {
+            limit_bytes: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(read_all(&p, &limit).unwrap().0, "a\nb");
+    }
+}

@@ -1,0 +1,373 @@
+//! The probe manager (upstream `prober`): one task per running container and probe kind
+//! (liveness, readiness, startup) with upstream's defaults (period 10 s, timeout 1 s,
+//! success 1, failure 3, initial delay 0). The startup probe gates the other two;
+//! readiness decides the container's `ready` (false until it first succeeds); a liveness
+//! (or startup) probe failing `failureThreshold` times runs preStop and stops the
+//! container, which then restarts per the restart policy, with the reason recorded as
+//! the container's termination message. Result changes ask the sync loop to sync the pod.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use tokio::sync::mpsc;
+
+use crate::container::{ContainerState, PodStatus};
+use crate::cri::Cri;
+use crate::handlers;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    Liveness,
+    Readiness,
+    Startup,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+            ProbeKind::Startup => "Startup",
+        }
+    }
+}
+
+/// What the probes found about one container (by container ID).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerProbeState {
+    /// Readiness result (None: no result yet).
+    pub ready: Option<bool>,
+    /// Startup result (None: no result yet).
+    pub started: Option<bool>,
+    /// Why the kubelet killed it (liveness or startup probe failure).
+    pub killed: Option<String>,
+}
+
+pub type ProbeResults = HashMap<String, ContainerProbeState>;
+
+#[derive(Default)]
+struct Inner {
+    workers: HashMap<(String, ProbeKind), tokio::task::AbortHandle>,
+    results: ProbeResults,
+    /// Container IDs per pod UID, to forget them with the pod.
+    by_pod: HashMap<String, Vec<String>>,
+}
+
+/// Upstream defaults for unset probe fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTiming {
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+pub fn timing(p: &Probe, kind: ProbeKind) -> ProbeTiming {
+    let secs =
+        |v: Option<i32>, d: i32, min: i32| Duration::from_secs(v.unwrap_or(d).max(min) as u64);
+    let success = p.success_threshold.unwrap_or(1).max(1) as u32;
+    ProbeTiming {
+        initial_delay: secs(p.initial_delay_seconds, 0, 0),
+        period: secs(p.period_seconds, 10, 1),
+        timeout: secs(p.timeout_seconds, 1, 1),
+        // Liveness and startup must use 1 (API validation); be lenient and force it.
+        success_threshold: if kind == ProbeKind::Readiness {
+            success
+        } else {
+            1
+        },
+        failure_threshold: p.failure_threshold.unwrap_or(3).max(1) as u32,
+    }
+}
+
+fn probe_of(c: &Container, kind: ProbeKind) -> Option<&Probe> {
+    match kind {
+        ProbeKind::Liveness => c.liveness_probe.as_ref(),
+        ProbeKind::Readiness => c.readiness_probe.as_ref(),
+        ProbeKind::Startup => c.startup_probe.as_ref(),
+    }
+}
+
+/// Runs one probe once.
+pub async fn run_probe(
+    cri: &Cri,
+    probe: &Probe,
+    container: &Container,
+    container_id: &str,
+    pod_ip: Option<&str>,
+    timeout: Duration,
+) -> handlers::Outcome {
+    if let Some(e) = &probe.exec {
+        handlers::exec(cri, container_id, e, timeout).await
+    } else if let Some(h) = &probe.http_get {
+        handlers::http_get(h, container, pod_ip, timeout).await
+    } else if let Some(t) = &probe.tcp_socket {
+        handlers::tcp(t, container, pod_ip, timeout).await
+    } else if let Some(g) = &probe.grpc {
+        handlers::grpc(g, pod_ip, timeout).await
+    } else {
+        Err("probe has no handler (exec, httpGet, tcpSocket or grpc)".into())
+    }
+}
+
+/// The probe manager. Cheap to clone.
+#[derive(Clone)]
+pub struct ProbeManager {
+    cri: Cri,
+    inner: Arc<Mutex<Inner>>,
+    /// Pod UIDs whose probe results changed (the sync loop syncs them).
+    notify: mpsc::UnboundedSender<String>,
+}
+
+fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ProbeManager {
+    pub fn new(cri: Cri, notify: mpsc::UnboundedSender<String>) -> Self {
+        ProbeManager {
+            cri,
+            inner: Arc::default(),
+            notify,
+        }
+    }
+
+    pub fn results(&self) -> ProbeResults {
+        lock(&self.inner).results.clone()
+    }
+
+    /// Starts workers for the running containers of `pod` that have probes and stops
+    /// those of containers no longer running.
+    pub fn sync_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>, grace: i64) {
+        let uid = status.uid.clone();
+        let running: Vec<(&Container, String)> = crate::kuberuntime::actions::app_containers(pod)
+            .iter()
+            .filter_map(|c| {
+                let s = status.find_container(&c.name)?;
+                (s.state == ContainerState::Running).then(|| (c, s.id.clone()))
+            })
+            .collect();
+        let mut inner = lock(&self.inner);
+        let ids: Vec<String> = inner.by_pod.get(&uid).cloned().unwrap_or_default();
+        // Stop workers of containers that are no longer running.
+        inner.workers.retain(|(id, _), h| {
+            let keep = !ids.contains(id) || running.iter().any(|(_, rid)| rid == id);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for (c, id) in running {
+            for kind in [
+                ProbeKind::Startup,
+                ProbeKind::Readiness,
+                ProbeKind::Liveness,
+            ] {
+                let Some(probe) = probe_of(c, kind) else {
+                    continue;
+                };
+                let key = (id.clone(), kind);
+                if inner.workers.contains_key(&key) {
+                    continue;
+                }
+                let entry = inner.by_pod.entry(uid.clone()).or_default();
+                if !entry.contains(&id) {
+                    entry.push(id.clone());
+                }
+                inner.results.entry(id.clone()).or_default();
+                let w = Worker {
+                    mgr: self.clone(),
+                    kind,
+                    probe: probe.clone(),
+                    container: c.clone(),
+                    container_id: id.clone(),
+                    uid: uid.clone(),
+                    pod_name: crate::pod_config::full_name(pod),
+                    pod_ip: pod_ip.clone(),
+                    has_startup: c.startup_probe.is_some(),
+                    grace: probe
+                        .termination_grace_period_seconds
+                        .unwrap_or(grace)
+                        .max(crate::kuberuntime::MIN_GRACE_SECS),
+                    pre_stop: c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()),
+                };
+                let h = tokio::spawn(w.run());
+                inner.workers.insert(key, h.abort_handle());
+            }
+        }
+    }
+
+    /// Stops every worker of a pod and forgets its results.
+    pub fn forget_pod(&self, uid: &str) {
+        let mut inner = lock(&self.inner);
+        let ids = inner.by_pod.remove(uid).unwrap_or_default();
+        inner.workers.retain(|(id, _), h| {
+            let keep = !ids.contains(id);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for id in ids {
+            inner.results.remove(&id);
+        }
+    }
+
+    fn update(&self, uid: &str, id: &str, f: impl FnOnce(&mut ContainerProbeState)) {
+        let changed = {
+            let mut inner = lock(&self.inner);
+            let st = inner.results.entry(id.to_string()).or_default();
+            let before = st.clone();
+            f(st);
+            *st != before
+        };
+        if changed {
+            let _ = self.notify.send(uid.to_string());
+        }
+    }
+
+    fn started(&self, id: &str) -> bool {
+        lock(&self.inner)
+            .results
+            .get(id)
+            .and_then(|s| s.started)
+            .unwrap_or(false)
+    }
+}
+
+struct Worker {
+    mgr: ProbeManager,
+    kind: ProbeKind,
+    probe: Probe,
+    container: Container,
+    container_id: String,
+    uid: String,
+    pod_name: String,
+    pod_ip: Option<String>,
+    has_startup: bool,
+    grace: i64,
+    pre_stop: Option<k8s_openapi::api::core::v1::LifecycleHandler>,
+}
+
+impl Worker {
+    async fn run(self) {
+        let t = timing(&self.probe, self.kind);
+        tokio::time::sleep(t.initial_delay).await;
+        let (mut successes, mut failures) = (0u32, 0u32);
+        loop {
+            let gated = self.kind != ProbeKind::Startup
+                && self.has_startup
+                && !self.mgr.started(&self.container_id);
+            if !gated {
+                let r = run_probe(
+                    &self.mgr.cri,
+                    &self.probe,
+                    &self.container,
+                    &self.container_id,
+                    self.pod_ip.as_deref(),
+                    t.timeout,
+                )
+                .await;
+                crate::metrics::global().probe(self.kind.as_str(), r.is_ok());
+                match r {
+                    Ok(()) => {
+                        successes += 1;
+                        failures = 0;
+                        if successes >= t.success_threshold {
+                            match self.kind {
+                                ProbeKind::Readiness => self.set(|s| s.ready = Some(true)),
+                                ProbeKind::Startup => {
+                                    self.set(|s| s.started = Some(true));
+                                    return;
+                                }
+                                ProbeKind::Liveness => {}
+                            }
+                        }
+                    }
+                    Err(msg) => {
+                        failures += 1;
+                        successes = 0;
+                        tracing::debug!(pod = %self.pod_name, container = %self.container.name, probe = self.kind.as_str(), failures, error = %msg, "probe failed");
+                        if failures >= t.failure_threshold {
+                            match self.kind {
+                                ProbeKind::Readiness => self.set(|s| s.ready = Some(false)),
+                                ProbeKind::Liveness | ProbeKind::Startup => {
+                                    self.kill(&msg).await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(t.period).await;
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut ContainerProbeState)) {
+        self.mgr.update(&self.uid, &self.container_id, f);
+    }
+
+    async fn kill(&self, msg: &str) {
+        let reason = format!(
+            "Container {} failed {} probe, will be restarted: {msg}",
+            self.container.name,
+            self.kind.as_str().to_lowercase()
+        );
+        tracing::warn!(pod = %self.pod_name, container = %self.container.name, "{reason}");
+        let mut grace = self.grace;
+        if let Some(h) = &self.pre_stop {
+            let start = std::time::Instant::now();
+            crate::kuberuntime::run_pre_stop(
+                &self.mgr.cri,
+                h,
+                &self.container,
+                &self.container_id,
+                self.pod_ip.as_deref(),
+                grace,
+            )
+            .await;
+            grace =
+                (grace - start.elapsed().as_secs() as i64).max(crate::kuberuntime::MIN_GRACE_SECS);
+        }
+        self.set(|s| s.killed = Some(reason.clone()));
+        if let Err(e) = self.mgr.cri.stop_container(&self.container_id, grace).await {
+            tracing::warn!(pod = %self.pod_name, container = %self.container.name, error = %e, "cannot stop container after probe failure");
+        }
+        let _ = self.mgr.notify.send(self.uid.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_as_upstream() {
+        let t = timing(&Probe::default(), ProbeKind::Readiness);
+        assert_eq!(
+            t,
+            ProbeTiming {
+                initial_delay: Duration::ZERO,
+                period: Duration::from_secs(10),
+                timeout: Duration::from_secs(1),
+                success_threshold: 1,
+                failure_threshold: 3,
+            }
+        );
+        let p = Probe {
+            success_threshold: Some(3),
+            period_seconds: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(timing(&p, ProbeKind::Readiness).success_threshold, 3);
+        assert_eq!(timing(&p, ProbeKind::Liveness).success_threshold, 1);
+        assert_eq!(
+            timing(&p, ProbeKind::Liveness).period,
+            Duration::from_secs(1)
+        );
+    }
+}

@@ -1,0 +1,527 @@
+//! Probes, lifecycle hooks, logs and metrics end to end through containerd, one node for
+//! the file: liveness failure restarts (reason recorded), failing readiness keeps a pod not
+//! Ready, httpGet/tcpSocket/startup probes make a pod Ready, postStart runs before the
+//! main process goes on and preStop before the SIGTERM handler, `/containerLogs` with
+//! tailLines/timestamps/previous/follow, log rotation stays within the limits,
+//! FallbackToLogsOnError, `/metrics` (parsed strictly) and `/stats/summary`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+/// Samples by (name, labels).
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+const MAX_LOG: u64 = 2048;
+const MAX_FILES: usize = 3;
+
+fn pod(name: &str, policy: &str, container_extra: &str, script: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, {script:?}]\n{container_extra}"
+    )
+}
+
+fn cond(api: &serde_json::Value, kind: &str) -> String {
+    api["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind))
+        .map(|c| c["status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// A strict parser of the Prometheus text format (0.0.4): every sample belongs to a family
+/// declared by `# TYPE` before it; names, labels and values must be well formed;
+/// histogram buckets are cumulative and end with `+Inf` equal to `_count`.
+/// Returns samples as (name, labels) -> value.
+fn parse_prometheus(text: &str) -> Samples {
+    fn name_ok(n: &str) -> bool {
+        let mut c = n.chars();
+        matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_' || ch == ':')
+            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
+    }
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut out = HashMap::new();
+    for (no, line) in text.lines().enumerate() {
+        let ctx = format!("line {}: {line:?}", no + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut f = rest.splitn(3, ' ');
+            match f.next() {
+                Some("HELP") => assert!(name_ok(f.next().expect(&ctx)), "{ctx}"),
+                Some("TYPE") => {
+                    let n = f.next().expect(&ctx);
+                    let t = f.next().expect(&ctx);
+                    assert!(name_ok(n), "{ctx}");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                        "{ctx}"
+                    );
+                    assert!(
+                        types.insert(n.to_string(), t.to_string()).is_none(),
+                        "TYPE twice: {ctx}"
+                    );
+                }
+                _ => {}
+            }
+            continue;
+        }
+        assert!(!line.starts_with('#'), "{ctx}");
+        let (series, value) = line.rsplit_once(' ').expect(&ctx);
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {ctx}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((n, rest)) => {
+                let body = rest.strip_suffix('}').expect(&ctx);
+                let mut labels = Vec::new();
+                let mut chars = body.chars().peekable();
+                while chars.peek().is_some() {
+                    let lname: String = chars.by_ref().take_while(|c| *c != '=').collect();
+                    assert!(name_ok(&lname), "label name {lname:?}: {ctx}");
+                    assert_eq!(chars.next(), Some('"'), "{ctx}");
+                    let mut v = String::new();
+                    loop {
+                        match chars.next().expect(&ctx) {
+                            '\\' => match chars.next().expect(&ctx) {
+                                'n' => v.push('\n'),
+                                c @ ('\\' | '"') => v.push(c),
+                                c => panic!("bad escape \\{c}: {ctx}"),
+                            },
+                            '"' => break,
+                            c => v.push(c),
+                        }
+                    }
+                    labels.push((lname, v));
+                    match chars.next() {
+                        None => break,
+                        Some(',') => {}
+                        Some(c) => panic!("unexpected {c:?}: {ctx}"),
+                    }
+                }
+                (n.to_string(), labels)
+            }
+        };
+        assert!(name_ok(&name), "{ctx}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(&name)
+            .to_string();
+        assert!(types.contains_key(&family), "sample before its TYPE: {ctx}");
+        assert!(
+            out.insert((name, labels), value).is_none(),
+            "duplicate series: {ctx}"
+        );
+    }
+    // Histograms: cumulative buckets, +Inf == count.
+    for (fam, t) in &types {
+        if t != "histogram" {
+            continue;
+        }
+        let mut buckets: Vec<(f64, f64)> = out
+            .iter()
+            .filter(|((n, _), _)| *n == format!("{fam}_bucket"))
+            .map(|((_, l), v)| {
+                let le = &l.iter().find(|(k, _)| k == "le").expect("le").1;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                (le, *v)
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{fam} not cumulative"
+        );
+        let inf = buckets.last().expect("buckets");
+        assert_eq!(inf.0, f64::INFINITY);
+        assert_eq!(
+            Some(&inf.1),
+            out.get(&(format!("{fam}_count"), Vec::new())),
+            "{fam}"
+        );
+    }
+    out
+}
+
+fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let key = (
+        name.to_string(),
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    *m.get(&key).unwrap_or_else(|| panic!("no sample {key:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_hooks_logs_and_metrics() {
+    let node = Node::start_with(
+        &format!("containerLogMaxSize: {MAX_LOG}\ncontainerLogMaxFiles: {MAX_FILES}\ncontainerLogMonitorInterval: 1s\n"),
+        &[],
+    )
+    .await;
+    node.write_manifest(
+        "live.yaml",
+        &pod(
+            "live",
+            "Always",
+            "    livenessProbe: {exec: {command: [test, -f, /tmp/healthy]}, periodSeconds: 1, failureThreshold: 2}\n",
+            "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 3600",
+        ),
+    );
+    node.write_manifest(
+        "notready.yaml",
+        &pod(
+            "notready",
+            "Always",
+            "    readinessProbe: {exec: {command: ['false']}, periodSeconds: 1}\n",
+            "exec sleep 3600",
+        ),
+    );
+    node.write_manifest(
+        "web.yaml",
+        &pod(
+            "web",
+            "Always",
+            "    ports: [{name: http, containerPort: 8080}]\n    startupProbe: {exec: {command: [test, -f, /tmp/started]}, periodSeconds: 1, failureThreshold: 30}\n    readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}\n    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n",
+            "mkdir -p /www; echo ok > /www/index.html; httpd -p 8080 -h /www; sleep 2; touch /tmp/started; exec sleep 3600",
+        ),
+    );
+    node.write_manifest(
+        "hooks.yaml",
+        &pod(
+            "hooks",
+            "Always",
+            "    lifecycle:\n      postStart: {exec: {command: [sh, -c, 'echo poststart-ran > /tmp/poststart']}}\n      preStop: {exec: {command: [sh, -c, 'echo prestop-ran > /proc/1/fd/1; sleep 1']}}\n",
+            "trap 'echo sigterm-handler; exit 0' TERM; while [ ! -f /tmp/poststart ]; do sleep 0.1; done; echo main-saw-$(cat /tmp/poststart); while true; do sleep 0.1; done",
+        ),
+    );
+    node.write_manifest(
+        "logs.yaml",
+        &pod(
+            "logs",
+            "Always",
+            "",
+            "for i in 1 2 3 4 5; do echo line$i; done; exec sleep 3600",
+        ),
+    );
+    node.write_manifest(
+        "chatty.yaml",
+        &pod(
+            "chatty",
+            "Always",
+            "",
+            "i=0; while true; do i=$((i+1)); echo \"$i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"; sleep 0.05; done",
+        ),
+    );
+    node.write_manifest(
+        "fallback.yaml",
+        &pod(
+            "fallback",
+            "Never",
+            "    terminationMessagePolicy: FallbackToLogsOnError\n",
+            "echo first; echo last-words; exit 3",
+        ),
+    );
+
+    // Readiness via httpGet, liveness via tcpSocket, gated by a startup probe.
+    let api = node
+        .wait_for("web to be Ready", Duration::from_secs(60), || async {
+            node.api_pod("web").filter(|p| cond(p, "Ready") == "True")
+        })
+        .await;
+    let cs = &api["status"]["containerStatuses"][0];
+    assert_eq!(
+        (cs["ready"].as_bool(), cs["started"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(cs["restartCount"], 0);
+
+    // Failing readiness: Running but never Ready.
+    let api = node
+        .wait_for(
+            "notready to be Running",
+            Duration::from_secs(30),
+            || async {
+                node.api_pod("notready")
+                    .filter(|p| p["status"]["phase"] == "Running")
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api2 = node.api_pod("notready").unwrap();
+    for a in [&api, &api2] {
+        assert_eq!(cond(a, "Ready"), "False", "{a}");
+        assert_eq!(cond(a, "ContainersReady"), "False");
+        assert_eq!(a["status"]["containerStatuses"][0]["ready"], false);
+    }
+
+    // Liveness: restarts, with the reason recorded.
+    let api = node
+        .wait_for(
+            "live to be restarted by its liveness probe",
+            Duration::from_secs(60),
+            || async {
+                node.api_pod("live").filter(|p| {
+                    p["status"]["containerStatuses"][0]["restartCount"]
+                        .as_i64()
+                        .is_some_and(|n| n >= 1)
+                })
+            },
+        )
+        .await;
+    let last = &api["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("failed liveness probe"),
+        "{api}"
+    );
+
+    // postStart ran before the main process went on.
+    let (code, body) = node
+        .wait_for("hooks output", Duration::from_secs(30), || async {
+            node.http_get(
+                READ_ONLY_PORT,
+                &format!("/containerLogs/default/hooks-{NODE}/main"),
+            )
+            .ok()
+            .filter(|(c, b)| *c == 200 && b.contains("main-saw-poststart-ran"))
+        })
+        .await;
+    assert_eq!(code, 200, "{body}");
+
+    // /containerLogs with tailLines, timestamps, previous.
+    let (code, body) = node
+        .wait_for("logs output", Duration::from_secs(30), || async {
+            node.http_get(
+                READ_ONLY_PORT,
+                &format!("/containerLogs/default/logs-{NODE}/main?tailLines=2"),
+            )
+            .ok()
+            .filter(|(c, b)| *c == 200 && b.contains("line5"))
+        })
+        .await;
+    assert_eq!((code, body.as_str()), (200, "line4\nline5\n"));
+    let (code, body) = node
+        .http_get(
+            READ_ONLY_PORT,
+            &format!("/containerLogs/default/logs-{NODE}/main?timestamps=true"),
+        )
+        .unwrap();
+    assert_eq!(code, 200);
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 5, "{body}");
+    let (ts, msg) = lines[0].split_once(' ').unwrap();
+    assert_eq!(msg, "line1");
+    assert!(ts.parse::<k8s_openapi::jiff::Timestamp>().is_ok(), "{ts}");
+    let (code, body) = node
+        .http_get(
+            READ_ONLY_PORT,
+            &format!("/containerLogs/default/logs-{NODE}/main?previous=true"),
+        )
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("previous terminated container"), "{body}");
+    let (code, _) = node
+        .http_get(
+            READ_ONLY_PORT,
+            &format!("/containerLogs/default/logs-{NODE}/nope"),
+        )
+        .unwrap();
+    assert_eq!(code, 400);
+    // previous after a liveness restart: the first instance's log.
+    let (code, _) = node
+        .http_get(
+            READ_ONLY_PORT,
+            &format!("/containerLogs/default/live-{NODE}/main?previous=true"),
+        )
+        .unwrap();
+    assert_eq!(code, 200);
+    // follow streams until the container exits.
+    node.write_manifest(
+        "follow.yaml",
+        &pod(
+            "follow",
+            "Never",
+            "",
+            "for i in 1 2 3 4 5 6 7 8; do echo tick$i; sleep 0.5; done",
+        ),
+    );
+    let _ = node.wait_running("follow", 1).await;
+    let (code, body) = node
+        .http_get(
+            READ_ONLY_PORT,
+            &format!("/containerLogs/default/follow-{NODE}/main?follow=true"),
+        )
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        body.lines().collect::<Vec<_>>(),
+        (1..=8).map(|i| format!("tick{i}")).collect::<Vec<_>>()
+    );
+
+    // FallbackToLogsOnError: the log's end is the termination message.
+    let api = node
+        .wait_for("fallback to fail", Duration::from_secs(30), || async {
+            node.api_pod("fallback")
+                .filter(|p| p["status"]["phase"] == "Failed")
+        })
+        .await;
+    let t = &api["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["exitCode"], 3);
+    assert_eq!(t["message"], "first\nlast-words\n", "{api}");
+
+    // Log rotation: the chatty container's logs rotate and stay within the limits.
+    let chatty = node.wait_running("chatty", 1).await;
+    let log_path =
+        std::path::PathBuf::from(node.container_status(&chatty[0].id).await.unwrap().log_path);
+    let dir = log_path.parent().unwrap().to_path_buf();
+    let mut rotations_seen = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert!(files.len() <= MAX_FILES, "{} files: {files:?}", files.len());
+        for f in &files {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            // Checked every second at 2 KiB/s, so at most about one interval over.
+            assert!(len < MAX_LOG * 4, "{} is {len} bytes", f.path().display());
+        }
+        rotations_seen = rotations_seen.max(files.len() - 1);
+    }
+    assert_eq!(rotations_seen, MAX_FILES - 1, "rotated files kept");
+    // The runtime writes to the reopened file.
+    let before = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+    let grown = node
+        .wait_for(
+            "the reopened log to grow",
+            Duration::from_secs(10),
+            || async {
+                let now = std::fs::read_to_string(&log_path).unwrap_or_default();
+                (now.len() as u64 != before && !now.is_empty()).then_some(now)
+            },
+        )
+        .await;
+    assert!(grown.contains(" stdout F "), "{grown}");
+
+    // /metrics parses and counts running pods and containers right.
+    let (m, ready) = node
+        .wait_for(
+            "metrics to match the runtime",
+            Duration::from_secs(20),
+            || async {
+                let (code, body) = node.http_get(READ_ONLY_PORT, "/metrics").ok()?;
+                assert_eq!(code, 200);
+                let m = parse_prometheus(&body);
+                let ready = node
+                    .all_sandboxes()
+                    .await
+                    .iter()
+                    .filter(|s| {
+                        s.state == nodus_proto::runtime::v1::PodSandboxState::SandboxReady as i32
+                    })
+                    .count();
+                let mut rt = node.rt().await;
+                let running = rt
+                    .list_containers(nodus_proto::runtime::v1::ListContainersRequest {
+                        filter: None,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        c.state == nodus_proto::runtime::v1::ContainerState::ContainerRunning as i32
+                    })
+                    .count();
+                (get(&m, "kubelet_running_pods", &[]) == ready as f64
+                    && get(
+                        &m,
+                        "kubelet_running_containers",
+                        &[("container_state", "running")],
+                    ) == running as f64)
+                    .then_some((m, ready))
+            },
+        )
+        .await;
+    // 8 pods; follow and fallback have finished (their sandboxes stopped).
+    assert_eq!(ready, 6);
+    assert!(
+        get(
+            &m,
+            "kubelet_runtime_operations_total",
+            &[("operation_type", "run_pod_sandbox")]
+        ) >= 8.0
+    );
+    assert!(get(&m, "kubelet_pod_start_duration_seconds_count", &[]) >= 6.0);
+    assert!(get(&m, "kubelet_pleg_relist_duration_seconds_count", &[]) >= 1.0);
+    assert!(
+        get(
+            &m,
+            "prober_probe_total",
+            &[("probe_type", "readiness"), ("result", "failed")]
+        ) >= 1.0
+    );
+
+    // /stats/summary from CRI stats.
+    let (code, body) = node.http_get(READ_ONLY_PORT, "/stats/summary").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["node"]["nodeName"], NODE);
+    assert!(s["node"]["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0);
+    assert!(s["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+    let web = s["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == format!("web-{NODE}").as_str())
+        .expect("web in the summary");
+    assert!(
+        web["memory"]["workingSetBytes"].as_u64().unwrap() > 0,
+        "{web}"
+    );
+    assert_eq!(web["containers"][0]["name"], "main");
+
+    // preStop runs before the stop signal: its output precedes the SIGTERM handler's.
+    let hooks_log = node.containers("hooks").await[0].id.clone();
+    let hooks_log =
+        std::path::PathBuf::from(node.container_status(&hooks_log).await.unwrap().log_path);
+    node.remove_manifest("hooks.yaml");
+    let last = std::sync::Mutex::new(String::new());
+    let seen = node
+        .wait_for(
+            "the SIGTERM handler's output",
+            Duration::from_secs(30),
+            || async {
+                let mut l = last.lock().unwrap();
+                if let Ok(t) = std::fs::read_to_string(&hooks_log) {
+                    *l = t;
+                }
+                l.contains("sigterm-handler").then(|| l.clone())
+            },
+        )
+        .await;
+    let pre = seen
+        .find("prestop-ran")
+        .unwrap_or_else(|| panic!("no preStop output: {seen}"));
+    let term = seen.find("sigterm-handler").unwrap();
+    assert!(pre < term, "{seen}");
+}
