@@ -849,7 +849,33 @@ impl Service {
             }
             return Ok(());
         }
-        // Every process of the container: the runtime knows its cgroup.
+        // Every process of the container. Not frozen: signal what its cgroup lists, here.
+        let cgroup = {
+            let state = self.lock();
+            state
+                .containers
+                .get(&req.id)
+                .filter(|c| c.init.status != ProcStatus::Paused)
+                .and_then(|c| c.cgroup.clone())
+        };
+        if let Some(cg) = cgroup {
+            let procs = cg.procs();
+            if procs.is_empty() && st == ProcStatus::Stopped {
+                return Err(status(
+                    Code::NOT_FOUND,
+                    format!("container {}: process already finished", req.id),
+                ));
+            }
+            if !procs.is_empty() {
+                for p in procs {
+                    // SAFETY: kill(2) with plain integers, on processes of this container.
+                    unsafe { libc::kill(p, signal) };
+                }
+                return Ok(());
+            }
+            // A live task whose cgroup lists nothing: ask the runtime rather than guess.
+        }
+        // Frozen (SIGKILL needs a thaw) or no cgroup known: the runtime handles it.
         let sig = signal.to_string();
         match self.run(&req.id, &["kill", "--all", &req.id, &sig], Io::default()) {
             Ok(_) => Ok(()),
