@@ -408,7 +408,9 @@ async fn pod_with_two_containers_runs_on_the_shim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctr_run_prints_output() {
     let ctrd = containerd().await;
+    let mut tasks = CtrTasks(Vec::new());
     let id = format!("ctr-{}", nodus_testkit::unique_suffix());
+    tasks.0.push(id.clone());
     let cgroup = format!("{}/{id}", ctrd.cgroup_parent());
     let socket = ctrd.socket().display().to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -442,6 +444,7 @@ async fn ctr_run_prints_output() {
 
     // stdin reaches the process, and its end is the process's EOF; the exit code comes back.
     let id = format!("ctr-{}", nodus_testkit::unique_suffix());
+    tasks.0.push(id.clone());
     let cgroup = format!("{}/{id}", ctrd.cgroup_parent());
     let socket = ctrd.socket().display().to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -474,6 +477,23 @@ async fn ctr_run_prints_output() {
     wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
 }
 
+/// Tasks started with `ctr` are not pods, so the testkit's CRI cleanup misses them: on drop
+/// (also when the test fails) the runtime deletes whatever of them is left.
+struct CtrTasks(Vec<String>);
+
+impl Drop for CtrTasks {
+    fn drop(&mut self) {
+        let runtime = nodus_testkit::bin_path("nodus-runtime");
+        for id in &self.0 {
+            if Path::new("/run/nodus-shim/k8s.io").join(id).exists() {
+                let _ = std::process::Command::new(&runtime)
+                    .args(["--root", "/run/nodus-shim/k8s.io", "delete", "--force", id])
+                    .status();
+            }
+        }
+    }
+}
+
 /// `ctr` against the private containerd, namespace k8s.io; returns (status code, stdout, stderr).
 fn ctr(socket: &str, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new("ctr")
@@ -502,6 +522,7 @@ fn task_status(socket: &str, id: &str) -> String {
 async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
     let ctrd = containerd().await;
     let id = format!("ctrtask-{}", nodus_testkit::unique_suffix());
+    let _tasks = CtrTasks(vec![id.clone(), format!("{id}-tty")]);
     let cgroup = format!("{}/{id}", ctrd.cgroup_parent());
     let socket = ctrd.socket().display().to_string();
     let log = ctrd_log(&ctrd);
