@@ -94,6 +94,13 @@ pub struct Flags {
     /// Directory for pod logs (podLogsDir).
     #[arg(long = "pod-logs-dir")]
     pub pod_logs_dir: Option<PathBuf>,
+    /// The sandbox image; image GC never removes it.
+    #[arg(long = "pod-infra-container-image")]
+    pub pod_infra_container_image: Option<String>,
+    /// Dead containers kept per container name (upstream's
+    /// --maximum-dead-containers-per-container, maxPerPodContainer).
+    #[arg(long = "maximum-dead-containers-per-container")]
+    pub maximum_dead_containers_per_container: Option<u32>,
 }
 
 /// The `KubeletConfiguration` file, as far as this kubelet understands it. Unknown fields
@@ -189,6 +196,10 @@ pub struct Config {
     pub image_gc_low_threshold_percent: u8,
     /// Images unused for less than this are kept (default 2m).
     pub image_minimum_gc_age: Duration,
+    /// The sandbox image, never removed by image GC.
+    pub pod_infra_container_image: String,
+    /// Dead containers kept per container name (default 1).
+    pub max_per_pod_container: u32,
 }
 
 impl Default for Config {
@@ -218,6 +229,8 @@ impl Default for Config {
             image_gc_high_threshold_percent: 85,
             image_gc_low_threshold_percent: 80,
             image_minimum_gc_age: Duration::from_secs(120),
+            pod_infra_container_image: "registry.k8s.io/pause:3.10".into(),
+            max_per_pod_container: 1,
         }
     }
 }
@@ -448,6 +461,12 @@ impl Config {
                 ));
             }
             c.pod_logs_dir = v.clone();
+        }
+        if let Some(v) = &flags.pod_infra_container_image {
+            c.pod_infra_container_image = v.clone();
+        }
+        if let Some(v) = flags.maximum_dead_containers_per_container {
+            c.max_per_pod_container = v;
         }
         c.root_dir = flags.root_dir.clone();
         if let Some(v) = &flags.node_ip {

@@ -308,6 +308,78 @@ mod tests {
         assert!(e.contains("connect"), "{e}");
     }
 
+    /// A grpc.health.v1 server answering `status` to every Check.
+    #[derive(Clone)]
+    struct Health(i32);
+
+    impl tonic::server::NamedService for Health {
+        const NAME: &'static str = "grpc.health.v1.Health";
+    }
+
+    struct Check(i32);
+
+    impl tonic::server::UnaryService<HealthCheckRequest> for Check {
+        type Response = HealthCheckResponse;
+        type Future =
+            futures::future::Ready<Result<tonic::Response<HealthCheckResponse>, tonic::Status>>;
+        fn call(&mut self, _: tonic::Request<HealthCheckRequest>) -> Self::Future {
+            futures::future::ready(Ok(tonic::Response::new(HealthCheckResponse {
+                status: self.0,
+            })))
+        }
+    }
+
+    impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Health {
+        type Response = tonic::codegen::http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+            let status = self.0;
+            Box::pin(async move {
+                let codec: tonic_prost::ProstCodec<HealthCheckResponse, HealthCheckRequest> =
+                    tonic_prost::ProstCodec::default();
+                Ok(tonic::server::Grpc::new(codec)
+                    .unary(Check(status), req)
+                    .await)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_health_check() {
+        let t = Duration::from_secs(5);
+        for (status, ok) in [(SERVING, true), (2, false)] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            drop(l);
+            let server = tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(Health(status))
+                    .serve(addr),
+            );
+            // The server binds in its task: retry until it answers.
+            let mut r = Err(String::new());
+            for _ in 0..50 {
+                r = grpc_check(addr.ip(), addr.port(), "", t).await;
+                if !r.as_ref().is_err_and(|e| e.contains("connect")) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            server.abort();
+            assert_eq!(r.is_ok(), ok, "{r:?}");
+            if !ok {
+                assert!(r.unwrap_err().contains("status 2"));
+            }
+        }
+    }
+
     #[test]
     fn named_ports() {
         let c: Container =

@@ -309,6 +309,7 @@ impl Kubelet {
             cfg.resolv_conf.clone(),
         );
         runtime.node_name = cfg.node_name.clone();
+        runtime.max_per_pod_container = cfg.max_per_pod_container;
         runtime.node_ip = cfg.node_ip.map(|ip| ip.to_string());
         let status = StatusManager::new();
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
@@ -385,6 +386,16 @@ impl Kubelet {
             self.cfg.container_log_max_files,
             self.cfg.container_log_monitor_interval,
         ));
+        tokio::spawn(
+            crate::images::ImageGc {
+                cri: self.cri.clone(),
+                high_percent: self.cfg.image_gc_high_threshold_percent,
+                low_percent: self.cfg.image_gc_low_threshold_percent,
+                min_age: self.cfg.image_minimum_gc_age,
+                pinned_image: self.cfg.pod_infra_container_image.clone(),
+            }
+            .run(crate::images::GC_PERIOD),
+        );
         let (pleg_tx, mut pleg_rx) = mpsc::channel(4096);
         tokio::spawn(
             Pleg {

@@ -12,6 +12,7 @@ pub mod cri;
 pub mod duration;
 pub mod envvars;
 pub mod handlers;
+pub mod images;
 pub mod kubelet;
 pub mod kuberuntime;
 pub mod labels;

@@ -62,3 +62,57 @@ async fn pull_policies() {
     // The others keep running.
     node.wait_running("present", 1).await;
 }
+
+async fn image_present(node: &Node, image: &str) -> bool {
+    let mut img = node.ctrd.images().await.expect("image client");
+    img.image_status(nodus_proto::runtime::v1::ImageStatusRequest {
+        image: Some(nodus_proto::runtime::v1::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+        verbose: false,
+    })
+    .await
+    .expect("ImageStatus")
+    .into_inner()
+    .image
+    .is_some()
+}
+
+/// Image GC above the high threshold (0 % here, so always): an image in use and the
+/// sandbox image stay; once its pod is gone the unused image is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_gc_removes_unused_images() {
+    let node = Node::start_with(
+        "imageGCHighThresholdPercent: 0\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 4s\n",
+        &[&format!(
+            "--pod-infra-container-image={}",
+            nodus_testkit::PAUSE_IMAGE
+        )],
+    )
+    .await;
+    node.write_manifest("user.yaml", &pod("user", BUSYBOX_IMAGE, "IfNotPresent"));
+    node.wait_running("user", 1).await;
+    // A second GC pass (the first image age is past imageMinimumGCAge by then) found the
+    // filesystem above the threshold while the image was in use.
+    node.wait_for("two image GC passes", Duration::from_secs(30), || async {
+        (node.log_text().matches("above the high threshold").count() >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        image_present(&node, BUSYBOX_IMAGE).await,
+        "in-use image removed"
+    );
+    node.wait_running("user", 1).await;
+    node.remove_manifest("user.yaml");
+    node.wait_for(
+        "the unused image to be removed",
+        Duration::from_secs(40),
+        || async { (!image_present(&node, BUSYBOX_IMAGE).await).then_some(()) },
+    )
+    .await;
+    assert!(
+        image_present(&node, nodus_testkit::PAUSE_IMAGE).await,
+        "the sandbox image must stay"
+    );
+}

@@ -156,6 +156,15 @@ async fn resources_spec_volumes_and_security_context() {
         ),
     );
     node.write_manifest(
+        "host.yaml",
+        &pod(
+            "host",
+            "  hostPID: true\n  securityContext:\n    sysctls: [{name: net.ipv4.ip_local_port_range, value: '20000 30000'}]\n",
+            "    securityContext: {privileged: true}\n",
+            "echo PID1=$(cat /proc/1/comm); echo RANGE=$(cat /proc/sys/net/ipv4/ip_local_port_range); echo CAPEFF=$(awk '/^CapEff/{print $2}' /proc/self/status); echo DONE; exec sleep 3600",
+        ),
+    );
+    node.write_manifest(
         "nonroot.yaml",
         &pod(
             "nonroot",

@@ -85,6 +85,8 @@ pub struct RuntimeManager {
     pub node: crate::resources::NodeAllocatable,
     pub node_name: String,
     pub node_ip: Option<String>,
+    /// Dead containers kept per container name (maxPerPodContainer).
+    pub max_per_pod_container: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,6 +138,7 @@ impl RuntimeManager {
             node: crate::resources::NodeAllocatable::detect(),
             node_name: String::new(),
             node_ip: None,
+            max_per_pod_container: 1,
         }
     }
 
@@ -545,8 +548,8 @@ impl RuntimeManager {
         }
     }
 
-    /// Removes exited containers beyond the newest exited one per name (upstream's
-    /// container GC with `maxPerPodContainer` 1), so restarts do not pile up.
+    /// Removes exited containers beyond the newest `maxPerPodContainer` exited ones per
+    /// name (upstream's container GC, run on each sync), so restarts do not pile up.
     async fn remove_old_containers(&self, status: &PodStatus) {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for c in &status.containers {
@@ -555,7 +558,7 @@ impl RuntimeManager {
             }
             let n = seen.entry(c.name.as_str()).or_default();
             *n += 1;
-            if *n > 1 {
+            if *n > self.max_per_pod_container as usize {
                 if let Err(e) = self.cri.remove_container(&c.id).await {
                     tracing::warn!(container = %c.name, id = %c.id, error = %e, "cannot remove old container");
                 }

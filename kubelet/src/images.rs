@@ -1,0 +1,217 @@
+//! Image garbage collection (upstream `ImageGCManager`): when the image filesystem is
+//! fuller than `imageGCHighThresholdPercent`, images no container uses are removed, least
+//! recently used first, until usage is down to `imageGCLowThresholdPercent`. Images seen
+//! for less than `imageMinimumGCAge`, pinned images and the sandbox image are kept.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use nodus_proto::runtime::v1 as cri;
+
+use crate::cri::Cri;
+
+/// How often the image filesystem is checked (upstream checks every 5 minutes; the check
+/// is a few cheap CRI calls and a statvfs).
+pub const GC_PERIOD: Duration = Duration::from_secs(10);
+
+pub struct ImageGc {
+    pub cri: Cri,
+    pub high_percent: u8,
+    pub low_percent: u8,
+    pub min_age: Duration,
+    /// The sandbox image (by name), never removed.
+    pub pinned_image: String,
+}
+
+/// What the GC remembers of an image.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    first_detected: Instant,
+    last_used: Instant,
+}
+
+/// (capacity, available) bytes of the filesystem holding `path`.
+fn fs_space(path: &str) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some((
+        st.blocks() as u64 * frag,
+        st.blocks_available() as u64 * frag,
+    ))
+}
+
+/// The images to remove, oldest use first, until `to_free` bytes are freed. Pure.
+fn choose(
+    images: &[cri::Image],
+    in_use: &HashSet<String>,
+    records: &HashMap<String, Record>,
+    now: Instant,
+    min_age: Duration,
+    to_free: u64,
+) -> Vec<(String, u64)> {
+    let mut candidates: Vec<(&cri::Image, Record)> = images
+        .iter()
+        .filter(|i| !i.pinned && !in_use.contains(&i.id))
+        .filter_map(|i| Some((i, *records.get(&i.id)?)))
+        .filter(|(_, r)| now.duration_since(r.first_detected) >= min_age)
+        .collect();
+    candidates.sort_by_key(|(_, r)| r.last_used);
+    let mut freed = 0;
+    let mut out = Vec::new();
+    for (i, _) in candidates {
+        if freed >= to_free {
+            break;
+        }
+        freed += i.size;
+        out.push((i.id.clone(), i.size));
+    }
+    out
+}
+
+impl ImageGc {
+    pub async fn run(self, period: Duration) {
+        if self.high_percent >= 100 {
+            tracing::info!("image GC disabled (imageGCHighThresholdPercent 100)");
+            return;
+        }
+        let mut records: HashMap<String, Record> = HashMap::new();
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.once(&mut records).await {
+                tracing::warn!(error = %e, "image garbage collection failed");
+            }
+        }
+    }
+
+    async fn once(&self, records: &mut HashMap<String, Record>) -> Result<(), String> {
+        let now = Instant::now();
+        let images = self.cri.list_images().await.map_err(|e| e.to_string())?;
+        let containers = self
+            .cri
+            .list_containers(Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut in_use: HashSet<String> = HashSet::new();
+        for c in &containers {
+            in_use.insert(c.image_ref.clone());
+            if let Some(i) = &c.image {
+                in_use.insert(i.image.clone());
+            }
+        }
+        for i in &images {
+            if i.repo_tags.iter().any(|t| *t == self.pinned_image) {
+                in_use.insert(i.id.clone());
+            }
+        }
+        // Remember when each image was first seen and last used.
+        let ids: HashSet<&String> = images.iter().map(|i| &i.id).collect();
+        records.retain(|id, _| ids.contains(id));
+        for i in &images {
+            let r = records.entry(i.id.clone()).or_insert(Record {
+                first_detected: now,
+                last_used: now,
+            });
+            if in_use.contains(&i.id) {
+                r.last_used = now;
+            }
+        }
+        let fs = self.cri.image_fs_info().await.map_err(|e| e.to_string())?;
+        let Some(mount) = fs
+            .first()
+            .and_then(|f| f.fs_id.as_ref())
+            .map(|f| f.mountpoint.clone())
+        else {
+            return Ok(());
+        };
+        let Some((capacity, available)) = fs_space(&mount) else {
+            return Err(format!("cannot statvfs the image filesystem {mount}"));
+        };
+        if capacity == 0 {
+            return Ok(());
+        }
+        let usage = (capacity - available.min(capacity)) * 100 / capacity;
+        if usage < self.high_percent as u64 {
+            return Ok(());
+        }
+        let target = capacity * (100 - self.low_percent as u64) / 100;
+        let to_free = target.saturating_sub(available);
+        tracing::info!(
+            usage,
+            high = self.high_percent,
+            to_free,
+            "image filesystem above the high threshold, removing unused images"
+        );
+        let mut freed = 0u64;
+        for (id, size) in choose(&images, &in_use, records, now, self.min_age, to_free) {
+            match self.cri.remove_image(&id).await {
+                Ok(()) => {
+                    tracing::info!(image = %id, size, "removed unused image");
+                    records.remove(&id);
+                    freed += size;
+                }
+                Err(e) => tracing::warn!(image = %id, error = %e, "cannot remove image"),
+            }
+        }
+        if freed < to_free {
+            tracing::warn!(
+                freed,
+                wanted = to_free,
+                "image GC could not free enough space"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(id: &str, size: u64, pinned: bool) -> cri::Image {
+        cri::Image {
+            id: id.into(),
+            size,
+            pinned,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn chooses_unused_oldest_first() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(100);
+        let images = vec![
+            img("used", 10, false),
+            img("pinned", 10, true),
+            img("old", 5, false),
+            img("new", 7, false),
+            img("young", 9, false),
+        ];
+        let rec = |first: Instant, last: Instant| Record {
+            first_detected: first,
+            last_used: last,
+        };
+        let records = HashMap::from([
+            ("used".to_string(), rec(t0, t0)),
+            ("pinned".to_string(), rec(t0, t0)),
+            ("old".to_string(), rec(t0, t0)),
+            ("new".to_string(), rec(t0, t0 + Duration::from_secs(50))),
+            ("young".to_string(), rec(later, later)),
+        ]);
+        let in_use = HashSet::from(["used".to_string()]);
+        let now = later + Duration::from_secs(10);
+        let min_age = Duration::from_secs(60);
+        let ids = |v: Vec<(String, u64)>| v.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+        assert_eq!(
+            ids(choose(&images, &in_use, &records, now, min_age, 1)),
+            ["old"]
+        );
+        assert_eq!(
+            ids(choose(&images, &in_use, &records, now, min_age, 100)),
+            ["old", "new"]
+        );
+        assert!(choose(&images, &in_use, &records, now, min_age, 0).is_empty());
+    }
+}
