@@ -101,7 +101,7 @@ impl ImageGc {
             }
         }
         for i in &images {
-            if i.repo_tags.iter().any(|t| *t == self.pinned_image) {
+            if i.repo_tags.contains(&self.pinned_image) {
                 in_use.insert(i.id.clone());
             }
         }
