@@ -19,7 +19,8 @@
 #   --build-only     build or check the cache, do not boot
 # Environment: NODUS_VM_ACCEL=auto|kvm|tcg (default auto: KVM only if it really boots),
 #   NODUS_VM_MIRROR (Debian mirror for debootstrap), CARGO_TARGET_DIR (where nodus-runtime is),
-#   NODUS_VM_GUEST_TIMEOUT (the guest's own bound of guest-tests.sh, default 60 s below --timeout).
+#   NODUS_VM_GUEST_TIMEOUT (the guest's own bound of guest-tests.sh per boot, default 60 s below
+#   --timeout), NODUS_VM_MAX_BOOTS (default 2: the node checks reboot the guest once).
 set -euo pipefail
 
 # Bump when the way the cached artifacts are built changes (part of every cache key).

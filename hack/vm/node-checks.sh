@@ -334,7 +334,15 @@ check_node_reboot() {
   elif [ -n "$(pod_q cpu-hog .metadata.name)$(pod_q mem-hog .metadata.name)" ]; then
     fail node_reboot "pods whose manifests were removed came back: $(pods_summary)"
   else
-    pass node_reboot "${DEMO_PODS[*]} Running again at $t_ready s of uptime (new containers: $(echo "$after" | awk '{ printf "%s%s=%s %s", (NR > 1 ? ", " : ""), $1, substr($2, 1, 12), $3 }'))"
+    # The pod network after the reboot (bridge made again, IPAM state from before on disk).
+    local ip_web ping
+    ip_web=$(pod_q web '.status.podIP // empty')
+    ping=$(ping_from ticker tick "${ip_web:-none}")
+    if [[ $ping == 3/3* ]]; then
+      pass node_reboot "${DEMO_PODS[*]} Running again at $t_ready s of uptime (new containers: $(echo "$after" | awk '{ printf "%s%s=%s %s", (NR > 1 ? ", " : ""), $1, substr($2, 1, 12), $3 }')); ticker -> web $ip_web: $ping"
+    else
+      fail node_reboot "${DEMO_PODS[*]} Running again, but ticker -> web '$ip_web': $ping"
+    fi
   fi
 }
 
