@@ -556,9 +556,17 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
         assert_eq!(task_status(socket, id), "RUNNING");
 
         // Pids: init and its background child.
-        let (code, out, err) = ctr(socket, &["task", "ps", id]);
-        assert_eq!(code, 0, "task ps: {err}");
-        assert_eq!(out.lines().skip(1).count(), 2, "two processes: {out}");
+        // (the shell may not have forked its background child yet: give it a moment)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, out, err) = ctr(socket, &["task", "ps", id]);
+            assert_eq!(code, 0, "task ps: {err}");
+            if out.lines().skip(1).count() == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "two processes: {out}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // A detached exec shows up with its exec ID.
         let (code, _, err) = ctr(socket, &["task", "exec", "-d", "--exec-id", "bg", id, "sleep", "999"]);
         assert_eq!(code, 0, "exec -d: {err}");

@@ -65,14 +65,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn start(ttrpc_address: String, namespace: String) -> Publisher {
+    pub fn start(ttrpc_address: String, namespace: String) -> std::io::Result<Publisher> {
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("events".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || publish_loop(rx, &ttrpc_address, &namespace))
-            .expect("spawn events thread");
-        Publisher { tx }
+            .spawn(move || publish_loop(rx, &ttrpc_address, &namespace))?;
+        Ok(Publisher { tx })
     }
 
     pub fn publish(&self, event: Event) {

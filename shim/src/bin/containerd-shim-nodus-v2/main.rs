@@ -275,10 +275,11 @@ fn serve(flags: &Flags) -> Result<()> {
     }
     let signals = reaper::Signals::install()?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
-    let publisher = events::Publisher::start(ttrpc_address, flags.namespace.clone());
+    let publisher = events::Publisher::start(ttrpc_address, flags.namespace.clone())
+        .context("spawn the events thread")?;
     let runtime = runtime::Runtime::locate(&flags.namespace)?;
     let service = Arc::new(service::Service::new(runtime, publisher));
-    signals.spawn_reaper(service.clone());
+    signals.spawn_reaper(service.clone())?;
 
     // SAFETY: fd 3 is the listening socket `start` handed us; we own it from here on.
     let listener = unsafe { OwnedFd::from_raw_fd(LISTENER_FD) };

@@ -22,7 +22,7 @@ impl Signals {
     }
 
     /// The reaper thread: on every SIGCHLD, reap all exited children.
-    pub fn spawn_reaper(mut self, service: Arc<Service>) {
+    pub fn spawn_reaper(mut self, service: Arc<Service>) -> Result<()> {
         std::thread::Builder::new()
             .name("reaper".into())
             .stack_size(THREAD_STACK)
@@ -31,7 +31,8 @@ impl Signals {
                     reap_all(&service);
                 }
             })
-            .expect("spawn reaper thread");
+            .context("spawn the reaper thread")?;
+        Ok(())
     }
 }
 
