@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::api::DeleteResponse;
-use protobuf::Message;
+use protobuf::{Message, MessageField};
 use sha2::{Digest, Sha256};
 
 use flags::Flags;
@@ -233,7 +233,7 @@ fn delete(flags: &Flags) -> Result<()> {
     }
     let response = DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
-        exited_at: protobuf::MessageField::some(service::now()),
+        exited_at: MessageField::some(service::now()),
         ..Default::default()
     };
     let mut out = std::io::stdout().lock();
