@@ -612,3 +612,47 @@ fn handle_update(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{load_manifest, Source};
+
+    fn pod(name: &str, requests: &str) -> Pod {
+        let text = format!(
+            "kind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: i:1\n    resources: {{requests: {requests}}}\n"
+        );
+        load_manifest(&text, Source::File, &format!("/m/{name}"), "n")
+            .0
+            .remove(0)
+    }
+
+    #[test]
+    fn admission_as_upstream() {
+        let pods = PodManager::default();
+        let a = Admission {
+            max_pods: 2,
+            node: NodeAllocatable {
+                cpu_milli: 2000,
+                memory: 1 << 30,
+            },
+            rejected: HashSet::new(),
+            status: StatusManager::new(),
+        };
+        pods.set(pod("a", "{cpu: 1500m, memory: 512Mi}"));
+        let (reason, msg) = a.admit(&pod("b", "{cpu: 600m}"), &pods).unwrap_err();
+        assert_eq!(reason, "OutOfcpu");
+        assert_eq!(
+            msg,
+            "Node didn't have enough resource: cpu, requested: 600, used: 1500, capacity: 2000"
+        );
+        let (reason, _) = a.admit(&pod("c", "{memory: 600Mi}"), &pods).unwrap_err();
+        assert_eq!(reason, "OutOfmemory");
+        assert!(a
+            .admit(&pod("d", "{cpu: 500m, memory: 512Mi}"), &pods)
+            .is_ok());
+        pods.set(pod("d", "{}"));
+        let (reason, _) = a.admit(&pod("e", "{}"), &pods).unwrap_err();
+        assert_eq!(reason, "OutOfpods");
+    }
+}

@@ -160,6 +160,14 @@ impl ProbeManager {
             }
             keep
         });
+        // Forget results of containers the runtime no longer has.
+        let known: Vec<&str> = status.containers.iter().map(|c| c.id.as_str()).collect();
+        inner
+            .results
+            .retain(|id, _| !ids.contains(id) || known.contains(&id.as_str()));
+        if let Some(v) = inner.by_pod.get_mut(&uid) {
+            v.retain(|id| known.contains(&id.as_str()));
+        }
         for (c, id) in running {
             for kind in [
                 ProbeKind::Startup,
