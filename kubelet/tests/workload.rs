@@ -91,7 +91,7 @@ async fn resources_spec_volumes_and_security_context() {
             "guaranteed",
             "",
             "    resources: {limits: {cpu: 500m, memory: 64Mi}}\n",
-            "echo DONE; exec sleep 3600",
+            "echo OOM=$(cat /proc/self/oom_score_adj); echo DONE; exec sleep 3600",
         ),
     );
     node.write_manifest(
@@ -100,7 +100,7 @@ async fn resources_spec_volumes_and_security_context() {
             "burstable",
             "",
             "    resources: {requests: {cpu: 100m, memory: 32Mi}, limits: {memory: 128Mi}}\n",
-            "echo DONE; exec sleep 3600",
+            "echo OOM=$(cat /proc/self/oom_score_adj); echo DONE; exec sleep 3600",
         ),
     );
     node.write_manifest(
@@ -141,9 +141,9 @@ async fn resources_spec_volumes_and_security_context() {
         "sec.yaml",
         &pod(
             "sec",
-            "  securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000], fsGroup: 2000}\n",
-            "    securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n",
-            "echo ID=$(id); if touch /x 2>/dev/null; then echo ROOTFS=rw; else echo ROOTFS=ro; fi; echo CAPEFF=$(awk '/^CapEff/{print $2}' /proc/self/status); echo NNP=$(awk '/^NoNewPrivs/{print $2}' /proc/self/status); echo DONE; exec sleep 3600",
+            "  securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000], fsGroup: 2000}\n  volumes: [{name: scratch, emptyDir: {}}]\n",
+            "    securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n    volumeMounts: [{name: scratch, mountPath: /scratch}]\n",
+            "echo VOLGID=$(stat -c %g /scratch); echo me > /scratch/f && echo FILEGID=$(stat -c %g /scratch/f); echo ID=$(id); if touch /x 2>/dev/null; then echo ROOTFS=rw; else echo ROOTFS=ro; fi; echo CAPEFF=$(awk '/^CapEff/{print $2}' /proc/self/status); echo NNP=$(awk '/^NoNewPrivs/{print $2}' /proc/self/status); echo DONE; exec sleep 3600",
         ),
     );
     node.write_manifest(
@@ -162,6 +162,15 @@ async fn resources_spec_volumes_and_security_context() {
             "  hostPID: true\n  securityContext:\n    sysctls: [{name: net.ipv4.ip_local_port_range, value: '20000 30000'}]\n",
             "    securityContext: {privileged: true}\n",
             "echo PID1=$(cat /proc/1/comm); echo RANGE=$(cat /proc/sys/net/ipv4/ip_local_port_range); echo CAPEFF=$(awk '/^CapEff/{print $2}' /proc/self/status); echo DONE; exec sleep 3600",
+        ),
+    );
+    node.write_manifest(
+        "badhost.yaml",
+        &pod(
+            "badhost",
+            "  volumes: [{name: h, hostPath: {path: /nonexistent-nodus-path, type: File}}]\n",
+            "    volumeMounts: [{name: h, mountPath: /h}]\n",
+            "echo DONE; exec sleep 3600",
         ),
     );
     node.write_manifest(
@@ -215,6 +224,21 @@ async fn resources_spec_volumes_and_security_context() {
         })
         .await;
     assert_eq!(api["status"]["qosClass"], "Guaranteed");
+    // -997, or 0 where nobody may lower oom_score_adj (no CAP_SYS_RESOURCE).
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("CapEff:")
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        })
+        .unwrap();
+    let expected = if cap_eff & (1 << 24) != 0 {
+        "-997"
+    } else {
+        "0"
+    };
+    assert_eq!(value(&output(&node, "guaranteed").await, "OOM"), expected);
 
     let burstable = node.wait_running("burstable", 1).await;
     let buid = burstable[0].labels["io.kubernetes.pod.uid"].clone();
@@ -243,6 +267,24 @@ async fn resources_spec_volumes_and_security_context() {
         })
         .await;
     assert_eq!(api["status"]["qosClass"], "Burstable");
+    let mem_total: i64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map(|v| {
+            v.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<i64>()
+                .unwrap()
+                * 1024
+        })
+        .unwrap();
+    let burstable_adj = (1000 - 1000 * (32 << 20) / mem_total).clamp(3, 999);
+    assert_eq!(
+        value(&output(&node, "burstable").await, "OOM"),
+        burstable_adj.to_string()
+    );
 
     // Admission: more memory than the node has.
     let api = node
@@ -313,6 +355,9 @@ async fn resources_spec_volumes_and_security_context() {
     assert!(id.starts_with("uid=1000 gid=3000"), "{id}");
     assert!(id.contains("4000") && id.contains("2000"), "{id}");
     assert_eq!(value(&out, "ROOTFS"), "ro");
+    // fsGroup owns the emptyDir (setgid: new files get the group too).
+    assert_eq!(value(&out, "VOLGID"), "2000");
+    assert_eq!(value(&out, "FILEGID"), "2000");
     assert_eq!(value(&out, "CAPEFF"), "0000000000000000");
     assert_eq!(value(&out, "NNP"), "1");
     let out = output(&node, "caps").await;
@@ -340,6 +385,24 @@ async fn resources_spec_volumes_and_security_context() {
         "{msg}"
     );
     assert!(node.wait_running("nonroot", 0).await.is_empty());
+
+    let api = node
+        .wait_for(
+            "the hostPath type check to fail",
+            Duration::from_secs(30),
+            || async {
+                node.api_pod("badhost").filter(|p| {
+                    p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                        == "CreateContainerConfigError"
+                })
+            },
+        )
+        .await;
+    let msg = api["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
+    assert!(
+        msg.contains("hostPath type check failed") && msg.contains("/nonexistent-nodus-path"),
+        "{msg}"
+    );
 
     // Removing the volume pod unmounts its tmpfs and removes its directories.
     node.remove_manifest("vol.yaml");
