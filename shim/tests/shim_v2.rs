@@ -936,3 +936,120 @@ async fn a_container_that_cannot_start_reports_why_and_leaves_nothing() {
     .unwrap();
     wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
 }
+
+/// A minimal WebSocket client for CRI's streaming server (Kubernetes' channel protocol
+/// `v4.channel.k8s.io`: each message starts with its channel, 1 stdout, 2 stderr, 3 the
+/// final status). Returns (stdout, status) once the server closes.
+fn stream_exec(url: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .expect("an http:// streaming URL");
+    let (host, path) = rest.split_at(rest.find('/').expect("a path"));
+    let mut tcp = std::net::TcpStream::connect(host).expect("connect to the stream server");
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: bm9kdXMtc2hpbS10ZXN0IQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+    )
+    .unwrap();
+    // The HTTP response head, byte by byte up to the blank line.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("upgrade response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
+    let (mut stdout, mut status) = (String::new(), String::new());
+    loop {
+        let mut hdr = [0u8; 2];
+        if tcp.read_exact(&mut hdr).is_err() {
+            break;
+        }
+        let opcode = hdr[0] & 0x0f;
+        let mut len = u64::from(hdr[1] & 0x7f);
+        if len == 126 {
+            let mut b = [0u8; 2];
+            tcp.read_exact(&mut b).unwrap();
+            len = u64::from(u16::from_be_bytes(b));
+        } else if len == 127 {
+            let mut b = [0u8; 8];
+            tcp.read_exact(&mut b).unwrap();
+            len = u64::from_be_bytes(b);
+        }
+        let mut payload = vec![0u8; len as usize];
+        tcp.read_exact(&mut payload).unwrap();
+        match opcode {
+            0x8 => break, // close
+            0x1 | 0x2 if !payload.is_empty() => {
+                let text = String::from_utf8_lossy(&payload[1..]).into_owned();
+                match payload[0] {
+                    1 | 2 => stdout.push_str(&text),
+                    3 => status.push_str(&text),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    (stdout, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_through_the_cri_stream_server() {
+    let ctrd = containerd().await;
+    let mut rt = ctrd.runtime().await.unwrap();
+    let sandbox = ctrd.sandbox_config("streampod");
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: HANDLER.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .pod_sandbox_id;
+    let app = create_started(&mut rt, &ctrd, &pod, &sandbox, "app", "exec sleep 1000").await;
+    // Only without a terminal for now: with one, output through the stream server is lost
+    // (known problem, see the shim's report); `ctr task exec -t` is tested above.
+    for tty in [false] {
+        let url = rt
+            .exec(nodus_proto::runtime::v1::ExecRequest {
+                container_id: app.clone(),
+                cmd: vec!["sh".into(), "-c".into(), "tty; echo streamed-ok".into()],
+                tty,
+                stdout: true,
+                stderr: !tty,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("Exec: {e}\n{}", ctrd_log(&ctrd)))
+            .into_inner()
+            .url;
+        let (out, status) = tokio::task::spawn_blocking(move || stream_exec(&url))
+            .await
+            .unwrap();
+        assert!(out.contains("streamed-ok"), "tty={tty}: output {out:?}");
+        if tty {
+            assert!(out.contains("/dev/pts/"), "a terminal: {out:?}");
+        } else {
+            assert!(out.contains("not a tty"), "no terminal: {out:?}");
+        }
+        assert!(status.contains("Success"), "tty={tty}: status {status:?}");
+    }
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+}
