@@ -58,11 +58,39 @@ fn thread(name: &str, f: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// How long output waits for containerd to open its end of a FIFO.
+const READER_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the FIFO has a reader (containerd opens its end asynchronously). Output
+/// written while nobody has the FIFO open is dropped by the kernel when the last writer
+/// closes, so a fast process could otherwise lose all of it.
+fn wait_for_reader(path: &str) {
+    let deadline = std::time::Instant::now() + READER_WAIT;
+    loop {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(_) => return,
+            // ENXIO: no reader yet.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+            Err(_) => return,
+        }
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(path, "no reader on the output FIFO");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn open_output(uri: &str) -> Result<Stdio> {
     if uri.is_empty() {
         return Ok(Stdio::null());
     }
     let path = fifo_path(uri)?;
+    wait_for_reader(path);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -213,16 +241,21 @@ pub fn start_console_copy(master: Arc<OwnedFd>, paths: &StdioPaths) -> Result<Op
     }
     if !paths.stdout.is_empty() {
         let path = fifo_path(&paths.stdout)?.to_string();
-        let mut out = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .with_context(|| format!("open stdio {path}"))?;
         let m = master.clone();
         let done = Arc::new(Done::default());
         let done_copy = done.clone();
         thread("pty-out", move || {
+            // The pty holds the output meanwhile.
+            wait_for_reader(&path);
+            let Ok(mut out) = OpenOptions::new()
+                .write(true)
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+            else {
+                done_copy.set();
+                return;
+            };
             let mut buf = [0u8; 4096];
             loop {
                 match nix::unistd::read(&*m, &mut buf) {
