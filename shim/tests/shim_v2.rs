@@ -1014,8 +1014,9 @@ async fn exec_through_the_cri_stream_server() {
         .into_inner()
         .pod_sandbox_id;
     let app = create_started(&mut rt, &ctrd, &pod, &sandbox, "app", "exec sleep 1000").await;
-    // Only without a terminal for now: with one, output through the stream server is lost
-    // (known problem, see the shim's report); `ctr task exec -t` is tested above.
+    // Only without a terminal: with one, containerd 1.6's WebSocket stream loses output at
+    // random for io.containerd.runc.v2 + runc just the same (seen with this client), so it
+    // cannot tell about the shim; `ctr task exec -t` tests the terminal path above.
     for tty in [false] {
         let url = rt
             .exec(nodus_proto::runtime::v1::ExecRequest {
