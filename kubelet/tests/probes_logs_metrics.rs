@@ -169,6 +169,72 @@ fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     *m.get(&key).unwrap_or_else(|| panic!("no sample {key:?}"))
 }
 
+/// An HTTP server on 127.0.0.1 in the node netns recording request lines (for httpGet
+/// hooks with `host: 127.0.0.1`; the kubelet runs in that netns). Stops on drop.
+struct Recorder {
+    port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    fn start(node: &Node) -> Recorder {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let ns = node.ctrd.node_netns().path().to_path_buf();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, st) = (requests.clone(), stop.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx.send(l.local_addr().unwrap().port()).unwrap();
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut buf = [0u8; 4096];
+                        let n = s.read(&mut buf).unwrap_or(0);
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        r.lock()
+                            .unwrap()
+                            .push(text.lines().next().unwrap_or("").to_string());
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        Recorder {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self, path: &str) -> bool {
+        let want = format!("GET {path} HTTP/1.1");
+        self.requests.lock().unwrap().contains(&want)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_hooks_logs_and_metrics() {
     let node = Node::start_with(
@@ -212,6 +278,19 @@ async fn probes_hooks_logs_and_metrics() {
             "trap 'echo sigterm-handler; exit 0' TERM; while [ ! -f /tmp/poststart ]; do sleep 0.1; done; echo main-saw-$(cat /tmp/poststart); while true; do sleep 0.1; done",
         ),
     );
+    let recorder = Recorder::start(&node);
+    node.write_manifest(
+        "httphooks.yaml",
+        &pod(
+            "httphooks",
+            "Always",
+            &format!(
+                "    lifecycle:\n      postStart: {{httpGet: {{host: 127.0.0.1, port: {p}, path: /poststart}}}}\n      preStop: {{httpGet: {{host: 127.0.0.1, port: {p}, path: /prestop}}}}\n",
+                p = recorder.port
+            ),
+            "exec sleep 3600",
+        ),
+    );
     node.write_manifest(
         "logs.yaml",
         &pod(
@@ -227,7 +306,7 @@ async fn probes_hooks_logs_and_metrics() {
             "chatty",
             "Always",
             "",
-            "i=0; while true; do i=$((i+1)); echo \"$i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"; sleep 0.05; done",
+            "i=0; while true; do i=$((i+1)); echo \"$i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"; sleep 0.1; done",
         ),
     );
     node.write_manifest(
@@ -307,6 +386,19 @@ async fn probes_hooks_logs_and_metrics() {
         })
         .await;
     assert_eq!(code, 200, "{body}");
+
+    // httpGet hooks: postStart when started, preStop when the pod goes.
+    node.wait_running("httphooks", 1).await;
+    node.wait_for("the postStart httpGet", Duration::from_secs(20), || async {
+        recorder.seen("/poststart").then_some(())
+    })
+    .await;
+    assert!(!recorder.seen("/prestop"));
+    node.remove_manifest("httphooks.yaml");
+    node.wait_for("the preStop httpGet", Duration::from_secs(30), || async {
+        recorder.seen("/prestop").then_some(())
+    })
+    .await;
 
     // /containerLogs with tailLines, timestamps, previous.
     let (code, body) = node
@@ -401,7 +493,8 @@ async fn probes_hooks_logs_and_metrics() {
         assert!(files.len() <= MAX_FILES, "{} files: {files:?}", files.len());
         for f in &files {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            // Checked every second at 2 KiB/s, so at most about one interval over.
+            // Checked every second at about 1.4 KiB/s: a file goes over by what one or two
+            // intervals add (more only if the kubelet is starved for seconds).
             assert!(len < MAX_LOG * 4, "{} is {len} bytes", f.path().display());
         }
         rotations_seen = rotations_seen.max(files.len() - 1);
@@ -462,7 +555,7 @@ async fn probes_hooks_logs_and_metrics() {
             },
         )
         .await;
-    // 8 pods; follow and fallback have finished (their sandboxes stopped).
+    // 9 pods; httphooks is gone, follow and fallback have finished (sandboxes stopped).
     assert_eq!(ready, 6);
     assert!(
         get(
@@ -504,18 +597,19 @@ async fn probes_hooks_logs_and_metrics() {
     let hooks_log = node.containers("hooks").await[0].id.clone();
     let hooks_log =
         std::path::PathBuf::from(node.container_status(&hooks_log).await.unwrap().log_path);
+    // Keep the log open: the pod's log directory goes with the pod, the open file stays.
+    let file = std::sync::Mutex::new(std::fs::File::open(&hooks_log).unwrap());
+    let text = std::sync::Mutex::new(String::new());
     node.remove_manifest("hooks.yaml");
-    let last = std::sync::Mutex::new(String::new());
     let seen = node
         .wait_for(
             "the SIGTERM handler's output",
             Duration::from_secs(30),
             || async {
-                let mut l = last.lock().unwrap();
-                if let Ok(t) = std::fs::read_to_string(&hooks_log) {
-                    *l = t;
-                }
-                l.contains("sigterm-handler").then(|| l.clone())
+                use std::io::Read;
+                let mut t = text.lock().unwrap();
+                file.lock().unwrap().read_to_string(&mut t).unwrap();
+                t.contains("sigterm-handler").then(|| t.clone())
             },
         )
         .await;
