@@ -3,7 +3,7 @@
 //! `timestamps`, `previous`, `limitBytes` and `follow`; and the container log manager
 //! (upstream `ContainerLogManager`): a log above `containerLogMaxSize` is renamed to
 //! `<log>.<YYYYmmdd-HHMMSS>` and the runtime reopens it (`ReopenContainerLog`), keeping at
-//! most `containerLogMaxFiles` files per container.
+//! most `containerLogMaxFiles` files per container; older rotated files are gzipped.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -173,7 +173,7 @@ pub fn read_all(path: &Path, o: &LogOptions) -> std::io::Result<(String, u64)> {
     Ok((out, len))
 }
 
-/// Rotated files of `log`, oldest first.
+/// Rotated files of `log` (plain and `.gz`), oldest first.
 pub fn rotated_files(log: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
         return Vec::new();
@@ -237,7 +237,30 @@ pub async fn rotate_if_needed(
         return Err(format!("ReopenContainerLog: {e}"));
     }
     tracing::debug!(container = %id, log = %log.display(), size, "rotated container log");
+    // As upstream, every rotated file but the newest is kept gzip-compressed.
+    for old in rotated_files(log) {
+        if old == target || old.extension().is_some_and(|e| e == "gz") {
+            continue;
+        }
+        if let Err(e) = compress(&old) {
+            tracing::warn!(path = %old.display(), error = %e, "cannot compress rotated log");
+        }
+    }
     Ok(true)
+}
+
+/// Replaces `path` by `path.gz` (written to a `.tmp` first, so a crash leaves no half file
+/// under the final name).
+fn compress(path: &Path) -> std::io::Result<()> {
+    let gz = PathBuf::from(format!("{}.gz", path.display()));
+    let tmp = PathBuf::from(format!("{}.gz.tmp", path.display()));
+    let mut input = std::fs::File::open(path)?;
+    let out = std::fs::File::create(&tmp)?;
+    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    std::io::copy(&mut input, &mut enc)?;
+    enc.finish()?.sync_all()?;
+    std::fs::rename(&tmp, &gz)?;
+    std::fs::remove_file(path)
 }
 
 /// The log manager loop: every `interval`, rotates the logs of running containers.

@@ -500,6 +500,24 @@ async fn probes_hooks_logs_and_metrics() {
         rotations_seen = rotations_seen.max(files.len() - 1);
     }
     assert_eq!(rotations_seen, MAX_FILES - 1, "rotated files kept");
+    // Older rotated files are gzipped CRI logs (one may be removed as we look: take the
+    // first that opens).
+    let text = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+        .find_map(|gz| {
+            let mut text = String::new();
+            let f = std::fs::File::open(gz).ok()?;
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text).ok()?;
+            Some(text)
+        })
+        .expect("a compressed rotated log");
+    assert!(
+        text.lines().all(|l| l.contains(" stdout F ")) && !text.is_empty(),
+        "{text}"
+    );
     // The runtime writes to the reopened file.
     let before = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
     let grown = node
