@@ -1,8 +1,9 @@
 //! Workload features end to end through containerd, one node for the file (the pods are
 //! independent and start together): resources and QoS (container and pod cgroups,
 //! admission), container spec (env references, `$(VAR)` expansion, workingDir), volumes
-//! (emptyDir on disk and in memory, hostPath, downwardAPI, subPath, readOnly) and the
-//! security context (user, groups, read-only root, capabilities, runAsNonRoot).
+//! (emptyDir on disk and in memory, hostPath, downwardAPI, subPath, readOnly), the
+//! security context (user, groups, read-only root, capabilities, runAsNonRoot, privileged,
+//! hostPID, sysctls) and admission (OutOfmemory, OutOfpods).
 
 mod common;
 
@@ -78,7 +79,8 @@ fn pod(name: &str, pod_extra: &str, container_extra: &str, script: &str) -> Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_spec_volumes_and_security_context() {
-    let node = Node::start().await;
+    // maxPods 9: exactly the pods below that are admitted ("huge" is rejected).
+    let node = Node::start_with("maxPods: 9\n", &[]).await;
     let host_dir = node.ctrd.dir().join("hostpath-src");
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::write(host_dir.join("hello.txt"), "from-the-host").unwrap();
@@ -403,6 +405,24 @@ async fn resources_spec_volumes_and_security_context() {
         msg.contains("hostPath type check failed") && msg.contains("/nonexistent-nodus-path"),
         "{msg}"
     );
+
+    // The node is full (maxPods): one more pod is rejected with OutOfpods.
+    node.write_manifest(
+        "extra.yaml",
+        &pod("extra", "", "", "echo DONE; exec sleep 3600"),
+    );
+    let api = node
+        .wait_for(
+            "the extra pod to be rejected",
+            Duration::from_secs(20),
+            || async {
+                node.api_pod("extra")
+                    .filter(|p| p["status"]["phase"] == "Failed")
+            },
+        )
+        .await;
+    assert_eq!(api["status"]["reason"], "OutOfpods", "{api}");
+    assert!(node.sandboxes("extra").await.is_empty());
 
     // Removing the volume pod unmounts its tmpfs and removes its directories.
     node.remove_manifest("vol.yaml");
