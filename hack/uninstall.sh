@@ -42,6 +42,9 @@ rm -f "$r/usr/local/bin/kubelet" "$r/usr/local/bin/nodus-runtime" "$r/usr/local/
 for p in loopback host-local portmap; do
   [ -L "$r/opt/cni/bin/$p" ] && [ "$(readlink "$r/opt/cni/bin/$p")" = "/usr/lib/cni/$p" ] && rm -f "$r/opt/cni/bin/$p"
 done
+# Offline (ROOT given) the units' enable links go by hand; containerd stays enabled (Debian's).
+rm -f "$r/etc/systemd/system/multi-user.target.wants/kubelet.service" \
+  "$r/etc/systemd/system/multi-user.target.wants/nodus-images.service"
 rmdir "$r/etc/systemd/system/kubelet.service.d" 2>/dev/null || true
 rm -rf "$r/usr/local/share/nodus"
 cfg="$r/etc/containerd/config.toml"

@@ -10,6 +10,9 @@
 #   NODUS_VM_CHECKS    names of the checks to run (default all, in order), e.g. "cgroup_v2 runtime"
 #   NODUS_VM_BIN_DIR   where the host's cargo binaries are (nodus-runtime)
 #   NODUS_VM_RESULTS   writable results directory (the `checks` file lands there)
+#   NODUS_VM_BOOT      which boot this is (guest-run.sh counts them on the guest's disk): boot 1
+#                      runs the checks up to the first of AFTER_REBOOT and asks for a reboot
+#                      (results/reboot-request); boot 2 runs AFTER_REBOOT and adds to the results
 #
 # To add a check: write check_<name>, add <name> to ALL_CHECKS. Host binaries: $(host_bin NAME).
 # Figures for the host's report (boot-to-ready times and the like): metric NAME VALUE.
