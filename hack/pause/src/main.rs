@@ -34,7 +34,10 @@ extern "C" fn on_child(_signum: c_int) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-v" || a == "--version") {
-        println!("pause (nodus) {}", option_env!("CARGO_PKG_VERSION").unwrap_or("1.0"));
+        println!(
+            "pause (nodus) {}",
+            option_env!("CARGO_PKG_VERSION").unwrap_or("1.0")
+        );
         return;
     }
     if unsafe { getpid() } != 1 {
