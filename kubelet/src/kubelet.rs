@@ -517,16 +517,6 @@ impl Admission {
             .into_iter()
             .filter(|p| !self.rejected.contains(uid_of(p)))
             .collect();
-        if admitted.len() >= self.max_pods as usize {
-            return Err((
-                "OutOfpods".into(),
-                format!(
-                    "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
-                    admitted.len(),
-                    self.max_pods
-                ),
-            ));
-        }
         let (cpu, mem) = resources::pod_requests(pod);
         let (mut used_cpu, mut used_mem) = (0i64, 0i64);
         for p in &admitted {
@@ -549,6 +539,18 @@ impl Admission {
                 format!(
                     "Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}",
                     self.node.memory
+                ),
+            ));
+        }
+        // Pod count last: a pod that can never fit is reported by the resource it lacks,
+        // whatever order the pods of a manifest directory arrive in.
+        if admitted.len() >= self.max_pods as usize {
+            return Err((
+                "OutOfpods".into(),
+                format!(
+                    "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
+                    admitted.len(),
+                    self.max_pods
                 ),
             ));
         }
