@@ -489,7 +489,12 @@ async fn probes_hooks_logs_and_metrics() {
     let mut rotations_seen = 0;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        // A `.gz.tmp` is a rotated file being compressed right now; it replaces its source.
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|f| !f.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
         assert!(files.len() <= MAX_FILES, "{} files: {files:?}", files.len());
         for f in &files {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
