@@ -12,6 +12,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::cri::Cri;
 
@@ -179,22 +182,6 @@ pub async fn tcp(
     }
 }
 
-/// `grpc.health.v1.HealthCheckRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HealthCheckRequest {
-    #[prost(string, tag = "1")]
-    pub service: String,
-}
-
-/// `grpc.health.v1.HealthCheckResponse` (status 1 = SERVING).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HealthCheckResponse {
-    #[prost(int32, tag = "1")]
-    pub status: i32,
-}
-
-pub const SERVING: i32 = 1;
-
 /// `grpc.health.v1.Health/Check` against `ip:port`.
 pub async fn grpc_check(ip: IpAddr, port: u16, service: &str, timeout: Duration) -> Outcome {
     let addr = match ip {
@@ -207,27 +194,14 @@ pub async fn grpc_check(ip: IpAddr, port: u16, service: &str, timeout: Duration)
             .connect()
             .await
             .map_err(|e| format!("failed to connect service {addr}: {e}"))?;
-        let mut client = tonic::client::Grpc::new(ch);
-        client
-            .ready()
-            .await
-            .map_err(|e| format!("grpc {addr}: {e}"))?;
-        let path =
-            tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
-        let codec: tonic_prost::ProstCodec<HealthCheckRequest, HealthCheckResponse> =
-            tonic_prost::ProstCodec::default();
-        let resp = client
-            .unary(
-                tonic::Request::new(HealthCheckRequest {
-                    service: service.to_string(),
-                }),
-                path,
-                codec,
-            )
+        let resp = HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
             .await
             .map_err(|s| format!("health rpc failed: {:?}: {}", s.code(), s.message()))?;
         let status = resp.into_inner().status;
-        if status == SERVING {
+        if status == ServingStatus::Serving as i32 {
             Ok(())
         } else {
             Err(format!(
@@ -308,76 +282,35 @@ mod tests {
         assert!(e.contains("connect"), "{e}");
     }
 
-    /// A grpc.health.v1 server answering `status` to every Check.
-    #[derive(Clone)]
-    struct Health(i32);
-
-    impl tonic::server::NamedService for Health {
-        const NAME: &'static str = "grpc.health.v1.Health";
-    }
-
-    struct Check(i32);
-
-    impl tonic::server::UnaryService<HealthCheckRequest> for Check {
-        type Response = HealthCheckResponse;
-        type Future =
-            futures::future::Ready<Result<tonic::Response<HealthCheckResponse>, tonic::Status>>;
-        fn call(&mut self, _: tonic::Request<HealthCheckRequest>) -> Self::Future {
-            futures::future::ready(Ok(tonic::Response::new(HealthCheckResponse {
-                status: self.0,
-            })))
-        }
-    }
-
-    impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Health {
-        type Response = tonic::codegen::http::Response<tonic::body::Body>;
-        type Error = std::convert::Infallible;
-        type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Self::Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
-            let status = self.0;
-            Box::pin(async move {
-                let codec: tonic_prost::ProstCodec<HealthCheckResponse, HealthCheckRequest> =
-                    tonic_prost::ProstCodec::default();
-                Ok(tonic::server::Grpc::new(codec)
-                    .unary(Check(status), req)
-                    .await)
-            })
-        }
-    }
-
     #[tokio::test]
     async fn grpc_health_check() {
+        use tonic_health::ServingStatus;
         let t = Duration::from_secs(5);
-        for (status, ok) in [(SERVING, true), (2, false)] {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = l.local_addr().unwrap();
-            drop(l);
-            let server = tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(Health(status))
-                    .serve(addr),
-            );
-            // The server binds in its task: retry until it answers.
-            let mut r = Err(String::new());
-            for _ in 0..50 {
-                r = grpc_check(addr.ip(), addr.port(), "", t).await;
-                if !r.as_ref().is_err_and(|e| e.contains("connect")) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            server.abort();
-            assert_eq!(r.is_ok(), ok, "{r:?}");
-            if !ok {
-                assert!(r.unwrap_err().contains("status 2"));
-            }
-        }
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("nodus", ServingStatus::NotServing)
+            .await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)),
+        );
+        // "" is the server's overall health (SERVING); "nodus" was set NOT_SERVING (2).
+        let overall = grpc_check(addr.ip(), addr.port(), "", t).await;
+        let nodus = grpc_check(addr.ip(), addr.port(), "nodus", t).await;
+        let unknown = grpc_check(addr.ip(), addr.port(), "other", t).await;
+        server.abort();
+        assert_eq!(overall, Ok(()));
+        assert!(
+            nodus.as_ref().unwrap_err().contains("status 2"),
+            "{nodus:?}"
+        );
+        assert!(
+            unknown.as_ref().unwrap_err().contains("NotFound"),
+            "{unknown:?}"
+        );
     }
 
     #[test]

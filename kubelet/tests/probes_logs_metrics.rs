@@ -1,6 +1,7 @@
 //! Probes, lifecycle hooks, logs and metrics end to end through containerd, one node for
 //! the file: liveness failure restarts (reason recorded), failing readiness keeps a pod not
-//! Ready, httpGet/tcpSocket/startup probes make a pod Ready, postStart runs before the
+//! Ready, httpGet/tcpSocket/startup probes make a pod Ready, a grpc readiness probe follows
+//! a real grpc.health.v1 server in the pod's network namespace, postStart runs before the
 //! main process goes on and preStop before the SIGTERM handler, `/containerLogs` with
 //! tailLines/timestamps/previous/follow, log rotation stays within the limits,
 //! FallbackToLogsOnError, `/metrics` (parsed strictly) and `/stats/summary`.
@@ -235,6 +236,56 @@ impl Drop for Recorder {
     }
 }
 
+const GRPC_PORT: u16 = 9555;
+
+/// A grpc.health.v1 server (tonic-health) whose listening socket was bound inside another
+/// network namespace (a pod's), so the kubelet's grpc probe reaches it at the pod IP.
+struct GrpcHealth {
+    reporter: tonic_health::server::HealthReporter,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcHealth {
+    async fn serve_in_netns(netns: &str, port: u16) -> GrpcHealth {
+        let netns = netns.to_string();
+        // setns only affects the calling thread: bind from a short-lived one.
+        let listener = std::thread::spawn(move || {
+            let f = std::fs::File::open(&netns).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .join()
+        .unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await;
+        });
+        GrpcHealth { reporter, server }
+    }
+
+    async fn set(&self, service: &str, serving: bool) {
+        use tonic_health::ServingStatus;
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status(service, status).await;
+    }
+}
+
+impl Drop for GrpcHealth {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_hooks_logs_and_metrics() {
     let node = Node::start_with(
@@ -276,6 +327,15 @@ async fn probes_hooks_logs_and_metrics() {
             "Always",
             "    lifecycle:\n      postStart: {exec: {command: [sh, -c, 'echo poststart-ran > /tmp/poststart']}}\n      preStop: {exec: {command: [sh, -c, 'echo prestop-ran > /proc/1/fd/1; sleep 1']}}\n",
             "trap 'echo sigterm-handler; exit 0' TERM; while [ ! -f /tmp/poststart ]; do sleep 0.1; done; echo main-saw-$(cat /tmp/poststart); while true; do sleep 0.1; done",
+        ),
+    );
+    node.write_manifest(
+        "grpc.yaml",
+        &pod(
+            "grpc",
+            "Always",
+            &format!("    readinessProbe: {{grpc: {{port: {GRPC_PORT}, service: nodus}}, periodSeconds: 1}}\n"),
+            "exec sleep 3600",
         ),
     );
     let recorder = Recorder::start(&node);
@@ -331,6 +391,37 @@ async fn probes_hooks_logs_and_metrics() {
         (Some(true), Some(true))
     );
     assert_eq!(cs["restartCount"], 0);
+
+    // grpc readiness against a grpc.health.v1 server listening in the pod's netns: the
+    // probe follows the status of the "nodus" service.
+    node.wait_running("grpc", 1).await;
+    let sandbox = node.sandboxes("grpc").await.pop().unwrap();
+    let pid = node.sandbox_pid(&sandbox.id).await;
+    let health = GrpcHealth::serve_in_netns(&format!("/proc/{pid}/ns/net"), GRPC_PORT).await;
+    let grpc_ready = |want: &'static str| {
+        let node = &node;
+        async move {
+            node.wait_for(
+                &format!("grpc pod Ready={want}"),
+                Duration::from_secs(30),
+                || async { node.api_pod("grpc").filter(|p| cond(p, "Ready") == want) },
+            )
+            .await
+        }
+    };
+    // Not Ready while the service is unknown to the server (NotFound) ...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cond(&node.api_pod("grpc").unwrap(), "Ready"), "False");
+    // ... Ready once it reports SERVING, not Ready again on NOT_SERVING.
+    health.set("nodus", true).await;
+    grpc_ready("True").await;
+    health.set("nodus", false).await;
+    grpc_ready("False").await;
+    assert_eq!(
+        node.api_pod("grpc").unwrap()["status"]["containerStatuses"][0]["restartCount"],
+        0
+    );
+    drop(health);
 
     // Failing readiness: Running but never Ready.
     let api = node

@@ -255,6 +255,22 @@ impl Node {
         .ip
     }
 
+    /// PID of the sandbox's pause process (from containerd's verbose sandbox status).
+    pub async fn sandbox_pid(&self, id: &str) -> u32 {
+        let mut rt = self.rt().await;
+        let info = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_string(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info;
+        let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+        v["pid"].as_u64().expect("pid in the sandbox info") as u32
+    }
+
     /// Polls `f` every 200 ms until it returns Some, or fails the test after `timeout`.
     pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
     where
