@@ -174,10 +174,17 @@ impl Syncer {
         self.probes.sync_pod(
             pod,
             &runtime_status,
-            runtime_status
-                .sandboxes
-                .first()
-                .and_then(|s| s.ips.first().cloned()),
+            crate::kuberuntime::with_host_network_ips(
+                pod,
+                runtime_status
+                    .sandboxes
+                    .first()
+                    .map(|s| s.ips.clone())
+                    .unwrap_or_default(),
+                self.node_ip.as_ref(),
+            )
+            .into_iter()
+            .next(),
             crate::kuberuntime::pod_grace(pod),
         );
         let now = now_nanos();

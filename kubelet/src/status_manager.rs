@@ -351,11 +351,15 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
             inputs.now,
         ),
     ];
-    let ips: Vec<String> = runtime
-        .sandboxes
-        .first()
-        .map(|s| s.ips.clone())
-        .unwrap_or_default();
+    let ips = crate::kuberuntime::with_host_network_ips(
+        pod,
+        runtime
+            .sandboxes
+            .first()
+            .map(|s| s.ips.clone())
+            .unwrap_or_default(),
+        inputs.node_ip.as_ref(),
+    );
     ApiPodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
@@ -529,6 +533,19 @@ mod tests {
         assert!(cs.ready);
         assert!(cs.state.as_ref().unwrap().running.is_some());
         assert_eq!(cs.container_id.as_deref(), Some("containerd://a5"));
+    }
+
+    #[test]
+    fn host_network_pod_reports_the_node_ip() {
+        let mut p = pod("Always", &[], &["a"]);
+        let mut r = runtime(vec![ctr("a", Running, 0, 5, 0)]);
+        r.sandboxes[0].ips.clear();
+        // Pod network without an address yet: no pod IP.
+        assert_eq!(gen(&p, &r, &[]).pod_ip, None);
+        p.spec.as_mut().unwrap().host_network = Some(true);
+        let s = gen(&p, &r, &[]);
+        assert_eq!(s.pod_ip.as_deref(), Some("10.0.0.1"));
+        assert_eq!(s.pod_ips.unwrap()[0].ip, "10.0.0.1");
     }
 
     #[test]

@@ -669,14 +669,14 @@ async fn probes_hooks_logs_and_metrics() {
             },
         )
         .await;
-    // 9 pods; httphooks is gone, follow and fallback have finished (sandboxes stopped).
-    assert_eq!(ready, 6);
+    // 10 pods; httphooks is gone, follow and fallback have finished (sandboxes stopped).
+    assert_eq!(ready, 7);
     assert!(
         get(
             &m,
             "kubelet_runtime_operations_total",
             &[("operation_type", "run_pod_sandbox")]
-        ) >= 8.0
+        ) >= 9.0
     );
     assert!(get(&m, "kubelet_pod_start_duration_seconds_count", &[]) >= 6.0);
     assert!(get(&m, "kubelet_pleg_relist_duration_seconds_count", &[]) >= 1.0);

@@ -3,7 +3,7 @@
 //! admission), container spec (env references, `$(VAR)` expansion, workingDir), volumes
 //! (emptyDir on disk and in memory, hostPath, downwardAPI, subPath, readOnly), the
 //! security context (user, groups, read-only root, capabilities, runAsNonRoot, privileged,
-//! hostPID, sysctls) and admission (OutOfmemory, OutOfpods).
+//! hostPID, hostNetwork, hostIPC, sysctls) and admission (OutOfmemory, OutOfpods).
 
 mod common;
 
@@ -79,8 +79,8 @@ fn pod(name: &str, pod_extra: &str, container_extra: &str, script: &str) -> Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_spec_volumes_and_security_context() {
-    // maxPods 9: exactly the pods below that are admitted ("huge" is rejected).
-    let node = Node::start_with("maxPods: 9\n", &[]).await;
+    // maxPods 10: exactly the pods below that are admitted ("huge" is rejected).
+    let node = Node::start_with("maxPods: 10\n", &[]).await;
     let host_dir = node.ctrd.dir().join("hostpath-src");
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::write(host_dir.join("hello.txt"), "from-the-host").unwrap();
@@ -164,6 +164,15 @@ async fn resources_spec_volumes_and_security_context() {
             "  hostPID: true\n  securityContext:\n    sysctls: [{name: net.ipv4.ip_local_port_range, value: '20000 30000'}]\n",
             "    securityContext: {privileged: true}\n",
             "echo PID1=$(cat /proc/1/comm); echo RANGE=$(cat /proc/sys/net/ipv4/ip_local_port_range); echo CAPEFF=$(awk '/^CapEff/{print $2}' /proc/self/status); echo DONE; exec sleep 3600",
+        ),
+    );
+    node.write_manifest(
+        "hostns.yaml",
+        &pod(
+            "hostns",
+            "  hostNetwork: true\n  hostIPC: true\n",
+            "    env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]\n",
+            "echo NET=$(readlink /proc/self/ns/net); echo IPC=$(readlink /proc/self/ns/ipc); echo UTS=$(readlink /proc/self/ns/uts); echo IP=$POD_IP; echo DONE; exec sleep 3600",
         ),
     );
     node.write_manifest(
@@ -366,6 +375,35 @@ async fn resources_spec_volumes_and_security_context() {
     let capeff = u64::from_str_radix(value(&out, "CAPEFF"), 16).unwrap();
     assert_ne!(capeff & (1 << 12), 0, "CAP_NET_ADMIN added: {capeff:x}");
     assert!(value(&out, "PID1").contains("pause"), "{out:?}");
+    // hostNetwork + hostIPC: the container shares the runtime host's network, IPC and UTS
+    // namespaces (containerd runs in the test's), and reports the node IP as its pod IP.
+    let out = output(&node, "hostns").await;
+    let host_ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{kind}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    for (key, kind) in [("NET", "net"), ("IPC", "ipc"), ("UTS", "uts")] {
+        assert_eq!(value(&out, key), host_ns(kind), "{key}: {out:?}");
+    }
+    assert_eq!(value(&out, "IP"), "10.66.0.1");
+    let api = node.api_pod("hostns").unwrap();
+    assert_eq!(api["status"]["podIP"], "10.66.0.1", "{api}");
+    assert_eq!(api["status"]["podIPs"][0]["ip"], "10.66.0.1");
+    // A pod network pod does not share them.
+    let out = output(&node, "caps").await;
+    let caps_pid = node.sandbox_pid(&node.sandboxes("caps").await[0].id).await;
+    let caps_ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/{caps_pid}/ns/{kind}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    for kind in ["net", "ipc", "uts"] {
+        assert_ne!(caps_ns(kind), host_ns(kind), "{kind}: {out:?}");
+    }
+
     let api = node
         .wait_for(
             "runAsNonRoot to be refused",

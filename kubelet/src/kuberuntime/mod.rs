@@ -114,6 +114,17 @@ fn sandbox_state(s: i32) -> SandboxState {
     }
 }
 
+/// Upstream reports a host-network pod's IPs as the node's: probes, hooks and
+/// `status.podIP` then reach the node address.
+pub fn with_host_network_ips(pod: &Pod, ips: Vec<String>, node_ip: Option<&String>) -> Vec<String> {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    if ips.is_empty() && host_network {
+        node_ip.cloned().into_iter().collect()
+    } else {
+        ips
+    }
+}
+
 pub fn pod_grace(pod: &Pod) -> i64 {
     pod.metadata
         .deletion_grace_period_seconds
@@ -139,6 +150,15 @@ impl RuntimeManager {
             node_name: String::new(),
             node_ip: None,
             max_per_pod_container: 1,
+        }
+    }
+
+    /// The pod's IPs: its sandbox's, or the node's for a host-network pod.
+    async fn pod_ips(&self, pod: Option<&Pod>, sandbox_id: &str) -> Vec<String> {
+        let ips = self.sandbox_pod_ips(sandbox_id).await;
+        match pod {
+            Some(pod) => with_host_network_ips(pod, ips, self.node_ip.as_ref()),
+            None => ips,
         }
     }
 
@@ -404,7 +424,7 @@ impl RuntimeManager {
                 .await?;
         }
         let rt_fields = crate::envvars::RuntimeFields {
-            pod_ips: self.sandbox_pod_ips(sandbox_id).await,
+            pod_ips: self.pod_ips(Some(pod), sandbox_id).await,
             host_ip: self.node_ip.clone(),
             node_name: self.node_name.clone(),
         };
@@ -507,7 +527,7 @@ impl RuntimeManager {
         let mut grace = grace;
         if let Some((c, h)) = spec.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
         {
-            let ip = self.sandbox_pod_ips(sandbox_id).await;
+            let ip = self.pod_ips(pod, sandbox_id).await;
             let start = std::time::Instant::now();
             run_pre_stop(&self.cri, h, c, id, ip.first().map(String::as_str), grace).await;
             grace = (grace - start.elapsed().as_secs() as i64).max(MIN_GRACE_SECS);
