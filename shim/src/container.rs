@@ -21,14 +21,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use oci_spec::runtime::{Hooks, LinuxNamespaceType, LinuxResources, Process};
+use oci_spec::runtime::{Hooks, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Process};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::Cgroup;
 use crate::error::{Context, Error, Result};
 use crate::namespaces::{self, Plan};
 use crate::util::{proc_stat, process_alive, rfc3339, write_atomic};
-use crate::{hooks, init, process, spec, sync};
+use crate::{hooks, init, process, seccomp, spec, sync};
 
 /// The runtime-spec version we implement.
 pub const OCI_VERSION: &str = "1.0.2";
@@ -114,6 +114,9 @@ pub struct Saved {
     /// Current resource limits (config.json's, as changed by `update`).
     #[serde(default)]
     pub resources: Option<LinuxResources>,
+    /// config.json `linux.seccomp`: exec'd processes get the same filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 /// Options of `create`/`run`.
@@ -316,6 +319,7 @@ impl Runtime {
             None => None,
         };
         let linux = b.spec.linux().as_ref().expect("validated");
+        let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
         let cgroup = Cgroup::resolve(linux.cgroups_path().as_deref(), &o.id)?;
         let console = match (&o.console_socket, process.terminal() == Some(true)) {
             (Some(p), true) => Some(process::connect_console(p)?),
@@ -388,6 +392,7 @@ impl Runtime {
                 console,
                 no_pivot: o.no_pivot,
                 cgroup_sources: cgroup.mount_sources(),
+                seccomp: seccomp.as_ref(),
             });
         }
         if let Some(own) = saved_pidns {
@@ -418,6 +423,7 @@ impl Runtime {
             hooks: b.spec.hooks().clone(),
             process: b.spec.process().clone(),
             resources: linux.resources().clone(),
+            seccomp: linux.seccomp().clone(),
         };
         let mut st = self.oci_state(&saved, Status::Creating);
         sync::send(
@@ -744,6 +750,7 @@ impl Runtime {
             Mode::empty(),
         )
         .ctx(|| format!("open /proc/{}/root", s.pid))?;
+        let filter = s.seccomp.as_ref().map(seccomp::compile).transpose()?;
         let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx(|| "pipe".into())?;
         if let Some(f) = &pid_ns {
             setns(f, CloneFlags::CLONE_NEWPID)
@@ -752,7 +759,7 @@ impl Runtime {
         let child = clone_process(CloneFlags::empty())?;
         if child == 0 {
             drop(rd);
-            let err = exec_child(&s, p, &joins, &root, console.as_ref());
+            let err = exec_child(&s, p, &joins, &root, console.as_ref(), filter.as_ref());
             let msg = err.to_string();
             // SAFETY: write to the error pipe, then _exit without running the parent's destructors.
             unsafe {
@@ -798,6 +805,7 @@ fn exec_child(
     joins: &[(CloneFlags, fs::File)],
     root: &OwnedFd,
     console: Option<&OwnedFd>,
+    filter: Option<&seccomp::Filter>,
 ) -> Error {
     let r = (|| -> Result<std::convert::Infallible> {
         // Join the cgroup first, while the host's cgroupfs is still visible ("0" = us).
@@ -826,6 +834,10 @@ fn exec_child(
         let prog = process::find_program(p)?;
         // SAFETY: umask has no preconditions.
         unsafe { libc::umask(p.user().umask().unwrap_or(0o022) as libc::mode_t) };
+        let nnp = p.no_new_privileges() == Some(true);
+        if let (Some(f), false) = (filter, nnp) {
+            seccomp::install(f)?;
+        }
         process::set_user_and_caps(p)?;
         if early.is_err() {
             nix::unistd::chdir(p.cwd())
@@ -833,6 +845,9 @@ fn exec_child(
         }
         process::set_no_new_privs(p)?;
         process::reset_signals();
+        if let (Some(f), true) = (filter, nnp) {
+            seccomp::install(f)?;
+        }
         Err(process::exec(&prog, p))
     })();
     match r {

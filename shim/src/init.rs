@@ -15,7 +15,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Context, Error, Result};
 use crate::namespaces::Plan;
-use crate::{hooks, process, rootfs, sync};
+use crate::{hooks, process, rootfs, seccomp, sync};
 
 /// Everything the init needs, prepared by the runtime before clone.
 pub struct InitArgs<'a> {
@@ -39,6 +39,8 @@ pub struct InitArgs<'a> {
     pub no_pivot: bool,
     /// Host directories of the container's cgroup, for a `cgroup` mount.
     pub cgroup_sources: Vec<(String, PathBuf)>,
+    /// The compiled `linux.seccomp` filter.
+    pub seccomp: Option<&'a seccomp::Filter>,
 }
 
 /// Run the init; never returns.
@@ -137,6 +139,12 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
     let prog = process::find_program(process)?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(process.user().umask().unwrap_or(0o022) as libc::mode_t) };
+    // As runc: without no_new_privs, installing a filter needs CAP_SYS_ADMIN, so it
+    // goes on before the capabilities are dropped; with it, just before execve.
+    let nnp = process.no_new_privileges() == Some(true);
+    if let (Some(f), false) = (a.seccomp, nnp) {
+        seccomp::install(f)?;
+    }
     process::set_user_and_caps(process)?;
     if chdir_early.is_err() {
         nix::unistd::chdir(cwd).ctx(|| format!("process.cwd: chdir {}", cwd.display()))?;
@@ -159,6 +167,9 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
     drop(fifo);
     if let Some(h) = hooks.and_then(|h| h.start_container().as_ref()) {
         hooks::run(h, "startContainer", &state)?;
+    }
+    if let (Some(f), true) = (a.seccomp, nnp) {
+        seccomp::install(f)?;
     }
     Err(process::exec(&prog, process))
 }

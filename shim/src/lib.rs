@@ -6,7 +6,8 @@
 //!   state directory;
 //! - [`init`]: the container's init, from clone to exec;
 //! - [`spec`]: loading and validating config.json;
-//! - [`namespaces`], [`rootfs`], [`process`], [`hooks`]: the pieces of a container;
+//! - [`namespaces`], [`rootfs`], [`process`], [`hooks`], [`seccomp`]: the pieces of a
+//!   container;
 //! - [`cgroups`]: v1 and v2 cgroup managers;
 //! - [`logging`]: runc-style log lines for containerd's runc shim.
 
@@ -19,6 +20,7 @@ pub mod logging;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod sync;
 pub mod util;

@@ -285,11 +285,8 @@ pub fn validate(spec: &Spec) -> Result<()> {
             }
         }
     }
-    if linux.seccomp().is_some() {
-        return Err(Error::config(
-            "linux.seccomp",
-            "seccomp filters are not supported by nodus-runtime yet",
-        ));
+    if let Some(s) = linux.seccomp() {
+        crate::seccomp::compile(s)?;
     }
     if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())

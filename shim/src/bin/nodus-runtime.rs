@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
-use nodus_shim::cgroups;
 use nodus_shim::logging::{Format, RuncLogger};
 use nodus_shim::spec::parse_json;
+use nodus_shim::{cgroups, seccomp};
 use nodus_shim::{CreateOpts, ExecOpts, Runtime, Status};
 use oci_spec::runtime::{LinuxCpu, LinuxPids, LinuxResources, Process};
 
@@ -593,7 +593,14 @@ fn features() -> serde_json::Value {
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false,
                        "unified": cgroups::is_unified()},
-            "seccomp": {"enabled": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": seccomp::ACTIONS,
+                "operators": seccomp::OPERATORS,
+                "archs": seccomp::supported_archs(),
+                "knownFlags": seccomp::FLAGS.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                "supportedFlags": seccomp::supported_flags(),
+            },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
         },
