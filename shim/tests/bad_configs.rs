@@ -69,8 +69,38 @@ fn bad_configs_name_the_field_and_leave_nothing() {
         ("hooks.prestart[0].path", |c| {
             c["hooks"] = json!({"prestart": [{"path": "relative/hook"}]})
         }),
-        ("linux.seccomp", |c| {
-            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"})
+        (
+            "linux.seccomp.defaultAction: unknown variant `SCMP_ACT_BOGUS`",
+            |c| c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_BOGUS"}),
+        ),
+        (
+            "linux.seccomp.architectures[1]: unknown variant `SCMP_ARCH_Z80`",
+            |c| {
+                c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_Z80"]})
+            },
+        ),
+        (
+            "linux.seccomp.syscalls[0].args[0].op: unknown variant `SCMP_CMP_SORTOF`",
+            |c| {
+                c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["read"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_SORTOF"}]}]})
+            },
+        ),
+        ("linux.seccomp.syscalls[0].args[0].index", |c| {
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["read"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}]}]})
+        }),
+        ("linux.seccomp.syscalls[1].action: SCMP_ACT_NOTIFY", |c| {
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["read"], "action": "SCMP_ACT_LOG"},
+                {"names": ["write"], "action": "SCMP_ACT_NOTIFY"}]})
+        }),
+        ("linux.seccomp.syscalls[0].names", |c| {
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": [], "action": "SCMP_ACT_ERRNO"}]})
         }),
         ("linux.resources.memory.swappiness", |c| {
             c["linux"]["resources"]["memory"] = json!({"swappiness": 500})

@@ -305,3 +305,129 @@ fn oom_score_adj_eperm_is_not_fatal() {
     // Either applied (CAP_SYS_RESOURCE) or left as is (EPERM here, logged).
     assert!(v == -998 || v >= 0, "{v}");
 }
+
+/// A `linux.seccomp` profile allowing everything but `rules`.
+fn allow_all_but(rules: serde_json::Value) -> serde_json::Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "syscalls": rules
+    })
+}
+
+#[test]
+fn seccomp_errno_fails_exactly_the_filtered_calls() {
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "mkdir /tmp/d; echo mkdir=$?; touch /tmp/f && echo touch=ok; rm /tmp/f; echo rm=$?; \
+         ls /tmp; grep Seccomp: /proc/self/status",
+    ]);
+    b.edit(|c| {
+        c["linux"]["seccomp"] = allow_all_but(json!([
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"},
+            // ENOSPC instead of the default EPERM
+            {"names": ["unlink", "unlinkat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 28},
+            {"names": ["no_such_syscall_anywhere"], "action": "SCMP_ACT_KILL"}
+        ]));
+    });
+    let (code, out) = b.run_to_end();
+    let err = b.stderr();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mkdir=1\n"), "{out}");
+    assert!(
+        err.contains("mkdir: can't create directory '/tmp/d': Operation not permitted"),
+        "{err}"
+    );
+    assert!(out.contains("touch=ok\n"), "{out}");
+    assert!(out.contains("rm=1\n"), "{out}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // The file stayed, the directory was never made.
+    assert!(out.contains("\nf\n"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+}
+
+#[test]
+fn seccomp_argument_conditions() {
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "linux64 true && echo linux64=ok; linux32 true; echo linux32=$?; \
+         echo x > /tmp/new; echo create=$?; grep -q Seccomp /proc/self/status && echo read=ok",
+    ]);
+    b.edit(|c| {
+        c["linux"]["seccomp"] = allow_all_but(json!([
+            // personality(PER_LINUX32) only
+            {"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+            // opening with O_CREAT (0100) fails with EACCES; other opens work
+            {"names": ["open"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+             "args": [{"index": 1, "value": 64, "valueTwo": 64, "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["openat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+             "args": [{"index": 2, "value": 64, "valueTwo": 64, "op": "SCMP_CMP_MASKED_EQ"}]}
+        ]));
+    });
+    let (code, out) = b.run_to_end();
+    let err = b.stderr();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("linux64=ok\n"), "{out}");
+    assert!(out.contains("linux32=1\n"), "{out}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(out.contains("create=1\n"), "{out}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(out.contains("read=ok\n"), "{out}");
+}
+
+#[test]
+fn seccomp_kill_process_kills_with_sigsys() {
+    let mut b = Bundle::new(&["mkdir", "/tmp/d"]);
+    b.edit(|c| {
+        c["linux"]["seccomp"] = allow_all_but(json!([
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_KILL_PROCESS"}
+        ]));
+    });
+    let (code, _) = b.run_to_end();
+    assert_eq!(code, 128 + libc::SIGSYS, "{}", b.stderr());
+}
+
+#[test]
+fn seccomp_without_no_new_privs_and_in_exec() {
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; exec sleep 1000",
+    ]);
+    b.edit(|c| {
+        c["process"]["noNewPrivileges"] = json!(false);
+        c["linux"]["seccomp"] = allow_all_but(json!([
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}
+        ]));
+    });
+    b.start();
+    for _ in 0..500 {
+        if b.stdout().contains("NoNewPrivs") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = b.stdout();
+    // Installed while the init still held CAP_SYS_ADMIN; the process keeps it after
+    // the capabilities were dropped to runc's default set.
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    let o = b.rt(&[
+        "exec",
+        &b.id,
+        "sh",
+        "-c",
+        "mkdir /tmp/e; echo mkdir=$?; grep Seccomp: /proc/self/status",
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("mkdir=1\n"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+}
