@@ -6,10 +6,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use nodus_proto::runtime::v1::security_profile::ProfileType;
 use nodus_proto::runtime::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
-    ExecSyncRequest, ImageSpec, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ExecSyncRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use nodus_testkit::{ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
 
@@ -26,6 +29,29 @@ fn mounts_mentioning(s: &str) -> Vec<String> {
         .filter(|l| l.contains(s))
         .map(str::to_string)
         .collect()
+}
+
+/// ExecSync `sh -c script` in a container; stdout and stderr together.
+async fn exec_out(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    ctrd: &PrivateContainerd,
+    id: &str,
+    script: &str,
+) -> String {
+    let r = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 20,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}\n{}", ctrd_log(ctrd)))
+        .into_inner();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,6 +172,87 @@ async fn pod_runs_on_nodus_runtime_handler() {
         "exec of a missing program fails: {missing:?}"
     );
 
+    // Without a seccomp profile a user namespace can be made; RuntimeDefault forbids it.
+    let userns = exec_out(&mut rt, &ctrd, &ctr, "unshare -U true; echo unshare=$?").await;
+    assert!(userns.contains("unshare=0"), "{userns}");
+
+    // A container asking for CRI's RuntimeDefault seccomp profile (containerd's default
+    // profile) runs busybox fine, under a filter, in its init and in exec.
+    let secure = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "secure".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into()],
+                args: vec![
+                    "-c".into(),
+                    "grep Seccomp: /proc/self/status; mkdir -p /tmp/a/b && ls -R /tmp >/dev/null \
+                     && ps >/dev/null && echo busybox-ok; exec sleep 1000"
+                        .into(),
+                ],
+                log_path: "secure/0.log".into(),
+                linux: Some(LinuxContainerConfig {
+                    security_context: Some(LinuxContainerSecurityContext {
+                        seccomp: Some(SecurityProfile {
+                            profile_type: ProfileType::RuntimeDefault as i32,
+                            localhost_ref: String::new(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer secure: {e}\n{}", ctrd_log(&ctrd)))
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: secure.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer secure: {e}\n{}", ctrd_log(&ctrd)));
+    let log_file = Path::new(&sandbox_config.log_directory).join("secure/0.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains("busybox-ok") {
+            assert!(log.contains("Seccomp:\t2"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "secure container log: {log:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let filtered = exec_out(
+        &mut rt,
+        &ctrd,
+        &secure,
+        "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?",
+    )
+    .await;
+    assert!(filtered.contains("Seccomp:\t2"), "{filtered}");
+    assert!(filtered.contains("unshare=1"), "{filtered}");
+    rt.stop_container(StopContainerRequest {
+        container_id: secure.clone(),
+        timeout: 2,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopContainer secure: {e}\n{}", ctrd_log(&ctrd)));
+    rt.remove_container(RemoveContainerRequest {
+        container_id: secure.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemoveContainer secure: {e}\n{}", ctrd_log(&ctrd)));
+
     // The container's cgroup is below the pod's cgroup parent.
     let cg_parent = sandbox_config.linux.as_ref().unwrap().cgroup_parent.clone();
     let cg_root = if nodus_shim::cgroups::is_unified() {
@@ -193,7 +300,7 @@ async fn pod_runs_on_nodus_runtime_handler() {
     .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", ctrd_log(&ctrd)));
 
     // Nothing left: state dirs, cgroups, mounts.
-    for id in [&pod, &ctr] {
+    for id in [&pod, &ctr, &secure] {
         assert!(!nodus_root.join(id).exists(), "state dir of {id} left");
         assert!(!cg_root.join(id).exists(), "cgroup of {id} left");
         assert!(
