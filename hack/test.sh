@@ -23,6 +23,10 @@ cargo build --workspace --bins --locked
 # A hung test must fail the run, not eat the CI budget.
 timeout --kill-after=20 2400 cargo test --workspace --locked
 
+step "kubelet end-to-end tests on our shim (nodus-shim as containerd's default runtime)"
+NODUS_TEST_RUNTIME=nodus-shim timeout --kill-after=20 1200 \
+  cargo test --locked -p nodus-kubelet --test '*'
+
 if [ -x hack/vm-test.sh ]; then
   step "VM tier (pure cgroup v2 under qemu)"
   bash hack/vm-test.sh

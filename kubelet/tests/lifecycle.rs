@@ -32,6 +32,25 @@ async fn manifest_runs_then_edit_replaces_then_delete_removes() {
     assert_eq!(sm.namespace, "default");
     assert_eq!(sm.uid.len(), 32, "static pod UID is an MD5 hex");
     assert_eq!(c.labels["io.kubernetes.pod.uid"], sm.uid);
+    // The pod runs on the suite's runtime (NODUS_TEST_RUNTIME): containerd says which
+    // runtime type, and the pause process is the child of that runtime's shim.
+    let (runtime_type, shim) = match node.ctrd.default_runtime().as_str() {
+        "nodus-shim" => ("io.containerd.nodus.v2", "containerd-shim-nodus-v2"),
+        _ => ("io.containerd.runc.v2", "containerd-shim-runc-v2"),
+    };
+    let info = node.sandbox_info(&sb.id).await;
+    assert_eq!(info["runtimeType"], runtime_type, "{info}");
+    let pause = node.sandbox_pid(&sb.id).await;
+    let stat = std::fs::read_to_string(format!("/proc/{pause}/stat")).unwrap();
+    let ppid = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
+    let parent = std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap();
+    assert_eq!(parent.file_name().unwrap(), shim, "{}", parent.display());
 
     // The output is in the CRI log file the kubelet asked for.
     let status = node.container_status(&c.id).await.unwrap();

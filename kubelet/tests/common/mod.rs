@@ -255,8 +255,8 @@ impl Node {
         .ip
     }
 
-    /// PID of the sandbox's pause process (from containerd's verbose sandbox status).
-    pub async fn sandbox_pid(&self, id: &str) -> u32 {
+    /// containerd's verbose sandbox info (pid, runtimeType, config...).
+    pub async fn sandbox_info(&self, id: &str) -> serde_json::Value {
         let mut rt = self.rt().await;
         let info = rt
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -267,7 +267,12 @@ impl Node {
             .unwrap()
             .into_inner()
             .info;
-        let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+        serde_json::from_str(&info["info"]).unwrap()
+    }
+
+    /// PID of the sandbox's pause process (from containerd's verbose sandbox status).
+    pub async fn sandbox_pid(&self, id: &str) -> u32 {
+        let v = self.sandbox_info(id).await;
         v["pid"].as_u64().expect("pid in the sandbox info") as u32
     }
 
