@@ -61,28 +61,39 @@ fn thread(name: &str, f: impl FnOnce() + Send + 'static) {
 /// How long output waits for containerd to open its end of a FIFO.
 const READER_WAIT: Duration = Duration::from_secs(5);
 
-/// Waits until the FIFO has a reader (containerd opens its end asynchronously). Output
-/// written while nobody has the FIFO open is dropped by the kernel when the last writer
-/// closes, so a fast process could otherwise lose all of it.
-fn wait_for_reader(path: &str) {
+/// Opens an output FIFO read-write once it has a reader (containerd opens its end
+/// asynchronously). Output written while nobody holds the FIFO is dropped by the kernel when
+/// the last writer closes, so a fast process could otherwise lose all of it.
+///
+/// The probe that finds the reader stays open until the read-write open is done: the reader's
+/// open(2) completes as soon as any writer appears, and a reader that then finds no writer
+/// at all reads EOF at once and stops (losing everything written afterwards).
+fn open_output_fifo(path: &str) -> std::io::Result<File> {
     let deadline = std::time::Instant::now() + READER_WAIT;
-    loop {
+    let probe = loop {
         match OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
         {
-            Ok(_) => return,
+            Ok(f) => break Some(f),
             // ENXIO: no reader yet.
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
-            Err(_) => return,
+            Err(_) => break None,
         }
         if std::time::Instant::now() > deadline {
             tracing::warn!(path, "no reader on the output FIFO");
-            return;
+            break None;
         }
         std::thread::sleep(Duration::from_millis(1));
-    }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path);
+    drop(probe);
+    file
 }
 
 fn open_output(uri: &str) -> Result<Stdio> {
@@ -90,12 +101,7 @@ fn open_output(uri: &str) -> Result<Stdio> {
         return Ok(Stdio::null());
     }
     let path = fifo_path(uri)?;
-    wait_for_reader(path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open stdio {path}"))?;
+    let file = open_output_fifo(path).with_context(|| format!("open stdio {path}"))?;
     Ok(Stdio::from(file))
 }
 
@@ -246,13 +252,7 @@ pub fn start_console_copy(master: Arc<OwnedFd>, paths: &StdioPaths) -> Result<Op
         let done_copy = done.clone();
         thread("pty-out", move || {
             // The pty holds the output meanwhile.
-            wait_for_reader(&path);
-            let Ok(mut out) = OpenOptions::new()
-                .write(true)
-                .read(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-            else {
+            let Ok(mut out) = open_output_fifo(&path) else {
                 done_copy.set();
                 return;
             };
@@ -292,4 +292,35 @@ pub fn resize(master: &OwnedFd, width: u32, height: u32) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("TIOCSWINSZ");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader like containerd's: a blocking open(2), then reads at once until EOF.
+    fn spawn_reader(path: PathBuf) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut f = File::open(&path).expect("open the FIFO for reading");
+            let mut out = Vec::new();
+            let _ = f.read_to_end(&mut out);
+            out
+        })
+    }
+
+    /// Nothing written through an output FIFO is lost, whenever the reader gets to its first
+    /// read: the reader never sees a moment with no writer (which it would take for EOF).
+    #[test]
+    fn output_fifo_reader_sees_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in 0..300 {
+            let path = dir.path().join(format!("out-{n}"));
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            let reader = spawn_reader(path.clone());
+            let mut w = open_output_fifo(path.to_str().unwrap()).unwrap();
+            w.write_all(b"line\n").unwrap();
+            drop(w);
+            assert_eq!(reader.join().unwrap(), b"line\n", "round {n}");
+        }
+    }
 }
