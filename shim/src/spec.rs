@@ -285,6 +285,9 @@ pub fn validate(spec: &Spec) -> Result<()> {
             }
         }
     }
+    if let Some(r) = linux.resources() {
+        crate::cgroups::devices::rules(r)?;
+    }
     if let Some(s) = linux.seccomp() {
         crate::seccomp::compile(s)?;
     }

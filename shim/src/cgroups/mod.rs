@@ -7,6 +7,7 @@
 //! taken from each hierarchy's root, a relative one from the runtime's own cgroup; when
 //! it is missing the container id is used (relative).
 
+pub mod devices;
 pub mod v1;
 pub mod v2;
 
@@ -93,19 +94,22 @@ impl Cgroup {
         }
     }
 
-    /// Create the cgroup directories and apply `resources`.
+    /// Create the cgroup directories and apply `resources`. Device rules always apply
+    /// (as runc): without `devices` only the default devices are allowed.
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
         match self {
             Cgroup::V1(c) => c.create()?,
             Cgroup::V2(c) => c.create()?,
         }
-        if let Some(r) = resources {
-            self.apply(r)?;
+        let mut r = resources.cloned().unwrap_or_default();
+        if r.devices().is_none() {
+            r.set_devices(Some(vec![]));
         }
-        Ok(())
+        self.apply(&r)
     }
 
-    /// Apply (or update) resource limits.
+    /// Apply (or update) resource limits; device rules only when `devices` is set
+    /// (then they replace the previous ones).
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         match self {
             Cgroup::V1(c) => c.apply(r),

@@ -6,11 +6,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{clean_path, own_cgroups, read_file, read_keyed, read_u64, write_file};
+use super::{clean_path, devices, own_cgroups, read_file, read_keyed, read_u64, write_file};
 use crate::error::{Context, Error, Result};
 
 /// The v1 controllers a container joins.
@@ -25,34 +25,6 @@ pub struct V1 {
     pub root: PathBuf,
     /// Controller -> path relative to that controller's mount.
     pub paths: BTreeMap<String, PathBuf>,
-}
-
-/// Device rules every container gets after its own (as runc does): mknod of anything,
-/// the default devices, /dev/pts/*, /dev/ptmx and /dev/net/tun.
-pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
-    let rule = |t: LinuxDeviceType, maj: Option<i64>, min: Option<i64>, acc: &str| {
-        let mut r = LinuxDeviceCgroup::default();
-        r.set_allow(true);
-        r.set_typ(Some(t));
-        r.set_major(maj);
-        r.set_minor(min);
-        r.set_access(Some(acc.to_string()));
-        r
-    };
-    use LinuxDeviceType::{B, C};
-    vec![
-        rule(C, None, None, "m"),
-        rule(B, None, None, "m"),
-        rule(C, Some(1), Some(3), "rwm"),
-        rule(C, Some(1), Some(8), "rwm"),
-        rule(C, Some(1), Some(7), "rwm"),
-        rule(C, Some(5), Some(0), "rwm"),
-        rule(C, Some(1), Some(5), "rwm"),
-        rule(C, Some(1), Some(9), "rwm"),
-        rule(C, Some(136), None, "rwm"),
-        rule(C, Some(5), Some(2), "rwm"),
-        rule(C, Some(10), Some(200), "rwm"),
-    ]
 }
 
 impl V1 {
@@ -172,27 +144,19 @@ impl V1 {
             };
             write_file(&d, "pids.max", &v)?;
         }
-        if let Some(d) = self.dir("devices") {
-            let mut rules = r.devices().clone().unwrap_or_default();
-            rules.extend(default_device_rules());
+        if let (true, Some(d)) = (r.devices().is_some(), self.dir("devices")) {
+            let rules = devices::rules(r)?;
             // Start from deny-all unless the first rule allows everything (runc's model).
-            let first_allows_all = rules
-                .first()
-                .is_some_and(|x| x.allow() && matches!(x.typ(), None | Some(LinuxDeviceType::A)));
-            if !first_allows_all {
+            if !rules.first().is_some_and(|x| x.allow && x.typ.is_none()) {
                 write_file(&d, "devices.deny", "a")?;
             }
             for rule in &rules {
-                let f = if rule.allow() {
+                let f = if rule.allow {
                     "devices.allow"
                 } else {
                     "devices.deny"
                 };
-                let mut s = rule.to_string();
-                if rule.access().as_deref().unwrap_or("").is_empty() {
-                    s.push_str("rwm");
-                }
-                write_file(&d, f, &s)?;
+                write_file(&d, f, &rule.v1_line())?;
             }
         }
         if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
@@ -385,6 +349,7 @@ mod tests {
                     .build()
                     .unwrap(),
             )
+            .devices(vec![])
             .build()
             .unwrap();
         cg.apply(&r).unwrap();

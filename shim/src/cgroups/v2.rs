@@ -1,7 +1,5 @@
-//! cgroup v2: one directory in the unified hierarchy.
-//!
-//! Device rules need an eBPF program on v2; that is not implemented (rules are ignored
-//! with a debug log, as on a host without the devices controller).
+//! cgroup v2: one directory in the unified hierarchy. Device rules are an eBPF program
+//! attached to it (see [`super::devices`]).
 
 use std::fs;
 use std::io;
@@ -12,7 +10,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{clean_path, own_cgroups, read_file, read_keyed, read_u64, write_file};
+use super::{clean_path, devices, own_cgroups, read_file, read_keyed, read_u64, write_file};
 use crate::error::{Context, Error, Result};
 
 /// A container's v2 cgroup.
@@ -188,8 +186,8 @@ impl V2 {
                 write_file(&d, k, v)?;
             }
         }
-        if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            tracing::debug!("cgroup v2 device rules need eBPF, not implemented: ignored");
+        if r.devices().is_some() {
+            devices::install(&d, &devices::rules(r)?)?;
         }
         Ok(())
     }
