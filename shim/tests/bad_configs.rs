@@ -102,6 +102,17 @@ fn bad_configs_name_the_field_and_leave_nothing() {
             c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
                 {"names": [], "action": "SCMP_ACT_ERRNO"}]})
         }),
+        (
+            "linux.resources.devices[1].access: 'x' is not one of r, w, m",
+            |c| {
+                c["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwx"}])
+            },
+        ),
+        ("linux.resources.devices[0].major", |c| {
+            c["linux"]["resources"]["devices"] =
+                json!([{"allow": true, "type": "c", "major": -5, "access": "r"}])
+        }),
         ("linux.resources.memory.swappiness", |c| {
             c["linux"]["resources"]["memory"] = json!({"swappiness": 500})
         }),

@@ -169,3 +169,205 @@ fn relative_cgroups_path_is_below_our_own_cgroup() {
     };
     assert!(!std::path::Path::new(&dir).exists(), "{dir} left");
 }
+
+/// The cgroup2 mount: `/sys/fs/cgroup` on a pure v2 host, `/sys/fs/cgroup/unified` on a
+/// hybrid one like ours (device programs work there too: they follow the process's v2
+/// cgroup whatever the v1 controllers do).
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| nodus_shim::cgroups::is_unified_at(p))
+}
+
+/// Run `script` with sh in the cgroup v2 directory `dir`; its stdout and stderr.
+fn sh_in_cgroup(dir: &std::path::Path, script: &str) -> String {
+    let procs = dir.join("cgroup.procs");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} || exit 99; {script}",
+            procs.display()
+        ))
+        .output()
+        .unwrap();
+    assert_ne!(
+        o.status.code(),
+        Some(99),
+        "could not join {}",
+        dir.display()
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The device eBPF program on a real kernel: rules hold, an update swaps the program
+/// (one attached, the old one freed), removing the cgroup frees the last one.
+#[test]
+fn v2_device_program_filters_replaces_and_goes_with_the_cgroup() {
+    use nodus_shim::cgroups::{devices, v2::V2};
+    let Some(root) = cgroup2_root() else {
+        eprintln!("SKIP v2_device_program: no cgroup2 mount at /sys/fs/cgroup(/unified)");
+        return;
+    };
+    let cg = V2 {
+        root: root.clone(),
+        path: common::unique("nodus-devcg").into(),
+    };
+    cg.create().unwrap();
+    let dir = cg.dir();
+    let cleanup = scopeguard(dir.clone());
+    let with = |json: serde_json::Value| {
+        let mut r = oci_spec::runtime::LinuxResources::default();
+        r.set_devices(Some(serde_json::from_value(json).unwrap()));
+        devices::rules(&r).unwrap()
+    };
+    let probe = "echo x > /dev/null; echo null=$?; echo x > /dev/full; echo full=$?; \
+                 head -c 1 /dev/zero > /dev/zero; echo zero=$?";
+
+    // The defaults only.
+    devices::install(
+        &dir,
+        &with(serde_json::json!([{"allow": false, "access": "rwm"}])),
+    )
+    .unwrap();
+    let first = devices::attached(&dir).unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let out = sh_in_cgroup(&dir, probe);
+    assert!(out.contains("null=0") && out.contains("zero=0"), "{out}");
+    // /dev/full allows the open; the write itself fails (ENOSPC).
+    assert!(
+        out.contains("full=1") && !out.contains("not permitted"),
+        "{out}"
+    );
+
+    // Rules straight from the generator, without the defaults: /dev/zero only.
+    let only_zero = with(serde_json::json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rw"}
+    ]));
+    devices::install(&dir, &only_zero[..2]).unwrap();
+    let second = devices::attached(&dir).unwrap();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first);
+    wait_until("the replaced program is freed", || {
+        !devices::program_exists(first[0])
+    });
+    let out = sh_in_cgroup(&dir, probe);
+    assert!(!out.contains("null=0") && out.contains("zero=0"), "{out}");
+    assert!(out.contains("/dev/null: Operation not permitted"), "{out}");
+    assert!(out.contains("/dev/full: Operation not permitted"), "{out}");
+
+    drop(cleanup);
+    assert!(!dir.exists());
+    wait_until("the program goes with the cgroup", || {
+        !devices::program_exists(second[0])
+    });
+}
+
+/// Removes a cgroup directory on drop (after its processes have exited).
+struct CgroupDir(std::path::PathBuf);
+
+fn scopeguard(dir: std::path::PathBuf) -> CgroupDir {
+    CgroupDir(dir)
+}
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Device rules through the runtime (v1 files here, the eBPF program on v2): a node of
+/// an unregistered char device (240:0, "local use") answers ENXIO when the rules let
+/// the access through and EPERM when they do not. `update` with devices replaces the
+/// rules; an update without devices keeps them.
+#[test]
+fn device_rules_apply_and_update() {
+    let mut b = Bundle::new(&["sh", "-c", "mknod /dev/exp c 240 0 && exec sleep 1000"]);
+    b.edit(|c| {
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_MKNOD"));
+        }
+        c["linux"]["resources"]["devices"] = json!([
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 240, "access": "r"},
+            // Overridden by the default rules, which come last (as in runc).
+            {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "rwm"}
+        ]);
+    });
+    b.start();
+    let probe = || {
+        for _ in 0..200 {
+            if b.rootfs().join("dev").exists()
+                && b.rt(&["exec", &b.id, "test", "-c", "/dev/exp"])
+                    .status
+                    .success()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let o = b.rt(&[
+            "exec",
+            &b.id,
+            "sh",
+            "-c",
+            "cat /dev/exp; echo x > /dev/exp; echo x > /dev/null && echo null-ok",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let line = |op: &str| {
+            err.lines()
+                .find(|l| l.contains(op))
+                .unwrap_or_else(|| panic!("no {op} error in {err:?}"))
+                .to_string()
+        };
+        assert!(out.contains("null-ok"), "{out} {err}");
+        (line("cat"), line("create"))
+    };
+    let (read, write) = probe();
+    assert!(read.contains("No such device or address"), "{read}");
+    assert!(write.contains("Operation not permitted"), "{write}");
+
+    let res = b.path().join("devices.json");
+    std::fs::write(
+        &res,
+        json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 240, "minor": 0, "access": "w"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    b.ok(&["update", "--resources", res.to_str().unwrap(), &b.id]);
+    let (read, write) = probe();
+    assert!(read.contains("Operation not permitted"), "{read}");
+    assert!(write.contains("No such device or address"), "{write}");
+
+    b.ok(&["update", "--pids-limit", "50", &b.id]);
+    let (read, write) = probe();
+    assert!(read.contains("Operation not permitted"), "{read}");
+    assert!(write.contains("No such device or address"), "{write}");
+    b.ok(&["delete", "--force", &b.id]);
+    assert!(b.cgroup_left().is_empty(), "{:?}", b.cgroup_left());
+}
