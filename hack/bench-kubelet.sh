@@ -4,7 +4,8 @@
 # same CRI calls made directly by a small client in the same run, same private containerd).
 # Prints p50/p99, ratios ours/floor and the kubelet's RSS with the burst running.
 #
-#   hack/bench-kubelet.sh            (root; RUNS=10 BURST=30 PROFILE=release by default)
+#   hack/bench-kubelet.sh            (root; RUNS=10 BURST=30 PROFILE=release
+#                                     RUNTIMES="runc nodus-shim" by default)
 #
 # Everything runs in a private containerd and node network namespace (nodus-testkit) and is
 # removed afterwards.
@@ -13,6 +14,12 @@ cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
 flag=()
 [[ $PROFILE == release ]] && flag=(--release)
-cargo build "${flag[@]}" -p nodus-kubelet --bins --example bench_startup
-cargo build "${flag[@]}" -p nodus-cni-bridge --bins || echo "WARNING: nodus-bridge did not build; an older binary or the reference bridge is used" >&2
-RUNS=${RUNS:-10} BURST=${BURST:-30} "target/$PROFILE/examples/bench_startup"
+cargo build --locked "${flag[@]}" -p nodus-kubelet --bins --example bench_startup
+cargo build --locked "${flag[@]}" -p nodus-cni-bridge --bins || echo "WARNING: nodus-bridge did not build; an older binary or the reference bridge is used" >&2
+cargo build --locked "${flag[@]}" -p nodus-shim --bins
+# Once per containerd runtime: containerd's runc shim + runc, and our shim v2 (both the
+# floor and the kubelet use the same one in a run).
+for runtime in ${RUNTIMES:-runc nodus-shim}; do
+  echo "== containerd default runtime: $runtime"
+  NODUS_TEST_RUNTIME=$runtime RUNS=${RUNS:-10} BURST=${BURST:-30} "target/$PROFILE/examples/bench_startup"
+done
