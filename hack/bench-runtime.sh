@@ -12,19 +12,18 @@
 set -eu
 N="${1:-50}"
 cd "$(dirname "$0")/.."
-# Two builds of ours: the workspace's release profile ("nodus"), and the lean build we
-# recommend shipping ("nodus-lean": static glibc, opt-level s, fat LTO, one codegen unit,
-# panic=abort), which drops the dynamic loader and shared libc from every start. The lean
-# build goes to target/<triple>/ so it does not disturb the normal release artifacts.
-cargo build --release -q -p nodus-shim --bin nodus-runtime --example bench_lifecycle
+# Two builds of ours: the workspace's release profile ("nodus"), and the build we ship
+# ("nodus-lean", what hack/install.sh installs: the `lean` profile of the root Cargo.toml,
+# opt-level s, fat LTO, one codegen unit, panic=abort, with static glibc), which drops the
+# dynamic loader and shared libc from every start. The lean build goes to
+# target/<triple>/lean/: the explicit --target keeps RUSTFLAGS off every other artifact.
+cargo build --release --locked -q -p nodus-shim --bin nodus-runtime --example bench_lifecycle
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
-    CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-    CARGO_PROFILE_RELEASE_PANIC=abort \
-    cargo build --release -q --target "$TRIPLE" -p nodus-shim --bin nodus-runtime
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --profile lean --locked -q --target "$TRIPLE" -p nodus-shim --bin nodus-runtime
 TARGET="${CARGO_TARGET_DIR:-target}"
 OURS="$(cd "$TARGET" && pwd)/release/nodus-runtime"
-LEAN="$(cd "$TARGET" && pwd)/$TRIPLE/release/nodus-runtime"
+LEAN="$(cd "$TARGET" && pwd)/$TRIPLE/lean/nodus-runtime"
 DRIVER="$(cd "$TARGET" && pwd)/release/examples/bench_lifecycle"
 
 WORK="$(mktemp -d /tmp/nodus-bench.XXXXXX)"

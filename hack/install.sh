@@ -2,6 +2,7 @@
 # Installs Nodus on this node (idempotent: a second run changes nothing and restarts only what
 # changed):
 #   binaries      /usr/local/bin/{kubelet,nodus-runtime,containerd-shim-nodus-v2}, /opt/cni/bin/nodus-bridge
+#                 (nodus-runtime: its lean static build, profile `lean`, when this script builds)
 #   CNI           /etc/cni/net.d/10-nodus.conflist (+ loopback, host-local, portmap in /opt/cni/bin)
 #   containerd    /etc/containerd/config.toml (the original kept as config.toml.nodus-orig)
 #   kubelet       /var/lib/kubelet/config.yaml (kept if present), /etc/kubernetes/manifests,
@@ -34,14 +35,23 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "install: run as root" >&2; exit 1; }
 
+runtime_bin="$bin_dir/nodus-runtime"
 if [ "$build" = 1 ]; then
   [ -z "$root" ] && bash hack/install-deps.sh
   cargo build --release --locked --bins
   "$bin_dir/nodus-images" build --out build/images >/dev/null
+  # nodus-runtime runs once per container operation: install its lean build (profile `lean`,
+  # static glibc; see the root Cargo.toml). The explicit --target puts it in
+  # target/<triple>/lean/ and keeps RUSTFLAGS off the other binaries.
+  triple="$(rustc -vV | sed -n 's/^host: //p')"
+  RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --profile lean --locked --target "$triple" -p nodus-shim --bin nodus-runtime
+  runtime_bin="${CARGO_TARGET_DIR:-target}/$triple/lean/nodus-runtime"
 fi
-for b in kubelet nodus-runtime containerd-shim-nodus-v2 nodus-bridge; do
+for b in kubelet containerd-shim-nodus-v2 nodus-bridge; do
   [ -x "$bin_dir/$b" ] || { echo "install: $bin_dir/$b missing (build first)" >&2; exit 1; }
 done
+[ -x "$runtime_bin" ] || { echo "install: $runtime_bin missing (build first)" >&2; exit 1; }
 for i in pause busybox; do
   [ -f "build/images/$i.tar" ] || { echo "install: build/images/$i.tar missing (nodus-images build --out build/images)" >&2; exit 1; }
 done
@@ -62,7 +72,7 @@ install -d "$r/usr/local/bin" "$r/opt/cni/bin" "$r/etc/cni/net.d" "$r/etc/contai
   "$r/var/lib/kubelet" "$r/etc/kubernetes/manifests" "$r/etc/systemd/system/kubelet.service.d" \
   "$r/usr/local/share/nodus/images" "$r/var/log/pods"
 put 0755 "$bin_dir/kubelet" "$r/usr/local/bin/kubelet" kubelet
-put 0755 "$bin_dir/nodus-runtime" "$r/usr/local/bin/nodus-runtime"
+put 0755 "$runtime_bin" "$r/usr/local/bin/nodus-runtime"
 put 0755 "$bin_dir/containerd-shim-nodus-v2" "$r/usr/local/bin/containerd-shim-nodus-v2"
 put 0755 "$bin_dir/nodus-bridge" "$r/opt/cni/bin/nodus-bridge"
 # Debian's reference plugins live in /usr/lib/cni; containerd looks in /opt/cni/bin.
