@@ -90,6 +90,15 @@ fn memory_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
     base.join(cgroup_parent.trim_start_matches('/')).join(id)
 }
 
+fn cpu_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
+    let base = if nodus_shim::cgroups::is_unified() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/cpu")
+    };
+    base.join(cgroup_parent.trim_start_matches('/')).join(id)
+}
+
 async fn create_started(
     rt: &mut RuntimeServiceClient<Channel>,
     ctrd: &PrivateContainerd,
@@ -304,10 +313,26 @@ async fn pod_with_two_containers_runs_on_the_shim() {
         "{}",
         limit_file.display()
     );
+    let read_quota = || {
+        if nodus_shim::cgroups::is_unified() {
+            let max = std::fs::read_to_string(cpu_cgroup(&cg_parent, &app).join("cpu.max"));
+            max.unwrap_or_default().trim().to_string()
+        } else {
+            let dir = cpu_cgroup(&cg_parent, &app);
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            format!(
+                "{} {}",
+                read("cpu.cfs_quota_us").trim(),
+                read("cpu.cfs_period_us").trim()
+            )
+        }
+    };
     rt.update_container_resources(UpdateContainerResourcesRequest {
         container_id: app.clone(),
         linux: Some(LinuxContainerResources {
             memory_limit_in_bytes: 128 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
             ..Default::default()
         }),
         ..Default::default()
@@ -315,6 +340,7 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     .await
     .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", ctrd_log(&ctrd)));
     assert_eq!(read_limit(), (128u64 << 20).to_string());
+    assert_eq!(read_quota(), "50000 100000", "CPU quota and period");
 
     // containerd restarts: the pod is still there, running and controllable.
     ctrd.restart().await.expect("containerd restarts");
@@ -398,10 +424,12 @@ async fn pod_with_two_containers_runs_on_the_shim() {
             "mounts of {id} left: {:?}",
             mounts_mentioning(id)
         );
-        assert!(
-            !memory_cgroup(&cg_parent, id).exists(),
-            "cgroup of {id} left"
-        );
+        let left: Vec<PathBuf> = cleanup::cgroup_roots()
+            .into_iter()
+            .map(|root| root.join(cg_parent.trim_start_matches('/')).join(id))
+            .filter(|dir| dir.exists())
+            .collect();
+        assert!(left.is_empty(), "cgroups of {id} left: {left:?}");
         assert!(
             !Path::new("/run/nodus-shim/k8s.io").join(id).exists(),
             "runtime state of {id} left"
@@ -760,6 +788,14 @@ async fn container_past_its_memory_limit_is_oom_killed() {
         .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd_log(&ctrd)))
         .into_inner()
         .container_id;
+    // The events containerd receives from the shim, TaskOOM among them.
+    let mut events = std::process::Command::new("ctr")
+        .args(["--address", &ctrd.socket().display().to_string()])
+        .args(["-n", "k8s.io", "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr events");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     rt.start_container(StartContainerRequest {
         container_id: id.clone(),
     })
@@ -780,6 +816,14 @@ async fn container_past_its_memory_limit_is_oom_killed() {
         "OOMKilled",
         "TaskOOM reached containerd\n{}",
         ctrd_log(&ctrd)
+    );
+    let _ = events.kill();
+    let seen = events.wait_with_output().expect("ctr events output");
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        seen.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "a TaskOOM event for {id}:\n{seen}"
     );
     rt.remove_container(RemoveContainerRequest {
         container_id: id.clone(),
