@@ -36,19 +36,20 @@ pub fn pod_labels(pod: &Pod) -> HashMap<String, String> {
         .flatten()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    l.insert(
-        POD_NAME_LABEL.into(),
-        pod.metadata.name.clone().unwrap_or_default(),
-    );
-    l.insert(
-        POD_NAMESPACE_LABEL.into(),
-        pod.metadata.namespace.clone().unwrap_or_default(),
-    );
-    l.insert(
-        POD_UID_LABEL.into(),
-        pod.metadata.uid.clone().unwrap_or_default(),
-    );
+    insert_pod_identity(&mut l, pod);
     l
+}
+
+/// The pod name, namespace and UID labels every sandbox and container carries.
+fn insert_pod_identity(l: &mut HashMap<String, String>, pod: &Pod) {
+    let meta = &pod.metadata;
+    for (key, value) in [
+        (POD_NAME_LABEL, &meta.name),
+        (POD_NAMESPACE_LABEL, &meta.namespace),
+        (POD_UID_LABEL, &meta.uid),
+    ] {
+        l.insert(key.into(), value.clone().unwrap_or_default());
+    }
 }
 
 /// Sandbox annotations: the pod's annotations.
@@ -64,18 +65,7 @@ pub fn pod_annotations(pod: &Pod) -> HashMap<String, String> {
 /// Container labels: pod name, namespace, UID and the container name.
 pub fn container_labels(container: &Container, pod: &Pod) -> HashMap<String, String> {
     let mut l = HashMap::new();
-    l.insert(
-        POD_NAME_LABEL.into(),
-        pod.metadata.name.clone().unwrap_or_default(),
-    );
-    l.insert(
-        POD_NAMESPACE_LABEL.into(),
-        pod.metadata.namespace.clone().unwrap_or_default(),
-    );
-    l.insert(
-        POD_UID_LABEL.into(),
-        pod.metadata.uid.clone().unwrap_or_default(),
-    );
+    insert_pod_identity(&mut l, pod);
     l.insert(CONTAINER_NAME_LABEL.into(), container.name.clone());
     l
 }

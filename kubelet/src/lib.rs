@@ -27,4 +27,6 @@ pub mod server;
 pub mod sources;
 pub mod stats;
 pub mod status_manager;
+#[cfg(test)]
+mod testutil;
 pub mod volumes;

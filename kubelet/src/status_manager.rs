@@ -428,24 +428,8 @@ mod tests {
     use super::*;
     use crate::container::{SandboxState, SandboxStatus, NANOS_PER_SEC as S};
     use crate::labels::hash_container;
-    use crate::sources::{load_manifest, Source};
+    use crate::testutil::pod;
     use ContainerState::*;
-
-    fn pod(policy: &str, inits: &[&str], apps: &[&str]) -> Pod {
-        let list = |names: &[&str]| {
-            names
-                .iter()
-                .map(|n| format!("{{name: {n}, image: 'i:1'}}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let text = format!(
-            "kind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: {policy}\n  initContainers: [{}]\n  containers: [{}]\n",
-            list(inits),
-            list(apps)
-        );
-        load_manifest(&text, Source::File, "/m/p", "n").0.remove(0)
-    }
 
     fn ctr(
         name: &str,

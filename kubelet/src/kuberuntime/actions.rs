@@ -329,27 +329,7 @@ pub fn compute_pod_actions(
 mod tests {
     use super::*;
     use crate::container::{SandboxStatus, NANOS_PER_SEC as S};
-    use crate::sources::{load_manifest, Source};
-
-    const UID_FILE: &str = "/m/p.yaml";
-
-    fn pod(policy: &str, inits: &[&str], apps: &[&str]) -> Pod {
-        let list = |names: &[&str]| {
-            names
-                .iter()
-                .map(|n| format!("{{name: {n}, image: 'i:1'}}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let text = format!(
-            "kind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: {policy}\n  initContainers: [{}]\n  containers: [{}]\n",
-            list(inits),
-            list(apps)
-        );
-        load_manifest(&text, Source::File, UID_FILE, "n")
-            .0
-            .remove(0)
-    }
+    use crate::testutil::pod;
 
     fn sandbox(id: &str, ready: bool, attempt: u32) -> SandboxStatus {
         SandboxStatus {

@@ -3,7 +3,7 @@
 //! (restart count), image, command and args, env, mounts, labels and annotations as
 //! upstream, the log path `<container>/<restart>.log` and the Linux namespace options.
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext};
 use nodus_proto::runtime::v1 as cri;
 
 use crate::labels;
@@ -72,6 +72,20 @@ pub fn effective_user(pod: &Pod, container: &Container) -> EffectiveUser {
     }
 }
 
+/// The pod's supplementalGroups plus its fsGroup (upstream adds fsGroup to every
+/// container's and the sandbox's groups).
+pub fn supplemental_groups(psc: Option<&PodSecurityContext>) -> Vec<i64> {
+    let mut groups: Vec<i64> = psc
+        .and_then(|s| s.supplemental_groups.clone())
+        .unwrap_or_default();
+    if let Some(g) = psc.and_then(|s| s.fs_group) {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    groups
+}
+
 /// The container's CRI security context (user, groups incl. fsGroup, privileged,
 /// read-only root, no_new_privs, capabilities, masked paths, namespaces).
 pub fn security_context(
@@ -83,14 +97,7 @@ pub fn security_context(
     let csc = container.security_context.as_ref();
     let user = effective_user(pod, container);
     let privileged = csc.and_then(|s| s.privileged).unwrap_or(false);
-    let mut groups: Vec<i64> = psc
-        .and_then(|s| s.supplemental_groups.clone())
-        .unwrap_or_default();
-    if let Some(g) = psc.and_then(|s| s.fs_group) {
-        if !groups.contains(&g) {
-            groups.push(g);
-        }
-    }
+    let groups = supplemental_groups(psc);
     let caps = csc.and_then(|s| s.capabilities.as_ref());
     let (masked, readonly) = if privileged {
         (Vec::new(), Vec::new())

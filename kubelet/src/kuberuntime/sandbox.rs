@@ -161,14 +161,7 @@ pub fn sandbox_security_context(pod: &Pod) -> cri::LinuxSandboxSecurityContext {
                 .and_then(|s| s.privileged)
                 .unwrap_or(false)
         });
-    let mut groups: Vec<i64> = psc
-        .and_then(|s| s.supplemental_groups.clone())
-        .unwrap_or_default();
-    if let Some(g) = psc.and_then(|s| s.fs_group) {
-        if !groups.contains(&g) {
-            groups.push(g);
-        }
-    }
+    let groups = super::container::supplemental_groups(psc);
     cri::LinuxSandboxSecurityContext {
         namespace_options: Some(namespace_options(pod)),
         run_as_user: psc
