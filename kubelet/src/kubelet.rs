@@ -174,17 +174,9 @@ impl Syncer {
         self.probes.sync_pod(
             pod,
             &runtime_status,
-            crate::kuberuntime::with_host_network_ips(
-                pod,
-                runtime_status
-                    .sandboxes
-                    .first()
-                    .map(|s| s.ips.clone())
-                    .unwrap_or_default(),
-                self.node_ip.as_ref(),
-            )
-            .into_iter()
-            .next(),
+            crate::kuberuntime::status_pod_ips(pod, &runtime_status, self.node_ip.as_ref())
+                .into_iter()
+                .next(),
             crate::kuberuntime::pod_grace(pod),
         );
         let now = now_nanos();

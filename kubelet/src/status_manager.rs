@@ -351,15 +351,7 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
             inputs.now,
         ),
     ];
-    let ips = crate::kuberuntime::with_host_network_ips(
-        pod,
-        runtime
-            .sandboxes
-            .first()
-            .map(|s| s.ips.clone())
-            .unwrap_or_default(),
-        inputs.node_ip.as_ref(),
-    );
+    let ips = crate::kuberuntime::status_pod_ips(pod, runtime, inputs.node_ip.as_ref());
     ApiPodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),

@@ -125,6 +125,21 @@ pub fn with_host_network_ips(pod: &Pod, ips: Vec<String>, node_ip: Option<&Strin
     }
 }
 
+/// The pod's IPs from its runtime status (the newest sandbox's), or the node's for a
+/// host-network pod.
+pub fn status_pod_ips(
+    pod: &Pod,
+    runtime: &crate::container::PodStatus,
+    node_ip: Option<&String>,
+) -> Vec<String> {
+    let ips = runtime
+        .sandboxes
+        .first()
+        .map(|s| s.ips.clone())
+        .unwrap_or_default();
+    with_host_network_ips(pod, ips, node_ip)
+}
+
 pub fn pod_grace(pod: &Pod) -> i64 {
     pod.metadata
         .deletion_grace_period_seconds
