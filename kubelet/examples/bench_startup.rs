@@ -308,18 +308,7 @@ async fn main() -> Result<()> {
     let manifests = ctrd.dir().join("manifests");
     std::fs::create_dir_all(&manifests)?;
     let config = ctrd.dir().join("kubelet.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-             staticPodPath: {}\ncontainerRuntimeEndpoint: {}\npodLogsDir: {}\n\
-             cgroupRoot: {}\nhealthzPort: 0\n",
-            manifests.display(),
-            ctrd.endpoint(),
-            ctrd.pod_logs_dir().display(),
-            ctrd.cgroup_parent()
-        ),
-    )?;
+    std::fs::write(&config, ctrd.kubelet_config(&manifests, "healthzPort: 0\n"))?;
     let kubelet_bin = nodus_testkit::bin_path("kubelet");
     let log = std::fs::File::create(ctrd.dir().join("kubelet.log"))?;
     let kubelet = KillOnDrop(

@@ -121,6 +121,21 @@ impl PrivateContainerd {
         format!("/{}", self.id)
     }
 
+    /// A KubeletConfiguration for a kubelet on this instance: static pods from
+    /// `static_pod_path`, this CRI endpoint, pod logs dir and cgroup root (cgroupfs), then
+    /// the `extra` YAML lines.
+    pub fn kubelet_config(&self, static_pod_path: &Path, extra: &str) -> String {
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             staticPodPath: {}\ncontainerRuntimeEndpoint: {}\npodLogsDir: {}\n\
+             cgroupDriver: cgroupfs\ncgroupRoot: {}\n{extra}",
+            static_pod_path.display(),
+            self.endpoint(),
+            self.pod_logs_dir().display(),
+            self.cgroup_parent(),
+        )
+    }
+
     /// The CNI network name in the conflist.
     pub fn network_name(&self) -> &str {
         &self.network_name

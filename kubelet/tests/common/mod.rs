@@ -65,16 +65,13 @@ impl Node {
         let config = ctrd.dir().join("kubelet-config.yaml");
         std::fs::write(
             &config,
-            format!(
-                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-                 staticPodPath: {}\ncontainerRuntimeEndpoint: {}\npodLogsDir: {}\n\
-                 cgroupDriver: cgroupfs\ncgroupRoot: {}\nfileCheckFrequency: 20s\n\
-                 readOnlyPort: {READ_ONLY_PORT}\nhealthzPort: {HEALTHZ_PORT}\n\
-                 healthzBindAddress: 127.0.0.1\naddress: 127.0.0.1\n{extra_config}",
-                manifests.display(),
-                ctrd.endpoint(),
-                ctrd.pod_logs_dir().display(),
-                ctrd.cgroup_parent(),
+            ctrd.kubelet_config(
+                &manifests,
+                &format!(
+                    "fileCheckFrequency: 20s\nreadOnlyPort: {READ_ONLY_PORT}\n\
+                     healthzPort: {HEALTHZ_PORT}\nhealthzBindAddress: 127.0.0.1\n\
+                     address: 127.0.0.1\n{extra_config}"
+                ),
             ),
         )
         .unwrap();

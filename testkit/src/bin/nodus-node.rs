@@ -96,15 +96,10 @@ async fn main() -> anyhow::Result<()> {
     let config = ctrd.dir().join("kubelet-config.yaml");
     std::fs::write(
         &config,
-        format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-             staticPodPath: {}\ncontainerRuntimeEndpoint: {}\npodLogsDir: {}\n\
-             cgroupDriver: cgroupfs\ncgroupRoot: {}\nfileCheckFrequency: 5s\n\
-             readOnlyPort: 10255\nhealthzPort: 10248\nhealthzBindAddress: 127.0.0.1\n",
-            manifests.display(),
-            ctrd.endpoint(),
-            ctrd.pod_logs_dir().display(),
-            ctrd.cgroup_parent(),
+        ctrd.kubelet_config(
+            &manifests,
+            "fileCheckFrequency: 5s\nreadOnlyPort: 10255\nhealthzPort: 10248\n\
+             healthzBindAddress: 127.0.0.1\n",
         ),
     )?;
     let kubelet_log = ctrd.dir().join("kubelet.log");
