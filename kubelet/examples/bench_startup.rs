@@ -238,6 +238,31 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// CPU time (user + system) a process used so far, in seconds.
+/// The kubelet's read-only port in the node's network namespace (serves /metrics).
+const READ_ONLY_PORT: u16 = 10255;
+
+/// `kubelet_runtime_operations_total` by operation type, read from the kubelet's /metrics in
+/// the node network namespace (curl under nsenter); empty if it cannot be read.
+fn runtime_operations(netns: &Path) -> HashMap<String, f64> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "curl", "-sf"])
+        .arg(format!("http://127.0.0.1:{READ_ONLY_PORT}/metrics"))
+        .output();
+    let text = out
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("kubelet_runtime_operations_total{")?;
+            let op = rest.split("operation_type=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some((op.to_string(), value))
+        })
+        .collect()
+}
+
 fn cpu_secs(pid: u32) -> f64 {
     let ticks = clk_tck();
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -308,7 +333,13 @@ async fn main() -> Result<()> {
     let manifests = ctrd.dir().join("manifests");
     std::fs::create_dir_all(&manifests)?;
     let config = ctrd.dir().join("kubelet.yaml");
-    std::fs::write(&config, ctrd.kubelet_config(&manifests, "healthzPort: 0\n"))?;
+    std::fs::write(
+        &config,
+        ctrd.kubelet_config(
+            &manifests,
+            &format!("healthzPort: 0\nreadOnlyPort: {READ_ONLY_PORT}\naddress: 127.0.0.1\n"),
+        ),
+    )?;
     let kubelet_bin = nodus_testkit::bin_path("kubelet");
     let log = std::fs::File::create(ctrd.dir().join("kubelet.log"))?;
     let kubelet = KillOnDrop(
@@ -389,6 +420,8 @@ async fn main() -> Result<()> {
 
     // Burst: ours = all manifests written at once.
     let names: Vec<String> = (0..burst).map(|i| format!("burst-{i}")).collect();
+    let netns = ctrd.node_netns().path().to_path_buf();
+    let ops_before = runtime_operations(&netns);
     let cpu_before = cpu_secs(kubelet.0.id());
     let wall_before = Instant::now();
     let mut t0s = HashMap::new();
@@ -398,6 +431,15 @@ async fn main() -> Result<()> {
     let started = wait_started(&mut clients.rt, &names, Duration::from_secs(180)).await?;
     let burst_cpu = cpu_secs(kubelet.0.id()) - cpu_before;
     let burst_wall = wall_before.elapsed().as_secs_f64();
+    let mut calls: Vec<(String, f64)> = runtime_operations(&netns)
+        .into_iter()
+        .map(|(op, n)| {
+            let before = ops_before.get(&op).copied().unwrap_or(0.0);
+            (op, n - before)
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut ours_burst: Vec<f64> = names
         .iter()
         .map(|n| (started[n] - t0s[n]) as f64 / 1e6)
@@ -450,6 +492,16 @@ async fn main() -> Result<()> {
         rss as f64 / 1024.0
     );
     println!("kubelet CPU during the burst: {burst_cpu:.2} s over {burst_wall:.2} s wall");
+    let total: f64 = calls.iter().map(|(_, n)| n).sum();
+    println!(
+        "kubelet CRI calls during the burst: {total:.0} ({:.1} per pod; the floor makes 3 per pod): {}",
+        total / burst as f64,
+        calls
+            .iter()
+            .map(|(op, n)| format!("{op} {n:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "load average at the end: {}",
         std::fs::read_to_string("/proc/loadavg")
