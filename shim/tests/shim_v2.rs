@@ -35,22 +35,10 @@ async fn containerd() -> PrivateContainerd {
         shim.exists() && nodus_testkit::bin_path("nodus-runtime").exists(),
         "build the shim and nodus-runtime first (cargo build -p nodus-shim)"
     );
-    // containerd finds `containerd-shim-nodus-v2` in its PATH, which it inherits from us.
-    let dir = shim.parent().unwrap().to_path_buf();
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    if !dirs.contains(&dir) {
-        dirs.insert(0, dir);
-        std::env::set_var("PATH", std::env::join_paths(dirs).unwrap());
-    }
-    PrivateContainerd::start(ContainerdOptions {
-        extra_config: format!(
-            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.nodus.v2\"\n"
-        ),
-        ..Default::default()
-    })
-    .await
-    .expect("private containerd starts")
+    // testkit declares the handler and puts the shim's directory first in containerd's PATH.
+    PrivateContainerd::start(ContainerdOptions::default())
+        .await
+        .expect("private containerd starts")
 }
 
 fn ctrd_log(ctrd: &PrivateContainerd) -> String {

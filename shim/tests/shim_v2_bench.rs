@@ -5,7 +5,6 @@
 //! Prints per-phase medians, the shim's resident memory per running pod and the ratios.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nodus_proto::runtime::v1::{
@@ -71,16 +70,10 @@ async fn bench_pod_lifecycle() {
         .unwrap_or(20);
     let shim = nodus_testkit::bin_path("containerd-shim-nodus-v2");
     assert!(shim.exists(), "{} missing", shim.display());
-    let dir = shim.parent().unwrap().to_path_buf();
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.insert(0, dir);
-    std::env::set_var("PATH", std::env::join_paths(dirs).unwrap());
     let ctrd = PrivateContainerd::start(ContainerdOptions {
         cni: Cni::ReferenceBridge {
             subnet: "10.79.0.0/24".into(),
         },
-        extra_config: "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nodus-shim]\n  runtime_type = \"io.containerd.nodus.v2\"\n".into(),
         ..Default::default()
     })
     .await

@@ -296,11 +296,8 @@ impl PrivateContainerd {
                 ours.display()
             ));
         }
-        // Our own shim v2, found by containerd in its PATH (see `spawn`); a caller that
-        // declares the handler itself in `extra_config` keeps its declaration.
-        if crate::bin_path(SHIM_V2).exists()
-            && !self.options.extra_config.contains(".runtimes.nodus-shim]")
-        {
+        // Our own shim v2, found by containerd in its PATH (see `spawn`).
+        if crate::bin_path(SHIM_V2).exists() {
             runtimes.push_str(&format!(
                 "[{cri}.containerd.runtimes.nodus-shim]\n  runtime_type = \"io.containerd.nodus.v2\"\n"
             ));
