@@ -7,45 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::api::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-
-/// Splits mount(8)-style options into flags and the data string for the filesystem.
-pub fn parse_options(options: &[String]) -> (MsFlags, bool, String) {
-    let mut flags = MsFlags::empty();
-    let mut propagation_private = false;
-    let mut data = Vec::new();
-    for opt in options {
-        let (set, clear) = match opt.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
-            "defaults" => (MsFlags::empty(), MsFlags::empty()),
-            "private" | "rprivate" => {
-                propagation_private = true;
-                (MsFlags::empty(), MsFlags::empty())
-            }
-            _ => {
-                data.push(opt.as_str());
-                (MsFlags::empty(), MsFlags::empty())
-            }
-        };
-        flags.insert(set);
-        flags.remove(clear);
-    }
-    (flags, propagation_private, data.join(","))
-}
+use nodus_shim::rootfs::{parse_options, MountOptions};
 
 /// Mounts `mounts` in order at `target` (created if missing). On error, what was mounted is
 /// unmounted again.
@@ -66,7 +28,12 @@ pub fn mount_rootfs(mounts: &[Mount], target: &Path) -> Result<()> {
 }
 
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
-    let (flags, private, data) = parse_options(&m.options);
+    // The runtime library's parser: the same option names as config.json mounts.
+    let MountOptions {
+        flags,
+        propagation,
+        data,
+    } = parse_options(&m.options);
     let fstype = if m.type_.is_empty() {
         "none"
     } else {
@@ -114,15 +81,9 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
             )
         })?;
     }
-    if private {
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .with_context(|| format!("make {} private", target.display()))?;
+    for p in propagation {
+        mount(None::<&str>, target, None::<&str>, p, None::<&str>)
+            .with_context(|| format!("set propagation {p:?} on {}", target.display()))?;
     }
     Ok(())
 }
@@ -159,10 +120,10 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let (flags, private, data) = parse_options(&opts);
-        assert_eq!(flags, MsFlags::MS_RDONLY);
-        assert!(!private);
-        assert_eq!(data, "index=off,workdir=/w,upperdir=/u,lowerdir=/l");
+        let o = parse_options(&opts);
+        assert_eq!(o.flags, MsFlags::MS_RDONLY);
+        assert!(o.propagation.is_empty());
+        assert_eq!(o.data, "index=off,workdir=/w,upperdir=/u,lowerdir=/l");
     }
 
     #[test]
@@ -171,9 +132,11 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let (flags, private, data) = parse_options(&opts);
-        assert!(flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY));
-        assert!(private);
-        assert!(data.is_empty());
+        let o = parse_options(&opts);
+        assert!(o
+            .flags
+            .contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY));
+        assert_eq!(o.propagation, [MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
+        assert!(o.data.is_empty());
     }
 }
