@@ -191,3 +191,26 @@ fn duplicate_id_is_refused() {
         "the first container is untouched"
     );
 }
+
+#[test]
+fn closed_stdout_ends_quietly_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    // stdout is a pipe whose reader is gone, as in `nodus-runtime --version | head -0`.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(common::runtime_bin())
+        .arg("--version")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
+    assert_eq!(out.status.signal(), None);
+}

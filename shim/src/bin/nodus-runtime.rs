@@ -100,6 +100,34 @@ const GLOBAL_FLAGS: &[(&str, &str)] = &[
 /// (accepted spelling, canonical name) pairs.
 type OptTable = &'static [(&'static str, &'static str)];
 
+/// `print!`/`println!` that end the process quietly, as runc does (SIGPIPE), when
+/// stdout's reader went away (`nodus-runtime --version | head -1`), instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => { emit(format_args!($($arg)*), false) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(format_args!($($arg)*), true) };
+}
+
+fn emit(args: std::fmt::Arguments, newline: bool) {
+    let mut stdout = std::io::stdout().lock();
+    let r = stdout.write_fmt(args).and_then(|()| {
+        if newline {
+            stdout.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // The status a shell shows for a process ended by SIGPIPE.
+            std::process::exit(128 + libc::SIGPIPE);
+        }
+        eprintln!("nodus-runtime: write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The value-taking and flag options of a command.
 fn command_options(cmd: &str) -> (OptTable, OptTable) {
     const CREATE_V: &[(&str, &str)] = &[
@@ -265,12 +293,12 @@ fn main() -> ExitCode {
 
 fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
     if o.has("help") {
-        print!("{USAGE}");
+        out!("{USAGE}");
         return Ok(0);
     }
     if o.has("version") {
-        println!("nodus-runtime version {}", env!("CARGO_PKG_VERSION"));
-        println!("spec: {}", nodus_shim::container::OCI_VERSION);
+        outln!("nodus-runtime version {}", env!("CARGO_PKG_VERSION"));
+        outln!("spec: {}", nodus_shim::container::OCI_VERSION);
         return Ok(0);
     }
     if o.has("systemd-cgroup") {
@@ -316,7 +344,7 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
         }
         "state" => {
             let st = rt.state(&o.id("state")?)?;
-            println!("{}", serde_json::to_string_pretty(&st)?);
+            outln!("{}", serde_json::to_string_pretty(&st)?);
         }
         "kill" => {
             let id = o.id("kill")?;
@@ -329,9 +357,9 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
         "ps" => {
             let pids = rt.ps(&o.id("ps")?)?;
             match o.val("format").as_deref().unwrap_or("table") {
-                "json" => println!("{}", serde_json::to_string(&pids)?),
+                "json" => outln!("{}", serde_json::to_string(&pids)?),
                 "table" => {
-                    println!("{:>8} CMD", "PID");
+                    outln!("{:>8} CMD", "PID");
                     for p in pids {
                         let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
                             .map(|c| {
@@ -341,7 +369,7 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
                                     .to_string()
                             })
                             .unwrap_or_default();
-                        println!("{p:>8} {cmd}");
+                        outln!("{p:>8} {cmd}");
                     }
                 }
                 f => bail!("--format {f:?}: use table or json"),
@@ -520,7 +548,7 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
             }
             rt.update(&id, &r)?;
         }
-        "features" => println!("{}", serde_json::to_string_pretty(&features())?),
+        "features" => outln!("{}", serde_json::to_string_pretty(&features())?),
         "events" => {
             let id = o.id("events")?;
             let interval = o.val("interval").unwrap_or_else(|| "5s".into());
@@ -546,13 +574,13 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
             let ids = rt.list()?;
             let quiet = o.has("quiet");
             if !quiet {
-                println!("{:<40} {:>8} {:<10} BUNDLE", "ID", "PID", "STATUS");
+                outln!("{:<40} {:>8} {:<10} BUNDLE", "ID", "PID", "STATUS");
             }
             for id in ids {
                 if quiet {
-                    println!("{id}");
+                    outln!("{id}");
                 } else if let Ok(s) = rt.state(&id) {
-                    println!(
+                    outln!(
                         "{:<40} {:>8} {:<10} {}",
                         id,
                         s.pid,
