@@ -11,8 +11,8 @@ use nodus_proto::runtime::v1::security_profile::ProfileType;
 use nodus_proto::runtime::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
     ExecSyncRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxConfig, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use nodus_testkit::{ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
 
@@ -54,6 +54,67 @@ async fn exec_out(
     )
 }
 
+/// Creates and starts busybox `sh -c script` as container `name` of `pod`, logging to
+/// `<name>/0.log`; returns its ID.
+async fn run_container(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    ctrd: &PrivateContainerd,
+    pod: &str,
+    sandbox_config: &PodSandboxConfig,
+    name: &str,
+    script: &str,
+    linux: Option<LinuxContainerConfig>,
+) -> String {
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into()],
+                args: vec!["-c".into(), script.into()],
+                log_path: format!("{name}/0.log"),
+                linux,
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd_log(ctrd)))
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd_log(ctrd)));
+    id
+}
+
+/// The CRI log of container `name` once it contains `needle` (fails after 20 s).
+async fn wait_for_log(sandbox_config: &PodSandboxConfig, name: &str, needle: &str) -> String {
+    let log_file = Path::new(&sandbox_config.log_directory).join(format!("{name}/0.log"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {}: {log:?}",
+            log_file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_runs_on_nodus_runtime_handler() {
     assert!(
@@ -82,54 +143,19 @@ async fn pod_runs_on_nodus_runtime_handler() {
         nodus_root.display()
     );
 
-    let ctr = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "app".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: BUSYBOX_IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sh".into()],
-                args: vec![
-                    "-c".into(),
-                    "echo hello-from-nodus; echo data > /tmp/f; exec sleep 1000".into(),
-                ],
-                log_path: "app/0.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox_config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", ctrd_log(&ctrd)));
-
+    let ctr = run_container(
+        &mut rt,
+        &ctrd,
+        &pod,
+        &sandbox_config,
+        "app",
+        "echo hello-from-nodus; echo data > /tmp/f; exec sleep 1000",
+        None,
+    )
+    .await;
     // The log line arrives in the CRI log file.
-    let log_file = Path::new(&sandbox_config.log_directory).join("app/0.log");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-        if log.contains("hello-from-nodus") {
-            assert!(log.contains(" stdout F hello-from-nodus"), "{log}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line in {}: {log:?}",
-            log_file.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let log = wait_for_log(&sandbox_config, "app", "hello-from-nodus").await;
+    assert!(log.contains(" stdout F hello-from-nodus"), "{log}");
 
     let st = rt
         .container_status(ContainerStatusRequest {
@@ -178,60 +204,28 @@ async fn pod_runs_on_nodus_runtime_handler() {
 
     // A container asking for CRI's RuntimeDefault seccomp profile (containerd's default
     // profile) runs busybox fine, under a filter, in its init and in exec.
-    let secure = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "secure".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: BUSYBOX_IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sh".into()],
-                args: vec![
-                    "-c".into(),
-                    "grep Seccomp: /proc/self/status; mkdir -p /tmp/a/b && ls -R /tmp >/dev/null \
-                     && ps >/dev/null && echo busybox-ok; exec sleep 1000"
-                        .into(),
-                ],
-                log_path: "secure/0.log".into(),
-                linux: Some(LinuxContainerConfig {
-                    security_context: Some(LinuxContainerSecurityContext {
-                        seccomp: Some(SecurityProfile {
-                            profile_type: ProfileType::RuntimeDefault as i32,
-                            localhost_ref: String::new(),
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
+    let secure = run_container(
+        &mut rt,
+        &ctrd,
+        &pod,
+        &sandbox_config,
+        "secure",
+        "grep Seccomp: /proc/self/status; mkdir -p /tmp/a/b && ls -R /tmp >/dev/null \
+         && ps >/dev/null && echo busybox-ok; exec sleep 1000",
+        Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                seccomp: Some(SecurityProfile {
+                    profile_type: ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
                 }),
                 ..Default::default()
             }),
-            sandbox_config: Some(sandbox_config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer secure: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: secure.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer secure: {e}\n{}", ctrd_log(&ctrd)));
-    let log_file = Path::new(&sandbox_config.log_directory).join("secure/0.log");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-        if log.contains("busybox-ok") {
-            assert!(log.contains("Seccomp:\t2"), "{log}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "secure container log: {log:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            ..Default::default()
+        }),
+    )
+    .await;
+    let log = wait_for_log(&sandbox_config, "secure", "busybox-ok").await;
+    assert!(log.contains("Seccomp:\t2"), "{log}");
     let filtered = exec_out(
         &mut rt,
         &ctrd,
