@@ -51,6 +51,16 @@ async fn manifest_runs_then_edit_replaces_then_delete_removes() {
         .unwrap();
     let parent = std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap();
     assert_eq!(parent.file_name().unwrap(), shim, "{}", parent.display());
+    if node.ctrd.default_runtime() == "nodus" {
+        // containerd's runc shim driving nodus-runtime: its state is under the handler's Root.
+        let state = node
+            .ctrd
+            .dir()
+            .join("nodus/k8s.io")
+            .join(&sb.id)
+            .join("state.json");
+        assert!(state.exists(), "{}", state.display());
+    }
 
     // The output is in the CRI log file the kubelet asked for.
     let status = node.container_status(&c.id).await.unwrap();
