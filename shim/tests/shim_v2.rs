@@ -70,20 +70,12 @@ async fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn memory_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
+/// A container's cgroup directory: in the unified hierarchy, or in the v1 `controller`'s.
+fn container_cgroup(controller: &str, cgroup_parent: &str, id: &str) -> PathBuf {
     let base = if nodus_shim::cgroups::is_unified() {
         PathBuf::from("/sys/fs/cgroup")
     } else {
-        PathBuf::from("/sys/fs/cgroup/memory")
-    };
-    base.join(cgroup_parent.trim_start_matches('/')).join(id)
-}
-
-fn cpu_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
-    let base = if nodus_shim::cgroups::is_unified() {
-        PathBuf::from("/sys/fs/cgroup")
-    } else {
-        PathBuf::from("/sys/fs/cgroup/cpu")
+        PathBuf::from("/sys/fs/cgroup").join(controller)
     };
     base.join(cgroup_parent.trim_start_matches('/')).join(id)
 }
@@ -248,7 +240,7 @@ async fn pod_with_two_containers_runs_on_the_shim() {
         fds
     };
     for id in [&pod, &app, &side] {
-        let procs = memory_cgroup(&cg_parent, id).join("cgroup.procs");
+        let procs = container_cgroup("memory", &cg_parent, id).join("cgroup.procs");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let pids = std::fs::read_to_string(&procs).unwrap_or_default();
@@ -297,7 +289,7 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     assert!(mem.unwrap_or(0) > 0, "memory working set reported: {mem:?}");
 
     // UpdateContainerResources reaches the cgroup.
-    let cg = memory_cgroup(&cg_parent, &app);
+    let cg = container_cgroup("memory", &cg_parent, &app);
     let limit_file = if nodus_shim::cgroups::is_unified() {
         cg.join("memory.max")
     } else {
@@ -317,10 +309,11 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     );
     let read_quota = || {
         if nodus_shim::cgroups::is_unified() {
-            let max = std::fs::read_to_string(cpu_cgroup(&cg_parent, &app).join("cpu.max"));
+            let max =
+                std::fs::read_to_string(container_cgroup("cpu", &cg_parent, &app).join("cpu.max"));
             max.unwrap_or_default().trim().to_string()
         } else {
-            let dir = cpu_cgroup(&cg_parent, &app);
+            let dir = container_cgroup("cpu", &cg_parent, &app);
             let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
             format!(
                 "{} {}",
