@@ -237,8 +237,18 @@ fn exec_into_a_running_container() {
         .trim()
         .parse()
         .unwrap();
-    let environ = fs::read(format!("/proc/{exec_pid}/environ")).unwrap();
-    assert!(String::from_utf8_lossy(&environ).contains("FOO=bar"));
+    // The process replaces itself (sh's `exec sleep`), and while it does its
+    // /proc/PID/environ can read empty (seen once in a full run): look until it settles.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let environ = loop {
+        let e = fs::read(format!("/proc/{exec_pid}/environ")).unwrap();
+        let e = String::from_utf8_lossy(&e).into_owned();
+        if e.contains("FOO=bar") || std::time::Instant::now() > deadline {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(environ.contains("FOO=bar"), "{environ:?}");
     assert_eq!(
         common::ns_of(&exec_pid.to_string(), "pid"),
         common::ns_of(&pid.to_string(), "pid")
