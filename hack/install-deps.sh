@@ -13,6 +13,7 @@ packages=(
   ca-certificates curl xz-utils   # fetching crates, unpacking the VM kernel
   time                            # /usr/bin/time -v for peak RSS in benchmarks
   debootstrap e2fsprogs           # the VM tier's root filesystem (hack/vm-test.sh)
+  etcd-server                     # the API-server tests' etcd (kube-apiserver: hack/kube-apiserver.sh)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

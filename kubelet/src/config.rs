@@ -101,6 +101,27 @@ pub struct Flags {
     /// --maximum-dead-containers-per-container, maxPerPodContainer).
     #[arg(long = "maximum-dead-containers-per-container")]
     pub maximum_dead_containers_per_container: Option<u32>,
+    /// kubeconfig of the API server; without it the kubelet runs standalone.
+    #[arg(long = "kubeconfig")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Register the node with the API server (registerNode).
+    #[arg(long = "register-node", num_args = 0..=1, default_missing_value = "true")]
+    pub register_node: Option<bool>,
+    /// Labels added when registering the node: `key=value,key2=value2`.
+    #[arg(long = "node-labels")]
+    pub node_labels: Option<String>,
+    /// Taints the node registers with: `key=value:Effect,key2:Effect`.
+    #[arg(long = "register-with-taints")]
+    pub register_with_taints: Option<String>,
+    /// Resources reserved for Kubernetes daemons (kubeReserved): `cpu=100m,memory=100Mi`.
+    #[arg(long = "kube-reserved")]
+    pub kube_reserved: Option<String>,
+    /// Resources reserved for the system (systemReserved): `cpu=100m,memory=100Mi`.
+    #[arg(long = "system-reserved")]
+    pub system_reserved: Option<String>,
+    /// How often the node status is computed (nodeStatusUpdateFrequency).
+    #[arg(long = "node-status-update-frequency")]
+    pub node_status_update_frequency: Option<String>,
 }
 
 /// The `KubeletConfiguration` file, as far as this kubelet understands it. Unknown fields
@@ -136,6 +157,15 @@ pub struct KubeletConfiguration {
     pub image_gc_low_threshold_percent: Option<i64>,
     #[serde(rename = "imageMinimumGCAge")]
     pub image_minimum_gc_age: Option<String>,
+    pub register_node: Option<bool>,
+    pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
+    pub kube_reserved: Option<std::collections::BTreeMap<String, String>>,
+    pub system_reserved: Option<std::collections::BTreeMap<String, String>>,
+    pub eviction_hard: Option<std::collections::BTreeMap<String, String>>,
+    pub node_status_update_frequency: Option<String>,
+    pub node_status_report_frequency: Option<String>,
+    pub node_lease_duration_seconds: Option<i64>,
+    pub max_pods_per_core: Option<i64>,
 }
 
 impl KubeletConfiguration {
@@ -200,6 +230,38 @@ pub struct Config {
     pub pod_infra_container_image: String,
     /// Dead containers kept per container name (default 1).
     pub max_per_pod_container: u32,
+    /// The API server's kubeconfig (`--kubeconfig`); None: standalone.
+    pub kubeconfig: Option<PathBuf>,
+    /// Register the Node object (default true).
+    pub register_node: bool,
+    /// Labels the node registers with (`--node-labels`).
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    /// Taints the node registers with.
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// kubeReserved and systemReserved, resource name -> quantity.
+    pub kube_reserved: std::collections::BTreeMap<String, String>,
+    pub system_reserved: std::collections::BTreeMap<String, String>,
+    /// Hard eviction thresholds (signal -> quantity or percentage), upstream's defaults.
+    pub eviction_hard: std::collections::BTreeMap<String, String>,
+    /// How often the node status is computed and posted when it changed (default 10s).
+    pub node_status_update_frequency: Duration,
+    /// Post the node status at least this often even unchanged (default 5m).
+    pub node_status_report_frequency: Duration,
+    /// The node Lease's duration (default 40 s; renewed every quarter of it).
+    pub node_lease_duration_seconds: i32,
+}
+
+/// Upstream's default hard eviction thresholds.
+pub fn default_eviction_hard() -> std::collections::BTreeMap<String, String> {
+    [
+        ("memory.available", "100Mi"),
+        ("nodefs.available", "10%"),
+        ("nodefs.inodesFree", "5%"),
+        ("imagefs.available", "15%"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 impl Default for Config {
@@ -231,6 +293,16 @@ impl Default for Config {
             image_minimum_gc_age: Duration::from_secs(120),
             pod_infra_container_image: "registry.k8s.io/pause:3.10".into(),
             max_per_pod_container: 1,
+            kubeconfig: None,
+            register_node: true,
+            node_labels: Default::default(),
+            register_with_taints: Vec::new(),
+            kube_reserved: Default::default(),
+            system_reserved: Default::default(),
+            eviction_hard: default_eviction_hard(),
+            node_status_update_frequency: Duration::from_secs(10),
+            node_status_report_frequency: Duration::from_secs(300),
+            node_lease_duration_seconds: 40,
         }
     }
 }
@@ -247,6 +319,124 @@ fn parse_ip(field: &str, value: &str) -> Result<IpAddr, ConfigError> {
     value
         .parse()
         .map_err(|_| invalid(field, value, "not an IP address"))
+}
+
+/// `key=value,key2=value2` (as `--node-labels`, `--kube-reserved`).
+fn parse_map(
+    field: &str,
+    value: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    let mut out = std::collections::BTreeMap::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| invalid(field, item, "expected key=value"))?;
+        if k.trim().is_empty() {
+            return Err(invalid(field, item, "empty key"));
+        }
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// `--register-with-taints`: `key=value:Effect` or `key:Effect`, comma separated.
+fn parse_taints(
+    field: &str,
+    value: &str,
+) -> Result<Vec<k8s_openapi::api::core::v1::Taint>, ConfigError> {
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (kv, effect) = item
+            .rsplit_once(':')
+            .ok_or_else(|| invalid(field, item, "expected key=value:Effect"))?;
+        let (key, val) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        let taint = k8s_openapi::api::core::v1::Taint {
+            key: key.to_string(),
+            value: val,
+            effect: effect.to_string(),
+            time_added: None,
+        };
+        check_taint(field, &taint)?;
+        out.push(taint);
+    }
+    Ok(out)
+}
+
+fn check_taint(field: &str, t: &k8s_openapi::api::core::v1::Taint) -> Result<(), ConfigError> {
+    if t.key.is_empty() {
+        return Err(invalid(field, &t.key, "taint key must not be empty"));
+    }
+    if !matches!(
+        t.effect.as_str(),
+        "NoSchedule" | "PreferNoSchedule" | "NoExecute"
+    ) {
+        return Err(invalid(
+            field,
+            &t.effect,
+            "taint effect must be one of NoSchedule, PreferNoSchedule, NoExecute",
+        ));
+    }
+    Ok(())
+}
+
+/// Reserved resources: cpu, memory, ephemeral-storage, pid, each a valid quantity.
+fn check_reserved(
+    field: &str,
+    m: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (k, v) in m {
+        if !matches!(k.as_str(), "cpu" | "memory" | "ephemeral-storage" | "pid") {
+            return Err(invalid(
+                &format!("{field}.{k}"),
+                k,
+                "supported resources: cpu, memory, ephemeral-storage, pid",
+            ));
+        }
+        let n = crate::resources::parse_milli(v)
+            .map_err(|e| invalid(&format!("{field}.{k}"), v, e.reason))?;
+        if n < 0 {
+            return Err(invalid(&format!("{field}.{k}"), v, "must not be negative"));
+        }
+    }
+    Ok(())
+}
+
+fn check_eviction(
+    field: &str,
+    m: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (k, v) in m {
+        if !matches!(
+            k.as_str(),
+            "memory.available"
+                | "nodefs.available"
+                | "nodefs.inodesFree"
+                | "imagefs.available"
+                | "imagefs.inodesFree"
+                | "pid.available"
+        ) {
+            return Err(invalid(
+                &format!("{field}.{k}"),
+                k,
+                "unknown eviction signal",
+            ));
+        }
+        let ok = match v.strip_suffix('%') {
+            Some(p) => p.parse::<f64>().is_ok_and(|p| (0.0..=100.0).contains(&p)),
+            None => crate::resources::parse_milli(v).is_ok_and(|n| n >= 0),
+        };
+        if !ok {
+            return Err(invalid(
+                &format!("{field}.{k}"),
+                v,
+                "must be a quantity or a percentage",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_cgroup_driver(field: &str, value: &str) -> Result<(), ConfigError> {
@@ -424,7 +614,84 @@ impl Config {
             c.image_minimum_gc_age = parse_duration("imageMinimumGCAge", v)?;
         }
 
+        if let Some(v) = file.register_node {
+            c.register_node = v;
+        }
+        if let Some(v) = &file.register_with_taints {
+            for t in v {
+                check_taint("registerWithTaints", t)?;
+            }
+            c.register_with_taints = v.clone();
+        }
+        if let Some(v) = &file.kube_reserved {
+            check_reserved("kubeReserved", v)?;
+            c.kube_reserved = v.clone();
+        }
+        if let Some(v) = &file.system_reserved {
+            check_reserved("systemReserved", v)?;
+            c.system_reserved = v.clone();
+        }
+        if let Some(v) = &file.eviction_hard {
+            check_eviction("evictionHard", v)?;
+            // As upstream: a map given replaces the defaults.
+            c.eviction_hard = v.clone();
+        }
+        if let Some(v) = &file.node_status_update_frequency {
+            c.node_status_update_frequency = parse_duration("nodeStatusUpdateFrequency", v)?;
+        }
+        if let Some(v) = &file.node_status_report_frequency {
+            c.node_status_report_frequency = parse_duration("nodeStatusReportFrequency", v)?;
+        }
+        if let Some(v) = file.node_lease_duration_seconds {
+            c.node_lease_duration_seconds =
+                i32::try_from(v).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid("nodeLeaseDurationSeconds", v, "must be a positive integer")
+                })?;
+        }
+        if let Some(v) = file.max_pods_per_core {
+            if v < 0 {
+                return Err(invalid("maxPodsPerCore", v, "must not be negative"));
+            }
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1);
+            if v > 0 && v * cores < c.max_pods as i64 {
+                c.max_pods = (v * cores) as u32;
+            }
+        }
+        for (field, d) in [
+            ("nodeStatusUpdateFrequency", c.node_status_update_frequency),
+            ("nodeStatusReportFrequency", c.node_status_report_frequency),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err(invalid(field, format!("{d:?}"), "must be at least 1s"));
+            }
+        }
+
         // Flags override the file.
+        if let Some(v) = &flags.kubeconfig {
+            c.kubeconfig = Some(v.clone());
+        }
+        if let Some(v) = flags.register_node {
+            c.register_node = v;
+        }
+        if let Some(v) = &flags.node_labels {
+            c.node_labels = parse_map("--node-labels", v)?;
+        }
+        if let Some(v) = &flags.register_with_taints {
+            c.register_with_taints = parse_taints("--register-with-taints", v)?;
+        }
+        if let Some(v) = &flags.kube_reserved {
+            c.kube_reserved = parse_map("--kube-reserved", v)?;
+            check_reserved("--kube-reserved", &c.kube_reserved)?;
+        }
+        if let Some(v) = &flags.system_reserved {
+            c.system_reserved = parse_map("--system-reserved", v)?;
+            check_reserved("--system-reserved", &c.system_reserved)?;
+        }
+        if let Some(v) = &flags.node_status_update_frequency {
+            c.node_status_update_frequency = parse_duration("--node-status-update-frequency", v)?;
+        }
         if let Some(v) = &flags.pod_manifest_path {
             c.static_pod_path = Some(v.clone());
         }

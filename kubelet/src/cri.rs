@@ -174,6 +174,18 @@ impl Cri {
         .await
     }
 
+    /// The runtime's conditions (RuntimeReady, NetworkReady), for the node's Ready condition.
+    pub async fn status(&self) -> Result<cri::RuntimeStatus, CriError> {
+        let r = self
+            .call("Status", LIST_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .status(cri::StatusRequest { verbose: false })
+                    .await
+            })
+            .await?;
+        r.status.ok_or(CriError::Empty { op: "Status" })
+    }
+
     pub async fn run_pod_sandbox(
         &self,
         config: cri::PodSandboxConfig,

@@ -162,15 +162,79 @@ pub fn resource_field_value(
     Ok(v.to_string())
 }
 
-/// The container's environment in order, with references resolved and `$(VAR)` expanded.
+/// Upstream's `IsEnvVarName`: letters, digits, `_`, `-` and `.`, not starting with a digit.
+pub fn is_env_var_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// The container's environment in order, with references resolved and `$(VAR)` expanded:
+/// `envFrom` sources first (keys that are not valid names are skipped, as upstream), then
+/// `env`, whose entries win.
 pub fn make_env(
     pod: &Pod,
     container: &Container,
     rt: &RuntimeFields,
     node: &NodeAllocatable,
+    objects: &crate::objects::PodObjects,
 ) -> Result<Vec<(String, String)>, String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out: Vec<(String, String)> = Vec::new();
     let mut map: HashMap<String, String> = HashMap::new();
+    let set =
+        |out: &mut Vec<(String, String)>, map: &mut HashMap<String, String>, k: &str, v: String| {
+            map.insert(k.to_string(), v.clone());
+            if let Some(slot) = out.iter_mut().find(|(ok, _)| ok == k) {
+                slot.1 = v;
+            } else {
+                out.push((k.to_string(), v));
+            }
+        };
+    for (i, src) in container.env_from.iter().flatten().enumerate() {
+        let prefix = src.prefix.clone().unwrap_or_default();
+        let (data, optional, what) = if let Some(r) = &src.config_map_ref {
+            let cm = objects
+                .config_map(ns, &r.name)
+                .map_err(|e| format!("envFrom[{i}].configMapRef: {e}"))?;
+            (
+                cm.map(crate::objects::config_map_data),
+                r.optional.unwrap_or(false),
+                format!("configmap {:?}", r.name),
+            )
+        } else if let Some(r) = &src.secret_ref {
+            let s = objects
+                .secret(ns, &r.name)
+                .map_err(|e| format!("envFrom[{i}].secretRef: {e}"))?;
+            (
+                s.map(crate::objects::secret_data),
+                r.optional.unwrap_or(false),
+                format!("secret {:?}", r.name),
+            )
+        } else {
+            continue;
+        };
+        let Some(data) = data else {
+            if optional {
+                continue;
+            }
+            return Err(format!("envFrom[{i}]: {what} not found"));
+        };
+        for (k, v) in data {
+            let name = format!("{prefix}{k}");
+            if !is_env_var_name(&name) {
+                tracing::warn!(container = %container.name, key = %k, source = %what, "skipping invalid environment variable name (InvalidEnvironmentVariableNames)");
+                continue;
+            }
+            set(
+                &mut out,
+                &mut map,
+                &name,
+                String::from_utf8_lossy(&v).into_owned(),
+            );
+        }
+    }
     for e in container.env.iter().flatten() {
         let value = match &e.value_from {
             None => {
@@ -194,20 +258,58 @@ pub fn make_env(
                     };
                     resource_field_value(target, r, node)
                         .map_err(|m| format!("env {}: {m}", e.name))?
+                } else if let Some(r) = &src.config_map_key_ref {
+                    let cm = objects
+                        .config_map(ns, &r.name)
+                        .map_err(|m| format!("env {}: {m}", e.name))?;
+                    let value = cm.and_then(|cm| {
+                        crate::objects::config_map_data(cm)
+                            .into_iter()
+                            .find(|(k, _)| *k == r.key)
+                            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+                    });
+                    match (value, cm.is_some(), r.optional.unwrap_or(false)) {
+                        (Some(v), _, _) => v,
+                        (None, _, true) => continue,
+                        (None, false, false) => {
+                            return Err(format!("env {}: configmap {:?} not found", e.name, r.name))
+                        }
+                        (None, true, false) => {
+                            return Err(format!(
+                                "env {}: couldn't find key {} in ConfigMap {ns}/{}",
+                                e.name, r.key, r.name
+                            ))
+                        }
+                    }
+                } else if let Some(r) = &src.secret_key_ref {
+                    let sec = objects
+                        .secret(ns, &r.name)
+                        .map_err(|m| format!("env {}: {m}", e.name))?;
+                    let value = sec.and_then(|s| {
+                        crate::objects::secret_data(s)
+                            .into_iter()
+                            .find(|(k, _)| *k == r.key)
+                            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+                    });
+                    match (value, sec.is_some(), r.optional.unwrap_or(false)) {
+                        (Some(v), _, _) => v,
+                        (None, _, true) => continue,
+                        (None, false, false) => {
+                            return Err(format!("env {}: secret {:?} not found", e.name, r.name))
+                        }
+                        (None, true, false) => {
+                            return Err(format!(
+                                "env {}: couldn't find key {} in Secret {ns}/{}",
+                                e.name, r.key, r.name
+                            ))
+                        }
+                    }
                 } else {
-                    return Err(format!(
-                        "env {}: configMapKeyRef and secretKeyRef need an API server (standalone kubelet)",
-                        e.name
-                    ));
+                    return Err(format!("env {}: valueFrom names no source", e.name));
                 }
             }
         };
-        map.insert(e.name.clone(), value.clone());
-        if let Some(slot) = out.iter_mut().find(|(k, _)| *k == e.name) {
-            slot.1 = value;
-        } else {
-            out.push((e.name.clone(), value));
-        }
+        set(&mut out, &mut map, &e.name, value);
     }
     Ok(out)
 }
@@ -274,7 +376,7 @@ mod tests {
             cpu_milli: 2000,
             memory: 1 << 30,
         };
-        let env = make_env(&pod, c, &rt, &node).unwrap();
+        let env = make_env(&pod, c, &rt, &node, &Default::default()).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
         assert_eq!(get("POD"), "web-n1");
         assert_eq!(get("IP"), "10.1.0.5");
@@ -300,8 +402,61 @@ mod tests {
                 cpu_milli: 1000,
                 memory: 1,
             },
+            &Default::default(),
         )
         .unwrap_err();
         assert!(e.contains("spec.bogus") && e.contains("env X"), "{e}");
+    }
+
+    #[test]
+    fn env_from_config_maps_and_secrets() {
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        use k8s_openapi::ByteString;
+        let text = "kind: Pod\nmetadata: {name: web, namespace: ns}\nspec:\n  containers:\n  - name: c\n    image: i:1\n    envFrom:\n    - {configMapRef: {name: cm}, prefix: CM_}\n    - {secretRef: {name: gone, optional: true}}\n    env:\n    - {name: CM_A, value: override}\n    - {name: PW, valueFrom: {secretKeyRef: {name: s, key: password}}}\n    - {name: OPT, valueFrom: {configMapKeyRef: {name: cm, key: nokey, optional: true}}}\n    - {name: B2, value: '$(CM_B)!'}\n";
+        let pod = load_manifest(text, Source::File, "/m/w", "n1").0.remove(0);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let mut objects = crate::objects::PodObjects {
+            api: true,
+            ..Default::default()
+        };
+        let cm = ConfigMap {
+            data: Some(
+                [("A", "1"), ("B", "2"), ("bad key", "x")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        objects
+            .config_maps
+            .insert(("ns".into(), "cm".into()), Some(cm));
+        objects
+            .config_maps
+            .insert(("ns".into(), "gone".into()), None);
+        objects.secrets.insert(("ns".into(), "gone".into()), None);
+        let sec = Secret {
+            data: Some([("password".to_string(), ByteString(b"hunter2".to_vec()))].into()),
+            ..Default::default()
+        };
+        objects.secrets.insert(("ns".into(), "s".into()), Some(sec));
+        let node = NodeAllocatable {
+            cpu_milli: 1000,
+            memory: 1,
+        };
+        let env = make_env(&pod, c, &RuntimeFields::default(), &node, &objects).unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("CM_A"), Some("override"));
+        assert_eq!(get("CM_B"), Some("2"));
+        assert_eq!(get("PW"), Some("hunter2"));
+        assert_eq!(get("OPT"), None);
+        assert_eq!(get("B2"), Some("2!"));
+        assert!(env.iter().all(|(k, _)| !k.contains(' ')));
+        // A missing key that is not optional names the key and the object.
+        objects
+            .secrets
+            .insert(("ns".into(), "s".into()), Some(Secret::default()));
+        let e = make_env(&pod, c, &RuntimeFields::default(), &node, &objects).unwrap_err();
+        assert_eq!(e, "env PW: couldn't find key password in Secret ns/s");
     }
 }

@@ -1,10 +1,14 @@
 //! The kubelet proper: wires sources, `pod_config`, PLEG, pod workers, the runtime
 //! manager and the status manager together, and runs the sync loop, one `tokio::select!`
-//! over config updates, PLEG events, worker results, the sync tick (1 s) and the
-//! housekeeping tick (2 s).
+//! over config updates, PLEG events, worker results, object changes, the sync tick (1 s)
+//! and the housekeeping tick (2 s).
+//!
+//! With `--kubeconfig` it also runs API-server mode: the API pod source, node registration
+//! and status, the node lease, the status push, mirror pods, events, and the configMaps,
+//! secrets and tokens pods consume. Without it none of that exists.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -14,17 +18,24 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::container::now_nanos;
 use crate::cri::Cri;
+use crate::events::{EventRecorder, WARNING};
 use crate::kuberuntime::actions::compute_pod_actions;
 use crate::kuberuntime::sandbox::NodePaths;
 use crate::kuberuntime::RuntimeManager;
+use crate::mirror::{MirrorClient, MirrorPods};
+use crate::nodestatus::NodeShared;
+use crate::objects::{ObjectKey, ObjectManager, PodObjects};
 use crate::pleg::{Pleg, PlegShared};
 use crate::pod_config::{uid_of, PodConfig, PodUpdate};
+use crate::pod_manager::PodManager;
 use crate::pod_workers::{PodSyncer, PodWorkers, Work, WorkerResult, WorkerState};
 use crate::prober::ProbeManager;
 use crate::resources::{self, NodeAllocatable};
+use crate::sources::apiserver::ApiSource;
 use crate::sources::file::FileSource;
 use crate::sources::http::HttpSource;
 use crate::sources::Source;
+use crate::status_manager::api_sync::{is_api_pod, StatusSync, StatusSyncHandle};
 use crate::status_manager::{self, StatusInputs, StatusManager};
 
 pub const SYNC_TICK: Duration = Duration::from_secs(1);
@@ -33,58 +44,24 @@ pub const PLEG_PERIOD: Duration = Duration::from_secs(1);
 /// After a failed sync, try again this soon.
 const ERROR_REQUEUE: Duration = Duration::from_secs(2);
 
-/// The desired pods by UID (upstream's pod manager), shared with the HTTP server.
-#[derive(Debug, Clone, Default)]
-pub struct PodManager {
-    inner: Arc<RwLock<HashMap<String, Arc<Pod>>>>,
+/// What API-server mode adds to the kubelet (absent in standalone mode).
+#[derive(Clone)]
+pub struct ApiContext {
+    pub client: kube::Client,
+    pub objects: ObjectManager,
+    pub mirror: MirrorClient,
+    pub mirror_pods: MirrorPods,
+    pub node: NodeShared,
+    pub status_sync: StatusSyncHandle,
 }
 
-impl PodManager {
-    pub fn get(&self, uid: &str) -> Option<Arc<Pod>> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-            .cloned()
-    }
-    pub fn set(&self, pod: Pod) -> Arc<Pod> {
-        let pod = Arc::new(pod);
-        self.inner
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid_of(&pod).to_string(), pod.clone());
-        pod
-    }
-    pub fn remove(&self, uid: &str) {
-        self.inner
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
-    }
-    pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub fn contains(&self, uid: &str) -> bool {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(uid)
-    }
-    /// All pods, sorted by namespace/name.
-    pub fn all(&self) -> Vec<Arc<Pod>> {
-        let mut v: Vec<_> = self
-            .inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by_key(|p| crate::pod_config::full_name(p));
-        v
-    }
+/// True for a pod whose API status is final (upstream never runs such a pod again).
+fn is_terminal_api_pod(pod: &Pod) -> bool {
+    is_api_pod(pod)
+        && matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
 }
 
 /// What the pod workers call into.
@@ -99,6 +76,9 @@ pub struct Syncer {
     pub probes: ProbeManager,
     /// When each pod was first synced (None once its start was measured).
     pub first_seen: Mutex<HashMap<String, Option<Instant>>>,
+    pub api: Option<ApiContext>,
+    pub events: EventRecorder,
+    pub root_dir: std::path::PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,7 +94,11 @@ impl Syncer {
         backoff: &[crate::kuberuntime::actions::BackoffWait],
         now: crate::container::Nanos,
     ) {
-        let previous = self.status.get(uid);
+        // After a restart, an API pod's own status keeps its start and transition times.
+        let previous = self
+            .status
+            .get(uid)
+            .or_else(|| pod.status.clone().filter(|_| is_api_pod(pod)));
         let reasons = lock(&self.reasons).get(uid).cloned().unwrap_or_default();
         let probes = self.probes.results();
         let api = status_manager::generate(
@@ -157,6 +141,31 @@ impl Syncer {
         lock(&self.backoff).forget_pod(uid);
         lock(&self.first_seen).remove(uid);
         self.probes.forget_pod(uid);
+        if let Some(api) = &self.api {
+            api.objects.unregister_pod(uid);
+        }
+    }
+
+    /// The API objects the pod's volumes and env need (none without an API server), and
+    /// its mirror pod brought in line when it is a static pod.
+    async fn api_inputs(&self, pod: &Pod) -> PodObjects {
+        let Some(api) = &self.api else {
+            return PodObjects::default();
+        };
+        if !is_api_pod(pod) {
+            let mirror = api.mirror_pods.get(&crate::pod_config::full_name(pod));
+            let node_uid = api.node.get().and_then(|n| n.metadata.uid);
+            if let Err(e) = api
+                .mirror
+                .sync(pod, mirror.as_ref(), node_uid.as_deref())
+                .await
+            {
+                tracing::warn!(pod = %crate::pod_config::full_name(pod), error = %e, "failed syncing mirror pod");
+            }
+            return PodObjects::default();
+        }
+        api.objects.register_pod(pod);
+        api.objects.prefetch(pod).await
     }
 
     async fn sync(&self, pod: &Pod) -> Duration {
@@ -179,6 +188,28 @@ impl Syncer {
                 .next(),
             crate::kuberuntime::pod_grace(pod),
         );
+        let objects = self.api_inputs(pod).await;
+        if objects.api && !runtime_status.sandboxes.is_empty() {
+            // configMap, secret and token updates reach running containers.
+            let rt_fields = crate::envvars::RuntimeFields {
+                pod_ips: crate::kuberuntime::status_pod_ips(
+                    pod,
+                    &runtime_status,
+                    self.node_ip.as_ref(),
+                ),
+                host_ip: self.node_ip.clone(),
+                node_name: self.runtime.node_name.clone(),
+            };
+            crate::volumes::refresh(
+                &self.root_dir,
+                pod,
+                &crate::volumes::VolumeInputs {
+                    rt: &rt_fields,
+                    node: &self.runtime.node,
+                    objects: &objects,
+                },
+            );
+        }
         let now = now_nanos();
         let actions = {
             let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
@@ -187,12 +218,23 @@ impl Syncer {
         self.set_status(pod, &uid, &runtime_status, &actions.backoff, now);
         for w in &actions.backoff {
             tracing::info!(pod = %crate::pod_config::full_name(pod), container = %w.name, wait_ms = w.remaining / 1_000_000, "back-off restarting failed container (CrashLoopBackOff)");
+            self.events.pod_event(
+                pod,
+                Some(&w.name),
+                WARNING,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    w.name,
+                    crate::pod_config::full_name(pod)
+                ),
+            );
         }
         if !actions.is_noop() {
             tracing::debug!(pod = %crate::pod_config::full_name(pod), ?actions, "syncing pod");
             match self
                 .runtime
-                .sync_pod(pod, &runtime_status, &actions, &self.backoff)
+                .sync_pod(pod, &runtime_status, &actions, &self.backoff, &objects)
                 .await
             {
                 Err(e) => {
@@ -250,6 +292,15 @@ impl PodSyncer for Syncer {
         Box::pin(async move {
             let name = pod.map(crate::pod_config::full_name).unwrap_or_default();
             tracing::info!(pod = %name, %uid, "terminating pod");
+            if let Some(p) = pod.filter(|p| self.api.is_some() && is_api_pod(p)) {
+                // Stop first and record the containers' final states: the API server shows
+                // them until the pod object is deleted.
+                self.runtime
+                    .kill_pod(uid, Some(p), grace_override)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.refresh_status(p, uid, &[]).await;
+            }
             self.runtime
                 .remove_pod(uid, pod, grace_override)
                 .await
@@ -293,11 +344,46 @@ pub struct Kubelet {
     cri: Cri,
     /// Pods whose probe results changed.
     probe_rx: mpsc::UnboundedReceiver<String>,
+    /// API objects that changed (their pods are synced again).
+    object_rx: mpsc::UnboundedReceiver<ObjectKey>,
+    /// The API status sync, started by `run`.
+    status_sync: Option<StatusSync>,
 }
 
 impl Kubelet {
-    pub fn new(cfg: Config) -> Self {
+    /// Builds the kubelet; with `--kubeconfig` the API server client too (reading the
+    /// kubeconfig is the only thing that can fail).
+    pub async fn new(cfg: Config) -> Result<Self, crate::kubeclient::ApiError> {
         let cri = Cri::new(&cfg.container_runtime_endpoint);
+        let pods = PodManager::default();
+        let status = StatusManager::new();
+        let (object_tx, object_rx) = mpsc::unbounded_channel();
+        let (api, events, status_sync) = match &cfg.kubeconfig {
+            None => (None, EventRecorder::none(), None),
+            Some(path) => {
+                let client = crate::kubeclient::connect(path).await?;
+                let events = EventRecorder::start(client.clone(), cfg.node_name.clone());
+                let mirror_pods = MirrorPods::default();
+                let (sync, handle) = StatusSync::new(
+                    client.clone(),
+                    status.clone(),
+                    pods.clone(),
+                    mirror_pods.clone(),
+                );
+                let api = ApiContext {
+                    objects: ObjectManager::new(client.clone(), object_tx),
+                    mirror: MirrorClient {
+                        client: client.clone(),
+                        node_name: cfg.node_name.clone(),
+                    },
+                    mirror_pods,
+                    node: NodeShared::default(),
+                    status_sync: handle,
+                    client,
+                };
+                (Some(api), events, Some(sync))
+            }
+        };
         let mut runtime = RuntimeManager::new(
             cri.clone(),
             NodePaths {
@@ -310,10 +396,11 @@ impl Kubelet {
         runtime.node_name = cfg.node_name.clone();
         runtime.max_per_pod_container = cfg.max_per_pod_container;
         runtime.node_ip = cfg.node_ip.map(|ip| ip.to_string());
-        let status = StatusManager::new();
+        runtime.node = crate::nodestatus::allocatable(&cfg);
+        runtime.events = events.clone();
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let syncer = Arc::new(Syncer {
-            probes: ProbeManager::new(cri.clone(), probe_tx),
+            probes: ProbeManager::new(cri.clone(), probe_tx, events.clone()),
             first_seen: Mutex::new(HashMap::new()),
             runtime,
             status: status.clone(),
@@ -321,22 +408,67 @@ impl Kubelet {
             reasons: Mutex::new(HashMap::new()),
             node_ip: cfg.node_ip.map(|ip| ip.to_string()),
             sync_frequency: cfg.sync_frequency,
+            api,
+            events,
+            root_dir: cfg.root_dir.clone(),
         });
         let shared = Shared {
-            pods: PodManager::default(),
+            pods,
             status,
             pleg: PlegShared::default(),
             loop_alive: Arc::new(Mutex::new(Instant::now())),
             cri: cri.clone(),
             node_name: cfg.node_name.clone(),
         };
-        Kubelet {
+        Ok(Kubelet {
             cfg,
             syncer,
             shared,
             cri,
             probe_rx,
+            object_rx,
+            status_sync,
+        })
+    }
+
+    /// Starts what API-server mode runs beside the sync loop; the API source's updates go
+    /// to `src_tx`.
+    fn start_api_mode(&mut self, src_tx: &mpsc::Sender<crate::sources::SourceUpdate>) -> bool {
+        let Some(api) = self.syncer.api.clone() else {
+            return false;
+        };
+        tokio::spawn(
+            ApiSource {
+                client: api.client.clone(),
+                node_name: self.cfg.node_name.clone(),
+                mirror_pods: api.mirror_pods.clone(),
+            }
+            .run(src_tx.clone()),
+        );
+        tokio::spawn(
+            crate::nodestatus::NodeStatusManager {
+                client: api.client.clone(),
+                cfg: self.cfg.clone(),
+                cri: self.cri.clone(),
+                root_dir: self.cfg.root_dir.clone(),
+                events: self.syncer.events.clone(),
+                shared: api.node.clone(),
+            }
+            .run(),
+        );
+        tokio::spawn(
+            crate::nodelease::NodeLease {
+                client: api.client.clone(),
+                node_name: self.cfg.node_name.clone(),
+                duration_seconds: self.cfg.node_lease_duration_seconds,
+                node: api.node.clone(),
+            }
+            .run(),
+        );
+        if let Some(sync) = self.status_sync.take() {
+            tokio::spawn(sync.run());
         }
+        true
     }
 
     pub fn shared(&self) -> Shared {
@@ -376,6 +508,9 @@ impl Kubelet {
                 }
                 .run(src_tx.clone()),
             );
+        }
+        if self.start_api_mode(&src_tx) {
+            expected.push(Source::Api);
         }
         drop(src_tx);
 
@@ -419,7 +554,10 @@ impl Kubelet {
             node: self.syncer.runtime.node,
             rejected: HashSet::new(),
             status: self.shared.status.clone(),
+            events: self.syncer.events.clone(),
         };
+        // Pods whose deletion from the API server is being finished.
+        let mut deleted: HashSet<String> = HashSet::new();
         tokio::pin!(shutdown);
 
         loop {
@@ -435,7 +573,18 @@ impl Kubelet {
                 }
                 Some(update) = src_rx.recv() => {
                     for u in pod_config.merge(update) {
-                        handle_update(u, &pods, &mut workers, &mut admission);
+                        handle_update(u, &pods, &mut workers, &mut admission, &deleted);
+                    }
+                }
+                Some(key) = self.object_rx.recv() => {
+                    if let Some(api) = &self.syncer.api {
+                        for uid in api.objects.users(&key) {
+                            if let Some(pod) = pods.get(&uid) {
+                                if workers.state(&uid) == Some(WorkerState::Syncing) {
+                                    workers.update_pod(&uid, Work::Sync(pod));
+                                }
+                            }
+                        }
                     }
                 }
                 Some(uid) = self.probe_rx.recv() => {
@@ -461,6 +610,13 @@ impl Kubelet {
                         queue.remove(&uid);
                         self.syncer.forget_pod(&uid);
                         admission.rejected.remove(&uid);
+                        let being_deleted = pods.get(&uid).filter(|p| p.metadata.deletion_timestamp.is_some());
+                        if let Some((pod, api)) = being_deleted.zip(self.syncer.api.as_ref()) {
+                            // Gracefully deleted through the API: report, then delete the object.
+                            deleted.insert(uid.clone());
+                            api.status_sync.finish_deletion(&uid, (*pod).clone());
+                            continue;
+                        }
                         match pods.get(&uid) {
                             // Re-added while it was being torn down: start it again.
                             Some(pod) => {
@@ -483,6 +639,12 @@ impl Kubelet {
                 }
                 _ = housekeeping_tick.tick() => {
                     // Never remove what the sources may still announce.
+                    if pod_config.sources_ready(&expected) {
+                        if let Some(api) = &self.syncer.api {
+                            delete_orphaned_mirror_pods(api, &pods);
+                        }
+                    }
+                    deleted.retain(|uid| pods.contains(uid));
                     if pod_config.sources_ready(&expected) && self.shared.pleg.relisted_once() {
                         for (uid, rp) in self.shared.pleg.runtime_pods() {
                             if !pods.contains(&uid) && workers.state(&uid).is_none() {
@@ -506,6 +668,7 @@ struct Admission {
     /// Pods that were rejected: kept (Failed) in the pod manager, never run.
     rejected: HashSet<String>,
     status: StatusManager,
+    events: EventRecorder,
 }
 
 impl Admission {
@@ -557,11 +720,33 @@ impl Admission {
     }
 }
 
+/// Removes the mirror pods whose static pods are gone (upstream's housekeeping).
+fn delete_orphaned_mirror_pods(api: &ApiContext, pods: &PodManager) {
+    let statics: HashSet<String> = pods
+        .all()
+        .iter()
+        .filter(|p| !is_api_pod(p))
+        .map(|p| crate::pod_config::full_name(p))
+        .collect();
+    for m in api.mirror_pods.all() {
+        if !statics.contains(&crate::pod_config::full_name(&m)) {
+            let mirror = api.mirror.clone();
+            tokio::spawn(async move {
+                tracing::info!(pod = %crate::pod_config::full_name(&m), "deleting orphaned mirror pod");
+                if let Err(e) = mirror.delete(&m).await {
+                    tracing::warn!(pod = %crate::pod_config::full_name(&m), error = %e, "cannot delete orphaned mirror pod");
+                }
+            });
+        }
+    }
+}
+
 fn handle_update(
     update: PodUpdate,
     pods: &PodManager,
     workers: &mut PodWorkers<Syncer>,
     admission: &mut Admission,
+    deleted: &HashSet<String>,
 ) {
     match update {
         PodUpdate::Add(list) | PodUpdate::Update(list) => {
@@ -570,9 +755,39 @@ fn handle_update(
                 if admission.rejected.contains(&uid) {
                     continue;
                 }
+                if pod.metadata.deletion_timestamp.is_some() {
+                    // Graceful deletion through the API: terminate with its grace period,
+                    // keep the object until its containers are gone.
+                    let grace = pod.metadata.deletion_grace_period_seconds;
+                    let pod = pods.set(pod);
+                    if !deleted.contains(&uid)
+                        && workers.state(&uid) != Some(WorkerState::Terminating)
+                    {
+                        tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, grace = ?grace, "pod deleted in the API server, terminating it");
+                        workers.update_pod(
+                            &uid,
+                            Work::Terminate {
+                                pod: Some(pod),
+                                grace_override: grace,
+                            },
+                        );
+                    }
+                    continue;
+                }
+                if !pods.contains(&uid) && is_terminal_api_pod(&pod) {
+                    // Finished before (a kubelet restart): never run again.
+                    if let Some(st) = pod.status.clone() {
+                        admission.status.set(&uid, st);
+                    }
+                    pods.set(pod);
+                    continue;
+                }
                 if !pods.contains(&uid) {
                     if let Err((reason, message)) = admission.admit(&pod, pods) {
                         tracing::error!(pod = %crate::pod_config::full_name(&pod), %uid, %reason, %message, "pod rejected by admission");
+                        admission
+                            .events
+                            .pod_event(&pod, None, WARNING, &reason, message.clone());
                         admission.status.set(
                             &uid,
                             status_manager::rejected(&pod, &reason, &message, now_nanos()),
@@ -595,8 +810,12 @@ fn handle_update(
                     admission.status.remove(&uid);
                     continue;
                 }
-                tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, "pod removed from its source");
                 pods.remove(&uid);
+                if deleted.contains(&uid) {
+                    // Its deletion was finished by us: nothing is left to tear down.
+                    continue;
+                }
+                tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, "pod removed from its source");
                 workers.update_pod(
                     &uid,
                     Work::Terminate {
@@ -639,6 +858,7 @@ mod tests {
             },
             rejected: HashSet::new(),
             status: StatusManager::new(),
+            events: EventRecorder::none(),
         };
         pods.set(pod("a", "{cpu: 1500m, memory: 512Mi}"));
         let (reason, msg) = a.admit(&pod("b", "{cpu: 600m}"), &pods).unwrap_err();

@@ -1,25 +1,35 @@
-//! Nodus kubelet: a Kubernetes node agent in standalone mode, running static pods from a
-//! manifest directory or URL through a CRI runtime (containerd).
+//! Nodus kubelet: a Kubernetes node agent running pods through a CRI runtime (containerd):
+//! static pods from a manifest directory or URL, and with `--kubeconfig` the pods the API
+//! server binds to the node (API-server mode: node registration, lease, status, mirror pods,
+//! events, configMap/secret/token volumes).
 //!
 //! Data flow (see `DESIGN.md`): [`sources`] -> [`pod_config`] -> [`kubelet`]'s sync loop
 //! (with [`pleg`] events and ticks) -> [`pod_workers`] -> [`kuberuntime`] (CRI calls
 //! through [`cri`]) -> [`status_manager`], served by [`server`].
 
+pub mod atomic_writer;
 pub mod backoff;
 pub mod config;
 pub mod container;
 pub mod cri;
 pub mod duration;
 pub mod envvars;
+pub mod events;
 pub mod handlers;
 pub mod images;
+pub mod kubeclient;
 pub mod kubelet;
 pub mod kuberuntime;
 pub mod labels;
 pub mod logs;
 pub mod metrics;
+pub mod mirror;
+pub mod nodelease;
+pub mod nodestatus;
+pub mod objects;
 pub mod pleg;
 pub mod pod_config;
+pub mod pod_manager;
 pub mod pod_workers;
 pub mod prober;
 pub mod resources;

@@ -39,7 +39,7 @@ async fn shutdown_signal() {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.root_dir)
         .with_context(|| format!("creating --root-dir {}", cfg.root_dir.display()))?;
-    let kubelet = Kubelet::new(cfg.clone());
+    let kubelet = Kubelet::new(cfg.clone()).await?;
     let shared = kubelet.shared();
     if cfg.healthz_port != 0 {
         let l = server::bind(
@@ -62,6 +62,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         endpoint = %cfg.container_runtime_endpoint,
         static_pod_path = ?cfg.static_pod_path,
         static_pod_url = ?cfg.static_pod_url,
+        kubeconfig = ?cfg.kubeconfig,
         read_only_port = cfg.read_only_port,
         healthz_port = cfg.healthz_port,
         "kubelet starting"

@@ -45,6 +45,17 @@ fn origin(pod: &Pod) -> &str {
         .unwrap_or("")
 }
 
+/// Upstream's `podsDifferSemantically`: what makes a pod an UPDATE for the runtime (spec,
+/// labels, annotations, deletion), as opposed to a RECONCILE (status and bookkeeping
+/// metadata such as resourceVersion, which change on every status write).
+fn differ_semantically(a: &Pod, b: &Pod) -> bool {
+    a.spec != b.spec
+        || a.metadata.labels != b.metadata.labels
+        || a.metadata.annotations != b.metadata.annotations
+        || a.metadata.deletion_timestamp != b.metadata.deletion_timestamp
+        || a.metadata.deletion_grace_period_seconds != b.metadata.deletion_grace_period_seconds
+}
+
 /// The merged state of all sources.
 #[derive(Debug, Default)]
 pub struct PodConfig {
@@ -117,10 +128,9 @@ impl PodConfig {
         for (uid, pod) in &incoming {
             match old.get(uid) {
                 None => adds.push(pod.clone()),
-                Some(prev) if prev.spec != pod.spec || prev.metadata != pod.metadata => {
-                    updates.push(pod.clone())
-                }
-                Some(prev) if prev.status != pod.status => reconciles.push(pod.clone()),
+                Some(prev) if differ_semantically(prev, pod) => updates.push(pod.clone()),
+                // resourceVersion, managedFields, status...: nothing for the runtime to do.
+                Some(prev) if prev != pod => reconciles.push(pod.clone()),
                 Some(_) => {}
             }
         }
@@ -209,8 +219,25 @@ mod tests {
         assert!(matches!(&u[..], [PodUpdate::Update(_)]));
         let mut a3 = a2.clone();
         a3.status.as_mut().unwrap().phase = Some("Running".into());
-        let u = pc.merge(snap(vec![a3]));
+        let u = pc.merge(snap(vec![a3.clone()]));
         assert!(matches!(&u[..], [PodUpdate::Reconcile(_)]));
+        // A status write moves the resourceVersion: still a reconcile.
+        let mut a4 = a3.clone();
+        a4.metadata.resource_version = Some("42".into());
+        assert!(matches!(
+            &pc.merge(snap(vec![a4.clone()]))[..],
+            [PodUpdate::Reconcile(_)]
+        ));
+        // A deletion timestamp is an update (the kubelet must terminate the pod).
+        let mut a5 = a4.clone();
+        a5.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+            ));
+        assert!(matches!(
+            &pc.merge(snap(vec![a5]))[..],
+            [PodUpdate::Update(_)]
+        ));
     }
 
     #[test]

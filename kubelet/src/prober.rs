@@ -120,6 +120,8 @@ pub struct ProbeManager {
     inner: Arc<Mutex<Inner>>,
     /// Pod UIDs whose probe results changed (the sync loop syncs them).
     notify: mpsc::UnboundedSender<String>,
+    /// `Unhealthy` and `Killing` events.
+    events: crate::events::EventRecorder,
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -127,11 +129,16 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 }
 
 impl ProbeManager {
-    pub fn new(cri: Cri, notify: mpsc::UnboundedSender<String>) -> Self {
+    pub fn new(
+        cri: Cri,
+        notify: mpsc::UnboundedSender<String>,
+        events: crate::events::EventRecorder,
+    ) -> Self {
         ProbeManager {
             cri,
             inner: Arc::default(),
             notify,
+            events,
         }
     }
 
@@ -194,6 +201,10 @@ impl ProbeManager {
                     container_id: id.clone(),
                     uid: uid.clone(),
                     pod_name: crate::pod_config::full_name(pod),
+                    pod_ref: self
+                        .events
+                        .is_enabled()
+                        .then(|| crate::events::pod_reference(pod, Some(&c.name))),
                     pod_ip: pod_ip.clone(),
                     has_startup: c.startup_probe.is_some(),
                     grace: probe
@@ -254,6 +265,8 @@ struct Worker {
     container_id: String,
     uid: String,
     pod_name: String,
+    /// The pod for events (None without an API server).
+    pod_ref: Option<k8s_openapi::api::core::v1::ObjectReference>,
     pod_ip: Option<String>,
     has_startup: bool,
     grace: i64,
@@ -299,6 +312,14 @@ impl Worker {
                         failures += 1;
                         successes = 0;
                         tracing::debug!(pod = %self.pod_name, container = %self.container.name, probe = self.kind.as_str(), failures, error = %msg, "probe failed");
+                        if let Some(r) = &self.pod_ref {
+                            self.mgr.events.event(
+                                r.clone(),
+                                crate::events::WARNING,
+                                "Unhealthy",
+                                format!("{} probe failed: {msg}", self.kind.as_str()),
+                            );
+                        }
                         if failures >= t.failure_threshold {
                             match self.kind {
                                 ProbeKind::Readiness => self.set(|s| s.ready = Some(false)),
@@ -326,6 +347,18 @@ impl Worker {
             self.kind.as_str().to_lowercase()
         );
         tracing::warn!(pod = %self.pod_name, container = %self.container.name, "{reason}");
+        if let Some(r) = &self.pod_ref {
+            self.mgr.events.event(
+                r.clone(),
+                crate::events::NORMAL,
+                "Killing",
+                format!(
+                    "Container {} failed {} probe, will be restarted",
+                    self.container.name,
+                    self.kind.as_str().to_lowercase()
+                ),
+            );
+        }
         let mut grace = self.grace;
         if let Some(h) = &self.pre_stop {
             let start = std::time::Instant::now();

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use crate::cri::Cri;
-use crate::kubelet::PodManager;
 use crate::labels;
+use crate::pod_manager::PodManager;
 
 fn rfc3339(nanos: i64) -> Value {
     k8s_openapi::jiff::Timestamp::from_nanosecond(nanos as i128)

@@ -1,9 +1,14 @@
 //! Pod volumes under `<root-dir>/pods/<uid>/volumes/<plugin>/<name>` as upstream:
 //! `emptyDir` (`kubernetes.io~empty-dir`, a directory, or a tmpfs of `sizeLimit` for
-//! `medium: Memory`), `hostPath` with its `type` checks, and `downwardAPI`
-//! (`kubernetes.io~downward-api`, files written from field and resource references).
-//! Containers get CRI mounts with `subPath` and `readOnly` honoured; [`teardown`] unmounts
-//! the tmpfs volumes and removes the directories with the pod.
+//! `medium: Memory`), `hostPath` with its `type` checks, and the API data volumes written
+//! through the [`atomic_writer`](crate::atomic_writer): `downwardAPI`
+//! (`kubernetes.io~downward-api`), `configMap` (`kubernetes.io~configmap`), `secret`
+//! (`kubernetes.io~secret`, on a tmpfs so secrets never reach the disk) and `projected`
+//! (`kubernetes.io~projected`, a tmpfs: serviceAccountToken, configMap, secret and
+//! downwardAPI sources). API data volumes are always mounted read-only and are rewritten
+//! in place when their objects change ([`refresh`]). Containers get CRI mounts with
+//! `subPath` and `readOnly` honoured; [`teardown`] unmounts the tmpfs volumes and removes
+//! the directories with the pod.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -12,11 +17,19 @@ use std::path::{Component, Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use nodus_proto::runtime::v1 as cri;
 
+use crate::atomic_writer::{self, FileProjection, Payload};
 use crate::envvars::{field_ref_value, resource_field_value, RuntimeFields};
+use crate::objects::{config_map_data, secret_data, service_account_name, PodObjects, TokenKey};
 use crate::resources::{parse_milli, NodeAllocatable};
 
 pub const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
 pub const DOWNWARD_API: &str = "kubernetes.io~downward-api";
+pub const CONFIG_MAP: &str = "kubernetes.io~configmap";
+pub const SECRET: &str = "kubernetes.io~secret";
+pub const PROJECTED: &str = "kubernetes.io~projected";
+
+/// Plugins whose volumes are tmpfs mounts of the kubelet's.
+const TMPFS_PLUGINS: [&str; 3] = [EMPTY_DIR, SECRET, PROJECTED];
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -206,21 +219,47 @@ fn check_relative(volume: &str, field: &str, p: &str) -> Result<(), VolumeError>
     Ok(())
 }
 
-fn downward_api(
-    root: &Path,
+/// Everything the API data volumes need besides the pod.
+pub struct VolumeInputs<'a> {
+    pub rt: &'a RuntimeFields,
+    pub node: &'a NodeAllocatable,
+    pub objects: &'a PodObjects,
+}
+
+fn file_mode(item_mode: Option<i32>, default_mode: Option<i32>) -> u32 {
+    (item_mode.or(default_mode).unwrap_or(0o644) as u32) & 0o7777
+}
+
+/// Adds one projected file, refusing a path that is bad or already taken.
+fn put(
+    volume: &str,
+    out: &mut Payload,
+    path: &str,
+    data: Vec<u8>,
+    mode: u32,
+) -> Result<(), VolumeError> {
+    atomic_writer::check_path(path).map_err(|e| invalid(volume, format!("path {e}")))?;
+    if out
+        .insert(path.to_string(), FileProjection { data, mode })
+        .is_some()
+    {
+        return Err(invalid(volume, format!("path {path:?} is projected twice")));
+    }
+    Ok(())
+}
+
+fn downward_items(
+    volume: &str,
     pod: &Pod,
-    v: &Volume,
-    rt: &RuntimeFields,
-    node: &NodeAllocatable,
-) -> Result<HostVolume, VolumeError> {
-    let d = v.downward_api.as_ref().expect("downwardAPI");
-    let dir = root.join(DOWNWARD_API).join(&v.name);
-    std::fs::create_dir_all(&dir).map_err(io(&v.name, &dir))?;
-    let default_mode = d.default_mode.unwrap_or(0o644) as u32;
-    for item in d.items.iter().flatten() {
-        check_relative(&v.name, "items.path", &item.path)?;
+    items: &[k8s_openapi::api::core::v1::DownwardAPIVolumeFile],
+    default_mode: Option<i32>,
+    inp: &VolumeInputs,
+    out: &mut Payload,
+) -> Result<(), VolumeError> {
+    for item in items {
+        check_relative(volume, "items.path", &item.path)?;
         let value = if let Some(f) = &item.field_ref {
-            field_ref_value(pod, f, rt).map_err(|m| invalid(&v.name, m))?
+            field_ref_value(pod, f, inp.rt).map_err(|m| invalid(volume, m))?
         } else if let Some(r) = &item.resource_field_ref {
             let name = r.container_name.as_deref().unwrap_or("");
             let c = crate::kuberuntime::actions::app_containers(pod)
@@ -229,44 +268,282 @@ fn downward_api(
                 .find(|c| c.name == name)
                 .ok_or_else(|| {
                     invalid(
-                        &v.name,
+                        volume,
                         format!(
                             "resourceFieldRef.containerName {name:?} is not a container of the pod"
                         ),
                     )
                 })?;
-            resource_field_value(c, r, node).map_err(|m| invalid(&v.name, m))?
+            resource_field_value(c, r, inp.node).map_err(|m| invalid(volume, m))?
         } else {
             return Err(invalid(
-                &v.name,
+                volume,
                 format!("item {:?} has no fieldRef or resourceFieldRef", item.path),
             ));
         };
-        let file = dir.join(&item.path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(io(&v.name, parent))?;
-        }
-        // Write then rename, so a reader never sees half a value.
-        let tmp = file.with_extension("nodus-tmp");
-        std::fs::write(&tmp, value).map_err(io(&v.name, &tmp))?;
-        let mode = item.mode.map(|m| m as u32).unwrap_or(default_mode);
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-            .map_err(io(&v.name, &tmp))?;
-        std::fs::rename(&tmp, &file).map_err(io(&v.name, &file))?;
+        put(
+            volume,
+            out,
+            &item.path,
+            value.into_bytes(),
+            file_mode(item.mode, default_mode),
+        )?;
     }
-    Ok(HostVolume {
+    Ok(())
+}
+
+/// The files of a configMap or secret: every key, or the listed `items` (a missing key is an
+/// error unless `optional`).
+#[allow(clippy::too_many_arguments)]
+fn key_items(
+    volume: &str,
+    what: &str,
+    data: Option<Vec<(String, Vec<u8>)>>,
+    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    optional: bool,
+    default_mode: Option<i32>,
+    out: &mut Payload,
+) -> Result<(), VolumeError> {
+    let Some(data) = data else {
+        if optional {
+            return Ok(());
+        }
+        return Err(invalid(volume, format!("{what} not found")));
+    };
+    match items {
+        None => {
+            for (k, v) in data {
+                put(volume, out, &k, v, file_mode(None, default_mode))?;
+            }
+        }
+        Some(items) => {
+            for it in items {
+                match data.iter().find(|(k, _)| *k == it.key) {
+                    Some((_, v)) => put(
+                        volume,
+                        out,
+                        &it.path,
+                        v.clone(),
+                        file_mode(it.mode, default_mode),
+                    )?,
+                    None if optional => {}
+                    None => {
+                        return Err(invalid(
+                            volume,
+                            format!("configuration error: key {:?} not found in {what}", it.key),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The payload of an API data volume (downwardAPI, configMap, secret, projected).
+fn api_payload(
+    pod: &Pod,
+    v: &Volume,
+    inp: &VolumeInputs,
+) -> Result<Option<(&'static str, Payload)>, VolumeError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut out = Payload::new();
+    let plugin = if let Some(d) = &v.downward_api {
+        downward_items(
+            &v.name,
+            pod,
+            d.items.as_deref().unwrap_or(&[]),
+            d.default_mode,
+            inp,
+            &mut out,
+        )?;
+        DOWNWARD_API
+    } else if let Some(c) = &v.config_map {
+        let cm = inp
+            .objects
+            .config_map(ns, &c.name)
+            .map_err(|e| invalid(&v.name, e))?;
+        key_items(
+            &v.name,
+            &format!("configmap {:?}", c.name),
+            cm.map(config_map_data),
+            c.items.as_ref(),
+            c.optional.unwrap_or(false),
+            c.default_mode,
+            &mut out,
+        )?;
+        CONFIG_MAP
+    } else if let Some(sv) = &v.secret {
+        let name = sv.secret_name.as_deref().unwrap_or("");
+        let sec = inp
+            .objects
+            .secret(ns, name)
+            .map_err(|e| invalid(&v.name, e))?;
+        key_items(
+            &v.name,
+            &format!("secret {name:?}"),
+            sec.map(secret_data),
+            sv.items.as_ref(),
+            sv.optional.unwrap_or(false),
+            sv.default_mode,
+            &mut out,
+        )?;
+        SECRET
+    } else if let Some(p) = &v.projected {
+        for src in p.sources.iter().flatten() {
+            if let Some(c) = &src.config_map {
+                let cm = inp
+                    .objects
+                    .config_map(ns, &c.name)
+                    .map_err(|e| invalid(&v.name, e))?;
+                key_items(
+                    &v.name,
+                    &format!("configmap {:?}", c.name),
+                    cm.map(config_map_data),
+                    c.items.as_ref(),
+                    c.optional.unwrap_or(false),
+                    p.default_mode,
+                    &mut out,
+                )?;
+            } else if let Some(sv) = &src.secret {
+                let sec = inp
+                    .objects
+                    .secret(ns, &sv.name)
+                    .map_err(|e| invalid(&v.name, e))?;
+                key_items(
+                    &v.name,
+                    &format!("secret {:?}", sv.name),
+                    sec.map(secret_data),
+                    sv.items.as_ref(),
+                    sv.optional.unwrap_or(false),
+                    p.default_mode,
+                    &mut out,
+                )?;
+            } else if let Some(d) = &src.downward_api {
+                downward_items(
+                    &v.name,
+                    pod,
+                    d.items.as_deref().unwrap_or(&[]),
+                    p.default_mode,
+                    inp,
+                    &mut out,
+                )?;
+            } else if let Some(t) = &src.service_account_token {
+                let key = TokenKey {
+                    namespace: ns.to_string(),
+                    service_account: service_account_name(pod),
+                    audience: t.audience.clone().unwrap_or_default(),
+                    expiration_seconds: t.expiration_seconds.unwrap_or(3600),
+                };
+                let token = inp.objects.token(&key).map_err(|e| invalid(&v.name, e))?;
+                // As upstream, the token file takes the volume's defaultMode.
+                put(
+                    &v.name,
+                    &mut out,
+                    &t.path,
+                    token.as_bytes().to_vec(),
+                    file_mode(None, p.default_mode),
+                )?;
+            }
+        }
+        PROJECTED
+    } else {
+        return Ok(None);
+    };
+    Ok(Some((plugin, out)))
+}
+
+fn mount_tmpfs(volume: &str, dir: &Path, size: Option<i128>) -> Result<(), VolumeError> {
+    if is_mountpoint(dir) {
+        return Ok(());
+    }
+    let mut opts = String::from("mode=0755");
+    if let Some(bytes) = size {
+        opts.push_str(&format!(",size={bytes}"));
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| io(volume, dir)(std::io::Error::from(e)))
+}
+
+/// Writes an API data volume (only when its content changed).
+fn api_volume(
+    root: &Path,
+    pod: &Pod,
+    v: &Volume,
+    inp: &VolumeInputs,
+    fs_group: Option<i64>,
+) -> Result<Option<HostVolume>, VolumeError> {
+    let Some((plugin, payload)) = api_payload(pod, v, inp)? else {
+        return Ok(None);
+    };
+    let dir = root.join(plugin).join(&v.name);
+    std::fs::create_dir_all(&dir).map_err(io(&v.name, &dir))?;
+    if plugin == SECRET || plugin == PROJECTED {
+        mount_tmpfs(&v.name, &dir, None)?;
+    }
+    let gid = if plugin == DOWNWARD_API {
+        None
+    } else {
+        fs_group.map(|g| g as u32)
+    };
+    match atomic_writer::write(&dir, &payload, gid) {
+        Ok(true) => {
+            tracing::debug!(volume = %v.name, plugin, files = payload.len(), "volume written")
+        }
+        Ok(false) => {}
+        Err(e) => return Err(io(&v.name, &dir)(e)),
+    }
+    Ok(Some(HostVolume {
         path: dir,
         read_only: true,
         writable_dir: false,
-    })
+    }))
+}
+
+/// Rewrites the pod's API data volumes whose objects changed (a running pod's configMap,
+/// secret or token updates reach its containers this way). Errors are logged, not fatal.
+pub fn refresh(root_dir: &Path, pod: &Pod, inp: &VolumeInputs) {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    let root = pod_volumes_dir(root_dir, uid);
+    if !root.exists() {
+        return;
+    }
+    let fs_group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group);
+    for v in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if v.config_map.is_none()
+            && v.secret.is_none()
+            && v.projected.is_none()
+            && v.downward_api.is_none()
+        {
+            continue;
+        }
+        if let Err(e) = api_volume(&root, pod, v, inp, fs_group) {
+            tracing::warn!(pod = %crate::pod_config::full_name(pod), volume = %v.name, error = %e, "cannot update volume");
+        }
+    }
 }
 
 /// Prepares every volume of the pod (idempotent: called on each container start).
 pub fn prepare(
     root_dir: &Path,
     pod: &Pod,
-    rt: &RuntimeFields,
-    node: &NodeAllocatable,
+    inp: &VolumeInputs,
 ) -> Result<HashMap<String, HostVolume>, VolumeError> {
     let uid = pod.metadata.uid.as_deref().unwrap_or("");
     let root = pod_volumes_dir(root_dir, uid);
@@ -287,12 +564,12 @@ pub fn prepare(
             empty_dir(&root, v, fs_group)?
         } else if v.host_path.is_some() {
             host_path(v)?
-        } else if v.downward_api.is_some() {
-            downward_api(&root, pod, v, rt, node)?
+        } else if let Some(hv) = api_volume(&root, pod, v, inp, fs_group)? {
+            hv
         } else {
             return Err(invalid(
                 &v.name,
-                "unsupported volume type (emptyDir, hostPath and downwardAPI are supported)",
+                "unsupported volume type (emptyDir, hostPath, downwardAPI, configMap, secret and projected are supported)",
             ));
         };
         out.insert(v.name.clone(), hv);
@@ -357,15 +634,17 @@ pub fn container_mounts(
 
 /// Unmounts the pod's memory-backed volumes (before its directory is removed).
 pub fn teardown(root_dir: &Path, uid: &str) {
-    let dir = pod_volumes_dir(root_dir, uid).join(EMPTY_DIR);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if is_mountpoint(&p) {
-            if let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!(path = %p.display(), error = %err, "cannot unmount emptyDir");
+    for plugin in TMPFS_PLUGINS {
+        let dir = pod_volumes_dir(root_dir, uid).join(plugin);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if is_mountpoint(&p) {
+                if let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+                    tracing::warn!(path = %p.display(), error = %err, "cannot unmount volume");
+                }
             }
         }
     }

@@ -54,6 +54,9 @@ pub struct ContainerdOptions {
     pub default_runtime: Option<String>,
     /// Extra TOML appended to the generated config.
     pub extra_config: String,
+    /// Run containerd itself inside the node network namespace (not only the CNI plugins),
+    /// so its streaming server shares a loopback with the kubelet and an API server there.
+    pub in_node_netns: bool,
 }
 
 /// A running private containerd; dropping it removes every pod, mount, cgroup, netns and file
@@ -373,7 +376,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io(&self.log_path(), e))?;
-        let child = Command::new("containerd")
+        let mut cmd = if self.options.in_node_netns {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", self.node.path().display()))
+                .arg("--")
+                .arg("containerd");
+            c
+        } else {
+            Command::new("containerd")
+        };
+        let child = cmd
             .env("PATH", path)
             .arg("--config")
             .arg(self.dir().join("config.toml"))

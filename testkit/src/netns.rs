@@ -53,6 +53,15 @@ impl NodeNetns {
         })
     }
 
+    /// Moves the calling thread into this namespace (setns affects only that thread, and the
+    /// threads and processes it starts afterwards). For a test whose servers and clients all
+    /// live in the node's namespace: run it on a current-thread runtime.
+    pub fn enter_current_thread(&self) -> Result<()> {
+        let f = std::fs::File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io(&self.path, std::io::Error::from(e)))
+    }
+
     /// Runs `args` inside this namespace; a non-zero exit is an error.
     pub fn run_checked(&self, args: &[&str]) -> Result<String> {
         run_checked(&mut self.command(args))

@@ -87,6 +87,8 @@ pub struct RuntimeManager {
     pub node_ip: Option<String>,
     /// Dead containers kept per container name (maxPerPodContainer).
     pub max_per_pod_container: u32,
+    /// Pulled, Created, Started, Killing, Failed events.
+    pub events: crate::events::EventRecorder,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,6 +167,7 @@ impl RuntimeManager {
             node_name: String::new(),
             node_ip: None,
             max_per_pod_container: 1,
+            events: crate::events::EventRecorder::none(),
         }
     }
 
@@ -319,6 +322,7 @@ impl RuntimeManager {
         status: &PodStatus,
         actions: &PodActions,
         backoff: &Mutex<Backoff>,
+        objects: &crate::objects::PodObjects,
     ) -> Result<StartResults, SyncError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if actions.kill_pod {
@@ -362,7 +366,16 @@ impl RuntimeManager {
         if let Some(i) = actions.next_init_container {
             let c = &init_containers(pod)[i];
             let r = self
-                .start_container(pod, c, true, &sandbox_id, &sandbox_config, status, backoff)
+                .start_container(
+                    pod,
+                    c,
+                    true,
+                    &sandbox_id,
+                    &sandbox_config,
+                    status,
+                    backoff,
+                    objects,
+                )
                 .await;
             results.push((c.name.clone(), r));
         }
@@ -371,7 +384,16 @@ impl RuntimeManager {
             let c = &app_containers(pod)[i];
             async move {
                 let r = self
-                    .start_container(pod, c, false, sandbox_id, sandbox_config, status, backoff)
+                    .start_container(
+                        pod,
+                        c,
+                        false,
+                        sandbox_id,
+                        sandbox_config,
+                        status,
+                        backoff,
+                        objects,
+                    )
                     .await;
                 (c.name.clone(), r)
             }
@@ -380,6 +402,13 @@ impl RuntimeManager {
         for (name, r) in &results {
             if let Err(e) = r {
                 tracing::warn!(pod = %status_name(pod), container = %name, reason = e.reason(), error = %e, "cannot start container");
+                self.events.pod_event(
+                    pod,
+                    Some(name),
+                    crate::events::WARNING,
+                    "Failed",
+                    format!("Error: {}", e.reason()),
+                );
             }
         }
         self.remove_old_containers(status).await;
@@ -388,9 +417,12 @@ impl RuntimeManager {
 
     async fn ensure_image(
         &self,
+        pod: &Pod,
         container: &Container,
         sandbox_config: &cri::PodSandboxConfig,
     ) -> Result<String, SyncError> {
+        use crate::events::{NORMAL, WARNING};
+        let name = Some(container.name.as_str());
         let image = container.image.clone().unwrap_or_default();
         let policy = container
             .image_pull_policy
@@ -398,20 +430,67 @@ impl RuntimeManager {
             .unwrap_or("IfNotPresent");
         if policy != "Always" {
             if let Some(id) = self.cri.image_status(&image).await? {
+                self.events.pod_event(
+                    pod,
+                    name,
+                    NORMAL,
+                    "Pulled",
+                    format!("Container image {image:?} already present on machine"),
+                );
                 return Ok(id);
             }
             if policy == "Never" {
+                self.events.pod_event(
+                    pod,
+                    name,
+                    WARNING,
+                    "ErrImageNeverPull",
+                    format!("Container image {image:?} is not present with pull policy of Never"),
+                );
                 return Err(SyncError::ImageNeverPull { image });
             }
         }
         tracing::info!(%image, "pulling image");
-        self.cri
+        self.events.pod_event(
+            pod,
+            name,
+            NORMAL,
+            "Pulling",
+            format!("Pulling image {image:?}"),
+        );
+        let start = std::time::Instant::now();
+        match self
+            .cri
             .pull_image(&image, Some(sandbox_config.clone()))
             .await
-            .map_err(|source| SyncError::ImagePull {
-                image: image.clone(),
-                source,
-            })
+        {
+            Ok(id) => {
+                self.events.pod_event(
+                    pod,
+                    name,
+                    NORMAL,
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image {image:?} in {:?}",
+                        start.elapsed()
+                    ),
+                );
+                Ok(id)
+            }
+            Err(source) => {
+                self.events.pod_event(
+                    pod,
+                    name,
+                    WARNING,
+                    "Failed",
+                    format!("Failed to pull image {image:?}: {source}"),
+                );
+                Err(SyncError::ImagePull {
+                    image: image.clone(),
+                    source,
+                })
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -424,6 +503,7 @@ impl RuntimeManager {
         sandbox_config: &cri::PodSandboxConfig,
         status: &PodStatus,
         backoff: &Mutex<Backoff>,
+        objects: &crate::objects::PodObjects,
     ) -> Result<(), SyncError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let previous = status.find_container(&container.name);
@@ -432,7 +512,7 @@ impl RuntimeManager {
             let key = backoff::key(&uid, &container.name, &labels::hash_container(container));
             lock(backoff).next(&key, last.started_at, last.finished_at, now_nanos());
         }
-        let image_ref = self.ensure_image(container, sandbox_config).await?;
+        let image_ref = self.ensure_image(pod, container, sandbox_config).await?;
         let user = container::effective_user(pod, container);
         if user.run_as_non_root {
             self.verify_non_root(pod, container, &user, &image_ref)
@@ -443,12 +523,17 @@ impl RuntimeManager {
             host_ip: self.node_ip.clone(),
             node_name: self.node_name.clone(),
         };
-        let env = crate::envvars::make_env(pod, container, &rt_fields, &self.node)
+        let env = crate::envvars::make_env(pod, container, &rt_fields, &self.node, objects)
             .map_err(SyncError::Config)?;
         let command_args = crate::envvars::expand_command(container, &env);
         let resources = crate::resources::linux_container_resources(pod, container, &self.node)
             .map_err(SyncError::Config)?;
-        let volumes = crate::volumes::prepare(&self.root_dir, pod, &rt_fields, &self.node)
+        let inputs = crate::volumes::VolumeInputs {
+            rt: &rt_fields,
+            node: &self.node,
+            objects,
+        };
+        let volumes = crate::volumes::prepare(&self.root_dir, pod, &inputs)
             .map_err(|e| SyncError::Config(e.to_string()))?;
         let log_dir = PathBuf::from(&sandbox_config.log_directory).join(&container.name);
         mkdir(&log_dir)?;
@@ -500,12 +585,26 @@ impl RuntimeManager {
             .create_container(sandbox_id, config, sandbox_config.clone())
             .await
             .map_err(SyncError::CreateContainer)?;
+        self.events.pod_event(
+            pod,
+            Some(&container.name),
+            crate::events::NORMAL,
+            "Created",
+            format!("Created container {}", container.name),
+        );
         if let Err(e) = self.cri.start_container(&id).await {
             // Do not leave a created container behind; the next sync tries again.
             let _ = self.cri.remove_container(&id).await;
             return Err(SyncError::StartContainer(e));
         }
         tracing::info!(pod = %status_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
+        self.events.pod_event(
+            pod,
+            Some(&container.name),
+            crate::events::NORMAL,
+            "Started",
+            format!("Started container {}", container.name),
+        );
         if let Some(h) = container
             .lifecycle
             .as_ref()
@@ -540,6 +639,15 @@ impl RuntimeManager {
                 .find(|c| c.name == name)
         });
         let mut grace = grace;
+        if let Some(p) = pod {
+            self.events.pod_event(
+                p,
+                Some(name),
+                crate::events::NORMAL,
+                "Killing",
+                format!("Stopping container {name}"),
+            );
+        }
         if let Some((c, h)) = spec.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
         {
             let ip = self.pod_ips(pod, sandbox_id).await;

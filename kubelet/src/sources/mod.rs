@@ -1,8 +1,10 @@
-//! Pod sources (upstream `pkg/kubelet/config`): the manifest directory ([`file`]) and the
-//! manifest URL ([`http`]). Both decode manifests the same way: YAML or JSON, a `Pod` or a
-//! `PodList`, validated field by field, then defaulted as upstream's `applyDefaults` does
-//! (UID from an MD5 over source + node + object, name suffixed with `-<nodeName>`).
+//! Pod sources (upstream `pkg/kubelet/config`): the manifest directory ([`file`]), the
+//! manifest URL ([`http`]) and the API server ([`apiserver`]). The file and http sources
+//! decode manifests the same way: YAML or JSON, a `Pod` or a `PodList`, validated field by
+//! field, then defaulted as upstream's `applyDefaults` does (UID from an MD5 over source +
+//! node + object, name suffixed with `-<nodeName>`).
 
+pub mod apiserver;
 pub mod file;
 pub mod http;
 
@@ -24,6 +26,8 @@ pub const CONFIG_ORIGIN_ANNOTATION: &str = "nodus.io/config.origin";
 pub enum Source {
     File,
     Http,
+    /// Pods bound to this node in the API server.
+    Api,
 }
 
 impl Source {
@@ -31,7 +35,13 @@ impl Source {
         match self {
             Source::File => "file",
             Source::Http => "http",
+            Source::Api => "api",
         }
+    }
+
+    /// Static pods come from the node's own files or URL, not from the API server.
+    pub fn is_static(self) -> bool {
+        self != Source::Api
     }
 }
 
@@ -323,7 +333,7 @@ pub fn static_pod_uid(source: Source, origin: &str, node_name: &str, pod: &Pod) 
             h.update(format!("host:{node_name}"));
             h.update(format!("file:{origin}"));
         }
-        Source::Http => h.update(format!("url:{origin}")),
+        Source::Http | Source::Api => h.update(format!("url:{origin}")),
     }
     // k8s-openapi serializes struct fields in a fixed order and maps as BTreeMaps.
     h.update(serde_json::to_vec(pod).unwrap_or_default());

@@ -3,6 +3,8 @@
 //! dir and config. Dropping it stops the kubelet by PID, then containerd cleans up.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +47,14 @@ fn cni() -> Cni {
     }
 }
 
+/// The private containerd of a test node.
+pub fn containerd_options() -> ContainerdOptions {
+    ContainerdOptions {
+        cni: cni(),
+        ..Default::default()
+    }
+}
+
 impl Node {
     pub async fn start() -> Node {
         Self::start_with("", &[]).await
@@ -53,12 +63,14 @@ impl Node {
     /// Starts a node whose kubelet config gets `extra_config` (YAML lines) and whose
     /// kubelet gets `extra_args`.
     pub async fn start_with(extra_config: &str, extra_args: &[&str]) -> Node {
-        let ctrd = PrivateContainerd::start(ContainerdOptions {
-            cni: cni(),
-            ..Default::default()
-        })
-        .await
-        .expect("private containerd");
+        let ctrd = PrivateContainerd::start(containerd_options())
+            .await
+            .expect("private containerd");
+        Node::on(ctrd, extra_config, extra_args)
+    }
+
+    /// Starts the kubelet on a containerd already running.
+    pub fn on(ctrd: PrivateContainerd, extra_config: &str, extra_args: &[&str]) -> Node {
         let manifests = ctrd.dir().join("manifests");
         let root_dir = ctrd.dir().join("kubelet");
         std::fs::create_dir_all(&manifests).unwrap();

@@ -1,11 +1,9 @@
-//! Pod status (upstream `status_manager` and `generateAPIPodStatus`): phase, conditions
+//! Pod status generation (upstream `generateAPIPodStatus`): phase, conditions
 //! (PodScheduled, Initialized, ContainersReady, Ready), container statuses with state,
-//! restart count and last termination state, pod IPs from the sandbox. Generation is a pure
-//! function of the pod, the runtime's view and the back-off waits; the manager keeps the
-//! latest status per pod for `GET /pods`.
+//! restart count and last termination state, pod IPs from the sandbox. A pure function of
+//! the pod, the runtime's view and the back-off waits.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
@@ -378,40 +376,6 @@ pub fn rejected(pod: &Pod, reason: &str, message: &str, now: Nanos) -> ApiPodSta
         start_time: time(now),
         qos_class: Some(crate::resources::pod_qos(pod).as_str().into()),
         ..Default::default()
-    }
-}
-
-/// The latest status of each pod, shared with the HTTP server.
-#[derive(Debug, Clone, Default)]
-pub struct StatusManager {
-    inner: Arc<Mutex<HashMap<String, ApiPodStatus>>>,
-}
-
-impl StatusManager {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn set(&self, uid: &str, status: ApiPodStatus) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid.to_string(), status);
-    }
-
-    pub fn get(&self, uid: &str) -> Option<ApiPodStatus> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-            .cloned()
-    }
-
-    pub fn remove(&self, uid: &str) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
     }
 }
 

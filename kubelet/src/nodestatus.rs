@@ -1,0 +1,908 @@
+//! The Node object (upstream `kubelet_node_status.go` and `pkg/kubelet/nodestatus`):
+//! registration with the default labels, `--node-labels` and `--register-with-taints`, and a
+//! status made of addresses, capacity and allocatable, nodeInfo, daemonEndpoints, images and
+//! the conditions MemoryPressure, DiskPressure, PIDPressure and Ready. The status is computed
+//! every `nodeStatusUpdateFrequency` and posted when it changed, or at least every
+//! `nodeStatusReportFrequency`.
+//!
+//! Building the object is pure ([`NodeFacts`] in, `Node` out) so it is unit-tested without an
+//! API server; [`NodeStatusManager`] gathers the facts and talks to the API.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::config::Config;
+use crate::cri::Cri;
+use crate::events::{node_reference, EventRecorder, NORMAL};
+use crate::kubeclient::ApiError;
+
+/// The version this kubelet reports (nodeInfo.kubeletVersion): the Kubernetes API it is
+/// built against, marked as ours.
+pub const KUBELET_VERSION: &str = concat!("v1.34.0-nodus.", env!("CARGO_PKG_VERSION"));
+
+/// At most this many images are reported in node status (upstream's nodeStatusMaxImages).
+pub const MAX_IMAGES: usize = 50;
+
+/// The architecture as Go (and so Kubernetes) names it.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// What the node status is made from, gathered from the machine and the runtime.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    pub node_name: String,
+    pub hostname: String,
+    pub internal_ip: Option<IpAddr>,
+    pub cpus: i64,
+    pub memory_bytes: i64,
+    pub memory_available_bytes: i64,
+    pub pods: u32,
+    /// The root dir's filesystem: size and free bytes, inodes and free inodes.
+    pub fs_bytes: i64,
+    pub fs_available_bytes: i64,
+    pub fs_inodes: i64,
+    pub fs_inodes_free: i64,
+    pub pid_max: i64,
+    pub pids_running: i64,
+    pub system: NodeSystemInfo,
+    pub port: u16,
+    pub images: Vec<ContainerImage>,
+    /// From CRI Status: (RuntimeReady, NetworkReady) and the message of a false one.
+    pub runtime_ready: Result<(), String>,
+}
+
+impl Default for NodeFacts {
+    fn default() -> Self {
+        NodeFacts {
+            node_name: String::new(),
+            hostname: String::new(),
+            internal_ip: None,
+            cpus: 0,
+            memory_bytes: 0,
+            memory_available_bytes: 0,
+            pods: 0,
+            fs_bytes: 0,
+            fs_available_bytes: 0,
+            fs_inodes: 0,
+            fs_inodes_free: 0,
+            pid_max: 0,
+            pids_running: 0,
+            system: NodeSystemInfo::default(),
+            port: 0,
+            images: Vec::new(),
+            runtime_ready: Err("container runtime status check may not have completed yet".into()),
+        }
+    }
+}
+
+/// Resource quantities as upstream formats them: `cpu` in cores or millicores, bytes as Ki.
+fn bytes_quantity(b: i64) -> Quantity {
+    let b = b.max(0);
+    if b % 1024 == 0 {
+        Quantity(format!("{}Ki", b / 1024))
+    } else {
+        Quantity(b.to_string())
+    }
+}
+
+fn milli_quantity(m: i64) -> Quantity {
+    let m = m.max(0);
+    if m % 1000 == 0 {
+        Quantity((m / 1000).to_string())
+    } else {
+        Quantity(format!("{m}m"))
+    }
+}
+
+fn reserved(cfg: &Config, name: &str) -> i64 {
+    [&cfg.kube_reserved, &cfg.system_reserved]
+        .iter()
+        .filter_map(|m| m.get(name))
+        .filter_map(|q| crate::resources::parse_milli(q).ok())
+        .map(|milli| milli as i64)
+        .sum()
+}
+
+/// A hard eviction threshold against `capacity` (a quantity or a percentage), in units.
+fn threshold(cfg: &Config, signal: &str, capacity: i64) -> i64 {
+    match cfg.eviction_hard.get(signal) {
+        None => 0,
+        Some(v) => match v.strip_suffix('%') {
+            Some(p) => (p.parse::<f64>().unwrap_or(0.0) / 100.0 * capacity as f64) as i64,
+            None => crate::resources::parse_milli(v)
+                .map(|m| (m / 1000) as i64)
+                .unwrap_or(0),
+        },
+    }
+}
+
+/// Capacity and allocatable (capacity - kubeReserved - systemReserved - hard eviction).
+pub fn capacity_and_allocatable(
+    cfg: &Config,
+    f: &NodeFacts,
+) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
+    let cpu_milli = f.cpus * 1000;
+    let mut capacity = BTreeMap::new();
+    capacity.insert("cpu".to_string(), milli_quantity(cpu_milli));
+    capacity.insert("memory".to_string(), bytes_quantity(f.memory_bytes));
+    capacity.insert("pods".to_string(), Quantity(f.pods.to_string()));
+    capacity.insert("ephemeral-storage".to_string(), bytes_quantity(f.fs_bytes));
+    capacity.insert("hugepages-1Gi".to_string(), Quantity("0".into()));
+    capacity.insert("hugepages-2Mi".to_string(), Quantity("0".into()));
+    let mut alloc = capacity.clone();
+    alloc.insert(
+        "cpu".into(),
+        milli_quantity(cpu_milli - reserved(cfg, "cpu")),
+    );
+    alloc.insert(
+        "memory".into(),
+        bytes_quantity(
+            f.memory_bytes
+                - reserved(cfg, "memory") / 1000
+                - threshold(cfg, "memory.available", f.memory_bytes),
+        ),
+    );
+    alloc.insert(
+        "ephemeral-storage".into(),
+        bytes_quantity(
+            f.fs_bytes
+                - reserved(cfg, "ephemeral-storage") / 1000
+                - threshold(cfg, "nodefs.available", f.fs_bytes),
+        ),
+    );
+    (capacity, alloc)
+}
+
+/// One condition, keeping its transition time while its status holds.
+fn condition(
+    previous: &[NodeCondition],
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) -> NodeCondition {
+    let status = if status { "True" } else { "False" };
+    let prev = previous.iter().find(|c| c.type_ == kind);
+    let last_transition_time = match prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Some(now.clone()),
+    };
+    NodeCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time,
+    }
+}
+
+/// The four conditions, worded as upstream.
+pub fn conditions(
+    cfg: &Config,
+    f: &NodeFacts,
+    previous: &[NodeCondition],
+    now: &Time,
+) -> Vec<NodeCondition> {
+    let mem_low = f.memory_available_bytes < threshold(cfg, "memory.available", f.memory_bytes);
+    let disk_low = f.fs_available_bytes < threshold(cfg, "nodefs.available", f.fs_bytes)
+        || (f.fs_inodes > 0 && f.fs_inodes_free < threshold(cfg, "nodefs.inodesFree", f.fs_inodes));
+    let pid_low = cfg.eviction_hard.contains_key("pid.available")
+        && f.pid_max - f.pids_running < threshold(cfg, "pid.available", f.pid_max);
+    let mut out = vec![
+        if mem_low {
+            condition(
+                previous,
+                "MemoryPressure",
+                true,
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+                now,
+            )
+        } else {
+            condition(
+                previous,
+                "MemoryPressure",
+                false,
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+                now,
+            )
+        },
+        if disk_low {
+            condition(
+                previous,
+                "DiskPressure",
+                true,
+                "KubeletHasDiskPressure",
+                "kubelet has disk pressure",
+                now,
+            )
+        } else {
+            condition(
+                previous,
+                "DiskPressure",
+                false,
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+                now,
+            )
+        },
+        if pid_low {
+            condition(
+                previous,
+                "PIDPressure",
+                true,
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+                now,
+            )
+        } else {
+            condition(
+                previous,
+                "PIDPressure",
+                false,
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+                now,
+            )
+        },
+    ];
+    out.push(match &f.runtime_ready {
+        Ok(()) => condition(
+            previous,
+            "Ready",
+            true,
+            "KubeletReady",
+            "kubelet is posting ready status",
+            now,
+        ),
+        Err(why) => condition(previous, "Ready", false, "KubeletNotReady", why, now),
+    });
+    out
+}
+
+/// The default labels and `--node-labels`.
+pub fn node_labels(cfg: &Config, hostname: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    labels.insert("kubernetes.io/hostname".to_string(), hostname.to_string());
+    labels.insert(
+        "kubernetes.io/os".to_string(),
+        std::env::consts::OS.to_string(),
+    );
+    labels.insert("kubernetes.io/arch".to_string(), go_arch().to_string());
+    labels.insert(
+        "beta.kubernetes.io/os".to_string(),
+        std::env::consts::OS.to_string(),
+    );
+    labels.insert("beta.kubernetes.io/arch".to_string(), go_arch().to_string());
+    for (k, v) in &cfg.node_labels {
+        labels.insert(k.clone(), v.clone());
+    }
+    labels
+}
+
+/// The node status from the facts; `previous` keeps the conditions' transition times.
+pub fn node_status(
+    cfg: &Config,
+    f: &NodeFacts,
+    previous: Option<&NodeStatus>,
+    now: &Time,
+) -> NodeStatus {
+    let (capacity, allocatable) = capacity_and_allocatable(cfg, f);
+    let prev_conditions = previous
+        .and_then(|p| p.conditions.clone())
+        .unwrap_or_default();
+    let mut addresses = Vec::new();
+    if let Some(ip) = f.internal_ip {
+        addresses.push(NodeAddress {
+            type_: "InternalIP".into(),
+            address: ip.to_string(),
+        });
+    }
+    addresses.push(NodeAddress {
+        type_: "Hostname".into(),
+        address: f.hostname.clone(),
+    });
+    NodeStatus {
+        addresses: Some(addresses),
+        allocatable: Some(allocatable),
+        capacity: Some(capacity),
+        conditions: Some(conditions(cfg, f, &prev_conditions, now)),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: f.port as i32,
+            }),
+        }),
+        images: Some(f.images.clone()),
+        node_info: Some(f.system.clone()),
+        ..Default::default()
+    }
+}
+
+/// The Node object a kubelet registers.
+pub fn initial_node(cfg: &Config, f: &NodeFacts, now: &Time) -> Node {
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
+        "true".to_string(),
+    );
+    Node {
+        metadata: ObjectMeta {
+            name: Some(f.node_name.clone()),
+            labels: Some(node_labels(cfg, &f.hostname)),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            taints: (!cfg.register_with_taints.is_empty())
+                .then(|| cfg.register_with_taints.clone()),
+            ..Default::default()
+        }),
+        status: Some(node_status(cfg, f, None, now)),
+    }
+}
+
+/// True when two statuses differ in more than the heartbeat times.
+pub fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = None;
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+/// The images as node status lists them: names (tags and digests) and size, largest first.
+pub fn node_images(images: &[nodus_proto::runtime::v1::Image]) -> Vec<ContainerImage> {
+    let mut v: Vec<ContainerImage> = images
+        .iter()
+        .map(|i| ContainerImage {
+            names: Some(
+                i.repo_digests
+                    .iter()
+                    .chain(i.repo_tags.iter())
+                    .cloned()
+                    .collect(),
+            ),
+            size_bytes: Some(i.size as i64),
+        })
+        .filter(|i| i.names.as_ref().is_some_and(|n| !n.is_empty()))
+        .collect();
+    v.sort_by_key(|i| std::cmp::Reverse(i.size_bytes));
+    v.truncate(MAX_IMAGES);
+    v
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn os_image() -> String {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn meminfo_kb(key: &str, text: &str) -> Option<i64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The machine's system info (nodeInfo) with the runtime's version.
+pub fn system_info(runtime_version: &str) -> NodeSystemInfo {
+    let uname = nix::sys::utsname::uname().ok();
+    NodeSystemInfo {
+        machine_id: read_trim("/etc/machine-id"),
+        system_uuid: read_trim("/sys/class/dmi/id/product_uuid"),
+        boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
+        kernel_version: uname
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        os_image: os_image(),
+        container_runtime_version: runtime_version.to_string(),
+        kubelet_version: KUBELET_VERSION.to_string(),
+        kube_proxy_version: String::new(),
+        operating_system: std::env::consts::OS.to_string(),
+        architecture: go_arch().to_string(),
+        ..Default::default()
+    }
+}
+
+/// The IPv4 address of the interface holding the default route, else the first global one.
+pub fn detect_internal_ip() -> Option<IpAddr> {
+    let default_if = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .skip(1)
+                .find(|l| l.split_whitespace().nth(1) == Some("00000000"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        });
+    let addrs: Vec<(String, IpAddr)> = nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|a| {
+            let ip = a.address?.as_sockaddr_in()?.ip();
+            Some((a.interface_name, IpAddr::V4(ip)))
+        })
+        .filter(|(_, ip)| !ip.is_loopback())
+        .collect();
+    default_if
+        .and_then(|name| addrs.iter().find(|(n, _)| *n == name).map(|(_, ip)| *ip))
+        .or_else(|| addrs.first().map(|(_, ip)| *ip))
+}
+
+/// Everything [`NodeFacts`] holds that the machine tells (not the runtime).
+fn machine_facts(cfg: &Config, root_dir: &std::path::Path) -> NodeFacts {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let (fs_bytes, fs_available_bytes, fs_inodes, fs_inodes_free) =
+        match nix::sys::statvfs::statvfs(root_dir) {
+            Ok(s) => (
+                (s.blocks() as i64).saturating_mul(s.fragment_size() as i64),
+                (s.blocks_available() as i64).saturating_mul(s.fragment_size() as i64),
+                s.files() as i64,
+                s.files_available() as i64,
+            ),
+            Err(_) => (0, 0, 0, 0),
+        };
+    let pids_running = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .count() as i64
+        })
+        .unwrap_or(0);
+    NodeFacts {
+        node_name: cfg.node_name.clone(),
+        hostname: cfg.node_name.clone(),
+        internal_ip: cfg.node_ip.or_else(detect_internal_ip),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as i64)
+            .unwrap_or(1),
+        memory_bytes: meminfo_kb("MemTotal:", &meminfo).unwrap_or(0) * 1024,
+        memory_available_bytes: meminfo_kb("MemAvailable:", &meminfo).unwrap_or(0) * 1024,
+        pods: cfg.max_pods,
+        fs_bytes,
+        fs_available_bytes,
+        fs_inodes,
+        fs_inodes_free,
+        pid_max: read_trim("/proc/sys/kernel/pid_max")
+            .parse()
+            .unwrap_or(32768),
+        pids_running,
+        port: cfg.port,
+        ..Default::default()
+    }
+}
+
+/// The node's allocatable cpu and memory (admission, resource references, OOM scores).
+pub fn allocatable(cfg: &Config) -> crate::resources::NodeAllocatable {
+    let f = machine_facts(cfg, &cfg.root_dir);
+    let cpu_milli = f.cpus * 1000 - reserved(cfg, "cpu");
+    let memory = f.memory_bytes
+        - reserved(cfg, "memory") / 1000
+        - threshold(cfg, "memory.available", f.memory_bytes);
+    crate::resources::NodeAllocatable {
+        cpu_milli: cpu_milli.max(0),
+        memory: memory.max(0),
+    }
+}
+
+/// The runtime's readiness as the Ready condition words it.
+pub fn runtime_readiness(
+    status: &Result<nodus_proto::runtime::v1::RuntimeStatus, String>,
+) -> Result<(), String> {
+    let st = match status {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(format!(
+                "container runtime is down, PLEG is not healthy: {e}"
+            ))
+        }
+    };
+    let cond = |name: &str| st.conditions.iter().find(|c| c.r#type == name);
+    match cond("RuntimeReady") {
+        Some(c) if c.status => {}
+        Some(c) => {
+            return Err(format!(
+                "container runtime not ready: RuntimeReady=false reason:{} message:{}",
+                c.reason, c.message
+            ))
+        }
+        None => return Err("container runtime status check may not have completed yet".into()),
+    }
+    match cond("NetworkReady") {
+        Some(c) if c.status => Ok(()),
+        Some(c) => Err(format!(
+            "container runtime network not ready: NetworkReady=false reason:{} message:{}",
+            c.reason, c.message
+        )),
+        None => Err("container runtime network not ready: NetworkReady is missing".into()),
+    }
+}
+
+/// The latest posted Node, shared with the kubelet (admission reads allocatable from it).
+#[derive(Debug, Clone, Default)]
+pub struct NodeShared {
+    inner: Arc<Mutex<Option<Node>>>,
+}
+
+impl NodeShared {
+    pub fn get(&self) -> Option<Node> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn set(&self, n: Node) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+    }
+}
+
+/// Registers the node and keeps its status current.
+pub struct NodeStatusManager {
+    pub client: kube::Client,
+    pub cfg: Config,
+    pub cri: Cri,
+    pub root_dir: PathBuf,
+    pub events: EventRecorder,
+    pub shared: NodeShared,
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+impl NodeStatusManager {
+    async fn facts(&self) -> NodeFacts {
+        let mut f = machine_facts(&self.cfg, &self.root_dir);
+        let version = self
+            .cri
+            .version()
+            .await
+            .map(|v| format!("{}://{}", v.runtime_name, v.runtime_version))
+            .unwrap_or_default();
+        f.system = system_info(&version);
+        f.images = self
+            .cri
+            .list_images()
+            .await
+            .map(|i| node_images(&i))
+            .unwrap_or_default();
+        f.runtime_ready = runtime_readiness(&self.cri.status().await.map_err(|e| e.to_string()));
+        f
+    }
+
+    /// Creates the Node, or takes over the existing one (labels reconciled, status ours).
+    async fn register(&self, api: &Api<Node>) -> Result<Node, ApiError> {
+        let facts = self.facts().await;
+        let node = initial_node(&self.cfg, &facts, &now());
+        match api.create(&PostParams::default(), &node).await {
+            Ok(n) => {
+                tracing::info!(node = %self.cfg.node_name, "successfully registered node");
+                self.events.event(
+                    node_reference(&self.cfg.node_name),
+                    NORMAL,
+                    "Starting",
+                    "Starting kubelet.".into(),
+                );
+                Ok(n)
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                if !e.is_already_exists() {
+                    return Err(e);
+                }
+                // The node was registered before: make sure the default labels are right.
+                let labels = node_labels(&self.cfg, &facts.hostname);
+                let patch = serde_json::json!({"metadata": {"labels": labels}});
+                let n = api
+                    .patch(
+                        &self.cfg.node_name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await?;
+                tracing::info!(node = %self.cfg.node_name, "node was previously registered");
+                Ok(n)
+            }
+        }
+    }
+
+    /// Runs forever: registration (retried with back-off), then the status loop.
+    pub async fn run(self) {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let mut delay = Duration::from_millis(100);
+        let mut node = if self.cfg.register_node {
+            loop {
+                match self.register(&api).await {
+                    Ok(n) => break n,
+                    Err(e) => {
+                        tracing::warn!(node = %self.cfg.node_name, error = %e, "unable to register node with API server, will retry");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(7));
+                    }
+                }
+            }
+        } else {
+            loop {
+                match api.get(&self.cfg.node_name).await {
+                    Ok(n) => break n,
+                    Err(e) => {
+                        tracing::warn!(node = %self.cfg.node_name, error = %e, "node not registered yet (--register-node=false), will retry");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(7));
+                    }
+                }
+            }
+        };
+        self.shared.set(node.clone());
+        let mut last_report: Option<Instant> = None;
+        let mut was_ready: Option<bool> = None;
+        loop {
+            let facts = self.facts().await;
+            let status = node_status(&self.cfg, &facts, node.status.as_ref(), &now());
+            let due =
+                last_report.is_none_or(|t| t.elapsed() >= self.cfg.node_status_report_frequency);
+            let changed = node
+                .status
+                .as_ref()
+                .is_none_or(|s| status_changed(s, &status));
+            if changed || due {
+                let patch = serde_json::json!({"status": status});
+                match api
+                    .patch_status(
+                        &self.cfg.node_name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await
+                {
+                    Ok(n) => {
+                        let ready = facts.runtime_ready.is_ok();
+                        if was_ready != Some(ready) {
+                            let reason = if ready { "NodeReady" } else { "NodeNotReady" };
+                            self.events.event(
+                                node_reference(&self.cfg.node_name),
+                                NORMAL,
+                                reason,
+                                format!("Node {} status is now: {reason}", self.cfg.node_name),
+                            );
+                            was_ready = Some(ready);
+                        }
+                        node = n;
+                        self.shared.set(node.clone());
+                        last_report = Some(Instant::now());
+                    }
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        tracing::warn!(node = %self.cfg.node_name, error = %e, "error updating node status, will retry");
+                        if e.is_not_found() && self.cfg.register_node {
+                            // Deleted behind our back: register again, as upstream.
+                            if let Ok(n) = self.register(&api).await {
+                                node = n;
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(self.cfg.node_status_update_frequency).await;
+        }
+    }
+}
+
+/// The taints a node registers with, for tests and logs.
+pub fn taints(node: &Node) -> Vec<Taint> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> NodeFacts {
+        NodeFacts {
+            node_name: "n1".into(),
+            hostname: "n1".into(),
+            internal_ip: Some("10.0.0.5".parse().unwrap()),
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            memory_available_bytes: 3 << 30,
+            pods: 110,
+            fs_bytes: 100 << 30,
+            fs_available_bytes: 50 << 30,
+            fs_inodes: 1000,
+            fs_inodes_free: 900,
+            pid_max: 32768,
+            pids_running: 100,
+            port: 10250,
+            runtime_ready: Ok(()),
+            ..Default::default()
+        }
+    }
+
+    fn t(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap())
+    }
+
+    #[test]
+    fn capacity_and_allocatable_subtract_reserved_and_eviction() {
+        let mut cfg = Config::default();
+        cfg.kube_reserved.insert("cpu".into(), "100m".into());
+        cfg.system_reserved.insert("cpu".into(), "150m".into());
+        cfg.kube_reserved.insert("memory".into(), "100Mi".into());
+        let (cap, alloc) = capacity_and_allocatable(&cfg, &facts());
+        assert_eq!(cap["cpu"].0, "2");
+        assert_eq!(cap["memory"].0, "4194304Ki");
+        assert_eq!(cap["pods"].0, "110");
+        assert_eq!(alloc["cpu"].0, "1750m");
+        // 4 GiB - 100Mi reserved - 100Mi hard eviction.
+        assert_eq!(
+            alloc["memory"].0,
+            format!("{}Ki", (4u64 << 20) - 200 * 1024)
+        );
+        // 10% of the filesystem is the nodefs.available threshold.
+        assert_eq!(
+            alloc["ephemeral-storage"].0,
+            format!("{}Ki", (100u64 << 20) * 9 / 10)
+        );
+    }
+
+    #[test]
+    fn conditions_as_upstream() {
+        let cfg = Config::default();
+        let cs = conditions(&cfg, &facts(), &[], &t(100));
+        let names: Vec<_> = cs.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            names,
+            ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
+        );
+        assert_eq!(cs[3].status, "True");
+        assert_eq!(cs[3].reason.as_deref(), Some("KubeletReady"));
+        assert_eq!(cs[0].reason.as_deref(), Some("KubeletHasSufficientMemory"));
+        // Memory below the 100Mi threshold, a runtime whose network is not ready.
+        let mut f = facts();
+        f.memory_available_bytes = 50 << 20;
+        f.runtime_ready = Err("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:cni plugin not initialized".into());
+        let cs2 = conditions(&cfg, &f, &cs, &t(200));
+        assert_eq!(cs2[0].status, "True");
+        assert_eq!(
+            cs2[0].reason.as_deref(),
+            Some("KubeletHasInsufficientMemory")
+        );
+        assert_eq!(cs2[3].status, "False");
+        assert_eq!(cs2[3].reason.as_deref(), Some("KubeletNotReady"));
+        assert!(cs2[3]
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("NetworkReady=false"));
+        // Transition times move only with the status; heartbeats always.
+        assert_eq!(cs2[3].last_transition_time, Some(t(200)));
+        assert_eq!(cs2[1].last_transition_time, Some(t(100)));
+        assert_eq!(cs2[1].last_heartbeat_time, Some(t(200)));
+    }
+
+    #[test]
+    fn heartbeat_alone_is_no_change() {
+        let cfg = Config::default();
+        let a = node_status(&cfg, &facts(), None, &t(100));
+        let b = node_status(&cfg, &facts(), Some(&a), &t(110));
+        assert!(!status_changed(&a, &b));
+        let mut f = facts();
+        f.runtime_ready = Err("down".into());
+        let c = node_status(&cfg, &f, Some(&a), &t(120));
+        assert!(status_changed(&a, &c));
+    }
+
+    #[test]
+    fn registered_node_has_labels_taints_addresses_and_endpoint() {
+        let mut cfg = Config::default();
+        cfg.node_labels
+            .insert("nodus.io/pool".into(), "blue".into());
+        cfg.register_with_taints = vec![Taint {
+            key: "dedicated".into(),
+            value: Some("x".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }];
+        let n = initial_node(&cfg, &facts(), &t(1));
+        let labels = n.metadata.labels.clone().unwrap();
+        assert_eq!(labels["kubernetes.io/hostname"], "n1");
+        assert_eq!(labels["kubernetes.io/os"], "linux");
+        assert_eq!(labels["kubernetes.io/arch"], go_arch());
+        assert_eq!(labels["nodus.io/pool"], "blue");
+        assert_eq!(taints(&n)[0].key, "dedicated");
+        let st = n.status.unwrap();
+        let addrs = st.addresses.unwrap();
+        assert_eq!(addrs[0].type_, "InternalIP");
+        assert_eq!(addrs[0].address, "10.0.0.5");
+        assert_eq!(addrs[1].type_, "Hostname");
+        assert_eq!(
+            st.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port,
+            10250
+        );
+    }
+
+    #[test]
+    fn runtime_readiness_words() {
+        use nodus_proto::runtime::v1::{RuntimeCondition, RuntimeStatus};
+        let c = |t: &str, s: bool| RuntimeCondition {
+            r#type: t.into(),
+            status: s,
+            reason: if s {
+                String::new()
+            } else {
+                "NetworkPluginNotReady".into()
+            },
+            message: if s {
+                String::new()
+            } else {
+                "cni plugin not initialized".into()
+            },
+        };
+        let ok = RuntimeStatus {
+            conditions: vec![c("RuntimeReady", true), c("NetworkReady", true)],
+        };
+        assert_eq!(runtime_readiness(&Ok(ok)), Ok(()));
+        let net = RuntimeStatus {
+            conditions: vec![c("RuntimeReady", true), c("NetworkReady", false)],
+        };
+        assert_eq!(
+            runtime_readiness(&Ok(net)).unwrap_err(),
+            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:cni plugin not initialized"
+        );
+        assert!(runtime_readiness(&Err("connection refused".into()))
+            .unwrap_err()
+            .contains("container runtime is down"));
+    }
+
+    #[test]
+    fn images_largest_first_and_capped() {
+        use nodus_proto::runtime::v1::Image;
+        let imgs: Vec<Image> = (0..60)
+            .map(|i| Image {
+                id: format!("sha256:{i}"),
+                repo_tags: vec![format!("img:{i}")],
+                size: i as u64,
+                ..Default::default()
+            })
+            .collect();
+        let v = node_images(&imgs);
+        assert_eq!(v.len(), MAX_IMAGES);
+        assert_eq!(v[0].size_bytes, Some(59));
+        assert_eq!(v[0].names.as_ref().unwrap()[0], "img:59");
+    }
+}

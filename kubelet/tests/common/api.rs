@@ -1,0 +1,193 @@
+//! A node in API-server mode for end-to-end tests: a real etcd and kube-apiserver
+//! (testkit's [`ControlPlane`]), containerd and our kubelet, all in the node's private
+//! network namespace. The test thread enters that namespace too, so run these tests on a
+//! current-thread runtime: every socket the test opens (kube client, kubectl) is there.
+//!
+//! The kubelet acts as `system:node:testnode` (Node authorizer + NodeRestriction); the test
+//! talks as a cluster admin. What kube-controller-manager would make (the `default`
+//! ServiceAccount, the `kube-root-ca.crt` configMap) the harness makes itself.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
+use nodus_testkit::ControlPlane;
+
+use super::{containerd_options, Node, NODE};
+
+pub struct ApiNode {
+    // Field order is drop order: the kubelet and containerd go before the control plane.
+    pub node: Node,
+    pub cp: ControlPlane,
+    pub client: kube::Client,
+    pub admin_kubeconfig: PathBuf,
+}
+
+/// The admin client for a kubeconfig.
+pub async fn client(kubeconfig: &std::path::Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kube config");
+    kube::Client::try_from(cfg).expect("kube client")
+}
+
+impl ApiNode {
+    /// None (after the SKIP line) when no kube-apiserver binary is configured.
+    pub async fn start(extra_config: &str, extra_args: &[&str]) -> Option<ApiNode> {
+        if nodus_testkit::apiserver::skip_without_apiserver() {
+            return None;
+        }
+        let mut opts = containerd_options();
+        opts.in_node_netns = true;
+        let ctrd = nodus_testkit::PrivateContainerd::start(opts)
+            .await
+            .expect("private containerd");
+        ctrd.node_netns()
+            .enter_current_thread()
+            .expect("enter the node netns");
+        let cp = ControlPlane::start().expect("control plane");
+        let admin_kubeconfig = cp.admin_kubeconfig().expect("admin kubeconfig");
+        let node_kubeconfig = cp.node_kubeconfig(NODE).expect("node kubeconfig");
+        let client = client(&admin_kubeconfig).await;
+        prepare_namespace(&client, "default", &cp.ca_pem()).await;
+        let mut args = vec![format!("--kubeconfig={}", node_kubeconfig.display())];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = Node::on(ctrd, extra_config, &args);
+        Some(ApiNode {
+            node,
+            cp,
+            client,
+            admin_kubeconfig,
+        })
+    }
+
+    pub fn pods(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// kubectl as the cluster admin; panics when there is no kubectl.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let bin = nodus_testkit::apiserver::kubectl_binary()
+            .expect("kubectl: run hack/kubectl.sh or set NODUS_KUBECTL");
+        std::process::Command::new(bin)
+            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// kubectl that must succeed; returns its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        if !out.status.success() {
+            self.fail(&format!(
+                "kubectl {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn fail(&self, msg: &str) -> ! {
+        self.node.fail(&format!(
+            "{msg}\n--- kube-apiserver log tail ---\n{}",
+            self.cp.log_tail("kube-apiserver", 15)
+        ))
+    }
+
+    /// Polls `f` until it returns Some, or fails with both logs after `timeout`.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            if std::time::Instant::now() > deadline {
+                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Creates a pod bound to the test node from YAML (nodeName is set here).
+    pub async fn create_pod(&self, ns: &str, yaml: &str) -> Pod {
+        let mut pod: Pod = serde_yaml::from_str(yaml).expect("pod yaml");
+        pod.spec.as_mut().expect("spec").node_name = Some(NODE.into());
+        self.pods(ns)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap_or_else(|e| self.fail(&format!("create pod: {e}")))
+    }
+
+    /// The pod once `f` holds for it.
+    pub async fn wait_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        f: impl Fn(&Pod) -> bool,
+    ) -> Pod {
+        let api = self.pods(ns);
+        self.wait_for(
+            &format!("pod {ns}/{name}: {what}"),
+            Duration::from_secs(90),
+            || {
+                let api = api.clone();
+                let f = &f;
+                async move { api.get_opt(name).await.ok().flatten().filter(|p| f(p)) }
+            },
+        )
+        .await
+    }
+}
+
+pub fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+pub fn condition(p: &Pod, kind: &str) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+}
+
+/// The `default` ServiceAccount and the `kube-root-ca.crt` configMap of a namespace.
+pub async fn prepare_namespace(client: &kube::Client, ns: &str, ca_pem: &str) {
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let mut account = ServiceAccount::default();
+    account.metadata.name = Some("default".into());
+    // The API server may be ready a moment before its admission chain is.
+    for attempt in 0..50 {
+        match sa.create(&PostParams::default(), &account).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.is_already_exists() => break,
+            Err(e) if attempt == 49 => panic!("create serviceaccount: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("kube-root-ca.crt".into());
+    cm.data = Some([("ca.crt".to_string(), ca_pem.to_string())].into());
+    match cms.create(&PostParams::default(), &cm).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+        Err(e) => panic!("create kube-root-ca.crt: {e}"),
+    }
+}
