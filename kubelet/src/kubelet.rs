@@ -147,25 +147,27 @@ impl Syncer {
     }
 
     /// The API objects the pod's volumes and env need (none without an API server), and
-    /// its mirror pod brought in line when it is a static pod.
-    async fn api_inputs(&self, pod: &Pod) -> PodObjects {
+    /// its mirror pod brought in line when it is a static pod; false when that must be
+    /// tried again soon (API server unreachable, node not registered yet).
+    async fn api_inputs(&self, pod: &Pod) -> (PodObjects, bool) {
         let Some(api) = &self.api else {
-            return PodObjects::default();
+            return (PodObjects::default(), true);
         };
         if !is_api_pod(pod) {
             let mirror = api.mirror_pods.get(&crate::pod_config::full_name(pod));
             let node_uid = api.node.get().and_then(|n| n.metadata.uid);
-            if let Err(e) = api
+            let synced = api
                 .mirror
                 .sync(pod, mirror.as_ref(), node_uid.as_deref())
-                .await
-            {
+                .await;
+            let done = synced.unwrap_or_else(|e| {
                 tracing::warn!(pod = %crate::pod_config::full_name(pod), error = %e, "failed syncing mirror pod");
-            }
-            return PodObjects::default();
+                false
+            });
+            return (PodObjects::default(), done);
         }
         api.objects.register_pod(pod);
-        api.objects.prefetch(pod).await
+        (api.objects.prefetch(pod).await, true)
     }
 
     async fn sync(&self, pod: &Pod) -> Duration {
@@ -188,7 +190,7 @@ impl Syncer {
                 .next(),
             crate::kuberuntime::pod_grace(pod),
         );
-        let objects = self.api_inputs(pod).await;
+        let (objects, api_done) = self.api_inputs(pod).await;
         if objects.api && !runtime_status.sandboxes.is_empty() {
             // configMap, secret and token updates reach running containers.
             let rt_fields = crate::envvars::RuntimeFields {
@@ -266,12 +268,17 @@ impl Syncer {
                 }
             }
         }
-        actions
+        let requeue = actions
             .backoff
             .iter()
             .map(|w| Duration::from_nanos(w.remaining.max(0) as u64))
             .min()
-            .unwrap_or(self.sync_frequency)
+            .unwrap_or(self.sync_frequency);
+        if api_done {
+            requeue
+        } else {
+            requeue.min(ERROR_REQUEUE)
+        }
     }
 }
 

@@ -82,6 +82,8 @@ pub fn mirror_pod_for(static_pod: &Pod, node_name: &str, node_uid: &str) -> Pod 
                 kind: "Node".into(),
                 name: node_name.to_string(),
                 uid: node_uid.to_string(),
+                // NodeRestriction admits a mirror pod only with its node as controller.
+                controller: Some(true),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -153,23 +155,23 @@ impl MirrorClient {
     }
 
     /// Brings the mirror pod of `static_pod` in line: deleted or stale ones are replaced.
+    /// Ok(false) while the node is not registered yet (nothing could be made).
     pub async fn sync(
         &self,
         static_pod: &Pod,
         mirror: Option<&Pod>,
         node_uid: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         if let Some(m) = mirror {
             if m.metadata.deletion_timestamp.is_none() && is_mirror_of(m, static_pod) {
-                return Ok(());
+                return Ok(true);
             }
             tracing::info!(pod = %full_name(static_pod), "mirror pod is stale or being deleted, recreating it");
             self.delete(m).await?;
         }
         match node_uid {
-            Some(uid) => self.create(static_pod, uid).await,
-            // Not registered yet: the next sync creates it.
-            None => Ok(()),
+            Some(uid) => self.create(static_pod, uid).await.map(|()| true),
+            None => Ok(false),
         }
     }
 }
@@ -197,6 +199,7 @@ mod tests {
             (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
             ("Node", "n1", "node-uid")
         );
+        assert_eq!(owner.controller, Some(true));
         assert_eq!(m.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
         // An edited manifest has a new hash: the mirror is stale.
         let text2 = text.replace("i:1", "i:2");

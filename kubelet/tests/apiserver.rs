@@ -295,3 +295,480 @@ async fn api_pod_runs_reports_status_and_is_deleted_gracefully() {
         });
     assert!(killing, "a Killing event");
 }
+
+/// Runs `cmd` in the pod's first running container through CRI ExecSync: (exit, stdout).
+async fn exec(n: &ApiNode, uid: &str, cmd: &[&str]) -> (i32, String) {
+    use nodus_proto::runtime::v1 as cri;
+    let mut rt = n.node.rt().await;
+    let list = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: [("io.kubernetes.pod.uid".to_string(), uid.to_string())].into(),
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    let Some(c) = list.first() else {
+        return (-1, String::new());
+    };
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: c.id.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn config_map_secret_and_token_reach_the_pod_and_follow_updates() {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::{Patch, PatchParams, PostParams};
+    let Some(n) = ApiNode::start("", &[]).await else {
+        return;
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(n.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(n.client.clone(), "default");
+    let cm: ConfigMap = serde_yaml::from_str(
+        "metadata: {name: app-config}\ndata: {greeting: hello, color: blue}\n",
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let sec: Secret =
+        serde_yaml::from_str("metadata: {name: app-secret}\nstringData: {password: hunter2}\n")
+            .unwrap();
+    secrets.create(&PostParams::default(), &sec).await.unwrap();
+    // The pod gets the service-account volume from the API server's admission (a projected
+    // token, kube-root-ca.crt and the namespace), as every pod of a real cluster does.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: consumer, namespace: default}}\nspec:\n  \
+         terminationGracePeriodSeconds: 2\n  volumes:\n  - {{name: cfg, configMap: {{name: app-config}}}}\n  \
+         - {{name: sec, secret: {{secretName: app-secret, defaultMode: 256}}}}\n  containers:\n  \
+         - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sleep, '3600']\n    \
+         envFrom: [{{configMapRef: {{name: app-config}}, prefix: CFG_}}]\n    env:\n    \
+         - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: app-secret, key: password}}}}}}\n    \
+         - {{name: MISSING, valueFrom: {{configMapKeyRef: {{name: app-config, key: nope, optional: true}}}}}}\n    \
+         volumeMounts:\n    - {{name: cfg, mountPath: /etc/app}}\n    - {{name: sec, mountPath: /etc/secret}}\n"
+    );
+    let pod = n.create_pod("default", &yaml).await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    n.wait_pod("default", "consumer", "Running", |p| phase(p) == "Running")
+        .await;
+    assert_eq!(
+        exec(&n, &uid, &["cat", "/etc/app/greeting"]).await,
+        (0, "hello".into())
+    );
+    assert_eq!(
+        exec(&n, &uid, &["cat", "/etc/secret/password"]).await,
+        (0, "hunter2".into())
+    );
+    let (_, mode) = exec(
+        &n,
+        &uid,
+        &["stat", "-L", "-c", "%a", "/etc/secret/password"],
+    )
+    .await;
+    assert_eq!(mode.trim(), "400");
+    let (_, env) = exec(&n, &uid, &["env"]).await;
+    for want in ["CFG_greeting=hello", "CFG_color=blue", "PASSWORD=hunter2"] {
+        assert!(env.lines().any(|l| l == want), "{want} in {env}");
+    }
+    assert!(!env.contains("MISSING="), "{env}");
+    // A volume cannot be written from the container.
+    let (code, _) = exec(&n, &uid, &["sh", "-c", "echo x > /etc/app/new"]).await;
+    assert_ne!(code, 0, "configMap volumes are read-only");
+
+    // The service-account token: a JWT the API server accepts as this pod's account.
+    let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let (code, token) = exec(&n, &uid, &["cat", &format!("{sa_dir}/token")]).await;
+    assert_eq!(code, 0);
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let (_, ca) = exec(&n, &uid, &["cat", &format!("{sa_dir}/ca.crt")]).await;
+    assert_eq!(ca, n.cp.ca_pem());
+    assert_eq!(
+        exec(&n, &uid, &["cat", &format!("{sa_dir}/namespace")])
+            .await
+            .1,
+        "default"
+    );
+    let reviews: Api<TokenReview> = Api::all(n.client.clone());
+    let review = reviews
+        .create(
+            &PostParams::default(),
+            &TokenReview {
+                spec: TokenReviewSpec {
+                    token: Some(token.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let st = review.status.unwrap();
+    assert_eq!(st.authenticated, Some(true), "{st:?}");
+    assert_eq!(
+        st.user.unwrap().username.as_deref(),
+        Some("system:serviceaccount:default:default")
+    );
+
+    // Updates reach the running container in place, through the ..data swap.
+    cms.patch(
+        "app-config",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"greeting": "bonjour"}})),
+    )
+    .await
+    .unwrap();
+    secrets
+        .patch(
+            "app-secret",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"password": "correct-horse"}})),
+        )
+        .await
+        .unwrap();
+    n.wait_for(
+        "the configMap update in the container",
+        Duration::from_secs(30),
+        || async {
+            (exec(&n, &uid, &["cat", "/etc/app/greeting"]).await.1 == "bonjour").then_some(())
+        },
+    )
+    .await;
+    n.wait_for(
+        "the secret update in the container",
+        Duration::from_secs(30),
+        || async {
+            (exec(&n, &uid, &["cat", "/etc/secret/password"]).await.1 == "correct-horse")
+                .then_some(())
+        },
+    )
+    .await;
+    let (_, link) = exec(&n, &uid, &["readlink", "/etc/app/greeting"]).await;
+    assert_eq!(link.trim(), "..data/greeting");
+    // The container that started before the update keeps its environment (as upstream).
+    let (_, env) = exec(&n, &uid, &["env"]).await;
+    assert!(env.lines().any(|l| l == "CFG_greeting=hello"), "{env}");
+
+    // Secrets live on a tmpfs, never on the node's disk.
+    let sec_dir = n
+        .node
+        .root_dir
+        .join("pods")
+        .join(&uid)
+        .join("volumes/kubernetes.io~secret/sec");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(sec_dir.to_str().unwrap())
+                && l.contains(" - tmpfs ")),
+        "{} is a tmpfs",
+        sec_dir.display()
+    );
+    n.pods("default")
+        .delete("consumer", &Default::default())
+        .await
+        .unwrap();
+    n.wait_for("consumer gone", Duration::from_secs(60), || async {
+        n.pods("default")
+            .get_opt("consumer")
+            .await
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    })
+    .await;
+    assert!(
+        !mounts_under(&n.node.root_dir),
+        "volume mounts left after the pod was deleted"
+    );
+}
+
+fn mounts_under(dir: &std::path::Path) -> bool {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn static_pod_gets_a_mirror_pod_that_is_recreated_and_removed() {
+    let Some(n) = ApiNode::start("", &[]).await else {
+        return;
+    };
+    n.node.write_manifest(
+        "static.yaml",
+        &common::pod_yaml("static-web", "Always", "echo up; sleep 3600"),
+    );
+    let name = format!("static-web-{NODE}");
+    let mirror = n
+        .wait_pod("default", &name, "the mirror pod Running", |p| {
+            phase(p) == "Running"
+        })
+        .await;
+    let ann = mirror.metadata.annotations.clone().unwrap();
+    let hash = ann["kubernetes.io/config.mirror"].clone();
+    assert_eq!(ann["kubernetes.io/config.hash"], hash);
+    assert_eq!(ann["kubernetes.io/config.source"], "file");
+    let owner = &mirror.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", NODE));
+    // The mirror's status is the static pod's: its container and the pod IP.
+    let st = mirror.status.clone().unwrap();
+    assert!(st.pod_ip.unwrap_or_default().starts_with("10.66.0."));
+    let cid = st.container_statuses.unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let running = n.node.wait_running("static-web", 1).await;
+    assert_eq!(cid, format!("containerd://{}", running[0].id));
+
+    // Deleted by a user: the kubelet puts it back; the static pod itself keeps running.
+    let first_uid = mirror.metadata.uid.clone().unwrap();
+    n.pods("default")
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
+    let again = n
+        .wait_pod("default", &name, "a new mirror pod", |p| {
+            p.metadata.uid.as_deref() != Some(first_uid.as_str())
+                && p.metadata.deletion_timestamp.is_none()
+        })
+        .await;
+    assert_eq!(
+        again.metadata.annotations.unwrap()["kubernetes.io/config.mirror"],
+        hash
+    );
+    let still = n.node.wait_running("static-web", 1).await;
+    assert_eq!(
+        still[0].id, running[0].id,
+        "the static pod was not restarted"
+    );
+
+    // The manifest goes: so does the mirror pod.
+    n.node.remove_manifest("static.yaml");
+    n.wait_for(
+        "the mirror pod removed",
+        Duration::from_secs(60),
+        || async {
+            n.pods("default")
+                .get_opt(&name)
+                .await
+                .ok()
+                .and_then(|p| p.is_none().then_some(()))
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn pods_keep_running_across_api_server_and_kubelet_restarts() {
+    let Some(mut n) = ApiNode::start("", &[]).await else {
+        return;
+    };
+    let yaml = |name: &str, script: &str, policy: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
+             restartPolicy: {policy}\n  terminationGracePeriodSeconds: 2\n  automountServiceAccountToken: false\n  \
+             containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, {script:?}]\n"
+        )
+    };
+    let long = n
+        .create_pod("default", &yaml("long", "sleep 3600", "Always"))
+        .await;
+    let long_uid = long.metadata.uid.clone().unwrap();
+    n.wait_pod("default", "long", "Running", |p| phase(p) == "Running")
+        .await;
+    let short = n
+        .create_pod("default", &yaml("short", "sleep 6; exit 0", "Never"))
+        .await;
+    let short_uid = short.metadata.uid.clone().unwrap();
+    n.wait_pod("default", "short", "Running", |p| phase(p) == "Running")
+        .await;
+    let before = running_ids(&n, &long_uid).await;
+    assert_eq!(before.len(), 1);
+
+    // The API server goes away; the pods do not. The short pod finishes meanwhile.
+    n.cp.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        running_ids(&n, &long_uid).await,
+        before,
+        "the long pod kept running"
+    );
+    assert!(n.node.kubelet_alive());
+    n.cp.restart_apiserver().expect("API server back");
+    // The kubelet catches up: the finished pod's status arrives, new pods are run.
+    n.wait_pod("default", "short", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
+    n.create_pod("default", &yaml("after", "sleep 3600", "Always"))
+        .await;
+    n.wait_pod("default", "after", "Running", |p| phase(p) == "Running")
+        .await;
+
+    // A kubelet restart restarts nothing.
+    let sandboxes_before = n.node.all_sandboxes().await.len();
+    n.node.stop_kubelet(false);
+    n.node.start_kubelet();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let nodes: Api<KubeNode> = Api::all(n.client.clone());
+    n.wait_for(
+        "node Ready after the restart",
+        Duration::from_secs(30),
+        || async {
+            let node = nodes.get_opt(NODE).await.ok().flatten()?;
+            node.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        running_ids(&n, &long_uid).await,
+        before,
+        "the long pod's container is the same"
+    );
+    assert_eq!(
+        n.node.all_sandboxes().await.len(),
+        sandboxes_before,
+        "no new sandbox"
+    );
+    let long = n.pods("default").get("long").await.unwrap();
+    let cs = &long.status.unwrap().container_statuses.unwrap()[0];
+    assert_eq!(cs.restart_count, 0);
+    let short = n.pods("default").get("short").await.unwrap();
+    assert_eq!(phase(&short), "Succeeded", "a finished pod stays finished");
+    assert!(
+        running_ids(&n, &short_uid).await.is_empty(),
+        "a finished pod is not started again"
+    );
+}
+
+async fn running_ids(n: &ApiNode, uid: &str) -> Vec<String> {
+    use nodus_proto::runtime::v1 as cri;
+    let mut rt = n.node.rt().await;
+    rt.list_containers(cri::ListContainersRequest {
+        filter: Some(cri::ContainerFilter {
+            label_selector: [("io.kubernetes.pod.uid".to_string(), uid.to_string())].into(),
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .containers
+    .into_iter()
+    .map(|c| c.id)
+    .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn admission_rejections_probes_and_back_off_become_events() {
+    use k8s_openapi::api::core::v1::Event;
+    let Some(n) = ApiNode::start("", &[]).await else {
+        return;
+    };
+    let big = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: too-big, namespace: default}}\nspec:\n  \
+         automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    \
+         command: [sleep, '3600']\n    resources: {{requests: {{cpu: '500'}}}}\n"
+    );
+    let big = n.create_pod("default", &big).await;
+    let p = n
+        .wait_pod("default", "too-big", "Failed", |p| phase(p) == "Failed")
+        .await;
+    let st = p.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("OutOfcpu"));
+    assert!(st
+        .message
+        .unwrap()
+        .starts_with("Pod was rejected: Node didn't have enough resource: cpu"));
+    let crashing = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: crashing, namespace: default}}\nspec:\n  \
+         terminationGracePeriodSeconds: 2\n  automountServiceAccountToken: false\n  containers:\n  \
+         - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, 'exit 3']\n  \
+         - name: probed\n    image: {BUSYBOX_IMAGE}\n    command: [sleep, '3600']\n    \
+         readinessProbe: {{exec: {{command: ['false']}}, periodSeconds: 1}}\n"
+    );
+    let crashing = n.create_pod("default", &crashing).await;
+    let events: Api<Event> = Api::namespaced(n.client.clone(), "default");
+    let want = [
+        (big.metadata.uid.clone().unwrap(), "OutOfcpu", "Warning"),
+        (crashing.metadata.uid.clone().unwrap(), "BackOff", "Warning"),
+        (
+            crashing.metadata.uid.clone().unwrap(),
+            "Unhealthy",
+            "Warning",
+        ),
+        (crashing.metadata.uid.clone().unwrap(), "Started", "Normal"),
+    ];
+    let found = n
+        .wait_for(
+            "OutOfcpu, BackOff, Unhealthy and Started events",
+            Duration::from_secs(90),
+            || {
+                let events = events.clone();
+                let want = want.clone();
+                async move {
+                    let list = events.list(&Default::default()).await.ok()?.items;
+                    let all = want.iter().all(|(uid, reason, kind)| {
+                        list.iter().any(|e| {
+                            e.involved_object.uid.as_deref() == Some(uid.as_str())
+                                && e.reason.as_deref() == Some(*reason)
+                                && e.type_.as_deref() == Some(*kind)
+                        })
+                    });
+                    all.then_some(list)
+                }
+            },
+        )
+        .await;
+    let unhealthy = found
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Unhealthy"))
+        .unwrap();
+    assert!(
+        unhealthy
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("Readiness probe failed"),
+        "{unhealthy:?}"
+    );
+    assert_eq!(
+        unhealthy.source.as_ref().unwrap().host.as_deref(),
+        Some(NODE)
+    );
+    assert_eq!(
+        unhealthy.involved_object.field_path.as_deref(),
+        Some("spec.containers{probed}")
+    );
+    // Repeated failures fold into one event with a count, as upstream's correlator does.
+    n.wait_for(
+        "the Unhealthy event counted up",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&Default::default()).await.ok()?.items;
+            list.iter()
+                .any(|e| e.reason.as_deref() == Some("Unhealthy") && e.count.unwrap_or(0) >= 3)
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -302,6 +302,8 @@ impl ControlPlane {
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
+            // Endpoints may not be loopback addresses, and no Service traffic flows here.
+            "--endpoint-reconciler-type=none".into(),
             format!("--secure-port={}", self.port),
             format!("--cert-dir={d}/certs"),
             format!("--tls-cert-file={d}/apiserver.crt"),
