@@ -9,19 +9,24 @@
 #                 /etc/systemd/system/kubelet.service + kubelet.service.d/10-nodus.conf
 #   images        /usr/local/share/nodus/images/*.tar, imported by nodus-images.service
 #   --demo        the example static pods (hack/deploy/manifests) in /etc/kubernetes/manifests
+#   --kubeconfig  joins a cluster: FILE becomes /etc/kubernetes/kubelet.conf (0600) and the
+#                 drop-in 20-kubeconfig.conf passes --kubeconfig to the kubelet (as kubeadm)
 # With systemd running, enables and starts containerd, nodus-images and kubelet.
 #
 # usage: hack/install.sh [--root DIR] [--no-build] [--bin-dir target/release] [--demo]
+#                        [--kubeconfig FILE]
 #   --root DIR     install into DIR (an image being built); enables units there, starts nothing
 #   --no-build     use the binaries in --bin-dir and the images in build/images as they are
 #   --bin-dir DIR  where the binaries are (default target/release)
 #   --demo         also install the example static pods
+#   --kubeconfig   the node's kubeconfig (client certificate of system:node:<name>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 root=""
 build=1
 demo=0
+kubeconfig=""
 bin_dir=target/release
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,6 +34,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift 2 ;;
     --demo) demo=1; shift ;;
+    --kubeconfig) kubeconfig="${2:?--kubeconfig needs a file}"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "install: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -36,6 +42,7 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "install: run as root" >&2; exit 1; }
 
 runtime_bin="$bin_dir/nodus-runtime"
+kubelet_bin="$bin_dir/kubelet"
 if [ "$build" = 1 ]; then
   [ -z "$root" ] && bash hack/install-deps.sh
   cargo build --release --locked --bins
@@ -47,8 +54,13 @@ if [ "$build" = 1 ]; then
   RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --profile lean --locked --target "$triple" -p nodus-shim --bin nodus-runtime
   runtime_bin="${CARGO_TARGET_DIR:-target}/$triple/lean/nodus-runtime"
+  # The kubelet's resident size is mostly its code: profile `node` (size-optimized, LTO).
+  cargo build --profile node --locked -p nodus-kubelet --bin kubelet
+  kubelet_bin="${CARGO_TARGET_DIR:-target}/node/kubelet"
 fi
-for b in kubelet containerd-shim-nodus-v2 nodus-bridge; do
+[ -x "$kubelet_bin" ] || { echo "install: $kubelet_bin missing (build first)" >&2; exit 1; }
+[ -z "$kubeconfig" ] || [ -f "$kubeconfig" ] || { echo "install: --kubeconfig $kubeconfig: no such file" >&2; exit 1; }
+for b in containerd-shim-nodus-v2 nodus-bridge; do
   [ -x "$bin_dir/$b" ] || { echo "install: $bin_dir/$b missing (build first)" >&2; exit 1; }
 done
 [ -x "$runtime_bin" ] || { echo "install: $runtime_bin missing (build first)" >&2; exit 1; }
@@ -71,7 +83,7 @@ put() {
 install -d "$r/usr/local/bin" "$r/opt/cni/bin" "$r/etc/cni/net.d" "$r/etc/containerd" \
   "$r/var/lib/kubelet" "$r/etc/kubernetes/manifests" "$r/etc/systemd/system/kubelet.service.d" \
   "$r/usr/local/share/nodus/images" "$r/var/log/pods"
-put 0755 "$bin_dir/kubelet" "$r/usr/local/bin/kubelet" kubelet
+put 0755 "$kubelet_bin" "$r/usr/local/bin/kubelet" kubelet
 put 0755 "$runtime_bin" "$r/usr/local/bin/nodus-runtime"
 put 0755 "$bin_dir/containerd-shim-nodus-v2" "$r/usr/local/bin/containerd-shim-nodus-v2"
 put 0755 "$bin_dir/nodus-bridge" "$r/opt/cni/bin/nodus-bridge"
@@ -91,6 +103,10 @@ put 0644 hack/deploy/containerd-config.toml "$cfg" containerd
 [ -f "$r/var/lib/kubelet/config.yaml" ] || { install -m 0644 hack/deploy/kubelet-config.yaml "$r/var/lib/kubelet/config.yaml"; changed_kubelet=1; }
 put 0644 hack/deploy/kubelet.service "$r/etc/systemd/system/kubelet.service" units
 put 0644 hack/deploy/kubelet.service.d/10-nodus.conf "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf" units
+if [ -n "$kubeconfig" ]; then
+  put 0600 "$kubeconfig" "$r/etc/kubernetes/kubelet.conf" kubelet
+  put 0644 hack/deploy/kubelet.service.d/20-kubeconfig.conf "$r/etc/systemd/system/kubelet.service.d/20-kubeconfig.conf" units
+fi
 put 0644 hack/deploy/nodus-images.service "$r/etc/systemd/system/nodus-images.service" units
 for i in pause busybox; do
   put 0644 "build/images/$i.tar" "$r/usr/local/share/nodus/images/$i.tar" images

@@ -16,6 +16,13 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "a real control plane for the API-server tests (kube-apiserver 1.20.2 from Debian's source, kubectl)"
+# Built once into build/ (about 5 minutes the first time); a binary given by the caller wins.
+NODUS_KUBE_APISERVER=${NODUS_KUBE_APISERVER:-$(bash hack/kube-apiserver.sh)}
+NODUS_KUBECTL=${NODUS_KUBECTL:-$(bash hack/kubectl.sh)}
+export NODUS_KUBE_APISERVER NODUS_KUBECTL
+"$NODUS_KUBE_APISERVER" --version
+
 step "cargo test (unit + host integration)"
 # Integration tests of one crate use the binaries of others (nodus-bridge, nodus-runtime,
 # kubelet): build them all first.

@@ -260,9 +260,10 @@ impl Syncer {
                             }
                         }
                     }
+                    // Show what changed (started containers, a failure) at once rather
+                    // than after the next PLEG relist.
+                    self.refresh_status(pod, &uid, &actions.backoff).await;
                     if failed {
-                        // Show the failure at once rather than at the next sync.
-                        self.refresh_status(pod, &uid, &actions.backoff).await;
                         return ERROR_REQUEUE;
                     }
                 }

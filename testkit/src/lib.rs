@@ -77,7 +77,8 @@ pub fn bin_path(name: &str) -> PathBuf {
                 .and_then(Path::parent)
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         })
-        .filter(|p| p == "debug" || p == "release")
+        // debug, release, or a custom profile such as `node` (the benchmarks).
+        .filter(|p| target.join(p).join(name).exists())
         .unwrap_or_else(|| "debug".into());
     target.join(profile).join(name)
 }
