@@ -589,7 +589,7 @@ impl Kubelet {
                         for uid in api.objects.users(&key) {
                             if let Some(pod) = pods.get(&uid) {
                                 if workers.state(&uid) == Some(WorkerState::Syncing) {
-                                    workers.update_pod(&uid, Work::Sync(pod));
+                                    request_sync(&mut workers, &uid, pod);
                                 }
                             }
                         }
@@ -597,16 +597,12 @@ impl Kubelet {
                 }
                 Some(uid) = self.probe_rx.recv() => {
                     if let Some(pod) = pods.get(&uid) {
-                        if workers.state(&uid) != Some(WorkerState::Terminating) {
-                            workers.update_pod(&uid, Work::Sync(pod));
-                        }
+                        request_sync(&mut workers, &uid, pod);
                     }
                 }
                 Some(ev) = pleg_rx.recv() => {
                     if let Some(pod) = pods.get(&ev.uid) {
-                        if workers.state(&ev.uid) != Some(WorkerState::Terminating) {
-                            workers.update_pod(&ev.uid, Work::Sync(pod));
-                        }
+                        request_sync(&mut workers, &ev.uid, pod);
                     }
                 }
                 Some(res) = res_rx.recv() => match res {
@@ -629,7 +625,7 @@ impl Kubelet {
                             // Re-added while it was being torn down: start it again.
                             Some(pod) => {
                                 tracing::info!(%uid, "pod was added again while terminating, starting it again");
-                                workers.update_pod(&uid, Work::Sync(pod));
+                                request_sync(&mut workers, &uid, pod);
                             }
                             None => self.shared.status.remove(&uid),
                         }
@@ -641,7 +637,7 @@ impl Kubelet {
                     for uid in due {
                         queue.remove(&uid);
                         if let Some(pod) = pods.get(&uid) {
-                            workers.update_pod(&uid, Work::Sync(pod));
+                            request_sync(&mut workers, &uid, pod);
                         }
                     }
                 }
@@ -726,6 +722,21 @@ impl Admission {
         }
         Ok(())
     }
+}
+
+/// Hands a sync to the pod's worker, unless the pod must not run again: it is being deleted
+/// through the API (its worker terminates it; a sync after that would start it anew before
+/// the object is gone), its worker is terminating, or it is an API pod that had finished
+/// before this kubelet started.
+fn request_sync(workers: &mut PodWorkers<Syncer>, uid: &str, pod: Arc<Pod>) {
+    let state = workers.state(uid);
+    if pod.metadata.deletion_timestamp.is_some()
+        || state == Some(WorkerState::Terminating)
+        || (state.is_none() && is_terminal_api_pod(&pod))
+    {
+        return;
+    }
+    workers.update_pod(uid, Work::Sync(pod));
 }
 
 /// Removes the mirror pods whose static pods are gone (upstream's housekeeping).

@@ -283,6 +283,18 @@ async fn api_pod_runs_reports_status_and_is_deleted_gracefully() {
         },
     )
     .await;
+    // And none comes back: PLEG events of the removed containers must not restart a pod
+    // whose deletion the kubelet finished.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = n
+            .node
+            .all_sandboxes()
+            .await
+            .into_iter()
+            .any(|s| s.metadata.as_ref().is_some_and(|m| m.uid == uid));
+        assert!(!again, "a sandbox of the deleted pod came back");
+    }
     let killing = events
         .list(&Default::default())
         .await
