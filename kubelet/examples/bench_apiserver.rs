@@ -76,7 +76,11 @@ fn pod_yaml(name: &str) -> String {
 /// When each pod (by name) was first seen Running by the watch.
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
-async fn wait_running(seen: &Seen, names: &[String], timeout: Duration) -> Result<HashMap<String, Instant>> {
+async fn wait_running(
+    seen: &Seen,
+    names: &[String],
+    timeout: Duration,
+) -> Result<HashMap<String, Instant>> {
     let deadline = Instant::now() + timeout;
     loop {
         {
@@ -108,8 +112,14 @@ async fn wait_gone(pods: &Api<Pod>, timeout: Duration) -> Result<()> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let burst: usize = std::env::var("BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let burst: usize = std::env::var("BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let ctrd = PrivateContainerd::start(ContainerdOptions {
         cni: Cni::NodusBridge {
             subnet: "10.67.0.0/16".into(),
@@ -125,7 +135,9 @@ async fn main() -> Result<()> {
     let admin = cp.admin_kubeconfig()?;
     let node_kc = cp.node_kubeconfig(NODE)?;
     let kc = kube::config::Kubeconfig::read_from(&admin)?;
-    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?,
+    )?;
     let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
     let mut account = ServiceAccount::default();
     account.metadata.name = Some("default".into());
@@ -139,13 +151,19 @@ async fn main() -> Result<()> {
     let manifests = ctrd.dir().join("manifests");
     std::fs::create_dir_all(&manifests)?;
     let config = ctrd.dir().join("kubelet.yaml");
-    std::fs::write(&config, ctrd.kubelet_config(&manifests, "healthzPort: 0\nmaxPods: 200\n"))?;
+    std::fs::write(
+        &config,
+        ctrd.kubelet_config(&manifests, "healthzPort: 0\nmaxPods: 200\n"),
+    )?;
     let kubelet_bin = nodus_testkit::bin_path("kubelet");
     let log = std::fs::File::create(ctrd.dir().join("kubelet.log"))?;
     let kubelet = KillOnDrop(
         Command::new(&kubelet_bin)
             .arg(format!("--config={}", config.display()))
-            .arg(format!("--root-dir={}", ctrd.dir().join("kubelet").display()))
+            .arg(format!(
+                "--root-dir={}",
+                ctrd.dir().join("kubelet").display()
+            ))
             .arg(format!("--hostname-override={NODE}"))
             .arg(format!("--kubeconfig={}", node_kc.display()))
             .stdin(Stdio::null())
@@ -164,9 +182,13 @@ async fn main() -> Result<()> {
             tokio::pin!(stream);
             while let Some(Ok(ev)) = stream.next().await {
                 if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
-                    let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                    let running =
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                     if let (true, Some(name)) = (running, p.metadata.name.clone()) {
-                        seen.lock().unwrap().entry(name).or_insert_with(Instant::now);
+                        seen.lock()
+                            .unwrap()
+                            .entry(name)
+                            .or_insert_with(Instant::now);
                     }
                 }
             }
@@ -222,7 +244,12 @@ async fn main() -> Result<()> {
         let name = format!("static-{i}");
         let t0 = write_static(&name)?;
         let mirror = format!("{name}-{NODE}");
-        let at = wait_running(&seen, std::slice::from_ref(&mirror), Duration::from_secs(60)).await?;
+        let at = wait_running(
+            &seen,
+            std::slice::from_ref(&mirror),
+            Duration::from_secs(60),
+        )
+        .await?;
         static1.push((at[&mirror] - t0).as_secs_f64() * 1e3);
         std::fs::remove_file(manifests.join(format!("{name}.yaml")))?;
         wait_gone(&pods, Duration::from_secs(60)).await?;
@@ -236,7 +263,10 @@ async fn main() -> Result<()> {
         t0s.insert(n.clone(), t?);
     }
     let at = wait_running(&seen, &names, Duration::from_secs(300)).await?;
-    let mut api_burst: Vec<f64> = names.iter().map(|n| (at[n] - t0s[n]).as_secs_f64() * 1e3).collect();
+    let mut api_burst: Vec<f64> = names
+        .iter()
+        .map(|n| (at[n] - t0s[n]).as_secs_f64() * 1e3)
+        .collect();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_api = rss(kubelet.0.id());
     delete_all(names).await?;
@@ -249,8 +279,10 @@ async fn main() -> Result<()> {
     }
     let mirrors: Vec<String> = names.iter().map(|n| format!("{n}-{NODE}")).collect();
     let at = wait_running(&seen, &mirrors, Duration::from_secs(300)).await?;
-    let mut static_burst: Vec<f64> =
-        mirrors.iter().map(|n| (at[n] - t0s[n]).as_secs_f64() * 1e3).collect();
+    let mut static_burst: Vec<f64> = mirrors
+        .iter()
+        .map(|n| (at[n] - t0s[n]).as_secs_f64() * 1e3)
+        .collect();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_static = rss(kubelet.0.id());
     for n in &names {
@@ -262,12 +294,35 @@ async fn main() -> Result<()> {
     let (s50, s99) = (pct(&mut static1, 50.0), pct(&mut static1, 99.0));
     let (ab50, ab99) = (pct(&mut api_burst, 50.0), pct(&mut api_burst, 99.0));
     let (sb50, sb99) = (pct(&mut static_burst, 50.0), pct(&mut static_burst, 99.0));
-    println!("pod request -> phase Running seen by an API watch, ms (kube-apiserver {})", cp.minor);
+    println!(
+        "pod request -> phase Running seen by an API watch, ms (kube-apiserver {})",
+        cp.minor
+    );
     println!("{:<34}{:>10}{:>10}", "", "p50", "p99");
-    println!("{:<34}{:>10.1}{:>10.1}", format!("static pod (mirror), 1 pod (n={runs})"), s50, s99);
-    println!("{:<34}{:>10.1}{:>10.1}", format!("API pod, 1 pod (n={runs})"), a50, a99);
-    println!("{:<34}{:>10.1}{:>10.1}", format!("static pods, burst of {burst}"), sb50, sb99);
-    println!("{:<34}{:>10.1}{:>10.1}", format!("API pods, burst of {burst}"), ab50, ab99);
+    println!(
+        "{:<34}{:>10.1}{:>10.1}",
+        format!("static pod (mirror), 1 pod (n={runs})"),
+        s50,
+        s99
+    );
+    println!(
+        "{:<34}{:>10.1}{:>10.1}",
+        format!("API pod, 1 pod (n={runs})"),
+        a50,
+        a99
+    );
+    println!(
+        "{:<34}{:>10.1}{:>10.1}",
+        format!("static pods, burst of {burst}"),
+        sb50,
+        sb99
+    );
+    println!(
+        "{:<34}{:>10.1}{:>10.1}",
+        format!("API pods, burst of {burst}"),
+        ab50,
+        ab99
+    );
     println!("ratio static/api, 1 pod p50: {:.2}", s50 / a50);
     println!("ratio static/api, burst p99: {:.2}", sb99 / ab99);
     println!("kubelet RSS with {burst} API pods: {rss_api} (target < 25 MiB)");
