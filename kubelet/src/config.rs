@@ -122,6 +122,108 @@ pub struct Flags {
     /// How often the node status is computed (nodeStatusUpdateFrequency).
     #[arg(long = "node-status-update-frequency")]
     pub node_status_update_frequency: Option<String>,
+    /// The authenticated HTTPS port (port), 0 disables it.
+    #[arg(long = "port")]
+    pub port: Option<u16>,
+    /// Serving certificate of the authenticated port (tlsCertFile).
+    #[arg(long = "tls-cert-file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (tlsPrivateKeyFile).
+    #[arg(long = "tls-private-key-file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Where the self-signed serving certificate is kept when none is given.
+    #[arg(long = "cert-dir")]
+    pub cert_dir: Option<PathBuf>,
+    /// CA bundle that client certificates are verified against (authentication.x509.clientCAFile).
+    #[arg(long = "client-ca-file")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Allow anonymous requests (authentication.anonymous.enabled).
+    #[arg(long = "anonymous-auth", num_args = 0..=1, default_missing_value = "true")]
+    pub anonymous_auth: Option<bool>,
+    /// Bearer tokens through TokenReview (authentication.webhook.enabled).
+    #[arg(long = "authentication-token-webhook", num_args = 0..=1, default_missing_value = "true")]
+    pub authentication_token_webhook: Option<bool>,
+    /// AlwaysAllow or Webhook (authorization.mode).
+    #[arg(long = "authorization-mode")]
+    pub authorization_mode: Option<String>,
+    /// Minimum TLS version: VersionTLS12 or VersionTLS13 (tlsMinVersion).
+    #[arg(long = "tls-min-version")]
+    pub tls_min_version: Option<String>,
+    /// Comma-separated cipher suites, Go names (tlsCipherSuites).
+    #[arg(long = "tls-cipher-suites")]
+    pub tls_cipher_suites: Option<String>,
+}
+
+/// `authentication` of a KubeletConfiguration.
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthenticationConfig {
+    pub x509: Option<X509Authentication>,
+    pub webhook: Option<WebhookAuthentication>,
+    pub anonymous: Option<AnonymousAuthentication>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct X509Authentication {
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookAuthentication {
+    pub enabled: Option<bool>,
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnonymousAuthentication {
+    pub enabled: Option<bool>,
+}
+
+/// `authorization` of a KubeletConfiguration.
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationConfig {
+    pub mode: Option<String>,
+    pub webhook: Option<WebhookAuthorization>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookAuthorization {
+    #[serde(rename = "cacheAuthorizedTTL")]
+    pub cache_authorized_ttl: Option<String>,
+    #[serde(rename = "cacheUnauthorizedTTL")]
+    pub cache_unauthorized_ttl: Option<String>,
+}
+
+/// How the authenticated port decides who may do what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    AlwaysAllow,
+    Webhook,
+}
+
+/// The resolved settings of the authenticated port.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Where the self-signed certificate lives when no file is given.
+    pub cert_dir: PathBuf,
+    pub min_version: Option<String>,
+    pub cipher_suites: Vec<String>,
+    pub client_ca_file: Option<PathBuf>,
+    pub anonymous: bool,
+    pub webhook_authn: bool,
+    pub webhook_authn_ttl: Duration,
+    pub authorization: AuthorizationMode,
+    pub authz_allowed_ttl: Duration,
+    pub authz_denied_ttl: Duration,
 }
 
 /// The `KubeletConfiguration` file, as far as this kubelet understands it. Unknown fields
@@ -166,6 +268,14 @@ pub struct KubeletConfiguration {
     pub node_status_report_frequency: Option<String>,
     pub node_lease_duration_seconds: Option<i64>,
     pub max_pods_per_core: Option<i64>,
+    pub authentication: Option<AuthenticationConfig>,
+    pub authorization: Option<AuthorizationConfig>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    pub tls_min_version: Option<String>,
+    pub tls_cipher_suites: Option<Vec<String>>,
+    pub enable_system_log_handler: Option<bool>,
+    pub enable_debugging_handlers: Option<bool>,
 }
 
 impl KubeletConfiguration {
@@ -208,7 +318,7 @@ pub struct Config {
     pub healthz_port: u16,
     pub healthz_bind_address: IpAddr,
     pub address: IpAddr,
-    /// The authenticated kubelet port; recorded, not served (no API server yet).
+    /// The authenticated kubelet API (HTTPS, default 10250; 0 disables it).
     pub port: u16,
     pub root_dir: PathBuf,
     pub node_name: String,
@@ -249,6 +359,12 @@ pub struct Config {
     pub node_status_report_frequency: Duration,
     /// The node Lease's duration (default 40 s; renewed every quarter of it).
     pub node_lease_duration_seconds: i32,
+    /// The authenticated port's TLS, authentication and authorization.
+    pub server: ServerTls,
+    /// `/logs/`: the node's log files (default off here; upstream defaults on).
+    pub enable_system_log_handler: bool,
+    /// exec, attach, portForward, containerLogs, run (default on, as upstream).
+    pub enable_debugging_handlers: bool,
 }
 
 /// Upstream's default hard eviction thresholds.
@@ -303,6 +419,22 @@ impl Default for Config {
             node_status_update_frequency: Duration::from_secs(10),
             node_status_report_frequency: Duration::from_secs(300),
             node_lease_duration_seconds: 40,
+            server: ServerTls {
+                cert_file: None,
+                key_file: None,
+                cert_dir: "/var/lib/kubelet/pki".into(),
+                min_version: None,
+                cipher_suites: Vec::new(),
+                client_ca_file: None,
+                anonymous: false,
+                webhook_authn: false,
+                webhook_authn_ttl: Duration::from_secs(120),
+                authorization: AuthorizationMode::AlwaysAllow,
+                authz_allowed_ttl: Duration::from_secs(300),
+                authz_denied_ttl: Duration::from_secs(30),
+            },
+            enable_system_log_handler: false,
+            enable_debugging_handlers: true,
         }
     }
 }
@@ -437,6 +569,43 @@ fn check_eviction(
         }
     }
     Ok(())
+}
+
+fn authorization_mode(field: &str, v: &str) -> Result<AuthorizationMode, ConfigError> {
+    match v {
+        "AlwaysAllow" => Ok(AuthorizationMode::AlwaysAllow),
+        "Webhook" => Ok(AuthorizationMode::Webhook),
+        _ => Err(invalid(field, v, "supported values: AlwaysAllow, Webhook")),
+    }
+}
+
+fn check_tls_version(field: &str, v: &str) -> Result<String, ConfigError> {
+    match v {
+        "VersionTLS12" | "VersionTLS13" => Ok(v.to_string()),
+        "VersionTLS10" | "VersionTLS11" => Err(invalid(
+            field,
+            v,
+            "TLS 1.0 and 1.1 are not supported (rustls); use VersionTLS12 or VersionTLS13",
+        )),
+        _ => Err(invalid(
+            field,
+            v,
+            "supported values: VersionTLS12, VersionTLS13",
+        )),
+    }
+}
+
+fn check_cipher_suites(field: &str, v: &[String]) -> Result<Vec<String>, ConfigError> {
+    for s in v {
+        if crate::server::tls::cipher_suite(s).is_none() {
+            return Err(invalid(
+                field,
+                s,
+                "not a supported cipher suite (the AEAD suites: TLS_ECDHE_{ECDSA,RSA}_WITH_AES_{128,256}_GCM_SHA{256,384}, TLS_ECDHE_*_WITH_CHACHA20_POLY1305_SHA256, TLS_AES_*, TLS_CHACHA20_POLY1305_SHA256)",
+            ));
+        }
+    }
+    Ok(v.to_vec())
 }
 
 fn check_cgroup_driver(field: &str, value: &str) -> Result<(), ConfigError> {
@@ -668,7 +837,90 @@ impl Config {
             }
         }
 
+        if let Some(a) = &file.authentication {
+            if let Some(p) = a.x509.as_ref().and_then(|x| x.client_ca_file.clone()) {
+                c.server.client_ca_file = Some(p);
+            }
+            if let Some(w) = &a.webhook {
+                if let Some(e) = w.enabled {
+                    c.server.webhook_authn = e;
+                }
+                if let Some(t) = &w.cache_ttl {
+                    c.server.webhook_authn_ttl =
+                        parse_duration("authentication.webhook.cacheTTL", t)?;
+                }
+            }
+            if let Some(e) = a.anonymous.as_ref().and_then(|x| x.enabled) {
+                c.server.anonymous = e;
+            }
+        }
+        if let Some(a) = &file.authorization {
+            if let Some(m) = &a.mode {
+                c.server.authorization = authorization_mode("authorization.mode", m)?;
+            }
+            if let Some(w) = &a.webhook {
+                if let Some(t) = &w.cache_authorized_ttl {
+                    c.server.authz_allowed_ttl =
+                        parse_duration("authorization.webhook.cacheAuthorizedTTL", t)?;
+                }
+                if let Some(t) = &w.cache_unauthorized_ttl {
+                    c.server.authz_denied_ttl =
+                        parse_duration("authorization.webhook.cacheUnauthorizedTTL", t)?;
+                }
+            }
+        }
+        if let Some(v) = &file.tls_cert_file {
+            c.server.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &file.tls_private_key_file {
+            c.server.key_file = Some(v.clone());
+        }
+        if let Some(v) = &file.tls_min_version {
+            c.server.min_version = Some(check_tls_version("tlsMinVersion", v)?);
+        }
+        if let Some(v) = &file.tls_cipher_suites {
+            c.server.cipher_suites = check_cipher_suites("tlsCipherSuites", v)?;
+        }
+        if let Some(v) = file.enable_system_log_handler {
+            c.enable_system_log_handler = v;
+        }
+        if let Some(v) = file.enable_debugging_handlers {
+            c.enable_debugging_handlers = v;
+        }
+
         // Flags override the file.
+        if let Some(v) = flags.port {
+            c.port = v;
+        }
+        if let Some(v) = &flags.tls_cert_file {
+            c.server.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_private_key_file {
+            c.server.key_file = Some(v.clone());
+        }
+        if let Some(v) = &flags.client_ca_file {
+            c.server.client_ca_file = Some(v.clone());
+        }
+        if let Some(v) = flags.anonymous_auth {
+            c.server.anonymous = v;
+        }
+        if let Some(v) = flags.authentication_token_webhook {
+            c.server.webhook_authn = v;
+        }
+        if let Some(v) = &flags.authorization_mode {
+            c.server.authorization = authorization_mode("--authorization-mode", v)?;
+        }
+        if let Some(v) = &flags.tls_min_version {
+            c.server.min_version = Some(check_tls_version("--tls-min-version", v)?);
+        }
+        if let Some(v) = &flags.tls_cipher_suites {
+            let list: Vec<String> = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            c.server.cipher_suites = check_cipher_suites("--tls-cipher-suites", &list)?;
+        }
         if let Some(v) = &flags.kubeconfig {
             c.kubeconfig = Some(v.clone());
         }
@@ -736,6 +988,34 @@ impl Config {
             c.max_per_pod_container = v;
         }
         c.root_dir = flags.root_dir.clone();
+        c.server.cert_dir = flags
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| c.root_dir.join("pki"));
+        if c.server.cert_file.is_some() != c.server.key_file.is_some() {
+            return Err(invalid(
+                "tlsCertFile",
+                format!("{:?} / {:?}", c.server.cert_file, c.server.key_file),
+                "tlsCertFile and tlsPrivateKeyFile go together",
+            ));
+        }
+        // The webhooks ask the API server; upstream refuses them without a client too.
+        if c.kubeconfig.is_none() && c.port != 0 {
+            if c.server.authorization == AuthorizationMode::Webhook {
+                return Err(invalid(
+                    "authorization.mode",
+                    "Webhook",
+                    "needs --kubeconfig (SubjectAccessReview goes to the API server)",
+                ));
+            }
+            if c.server.webhook_authn {
+                return Err(invalid(
+                    "authentication.webhook.enabled",
+                    "true",
+                    "needs --kubeconfig (TokenReview goes to the API server)",
+                ));
+            }
+        }
         if let Some(v) = &flags.node_ip {
             c.node_ip = Some(parse_ip("--node-ip", v)?);
         }
@@ -836,6 +1116,88 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
         }
+    }
+
+    #[test]
+    fn kubelet_api_settings_from_file_and_flags() {
+        let f = file(
+            "port: 10250\ntlsCertFile: /p/c.crt\ntlsPrivateKeyFile: /p/c.key\n\
+             tlsMinVersion: VersionTLS13\ntlsCipherSuites: [TLS_AES_128_GCM_SHA256]\n\
+             authentication:\n  x509: {clientCAFile: /p/ca.crt}\n  webhook: {enabled: true, cacheTTL: 30s}\n\
+             \x20 anonymous: {enabled: true}\nauthorization:\n  mode: Webhook\n\
+             \x20 webhook: {cacheAuthorizedTTL: 1m, cacheUnauthorizedTTL: 5s}\n\
+             enableSystemLogHandler: true\nenableDebuggingHandlers: false\n",
+        )
+        .unwrap();
+        let c = Config::resolve(
+            &flags(&[
+                "--hostname-override",
+                "n",
+                "--kubeconfig",
+                "/k",
+                "--anonymous-auth=false",
+            ]),
+            &f,
+        )
+        .unwrap();
+        let s = &c.server;
+        assert_eq!(s.cert_file.as_deref(), Some(Path::new("/p/c.crt")));
+        assert_eq!(s.client_ca_file.as_deref(), Some(Path::new("/p/ca.crt")));
+        assert_eq!(s.min_version.as_deref(), Some("VersionTLS13"));
+        assert_eq!(s.cipher_suites, ["TLS_AES_128_GCM_SHA256"]);
+        assert!(
+            s.webhook_authn && !s.anonymous,
+            "the flag wins over the file"
+        );
+        assert_eq!(s.webhook_authn_ttl, Duration::from_secs(30));
+        assert_eq!(s.authorization, AuthorizationMode::Webhook);
+        assert_eq!(
+            (s.authz_allowed_ttl, s.authz_denied_ttl),
+            (Duration::from_secs(60), Duration::from_secs(5))
+        );
+        assert!(c.enable_system_log_handler && !c.enable_debugging_handlers);
+        // Defaults: AlwaysAllow, no anonymous, the cert dir under the root dir.
+        let c =
+            Config::resolve(&flags(&["--hostname-override", "n"]), &Default::default()).unwrap();
+        assert_eq!(c.port, 10250);
+        assert_eq!(c.server.authorization, AuthorizationMode::AlwaysAllow);
+        assert!(!c.server.anonymous && !c.enable_system_log_handler);
+        assert_eq!(c.server.cert_dir, c.root_dir.join("pki"));
+    }
+
+    #[test]
+    fn bad_kubelet_api_settings_name_the_field() {
+        let e = err_text("authorization: {mode: RBAC}\n");
+        assert!(
+            e.contains("authorization.mode") && e.contains("RBAC"),
+            "{e}"
+        );
+        let e = err_text("authorization: {mode: Webhook}\n");
+        assert!(
+            e.contains("authorization.mode") && e.contains("--kubeconfig"),
+            "{e}"
+        );
+        let e = err_text("authentication: {webhook: {enabled: true}}\n");
+        assert!(e.contains("authentication.webhook.enabled"), "{e}");
+        let e = err_text("tlsMinVersion: VersionTLS10\n");
+        assert!(
+            e.contains("tlsMinVersion") && e.contains("VersionTLS10"),
+            "{e}"
+        );
+        let e = err_text("tlsCipherSuites: [TLS_RSA_WITH_RC4_128_SHA]\n");
+        assert!(
+            e.contains("tlsCipherSuites") && e.contains("TLS_RSA_WITH_RC4_128_SHA"),
+            "{e}"
+        );
+        let e = err_text("tlsCertFile: /only/the/cert\n");
+        assert!(e.contains("tlsCertFile"), "{e}");
+        let e = err_text("authentication: {webhook: {cacheTTL: soon}}\n");
+        assert!(
+            e.contains("authentication.webhook.cacheTTL") && e.contains("soon"),
+            "{e}"
+        );
+        let e = err_text("authentication: {x509: {clientCaFile: /x}}\n");
+        assert!(e.contains("clientCaFile"), "{e}");
     }
 
     #[test]

@@ -403,6 +403,33 @@ impl Cri {
         .await
     }
 
+    /// Prepares a streaming exec; the answer is the runtime's streaming URL.
+    pub async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {
+        self.call("Exec", DEFAULT_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch).exec(req).await
+        })
+        .await
+        .map(|r| r.url)
+    }
+
+    /// Prepares a streaming attach.
+    pub async fn attach(&self, req: cri::AttachRequest) -> Result<String, CriError> {
+        self.call("Attach", DEFAULT_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch).attach(req).await
+        })
+        .await
+        .map(|r| r.url)
+    }
+
+    /// Prepares a streaming port forward into a sandbox's network namespace.
+    pub async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String, CriError> {
+        self.call("PortForward", DEFAULT_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch).port_forward(req).await
+        })
+        .await
+        .map(|r| r.url)
+    }
+
     /// Asks the runtime to reopen a container's log file (after the kubelet renamed it).
     pub async fn reopen_container_log(&self, id: &str) -> Result<(), CriError> {
         let container_id = id.to_string();

@@ -439,6 +439,11 @@ impl Kubelet {
         })
     }
 
+    /// The API server client (API-server mode only).
+    pub fn api_client(&self) -> Option<kube::Client> {
+        self.syncer.api.as_ref().map(|a| a.client.clone())
+    }
+
     /// Starts what API-server mode runs beside the sync loop; the API source's updates go
     /// to `src_tx`.
     fn start_api_mode(&mut self, src_tx: &mpsc::Sender<crate::sources::SourceUpdate>) -> bool {

@@ -47,7 +47,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             "healthz",
         )
         .await?;
-        tokio::spawn(server::serve(l, shared.clone(), false));
+        tokio::spawn(server::serve(l, shared.clone(), server::Port::Healthz));
     }
     if cfg.read_only_port != 0 {
         let l = server::bind(
@@ -55,7 +55,17 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             "the read-only port",
         )
         .await?;
-        tokio::spawn(server::serve(l, shared.clone(), true));
+        tokio::spawn(server::serve(l, shared.clone(), server::Port::ReadOnly));
+    }
+    if cfg.port != 0 {
+        let ips: Vec<std::net::IpAddr> = cfg.node_ip.into_iter().collect();
+        let tls = server::tls::server_config(&cfg.server, &cfg.node_name, &ips)?;
+        let l = server::bind(SocketAddr::new(cfg.address, cfg.port), "the kubelet API").await?;
+        let secure = std::sync::Arc::new(server::Secure {
+            auth: server::auth::Auth::new(&cfg.server, &cfg.node_name, kubelet.api_client()),
+            cfg: cfg.clone(),
+        });
+        tokio::spawn(server::serve_tls(l, tls, shared.clone(), secure));
     }
     tracing::info!(
         node = %cfg.node_name,
@@ -64,6 +74,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         static_pod_url = ?cfg.static_pod_url,
         kubeconfig = ?cfg.kubeconfig,
         read_only_port = cfg.read_only_port,
+        port = cfg.port,
         healthz_port = cfg.healthz_port,
         "kubelet starting"
     );

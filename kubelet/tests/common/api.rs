@@ -37,6 +37,15 @@ pub async fn client(kubeconfig: &std::path::Path) -> kube::Client {
 impl ApiNode {
     /// None (after the SKIP line) when no kube-apiserver binary is configured.
     pub async fn start(extra_config: &str, extra_args: &[&str]) -> Option<ApiNode> {
+        Self::start_with(|_| extra_config.to_string(), extra_args).await
+    }
+
+    /// As `start`, with kubelet config lines that may name the control plane's files
+    /// (certificates signed by its CA).
+    pub async fn start_with(
+        extra_config: impl FnOnce(&ControlPlane) -> String,
+        extra_args: &[&str],
+    ) -> Option<ApiNode> {
         if nodus_testkit::apiserver::skip_without_apiserver() {
             return None;
         }
@@ -56,7 +65,7 @@ impl ApiNode {
         let mut args = vec![format!("--kubeconfig={}", node_kubeconfig.display())];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = Node::on(ctrd, extra_config, &args);
+        let node = Node::on(ctrd, &extra_config(&cp), &args);
         Some(ApiNode {
             node,
             cp,

@@ -82,7 +82,14 @@ impl Node {
                 &format!(
                     "fileCheckFrequency: 20s\nreadOnlyPort: {READ_ONLY_PORT}\n\
                      healthzPort: {HEALTHZ_PORT}\nhealthzBindAddress: 127.0.0.1\n\
-                     address: 127.0.0.1\n{extra_config}"
+                     {address}{extra_config}",
+                    // Loopback unless the test serves the node's address (the API server
+                    // reaches the kubelet API on its InternalIP).
+                    address = if extra_config.contains("address:") {
+                        ""
+                    } else {
+                        "address: 127.0.0.1\n"
+                    },
                 ),
             ),
         )
