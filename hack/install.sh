@@ -9,8 +9,9 @@
 #                 /etc/systemd/system/kubelet.service + kubelet.service.d/10-nodus.conf
 #   images        /usr/local/share/nodus/images/*.tar, imported by nodus-images.service
 #   --demo        the example static pods (hack/deploy/manifests) in /etc/kubernetes/manifests
-#   --kubeconfig  joins a cluster: FILE becomes /etc/kubernetes/kubelet.conf (0600) and the
-#                 drop-in 20-kubeconfig.conf passes --kubeconfig to the kubelet (as kubeadm)
+#   --kubeconfig  joins a cluster: FILE becomes /etc/kubernetes/kubelet.conf (0600), its CA
+#                 /etc/kubernetes/pki/ca.crt, and the drop-in 20-kubeconfig.conf passes
+#                 --kubeconfig and the kubelet API's webhook authn/authz flags (as kubeadm)
 # With systemd running, enables and starts containerd, nodus-images and kubelet.
 #
 # usage: hack/install.sh [--root DIR] [--no-build] [--bin-dir target/release] [--demo]
@@ -105,6 +106,23 @@ put 0644 hack/deploy/kubelet.service "$r/etc/systemd/system/kubelet.service" uni
 put 0644 hack/deploy/kubelet.service.d/10-nodus.conf "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf" units
 if [ -n "$kubeconfig" ]; then
   put 0600 "$kubeconfig" "$r/etc/kubernetes/kubelet.conf" kubelet
+  # The cluster CA verifies the API server's client certificate on 10250 (clientCAFile,
+  # /etc/kubernetes/pki/ca.crt as kubeadm): taken from the kubeconfig's cluster.
+  install -d "$r/etc/kubernetes/pki"
+  ca_tmp=$(mktemp)
+  ca_data=$(sed -n 's/^ *certificate-authority-data: *//p' "$kubeconfig" | head -n1)
+  ca_file=$(sed -n 's/^ *certificate-authority: *//p' "$kubeconfig" | head -n1)
+  if [ -n "$ca_data" ]; then
+    printf '%s' "$ca_data" | base64 -d > "$ca_tmp"
+  elif [ -n "$ca_file" ] && [ -f "$ca_file" ]; then
+    cp "$ca_file" "$ca_tmp"
+  else
+    rm -f "$ca_tmp"
+    echo "install: --kubeconfig $kubeconfig: no certificate-authority(-data) for the kubelet's clientCAFile" >&2
+    exit 1
+  fi
+  put 0644 "$ca_tmp" "$r/etc/kubernetes/pki/ca.crt" kubelet
+  rm -f "$ca_tmp"
   put 0644 hack/deploy/kubelet.service.d/20-kubeconfig.conf "$r/etc/systemd/system/kubelet.service.d/20-kubeconfig.conf" units
 fi
 put 0644 hack/deploy/nodus-images.service "$r/etc/systemd/system/nodus-images.service" units

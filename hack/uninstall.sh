@@ -38,7 +38,12 @@ fi
 rm -f "$r/usr/local/bin/kubelet" "$r/usr/local/bin/nodus-runtime" "$r/usr/local/bin/containerd-shim-nodus-v2" \
   "$r/opt/cni/bin/nodus-bridge" "$r/etc/cni/net.d/10-nodus.conflist" \
   "$r/etc/systemd/system/kubelet.service" "$r/etc/systemd/system/nodus-images.service" \
-  "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf" "$r/var/lib/kubelet/config.yaml"
+  "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf" "$r/var/lib/kubelet/config.yaml" \
+  "$r/etc/systemd/system/kubelet.service.d/20-kubeconfig.conf" \
+  "$r/var/lib/kubelet/pki/kubelet.crt" "$r/var/lib/kubelet/pki/kubelet.key"
+# The cluster's kubeconfig and CA (/etc/kubernetes/kubelet.conf, pki/ca.crt) are the
+# operator's credentials and stay (remove them by hand to leave the cluster for good).
+rmdir "$r/var/lib/kubelet/pki" 2>/dev/null || true
 for p in loopback host-local portmap; do
   [ -L "$r/opt/cni/bin/$p" ] && [ "$(readlink "$r/opt/cni/bin/$p")" = "/usr/lib/cni/$p" ] && rm -f "$r/opt/cni/bin/$p"
 done
