@@ -34,6 +34,14 @@ step "kubelet end-to-end tests on our shim (nodus-shim as containerd's default r
 NODUS_TEST_RUNTIME=nodus-shim timeout --kill-after=20 1200 \
   cargo test --locked -p nodus-kubelet --test '*'
 
+# cri_parity ran above on runc (the reference); the same assertions on our shim and on runc's
+# shim driving our runtime.
+for runtime in nodus-shim nodus; do
+  step "CRI feature parity through containerd on $runtime"
+  NODUS_TEST_RUNTIME=$runtime timeout --kill-after=20 600 \
+    cargo test --locked -p nodus-shim --test cri_parity
+done
+
 if [ -x hack/vm-test.sh ]; then
   step "VM tier (pure cgroup v2 under qemu)"
   bash hack/vm-test.sh

@@ -435,16 +435,40 @@ pub fn setup_dev(spec: &Spec, rootfs: &Path) -> Result<()> {
         if let Some(p) = dest.parent() {
             ensure_dir(p)?;
         }
-        let _ = fs::remove_file(&dest);
-        nix_ctx(
+        let node = || {
             mknod(
                 &dest,
                 kind,
                 Mode::from_bits_truncate(mode),
                 makedev(major, minor),
-            ),
-            || format!("mknod {}", dest.display()),
-        )?;
+            )
+        };
+        match node() {
+            Ok(()) => {}
+            // The node is there already (a privileged container gets every host device,
+            // /dev/pts/ptmx included, and a devpts mounted at /dev/pts has its own): keep
+            // it, as runc does, when it is the same device.
+            Err(Errno::EEXIST) if is_device(&dest, kind, major, minor) => return Ok(()),
+            Err(Errno::EEXIST) => {
+                fs::remove_file(&dest).ctx(|| format!("replace {}", dest.display()))?;
+                nix_ctx(node(), || format!("mknod {}", dest.display()))?;
+            }
+            // Where mknod is not allowed (a devpts, a user namespace), bind the host's node.
+            Err(Errno::EPERM | Errno::EACCES) if path.exists() => {
+                ensure_file(&dest)?;
+                return nix_ctx(
+                    mount(
+                        Some(path),
+                        &dest,
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    ),
+                    || format!("bind {} to {}", path.display(), dest.display()),
+                );
+            }
+            Err(e) => return Err(e).ctx(|| format!("mknod {}", dest.display())),
+        }
         if uid != 0 || gid != 0 {
             nix_ctx(
                 nix::unistd::chown(&dest, Some(uid.into()), Some(gid.into())),
@@ -580,7 +604,24 @@ pub fn finalize(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// Whether `p` is a device node of `kind` with this major and minor.
+fn is_device(p: &Path, kind: SFlag, major: u64, minor: u64) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fs::symlink_metadata(p).is_ok_and(|m| {
+        let t = m.file_type();
+        let same_kind = match kind {
+            SFlag::S_IFBLK => t.is_block_device(),
+            SFlag::S_IFIFO => t.is_fifo(),
+            _ => t.is_char_device(),
+        };
+        same_kind && (kind == SFlag::S_IFIFO || m.rdev() == makedev(major, minor))
+    })
+}
+
 fn mask_path(p: &Path) -> Result<()> {
+    if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+        return mask_symlink(p);
+    }
     match mount(
         Some("/dev/null"),
         p,
@@ -602,6 +643,48 @@ fn mask_path(p: &Path) -> Result<()> {
         ),
         Err(e) => Err(e).ctx(|| format!("mask {}", p.display())),
     }
+}
+
+/// Masks the symlink `p` itself. mount(2) follows a symlink and would mask its target
+/// instead (runc does: masking `/bin/ls -> busybox` hides the shell and the container
+/// cannot start); the new mount API attaches /dev/null onto the link without following it.
+fn mask_symlink(p: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let null = c"/dev/null";
+    let target = CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::config("linux.maskedPaths", format!("{p:?} holds a NUL byte")))?;
+    // SAFETY: open_tree(2) with a valid C string; the result is checked.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            null.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if tree < 0 {
+        return Err(Errno::last()).ctx(|| format!("mask {}: open_tree /dev/null", p.display()));
+    }
+    // SAFETY: open_tree returned a new descriptor we own.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    // No MOVE_MOUNT_T_SYMLINKS: the link is the mount point.
+    // SAFETY: move_mount(2) with a descriptor we own and valid C strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last()).ctx(|| format!("mask {}", p.display()));
+    }
+    Ok(())
 }
 
 fn readonly_path(p: &Path) -> Result<()> {

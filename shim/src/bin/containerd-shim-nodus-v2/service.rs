@@ -299,11 +299,13 @@ impl Service {
             }
         }
         // An OOM kill is announced before the exit it caused (CRI reads the reason then).
-        if exec_id.is_empty() && cgroup.as_ref().is_some_and(|cg| cg.take_new_oom_kills()) {
-            self.publisher.publish(Event::Oom(ev::TaskOOM {
-                container_id: id.to_string(),
-                ..Default::default()
-            }));
+        if let Some(cg) = cgroup.as_ref().filter(|_| exec_id.is_empty()) {
+            cg.report_new_oom_kills(|| {
+                self.publisher.publish(Event::Oom(ev::TaskOOM {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                }))
+            });
         }
         let exited_at = now();
         proc.status = ProcStatus::Stopped;

@@ -9,8 +9,7 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::cgroups::metrics as v1;
@@ -35,7 +34,9 @@ pub enum Location {
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     loc: Location,
-    oom_seen: Arc<AtomicU64>,
+    /// OOM kills already reported; the lock is held while one is reported, so the exit
+    /// path and the watcher thread publish in the order they saw the kill.
+    oom_seen: Arc<Mutex<u64>>,
 }
 
 fn unified() -> bool {
@@ -68,9 +69,10 @@ impl Cgroup {
         };
         let cgroup = Cgroup {
             loc,
-            oom_seen: Arc::new(AtomicU64::new(0)),
+            oom_seen: Arc::default(),
         };
-        cgroup.oom_seen.store(cgroup.oom_kills(), Ordering::SeqCst);
+        // Kills from before this shim (none, for a new cgroup) are not ours to report.
+        *cgroup.oom_seen.lock().unwrap_or_else(|e| e.into_inner()) = cgroup.oom_kills();
         Ok(cgroup)
     }
 
@@ -104,11 +106,17 @@ impl Cgroup {
         read_kv(&file).get("oom_kill").copied().unwrap_or(0)
     }
 
-    /// Whether OOM kills happened since the last call (each kill is reported once, whether
-    /// the watcher thread or the exit path sees it first).
-    pub fn take_new_oom_kills(&self) -> bool {
+    /// Calls `report` (under the lock) if OOM kills happened since the last report: each
+    /// kill is reported once, by whichever of the watcher thread and the exit path sees it
+    /// first, and always before the exit path goes on to report the exit it caused (else
+    /// CRI would record the exit's reason as Error, not OOMKilled).
+    pub fn report_new_oom_kills(&self, report: impl FnOnce()) {
+        let mut seen = self.oom_seen.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.oom_kills();
-        self.oom_seen.fetch_max(now, Ordering::SeqCst) < now
+        if now > *seen {
+            *seen = now;
+            report();
+        }
     }
 
     /// The metrics, wrapped as containerd expects them in StatsResponse.
@@ -222,11 +230,7 @@ impl Cgroup {
     /// new kill, until the cgroup is removed.
     pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
         let this = self.clone();
-        let check = move || {
-            if this.take_new_oom_kills() {
-                on_oom();
-            }
-        };
+        let check = move || this.report_new_oom_kills(&on_oom);
         match &self.loc {
             Location::V1 { .. } => watch_oom_v1(self.v1("memory"), check),
             Location::V2 { dir } => watch_oom_v2(dir.clone(), check),
