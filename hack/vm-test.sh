@@ -13,7 +13,7 @@
 #   --runc-only      run the runtime checks with runc only (the control), not nodus-runtime
 #   --runtimes LIST  runtimes for the runtime checks (default "runc nodus"; NODUS_VM_RUNTIMES)
 #   --checks LIST    only these check functions of guest-tests.sh (default all; NODUS_VM_CHECKS)
-#   --timeout S      bound of the whole VM run, all boots (default 780; NODUS_VM_TIMEOUT)
+#   --timeout S      bound of the whole VM run, all boots (default 1200; NODUS_VM_TIMEOUT)
 #   --rebuild        drop the cached qemu/kernel/image and build them again
 #   --keep           keep the run directory (console log, guest log) even on success
 #   --build-only     build or check the cache, do not boot
@@ -32,7 +32,7 @@ hackvm=$repo/hack/vm
 
 runtimes=${NODUS_VM_RUNTIMES:-runc nodus}
 checks=${NODUS_VM_CHECKS:-}
-vm_timeout=${NODUS_VM_TIMEOUT:-780}
+vm_timeout=${NODUS_VM_TIMEOUT:-1200}
 accel_mode=${NODUS_VM_ACCEL:-auto}
 rebuild=0 keep=0 build_only=0
 while [ $# -gt 0 ]; do
@@ -355,8 +355,22 @@ if [ -x "$target/debug/nodus-images" ]; then
 else
   log "warning: $target/debug/nodus-images not built (cargo build --workspace --bins); the node checks will FAIL"
 fi
+# The CRI parity e2e (shim/tests/cri_parity.rs) also runs in the guest: its newest test binary.
+parity=$(ls -t "$target"/debug/deps/cri_parity-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+parity_guest=
+if [ -n "$parity" ]; then
+  if [ "$bin_dir" = /results/bin ]; then
+    cp "$parity" "$run/results/bin/cri_parity"
+    parity_guest=/results/bin/cri_parity
+  else
+    parity_guest=$bin_dir/deps/${parity##*/}
+  fi
+else
+  log "warning: no cri_parity test binary (cargo test -p nodus-shim --no-run); the cri_parity check will FAIL"
+fi
 {
   printf 'NODUS_VM_RUNTIMES=%q\n' "$runtimes"
+  printf 'NODUS_VM_CRI_PARITY=%q\n' "$parity_guest"
   printf 'NODUS_VM_CHECKS=%q\n' "$checks"
   printf 'NODUS_VM_BIN_DIR=%q\n' "$bin_dir"
   # The guest stops its checks itself a little before the host's bound.

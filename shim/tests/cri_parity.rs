@@ -534,6 +534,12 @@ async fn memory_limit_exceeded_is_oom_killed() {
         }),
         ..Default::default()
     };
+    // runc's shim in containerd 1.6 may report the exit before the OOM event (containerd
+    // issue 8180, fixed upstream in 2.x by sending the OOM event first, as ours does): CRI
+    // then says Error. Seen in the VM tier on cgroup v2. Counted for runc, never accepted
+    // from ours.
+    let reference = pod.ctrd.default_runtime() == "runc";
+    let mut raced = 0;
     // Three in a row: the reason must hold every time, not only when the OOM event wins.
     for n in 0..3 {
         let name = format!("hog{n}");
@@ -542,8 +548,14 @@ async fn memory_limit_exceeded_is_oom_killed() {
         let id = pod.try_run(&name, script, limited(), vec![]).await.unwrap();
         let st = pod.wait_exited(&id).await;
         assert_eq!(st.exit_code, 137, "{name}: {st:?}");
+        if reference && st.reason == "Error" {
+            raced += 1;
+            continue;
+        }
         assert_eq!(st.reason, "OOMKilled", "{name}: {st:?}");
     }
+    eprintln!("OOM kills reported as Error (runc's known race): {raced} of 3");
+    assert!(raced < 3, "runc reported no OOM kill as OOMKilled");
     // A container that stays under its limit exits as usual.
     let id = pod
         .try_run(

@@ -529,13 +529,17 @@ impl Drop for PrivateContainerd {
     }
 }
 
-/// Our images, built once per test process (and shared between processes by a file lock).
+/// Our images, built once per test process (and shared between processes by a file lock),
+/// or the archives in `$NODUS_TEST_IMAGES_DIR` built elsewhere (the VM tier's guest).
 pub fn built_images() -> Result<&'static [BuiltImage]> {
     static BUILT: OnceLock<std::result::Result<Vec<BuiltImage>, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            images::build_all(&ImageInputs::default(), &images::default_out_dir())
-                .map_err(|e| e.to_string())
+            match std::env::var_os("NODUS_TEST_IMAGES_DIR").filter(|d| !d.is_empty()) {
+                Some(dir) => images::prebuilt(Path::new(&dir)),
+                None => images::build_all(&ImageInputs::default(), &images::default_out_dir()),
+            }
+            .map_err(|e| e.to_string())
         })
         .as_deref()
         .map_err(|detail| Error::Command {

@@ -421,6 +421,48 @@ fn write_archive(spec: &ImageSpec, out_dir: &Path) -> Result<BuiltImage> {
     })
 }
 
+/// The archives [`build_all`] wrote into `dir` earlier (`pause.tar`, `busybox.tar`), read
+/// back from their index.json: for machines without the toolchain, such as the VM tier's
+/// guest, which takes the host's build.
+pub fn prebuilt(dir: &Path) -> Result<Vec<BuiltImage>> {
+    ["pause.tar", "busybox.tar"]
+        .iter()
+        .map(|file| {
+            let archive = dir.join(file);
+            let bad = |detail: String| Error::Command {
+                command: format!("read {}", archive.display()),
+                detail,
+            };
+            let f = fs::File::open(&archive).map_err(|e| Error::io(&archive, e))?;
+            let mut tar = tar::Archive::new(f);
+            let entries = tar.entries().map_err(|e| Error::io(&archive, e))?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| Error::io(&archive, e))?;
+                if entry.path().ok().as_deref() != Some(Path::new("index.json")) {
+                    continue;
+                }
+                let index: serde_json::Value =
+                    serde_json::from_reader(&mut entry).map_err(|e| bad(e.to_string()))?;
+                let manifest = &index["manifests"][0];
+                let field = |v: &serde_json::Value, what: &str| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("index.json has no {what}")))
+                };
+                return Ok(BuiltImage {
+                    name: field(
+                        &manifest["annotations"]["io.containerd.image.name"],
+                        "image name",
+                    )?,
+                    manifest_digest: field(&manifest["digest"], "manifest digest")?,
+                    archive: archive.clone(),
+                });
+            }
+            Err(bad("no index.json".into()))
+        })
+        .collect()
+}
+
 /// Imports archives into containerd namespace `namespace` with Debian's `ctr`.
 pub fn import(address: &Path, namespace: &str, images: &[BuiltImage]) -> Result<()> {
     for image in images {

@@ -1,6 +1,6 @@
 //! The image tool is reproducible: two builds into different directories give the same bytes.
 
-use nodus_testkit::images::{build_all, ImageInputs, BUSYBOX_IMAGE, PAUSE_IMAGE};
+use nodus_testkit::images::{build_all, prebuilt, ImageInputs, BUSYBOX_IMAGE, PAUSE_IMAGE};
 
 #[test]
 fn rebuilds_give_identical_digests_and_bytes() {
@@ -17,6 +17,16 @@ fn rebuilds_give_identical_digests_and_bytes() {
         let bytes_y = std::fs::read(&y.archive).unwrap();
         assert!(bytes_x == bytes_y, "{} archives differ", x.name);
     }
+    // Read back from the archives (how the VM guest, with no toolchain, takes them).
+    let read_back = prebuilt(a.path()).expect("prebuilt archives");
+    assert_eq!(read_back.len(), first.len());
+    for (x, y) in first.iter().zip(&read_back) {
+        assert_eq!((&x.name, &x.manifest_digest), (&y.name, &y.manifest_digest));
+        assert_eq!(x.archive, y.archive);
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let err = prebuilt(empty.path()).expect_err("no archives there");
+    assert!(err.to_string().contains("pause.tar"), "{err}");
 }
 
 #[test]
