@@ -40,6 +40,14 @@ struct Pod {
 
 impl Pod {
     async fn start(name: &str, privileged: bool) -> Pod {
+        Pod::start_with(name, privileged, |_| {}).await
+    }
+
+    async fn start_with(
+        name: &str,
+        privileged: bool,
+        edit: impl FnOnce(&mut PodSandboxConfig),
+    ) -> Pod {
         let ctrd = PrivateContainerd::start(ContainerdOptions::default())
             .await
             .expect("private containerd starts");
@@ -53,6 +61,7 @@ impl Pod {
                 .get_or_insert_with(LinuxSandboxSecurityContext::default)
                 .privileged = true;
         }
+        edit(&mut config);
         let id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
@@ -522,6 +531,75 @@ async fn container_stats_report_cgroup_usage() {
         let usage = mem.usage_bytes.as_ref().map(|v| v.value).unwrap_or(0);
         assert!(usage >= ws, "memory {mem:?}");
     }
+}
+
+/// Removes, on drop, a relative cgroup parent's directories (below our own cgroup, where
+/// runtimes started by our containerd put it); the containers' cgroups below it are gone
+/// with the pod by then.
+struct RelativeParent(Vec<PathBuf>);
+
+impl Drop for RelativeParent {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_stats_with_relative_cgroup_parent() {
+    if nodus_shim::cgroups::is_unified() {
+        eprintln!(
+            "SKIP relative cgroup parent on cgroup v2: the test's own cgroup holds processes, \
+             so no runtime may enable controllers below it"
+        );
+        return;
+    }
+    let relative = format!("nodus-rel-{}", nodus_testkit::unique_suffix());
+    let parent = nodus_shim::cgroups::Cgroup::resolve(Some(Path::new(&relative)), "")
+        .expect("resolve the relative parent");
+    let _cleanup = RelativeParent(parent.dirs());
+    let mut pod = Pod::start_with("parity-relcg", false, |c| {
+        c.linux.get_or_insert_with(Default::default).cgroup_parent = relative.clone();
+    })
+    .await;
+    let id = pod
+        .run(
+            "app",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo started; exec sleep 1000",
+            LinuxContainerConfig::default(),
+            vec![],
+        )
+        .await;
+    pod.wait_log("app", "started").await;
+    // The container's cgroup is where the relative path points.
+    let memory = parent
+        .dirs()
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+        .expect("a memory hierarchy");
+    assert!(memory.join(&id).is_dir(), "{}", memory.join(&id).display());
+    let stats = pod
+        .rt
+        .container_stats(ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", ctrd_log(&pod.ctrd)))
+        .into_inner()
+        .stats
+        .expect("ContainerStats has stats");
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref());
+    assert!(cpu.map(|v| v.value).unwrap_or(0) > 1_000_000, "{stats:?}");
+    let ws = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref());
+    assert!(ws.map(|v| v.value).unwrap_or(0) > 0, "{stats:?}");
+    drop(pod);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

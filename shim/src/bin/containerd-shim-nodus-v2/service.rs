@@ -420,7 +420,7 @@ impl Service {
                             .is_empty()
                 })
             });
-        let cgroup = match Cgroup::from_bundle(&bundle) {
+        let cgroup = match Cgroup::from_bundle(&bundle, &req.id) {
             Ok(cg) => {
                 let this = Arc::downgrade(self);
                 let id = req.id.clone();

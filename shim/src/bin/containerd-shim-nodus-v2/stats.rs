@@ -4,28 +4,28 @@
 //! the kernel's OOM notifications into TaskOOM events.
 
 use crate::THREAD_STACK;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use containerd_shim_protos::cgroups::metrics as v1;
 use containerd_shim_protos::cgroups_v2::metrics as v2;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
+use nodus_shim::cgroups as runtime_cgroups;
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// USER_HZ, the unit of cpuacct.stat.
 const NS_PER_TICK: u64 = 10_000_000;
 
 /// Where a container's cgroup is.
 #[derive(Debug, Clone)]
 pub enum Location {
-    /// v1 (or hybrid): one directory per controller.
-    V1 { path: String },
+    /// v1 (or hybrid): controller -> directory.
+    V1 { dirs: BTreeMap<String, PathBuf> },
     /// Pure v2: one directory.
     V2 { dir: PathBuf },
 }
@@ -39,33 +39,24 @@ pub struct Cgroup {
     oom_seen: Arc<Mutex<u64>>,
 }
 
-fn unified() -> bool {
-    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
-}
-
 impl Cgroup {
-    /// The cgroup of the container in `bundle` (its spec's `linux.cgroupsPath`, cgroupfs
-    /// form: an absolute path).
-    pub fn from_bundle(bundle: &Path) -> Result<Cgroup> {
+    /// The cgroup of container `id` in `bundle`: its spec's `linux.cgroupsPath`, resolved by
+    /// the runtime library exactly as the runtime resolved it when it made the cgroup
+    /// (absolute, relative to our own cgroup, or the id when unset).
+    pub fn from_bundle(bundle: &Path, id: &str) -> Result<Cgroup> {
         let path = bundle.join("config.json");
         let text = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         let spec: serde_json::Value =
             serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))?;
-        let cg = spec
+        let cgroups_path = spec
             .pointer("/linux/cgroupsPath")
             .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        if !cg.starts_with('/') || cg.split('/').any(|c| c == "..") {
-            bail!("linux.cgroupsPath {cg:?} is not an absolute cgroupfs path");
-        }
-        let loc = if unified() {
-            Location::V2 {
-                dir: Path::new(CGROUP_ROOT).join(cg.trim_start_matches('/')),
-            }
-        } else {
-            Location::V1 {
-                path: cg.trim_start_matches('/').to_string(),
-            }
+            .map(Path::new);
+        let loc = match runtime_cgroups::Cgroup::resolve(cgroups_path, id)
+            .with_context(|| format!("linux.cgroupsPath {cgroups_path:?}"))?
+        {
+            runtime_cgroups::Cgroup::V1(v1) => Location::V1 { dirs: v1.dirs() },
+            runtime_cgroups::Cgroup::V2(v2) => Location::V2 { dir: v2.dir() },
         };
         let cgroup = Cgroup {
             loc,
@@ -76,9 +67,11 @@ impl Cgroup {
         Ok(cgroup)
     }
 
+    /// The directory of a v1 controller (empty, so reads find nothing, when the host does
+    /// not mount it).
     fn v1(&self, controller: &str) -> PathBuf {
         match &self.loc {
-            Location::V1 { path } => Path::new(CGROUP_ROOT).join(controller).join(path),
+            Location::V1 { dirs } => dirs.get(controller).cloned().unwrap_or_default(),
             Location::V2 { dir } => dir.clone(),
         }
     }
