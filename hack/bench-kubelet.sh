@@ -16,7 +16,7 @@ flag=()
 [[ $PROFILE == release ]] && flag=(--release)
 cargo build --locked "${flag[@]}" -p nodus-kubelet --bins --example bench_startup
 cargo build --locked "${flag[@]}" -p nodus-cni-bridge --bins || echo "WARNING: nodus-bridge did not build; an older binary or the reference bridge is used" >&2
-cargo build --locked "${flag[@]}" -p nodus-shim --bins
+cargo build --locked "${flag[@]}" -p nodus-runtime -p nodus-shim --bins
 # Once per containerd runtime: containerd's runc shim + runc, and our shim v2 (both the
 # floor and the kubelet use the same one in a run).
 for runtime in ${RUNTIMES:-runc nodus-shim}; do

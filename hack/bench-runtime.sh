@@ -17,10 +17,10 @@ cd "$(dirname "$0")/.."
 # opt-level s, fat LTO, one codegen unit, panic=abort, with static glibc), which drops the
 # dynamic loader and shared libc from every start. The lean build goes to
 # target/<triple>/lean/: the explicit --target keeps RUSTFLAGS off every other artifact.
-cargo build --release --locked -q -p nodus-shim --bin nodus-runtime --example bench_lifecycle
+cargo build --release --locked -q -p nodus-runtime --bin nodus-runtime --example bench_lifecycle
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --profile lean --locked -q --target "$TRIPLE" -p nodus-shim --bin nodus-runtime
+    cargo build --profile lean --locked -q --target "$TRIPLE" -p nodus-runtime --bin nodus-runtime
 TARGET="${CARGO_TARGET_DIR:-target}"
 OURS="$(cd "$TARGET" && pwd)/release/nodus-runtime"
 LEAN="$(cd "$TARGET" && pwd)/$TRIPLE/lean/nodus-runtime"

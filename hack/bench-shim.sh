@@ -10,7 +10,7 @@ set -eu
 N="${1:-20}"
 cd "$(dirname "$0")/.."
 echo "building (release)..."
-cargo build --release -q -p nodus-shim --bins
+cargo build --release -q -p nodus-runtime -p nodus-shim --bins
 echo "containerd $(containerd --version | awk '{print $3}'), $(runc --version | head -1)"
 BENCH_PODS="$N" exec cargo test --release -q -p nodus-shim --test shim_v2_bench -- \
     --ignored --nocapture --test-threads=1

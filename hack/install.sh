@@ -53,7 +53,7 @@ if [ "$build" = 1 ]; then
   # target/<triple>/lean/ and keeps RUSTFLAGS off the other binaries.
   triple="$(rustc -vV | sed -n 's/^host: //p')"
   RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --profile lean --locked --target "$triple" -p nodus-shim --bin nodus-runtime
+    cargo build --profile lean --locked --target "$triple" -p nodus-runtime --bin nodus-runtime
   runtime_bin="${CARGO_TARGET_DIR:-target}/$triple/lean/nodus-runtime"
   # The kubelet's resident size is mostly its code: profile `node` (size-optimized, LTO).
   cargo build --profile node --locked -p nodus-kubelet --bin kubelet

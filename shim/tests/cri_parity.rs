@@ -548,7 +548,7 @@ impl Drop for RelativeParent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_stats_with_relative_cgroup_parent() {
-    if nodus_shim::cgroups::is_unified() {
+    if nodus_runtime::cgroups::is_unified() {
         eprintln!(
             "SKIP relative cgroup parent on cgroup v2: the test's own cgroup holds processes, \
              so no runtime may enable controllers below it"
@@ -556,7 +556,7 @@ async fn container_stats_with_relative_cgroup_parent() {
         return;
     }
     let relative = format!("nodus-rel-{}", nodus_testkit::unique_suffix());
-    let parent = nodus_shim::cgroups::Cgroup::resolve(Some(Path::new(&relative)), "")
+    let parent = nodus_runtime::cgroups::Cgroup::resolve(Some(Path::new(&relative)), "")
         .expect("resolve the relative parent");
     let _cleanup = RelativeParent(parent.dirs());
     let mut pod = Pod::start_with("parity-relcg", false, |c| {

@@ -33,7 +33,7 @@ async fn containerd() -> PrivateContainerd {
     let shim = nodus_testkit::bin_path(SHIM);
     assert!(
         shim.exists() && nodus_testkit::bin_path("nodus-runtime").exists(),
-        "build the shim and nodus-runtime first (cargo build -p nodus-shim)"
+        "build the shim and nodus-runtime first (cargo build -p nodus-runtime -p nodus-shim)"
     );
     // testkit declares the handler and puts the shim's directory first in containerd's PATH.
     PrivateContainerd::start(ContainerdOptions::default())
@@ -72,7 +72,7 @@ async fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
 
 /// A container's cgroup directory: in the unified hierarchy, or in the v1 `controller`'s.
 fn container_cgroup(controller: &str, cgroup_parent: &str, id: &str) -> PathBuf {
-    let base = if nodus_shim::cgroups::is_unified() {
+    let base = if nodus_runtime::cgroups::is_unified() {
         PathBuf::from("/sys/fs/cgroup")
     } else {
         PathBuf::from("/sys/fs/cgroup").join(controller)
@@ -290,7 +290,7 @@ async fn pod_with_two_containers_runs_on_the_shim() {
 
     // UpdateContainerResources reaches the cgroup.
     let cg = container_cgroup("memory", &cg_parent, &app);
-    let limit_file = if nodus_shim::cgroups::is_unified() {
+    let limit_file = if nodus_runtime::cgroups::is_unified() {
         cg.join("memory.max")
     } else {
         cg.join("memory.limit_in_bytes")
@@ -308,7 +308,7 @@ async fn pod_with_two_containers_runs_on_the_shim() {
         limit_file.display()
     );
     let read_quota = || {
-        if nodus_shim::cgroups::is_unified() {
+        if nodus_runtime::cgroups::is_unified() {
             let max =
                 std::fs::read_to_string(container_cgroup("cpu", &cg_parent, &app).join("cpu.max"));
             max.unwrap_or_default().trim().to_string()

@@ -688,10 +688,9 @@ impl Runtime {
             .ctx(|| format!("write {}", p.display()))
     }
 
-    /// A runc-shaped `events --stats` record.
-    pub fn stats(&self, id: &str) -> Result<serde_json::Value> {
-        let s = self.load(id)?;
-        Ok(serde_json::json!({"type": "stats", "id": id, "data": s.cgroup.stats()}))
+    /// The container cgroup's accounting (`events --stats`).
+    pub fn stats(&self, id: &str) -> Result<crate::cgroups::Stats> {
+        Ok(self.load(id)?.cgroup.stats())
     }
 
     /// Run an additional process in a running container.

@@ -62,7 +62,7 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> Option<i32> {
 }
 
 pub fn is_v2() -> bool {
-    nodus_shim::cgroups::is_unified()
+    nodus_runtime::cgroups::is_unified()
 }
 
 /// A bundle in a temp dir: busybox rootfs + config.json, plus a private state root.

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
-use nodus_shim::logging::{Format, RuncLogger};
-use nodus_shim::spec::parse_json;
-use nodus_shim::{cgroups, seccomp};
-use nodus_shim::{CreateOpts, ExecOpts, Runtime, Status};
+use nodus_runtime::logging::{Format, RuncLogger};
+use nodus_runtime::spec::parse_json;
+use nodus_runtime::{cgroups, seccomp};
+use nodus_runtime::{CreateOpts, ExecOpts, Runtime, Status};
 use oci_spec::runtime::{LinuxCpu, LinuxPids, LinuxResources, Process};
 
 const USAGE: &str = "nodus-runtime: an OCI runtime with runc's command line
@@ -298,7 +298,7 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
     }
     if o.has("version") {
         outln!("nodus-runtime version {}", env!("CARGO_PKG_VERSION"));
-        outln!("spec: {}", nodus_shim::container::OCI_VERSION);
+        outln!("spec: {}", nodus_runtime::container::OCI_VERSION);
         return Ok(0);
     }
     if o.has("systemd-cgroup") {
@@ -349,7 +349,7 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
         "kill" => {
             let id = o.id("kill")?;
             let signal = o.pos.get(1).cloned().unwrap_or_else(|| "SIGTERM".into());
-            let sig = nodus_shim::util::parse_signal(&signal)
+            let sig = nodus_runtime::util::parse_signal(&signal)
                 .ok_or_else(|| anyhow!("unknown signal {signal:?}"))?;
             rt.kill(&id, sig, o.has("all"))?;
         }
@@ -557,7 +557,8 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
                 .parse()
                 .map_err(|_| anyhow!("--interval {interval:?}: give seconds like 5s"))?;
             loop {
-                let v = rt.stats(&id)?;
+                // runc's event shape: {"type":"stats","id":..,"data":{cpu, memory, pids}}.
+                let v = serde_json::json!({"type": "stats", "id": id, "data": rt.stats(&id)?});
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{v}")?;
                 out.flush()?;
@@ -609,7 +610,7 @@ fn wait_pid(pid: i32) -> i32 {
 fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
-        "ociVersionMax": nodus_shim::container::OCI_VERSION,
+        "ociVersionMax": nodus_runtime::container::OCI_VERSION,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
             "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",

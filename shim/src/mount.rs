@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::api::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nodus_shim::rootfs::{parse_options, MountOptions};
+use nodus_runtime::rootfs::{parse_options, MountOptions};
 
 /// Mounts `mounts` in order at `target` (created if missing). On error, what was mounted is
 /// unmounted again.

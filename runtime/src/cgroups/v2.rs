@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::{clean_path, devices, own_cgroups, read_file, read_keyed, read_u64, write_file};
+use super::stats::{CpuStats, CpuUsage, MemoryEntry, MemoryStats, PidsStats, Stats, Throttling};
+use super::{
+    clean_path, devices, own_cgroups, read_file, read_keyed, read_limit, read_u64, write_file,
+};
 use crate::error::{Context, Error, Result};
 
 /// A container's v2 cgroup.
@@ -215,32 +217,49 @@ impl V2 {
         read_file(&self.dir(), "cgroup.freeze").as_deref() == Some("1")
     }
 
-    /// runc-shaped stats.
-    pub fn stats(&self) -> serde_json::Value {
+    /// CPU, memory and pids accounting (cpu.stat, memory.*, pids.*).
+    pub fn stats(&self) -> Stats {
         let d = self.dir();
-        let c = read_keyed(&d, "cpu.stat");
-        let g = |k: &str| c.get(k).copied().unwrap_or(0);
-        let max_or_zero =
-            |v: Option<u64>| v.map(|v| if v == u64::MAX { 0 } else { v }).unwrap_or(0);
-        json!({
-            "cpu": {
-                "usage": {"total": g("usage_usec") * 1000, "user": g("user_usec") * 1000,
-                          "kernel": g("system_usec") * 1000, "percpu": []},
-                "throttling": {"periods": g("nr_periods"), "throttled_periods": g("nr_throttled"),
-                               "throttled_time": g("throttled_usec") * 1000},
+        let cpu = read_keyed(&d, "cpu.stat");
+        let c = |k: &str| cpu.get(k).copied().unwrap_or(0);
+        let events = read_keyed(&d, "memory.events");
+        Stats {
+            cpu: CpuStats {
+                usage: CpuUsage {
+                    total_ns: c("usage_usec") * 1000,
+                    per_cpu_ns: vec![],
+                    kernel_ns: c("system_usec") * 1000,
+                    user_ns: c("user_usec") * 1000,
+                },
+                throttling: Throttling {
+                    periods: c("nr_periods"),
+                    throttled_periods: c("nr_throttled"),
+                    throttled_time_ns: c("throttled_usec") * 1000,
+                },
             },
-            "memory": {
-                "usage": {"usage": read_u64(&d, "memory.current").unwrap_or(0),
-                          "max": read_u64(&d, "memory.peak").unwrap_or(0),
-                          "limit": max_or_zero(read_u64(&d, "memory.max")),
-                          "failcnt": read_keyed(&d, "memory.events").get("max").copied().unwrap_or(0)},
-                "swap": {"usage": read_u64(&d, "memory.swap.current").unwrap_or(0),
-                         "limit": max_or_zero(read_u64(&d, "memory.swap.max"))},
-                "raw": read_keyed(&d, "memory.stat"),
+            memory: MemoryStats {
+                usage: MemoryEntry {
+                    usage: read_u64(&d, "memory.current").unwrap_or(0),
+                    max: read_u64(&d, "memory.peak").unwrap_or(0),
+                    limit: read_limit(&d, "memory.max"),
+                    // Times the limit was hit: "max" of memory.events.
+                    failcnt: events.get("max").copied().unwrap_or(0),
+                },
+                swap: MemoryEntry {
+                    usage: read_u64(&d, "memory.swap.current").unwrap_or(0),
+                    max: read_u64(&d, "memory.swap.peak").unwrap_or(0),
+                    limit: read_limit(&d, "memory.swap.max"),
+                    failcnt: 0,
+                },
+                raw: read_keyed(&d, "memory.stat"),
+                events,
+                ..Default::default()
             },
-            "pids": {"current": read_u64(&d, "pids.current").unwrap_or(0),
-                     "limit": max_or_zero(read_u64(&d, "pids.max"))},
-        })
+            pids: PidsStats {
+                current: read_u64(&d, "pids.current").unwrap_or(0),
+                limit: read_limit(&d, "pids.max"),
+            },
+        }
     }
 }
 
@@ -334,6 +353,35 @@ mod tests {
         assert_eq!(rd("memory.max"), (64u64 << 20).to_string());
         assert_eq!(rd("memory.swap.max"), (64u64 << 20).to_string());
         assert_eq!(rd("pids.max"), "16");
+    }
+
+    #[test]
+    fn stats_read_v2_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = V2 {
+            root: tmp.path().to_path_buf(),
+            path: PathBuf::new(),
+        };
+        let w = |f: &str, v: &str| fs::write(tmp.path().join(f), v).unwrap();
+        w("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 4\nnr_throttled 1\nthrottled_usec 20\n");
+        w("memory.current", "8192\n");
+        w("memory.peak", "16384\n");
+        w("memory.max", "max\n");
+        w("memory.events", "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n");
+        w("memory.stat", "anon 4096\nfile 4096\n");
+        w("pids.current", "2\n");
+        w("pids.max", "32\n");
+        let st = cg.stats();
+        assert_eq!(st.cpu.usage.total_ns, 1_500_000);
+        assert_eq!(st.cpu.usage.kernel_ns, 500_000);
+        assert_eq!(st.cpu.throttling.throttled_time_ns, 20_000);
+        assert_eq!(st.memory.usage.usage, 8192);
+        assert_eq!(st.memory.usage.max, 16384);
+        assert_eq!(st.memory.usage.limit, 0, "max reads as unlimited");
+        assert_eq!(st.memory.usage.failcnt, 5);
+        assert_eq!(st.memory.raw.get("anon"), Some(&4096));
+        assert_eq!((st.pids.current, st.pids.limit), (2, 32));
+        assert_eq!(super::super::Cgroup::V2(cg).oom_kills(), 1);
     }
 
     #[test]

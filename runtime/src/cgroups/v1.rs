@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::{clean_path, devices, own_cgroups, read_file, read_keyed, read_u64, write_file};
+use super::stats::{CpuUsage, MemoryEntry, MemoryStats, PidsStats, Stats, Throttling};
+use super::{
+    clean_path, devices, own_cgroups, read_file, read_keyed, read_limit, read_u64, write_file,
+};
 use crate::error::{Context, Error, Result};
 
 /// The v1 controllers a container joins.
@@ -245,58 +247,58 @@ impl V1 {
             .is_some_and(|s| s != "THAWED")
     }
 
-    /// runc-shaped stats.
-    pub fn stats(&self) -> serde_json::Value {
-        let mut out = json!({});
+    /// CPU (cpuacct, cpu), memory and pids accounting of the controllers this host has.
+    pub fn stats(&self) -> Stats {
+        let mut st = Stats::default();
         if let Some(d) = self.dir("cpuacct") {
-            let percpu: Vec<u64> = read_file(&d, "cpuacct.usage_percpu")
-                .map(|s| {
-                    s.split_whitespace()
-                        .filter_map(|x| x.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let st = read_keyed(&d, "cpuacct.stat");
+            let ticks = read_keyed(&d, "cpuacct.stat");
             // cpuacct.stat is in USER_HZ ticks (100/s); runc reports nanoseconds.
             let tick_ns = 10_000_000u64;
-            out["cpu"] = json!({"usage": {
-                "total": read_u64(&d, "cpuacct.usage").unwrap_or(0),
-                "percpu": percpu,
-                "user": st.get("user").copied().unwrap_or(0) * tick_ns,
-                "kernel": st.get("system").copied().unwrap_or(0) * tick_ns,
-            }});
+            st.cpu.usage = CpuUsage {
+                total_ns: read_u64(&d, "cpuacct.usage").unwrap_or(0),
+                per_cpu_ns: read_file(&d, "cpuacct.usage_percpu")
+                    .map(|s| {
+                        s.split_whitespace()
+                            .filter_map(|x| x.parse().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                kernel_ns: ticks.get("system").copied().unwrap_or(0) * tick_ns,
+                user_ns: ticks.get("user").copied().unwrap_or(0) * tick_ns,
+            };
         }
         if let Some(d) = self.dir("cpu") {
             let t = read_keyed(&d, "cpu.stat");
-            out["cpu"]["throttling"] = json!({
-                "periods": t.get("nr_periods").copied().unwrap_or(0),
-                "throttled_periods": t.get("nr_throttled").copied().unwrap_or(0),
-                "throttled_time": t.get("throttled_time").copied().unwrap_or(0),
-            });
+            let g = |k: &str| t.get(k).copied().unwrap_or(0);
+            st.cpu.throttling = Throttling {
+                periods: g("nr_periods"),
+                throttled_periods: g("nr_throttled"),
+                throttled_time_ns: g("throttled_time"),
+            };
         }
         if let Some(d) = self.dir("memory") {
-            let entry = |p: &str| {
-                json!({
-                    "usage": read_u64(&d, &format!("{p}usage_in_bytes")).unwrap_or(0),
-                    "max": read_u64(&d, &format!("{p}max_usage_in_bytes")).unwrap_or(0),
-                    "limit": read_u64(&d, &format!("{p}limit_in_bytes")).unwrap_or(0),
-                    "failcnt": read_u64(&d, &format!("{p}failcnt")).unwrap_or(0),
-                })
+            let entry = |p: &str| MemoryEntry {
+                usage: read_u64(&d, &format!("{p}usage_in_bytes")).unwrap_or(0),
+                max: read_u64(&d, &format!("{p}max_usage_in_bytes")).unwrap_or(0),
+                limit: read_limit(&d, &format!("{p}limit_in_bytes")),
+                failcnt: read_u64(&d, &format!("{p}failcnt")).unwrap_or(0),
             };
-            out["memory"] = json!({
-                "usage": entry("memory."),
-                "swap": entry("memory.memsw."),
-                "kernel": entry("memory.kmem."),
-                "raw": read_keyed(&d, "memory.stat"),
-            });
+            st.memory = MemoryStats {
+                usage: entry("memory."),
+                swap: entry("memory.memsw."),
+                kernel: entry("memory.kmem."),
+                kernel_tcp: entry("memory.kmem.tcp."),
+                raw: read_keyed(&d, "memory.stat"),
+                events: read_keyed(&d, "memory.oom_control"),
+            };
         }
         if let Some(d) = self.dir("pids") {
-            out["pids"] = json!({
-                "current": read_u64(&d, "pids.current").unwrap_or(0),
-                "limit": read_u64(&d, "pids.max").map(|v| if v == u64::MAX { 0 } else { v }).unwrap_or(0),
-            });
+            st.pids = PidsStats {
+                current: read_u64(&d, "pids.current").unwrap_or(0),
+                limit: read_limit(&d, "pids.max"),
+            };
         }
-        out
+        st
     }
 }
 
@@ -369,6 +371,67 @@ mod tests {
         // The last device rule written is the last default rule (files keep the last write).
         assert_eq!(rd("devices", "devices.allow"), "c 10:200 rwm");
         assert_eq!(rd("devices", "devices.deny"), "a");
+    }
+
+    #[test]
+    fn stats_read_v1_files() {
+        let (tmp, mut cg) = fake();
+        for c in ["cpuacct", "pids"] {
+            fs::create_dir_all(tmp.path().join(c)).unwrap();
+            cg.paths.insert(c.to_string(), PathBuf::from("pod/ctr"));
+        }
+        cg.create().unwrap();
+        let w = |c: &str, f: &str, v: &str| {
+            fs::write(tmp.path().join(c).join("pod/ctr").join(f), v).unwrap()
+        };
+        w("cpuacct", "cpuacct.usage", "123456789\n");
+        w("cpuacct", "cpuacct.usage_percpu", "100 200 \n");
+        w("cpuacct", "cpuacct.stat", "user 7\nsystem 3\n");
+        w(
+            "cpu",
+            "cpu.stat",
+            "nr_periods 10\nnr_throttled 2\nthrottled_time 5000\n",
+        );
+        w("memory", "memory.usage_in_bytes", "4096\n");
+        w("memory", "memory.limit_in_bytes", "67108864\n");
+        w("memory", "memory.failcnt", "1\n");
+        w("memory", "memory.stat", "cache 8192\nrss 4096\n");
+        w(
+            "memory",
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        w("pids", "pids.current", "3\n");
+        w("pids", "pids.max", "max\n");
+        let st = cg.stats();
+        assert_eq!(st.cpu.usage.total_ns, 123_456_789);
+        assert_eq!(st.cpu.usage.per_cpu_ns, vec![100, 200]);
+        assert_eq!(st.cpu.usage.user_ns, 70_000_000);
+        assert_eq!(st.cpu.usage.kernel_ns, 30_000_000);
+        assert_eq!(st.cpu.throttling.throttled_periods, 2);
+        assert_eq!(st.cpu.throttling.throttled_time_ns, 5000);
+        assert_eq!(st.memory.usage.usage, 4096);
+        assert_eq!(st.memory.usage.limit, 64 << 20);
+        assert_eq!(st.memory.usage.failcnt, 1);
+        assert_eq!(st.memory.raw.get("cache"), Some(&8192));
+        assert_eq!(st.memory.events.get("oom_kill"), Some(&2));
+        assert_eq!(
+            (st.pids.current, st.pids.limit),
+            (3, 0),
+            "max reads as unlimited"
+        );
+        let oom = super::super::Cgroup::V1(cg.clone()).oom_kills();
+        assert_eq!(oom, 2);
+        // runc's `events --stats` field names.
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(
+            json["cpu"]["usage"]["percpu"],
+            serde_json::json!([100, 200])
+        );
+        assert_eq!(json["memory"]["usage"]["limit"], 67108864);
+        assert!(
+            json["memory"].get("kernelTCP").is_some() && json["memory"].get("events").is_none()
+        );
     }
 
     #[test]

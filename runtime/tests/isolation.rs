@@ -10,9 +10,11 @@ use std::time::Duration;
 use common::{ns_of, wait_exit, Bundle, Netns};
 use serde_json::json;
 
+/// Waits until a file the container writes has content (it exists from the shell's open on,
+/// before the write).
 fn wait_file(p: &std::path::Path) {
     for _ in 0..500 {
-        if p.exists() {
+        if fs::metadata(p).is_ok_and(|m| m.len() > 0) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));

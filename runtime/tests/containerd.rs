@@ -119,7 +119,7 @@ async fn wait_for_log(sandbox_config: &PodSandboxConfig, name: &str, needle: &st
 async fn pod_runs_on_nodus_runtime_handler() {
     assert!(
         nodus_testkit::bin_path("nodus-runtime").exists(),
-        "build nodus-runtime first (cargo build -p nodus-shim)"
+        "build nodus-runtime first (cargo build -p nodus-runtime)"
     );
     let ctrd = PrivateContainerd::start(ContainerdOptions::default())
         .await
@@ -249,7 +249,7 @@ async fn pod_runs_on_nodus_runtime_handler() {
 
     // The container's cgroup is below the pod's cgroup parent.
     let cg_parent = sandbox_config.linux.as_ref().unwrap().cgroup_parent.clone();
-    let cg_root = if nodus_shim::cgroups::is_unified() {
+    let cg_root = if nodus_runtime::cgroups::is_unified() {
         Path::new("/sys/fs/cgroup").join(cg_parent.trim_start_matches('/'))
     } else {
         Path::new("/sys/fs/cgroup/memory").join(cg_parent.trim_start_matches('/'))

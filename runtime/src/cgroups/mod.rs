@@ -8,6 +8,7 @@
 //! it is missing the container id is used (relative).
 
 pub mod devices;
+pub mod stats;
 pub mod v1;
 pub mod v2;
 
@@ -21,6 +22,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
+pub use stats::Stats;
 
 /// Where the cgroup hierarchies are mounted.
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
@@ -185,11 +187,32 @@ impl Cgroup {
         Ok(())
     }
 
-    /// A runc-compatible stats snapshot (`events --stats` data).
-    pub fn stats(&self) -> serde_json::Value {
+    /// A snapshot of the cgroup's CPU, memory and pids accounting.
+    pub fn stats(&self) -> Stats {
         match self {
             Cgroup::V1(c) => c.stats(),
             Cgroup::V2(c) => c.stats(),
+        }
+    }
+
+    /// The kernel's count of OOM kills in the cgroup (`oom_kill` of memory.oom_control on
+    /// v1, of memory.events on v2); 0 without a memory controller. Cheaper than
+    /// [`Cgroup::stats`]: one file.
+    pub fn oom_kills(&self) -> u64 {
+        let (dir, file) = match self {
+            Cgroup::V1(c) => (c.dirs().remove("memory"), "memory.oom_control"),
+            Cgroup::V2(c) => (Some(c.dir()), "memory.events"),
+        };
+        dir.and_then(|d| read_keyed(&d, file).get("oom_kill").copied())
+            .unwrap_or(0)
+    }
+
+    /// The directory of the memory controller (the one directory on v2), where OOM
+    /// notifications come from; None when a v1 host does not mount it.
+    pub fn memory_dir(&self) -> Option<PathBuf> {
+        match self {
+            Cgroup::V1(c) => c.dirs().remove("memory"),
+            Cgroup::V2(c) => Some(c.dir()),
         }
     }
 
@@ -249,6 +272,12 @@ pub(crate) fn read_keyed(dir: &Path, file: &str) -> BTreeMap<String, u64> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A limit from a cgroup file as the stats report it: "max" (unlimited) and a missing
+/// file read as 0.
+pub(crate) fn read_limit(dir: &Path, file: &str) -> u64 {
+    read_u64(dir, file).filter(|&v| v != u64::MAX).unwrap_or(0)
 }
 
 /// Read a number from a cgroup file ("max" reads as u64::MAX).

@@ -177,7 +177,7 @@ fn cgroup2_root() -> Option<std::path::PathBuf> {
     ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .into_iter()
         .map(std::path::PathBuf::from)
-        .find(|p| nodus_shim::cgroups::is_unified_at(p))
+        .find(|p| nodus_runtime::cgroups::is_unified_at(p))
 }
 
 /// Run `script` with sh in the cgroup v2 directory `dir`; its stdout and stderr.
@@ -216,7 +216,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 /// (one attached, the old one freed), removing the cgroup frees the last one.
 #[test]
 fn v2_device_program_filters_replaces_and_goes_with_the_cgroup() {
-    use nodus_shim::cgroups::{devices, v2::V2};
+    use nodus_runtime::cgroups::{devices, v2::V2};
     let Some(root) = cgroup2_root() else {
         eprintln!("SKIP v2_device_program: no cgroup2 mount at /sys/fs/cgroup(/unified)");
         return;
