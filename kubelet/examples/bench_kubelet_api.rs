@@ -348,7 +348,7 @@ async fn main() -> Result<()> {
 
         let t0 = Instant::now();
         let text = std::fs::read_to_string(&log_path)?;
-        let (lines, _) = nodus_kubelet::logs::parse(&text);
+        let (lines, _) = nodus_kubelet::logs::parse(&text, true);
         let out = nodus_kubelet::logs::render(&lines, false);
         tp_floor.push(out.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
     }

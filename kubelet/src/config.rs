@@ -250,6 +250,9 @@ pub struct KubeletConfiguration {
     pub address: Option<String>,
     pub port: Option<i64>,
     pub resolv_conf: Option<PathBuf>,
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Option<Vec<String>>,
+    pub cluster_domain: Option<String>,
     pub container_log_max_size: Option<String>,
     pub container_log_max_files: Option<i64>,
     pub container_log_monitor_interval: Option<String>,
@@ -324,6 +327,8 @@ pub struct Config {
     pub node_name: String,
     pub node_ip: Option<IpAddr>,
     pub resolv_conf: PathBuf,
+    /// `clusterDNS`, `clusterDomain` and whether `resolvConf` was set empty.
+    pub dns: crate::network::dns::ClusterDns,
     /// Rotate a container's log above this many bytes (default 10Mi).
     pub container_log_max_size: u64,
     /// Keep this many log files per container, the live one included (default 5).
@@ -401,6 +406,7 @@ impl Default for Config {
             node_name: String::new(),
             node_ip: None,
             resolv_conf: "/etc/resolv.conf".into(),
+            dns: Default::default(),
             container_log_max_size: 10 << 20,
             container_log_max_files: 5,
             container_log_monitor_interval: Duration::from_secs(10),
@@ -734,6 +740,25 @@ impl Config {
         }
         if let Some(v) = &file.resolv_conf {
             c.resolv_conf = v.clone();
+            c.dns.no_resolv_conf = v.as_os_str().is_empty();
+        }
+        for ip in file.cluster_dns.iter().flatten() {
+            c.dns.servers.push(parse_ip("clusterDNS", ip)?.to_string());
+        }
+        if let Some(v) = &file.cluster_domain {
+            let domain = v.trim_end_matches('.');
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if !domain.is_empty() && !domain.split('.').all(label_ok) {
+                return Err(invalid("clusterDomain", v, "must be a DNS subdomain"));
+            }
+            c.dns.domain = domain.to_string();
         }
         if let Some(v) = &file.container_log_max_size {
             let bytes = crate::resources::parse_milli(v)

@@ -134,13 +134,15 @@ pub fn resource_field_value(
     node: &NodeAllocatable,
 ) -> Result<String, String> {
     let r = container_resources(container)?;
+    // The API server defaults an absent divisor to "0"; upstream reads 0 as 1.
     let divisor = match &sel.divisor {
         Some(q) => parse_milli(&q.0).map_err(|e| format!("resourceFieldRef.divisor: {e}"))?,
         None => 1000,
     };
-    if divisor <= 0 {
+    let divisor = if divisor == 0 { 1000 } else { divisor };
+    if divisor < 0 {
         return Err(format!(
-            "resourceFieldRef.divisor {:?} must be positive",
+            "resourceFieldRef.divisor {:?} must not be negative",
             sel.divisor
                 .as_ref()
                 .map(|q| q.0.clone())
@@ -181,6 +183,15 @@ pub fn make_env(
     objects: &crate::objects::PodObjects,
 ) -> Result<Vec<(String, String)>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let services = match &objects.service_env {
+        Some(Ok(v)) => v.as_slice(),
+        Some(Err(e)) => return Err(e.clone()),
+        None => &[],
+    };
+    let service_map: HashMap<&str, &str> = services
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut out: Vec<(String, String)> = Vec::new();
     let mut map: HashMap<String, String> = HashMap::new();
     let set =
@@ -238,8 +249,13 @@ pub fn make_env(
     for e in container.env.iter().flatten() {
         let value = match &e.value_from {
             None => {
+                // References see the variables declared so far, then the services'.
                 let v = e.value.clone().unwrap_or_default();
-                expand(&v, &|n| map.get(n).cloned())
+                expand(&v, &|n| {
+                    map.get(n)
+                        .cloned()
+                        .or_else(|| service_map.get(n).map(|s| s.to_string()))
+                })
             }
             Some(src) => {
                 if let Some(f) = &src.field_ref {
@@ -311,6 +327,12 @@ pub fn make_env(
         };
         set(&mut out, &mut map, &e.name, value);
     }
+    // Service variables the container does not set itself come last.
+    for (k, v) in services {
+        if !map.contains_key(k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
     Ok(out)
 }
 
@@ -338,6 +360,7 @@ pub fn expand_command(
 mod tests {
     use super::*;
     use crate::sources::{load_manifest, Source};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn lk(n: &str) -> Option<String> {
         match n {
@@ -387,6 +410,73 @@ mod tests {
         assert_eq!(get("BOTH"), "web-n1@10.1.0.5");
         let (cmd, _) = expand_command(c, &env);
         assert_eq!(cmd, ["echo", "web-n1", "$(POD)"]);
+    }
+
+    #[test]
+    fn zero_divisor_reads_as_one() {
+        // What the API server stores for a resourceFieldRef written without a divisor.
+        let text = "kind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: c\n    image: i:1\n    resources: {limits: {memory: 64Mi, cpu: 1250m}, requests: {memory: 32Mi, cpu: 250m}}\n    env:\n    - {name: LMEM, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: '0'}}}\n    - {name: RMEM, valueFrom: {resourceFieldRef: {resource: requests.memory, divisor: '0'}}}\n    - {name: LCPU, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: '0'}}}\n    - {name: RCPU, valueFrom: {resourceFieldRef: {resource: requests.cpu, divisor: '0'}}}\n";
+        let pod = load_manifest(text, Source::File, "/m/w", "n1").0.remove(0);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let node = NodeAllocatable {
+            cpu_milli: 2000,
+            memory: 1 << 30,
+        };
+        let env = make_env(
+            &pod,
+            c,
+            &RuntimeFields::default(),
+            &node,
+            &Default::default(),
+        )
+        .unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        assert_eq!(get("LMEM"), (64u64 << 20).to_string());
+        assert_eq!(get("RMEM"), (32u64 << 20).to_string());
+        // CPU in whole cores, rounded up.
+        assert_eq!(get("LCPU"), "2");
+        assert_eq!(get("RCPU"), "1");
+        let neg = ResourceFieldSelector {
+            resource: "limits.cpu".into(),
+            divisor: Some(Quantity("-1".into())),
+            container_name: None,
+        };
+        let e = resource_field_value(c, &neg, &node).unwrap_err();
+        assert!(e.contains("divisor") && e.contains("-1"), "{e}");
+    }
+
+    #[test]
+    fn service_variables_come_last_and_can_be_referenced() {
+        let text = "kind: Pod\nmetadata: {name: web, namespace: ns}\nspec:\n  containers:\n  - name: c\n    image: i:1\n    env:\n    - {name: URL, value: 'https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)'}\n    - {name: KUBERNETES_SERVICE_PORT, value: '6443'}\n";
+        let pod = load_manifest(text, Source::File, "/m/w", "n1").0.remove(0);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let node = NodeAllocatable {
+            cpu_milli: 1000,
+            memory: 1,
+        };
+        let objects = crate::objects::PodObjects {
+            api: true,
+            service_env: Some(Ok(vec![
+                ("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into()),
+                ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
+            ])),
+            ..Default::default()
+        };
+        let env = make_env(&pod, c, &RuntimeFields::default(), &node, &objects).unwrap();
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["URL", "KUBERNETES_SERVICE_PORT", "KUBERNETES_SERVICE_HOST"]
+        );
+        assert_eq!(env[0].1, "https://10.96.0.1:443");
+        assert_eq!(env[1].1, "6443", "the container's own value wins");
+        let not_yet = crate::objects::PodObjects {
+            api: true,
+            service_env: Some(Err("services have not yet been read".into())),
+            ..Default::default()
+        };
+        let e = make_env(&pod, c, &RuntimeFields::default(), &node, &not_yet).unwrap_err();
+        assert!(e.contains("services"), "{e}");
     }
 
     #[test]

@@ -83,7 +83,9 @@ fn host_of(host: Option<&str>, pod_ip: Option<&str>) -> Result<IpAddr, String> {
         .map_err(|_| format!("host {h:?} is not an IP address (names are not resolved)"))
 }
 
-/// HTTP GET as upstream's probe: status 200..400 succeeds.
+/// HTTP GET as upstream's probe: status 200..400 succeeds. `scheme: HTTPS` speaks TLS
+/// without verifying the server's certificate, as upstream does (kubeadm's control-plane
+/// pods and metrics-server are probed that way, on self-signed certificates).
 pub async fn http_get(
     action: &HTTPGetAction,
     container: &Container,
@@ -91,11 +93,11 @@ pub async fn http_get(
     timeout: Duration,
 ) -> Outcome {
     let scheme = action.scheme.as_deref().unwrap_or("HTTP");
-    if !scheme.eq_ignore_ascii_case("HTTP") {
-        return Err(format!(
-            "httpGet scheme {scheme:?} is not supported (HTTP only)"
-        ));
-    }
+    let tls = match scheme {
+        s if s.eq_ignore_ascii_case("HTTP") => false,
+        s if s.eq_ignore_ascii_case("HTTPS") => true,
+        other => return Err(format!("httpGet scheme {other:?} is not HTTP or HTTPS")),
+    };
     let ip = host_of(action.host.as_deref(), pod_ip)?;
     let port = resolve_port(&action.port, container)?;
     let path = action
@@ -119,43 +121,34 @@ pub async fn http_get(
         has_agent |= h.name.eq_ignore_ascii_case("user-agent");
         req.push_str(&format!("{}: {}\r\n", h.name, h.value));
     }
+    let authority = match ip {
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+    };
     if !has_host {
-        let host = match ip {
-            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-            IpAddr::V4(v4) => format!("{v4}:{port}"),
-        };
-        req.push_str(&format!("Host: {host}\r\n"));
+        req.push_str(&format!("Host: {authority}\r\n"));
     }
     if !has_agent {
         req.push_str("User-Agent: kube-probe/1.34\r\n");
     }
     req.push_str("Accept: */*\r\nConnection: close\r\n\r\n");
+    let url = format!("{}://{authority}{path}", scheme.to_ascii_lowercase());
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect((ip, port))
+        let tcp = tokio::net::TcpStream::connect((ip, port))
             .await
-            .map_err(|e| format!("GET http://{ip}:{port}{path}: {e}"))?;
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("GET http://{ip}:{port}{path}: {e}"))?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        // Only the status line matters.
-        while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 8192 {
-            let n = s
-                .read(&mut chunk)
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let code = if tls {
+            let name = rustls_pki_types::ServerName::IpAddress(ip.into());
+            let s = crate::insecure_tls::connector()
+                .map_err(|e| format!("GET {url}: {e}"))?
+                .connect(name, tcp)
                 .await
-                .map_err(|e| format!("GET http://{ip}:{port}{path}: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            status_code(s, &req).await
+        } else {
+            status_code(tcp, &req).await
         }
-        let line = String::from_utf8_lossy(&buf);
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("GET http://{ip}:{port}{path}: malformed HTTP response"))?;
+        .map_err(|e| format!("GET {url}: {e}"))?;
         if (200..400).contains(&code) {
             Ok(())
         } else {
@@ -164,7 +157,32 @@ pub async fn http_get(
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| format!("GET http://{ip}:{port}{path}: timed out after {timeout:?}"))?
+        .map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
+}
+
+/// Sends `req` and reads the status code of the response's status line.
+async fn status_code<S>(mut s: S, req: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    // Only the status line matters.
+    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 8192 {
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "malformed HTTP response".to_string())
 }
 
 pub async fn tcp(
@@ -280,6 +298,61 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.contains("connect"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn https_probe_accepts_a_self_signed_certificate() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 2048];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let ok = String::from_utf8_lossy(&buf[..n]).starts_with("GET /healthz ");
+                    let code = if ok { 200 } else { 503 };
+                    let reply = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+                    let _ = s.write_all(reply.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        let c = Container::default();
+        let get = |path: &str, scheme: &str| HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port as i32),
+            scheme: Some(scheme.into()),
+            ..Default::default()
+        };
+        let t = Duration::from_secs(5);
+        let ip = Some("127.0.0.1");
+        assert_eq!(http_get(&get("/healthz", "HTTPS"), &c, ip, t).await, Ok(()));
+        let e = http_get(&get("/other", "HTTPS"), &c, ip, t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("statuscode: 503"), "{e}");
+        // Plain HTTP against a TLS server does not pass.
+        assert!(http_get(&get("/healthz", "HTTP"), &c, ip, t).await.is_err());
+        let e = http_get(&get("/healthz", "FTP"), &c, ip, t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("\"FTP\""), "{e}");
     }
 
     #[tokio::test]

@@ -213,6 +213,15 @@ impl Syncer {
             );
         }
         let now = now_nanos();
+        let started = self
+            .status
+            .get(&uid)
+            .or_else(|| pod.status.clone())
+            .and_then(|s| crate::active_deadline::start_nanos(&s));
+        let deadline_left = crate::active_deadline::remaining(pod, started, now);
+        if deadline_left.is_some_and(|left| left <= 0) {
+            return self.deadline_exceeded(pod, &uid, &runtime_status).await;
+        }
         let actions = {
             let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
             compute_pod_actions(pod, &runtime_status, &b, now)
@@ -275,11 +284,57 @@ impl Syncer {
             .map(|w| Duration::from_nanos(w.remaining.max(0) as u64))
             .min()
             .unwrap_or(self.sync_frequency);
+        // Come back when the deadline passes.
+        let requeue = match deadline_left {
+            Some(left) => requeue.min(Duration::from_nanos(left.clamp(0, u64::MAX as i128) as u64)),
+            None => requeue,
+        };
         if api_done {
             requeue
         } else {
             requeue.min(ERROR_REQUEUE)
         }
+    }
+}
+
+impl Syncer {
+    /// A pod past its activeDeadlineSeconds: its containers are killed and it is Failed
+    /// with reason DeadlineExceeded (upstream's active deadline handler).
+    async fn deadline_exceeded(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        runtime_status: &crate::container::PodStatus,
+    ) -> Duration {
+        let running = runtime_status
+            .containers
+            .iter()
+            .any(|c| c.state == crate::container::ContainerState::Running);
+        if running {
+            tracing::info!(pod = %crate::pod_config::full_name(pod), %uid, "pod was active on the node longer than the specified deadline, killing it");
+            self.events.pod_event(
+                pod,
+                None,
+                crate::events::NORMAL,
+                crate::active_deadline::REASON,
+                crate::active_deadline::MESSAGE.to_string(),
+            );
+        }
+        if let Err(e) = self.runtime.kill_pod(uid, Some(pod), None).await {
+            tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "killing a pod past its deadline");
+            return ERROR_REQUEUE;
+        }
+        let runtime_status = self
+            .runtime
+            .get_pod_status(uid)
+            .await
+            .unwrap_or_else(|_| runtime_status.clone());
+        self.set_status(pod, uid, &runtime_status, &[], now_nanos());
+        if let Some(mut st) = self.status.get(uid) {
+            crate::active_deadline::mark_exceeded(&mut st);
+            self.status.set(uid, st);
+        }
+        self.sync_frequency
     }
 }
 
@@ -397,6 +452,7 @@ impl Kubelet {
             NodePaths {
                 pod_logs_dir: cfg.pod_logs_dir.clone(),
                 cgroup_root: cfg.cgroup_root.clone(),
+                dns: cfg.dns.clone(),
             },
             cfg.root_dir.clone(),
             cfg.resolv_conf.clone(),

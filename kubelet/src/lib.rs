@@ -7,6 +7,7 @@
 //! (with [`pleg`] events and ticks) -> [`pod_workers`] -> [`kuberuntime`] (CRI calls
 //! through [`cri`]) -> [`status_manager`], served by [`server`].
 
+pub mod active_deadline;
 pub mod atomic_writer;
 pub mod backoff;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod envvars;
 pub mod events;
 pub mod handlers;
 pub mod images;
+pub(crate) mod insecure_tls;
 pub mod kubeclient;
 pub mod kubelet;
 pub mod kuberuntime;
@@ -24,6 +26,7 @@ pub mod labels;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;
+pub mod network;
 pub mod nodelease;
 pub mod nodestatus;
 pub mod objects;
@@ -34,6 +37,7 @@ pub mod pod_workers;
 pub mod prober;
 pub mod resources;
 pub mod server;
+pub mod services;
 pub mod sources;
 pub mod stats;
 pub mod status_manager;

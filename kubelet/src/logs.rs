@@ -19,11 +19,16 @@ pub struct LogLine {
     pub timestamp: String,
     pub stream: String,
     pub message: String,
+    /// The line never got its newline: the output ended in partial (`P`) records with no
+    /// full (`F`) record after them (`printf NO-NEWLINE`). Rendered without a newline.
+    pub partial: bool,
 }
 
-/// Parses CRI log text into lines, joining partial (`P`) records; a trailing partial
-/// record is returned as `rest` (bytes not yet complete).
-pub fn parse(text: &str) -> (Vec<LogLine>, usize) {
+/// Parses CRI log text into lines, joining partial (`P`) records. Returns the lines and how
+/// many bytes they used: an unterminated record, and partial records not yet followed by
+/// their full one, stay unconsumed. With `at_end` (the log is complete: the container exited
+/// or the reader takes a snapshot) those partial records form a last line without a newline.
+pub fn parse(text: &str, at_end: bool) -> (Vec<LogLine>, usize) {
     let mut out = Vec::new();
     let mut pending: Option<LogLine> = None;
     let mut consumed = 0;
@@ -44,11 +49,21 @@ pub fn parse(text: &str) -> (Vec<LogLine>, usize) {
             timestamp: ts.to_string(),
             stream: stream.to_string(),
             message: String::new(),
+            partial: false,
         });
         entry.message.push_str(msg);
         if tag != "P" {
             out.extend(pending.take());
             consumed = pos;
+        } else if at_end {
+            // Consumed as far as this record; emitted below unless an F record completes it.
+            consumed = pos;
+        }
+    }
+    if at_end {
+        if let Some(mut last) = pending {
+            last.partial = true;
+            out.push(last);
         }
     }
     (out, consumed)
@@ -107,7 +122,9 @@ pub fn render(lines: &[LogLine], timestamps: bool) -> String {
             s.push(' ');
         }
         s.push_str(&l.message);
-        s.push('\n');
+        if !l.partial {
+            s.push('\n');
+        }
     }
     s
 }
@@ -157,7 +174,7 @@ pub fn read_all(path: &Path, o: &LogOptions) -> std::io::Result<(String, u64)> {
     let text = std::fs::read(path)?;
     let len = text.len() as u64;
     let text = String::from_utf8_lossy(&text);
-    let (mut lines, _) = parse(&text);
+    let (mut lines, _) = parse(&text, true);
     if let Some(n) = o.tail_lines {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
@@ -300,12 +317,32 @@ mod tests {
     #[test]
     fn parses_and_joins_partial_lines() {
         let text = "2024-01-01T00:00:00.1Z stdout F one\n2024-01-01T00:00:00.2Z stderr P tw\n2024-01-01T00:00:00.3Z stderr F o\n2024-01-01T00:00:00.4Z stdout F \n2024-01-01T00:00:00.5Z stdout F par";
-        let (lines, consumed) = parse(text);
+        let (lines, consumed) = parse(text, false);
         let msgs: Vec<_> = lines.iter().map(|l| l.message.as_str()).collect();
         assert_eq!(msgs, ["one", "two", ""]);
         assert_eq!(lines[1].timestamp, "2024-01-01T00:00:00.2Z");
         assert_eq!(&text[consumed..], "2024-01-01T00:00:00.5Z stdout F par");
         assert_eq!(render(&lines[..1], true), "2024-01-01T00:00:00.1Z one\n");
+    }
+
+    #[test]
+    fn output_without_a_final_newline_is_kept() {
+        // `printf 'a\nNO-NEWLINE'`: the runtime writes the last bytes as a partial record.
+        let text = "t1 stdout F a\nt2 stdout P NO-\nt3 stdout P NEWLINE\n";
+        let (lines, consumed) = parse(text, false);
+        assert_eq!(lines.len(), 1, "a follower waits for the rest: {lines:?}");
+        assert_eq!(&text[consumed..], "t2 stdout P NO-\nt3 stdout P NEWLINE\n");
+        let (lines, consumed) = parse(text, true);
+        assert_eq!(consumed, text.len());
+        assert_eq!(render(&lines, false), "a\nNO-NEWLINE");
+        assert_eq!(render(&lines, true), "t1 a\nt2 NO-NEWLINE");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("0.log");
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(
+            read_all(&p, &LogOptions::default()).unwrap().0,
+            "a\nNO-NEWLINE"
+        );
     }
 
     #[test]

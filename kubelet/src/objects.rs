@@ -160,6 +160,9 @@ pub struct PodObjects {
     pub tokens: HashMap<TokenKey, Result<String, String>>,
     /// Errors other than not-found (forbidden, API server down), by object.
     pub errors: HashMap<ObjectKey, String>,
+    /// The pod's Service environment variables (None: standalone, there are none; Err:
+    /// the Services could not be read yet).
+    pub service_env: Option<Result<Vec<(String, String)>, String>>,
 }
 
 impl PodObjects {
@@ -275,6 +278,8 @@ pub struct ObjectManager {
     /// Object changes, for the sync loop to resync the pods that use them.
     changed: mpsc::UnboundedSender<ObjectKey>,
     pub default_audience: String,
+    /// The cluster's Services, for the pods' service environment variables.
+    services: crate::services::ServiceLister,
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -284,13 +289,14 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 impl ObjectManager {
     pub fn new(client: kube::Client, changed: mpsc::UnboundedSender<ObjectKey>) -> Self {
         ObjectManager {
-            client,
+            client: client.clone(),
             inner: Arc::new(Mutex::new(Inner {
                 watched: HashMap::new(),
                 tokens: HashMap::new(),
             })),
             changed,
             default_audience: String::new(),
+            services: crate::services::ServiceLister::start(client),
         }
     }
 
@@ -343,6 +349,7 @@ impl ObjectManager {
     pub async fn prefetch(&self, pod: &Pod) -> PodObjects {
         let mut out = PodObjects {
             api: true,
+            service_env: Some(self.services.env_for(pod)),
             ..Default::default()
         };
         for key in referenced_objects(pod) {

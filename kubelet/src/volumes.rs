@@ -64,7 +64,7 @@ fn io(volume: &str, path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError {
 pub struct HostVolume {
     pub path: PathBuf,
     pub read_only: bool,
-    /// emptyDir: sub-paths may be created inside it.
+    /// emptyDir and hostPath: a `subPath` that does not exist is created inside it.
     pub writable_dir: bool,
 }
 
@@ -203,7 +203,7 @@ fn host_path(v: &Volume) -> Result<HostVolume, VolumeError> {
     Ok(HostVolume {
         path,
         read_only: false,
-        writable_dir: false,
+        writable_dir: true,
     })
 }
 
@@ -599,9 +599,7 @@ pub fn container_mounts(
             host = host.join(sub);
             if !host.exists() {
                 if v.writable_dir {
-                    std::fs::create_dir_all(&host).map_err(io(&m.name, &host))?;
-                    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o777))
-                        .map_err(io(&m.name, &host))?;
+                    make_sub_path(&m.name, sub, &v.path, &host)?;
                 } else {
                     return Err(invalid(&m.name, format!("subPath {sub:?} does not exist")));
                 }
@@ -632,6 +630,38 @@ pub fn container_mounts(
     Ok(out)
 }
 
+/// Creates a missing `subPath` directory as upstream does: with the mode of the volume's
+/// own directory (what a user creating it by hand would get), and only when its nearest
+/// existing ancestor lies inside the volume, so a symlink cannot make it create outside.
+fn make_sub_path(volume: &str, sub: &str, base: &Path, host: &Path) -> Result<(), VolumeError> {
+    let real_base = base.canonicalize().map_err(io(volume, base))?;
+    let mut existing = host;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(base);
+    }
+    let real = existing.canonicalize().map_err(io(volume, existing))?;
+    if !real.starts_with(&real_base) {
+        return Err(invalid(
+            volume,
+            format!("subPath {sub:?} leads outside the volume"),
+        ));
+    }
+    let mode = std::fs::metadata(&real_base)
+        .map_err(io(volume, base))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    std::fs::create_dir_all(host).map_err(io(volume, host))?;
+    // Every directory made here gets the volume's mode, whatever the umask.
+    let mut dir = host;
+    while dir != existing {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(io(volume, dir))?;
+        dir = dir.parent().unwrap_or(existing);
+    }
+    Ok(())
+}
+
 /// Unmounts the pod's memory-backed volumes (before its directory is removed).
 pub fn teardown(root_dir: &Path, uid: &str) {
     for plugin in TMPFS_PLUGINS {
@@ -647,5 +677,79 @@ pub fn teardown(root_dir: &Path, uid: &str) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount_with_sub_path(volume: &HostVolume, sub: &str) -> Result<Vec<cri::Mount>, VolumeError> {
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "volumeMounts": [{"name": "v", "mountPath": "/data", "subPath": sub}],
+        }))
+        .unwrap();
+        let volumes = HashMap::from([("v".to_string(), volume.clone())]);
+        container_mounts(&container, &volumes)
+    }
+
+    #[test]
+    fn missing_host_path_sub_path_is_made_with_the_volume_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("host");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o751)).unwrap();
+        let v = HostVolume {
+            path: base.clone(),
+            read_only: false,
+            writable_dir: true,
+        };
+        let mounts = mount_with_sub_path(&v, "a/b").unwrap();
+        let made = base.join("a/b");
+        assert_eq!(
+            mounts[0].host_path,
+            made.canonicalize().unwrap().display().to_string()
+        );
+        for d in [base.join("a"), made] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o751, "{}", d.display());
+        }
+    }
+
+    #[test]
+    fn sub_path_is_not_made_through_a_symlink_out_of_the_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, outside) = (dir.path().join("vol"), dir.path().join("outside"));
+        std::fs::create_dir(&base).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, base.join("link")).unwrap();
+        let v = HostVolume {
+            path: base,
+            read_only: false,
+            writable_dir: true,
+        };
+        let e = mount_with_sub_path(&v, "link/new").unwrap_err().to_string();
+        assert!(e.contains("link/new") && e.contains("outside"), "{e}");
+        assert!(
+            !outside.join("new").exists(),
+            "nothing made outside the volume"
+        );
+    }
+
+    #[test]
+    fn missing_sub_path_of_a_read_only_volume_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = HostVolume {
+            path: dir.path().to_path_buf(),
+            read_only: true,
+            writable_dir: false,
+        };
+        let e = mount_with_sub_path(&v, "nope").unwrap_err().to_string();
+        assert!(
+            e.contains("\"nope\"") && e.contains("does not exist"),
+            "{e}"
+        );
+        assert!(!dir.path().join("nope").exists());
     }
 }

@@ -9,6 +9,7 @@ pub mod container;
 pub mod sandbox;
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -330,7 +331,8 @@ impl RuntimeManager {
             self.kill_pod(&uid, Some(pod), None).await?;
         }
         let resolv = self.node_resolv_conf();
-        let sandbox_config = sandbox::sandbox_config(pod, actions.attempt, &self.paths, &resolv);
+        let sandbox_config = sandbox::sandbox_config(pod, actions.attempt, &self.paths, &resolv)
+            .map_err(SyncError::Config)?;
         let sandbox_id = if actions.create_sandbox {
             let log_dir = PathBuf::from(&sandbox_config.log_directory);
             mkdir(&log_dir)?;
@@ -552,12 +554,36 @@ impl RuntimeManager {
                 .join(&container.name);
             mkdir(&dir)?;
             let file = dir.join(restart_count.to_string());
-            std::fs::write(&file, b"").map_err(|source| SyncError::Io {
-                path: file.clone(),
+            // 0666 whatever the umask, as upstream: a container running as any user writes it.
+            std::fs::write(&file, b"")
+                .and_then(|()| {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))
+                })
+                .map_err(|source| SyncError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+            mounts.push(cri::Mount {
+                container_path: path.to_string(),
+                host_path: file.display().to_string(),
+                ..Default::default()
+            });
+        }
+        if crate::network::hosts::should_mount(container, &rt_fields.pod_ips) {
+            let pod_dir = self.root_dir.join("pods").join(&uid);
+            let file = crate::network::hosts::ensure_file(
+                &pod_dir,
+                pod,
+                &rt_fields.pod_ips,
+                &self.paths.dns.domain,
+                Path::new(crate::network::hosts::ETC_HOSTS),
+            )
+            .map_err(|source| SyncError::Io {
+                path: pod_dir.join("etc-hosts"),
                 source,
             })?;
             mounts.push(cri::Mount {
-                container_path: path.to_string(),
+                container_path: crate::network::hosts::ETC_HOSTS.into(),
                 host_path: file.display().to_string(),
                 ..Default::default()
             });

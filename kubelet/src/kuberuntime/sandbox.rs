@@ -25,72 +25,6 @@ pub fn pod_cgroup_parent(cgroup_root: &str, pod: &Pod) -> String {
     )
 }
 
-/// The sandbox hostname: `spec.hostname`, else the pod name, cut to 63 characters.
-pub fn hostname(pod: &Pod) -> String {
-    let name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.hostname.clone())
-        .or_else(|| pod.metadata.name.clone())
-        .unwrap_or_default();
-    let mut h: String = name.chars().take(63).collect();
-    while h.ends_with('-') || h.ends_with('.') {
-        h.pop();
-    }
-    h
-}
-
-/// Parses resolv.conf text into servers, searches and options.
-pub fn parse_resolv_conf(text: &str) -> cri::DnsConfig {
-    let mut d = cri::DnsConfig::default();
-    for line in text.lines() {
-        let line = line.split(['#', ';']).next().unwrap_or("").trim();
-        let mut f = line.split_whitespace();
-        match f.next() {
-            Some("nameserver") => d.servers.extend(f.next().map(str::to_owned)),
-            Some("search") => d.searches = f.map(str::to_owned).collect(),
-            Some("options") => d.options.extend(f.map(str::to_owned)),
-            _ => {}
-        }
-    }
-    d
-}
-
-/// The pod's DNS: `dnsPolicy: None` uses only `spec.dnsConfig`; every other policy starts
-/// from the node's resolv.conf (there is no cluster DNS in standalone mode, where upstream
-/// falls back to the same) and adds `spec.dnsConfig`.
-pub fn dns_config(pod: &Pod, node_resolv_conf: &str) -> cri::DnsConfig {
-    let spec = pod.spec.as_ref();
-    let policy = spec
-        .and_then(|s| s.dns_policy.as_deref())
-        .unwrap_or("ClusterFirst");
-    let mut d = if policy == "None" {
-        cri::DnsConfig::default()
-    } else {
-        parse_resolv_conf(node_resolv_conf)
-    };
-    if let Some(extra) = spec.and_then(|s| s.dns_config.as_ref()) {
-        for s in extra.nameservers.iter().flatten() {
-            if !d.servers.contains(s) {
-                d.servers.push(s.clone());
-            }
-        }
-        for s in extra.searches.iter().flatten() {
-            if !d.searches.contains(s) {
-                d.searches.push(s.clone());
-            }
-        }
-        for o in extra.options.iter().flatten() {
-            let text = match &o.value {
-                Some(v) => format!("{}:{v}", o.name.as_deref().unwrap_or("")),
-                None => o.name.clone().unwrap_or_default(),
-            };
-            d.options.push(text);
-        }
-    }
-    d
-}
-
 /// Port mappings for every container port with a hostPort.
 pub fn port_mappings(pod: &Pod) -> Vec<cri::PortMapping> {
     let Some(spec) = &pod.spec else {
@@ -118,6 +52,8 @@ pub fn port_mappings(pod: &Pod) -> Vec<cri::PortMapping> {
 pub struct NodePaths {
     pub pod_logs_dir: PathBuf,
     pub cgroup_root: String,
+    /// Cluster DNS settings for the sandboxes' resolver configuration and host names.
+    pub dns: crate::network::dns::ClusterDns,
 }
 
 fn ns_mode(host: bool, otherwise: cri::NamespaceMode) -> i32 {
@@ -176,13 +112,14 @@ pub fn sandbox_security_context(pod: &Pod) -> cri::LinuxSandboxSecurityContext {
     }
 }
 
-/// The full sandbox config for `attempt`.
+/// The full sandbox config for `attempt`; Err names what cannot be made (a host name too
+/// long for the kernel).
 pub fn sandbox_config(
     pod: &Pod,
     attempt: u32,
     paths: &NodePaths,
     node_resolv_conf: &str,
-) -> cri::PodSandboxConfig {
+) -> Result<cri::PodSandboxConfig, String> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -191,7 +128,7 @@ pub fn sandbox_config(
         .as_ref()
         .and_then(|s| s.host_network)
         .unwrap_or(false);
-    cri::PodSandboxConfig {
+    Ok(cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.clone(),
             uid: uid.clone(),
@@ -201,12 +138,16 @@ pub fn sandbox_config(
         hostname: if host_network {
             String::new()
         } else {
-            hostname(pod)
+            crate::network::dns::kernel_host_name(pod, &paths.dns.domain)?
         },
         log_directory: pod_log_dir(&paths.pod_logs_dir, &namespace, &name, &uid)
             .display()
             .to_string(),
-        dns_config: Some(dns_config(pod, node_resolv_conf)),
+        dns_config: Some(crate::network::dns::pod_dns_config(
+            pod,
+            &paths.dns,
+            node_resolv_conf,
+        )),
         port_mappings: port_mappings(pod),
         labels: labels::pod_labels(pod),
         annotations: labels::pod_annotations(pod),
@@ -227,7 +168,7 @@ pub fn sandbox_config(
             ..Default::default()
         }),
         windows: None,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -251,13 +192,15 @@ mod tests {
         let paths = NodePaths {
             pod_logs_dir: "/var/log/pods".into(),
             cgroup_root: "/".into(),
+            dns: Default::default(),
         };
         let c = sandbox_config(
             &p,
             2,
             &paths,
             "nameserver 10.0.0.53\nsearch a.local b.local\noptions ndots:2\n",
-        );
+        )
+        .unwrap();
         let m = c.metadata.as_ref().unwrap();
         assert_eq!(
             (m.name.as_str(), m.namespace.as_str(), m.attempt),
@@ -306,21 +249,14 @@ mod tests {
     }
 
     #[test]
-    fn dns_policy_none_uses_only_pod_config() {
-        let p = pod("  dnsPolicy: None\n  dnsConfig: {nameservers: [1.1.1.1], options: [{name: ndots, value: '1'}]}\n");
-        let d = dns_config(&p, "nameserver 10.0.0.53\n");
-        assert_eq!(d.servers, ["1.1.1.1"]);
-        assert_eq!(d.options, ["ndots:1"]);
-    }
-
-    #[test]
     fn host_namespaces_and_hostname() {
         let p = pod("  hostNetwork: true\n  hostPID: true\n  hostname: custom\n");
         let ns = namespace_options(&p);
         assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
         assert_eq!(ns.pid, cri::NamespaceMode::Node as i32);
-        assert_eq!(hostname(&p), "custom");
+        let host = |p: &Pod| crate::network::dns::host_name_and_domain(p, "").0;
+        assert_eq!(host(&p), "custom");
         let long = pod(&format!("  hostname: {}-\n", "a".repeat(62)));
-        assert_eq!(hostname(&long), "a".repeat(62));
+        assert_eq!(host(&long), "a".repeat(62));
     }
 }

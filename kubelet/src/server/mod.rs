@@ -131,8 +131,13 @@ async fn container_logs(shared: &Shared, rest: &str, query: &str) -> Response<Bo
             )
         }
     };
+    // Logs go out as a stream of unknown length (chunked), as upstream sends them, also when
+    // not following: the API server's WebSocket log copy drops the bytes that arrive together
+    // with the end of a Content-Length body.
     if !opts.follow {
-        return reply(StatusCode::OK, "text/plain", text);
+        let once =
+            futures::stream::once(async move { Ok::<_, Infallible>(Frame::data(text.into())) });
+        return streamed(StreamBody::new(once));
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let cri = shared.cri.clone();
@@ -142,7 +147,15 @@ async fn container_logs(shared: &Shared, rest: &str, query: &str) -> Response<Bo
             .await
             .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    streamed(StreamBody::new(stream))
+}
+
+/// A text/plain response whose body has no length known in advance.
+fn streamed<S>(body: StreamBody<S>) -> Response<Body>
+where
+    S: futures::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync + 'static,
+{
+    let mut r = Response::new(BodyExt::boxed(body));
     if let Ok(v) = "text/plain".parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
@@ -183,7 +196,7 @@ async fn follow_log(
             }
             offset += buf.len() as u64;
             carry.push_str(&String::from_utf8_lossy(&buf));
-            let (lines, consumed) = crate::logs::parse(&carry);
+            let (lines, consumed) = crate::logs::parse(&carry, false);
             carry.drain(..consumed);
             let out = crate::logs::render(&lines, timestamps);
             if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
@@ -198,6 +211,12 @@ async fn follow_log(
                 Ok(st) if st.state == nodus_proto::runtime::v1::ContainerState::ContainerRunning as i32
             );
             if !running {
+                // The output is complete: a last line without its newline goes out too.
+                let (lines, _) = crate::logs::parse(&carry, true);
+                let out = crate::logs::render(&lines, timestamps);
+                if !out.is_empty() {
+                    let _ = tx.send(Bytes::from(out)).await;
+                }
                 return;
             }
         }

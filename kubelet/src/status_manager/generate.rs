@@ -249,7 +249,7 @@ pub fn phase(pod: &Pod, init: &[ApiContainerStatus], apps: &[ApiContainerStatus]
 fn condition(
     kind: &str,
     ok: bool,
-    reason: Option<&str>,
+    why: Option<(&str, String)>,
     previous: Option<&ApiPodStatus>,
     now: Nanos,
 ) -> PodCondition {
@@ -262,12 +262,85 @@ fn condition(
         Some(p) if p.status == status => p.last_transition_time.clone(),
         _ => time(now),
     };
+    let (reason, message) = match why {
+        Some((reason, message)) => (
+            Some(reason.to_owned()),
+            (!message.is_empty()).then_some(message),
+        ),
+        None => (None, None),
+    };
     PodCondition {
         type_: kind.into(),
         status: status.into(),
-        reason: reason.filter(|_| !ok).map(str::to_owned),
+        reason,
+        message,
         last_transition_time,
         ..Default::default()
+    }
+}
+
+/// The containers among `statuses` that are not ready, as upstream's messages list them
+/// (Go's `[a b]`).
+fn not_ready(statuses: &[ApiContainerStatus]) -> Option<String> {
+    let names: Vec<&str> = statuses
+        .iter()
+        .filter(|s| !s.ready)
+        .map(|s| s.name.as_str())
+        .collect();
+    (!names.is_empty()).then(|| format!("[{}]", names.join(" ")))
+}
+
+/// Initialized (upstream `GeneratePodInitializedCondition`): true when every init container
+/// completed; a succeeded pod says PodCompleted; otherwise ContainersNotInitialized names
+/// the incomplete ones.
+fn initialized_condition(
+    init: &[ApiContainerStatus],
+    initialized: bool,
+    phase: &str,
+    prev: Option<&ApiPodStatus>,
+    now: Nanos,
+) -> PodCondition {
+    if init.is_empty() {
+        return condition("Initialized", true, None, prev, now);
+    }
+    if phase == "Succeeded" {
+        let why = Some(("PodCompleted", String::new()));
+        return condition("Initialized", true, why, prev, now);
+    }
+    match not_ready(init).filter(|_| !initialized) {
+        Some(names) => {
+            let why = (
+                "ContainersNotInitialized",
+                format!("containers with incomplete status: {names}"),
+            );
+            condition("Initialized", false, Some(why), prev, now)
+        }
+        None => condition("Initialized", true, None, prev, now),
+    }
+}
+
+/// ContainersReady and Ready (upstream `GenerateContainersReadyCondition`): a succeeded pod
+/// says PodCompleted; otherwise ContainersNotReady names the unready containers.
+fn ready_condition(
+    kind: &str,
+    apps: &[ApiContainerStatus],
+    phase: &str,
+    prev: Option<&ApiPodStatus>,
+    now: Nanos,
+) -> PodCondition {
+    if phase == "Succeeded" {
+        let why = Some(("PodCompleted", String::new()));
+        return condition(kind, false, why, prev, now);
+    }
+    match not_ready(apps) {
+        Some(names) => {
+            let why = (
+                "ContainersNotReady",
+                format!("containers with unready status: {names}"),
+            );
+            condition(kind, false, Some(why), prev, now)
+        }
+        None => condition(kind, true, None, prev, now),
     }
 }
 
@@ -313,41 +386,12 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
         .map(|c| container_status(c, runtime, inputs, app_reason, false))
         .collect();
     let phase = phase(pod, &init_statuses, &app_statuses);
-    let all_ready = app_statuses.iter().all(|s| s.ready);
-    let terminal = matches!(phase, "Succeeded" | "Failed");
     let prev = inputs.previous;
-    let ready_reason = if terminal {
-        "PodCompleted"
-    } else {
-        "ContainersNotReady"
-    };
     let conditions = vec![
         condition("PodScheduled", true, None, prev, inputs.now),
-        condition(
-            "Initialized",
-            initialized,
-            Some(if terminal {
-                "PodCompleted"
-            } else {
-                "ContainersNotInitialized"
-            }),
-            prev,
-            inputs.now,
-        ),
-        condition(
-            "ContainersReady",
-            all_ready && !terminal,
-            Some(ready_reason),
-            prev,
-            inputs.now,
-        ),
-        condition(
-            "Ready",
-            all_ready && !terminal,
-            Some(ready_reason),
-            prev,
-            inputs.now,
-        ),
+        initialized_condition(&init_statuses, initialized, phase, prev, inputs.now),
+        ready_condition("ContainersReady", &app_statuses, phase, prev, inputs.now),
+        ready_condition("Ready", &app_statuses, phase, prev, inputs.now),
     ];
     let ips = crate::kuberuntime::status_pod_ips(pod, runtime, inputs.node_ip.as_ref());
     ApiPodStatus {
@@ -596,6 +640,75 @@ mod tests {
         let s = gen(&p, &runtime(vec![ctr("i", Exited, 1, 5, 0)]), &[]);
         assert_eq!(s.phase.as_deref(), Some("Failed"));
         assert_eq!(cond(&s, "Initialized"), "False");
+    }
+
+    fn full_cond(s: &ApiPodStatus, kind: &str) -> (String, Option<String>, Option<String>) {
+        let c = s
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == kind)
+            .unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn conditions_name_the_containers_they_wait_for() {
+        // Two init containers, the first crash-looping: both are incomplete.
+        let p = pod("Always", &["init1", "init2"], &["run1"]);
+        let s = gen(&p, &runtime(vec![ctr("init1", Exited, 1, 5, 6)]), &[]);
+        assert_eq!(
+            full_cond(&s, "Initialized"),
+            (
+                "False".into(),
+                Some("ContainersNotInitialized".into()),
+                Some("containers with incomplete status: [init1 init2]".into())
+            )
+        );
+        assert_eq!(
+            full_cond(&s, "Ready"),
+            (
+                "False".into(),
+                Some("ContainersNotReady".into()),
+                Some("containers with unready status: [run1]".into())
+            )
+        );
+        // RestartPolicy Never: the first succeeded, the second failed; the pod fails.
+        let p = pod("Never", &["init1", "init2"], &["run1"]);
+        let s = gen(
+            &p,
+            &runtime(vec![
+                ctr("init1", Exited, 0, 5, 6),
+                ctr("init2", Exited, 1, 7, 8),
+            ]),
+            &[],
+        );
+        assert_eq!(s.phase.as_deref(), Some("Failed"));
+        let (_, reason, message) = full_cond(&s, "Initialized");
+        assert_eq!(reason.as_deref(), Some("ContainersNotInitialized"));
+        assert_eq!(
+            message.as_deref(),
+            Some("containers with incomplete status: [init2]")
+        );
+        // A succeeded pod: Initialized true, Ready false, both PodCompleted.
+        let p = pod("Never", &["init1"], &["run1"]);
+        let s = gen(
+            &p,
+            &runtime(vec![
+                ctr("init1", Exited, 0, 5, 6),
+                ctr("run1", Exited, 0, 7, 8),
+            ]),
+            &[],
+        );
+        assert_eq!(s.phase.as_deref(), Some("Succeeded"));
+        assert_eq!(
+            full_cond(&s, "Initialized"),
+            ("True".into(), Some("PodCompleted".into()), None)
+        );
+        assert_eq!(
+            full_cond(&s, "ContainersReady"),
+            ("False".into(), Some("PodCompleted".into()), None)
+        );
     }
 
     #[test]
