@@ -1,0 +1,120 @@
+//! API pods as the node conformance specs see them, against a real kube-apiserver
+//! (`NODUS_KUBE_APISERVER`; without it the tests print a SKIP line): Service environment
+//! variables, logs whose last line has no newline, and an activeDeadlineSeconds set on a
+//! running pod.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::{phase, ApiNode};
+use common::BUSYBOX_IMAGE;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+// kubernetes node conformance: "Pods should contain environment variables for services" and
+// "Downward API volume should provide podname as non-root with fsgroup" style log checks
+// (`printf` without a newline).
+#[tokio::test(flavor = "current_thread")]
+async fn api_pod_gets_service_variables_and_its_whole_log() {
+    // The API server reads logs from the kubelet's port on the node's address, as a client
+    // signed by its CA.
+    let Some(n) = ApiNode::start_with(
+        |cp| {
+            let serving = cp
+                .serving_cert("kubelet-serving", &[common::NODE, "10.66.0.1"])
+                .expect("kubelet serving cert");
+            format!(
+                "address: 0.0.0.0\ntlsCertFile: {}\ntlsPrivateKeyFile: {}\n\
+                 authentication:\n  x509: {{clientCAFile: {}}}\n",
+                serving.cert.display(),
+                serving.key.display(),
+                cp.ca_path().display()
+            )
+        },
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let services: Api<Service> = Api::namespaced(n.client.clone(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "fooservice"},
+        "spec": {"ports": [{"name": "http", "port": 8765, "targetPort": 8080}]},
+    }))
+    .unwrap();
+    let svc = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap_or_else(|e| n.fail(&format!("create service: {e}")));
+    let cluster_ip = svc.spec.unwrap().cluster_ip.unwrap();
+    let kubernetes = n
+        .wait_for("the kubernetes service", Duration::from_secs(30), || {
+            let services = services.clone();
+            async move { services.get_opt("kubernetes").await.ok().flatten() }
+        })
+        .await;
+    let master_ip = kubernetes.spec.unwrap().cluster_ip.unwrap();
+
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: env, namespace: default}}\nspec:\n  \
+         restartPolicy: Never\n  automountServiceAccountToken: false\n  containers:\n  \
+         - name: main\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    \
+         command: [sh, -c, 'env | sort; printf NO-NEWLINE']\n"
+    );
+    n.create_pod("default", &yaml).await;
+    n.wait_pod("default", "env", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
+    let log = n.kubectl_ok(&["logs", "-n", "default", "env"]);
+    for want in [
+        format!("FOOSERVICE_SERVICE_HOST={cluster_ip}\n"),
+        "FOOSERVICE_SERVICE_PORT=8765\n".to_string(),
+        "FOOSERVICE_SERVICE_PORT_HTTP=8765\n".to_string(),
+        format!("FOOSERVICE_PORT=tcp://{cluster_ip}:8765\n"),
+        format!("FOOSERVICE_PORT_8765_TCP_ADDR={cluster_ip}\n"),
+        format!("KUBERNETES_SERVICE_HOST={master_ip}\n"),
+        "KUBERNETES_SERVICE_PORT=443\n".to_string(),
+    ] {
+        assert!(log.contains(&want), "missing {want:?} in:\n{log}");
+    }
+    assert!(
+        log.ends_with("\nNO-NEWLINE"),
+        "the last line is lost: {log:?}"
+    );
+}
+
+// kubernetes node conformance: "Pods should allow activeDeadlineSeconds to be updated".
+#[tokio::test(flavor = "current_thread")]
+async fn active_deadline_set_on_a_running_pod_fails_it() {
+    let Some(n) = ApiNode::start("", &[]).await else {
+        return;
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: sleeper, namespace: default}}\nspec:\n  \
+         terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  \
+         - name: main\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    \
+         command: [sleep, '3600']\n"
+    );
+    n.create_pod("default", &yaml).await;
+    n.wait_pod("default", "sleeper", "Running", |p| phase(p) == "Running")
+        .await;
+    let patch = serde_json::json!({"spec": {"activeDeadlineSeconds": 5}});
+    n.pods("default")
+        .patch(
+            "sleeper",
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+        .unwrap_or_else(|e| n.fail(&format!("patch activeDeadlineSeconds: {e}")));
+    let pod = n
+        .wait_pod("default", "sleeper", "Failed", |p| phase(p) == "Failed")
+        .await;
+    let st = pod.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(
+        st.message.as_deref(),
+        Some("Pod was active on the node longer than the specified deadline")
+    );
+}
