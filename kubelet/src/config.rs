@@ -91,6 +91,12 @@ pub struct Flags {
     /// Cgroup driver (cgroupDriver); only cgroupfs is supported.
     #[arg(long = "cgroup-driver")]
     pub cgroup_driver: Option<String>,
+    /// Unsafe sysctls pods may set, comma separated, `prefix*` allowed (allowedUnsafeSysctls).
+    #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    /// RuntimeDefault seccomp for containers that name no profile (seccompDefault).
+    #[arg(long = "seccomp-default", num_args = 0..=1, default_missing_value = "true")]
+    pub seccomp_default: Option<bool>,
     /// Directory for pod logs (podLogsDir).
     #[arg(long = "pod-logs-dir")]
     pub pod_logs_dir: Option<PathBuf>,
@@ -253,6 +259,8 @@ pub struct KubeletConfiguration {
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
+    pub seccomp_default: Option<bool>,
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
     pub container_log_max_size: Option<String>,
     pub container_log_max_files: Option<i64>,
     pub container_log_monitor_interval: Option<String>,
@@ -329,6 +337,10 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// `clusterDNS`, `clusterDomain` and whether `resolvConf` was set empty.
     pub dns: crate::network::dns::ClusterDns,
+    /// `seccompDefault`: RuntimeDefault for containers that name no seccomp profile.
+    pub seccomp_default: bool,
+    /// `allowedUnsafeSysctls`: names and `prefix*` patterns pods may set beyond the safe set.
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// Rotate a container's log above this many bytes (default 10Mi).
     pub container_log_max_size: u64,
     /// Keep this many log files per container, the live one included (default 5).
@@ -407,6 +419,8 @@ impl Default for Config {
             node_ip: None,
             resolv_conf: "/etc/resolv.conf".into(),
             dns: Default::default(),
+            seccomp_default: false,
+            allowed_unsafe_sysctls: Vec::new(),
             container_log_max_size: 10 << 20,
             container_log_max_files: 5,
             container_log_monitor_interval: Duration::from_secs(10),
@@ -742,6 +756,12 @@ impl Config {
             c.resolv_conf = v.clone();
             c.dns.no_resolv_conf = v.as_os_str().is_empty();
         }
+        if let Some(v) = file.seccomp_default {
+            c.seccomp_default = v;
+        }
+        if let Some(v) = &file.allowed_unsafe_sysctls {
+            c.allowed_unsafe_sysctls = v.clone();
+        }
         for ip in file.cluster_dns.iter().flatten() {
             c.dns.servers.push(parse_ip("clusterDNS", ip)?.to_string());
         }
@@ -1043,6 +1063,19 @@ impl Config {
         }
         if let Some(v) = &flags.node_ip {
             c.node_ip = Some(parse_ip("--node-ip", v)?);
+        }
+        if let Some(v) = &flags.allowed_unsafe_sysctls {
+            c.allowed_unsafe_sysctls = v.clone();
+        }
+        if let Some(v) = flags.seccomp_default {
+            c.seccomp_default = v;
+        }
+        if let Err(e) = crate::security::sysctl::Allowlist::new(&c.allowed_unsafe_sysctls) {
+            return Err(invalid(
+                "allowedUnsafeSysctls",
+                c.allowed_unsafe_sysctls.join(","),
+                e,
+            ));
         }
         c.node_name = match &flags.hostname_override {
             Some(name) => {

@@ -453,6 +453,8 @@ impl Kubelet {
                 pod_logs_dir: cfg.pod_logs_dir.clone(),
                 cgroup_root: cfg.cgroup_root.clone(),
                 dns: cfg.dns.clone(),
+                seccomp_profile_root: cfg.root_dir.join("seccomp"),
+                seccomp_default: cfg.seccomp_default,
             },
             cfg.root_dir.clone(),
             cfg.resolv_conf.clone(),
@@ -621,6 +623,15 @@ impl Kubelet {
         let mut admission = Admission {
             max_pods: self.cfg.max_pods,
             node: self.syncer.runtime.node,
+            // Checked when the configuration was resolved.
+            sysctls: crate::security::sysctl::Allowlist::new(&self.cfg.allowed_unsafe_sysctls)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "allowedUnsafeSysctls ignored");
+                    crate::security::sysctl::Allowlist::safe()
+                }),
+            apparmor_enabled: crate::security::apparmor::host_enabled(std::path::Path::new(
+                crate::security::apparmor::ENABLED_PARAMETER,
+            )),
             rejected: HashSet::new(),
             status: self.shared.status.clone(),
             events: self.syncer.events.clone(),
@@ -730,6 +741,10 @@ impl Kubelet {
 struct Admission {
     max_pods: u32,
     node: NodeAllocatable,
+    /// The sysctls pods may set (safe set + allowedUnsafeSysctls).
+    sysctls: crate::security::sysctl::Allowlist,
+    /// Whether the host enforces AppArmor.
+    apparmor_enabled: bool,
     /// Pods that were rejected: kept (Failed) in the pod manager, never run.
     rejected: HashSet<String>,
     status: StatusManager,
@@ -739,6 +754,13 @@ struct Admission {
 impl Admission {
     /// Ok, or (reason, message) as upstream words them.
     fn admit(&self, pod: &Pod, pods: &PodManager) -> Result<(), (String, String)> {
+        self.sysctls.admit(pod)?;
+        self.admit_resources(pod, pods)?;
+        crate::security::apparmor::admit(pod, self.apparmor_enabled)
+    }
+
+    /// maxPods and requests against allocatable (upstream's predicate admit handler).
+    fn admit_resources(&self, pod: &Pod, pods: &PodManager) -> Result<(), (String, String)> {
         let admitted: Vec<_> = pods
             .all()
             .into_iter()
@@ -936,6 +958,8 @@ mod tests {
                 cpu_milli: 2000,
                 memory: 1 << 30,
             },
+            sysctls: crate::security::sysctl::Allowlist::safe(),
+            apparmor_enabled: false,
             rejected: HashSet::new(),
             status: StatusManager::new(),
             events: EventRecorder::none(),

@@ -36,6 +36,7 @@ pub mod pod_manager;
 pub mod pod_workers;
 pub mod prober;
 pub mod resources;
+pub mod security;
 pub mod server;
 pub mod services;
 pub mod sources;

@@ -369,6 +369,38 @@ pub fn is_cgroup_v2() -> bool {
     Path::new(CGROUP_FS).join("cgroup.controllers").exists()
 }
 
+/// The directories `cgroupRoot` must have under the cgroup mount `fs` (v2: one; v1: one in
+/// each hierarchy the kubelet writes, cpu and memory).
+fn cgroup_root_dirs(fs: &Path, root: &str, v2: bool) -> Vec<PathBuf> {
+    let rel = root.trim_start_matches('/');
+    if v2 {
+        vec![fs.join(rel)]
+    } else {
+        ["cpu", "memory"]
+            .iter()
+            .map(|c| fs.join(c).join(rel))
+            .collect()
+    }
+}
+
+/// Upstream refuses to start when `cgroupRoot` does not exist, rather than register a
+/// Ready node whose every pod then fails.
+pub fn check_cgroup_root(root: &str) -> Result<(), String> {
+    check_cgroup_root_in(Path::new(CGROUP_FS), root, is_cgroup_v2())
+}
+
+fn check_cgroup_root_in(fs: &Path, root: &str, v2: bool) -> Result<(), String> {
+    for dir in cgroup_root_dirs(fs, root, v2) {
+        if !dir.is_dir() {
+            return Err(format!(
+                "invalid configuration: cgroup-root {root:?} doesn't exist ({} is missing)",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("writing {value:?} to {path}: {source}")]
 pub struct CgroupError {
@@ -468,6 +500,21 @@ impl NodeAllocatable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_cgroup_root_is_refused() {
+        let fs = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(fs.path().join("cpu/nodus")).unwrap();
+        let e = check_cgroup_root_in(fs.path(), "/nodus", false).unwrap_err();
+        assert!(e.contains("cgroup-root \"/nodus\" doesn't exist"), "{e}");
+        assert!(e.contains("memory"), "{e}");
+        std::fs::create_dir_all(fs.path().join("memory/nodus")).unwrap();
+        assert!(check_cgroup_root_in(fs.path(), "/nodus", false).is_ok());
+        assert!(check_cgroup_root_in(fs.path(), "/", false).is_ok());
+        assert!(check_cgroup_root_in(fs.path(), "/nodus", true).is_err());
+        std::fs::create_dir_all(fs.path().join("nodus")).unwrap();
+        assert!(check_cgroup_root_in(fs.path(), "/nodus", true).is_ok());
+    }
     use crate::sources::{load_manifest, Source};
 
     fn pod(resources: &[&str]) -> Pod {

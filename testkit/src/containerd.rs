@@ -93,10 +93,29 @@ impl PrivateContainerd {
             options,
         };
         ctrd.write_layout()?;
+        ctrd.make_cgroup_parent()?;
         ctrd.spawn()?;
         ctrd.wait_ready().await?;
         images::import(&ctrd.socket(), "k8s.io", built_images()?)?;
         Ok(ctrd)
+    }
+
+    /// Makes [`Self::cgroup_parent`] in every hierarchy but cpuset (an empty cpuset there
+    /// would be inherited by the pods): a kubelet refuses a cgroupRoot that does not exist,
+    /// as upstream does. Removed with the rest on drop.
+    fn make_cgroup_parent(&self) -> Result<()> {
+        let rel = self.cgroup_parent();
+        for root in cleanup::cgroup_roots() {
+            if root
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("cpuset"))
+            {
+                continue;
+            }
+            let dir = root.join(rel.trim_start_matches('/'));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(())
     }
 
     /// The temp dir holding everything of this instance.

@@ -22,6 +22,10 @@ pub struct ContainerOptions {
     /// Command and args after `$(VAR)` expansion (None: as written).
     pub command_args: Option<(Vec<String>, Vec<String>)>,
     pub resources: Option<cri::LinuxContainerResources>,
+    /// The seccomp profile (None: the runtime's default).
+    pub seccomp: Option<cri::SecurityProfile>,
+    /// The AppArmor profile and its pre-1.30 string form (None: nothing asked).
+    pub apparmor: Option<(cri::SecurityProfile, String)>,
 }
 
 /// Upstream's default masked and read-only paths for unprivileged containers.
@@ -196,11 +200,17 @@ pub fn container_config(
         tty: container.tty.unwrap_or(false),
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(o.resources.clone().unwrap_or_default()),
-            security_context: Some(security_context(
-                pod,
-                container,
-                o.namespace_options.clone(),
-            )),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                seccomp: o.seccomp.clone(),
+                apparmor: o.apparmor.as_ref().map(|(p, _)| p.clone()),
+                #[allow(deprecated)]
+                apparmor_profile: o
+                    .apparmor
+                    .as_ref()
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default(),
+                ..security_context(pod, container, o.namespace_options.clone())
+            }),
         }),
         ..Default::default()
     }

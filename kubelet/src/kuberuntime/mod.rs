@@ -604,6 +604,14 @@ impl RuntimeManager {
                     .as_ref()
                     .and_then(|l| l.security_context.as_ref())
                     .and_then(|s| s.namespace_options.clone()),
+                seccomp: Some(crate::security::seccomp::profile_for(
+                    pod,
+                    Some(container),
+                    &self.paths.seccomp_profile_root,
+                    self.paths.seccomp_default,
+                )),
+                apparmor: crate::security::apparmor::profile_for(pod, container)
+                    .map_err(SyncError::Config)?,
             },
         );
         let id = self

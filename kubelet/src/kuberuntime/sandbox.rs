@@ -54,6 +54,10 @@ pub struct NodePaths {
     pub cgroup_root: String,
     /// Cluster DNS settings for the sandboxes' resolver configuration and host names.
     pub dns: crate::network::dns::ClusterDns,
+    /// `<root-dir>/seccomp`: where Localhost seccomp profiles are.
+    pub seccomp_profile_root: PathBuf,
+    /// `seccompDefault`: RuntimeDefault for pods that name no profile.
+    pub seccomp_default: bool,
 }
 
 fn ns_mode(host: bool, otherwise: cri::NamespaceMode) -> i32 {
@@ -86,7 +90,7 @@ pub fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
 
 /// The sandbox's security context: namespaces, the pod's user and groups, and privileged
 /// when any container is (upstream `determinePodSandboxSecurityContext`).
-pub fn sandbox_security_context(pod: &Pod) -> cri::LinuxSandboxSecurityContext {
+pub fn sandbox_security_context(pod: &Pod, paths: &NodePaths) -> cri::LinuxSandboxSecurityContext {
     let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let privileged = crate::kuberuntime::actions::app_containers(pod)
         .iter()
@@ -108,6 +112,12 @@ pub fn sandbox_security_context(pod: &Pod) -> cri::LinuxSandboxSecurityContext {
             .map(|value| cri::Int64Value { value }),
         supplemental_groups: groups,
         privileged,
+        seccomp: Some(crate::security::seccomp::profile_for(
+            pod,
+            None,
+            &paths.seccomp_profile_root,
+            paths.seccomp_default,
+        )),
         ..Default::default()
     }
 }
@@ -153,7 +163,7 @@ pub fn sandbox_config(
         annotations: labels::pod_annotations(pod),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: pod_cgroup_parent(&paths.cgroup_root, pod),
-            security_context: Some(sandbox_security_context(pod)),
+            security_context: Some(sandbox_security_context(pod, paths)),
             sysctls: pod
                 .spec
                 .as_ref()
@@ -193,6 +203,8 @@ mod tests {
             pod_logs_dir: "/var/log/pods".into(),
             cgroup_root: "/".into(),
             dns: Default::default(),
+            seccomp_profile_root: "/var/lib/kubelet/seccomp".into(),
+            seccomp_default: false,
         };
         let c = sandbox_config(
             &p,
