@@ -3,6 +3,8 @@
 //! Flags override the file; the file overrides the defaults. Every refused value is
 //! reported with the field (or flag) that carried it.
 
+mod upstream_fields;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -162,7 +164,7 @@ pub struct Flags {
 
 /// `authentication` of a KubeletConfiguration.
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AuthenticationConfig {
     pub x509: Option<X509Authentication>,
     pub webhook: Option<WebhookAuthentication>,
@@ -170,14 +172,14 @@ pub struct AuthenticationConfig {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct X509Authentication {
     #[serde(rename = "clientCAFile")]
     pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WebhookAuthentication {
     pub enabled: Option<bool>,
     #[serde(rename = "cacheTTL")]
@@ -185,21 +187,21 @@ pub struct WebhookAuthentication {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AnonymousAuthentication {
     pub enabled: Option<bool>,
 }
 
 /// `authorization` of a KubeletConfiguration.
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AuthorizationConfig {
     pub mode: Option<String>,
     pub webhook: Option<WebhookAuthorization>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WebhookAuthorization {
     #[serde(rename = "cacheAuthorizedTTL")]
     pub cache_authorized_ttl: Option<String>,
@@ -232,10 +234,12 @@ pub struct ServerTls {
     pub authz_denied_ttl: Duration,
 }
 
-/// The `KubeletConfiguration` file, as far as this kubelet understands it. Unknown fields
-/// are refused so that a typo does not silently fall back to a default.
+/// The `KubeletConfiguration` file, as far as this kubelet understands it. As upstream, it
+/// is decoded leniently: fields it does not know are named in a warning (upstream logs its
+/// strict decoding error and goes on), never fatal; a bad value of a known field is an
+/// error naming the field.
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct KubeletConfiguration {
     pub api_version: Option<String>,
     pub kind: Option<String>,
@@ -287,16 +291,27 @@ pub struct KubeletConfiguration {
     pub tls_cipher_suites: Option<Vec<String>>,
     pub enable_system_log_handler: Option<bool>,
     pub enable_debugging_handlers: Option<bool>,
+    /// Paths of the fields the decoding ignored (`a.b` for nested ones).
+    #[serde(skip)]
+    pub ignored: Vec<String>,
 }
 
 impl KubeletConfiguration {
     /// Parses the YAML (or JSON) text of a configuration file.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: KubeletConfiguration =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let mut ignored = Vec::new();
+        let de = serde_yaml::Deserializer::from_str(text);
+        // serde_ignored writes `?` for each Option on the way: drop those segments.
+        let mut cfg: KubeletConfiguration = serde_ignored::deserialize(de, |p| {
+            let path = p.to_string();
+            let parts: Vec<&str> = path.split('.').filter(|s| *s != "?").collect();
+            ignored.push(parts.join("."));
+        })
+        .map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.ignored = ignored;
         if let Some(v) = &cfg.api_version {
             if v != API_VERSION {
                 return Err(invalid("apiVersion", v, format!("expected {API_VERSION}")));
@@ -343,6 +358,9 @@ pub struct Config {
     pub allowed_unsafe_sysctls: Vec<String>,
     /// Rotate a container's log above this many bytes (default 10Mi).
     pub container_log_max_size: u64,
+    /// What the configuration file had that this kubelet ignores, one line per kind, to be
+    /// logged at start.
+    pub warnings: Vec<String>,
     /// Keep this many log files per container, the live one included (default 5).
     pub container_log_max_files: u32,
     /// How often logs are checked for rotation (default 10s).
@@ -422,6 +440,7 @@ impl Default for Config {
             seccomp_default: false,
             allowed_unsafe_sysctls: Vec::new(),
             container_log_max_size: 10 << 20,
+            warnings: Vec::new(),
             container_log_max_files: 5,
             container_log_monitor_interval: Duration::from_secs(10),
             image_gc_high_threshold_percent: 85,
@@ -461,6 +480,13 @@ impl Default for Config {
 
 fn parse_duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
     duration::parse(value).map_err(|e| invalid(field, value, e.reason))
+}
+
+/// A duration of the file: as upstream's defaulting, zero (what kubeadm writes for unset,
+/// `0s`) keeps the default.
+fn file_duration(field: &str, value: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let d = parse_duration(field, value)?;
+    Ok(if d.is_zero() { default } else { d })
 }
 
 fn parse_port(field: &str, value: i64) -> Result<u16, ConfigError> {
@@ -671,6 +697,34 @@ fn check_url(field: &str, value: &str) -> Result<String, ConfigError> {
     Ok(value.to_string())
 }
 
+/// Warnings for ignored fields: the ones nobody knows (upstream's strict decoding error
+/// wording), then the upstream ones this kubelet does not implement.
+fn ignored_field_warnings(ignored: &[String]) -> Vec<String> {
+    // A nested field is ignored only inside a structure this kubelet decodes: a typo.
+    let (known, unknown): (Vec<&String>, Vec<&String>) = ignored
+        .iter()
+        .partition(|p| !p.contains('.') && upstream_fields::is_upstream(p));
+    let mut out = Vec::new();
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|p| format!("unknown field {p:?}"))
+            .collect();
+        out.push(format!(
+            "KubeletConfiguration: strict decoding error: {} (ignored)",
+            list.join(", ")
+        ));
+    }
+    if !known.is_empty() {
+        let list: Vec<&str> = known.iter().map(|p| p.as_str()).collect();
+        out.push(format!(
+            "KubeletConfiguration: fields not implemented by this kubelet, ignored: {}",
+            list.join(", ")
+        ));
+    }
+    out
+}
+
 /// The machine's hostname, lowercased, as upstream's default node name.
 pub fn default_node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -697,6 +751,7 @@ impl Config {
     /// Merges defaults, the file and the flags (in that order of precedence, lowest first).
     pub fn resolve(flags: &Flags, file: &KubeletConfiguration) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        c.warnings = ignored_field_warnings(&file.ignored);
         if let Some(v) = &file.static_pod_path {
             c.static_pod_path = Some(v.clone());
         }
@@ -704,15 +759,22 @@ impl Config {
             c.static_pod_url = Some(check_url("staticPodURL", v)?);
         }
         if let Some(v) = &file.file_check_frequency {
-            c.file_check_frequency = parse_duration("fileCheckFrequency", v)?;
+            c.file_check_frequency =
+                file_duration("fileCheckFrequency", v, c.file_check_frequency)?;
         }
         if let Some(v) = &file.http_check_frequency {
-            c.http_check_frequency = parse_duration("httpCheckFrequency", v)?;
+            c.http_check_frequency =
+                file_duration("httpCheckFrequency", v, c.http_check_frequency)?;
         }
         if let Some(v) = &file.sync_frequency {
-            c.sync_frequency = parse_duration("syncFrequency", v)?;
+            c.sync_frequency = file_duration("syncFrequency", v, c.sync_frequency)?;
         }
-        if let Some(v) = &file.container_runtime_endpoint {
+        // kubeadm writes "" for "the default".
+        if let Some(v) = file
+            .container_runtime_endpoint
+            .as_ref()
+            .filter(|v| !v.is_empty())
+        {
             c.container_runtime_endpoint = check_endpoint("containerRuntimeEndpoint", v)?;
         }
         if let Some(v) = &file.pod_logs_dir {
@@ -796,7 +858,11 @@ impl Config {
                 .ok_or_else(|| invalid("containerLogMaxFiles", v, "must be at least 2"))?;
         }
         if let Some(v) = &file.container_log_monitor_interval {
-            c.container_log_monitor_interval = parse_duration("containerLogMonitorInterval", v)?;
+            c.container_log_monitor_interval = file_duration(
+                "containerLogMonitorInterval",
+                v,
+                c.container_log_monitor_interval,
+            )?;
             if c.container_log_monitor_interval < Duration::from_secs(1) {
                 return Err(invalid(
                     "containerLogMonitorInterval",
@@ -825,7 +891,7 @@ impl Config {
             ));
         }
         if let Some(v) = &file.image_minimum_gc_age {
-            c.image_minimum_gc_age = parse_duration("imageMinimumGCAge", v)?;
+            c.image_minimum_gc_age = file_duration("imageMinimumGCAge", v, c.image_minimum_gc_age)?;
         }
 
         if let Some(v) = file.register_node {
@@ -851,10 +917,18 @@ impl Config {
             c.eviction_hard = v.clone();
         }
         if let Some(v) = &file.node_status_update_frequency {
-            c.node_status_update_frequency = parse_duration("nodeStatusUpdateFrequency", v)?;
+            c.node_status_update_frequency = file_duration(
+                "nodeStatusUpdateFrequency",
+                v,
+                c.node_status_update_frequency,
+            )?;
         }
         if let Some(v) = &file.node_status_report_frequency {
-            c.node_status_report_frequency = parse_duration("nodeStatusReportFrequency", v)?;
+            c.node_status_report_frequency = file_duration(
+                "nodeStatusReportFrequency",
+                v,
+                c.node_status_report_frequency,
+            )?;
         }
         if let Some(v) = file.node_lease_duration_seconds {
             c.node_lease_duration_seconds =
@@ -891,8 +965,11 @@ impl Config {
                     c.server.webhook_authn = e;
                 }
                 if let Some(t) = &w.cache_ttl {
-                    c.server.webhook_authn_ttl =
-                        parse_duration("authentication.webhook.cacheTTL", t)?;
+                    c.server.webhook_authn_ttl = file_duration(
+                        "authentication.webhook.cacheTTL",
+                        t,
+                        c.server.webhook_authn_ttl,
+                    )?;
                 }
             }
             if let Some(e) = a.anonymous.as_ref().and_then(|x| x.enabled) {
@@ -905,12 +982,18 @@ impl Config {
             }
             if let Some(w) = &a.webhook {
                 if let Some(t) = &w.cache_authorized_ttl {
-                    c.server.authz_allowed_ttl =
-                        parse_duration("authorization.webhook.cacheAuthorizedTTL", t)?;
+                    c.server.authz_allowed_ttl = file_duration(
+                        "authorization.webhook.cacheAuthorizedTTL",
+                        t,
+                        c.server.authz_allowed_ttl,
+                    )?;
                 }
                 if let Some(t) = &w.cache_unauthorized_ttl {
-                    c.server.authz_denied_ttl =
-                        parse_duration("authorization.webhook.cacheUnauthorizedTTL", t)?;
+                    c.server.authz_denied_ttl = file_duration(
+                        "authorization.webhook.cacheUnauthorizedTTL",
+                        t,
+                        c.server.authz_denied_ttl,
+                    )?;
                 }
             }
         }
@@ -1105,6 +1188,106 @@ mod tests {
         KubeletConfiguration::parse(Path::new("/etc/kubelet.yaml"), text)
     }
 
+    /// What kubeadm (1.36, `kubeadm init phase kubelet-start`) writes to
+    /// /var/lib/kubelet/config.yaml, with the cgroupfs driver.
+    const KUBEADM: &str = "apiVersion: kubelet.config.k8s.io/v1beta1
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    cacheTTL: 0s
+    enabled: true
+  x509:
+    clientCAFile: /etc/kubernetes/pki/ca.crt
+authorization:
+  mode: Webhook
+  webhook:
+    cacheAuthorizedTTL: 0s
+    cacheUnauthorizedTTL: 0s
+cgroupDriver: cgroupfs
+clusterDNS:
+- 10.96.0.10
+clusterDomain: cluster.local
+containerRuntimeEndpoint: \"\"
+cpuManagerReconcilePeriod: 0s
+crashLoopBackOff: {}
+evictionPressureTransitionPeriod: 0s
+fileCheckFrequency: 0s
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+httpCheckFrequency: 0s
+imageMaximumGCAge: 0s
+imageMinimumGCAge: 0s
+kind: KubeletConfiguration
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: \"0\"
+    text:
+      infoBufferSize: \"0\"
+  verbosity: 0
+memorySwap: {}
+nodeStatusReportFrequency: 0s
+nodeStatusUpdateFrequency: 0s
+rotateCertificates: true
+runtimeRequestTimeout: 0s
+shutdownGracePeriod: 0s
+shutdownGracePeriodCriticalPods: 0s
+staticPodPath: /etc/kubernetes/manifests
+streamingConnectionIdleTimeout: 0s
+syncFrequency: 0s
+volumeStatsAggPeriod: 0s
+";
+
+    #[test]
+    fn kubeadm_config_is_accepted_and_what_is_ignored_is_named() {
+        let f = file(&format!(
+            "{KUBEADM}fooBar: 1\nauthorization:\n  mode: Webhook\n  typo: x\n"
+        ));
+        // A duplicate key is a YAML error, as upstream's strict decoder says too.
+        assert!(f.is_err());
+        let f = file(&format!("{KUBEADM}fooBar: 1\n")).unwrap();
+        assert_eq!(
+            f.cluster_dns.as_deref(),
+            Some(&["10.96.0.10".to_string()][..])
+        );
+        let c =
+            Config::resolve(&flags(&["--kubeconfig=/etc/kubernetes/kubelet.conf"]), &f).unwrap();
+        assert_eq!(c.dns.domain, "cluster.local");
+        assert_eq!(c.dns.servers, ["10.96.0.10"]);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert_eq!(
+            c.warnings[0],
+            "KubeletConfiguration: strict decoding error: unknown field \"fooBar\" (ignored)"
+        );
+        for field in [
+            "rotateCertificates",
+            "logging",
+            "memorySwap",
+            "shutdownGracePeriod",
+        ] {
+            assert!(c.warnings[1].contains(field), "{field}: {}", c.warnings[1]);
+        }
+        assert!(
+            !c.warnings[1].contains("clusterDNS"),
+            "implemented: {}",
+            c.warnings[1]
+        );
+    }
+
+    #[test]
+    fn a_bad_value_of_a_known_field_is_still_an_error() {
+        let f = file("syncFrequency: soon\n").unwrap();
+        let e = Config::resolve(&flags(&[]), &f).unwrap_err().to_string();
+        assert!(e.contains("syncFrequency") && e.contains("soon"), "{e}");
+        let e = file("maxPods: many\n").unwrap_err().to_string();
+        assert!(e.contains("maxPods"), "{e}");
+        let f = file("clusterDNS: [ten]\n").unwrap();
+        let e = Config::resolve(&flags(&[]), &f).unwrap_err().to_string();
+        assert!(e.contains("clusterDNS") && e.contains("ten"), "{e}");
+    }
+
     #[test]
     fn defaults_match_upstream() {
         let c =
@@ -1254,8 +1437,12 @@ mod tests {
             e.contains("authentication.webhook.cacheTTL") && e.contains("soon"),
             "{e}"
         );
-        let e = err_text("authentication: {x509: {clientCaFile: /x}}\n");
-        assert!(e.contains("clientCaFile"), "{e}");
+        let f = file("authentication: {x509: {clientCaFile: /x}}\n").unwrap();
+        let c = Config::resolve(&flags(&["--hostname-override", "n"]), &f).unwrap();
+        assert_eq!(
+            c.warnings,
+            ["KubeletConfiguration: strict decoding error: unknown field \"authentication.x509.clientCaFile\" (ignored)"]
+        );
     }
 
     #[test]
@@ -1284,11 +1471,13 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_refused() {
-        let e = err_text("staticPodPth: /x\n");
-        assert!(
-            e.contains("staticPodPth") && e.contains("/etc/kubelet.yaml"),
-            "{e}"
+    fn unknown_fields_are_named_in_a_warning() {
+        let f = file("staticPodPth: /x\n").unwrap();
+        let c = Config::resolve(&flags(&["--hostname-override", "n"]), &f).unwrap();
+        assert_eq!(c.static_pod_path, None);
+        assert_eq!(
+            c.warnings,
+            ["KubeletConfiguration: strict decoding error: unknown field \"staticPodPth\" (ignored)"]
         );
     }
 

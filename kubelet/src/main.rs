@@ -93,6 +93,9 @@ fn main() {
         }
     };
     init_tracing(flags.verbosity);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
