@@ -750,8 +750,10 @@ impl Config {
 
     /// Merges defaults, the file and the flags (in that order of precedence, lowest first).
     pub fn resolve(flags: &Flags, file: &KubeletConfiguration) -> Result<Config, ConfigError> {
-        let mut c = Config::default();
-        c.warnings = ignored_field_warnings(&file.ignored);
+        let mut c = Config {
+            warnings: ignored_field_warnings(&file.ignored),
+            ..Config::default()
+        };
         if let Some(v) = &file.static_pod_path {
             c.static_pod_path = Some(v.clone());
         }
