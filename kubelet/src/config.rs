@@ -282,6 +282,8 @@ pub struct KubeletConfiguration {
     pub node_status_update_frequency: Option<String>,
     pub node_status_report_frequency: Option<String>,
     pub node_lease_duration_seconds: Option<i64>,
+    /// Upstream's name is `podsPerCore`; `maxPodsPerCore` is this kubelet's older spelling.
+    #[serde(alias = "podsPerCore")]
     pub max_pods_per_core: Option<i64>,
     pub authentication: Option<AuthenticationConfig>,
     pub authorization: Option<AuthorizationConfig>,

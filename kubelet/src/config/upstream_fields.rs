@@ -130,8 +130,6 @@ pub const FIELDS: &[&str] = &[
     "imageServiceEndpoint",
     "failCgroupV1",
     "userNamespaces",
-    // Removed from v1beta1 over the years; kubeadm of those years still wrote them.
-    "maxPodsPerCore",
 ];
 
 /// Whether `path` (a top-level field, or `a.b` for a nested one) names an upstream field.
