@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use nodus_proto::runtime::v1 as cri;
 
 use crate::cri::Cri;
@@ -77,6 +78,9 @@ pub struct LogOptions {
     pub previous: bool,
     pub follow: bool,
     pub limit_bytes: Option<usize>,
+    /// `sinceSeconds` (counted back from the request) or `sinceTime` (RFC 3339): only lines
+    /// written at or after it.
+    pub since: Option<Timestamp>,
 }
 
 impl LogOptions {
@@ -103,6 +107,22 @@ impl LogOptions {
                             format!("limitBytes: {v:?} is not a positive integer")
                         })?)
                 }
+                "sinceSeconds" => {
+                    let secs: i64 =
+                        v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            format!("sinceSeconds: {v:?} is not a positive integer")
+                        })?;
+                    o.since = Timestamp::now()
+                        .checked_sub(SignedDuration::from_secs(secs))
+                        .ok();
+                }
+                "sinceTime" => {
+                    let t = percent_decode(v);
+                    o.since = Some(
+                        t.parse()
+                            .map_err(|_| format!("sinceTime: {t:?} is not an RFC 3339 time"))?,
+                    );
+                }
                 "timestamps" => o.timestamps = flag(v)?,
                 "previous" => o.previous = flag(v)?,
                 "follow" => o.follow = flag(v)?,
@@ -111,6 +131,19 @@ impl LogOptions {
         }
         Ok(o)
     }
+}
+
+/// Whether a line was written at or after `since` (a line whose time does not parse is kept).
+pub fn written_since(line: &LogLine, since: Timestamp) -> bool {
+    line.timestamp
+        .parse::<Timestamp>()
+        .map_or(true, |t| t >= since)
+}
+
+fn percent_decode(v: &str) -> String {
+    percent_encoding::percent_decode_str(v)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Formats lines for the client.
@@ -175,9 +208,13 @@ pub fn read_all(path: &Path, o: &LogOptions) -> std::io::Result<(String, u64)> {
     let len = text.len() as u64;
     let text = String::from_utf8_lossy(&text);
     let (mut lines, _) = parse(&text, true);
+    // As upstream: the last tailLines lines, of those the ones since the time asked.
     if let Some(n) = o.tail_lines {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
+    }
+    if let Some(since) = o.since {
+        lines.retain(|l| written_since(l, since));
     }
     let mut out = render(&lines, o.timestamps);
     if let Some(limit) = o.limit_bytes {
@@ -356,11 +393,32 @@ mod tests {
                 timestamps: true,
                 previous: true,
                 follow: false,
-                limit_bytes: None
+                limit_bytes: None,
+                since: None,
             }
         );
         let e = LogOptions::from_query("tailLines=x").unwrap_err();
         assert!(e.contains("tailLines") && e.contains("\"x\""), "{e}");
+    }
+
+    #[test]
+    fn since_time_and_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("0.log");
+        let recent = Timestamp::now().to_string();
+        std::fs::write(
+            &p,
+            format!("2024-01-01T00:00:00.1Z stdout F old\n2024-01-01T00:00:02Z stdout F mid\n{recent} stdout F new\n"),
+        )
+        .unwrap();
+        let o = LogOptions::from_query("sinceTime=2024-01-01T00%3A00%3A01Z").unwrap();
+        assert_eq!(read_all(&p, &o).unwrap().0, "mid\nnew\n");
+        let o = LogOptions::from_query("sinceSeconds=60").unwrap();
+        assert_eq!(read_all(&p, &o).unwrap().0, "new\n");
+        let e = LogOptions::from_query("sinceSeconds=0").unwrap_err();
+        assert!(e.contains("sinceSeconds") && e.contains("\"0\""), "{e}");
+        let e = LogOptions::from_query("sinceTime=yesterday").unwrap_err();
+        assert!(e.contains("sinceTime") && e.contains("yesterday"), "{e}");
     }
 
     #[test]

@@ -82,6 +82,17 @@ async fn api_pod_gets_service_variables_and_its_whole_log() {
         log.ends_with("\nNO-NEWLINE"),
         "the last line is lost: {log:?}"
     );
+    // kubectl logs --since / --since-time reach the kubelet as sinceSeconds / sinceTime.
+    let recent = n.kubectl_ok(&["logs", "-n", "default", "env", "--since=1h"]);
+    assert_eq!(recent, log);
+    let future = n.kubectl_ok(&[
+        "logs",
+        "-n",
+        "default",
+        "env",
+        "--since-time=2099-01-01T00:00:00Z",
+    ]);
+    assert_eq!(future, "", "nothing was written after 2099");
 }
 
 // kubernetes node conformance: "Pods should allow activeDeadlineSeconds to be updated".
