@@ -1,15 +1,19 @@
 //! Pod status generation (upstream `generateAPIPodStatus`): phase, conditions
-//! (PodScheduled, Initialized, ContainersReady, Ready), container statuses with state,
-//! restart count and last termination state, pod IPs from the sandbox. A pure function of
-//! the pod, the runtime's view and the back-off waits.
+//! (PodReadyToStartContainers, Initialized, Ready with readiness gates, ContainersReady,
+//! PodScheduled), container statuses with state, restart count, last termination state,
+//! resources and volume mounts, pod IPs from the sandbox, observedGeneration. A pure function
+//! of the pod, the runtime's view and the back-off waits.
 
 use std::collections::HashMap;
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus as ApiContainerStatus, HostIP, Pod, PodCondition, PodIP,
-    PodStatus as ApiPodStatus,
+    PodStatus as ApiPodStatus, ResourceRequirements, VolumeMountStatus,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
@@ -80,6 +84,7 @@ fn container_status(
         image_id: String::new(),
         ready: false,
         restart_count: 0,
+        volume_mounts: volume_mounts(spec),
         ..Default::default()
     };
     let Some(latest) = latest else {
@@ -87,6 +92,10 @@ fn container_status(
         return s;
     };
     s.restart_count = latest.restart_count as i32;
+    // What the running instance was given (no in-place resize: the spec's values).
+    let (resources, allocated) = resources(spec);
+    s.resources = resources;
+    s.allocated_resources = allocated;
     s.container_id = Some(format!("{CONTAINER_ID_PREFIX}{}", latest.id));
     s.image_id = latest.image_ref.clone();
     let prev_terminated = previous
@@ -172,6 +181,54 @@ fn container_status(
         }
     }
     s
+}
+
+/// The container's mounts as status reports them (upstream 1.30+).
+fn volume_mounts(spec: &Container) -> Option<Vec<VolumeMountStatus>> {
+    let mounts = spec.volume_mounts.as_ref()?;
+    Some(
+        mounts
+            .iter()
+            .map(|m| VolumeMountStatus {
+                name: m.name.clone(),
+                mount_path: m.mount_path.clone(),
+                read_only: m.read_only.filter(|r| *r),
+                recursive_read_only: m.recursive_read_only.clone(),
+            })
+            .collect(),
+    )
+}
+
+/// `resources` (requests and limits of cpu and memory) and `allocatedResources` (the
+/// requests) of a started container, as upstream reports them for in-place resize.
+fn resources(
+    spec: &Container,
+) -> (
+    Option<ResourceRequirements>,
+    Option<BTreeMap<String, Quantity>>,
+) {
+    let keep = |m: Option<&BTreeMap<String, Quantity>>| -> Option<BTreeMap<String, Quantity>> {
+        let out: BTreeMap<String, Quantity> = m?
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "cpu" | "memory"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (!out.is_empty()).then_some(out)
+    };
+    let r = spec.resources.as_ref();
+    // API defaulting: a limit without a request makes the request.
+    let requests = keep(r.and_then(|r| r.requests.as_ref()))
+        .or_else(|| keep(r.and_then(|r| r.limits.as_ref())));
+    let limits = keep(r.and_then(|r| r.limits.as_ref()));
+    if requests.is_none() && limits.is_none() {
+        return (None, None);
+    }
+    let resources = ResourceRequirements {
+        requests: requests.clone(),
+        limits,
+        ..Default::default()
+    };
+    (Some(resources), requests)
 }
 
 /// Upstream's `getPhase` over generated statuses.
@@ -319,8 +376,56 @@ fn initialized_condition(
     }
 }
 
-/// ContainersReady and Ready (upstream `GenerateContainersReadyCondition`): a succeeded pod
-/// says PodCompleted; otherwise ContainersNotReady names the unready containers.
+/// Ready (upstream `GeneratePodReadyCondition`): as ContainersReady while that is not True;
+/// then every `readinessGates` condition (set on the pod by others) must be True, else
+/// ReadinessGatesNotReady says which is not.
+fn pod_ready_condition(
+    pod: &Pod,
+    containers_ready: &PodCondition,
+    prev: Option<&ApiPodStatus>,
+    now: Nanos,
+) -> PodCondition {
+    if containers_ready.status != "True" {
+        let why = containers_ready.reason.as_deref().map(|r| {
+            let message = containers_ready.message.clone().unwrap_or_default();
+            (r, message)
+        });
+        return condition("Ready", false, why, prev, now);
+    }
+    let existing = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or(&[]);
+    let mut unready = Vec::new();
+    for gate in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_deref())
+        .unwrap_or(&[])
+    {
+        match existing.iter().find(|c| c.type_ == gate.condition_type) {
+            None => unready.push(format!(
+                "corresponding condition of pod readiness gate {:?} does not exist.",
+                gate.condition_type
+            )),
+            Some(c) if c.status != "True" => unready.push(format!(
+                "the status of pod readiness gate {:?} is not \"True\", but {}",
+                gate.condition_type, c.status
+            )),
+            Some(_) => {}
+        }
+    }
+    if unready.is_empty() {
+        condition("Ready", true, None, prev, now)
+    } else {
+        let why = ("ReadinessGatesNotReady", unready.join(", "));
+        condition("Ready", false, Some(why), prev, now)
+    }
+}
+
+/// ContainersReady (upstream `GenerateContainersReadyCondition`): a succeeded pod says
+/// PodCompleted; otherwise ContainersNotReady names the unready containers.
 fn ready_condition(
     kind: &str,
     apps: &[ApiContainerStatus],
@@ -387,12 +492,33 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
         .collect();
     let phase = phase(pod, &init_statuses, &app_statuses);
     let prev = inputs.previous;
-    let conditions = vec![
-        condition("PodScheduled", true, None, prev, inputs.now),
+    // A ready sandbox is one whose network is set up: containers can start in it.
+    let sandbox_ready = runtime
+        .sandboxes
+        .iter()
+        .any(|s| s.state == crate::container::SandboxState::Ready);
+    let containers_ready =
+        ready_condition("ContainersReady", &app_statuses, phase, prev, inputs.now);
+    let generation = pod.metadata.generation;
+    let conditions: Vec<PodCondition> = vec![
+        condition(
+            "PodReadyToStartContainers",
+            sandbox_ready,
+            None,
+            prev,
+            inputs.now,
+        ),
         initialized_condition(&init_statuses, initialized, phase, prev, inputs.now),
-        ready_condition("ContainersReady", &app_statuses, phase, prev, inputs.now),
-        ready_condition("Ready", &app_statuses, phase, prev, inputs.now),
-    ];
+        pod_ready_condition(pod, &containers_ready, prev, inputs.now),
+        containers_ready,
+        condition("PodScheduled", true, None, prev, inputs.now),
+    ]
+    .into_iter()
+    .map(|c| PodCondition {
+        observed_generation: generation,
+        ..c
+    })
+    .collect();
     let ips = crate::kuberuntime::status_pod_ips(pod, runtime, inputs.node_ip.as_ref());
     ApiPodStatus {
         phase: Some(phase.into()),
@@ -407,6 +533,7 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
         container_statuses: Some(app_statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         qos_class: Some(crate::resources::pod_qos(pod).as_str().into()),
+        observed_generation: generation,
         ..Default::default()
     }
 }
@@ -708,6 +835,92 @@ mod tests {
         assert_eq!(
             full_cond(&s, "ContainersReady"),
             ("False".into(), Some("PodCompleted".into()), None)
+        );
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_back() {
+        let mut p = pod("Always", &[], &["a"]);
+        p.spec.as_mut().unwrap().readiness_gates =
+            Some(vec![k8s_openapi::api::core::v1::PodReadinessGate {
+                condition_type: "example.com/lb".into(),
+            }]);
+        let running = runtime(vec![ctr("a", Running, 0, 5, 0)]);
+        let s = gen(&p, &running, &[]);
+        assert_eq!(cond(&s, "ContainersReady"), "True");
+        assert_eq!(
+            full_cond(&s, "Ready"),
+            (
+                "False".into(),
+                Some("ReadinessGatesNotReady".into()),
+                Some("corresponding condition of pod readiness gate \"example.com/lb\" does not exist.".into())
+            )
+        );
+        let gate = |status: &str| PodCondition {
+            type_: "example.com/lb".into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        p.status = Some(ApiPodStatus {
+            conditions: Some(vec![gate("False")]),
+            ..Default::default()
+        });
+        let (_, _, message) = full_cond(&gen(&p, &running, &[]), "Ready");
+        assert_eq!(
+            message.as_deref(),
+            Some("the status of pod readiness gate \"example.com/lb\" is not \"True\", but False")
+        );
+        p.status = Some(ApiPodStatus {
+            conditions: Some(vec![gate("True")]),
+            ..Default::default()
+        });
+        assert_eq!(
+            full_cond(&gen(&p, &running, &[]), "Ready"),
+            ("True".into(), None, None)
+        );
+    }
+
+    #[test]
+    fn ready_to_start_containers_generation_resources_and_mounts() {
+        let mut p = pod("Always", &[], &["a"]);
+        p.metadata.generation = Some(3);
+        let c = &mut p.spec.as_mut().unwrap().containers[0];
+        c.resources = Some(ResourceRequirements {
+            limits: Some(
+                [("memory".to_string(), Quantity("64Mi".into()))]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        c.volume_mounts = Some(vec![k8s_openapi::api::core::v1::VolumeMount {
+            name: "data".into(),
+            mount_path: "/data".into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]);
+        // No sandbox yet: not ready to start containers.
+        let mut no_sandbox = runtime(vec![]);
+        no_sandbox.sandboxes.clear();
+        let s = gen(&p, &no_sandbox, &[]);
+        assert_eq!(cond(&s, "PodReadyToStartContainers"), "False");
+        let s = gen(&p, &runtime(vec![ctr("a", Running, 0, 5, 0)]), &[]);
+        assert_eq!(cond(&s, "PodReadyToStartContainers"), "True");
+        assert_eq!(s.observed_generation, Some(3));
+        assert!(s
+            .conditions
+            .iter()
+            .flatten()
+            .all(|c| c.observed_generation == Some(3)));
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        let r = cs.resources.as_ref().unwrap();
+        assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "64Mi");
+        // The request defaults to the limit.
+        assert_eq!(cs.allocated_resources.as_ref().unwrap()["memory"].0, "64Mi");
+        let m = &cs.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (m.name.as_str(), m.mount_path.as_str(), m.read_only),
+            ("data", "/data", Some(true))
         );
     }
 
