@@ -214,4 +214,84 @@ mod tests {
         );
         assert!(choose(&images, &in_use, &records, now, min_age, 0).is_empty());
     }
+
+    // One GC pass on the fake runtime.
+
+    use crate::cri::fake::FakeRuntime;
+    use std::sync::Arc;
+
+    /// A GC that wants to free everything it can (high and low thresholds at 0).
+    fn gc(fake: &Arc<FakeRuntime>, min_age: Duration) -> ImageGc {
+        ImageGc {
+            cri: fake.cri(),
+            high_percent: 0,
+            low_percent: 0,
+            min_age,
+            pinned_image: "pause:1".into(),
+        }
+    }
+
+    /// Images `used:1` (a container runs it), `pause:1` (the sandbox image) and two unused.
+    fn runtime() -> Arc<FakeRuntime> {
+        let fake = FakeRuntime::new();
+        let dir = std::env::temp_dir();
+        fake.set_image_fs(dir.to_str().unwrap());
+        for name in ["used:1", "pause:1", "old:1", "older:1"] {
+            fake.add_image(name, 10);
+        }
+        let sb = fake.add_sandbox("u", true);
+        let c = fake.add_container("u", &sb, "a", cri::ContainerState::ContainerRunning);
+        // The container's image is known by reference, as containerd lists it.
+        fake.set_container_image(&c, "used:1", "sha256:used:1");
+        fake
+    }
+
+    #[tokio::test]
+    async fn gc_removes_only_unused_unpinned_images() {
+        let fake = runtime();
+        let mut records = HashMap::new();
+        gc(&fake, Duration::ZERO).once(&mut records).await.unwrap();
+        let mut removed = fake.calls_of("RemoveImage");
+        removed.sort();
+        assert_eq!(removed, ["sha256:old:1", "sha256:older:1"]);
+        let mut left = fake.image_ids();
+        left.sort();
+        assert_eq!(left, ["sha256:pause:1", "sha256:used:1"]);
+        // The removed images are forgotten.
+        assert_eq!(records.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn gc_keeps_images_younger_than_the_minimum_age() {
+        let fake = runtime();
+        let mut records = HashMap::new();
+        gc(&fake, Duration::from_secs(3600))
+            .once(&mut records)
+            .await
+            .unwrap();
+        assert_eq!(fake.count("RemoveImage"), 0);
+        assert_eq!(records.len(), 4, "first seen now");
+    }
+
+    #[tokio::test]
+    async fn gc_does_nothing_below_the_high_threshold() {
+        let fake = runtime();
+        let mut g = gc(&fake, Duration::ZERO);
+        g.high_percent = 100;
+        g.once(&mut HashMap::new()).await.unwrap();
+        assert_eq!(fake.count("RemoveImage"), 0);
+        assert_eq!(fake.count("ImageFsInfo"), 1);
+    }
+
+    #[tokio::test]
+    async fn gc_goes_on_after_a_failed_removal_and_reports_list_errors() {
+        let fake = runtime();
+        fake.inject_error("RemoveImage", tonic::Code::FailedPrecondition);
+        let mut records = HashMap::new();
+        gc(&fake, Duration::ZERO).once(&mut records).await.unwrap();
+        assert_eq!(fake.count("RemoveImage"), 2);
+        assert_eq!(fake.image_ids().len(), 3, "one of the two could be removed");
+        fake.inject_error("ListImages", tonic::Code::Unavailable);
+        assert!(gc(&fake, Duration::ZERO).once(&mut records).await.is_err());
+    }
 }

@@ -188,7 +188,6 @@ impl Syncer {
             crate::kuberuntime::status_pod_ips(pod, &runtime_status, self.node_ip.as_ref())
                 .into_iter()
                 .next(),
-            crate::kuberuntime::pod_grace(pod),
         );
         let (objects, api_done) = self.api_inputs(pod).await;
         if objects.api && !runtime_status.sandboxes.is_empty() {
@@ -224,7 +223,7 @@ impl Syncer {
         }
         let actions = {
             let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-            compute_pod_actions(pod, &runtime_status, &b, now)
+            compute_pod_actions(pod, &runtime_status, &self.probes.results(), &b, now)
         };
         self.set_status(pod, &uid, &runtime_status, &actions.backoff, now);
         for w in &actions.backoff {

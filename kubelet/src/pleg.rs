@@ -306,4 +306,165 @@ mod tests {
         let gone = diff(&b, &Relist::default());
         assert!(gone.iter().any(|e| e.kind == PlegEventKind::SandboxRemoved));
     }
+
+    // The relist on the fake runtime.
+
+    use crate::cri::fake::FakeRuntime;
+    use cri::ContainerState as S;
+    use std::sync::Arc;
+
+    fn pleg(fake: &Arc<FakeRuntime>, period: Duration) -> Pleg {
+        Pleg {
+            cri: fake.cri(),
+            period,
+            shared: PlegShared::default(),
+        }
+    }
+
+    fn kinds(ev: &[PlegEvent]) -> Vec<(PlegEventKind, &str)> {
+        ev.iter().map(|e| (e.kind, e.id.as_str())).collect()
+    }
+
+    #[tokio::test]
+    async fn relist_reports_a_container_started_died_and_removed() {
+        let fake = FakeRuntime::new();
+        let p = pleg(&fake, Duration::from_secs(1));
+        let sb = fake.add_sandbox("u1", true);
+        let c = fake.add_container("u1", &sb, "a", S::ContainerRunning);
+        let (r1, _) = p.relist().await.unwrap();
+        let ev = diff(&Relist::default(), &r1);
+        assert_eq!(
+            kinds(&ev),
+            [
+                (PlegEventKind::ContainerStarted, c.as_str()),
+                (PlegEventKind::SandboxChanged, sb.as_str())
+            ]
+        );
+        assert!(ev.iter().all(|e| e.uid == "u1"));
+        fake.exit_container(&c, 2);
+        let (r2, _) = p.relist().await.unwrap();
+        assert_eq!(
+            kinds(&diff(&r1, &r2)),
+            [(PlegEventKind::ContainerDied, c.as_str())]
+        );
+        fake.cri().remove_container(&c).await.unwrap();
+        let (r3, _) = p.relist().await.unwrap();
+        assert_eq!(
+            kinds(&diff(&r2, &r3)),
+            [(PlegEventKind::ContainerRemoved, c.as_str())]
+        );
+        fake.kill_sandbox(&sb);
+        let (r4, _) = p.relist().await.unwrap();
+        assert_eq!(
+            kinds(&diff(&r3, &r4)),
+            [(PlegEventKind::SandboxChanged, sb.as_str())]
+        );
+        fake.cri().remove_pod_sandbox(&sb).await.unwrap();
+        let (r5, _) = p.relist().await.unwrap();
+        assert_eq!(
+            kinds(&diff(&r4, &r5)),
+            [(PlegEventKind::SandboxRemoved, sb.as_str())]
+        );
+    }
+
+    #[tokio::test]
+    async fn relist_is_two_list_calls_and_counts_what_each_pod_holds() {
+        let fake = FakeRuntime::new();
+        let p = pleg(&fake, Duration::from_secs(1));
+        let s1 = fake.add_sandbox("u1", true);
+        fake.add_container("u1", &s1, "a", S::ContainerRunning);
+        fake.add_container("u1", &s1, "b", S::ContainerExited);
+        let s2 = fake.add_sandbox("u2", false);
+        fake.add_sandbox("u2", true);
+        fake.add_container("u2", &s2, "c", S::ContainerCreated);
+        fake.clear_calls();
+        let (_, pods) = p.relist().await.unwrap();
+        assert_eq!(fake.count("ListPodSandbox"), 1);
+        assert_eq!(fake.count("ListContainers"), 1);
+        assert_eq!(fake.calls().len(), 2, "no per-object calls");
+        let u1 = &pods["u1"];
+        assert_eq!((u1.sandboxes, u1.containers), (1, 2));
+        assert_eq!((u1.name.as_str(), u1.namespace.as_str()), ("p", "n"));
+        assert_eq!((pods["u2"].sandboxes, pods["u2"].containers), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn relist_ignores_objects_without_a_pod_uid() {
+        let fake = FakeRuntime::new();
+        let p = pleg(&fake, Duration::from_secs(1));
+        // A sandbox someone else made with crictl: no kubelet labels.
+        let id = fake
+            .cri()
+            .run_pod_sandbox(cri::PodSandboxConfig::default(), String::new())
+            .await
+            .unwrap();
+        let (r, pods) = p.relist().await.unwrap();
+        assert!(r.sandboxes.is_empty(), "{id} is not ours");
+        assert!(pods.is_empty());
+    }
+
+    #[tokio::test]
+    async fn relist_changed_state_of_a_created_container() {
+        let fake = FakeRuntime::new();
+        let p = pleg(&fake, Duration::from_secs(1));
+        let sb = fake.add_sandbox("u", true);
+        let c = fake.add_container("u", &sb, "a", S::ContainerCreated);
+        let (r1, _) = p.relist().await.unwrap();
+        assert!(kinds(&diff(&Relist::default(), &r1))
+            .contains(&(PlegEventKind::ContainerChanged, c.as_str())));
+        fake.cri().start_container(&c).await.unwrap();
+        let (r2, _) = p.relist().await.unwrap();
+        assert_eq!(
+            kinds(&diff(&r1, &r2)),
+            [(PlegEventKind::ContainerStarted, c.as_str())]
+        );
+    }
+
+    async fn recv(rx: &mut mpsc::Receiver<PlegEvent>) -> PlegEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a PLEG event")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn run_survives_a_failed_relist_and_sends_events_once() {
+        let fake = FakeRuntime::new();
+        let sb = fake.add_sandbox("u", true);
+        let c = fake.add_container("u", &sb, "a", S::ContainerRunning);
+        fake.inject_error("ListContainers", tonic::Code::Unavailable);
+        let p = pleg(&fake, Duration::from_millis(10));
+        let shared = p.shared.clone();
+        assert!(!shared.relisted_once());
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(p.run(tx));
+        let mut got = vec![recv(&mut rx).await, recv(&mut rx).await];
+        got.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            kinds(&got),
+            [
+                (PlegEventKind::ContainerStarted, c.as_str()),
+                (PlegEventKind::SandboxChanged, sb.as_str())
+            ]
+        );
+        assert!(shared.relisted_once());
+        assert!(shared.healthy(Duration::from_secs(180)));
+        assert_eq!(shared.runtime_pods()["u"].containers, 1);
+        // Nothing changes for three more relists: no event.
+        let seen = fake.count("ListContainers");
+        nodus_testkit::wait_until_async(Duration::from_secs(10), "three relists", || {
+            let n = fake.count("ListContainers");
+            async move { (n >= seen + 3).then_some(()) }
+        })
+        .await;
+        assert!(rx.try_recv().is_err());
+        // A death is reported.
+        fake.exit_container(&c, 1);
+        let ev = recv(&mut rx).await;
+        assert_eq!(
+            (ev.kind, ev.id.as_str()),
+            (PlegEventKind::ContainerDied, c.as_str())
+        );
+        task.abort();
+    }
 }

@@ -2,9 +2,10 @@
 //! (liveness, readiness, startup) with upstream's defaults (period 10 s, timeout 1 s,
 //! success 1, failure 3, initial delay 0). The startup probe gates the other two;
 //! readiness decides the container's `ready` (false until it first succeeds); a liveness
-//! (or startup) probe failing `failureThreshold` times runs preStop and stops the
-//! container, which then restarts per the restart policy, with the reason recorded as
-//! the container's termination message. Result changes ask the sync loop to sync the pod.
+//! (or startup) probe failing `failureThreshold` times is recorded, and the pod worker's
+//! next sync kills the container (`compute_pod_actions` puts it in the kill list: one
+//! writer per pod) and restarts it per the restart policy; the reason becomes the
+//! container's termination message. Result changes ask the sync loop to sync the pod.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +42,9 @@ pub struct ContainerProbeState {
     pub ready: Option<bool>,
     /// Startup result (None: no result yet).
     pub started: Option<bool>,
-    /// Why the kubelet killed it (liveness or startup probe failure).
+    /// The liveness or startup probe that failed: the pod's sync kills the container.
+    pub failed: Option<ProbeKind>,
+    /// Why (the termination message of the killed container).
     pub killed: Option<String>,
 }
 
@@ -120,7 +123,7 @@ pub struct ProbeManager {
     inner: Arc<Mutex<Inner>>,
     /// Pod UIDs whose probe results changed (the sync loop syncs them).
     notify: mpsc::UnboundedSender<String>,
-    /// `Unhealthy` and `Killing` events.
+    /// `Unhealthy` events.
     events: crate::events::EventRecorder,
 }
 
@@ -148,7 +151,7 @@ impl ProbeManager {
 
     /// Starts workers for the running containers of `pod` that have probes and stops
     /// those of containers no longer running.
-    pub fn sync_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>, grace: i64) {
+    pub fn sync_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>) {
         let uid = status.uid.clone();
         let running: Vec<(&Container, String)> = crate::kuberuntime::actions::app_containers(pod)
             .iter()
@@ -207,11 +210,6 @@ impl ProbeManager {
                         .then(|| crate::events::pod_reference(pod, Some(&c.name))),
                     pod_ip: pod_ip.clone(),
                     has_startup: c.startup_probe.is_some(),
-                    grace: probe
-                        .termination_grace_period_seconds
-                        .unwrap_or(grace)
-                        .max(crate::kuberuntime::MIN_GRACE_SECS),
-                    pre_stop: c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()),
                 };
                 let h = tokio::spawn(w.run());
                 inner.workers.insert(key, h.abort_handle());
@@ -269,8 +267,6 @@ struct Worker {
     pod_ref: Option<k8s_openapi::api::core::v1::ObjectReference>,
     pod_ip: Option<String>,
     has_startup: bool,
-    grace: i64,
-    pre_stop: Option<k8s_openapi::api::core::v1::LifecycleHandler>,
 }
 
 impl Worker {
@@ -324,7 +320,7 @@ impl Worker {
                             match self.kind {
                                 ProbeKind::Readiness => self.set(|s| s.ready = Some(false)),
                                 ProbeKind::Liveness | ProbeKind::Startup => {
-                                    self.kill(&msg).await;
+                                    self.failed(&msg);
                                     return;
                                 }
                             }
@@ -340,45 +336,20 @@ impl Worker {
         self.mgr.update(&self.uid, &self.container_id, f);
     }
 
-    async fn kill(&self, msg: &str) {
+    /// Records a liveness or startup failure; the worker then ends (the container's
+    /// replacement gets new workers). The kill is the pod worker's.
+    fn failed(&self, msg: &str) {
         let reason = format!(
             "Container {} failed {} probe, will be restarted: {msg}",
             self.container.name,
             self.kind.as_str().to_lowercase()
         );
         tracing::warn!(pod = %self.pod_name, container = %self.container.name, "{reason}");
-        if let Some(r) = &self.pod_ref {
-            self.mgr.events.event(
-                r.clone(),
-                crate::events::NORMAL,
-                "Killing",
-                format!(
-                    "Container {} failed {} probe, will be restarted",
-                    self.container.name,
-                    self.kind.as_str().to_lowercase()
-                ),
-            );
-        }
-        let mut grace = self.grace;
-        if let Some(h) = &self.pre_stop {
-            let start = std::time::Instant::now();
-            crate::kuberuntime::run_pre_stop(
-                &self.mgr.cri,
-                h,
-                &self.container,
-                &self.container_id,
-                self.pod_ip.as_deref(),
-                grace,
-            )
-            .await;
-            grace =
-                (grace - start.elapsed().as_secs() as i64).max(crate::kuberuntime::MIN_GRACE_SECS);
-        }
-        self.set(|s| s.killed = Some(reason.clone()));
-        if let Err(e) = self.mgr.cri.stop_container(&self.container_id, grace).await {
-            tracing::warn!(pod = %self.pod_name, container = %self.container.name, error = %e, "cannot stop container after probe failure");
-        }
-        let _ = self.mgr.notify.send(self.uid.clone());
+        let kind = self.kind;
+        self.set(|s| {
+            s.failed = Some(kind);
+            s.killed = Some(reason);
+        });
     }
 }
 
@@ -410,5 +381,121 @@ mod tests {
             timing(&p, ProbeKind::Liveness).period,
             Duration::from_secs(1)
         );
+    }
+
+    // The prober on the fake runtime: it records, the pod worker kills.
+
+    use crate::container::{ContainerStatus, PodStatus};
+    use crate::cri::fake::FakeRuntime;
+    use nodus_proto::runtime::v1::ContainerState as S;
+
+    fn probed_pod(probes: &str) -> Pod {
+        let text = format!(
+            "kind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: a\n    image: 'i:1'\n{probes}    lifecycle: {{preStop: {{exec: {{command: [bye]}}}}}}\n"
+        );
+        crate::sources::load_manifest(&text, crate::sources::Source::File, "/m/p.yaml", "n")
+            .0
+            .remove(0)
+    }
+
+    /// The fake runs container `a` of the pod; the runtime view says so.
+    fn running(fake: &FakeRuntime, pod: &Pod) -> (String, PodStatus) {
+        let uid = pod.metadata.uid.clone().unwrap();
+        let sb = fake.add_sandbox(&uid, true);
+        let id = fake.add_container(&uid, &sb, "a", S::ContainerRunning);
+        let status = PodStatus {
+            uid,
+            containers: vec![ContainerStatus {
+                id: id.clone(),
+                name: "a".into(),
+                sandbox_id: sb,
+                state: ContainerState::Running,
+                created_at: 1,
+                started_at: 1,
+                finished_at: 0,
+                exit_code: 0,
+                reason: String::new(),
+                message: String::new(),
+                image: "i:1".into(),
+                image_ref: String::new(),
+                hash: String::new(),
+                restart_count: 0,
+            }],
+            ..Default::default()
+        };
+        (id, status)
+    }
+
+    async fn notified(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a probe result")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn failed_liveness_probe_is_recorded_not_acted_on() {
+        let fake = FakeRuntime::new();
+        fake.set_exec_exit("a", 1);
+        let pod = probed_pod(
+            "    livenessProbe: {exec: {command: [live]}, periodSeconds: 1, failureThreshold: 1}\n",
+        );
+        let (id, status) = running(&fake, &pod);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let m = ProbeManager::new(fake.cri(), tx, crate::events::EventRecorder::none());
+        m.sync_pod(&pod, &status, None);
+        assert_eq!(notified(&mut rx).await, status.uid);
+        let r = m.results()[&id].clone();
+        assert_eq!(r.failed, Some(ProbeKind::Liveness));
+        let msg = r.killed.unwrap();
+        assert!(
+            msg.starts_with("Container a failed liveness probe, will be restarted: "),
+            "{msg}"
+        );
+        // Only the probe ran: no preStop, no stop; the pod's sync does that.
+        let execs = fake.execs();
+        assert_eq!(execs.len(), 1);
+        assert_eq!(execs[0].1, ["live"]);
+        assert_eq!(fake.count("StopContainer"), 0);
+        assert_eq!(fake.containers()[0].1, S::ContainerRunning);
+    }
+
+    #[tokio::test]
+    async fn failed_startup_probe_is_recorded_as_startup() {
+        let fake = FakeRuntime::new();
+        fake.set_exec_exit("a", 1);
+        let pod = probed_pod(
+            "    startupProbe: {exec: {command: [start]}, periodSeconds: 1, failureThreshold: 1}\n    livenessProbe: {exec: {command: [live]}, periodSeconds: 1}\n",
+        );
+        let (id, status) = running(&fake, &pod);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let m = ProbeManager::new(fake.cri(), tx, crate::events::EventRecorder::none());
+        m.sync_pod(&pod, &status, None);
+        notified(&mut rx).await;
+        let r = m.results()[&id].clone();
+        assert_eq!(r.failed, Some(ProbeKind::Startup));
+        assert!(r.killed.unwrap().contains("failed startup probe"));
+        // The startup probe gates liveness: only `start` ran.
+        assert!(fake.execs().iter().all(|(_, cmd)| cmd == &["start"]));
+        assert_eq!(fake.count("StopContainer"), 0);
+        m.forget_pod(&status.uid);
+        assert!(m.results().is_empty());
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_probe_without_killing() {
+        let fake = FakeRuntime::new();
+        let pod = probed_pod("    readinessProbe: {exec: {command: [ready]}, periodSeconds: 1, failureThreshold: 1}\n");
+        let (id, status) = running(&fake, &pod);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let m = ProbeManager::new(fake.cri(), tx, crate::events::EventRecorder::none());
+        m.sync_pod(&pod, &status, None);
+        notified(&mut rx).await;
+        assert_eq!(m.results()[&id].ready, Some(true));
+        fake.set_exec_exit("a", 1);
+        notified(&mut rx).await;
+        let r = m.results()[&id].clone();
+        assert_eq!((r.ready, r.failed), (Some(false), None));
+        assert_eq!(fake.count("StopContainer"), 0);
     }
 }

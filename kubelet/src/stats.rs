@@ -135,3 +135,70 @@ pub async fn summary(cri: &Cri, pods: &PodManager, node_name: &str) -> Result<Va
     }
     Ok(json!({"node": node_stats(node_name), "pods": out_pods}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cri::fake::FakeRuntime;
+    use nodus_proto::runtime::v1 as cri;
+
+    fn stat(uid: Option<&str>, name: &str, core_ns: u64, ws: u64, ts: i64) -> cri::ContainerStats {
+        let mut labels = std::collections::HashMap::new();
+        if let Some(uid) = uid {
+            labels.insert(labels::POD_UID_LABEL.to_string(), uid.to_string());
+        }
+        labels.insert(labels::CONTAINER_NAME_LABEL.to_string(), name.to_string());
+        cri::ContainerStats {
+            attributes: Some(cri::ContainerAttributes {
+                id: name.into(),
+                labels,
+                ..Default::default()
+            }),
+            cpu: Some(cri::CpuUsage {
+                timestamp: ts,
+                usage_core_nano_seconds: Some(cri::UInt64Value { value: core_ns }),
+                ..Default::default()
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp: ts,
+                working_set_bytes: Some(cri::UInt64Value { value: ws }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn summary_sums_each_pods_containers_from_cri_stats() {
+        let p = crate::testutil::pod("Always", &[], &["a", "b"]);
+        let mut idle = crate::testutil::pod("Always", &[], &["c"]);
+        idle.metadata.uid = Some("idle".into());
+        let uid = p.metadata.uid.clone().unwrap();
+        let pods = PodManager::default();
+        pods.set(p);
+        pods.set(idle);
+        let fake = FakeRuntime::new();
+        fake.set_stats(vec![
+            stat(Some(&uid), "a", 100, 1000, 5),
+            stat(Some(&uid), "b", 20, 300, 7),
+            // Not a kubelet container: left out.
+            stat(None, "x", 999, 999, 9),
+        ]);
+        let v = summary(&fake.cri(), &pods, "node").await.unwrap();
+        let out = v["pods"].as_array().unwrap();
+        let ours = out
+            .iter()
+            .find(|p| p["podRef"]["uid"] == uid.as_str())
+            .unwrap();
+        assert_eq!(ours["cpu"]["usageCoreNanoSeconds"], 120);
+        assert_eq!(ours["memory"]["workingSetBytes"], 1300);
+        assert_eq!(ours["containers"].as_array().unwrap().len(), 2);
+        // A pod without stats is listed with zeros.
+        let idle = out.iter().find(|p| p["podRef"]["uid"] == "idle").unwrap();
+        assert_eq!(idle["cpu"]["usageCoreNanoSeconds"], 0);
+        assert!(idle["containers"].as_array().unwrap().is_empty());
+        assert_eq!(fake.count("ListContainerStats"), 1);
+        fake.inject_error("ListContainerStats", tonic::Code::Unavailable);
+        assert!(summary(&fake.cri(), &pods, "node").await.is_err());
+    }
+}

@@ -1,14 +1,16 @@
 //! `compute_pod_actions`: what must happen to bring a pod's runtime state (as CRI reports
 //! it) to its spec. A pure function, following upstream's `computePodActions`: create or
 //! recreate the sandbox, run init containers one by one in order, start or restart app
-//! containers per `restartPolicy`, hold restarts back while in CrashLoopBackOff, and stop
-//! the pod's sandbox when nothing is left to run.
+//! containers per `restartPolicy`, hold restarts back while in CrashLoopBackOff, kill
+//! containers whose liveness or startup probe failed (the prober only records that), and
+//! stop the pod's sandbox when nothing is left to run.
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::backoff::{self, Backoff};
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus, SandboxState};
 use crate::labels::hash_container;
+use crate::prober::{ProbeKind, ProbeResults};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
@@ -41,7 +43,10 @@ pub fn app_containers(pod: &Pod) -> &[Container] {
 pub struct ContainerToKill {
     pub id: String,
     pub name: String,
+    /// Upstream's message, also the `Killing` event's.
     pub reason: String,
+    /// The failed probe's `terminationGracePeriodSeconds`, which wins over the pod's.
+    pub grace: Option<i64>,
 }
 
 /// A container held back by CrashLoopBackOff.
@@ -69,7 +74,7 @@ pub struct PodActions {
     pub next_init_container: Option<usize>,
     /// Indexes (in `spec.containers`) of app containers to start.
     pub containers_to_start: Vec<usize>,
-    /// Running containers to stop (spec changed).
+    /// Running containers to stop (spec changed, liveness or startup probe failed).
     pub containers_to_kill: Vec<ContainerToKill>,
     /// Containers (init or app) whose restart waits for back-off.
     pub backoff: Vec<BackoffWait>,
@@ -191,10 +196,37 @@ fn backoff_wait(
     })
 }
 
-/// Computes the actions for one sync. `backoff` and `now` decide CrashLoopBackOff.
+/// The kill a failed liveness or startup probe asks for (upstream's messages).
+fn probe_kill(
+    c: &Container,
+    s: &ContainerStatus,
+    probes: &ProbeResults,
+    restart: bool,
+) -> Option<ContainerToKill> {
+    let kind = probes.get(&s.id)?.failed?;
+    let (what, probe) = match kind {
+        ProbeKind::Liveness => ("liveness", c.liveness_probe.as_ref()),
+        ProbeKind::Startup => ("startup", c.startup_probe.as_ref()),
+        ProbeKind::Readiness => return None,
+    };
+    let mut reason = format!("Container {} failed {what} probe", c.name);
+    if restart {
+        reason.push_str(", will be restarted");
+    }
+    Some(ContainerToKill {
+        id: s.id.clone(),
+        name: c.name.clone(),
+        reason,
+        grace: probe.and_then(|p| p.termination_grace_period_seconds),
+    })
+}
+
+/// Computes the actions for one sync. `probes` (by container ID) name containers to kill;
+/// `backoff` and `now` decide CrashLoopBackOff.
 pub fn compute_pod_actions(
     pod: &Pod,
     status: &PodStatus,
+    probes: &ProbeResults,
     backoff: &Backoff,
     now: Nanos,
 ) -> PodActions {
@@ -285,13 +317,21 @@ pub fn compute_pod_actions(
         let last = status.find_container(&c.name);
         match last {
             Some(s) if s.state == ContainerState::Running => {
+                // Upstream restarts a probe-killed container unless restartPolicy is Never.
+                let restart = policy != RestartPolicy::Never;
                 if s.hash != hash_container(c) {
                     a.containers_to_kill.push(ContainerToKill {
                         id: s.id.clone(),
                         name: c.name.clone(),
                         reason: "container spec changed".into(),
+                        grace: None,
                     });
                     to_start.push(i);
+                } else if let Some(k) = probe_kill(c, s, probes, restart) {
+                    a.containers_to_kill.push(k);
+                    if restart {
+                        to_start.push(i);
+                    }
                 } else {
                     keep += 1;
                 }
@@ -304,7 +344,7 @@ pub fn compute_pod_actions(
         }
     }
     if keep == 0 && to_start.is_empty() {
-        // Everything finished and stays finished: stop the sandbox.
+        // Everything finished (or is being killed) and stays finished: stop the sandbox.
         a.kill_pod = status
             .sandboxes
             .iter()
@@ -392,7 +432,7 @@ mod tests {
     }
 
     fn compute(pod: &Pod, st: &PodStatus) -> PodActions {
-        compute_pod_actions(pod, st, &Backoff::new(), 1_000 * S)
+        compute_pod_actions(pod, st, &ProbeResults::new(), &Backoff::new(), 1_000 * S)
     }
 
     use ContainerState::*;
@@ -565,7 +605,7 @@ mod tests {
             &hash_container(i2),
         );
         b.next(&key, 2 * S, 3 * S, 3 * S);
-        let a = compute_pod_actions(&p, &st, &b, 5 * S);
+        let a = compute_pod_actions(&p, &st, &ProbeResults::new(), &b, 5 * S);
         assert_eq!(a.next_init_container, None);
         assert!(a.containers_to_start.is_empty());
         assert_eq!(a.backoff[0].name, "i2");
@@ -591,13 +631,13 @@ mod tests {
         let (started, finished) = (100 * S, 101 * S);
         let mut b = Backoff::new();
         // First crash: immediate restart.
-        let a = compute_pod_actions(&p, &st, &b, finished);
+        let a = compute_pod_actions(&p, &st, &ProbeResults::new(), &b, finished);
         assert_eq!(a.containers_to_start, vec![0]);
         b.next(&key, started, finished, finished);
         // Crashes again right away: 10 s.
         st.containers[0].started_at = 102 * S;
         st.containers[0].finished_at = 103 * S;
-        let a = compute_pod_actions(&p, &st, &b, 104 * S);
+        let a = compute_pod_actions(&p, &st, &ProbeResults::new(), &b, 104 * S);
         assert!(a.containers_to_start.is_empty());
         assert_eq!(
             a.backoff,
@@ -608,17 +648,23 @@ mod tests {
             }]
         );
         assert!(!a.kill_pod, "a container in back-off keeps the pod up");
-        let a = compute_pod_actions(&p, &st, &b, 113 * S);
+        let a = compute_pod_actions(&p, &st, &ProbeResults::new(), &b, 113 * S);
         assert_eq!(a.containers_to_start, vec![0]);
         b.next(&key, 102 * S, 103 * S, 113 * S);
         // Next crash: 20 s.
         st.containers[0].started_at = 114 * S;
         st.containers[0].finished_at = 115 * S;
-        let a = compute_pod_actions(&p, &st, &b, 115 * S);
+        let a = compute_pod_actions(&p, &st, &ProbeResults::new(), &b, 115 * S);
         assert_eq!(a.backoff[0].remaining, 20 * S);
         // After ten minutes of running, no back-off.
         st.containers[0].finished_at = 114 * S + backoff::RESET_AFTER_RUNNING;
-        let a = compute_pod_actions(&p, &st, &b, st.containers[0].finished_at);
+        let a = compute_pod_actions(
+            &p,
+            &st,
+            &ProbeResults::new(),
+            &b,
+            st.containers[0].finished_at,
+        );
         assert_eq!(a.containers_to_start, vec![0]);
     }
 

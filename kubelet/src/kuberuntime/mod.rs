@@ -8,6 +8,9 @@ pub mod actions;
 pub mod container;
 pub mod sandbox;
 
+#[cfg(test)]
+mod manager_tests;
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -90,6 +93,8 @@ pub struct RuntimeManager {
     pub max_per_pod_container: u32,
     /// Pulled, Created, Started, Killing, Failed events.
     pub events: crate::events::EventRecorder,
+    /// Create and remove pod cgroups (unit tests on the fake runtime turn this off).
+    pub pod_cgroups: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -169,6 +174,7 @@ impl RuntimeManager {
             node_ip: None,
             max_per_pod_container: 1,
             events: crate::events::EventRecorder::none(),
+            pod_cgroups: true,
         }
     }
 
@@ -336,7 +342,7 @@ impl RuntimeManager {
         let sandbox_id = if actions.create_sandbox {
             let log_dir = PathBuf::from(&sandbox_config.log_directory);
             mkdir(&log_dir)?;
-            if let Some(linux) = &sandbox_config.linux {
+            if let Some(linux) = sandbox_config.linux.as_ref().filter(|_| self.pod_cgroups) {
                 crate::resources::ensure_pod_cgroup(
                     &linux.cgroup_parent,
                     &crate::resources::pod_cgroup_config(pod),
@@ -359,10 +365,26 @@ impl RuntimeManager {
                 None => return Ok(Vec::new()),
             }
         };
-        for k in &actions.containers_to_kill {
+        // After a pod kill every container is stopped already (preStop ran once).
+        for k in actions
+            .containers_to_kill
+            .iter()
+            .filter(|_| !actions.kill_pod)
+        {
             tracing::info!(pod = %status_name(pod), container = %k.name, reason = %k.reason, "stopping container");
-            self.stop_container(Some(pod), &k.name, &k.id, &sandbox_id, pod_grace(pod))
-                .await?;
+            let grace = k
+                .grace
+                .unwrap_or_else(|| pod_grace(pod))
+                .max(MIN_GRACE_SECS);
+            self.stop_container(
+                Some(pod),
+                &k.name,
+                &k.id,
+                &sandbox_id,
+                grace,
+                Some(&k.reason),
+            )
+            .await?;
         }
         let mut results = StartResults::new();
         if let Some(i) = actions.next_init_container {
@@ -657,7 +679,8 @@ impl RuntimeManager {
     }
 
     /// Stops one container: its preStop hook (when `pod` knows one) within the grace
-    /// period, then the stop signal with what is left of it.
+    /// period, then the stop signal with what is left of it. `reason` is the `Killing`
+    /// event's message (default: "Stopping container <name>").
     pub async fn stop_container(
         &self,
         pod: Option<&Pod>,
@@ -665,6 +688,7 @@ impl RuntimeManager {
         id: &str,
         sandbox_id: &str,
         grace: i64,
+        reason: Option<&str>,
     ) -> Result<(), CriError> {
         let spec = pod.and_then(|p| {
             app_containers(p)
@@ -679,7 +703,9 @@ impl RuntimeManager {
                 Some(name),
                 crate::events::NORMAL,
                 "Killing",
-                format!("Stopping container {name}"),
+                reason
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("Stopping container {name}")),
             );
         }
         if let Some((c, h)) = spec.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
@@ -770,7 +796,7 @@ impl RuntimeManager {
                 let name = c.labels.get(labels::CONTAINER_NAME_LABEL).cloned().unwrap_or_default();
                 async move {
                     tracing::info!(%uid, container = %name, id = %c.id, grace, "stopping container");
-                    match self.stop_container(pod, &name, &c.id, &c.pod_sandbox_id, grace).await {
+                    match self.stop_container(pod, &name, &c.id, &c.pod_sandbox_id, grace, None).await {
                         Err(e) if !e.is_not_found() => Err(e),
                         _ => Ok(()),
                     }
@@ -821,8 +847,10 @@ impl RuntimeManager {
             let _ = self.cri.remove_container(&c.id).await;
         }
         lock(&self.container_cache).retain(|_, c| !sandboxes.iter().any(|s| s.id == c.sandbox_id));
-        for cg in crate::resources::all_pod_cgroup_names(&self.paths.cgroup_root, uid) {
-            remove_pod_cgroup(&cg);
+        if self.pod_cgroups {
+            for cg in crate::resources::all_pod_cgroup_names(&self.paths.cgroup_root, uid) {
+                remove_pod_cgroup(&cg);
+            }
         }
         crate::volumes::teardown(&self.root_dir, uid);
         remove_dir(&self.root_dir.join("pods").join(uid));

@@ -1,0 +1,957 @@
+//! The runtime manager's decisions on the fake CRI runtime: what `sync_pod` creates,
+//! starts, kills and removes, container GC, and the status built from the runtime's view.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use nodus_proto::runtime::v1::ContainerState as CriState;
+
+use super::actions::{compute_pod_actions, PodActions};
+use super::sandbox::NodePaths;
+use super::{RuntimeManager, StartResults};
+use crate::backoff::Backoff;
+use crate::container::{now_nanos, ContainerState, PodStatus, NANOS_PER_SEC};
+use crate::cri::fake::FakeRuntime;
+use crate::labels;
+use crate::prober::{ContainerProbeState, ProbeKind, ProbeResults};
+use crate::sources::{load_manifest, Source};
+use crate::status_manager::{self, StatusInputs};
+
+/// A runtime manager on a fresh fake runtime holding image `i:1`.
+struct Node {
+    fake: Arc<FakeRuntime>,
+    rm: RuntimeManager,
+    backoff: Mutex<Backoff>,
+    probes: ProbeResults,
+    dir: tempfile::TempDir,
+}
+
+fn manager(fake: &Arc<FakeRuntime>, dir: &std::path::Path) -> RuntimeManager {
+    let mut rm = RuntimeManager::new(
+        fake.cri(),
+        NodePaths {
+            pod_logs_dir: dir.join("logs"),
+            cgroup_root: "/nodus-unit".into(),
+        },
+        dir.join("root"),
+        dir.join("resolv.conf"),
+    );
+    rm.pod_cgroups = false;
+    rm
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeRuntime::new();
+    fake.add_image("i:1", 100);
+    Node {
+        rm: manager(&fake, dir.path()),
+        fake,
+        backoff: Mutex::new(Backoff::new()),
+        probes: ProbeResults::new(),
+        dir,
+    }
+}
+
+/// A pod from the `spec:` lines of a manifest (indented by two spaces).
+fn pod_yaml(spec: &str) -> Pod {
+    let text = format!("kind: Pod\nmetadata: {{name: p, namespace: n}}\nspec:\n{spec}");
+    let (mut pods, errs) = load_manifest(&text, Source::File, "/m/p.yaml", "node");
+    assert!(errs.is_empty(), "{errs:?}");
+    pods.remove(0)
+}
+
+fn pod(policy: &str, inits: &[&str], apps: &[&str]) -> Pod {
+    crate::testutil::pod(policy, inits, apps)
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap()
+}
+
+impl Node {
+    async fn status(&self, p: &Pod) -> PodStatus {
+        self.rm.get_pod_status(&uid(p)).await.unwrap()
+    }
+
+    async fn actions(&self, p: &Pod) -> (PodStatus, PodActions) {
+        let st = self.status(p).await;
+        let a = {
+            let b = self.backoff.lock().unwrap();
+            compute_pod_actions(p, &st, &self.probes, &b, now_nanos())
+        };
+        (st, a)
+    }
+
+    /// One sync as the pod worker runs it: status, actions, sync_pod.
+    async fn sync(&self, p: &Pod) -> (PodActions, StartResults) {
+        let (st, a) = self.actions(p).await;
+        let r = self
+            .rm
+            .sync_pod(p, &st, &a, &self.backoff, &Default::default())
+            .await
+            .unwrap();
+        (a, r)
+    }
+
+    /// (name, state, exit code) of every container the fake holds, oldest first.
+    fn containers(&self) -> Vec<(String, CriState, i32)> {
+        self.fake.containers()
+    }
+
+    fn names(&self, op: &str) -> Vec<String> {
+        self.fake.calls_of(op)
+    }
+
+    fn id(&self, name: &str) -> String {
+        self.fake.container_id(name).unwrap()
+    }
+}
+
+fn running(name: &str) -> (String, CriState, i32) {
+    (name.into(), CriState::ContainerRunning, 0)
+}
+
+fn exited(name: &str, code: i32) -> (String, CriState, i32) {
+    (name.into(), CriState::ContainerExited, code)
+}
+
+#[tokio::test]
+async fn new_pod_runs_a_sandbox_then_its_containers() {
+    let n = node();
+    let p = pod("Always", &[], &["a", "b"]);
+    let (a, r) = n.sync(&p).await;
+    assert!(a.create_sandbox);
+    assert!(r.iter().all(|(_, r)| r.is_ok()), "{r:?}");
+    assert_eq!(n.names("RunPodSandbox"), [p.metadata.name.clone().unwrap()]);
+    let mut created = n.names("CreateContainer");
+    created.sort();
+    assert_eq!(created, ["a", "b"]);
+    assert_eq!(n.fake.count("StartContainer"), 2);
+    assert_eq!(n.containers().len(), 2);
+    assert!(n
+        .containers()
+        .iter()
+        .all(|c| c.1 == CriState::ContainerRunning));
+    // The sandbox comes before any container.
+    let calls = n.fake.calls();
+    let run = calls.iter().position(|c| c.op == "RunPodSandbox").unwrap();
+    let create = calls
+        .iter()
+        .position(|c| c.op == "CreateContainer")
+        .unwrap();
+    assert!(run < create);
+}
+
+#[tokio::test]
+async fn containers_carry_upstream_labels_and_annotations() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    let ann = n.fake.container_annotations(&n.id("a"));
+    assert_eq!(ann[labels::CONTAINER_RESTART_COUNT], "0");
+    let spec = &p.spec.as_ref().unwrap().containers[0];
+    assert_eq!(ann[labels::CONTAINER_HASH], labels::hash_container(spec));
+    assert_eq!(ann[labels::CONTAINER_TYPE], labels::CONTAINER_TYPE_APP);
+    // The runtime's view finds the container through the pod UID label.
+    let st = n.status(&p).await;
+    assert_eq!(st.containers.len(), 1);
+    assert_eq!(st.containers[0].name, "a");
+    assert_eq!(st.name, "p-n", "static pods are named after the node");
+    assert_eq!(Some(st.namespace), p.metadata.namespace);
+    assert_eq!(st.sandboxes[0].ips, ["10.88.0.1"]);
+}
+
+#[tokio::test]
+async fn healthy_pod_sync_changes_nothing() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.clear_calls();
+    let (_, a) = n.actions(&p).await;
+    assert!(a.is_noop(), "{a:?}");
+    n.sync(&p).await;
+    for op in [
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "StopContainer",
+        "StopPodSandbox",
+        "RemoveContainer",
+    ] {
+        assert_eq!(n.fake.count(op), 0, "{op}");
+    }
+}
+
+#[tokio::test]
+async fn init_containers_run_one_at_a_time_in_order() {
+    let n = node();
+    let p = pod("Always", &["i1", "i2"], &["a"]);
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["i1"]);
+    // Still running: nothing else starts.
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["i1"]);
+    n.fake.exit_container(&n.id("i1"), 0);
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["i1", "i2"]);
+    n.fake.exit_container(&n.id("i2"), 0);
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["i1", "i2", "a"]);
+    let ann = n.fake.container_annotations(&n.id("i1"));
+    assert_eq!(ann[labels::CONTAINER_TYPE], labels::CONTAINER_TYPE_INIT);
+    assert_eq!(n.names("RunPodSandbox").len(), 1, "one sandbox for all");
+}
+
+#[tokio::test]
+async fn failed_init_container_is_rerun_and_apps_wait() {
+    let n = node();
+    let p = pod("Always", &["i1", "i2"], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("i1"), 3);
+    let (_, r) = n.sync(&p).await;
+    assert_eq!(r.len(), 1);
+    assert_eq!(n.names("CreateContainer"), ["i1", "i1"]);
+    let ann = n.fake.container_annotations(&n.id("i1"));
+    assert_eq!(ann[labels::CONTAINER_RESTART_COUNT], "1");
+    assert!(n.fake.container_id("a").is_none());
+    assert!(n.fake.container_id("i2").is_none());
+}
+
+#[tokio::test]
+async fn failed_init_container_fails_a_never_pod() {
+    let n = node();
+    let p = pod("Never", &["i1"], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("i1"), 1);
+    let (a, _) = n.sync(&p).await;
+    assert!(a.kill_pod);
+    assert_eq!(n.names("CreateContainer"), ["i1"]);
+    assert_eq!(n.fake.count("StopPodSandbox"), 1);
+    assert!(!n.fake.sandboxes()[0].1, "sandbox stopped");
+    // And it stays that way.
+    n.fake.clear_calls();
+    let (_, a) = n.actions(&p).await;
+    assert!(a.is_noop(), "{a:?}");
+}
+
+#[tokio::test]
+async fn restart_policy_always_restarts_a_completed_container() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("a"), 0);
+    n.sync(&p).await;
+    assert_eq!(n.containers(), [exited("a", 0), running("a")]);
+    let ann = n.fake.container_annotations(&n.id("a"));
+    assert_eq!(ann[labels::CONTAINER_RESTART_COUNT], "1");
+    let st = n.status(&p).await;
+    assert_eq!(st.containers[0].restart_count, 1);
+}
+
+#[tokio::test]
+async fn restart_policy_on_failure_restarts_only_failed_containers() {
+    let n = node();
+    let p = pod("OnFailure", &[], &["ok", "bad"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("ok"), 0);
+    n.fake.exit_container(&n.id("bad"), 2);
+    n.sync(&p).await;
+    let mut created = n.names("CreateContainer");
+    created.sort();
+    assert_eq!(created, ["bad", "bad", "ok"]);
+    assert_eq!(n.fake.count("StopPodSandbox"), 0, "bad runs again");
+}
+
+#[tokio::test]
+async fn restart_policy_never_leaves_exited_containers_and_stops_the_sandbox() {
+    let n = node();
+    let p = pod("Never", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("a"), 1);
+    let (a, _) = n.sync(&p).await;
+    assert!(a.kill_pod);
+    assert_eq!(n.names("CreateContainer"), ["a"]);
+    assert_eq!(n.fake.count("StopPodSandbox"), 1);
+    // A Never pod whose sandbox died after it ran is not run again.
+    let (_, a) = n.actions(&p).await;
+    assert!(a.is_noop() && !a.create_sandbox, "{a:?}");
+}
+
+#[tokio::test]
+async fn on_failure_pod_that_succeeded_stops_and_stays_stopped() {
+    let n = node();
+    let p = pod("OnFailure", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("a"), 0);
+    n.sync(&p).await;
+    assert_eq!(n.fake.count("StopPodSandbox"), 1);
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["a"]);
+    assert_eq!(n.names("RunPodSandbox").len(), 1);
+}
+
+#[tokio::test]
+async fn crash_loop_back_off_holds_the_second_restart() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("a"), 1);
+    // First crash: restarted at once (and the back-off armed).
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer").len(), 2);
+    n.fake.exit_container(&n.id("a"), 1);
+    let (a, r) = n.sync(&p).await;
+    assert!(r.is_empty());
+    assert_eq!(n.names("CreateContainer").len(), 2, "held back");
+    assert_eq!(a.backoff.len(), 1);
+    assert_eq!(a.backoff[0].name, "a");
+    assert!(a.backoff[0].remaining > 0 && a.backoff[0].remaining <= 10 * NANOS_PER_SEC);
+    assert!(!a.kill_pod, "a container in back-off keeps the sandbox");
+    // Once the 10 s back-off period has passed it restarts.
+    let st = n.status(&p).await;
+    let later = now_nanos() + 11 * NANOS_PER_SEC;
+    let b = n.backoff.lock().unwrap().clone();
+    let a = compute_pod_actions(&p, &st, &n.probes, &b, later);
+    assert!(a.backoff.is_empty(), "{a:?}");
+    assert_eq!(a.containers_to_start, vec![0]);
+}
+
+#[tokio::test]
+async fn crash_loop_back_off_shows_in_the_status() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("a"), 1);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("a"), 1);
+    let (st, a) = n.actions(&p).await;
+    let api = status_manager::generate(
+        &p,
+        &st,
+        &StatusInputs {
+            backoff: &a.backoff,
+            now: now_nanos(),
+            ..Default::default()
+        },
+    );
+    let cs = &api.container_statuses.unwrap()[0];
+    let waiting = cs.state.as_ref().unwrap().waiting.as_ref().unwrap();
+    assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
+    let last = cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(last.exit_code, 1);
+    assert_eq!(cs.restart_count, 1);
+}
+
+#[tokio::test]
+async fn dead_sandbox_is_replaced_with_the_next_attempt() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    let old = n.fake.sandboxes()[0].0.clone();
+    n.fake.kill_sandbox(&old);
+    let (a, _) = n.sync(&p).await;
+    assert!(a.create_sandbox);
+    assert!(!a.kill_pod, "nothing was left running");
+    let sbs = n.fake.sandboxes();
+    assert_eq!(sbs.len(), 2);
+    assert_eq!((sbs[1].1, sbs[1].2), (true, 1), "ready, attempt 1");
+    let st = n.status(&p).await;
+    let new_a = st.find_container("a").unwrap();
+    assert_eq!(new_a.sandbox_id, sbs[1].0);
+    assert_eq!(new_a.state, ContainerState::Running);
+    assert_eq!(new_a.restart_count, 1);
+}
+
+#[tokio::test]
+async fn sandbox_without_an_ip_is_replaced_after_a_kubelet_restart() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    let sb = n.fake.add_sandbox(&uid(&p), true);
+    n.fake.clear_sandbox_ip(&sb);
+    let (a, _) = n.sync(&p).await;
+    assert!(a.create_sandbox && a.kill_pod);
+    assert_eq!(n.names("StopPodSandbox"), [sb]);
+    let sbs = n.fake.sandboxes();
+    assert_eq!(sbs.len(), 2);
+    assert!(sbs[1].1);
+}
+
+#[tokio::test]
+async fn two_ready_sandboxes_are_both_stopped_and_replaced() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    let s1 = n.fake.add_sandbox(&uid(&p), true);
+    let s2 = n.fake.add_sandbox(&uid(&p), true);
+    let (a, _) = n.sync(&p).await;
+    assert!(a.kill_pod && a.create_sandbox);
+    let mut stopped = n.names("StopPodSandbox");
+    stopped.sort();
+    assert_eq!(stopped, [s1, s2]);
+    assert_eq!(n.fake.sandboxes().iter().filter(|s| s.1).count(), 1);
+}
+
+#[tokio::test]
+async fn restarted_kubelet_adopts_what_the_runtime_runs() {
+    let n = node();
+    let p = pod("Always", &["i"], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("i"), 0);
+    n.sync(&p).await;
+    n.fake.clear_calls();
+    // A new manager (no caches) on the same runtime.
+    let rm2 = manager(&n.fake, n.dir.path());
+    let st = rm2.get_pod_status(&uid(&p)).await.unwrap();
+    let a = compute_pod_actions(&p, &st, &ProbeResults::new(), &Backoff::new(), now_nanos());
+    assert!(a.is_noop(), "{a:?}");
+    assert_eq!(n.fake.count("RunPodSandbox"), 0);
+}
+
+#[tokio::test]
+async fn changed_spec_kills_and_restarts_the_container() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    let old = n.id("a");
+    let mut p2 = p.clone();
+    p2.spec.as_mut().unwrap().containers[0].args = Some(vec!["new".into()]);
+    let (a, _) = n.sync(&p2).await;
+    assert_eq!(a.containers_to_kill.len(), 1);
+    assert_eq!(a.containers_to_kill[0].reason, "container spec changed");
+    assert!(n.names("StopContainer")[0].starts_with(&format!("{old} ")));
+    assert_eq!(n.containers(), [exited("a", 137), running("a")]);
+    let ann = n.fake.container_annotations(&n.id("a"));
+    let spec2 = &p2.spec.as_ref().unwrap().containers[0];
+    assert_eq!(ann[labels::CONTAINER_HASH], labels::hash_container(spec2));
+}
+
+#[tokio::test]
+async fn present_image_is_not_pulled_with_if_not_present() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    assert_eq!(n.fake.count("PullImage"), 0);
+    assert_eq!(n.names("ImageStatus"), ["i:1"]);
+}
+
+#[tokio::test]
+async fn missing_image_is_pulled_and_always_policy_always_pulls() {
+    let n = node();
+    let p = pod_yaml("  containers:\n  - {name: a, image: 'other:2'}\n  - {name: b, image: 'i:1', imagePullPolicy: Always}\n");
+    let (_, r) = n.sync(&p).await;
+    assert!(r.iter().all(|(_, r)| r.is_ok()), "{r:?}");
+    let mut pulled = n.names("PullImage");
+    pulled.sort();
+    assert_eq!(pulled, ["i:1", "other:2"]);
+}
+
+#[tokio::test]
+async fn never_pull_policy_without_the_image_fails_with_err_image_never_pull() {
+    let n = node();
+    let p = pod_yaml("  containers:\n  - {name: a, image: 'gone:1', imagePullPolicy: Never}\n");
+    let (_, r) = n.sync(&p).await;
+    assert_eq!(r[0].1.as_ref().unwrap_err().reason(), "ErrImageNeverPull");
+    assert_eq!(n.fake.count("PullImage"), 0);
+    assert_eq!(n.fake.count("CreateContainer"), 0);
+}
+
+#[tokio::test]
+async fn failed_pull_reports_err_image_pull() {
+    let n = node();
+    let p = pod_yaml("  containers:\n  - {name: a, image: 'other:2'}\n");
+    n.fake.inject_error("PullImage", tonic::Code::Unknown);
+    let (_, r) = n.sync(&p).await;
+    assert_eq!(r[0].1.as_ref().unwrap_err().reason(), "ErrImagePull");
+    assert_eq!(n.fake.count("CreateContainer"), 0);
+    // The next sync tries again and succeeds.
+    let (_, r) = n.sync(&p).await;
+    assert!(r[0].1.is_ok());
+    assert_eq!(n.fake.count("PullImage"), 2);
+}
+
+#[tokio::test]
+async fn failed_start_removes_the_created_container() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.fake.inject_error("StartContainer", tonic::Code::Internal);
+    let (_, r) = n.sync(&p).await;
+    assert_eq!(r[0].1.as_ref().unwrap_err().reason(), "RunContainerError");
+    assert_eq!(n.fake.count("RemoveContainer"), 1);
+    assert!(n.containers().is_empty(), "nothing left behind");
+    // The next sync creates it again.
+    n.sync(&p).await;
+    assert_eq!(n.containers(), [running("a")]);
+}
+
+#[tokio::test]
+async fn failed_create_reports_create_container_error() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.fake
+        .inject_error("CreateContainer", tonic::Code::Internal);
+    let (_, r) = n.sync(&p).await;
+    assert_eq!(
+        r[0].1.as_ref().unwrap_err().reason(),
+        "CreateContainerError"
+    );
+    assert_eq!(n.fake.count("StartContainer"), 0);
+}
+
+#[tokio::test]
+async fn run_as_non_root_refuses_an_image_running_as_root() {
+    let n = node();
+    n.fake.set_image_user("i:1", Some(0), "");
+    let p = pod_yaml(
+        "  securityContext: {runAsNonRoot: true}\n  containers:\n  - {name: a, image: 'i:1'}\n",
+    );
+    let (_, r) = n.sync(&p).await;
+    let e = r[0].1.as_ref().unwrap_err();
+    assert_eq!(e.reason(), "CreateContainerConfigError");
+    assert!(e.to_string().contains("image will run as root"), "{e}");
+    assert_eq!(n.fake.count("CreateContainer"), 0);
+    // A non-root image user is accepted.
+    n.fake.set_image_user("i:1", Some(1000), "");
+    let (_, r) = n.sync(&p).await;
+    assert!(r[0].1.is_ok(), "{r:?}");
+}
+
+#[tokio::test]
+async fn post_start_hook_failure_kills_the_container() {
+    let n = node();
+    n.fake.set_exec_exit("a", 1);
+    let p = pod_yaml("  containers:\n  - name: a\n    image: 'i:1'\n    lifecycle: {postStart: {exec: {command: [hook]}}}\n");
+    let (_, r) = n.sync(&p).await;
+    assert_eq!(r[0].1.as_ref().unwrap_err().reason(), "PostStartHookError");
+    let execs = n.fake.execs();
+    assert_eq!(execs[0].1, ["hook"]);
+    assert_eq!(n.fake.count("StopContainer"), 1);
+    assert_eq!(n.containers(), [exited("a", 137)]);
+}
+
+#[tokio::test]
+async fn kill_pod_stops_containers_with_the_pods_grace_then_the_sandbox() {
+    let n = node();
+    let p = pod_yaml("  terminationGracePeriodSeconds: 7\n  containers:\n  - {name: a, image: 'i:1'}\n  - {name: b, image: 'i:1'}\n");
+    n.sync(&p).await;
+    n.fake.clear_calls();
+    n.rm.kill_pod(&uid(&p), Some(&p), None).await.unwrap();
+    let stops = n.names("StopContainer");
+    assert_eq!(stops.len(), 2);
+    assert!(stops.iter().all(|s| s.ends_with(" 7")), "{stops:?}");
+    let ops: Vec<&str> = n.fake.calls().iter().map(|c| c.op).collect();
+    let last_stop = ops.iter().rposition(|o| *o == "StopContainer").unwrap();
+    let sandbox_stop = ops.iter().position(|o| *o == "StopPodSandbox").unwrap();
+    assert!(last_stop < sandbox_stop, "{ops:?}");
+    assert!(n
+        .containers()
+        .iter()
+        .all(|c| c.1 == CriState::ContainerExited));
+    assert!(!n.fake.sandboxes()[0].1);
+}
+
+#[tokio::test]
+async fn kill_pod_grace_override_and_minimum() {
+    let n = node();
+    let p = pod_yaml(
+        "  terminationGracePeriodSeconds: 7\n  containers:\n  - {name: a, image: 'i:1'}\n",
+    );
+    n.sync(&p).await;
+    n.rm.kill_pod(&uid(&p), Some(&p), Some(0)).await.unwrap();
+    assert_eq!(n.names("StopContainer"), [format!("{} 2", n.id("a"))]);
+}
+
+#[tokio::test]
+async fn kill_pod_of_an_unknown_pod_takes_grace_from_annotations() {
+    let n = node();
+    let p = pod_yaml(
+        "  terminationGracePeriodSeconds: 9\n  containers:\n  - {name: a, image: 'i:1'}\n",
+    );
+    n.sync(&p).await;
+    // An orphan: the kubelet no longer has the pod object.
+    n.rm.kill_pod(&uid(&p), None, None).await.unwrap();
+    assert_eq!(n.names("StopContainer"), [format!("{} 9", n.id("a"))]);
+}
+
+#[tokio::test]
+async fn kill_pod_runs_pre_stop_before_the_stop_signal() {
+    let n = node();
+    let p = pod_yaml("  containers:\n  - name: a\n    image: 'i:1'\n    lifecycle: {preStop: {exec: {command: [bye]}}}\n");
+    n.sync(&p).await;
+    n.fake.clear_calls();
+    n.rm.kill_pod(&uid(&p), Some(&p), None).await.unwrap();
+    let ops: Vec<&str> = n.fake.calls().iter().map(|c| c.op).collect();
+    let exec = ops.iter().position(|o| *o == "ExecSync").unwrap();
+    let stop = ops.iter().position(|o| *o == "StopContainer").unwrap();
+    assert!(exec < stop, "{ops:?}");
+    assert_eq!(n.fake.execs()[0].1, ["bye"]);
+}
+
+#[tokio::test]
+async fn kill_pod_tolerates_not_found_but_not_other_errors() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.inject_error("StopContainer", tonic::Code::NotFound);
+    n.rm.kill_pod(&uid(&p), Some(&p), None).await.unwrap();
+    let n = node();
+    n.sync(&p).await;
+    n.fake
+        .inject_error("StopContainer", tonic::Code::Unavailable);
+    assert!(n.rm.kill_pod(&uid(&p), Some(&p), None).await.is_err());
+    assert_eq!(
+        n.fake.count("StopPodSandbox"),
+        0,
+        "the sandbox waits for its containers"
+    );
+}
+
+#[tokio::test]
+async fn remove_pod_leaves_nothing_behind() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    let other = pod_yaml("  containers:\n  - {name: x, image: 'i:1'}\n");
+    let mut other = other;
+    other.metadata.uid = Some("other-uid".into());
+    n.sync(&p).await;
+    n.sync(&other).await;
+    let pod_dir = n.dir.path().join("root/pods").join(uid(&p));
+    assert!(pod_dir.exists(), "the sync made the pod's directory");
+    let logs: Vec<PathBuf> = std::fs::read_dir(n.dir.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(logs.len(), 2);
+    n.rm.remove_pod(&uid(&p), Some(&p), None).await.unwrap();
+    assert_eq!(n.fake.sandboxes().len(), 1, "only the other pod's sandbox");
+    assert_eq!(n.containers(), [running("x")]);
+    assert!(!pod_dir.exists());
+    let logs_left = std::fs::read_dir(n.dir.path().join("logs"))
+        .unwrap()
+        .count();
+    assert_eq!(logs_left, 1);
+}
+
+#[tokio::test]
+async fn container_gc_keeps_max_per_pod_container_dead_instances() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    for _ in 0..3 {
+        n.fake.exit_container(&n.id("a"), 0);
+        // Restart at once: the crash is long past any back-off.
+        let id = n.id("a");
+        let past = now_nanos() - 600 * NANOS_PER_SEC;
+        n.fake
+            .set_container_times(&id, past - 1000 * NANOS_PER_SEC, past);
+        n.sync(&p).await;
+    }
+    // Each sync removes what is beyond the newest dead one (maxPerPodContainer 1).
+    assert_eq!(n.names("CreateContainer").len(), 4);
+    let dead = n
+        .containers()
+        .iter()
+        .filter(|c| c.1 == CriState::ContainerExited)
+        .count();
+    assert_eq!(dead, 1, "{:?}", n.containers());
+    assert_eq!(n.fake.count("RemoveContainer"), 2);
+}
+
+#[tokio::test]
+async fn container_gc_honours_a_larger_max_per_pod_container() {
+    let mut n = node();
+    n.rm.max_per_pod_container = 3;
+    let p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    for _ in 0..3 {
+        n.fake.exit_container(&n.id("a"), 0);
+        let id = n.id("a");
+        let past = now_nanos() - 600 * NANOS_PER_SEC;
+        n.fake
+            .set_container_times(&id, past - 1000 * NANOS_PER_SEC, past);
+        n.sync(&p).await;
+    }
+    assert_eq!(n.fake.count("RemoveContainer"), 0);
+    assert_eq!(n.containers().len(), 4);
+}
+
+#[tokio::test]
+async fn pod_status_reads_exit_codes_reasons_and_times_from_the_runtime() {
+    let n = node();
+    let p = pod("Never", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("a"), 42);
+    let st = n.status(&p).await;
+    let c = &st.containers[0];
+    assert_eq!(c.state, ContainerState::Exited);
+    assert_eq!(c.exit_code, 42);
+    assert_eq!(c.reason, "Error");
+    assert!(c.finished_at >= c.started_at && c.started_at > 0);
+    assert_eq!(c.image_ref, "sha256:i:1");
+}
+
+#[tokio::test]
+async fn pod_status_asks_container_status_only_when_the_state_changed() {
+    let n = node();
+    let p = pod("Always", &[], &["a", "b"]);
+    n.sync(&p).await;
+    n.status(&p).await;
+    n.fake.clear_calls();
+    n.status(&p).await;
+    assert_eq!(n.fake.count("ContainerStatus"), 0, "cached");
+    assert_eq!(n.fake.count("PodSandboxStatus"), 0, "IPs cached");
+    n.fake.exit_container(&n.id("a"), 1);
+    let st = n.status(&p).await;
+    assert_eq!(n.names("ContainerStatus"), [n.id("a")]);
+    assert_eq!(st.find_container("a").unwrap().exit_code, 1);
+}
+
+#[tokio::test]
+async fn pod_status_skips_a_container_removed_while_listing() {
+    let n = node();
+    let p = pod("Always", &[], &["a"]);
+    let sb = n.fake.add_sandbox(&uid(&p), true);
+    n.fake
+        .add_container(&uid(&p), &sb, "a", CriState::ContainerRunning);
+    n.fake
+        .inject_error("ContainerStatus", tonic::Code::NotFound);
+    let st = n.status(&p).await;
+    assert!(st.containers.is_empty());
+    n.fake
+        .inject_error("ContainerStatus", tonic::Code::Unavailable);
+    assert!(n.rm.get_pod_status(&uid(&p)).await.is_err());
+}
+
+#[tokio::test]
+async fn termination_message_comes_from_the_file_the_container_wrote() {
+    let n = node();
+    let p = pod("Never", &[], &["a"]);
+    n.sync(&p).await;
+    let file = n
+        .dir
+        .path()
+        .join("root/pods")
+        .join(uid(&p))
+        .join("containers/a/0");
+    std::fs::write(&file, "bye from a").unwrap();
+    n.fake.exit_container(&n.id("a"), 0);
+    let st = n.status(&p).await;
+    assert_eq!(st.containers[0].message, "bye from a");
+}
+
+#[tokio::test]
+async fn api_status_follows_the_runtime_through_a_pods_life() {
+    let n = node();
+    let p = pod("Never", &["i"], &["a"]);
+    let gen = |st: &PodStatus| {
+        status_manager::generate(
+            &p,
+            st,
+            &StatusInputs {
+                now: now_nanos(),
+                ..Default::default()
+            },
+        )
+    };
+    n.sync(&p).await;
+    let api = gen(&n.status(&p).await);
+    assert_eq!(api.phase.as_deref(), Some("Pending"));
+    n.fake.exit_container(&n.id("i"), 0);
+    n.sync(&p).await;
+    let api = gen(&n.status(&p).await);
+    assert_eq!(api.phase.as_deref(), Some("Running"));
+    assert_eq!(api.pod_ip.as_deref(), Some("10.88.0.1"));
+    let cs = &api.container_statuses.unwrap()[0];
+    assert!(cs.state.as_ref().unwrap().running.is_some());
+    assert!(cs.ready);
+    n.fake.exit_container(&n.id("a"), 0);
+    let api = gen(&n.status(&p).await);
+    assert_eq!(api.phase.as_deref(), Some("Succeeded"));
+    let t = api.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+}
+
+#[tokio::test]
+async fn failed_container_of_a_never_pod_makes_it_failed() {
+    let n = node();
+    let p = pod("Never", &[], &["a"]);
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("a"), 3);
+    let st = n.status(&p).await;
+    let api = status_manager::generate(&p, &st, &StatusInputs::default());
+    assert_eq!(api.phase.as_deref(), Some("Failed"));
+}
+
+// One writer per pod: a failed liveness or startup probe is a kill in the pod's sync.
+
+fn probe_failed(n: &mut Node, id: &str, kind: ProbeKind) {
+    n.probes.insert(
+        id.to_string(),
+        ContainerProbeState {
+            failed: Some(kind),
+            killed: Some("Container a failed liveness probe, will be restarted: no".into()),
+            ..Default::default()
+        },
+    );
+}
+
+fn probed_pod(policy: &str, extra: &str) -> Pod {
+    pod_yaml(&format!(
+        "  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 20\n  containers:\n  - name: a\n    image: 'i:1'\n    livenessProbe: {{exec: {{command: [live]}}{extra}}}\n    startupProbe: {{exec: {{command: [start]}}}}\n    lifecycle: {{preStop: {{exec: {{command: [bye]}}}}}}\n  - {{name: b, image: 'i:1'}}\n"
+    ))
+}
+
+#[tokio::test]
+async fn failed_liveness_probe_kills_and_restarts_in_the_sync() {
+    let mut n = node();
+    let p = probed_pod("Always", "");
+    n.sync(&p).await;
+    let old = n.id("a");
+    probe_failed(&mut n, &old, ProbeKind::Liveness);
+    n.fake.clear_calls();
+    let (a, r) = n.sync(&p).await;
+    assert_eq!(a.containers_to_kill.len(), 1);
+    assert_eq!(
+        a.containers_to_kill[0].reason,
+        "Container a failed liveness probe, will be restarted"
+    );
+    assert!(r.iter().all(|(_, r)| r.is_ok()));
+    // preStop, then the stop with the pod's grace, then the new instance.
+    let ops: Vec<&str> = n.fake.calls().iter().map(|c| c.op).collect();
+    let exec = ops.iter().position(|o| *o == "ExecSync").unwrap();
+    let stop = ops.iter().position(|o| *o == "StopContainer").unwrap();
+    let create = ops.iter().position(|o| *o == "CreateContainer").unwrap();
+    assert!(exec < stop && stop < create, "{ops:?}");
+    assert_eq!(n.fake.execs()[0].1, ["bye"]);
+    let stops = n.names("StopContainer");
+    assert_eq!(stops.len(), 1);
+    assert!(stops[0].starts_with(&format!("{old} ")));
+    assert!(
+        stops[0].ends_with(" 20") || stops[0].ends_with(" 19"),
+        "{stops:?}"
+    );
+    assert_eq!(
+        n.containers(),
+        [exited("a", 137), running("b"), running("a")]
+    );
+    let ann = n.fake.container_annotations(&n.id("a"));
+    assert_eq!(ann[labels::CONTAINER_RESTART_COUNT], "1");
+    // The killed container's status says why.
+    let st = n.status(&p).await;
+    let api = status_manager::generate(
+        &p,
+        &st,
+        &StatusInputs {
+            probes: Some(&n.probes),
+            now: now_nanos(),
+            ..Default::default()
+        },
+    );
+    let a_status = api
+        .container_statuses
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "a")
+        .unwrap();
+    let last = a_status.last_state.unwrap().terminated.unwrap();
+    assert!(last.message.unwrap().contains("failed liveness probe"));
+    // The next sync leaves the new instance alone.
+    n.fake.clear_calls();
+    let (a, _) = n.sync(&p).await;
+    assert!(a.is_noop(), "{a:?}");
+}
+
+#[tokio::test]
+async fn failed_startup_probe_kills_with_upstreams_message() {
+    let mut n = node();
+    let p = probed_pod("OnFailure", "");
+    n.sync(&p).await;
+    let old = n.id("a");
+    probe_failed(&mut n, &old, ProbeKind::Startup);
+    let (_, a) = n.actions(&p).await;
+    assert_eq!(
+        a.containers_to_kill[0].reason,
+        "Container a failed startup probe, will be restarted"
+    );
+    assert_eq!(a.containers_to_start, vec![0], "OnFailure restarts it too");
+}
+
+#[tokio::test]
+async fn failed_liveness_probe_with_restart_policy_never_kills_without_restart() {
+    let mut n = node();
+    let p = probed_pod("Never", "");
+    n.sync(&p).await;
+    let old = n.id("a");
+    probe_failed(&mut n, &old, ProbeKind::Liveness);
+    let (a, _) = n.sync(&p).await;
+    assert_eq!(
+        a.containers_to_kill[0].reason,
+        "Container a failed liveness probe"
+    );
+    assert!(a.containers_to_start.is_empty());
+    assert!(!a.kill_pod, "b still runs");
+    assert_eq!(
+        n.names("CreateContainer").len(),
+        2,
+        "a is not started again"
+    );
+    assert_eq!(n.containers(), [exited("a", 137), running("b")]);
+}
+
+#[tokio::test]
+async fn probe_grace_period_wins_over_the_pods() {
+    let mut n = node();
+    let p = probed_pod("Always", ", terminationGracePeriodSeconds: 4");
+    n.sync(&p).await;
+    let old = n.id("a");
+    n.fake.set_exec_exit("a", 0);
+    probe_failed(&mut n, &old, ProbeKind::Liveness);
+    let (a, _) = n.sync(&p).await;
+    assert_eq!(a.containers_to_kill[0].grace, Some(4));
+    let stop = &n.names("StopContainer")[0];
+    // 4 s minus the (instant) preStop.
+    assert!(stop.ends_with(" 4"), "{stop}");
+}
+
+#[tokio::test]
+async fn readiness_failure_or_a_stale_result_kills_nothing() {
+    let mut n = node();
+    let p = probed_pod("Always", "");
+    n.sync(&p).await;
+    let a_id = n.id("a");
+    probe_failed(&mut n, &a_id, ProbeKind::Readiness);
+    probe_failed(&mut n, "some-old-container", ProbeKind::Liveness);
+    n.fake.clear_calls();
+    let (a, _) = n.sync(&p).await;
+    assert!(a.is_noop(), "{a:?}");
+    assert_eq!(n.fake.count("StopContainer"), 0);
+}
+
+#[tokio::test]
+async fn a_failed_kill_is_retried_by_the_next_sync() {
+    let mut n = node();
+    let p = probed_pod("Always", "");
+    n.sync(&p).await;
+    let old = n.id("a");
+    probe_failed(&mut n, &old, ProbeKind::Liveness);
+    n.fake
+        .inject_error("StopContainer", tonic::Code::Unavailable);
+    let (st, a) = n.actions(&p).await;
+    let r =
+        n.rm.sync_pod(&p, &st, &a, &n.backoff, &Default::default())
+            .await;
+    assert!(r.is_err());
+    assert_eq!(
+        n.names("CreateContainer").len(),
+        2,
+        "no second instance yet"
+    );
+    let (a, _) = n.sync(&p).await;
+    assert_eq!(a.containers_to_kill.len(), 1);
+    assert_eq!(n.containers().len(), 3, "one new instance");
+}
