@@ -33,6 +33,9 @@ fn manager(fake: &Arc<FakeRuntime>, dir: &std::path::Path) -> RuntimeManager {
         NodePaths {
             pod_logs_dir: dir.join("logs"),
             cgroup_root: "/nodus-unit".into(),
+            dns: Default::default(),
+            seccomp_profile_root: dir.join("root/seccomp"),
+            seccomp_default: false,
         },
         dir.join("root"),
         dir.join("resolv.conf"),
