@@ -46,5 +46,8 @@ fn run(name: &str, keep: bool) -> Result<(), Box<dyn Error>> {
 
 fn main() {
     let (a, keep) = cc::args(1, "cg-crate <name>");
-    cc::exit_on_error("cg-crate", run(&a[0], keep));
+    match cc::repeat_count() {
+        Some(n) if !keep => cc::repeat("cg-crate", n, || run(&a[0], false)),
+        _ => cc::exit_on_error("cg-crate", run(&a[0], keep)),
+    }
 }

@@ -9,11 +9,17 @@ use std::path::PathBuf;
 
 use nodus_crate_compare as cc;
 use nodus_runtime::cgroups::Cgroup;
-use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+};
 
 fn run(name: &str, keep: bool) -> Result<(), Box<dyn Error>> {
     let resources = LinuxResourcesBuilder::default()
-        .memory(LinuxMemoryBuilder::default().limit(cc::MEMORY_LIMIT).build()?)
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(cc::MEMORY_LIMIT)
+                .build()?,
+        )
         .cpu(
             LinuxCpuBuilder::default()
                 .shares(cc::CPU_SHARES)
@@ -48,5 +54,8 @@ fn run(name: &str, keep: bool) -> Result<(), Box<dyn Error>> {
 
 fn main() {
     let (a, keep) = cc::args(1, "cg-ours <name>");
-    cc::exit_on_error("cg-ours", run(&a[0], keep));
+    match cc::repeat_count() {
+        Some(n) if !keep => cc::repeat("cg-ours", n, || run(&a[0], false)),
+        _ => cc::exit_on_error("cg-ours", run(&a[0], keep)),
+    }
 }

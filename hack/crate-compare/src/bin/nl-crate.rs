@@ -1,7 +1,8 @@
 //! netlink, crate: the same requests as nl-ours through rtnetlink (netlink-packet-route),
 //! on a tokio current-thread runtime with the connection spawned on it, as rtnetlink's
 //! documentation shows. The pod socket is opened the same way (enter, open, return): a
-//! netlink socket stays bound to the namespace it was made in.
+//! netlink socket stays bound to the namespace it was made in. `get <bridge>` instead: one
+//! connection and one lookup by name (see nl-ours).
 
 use std::error::Error;
 use std::fs::File;
@@ -11,6 +12,7 @@ use std::os::fd::AsRawFd;
 use futures_util::stream::TryStreamExt;
 use nodus_crate_compare as cc;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 fn setns(f: &File) -> std::io::Result<()> {
@@ -79,6 +81,8 @@ async fn run(pod_path: &str, bridge: &str, keep: bool) -> Result<(), Box<dyn Err
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(cc::GATEWAY)
         .output_interface(index)
+        // ours and nl-npr use RTPROT_BOOT (ip route's default); the builder's is STATIC
+        .protocol(RouteProtocol::Boot)
         .build();
     pod.route().add(route).replace().execute().await?;
     if !keep {
@@ -90,8 +94,37 @@ async fn run(pod_path: &str, bridge: &str, keep: bool) -> Result<(), Box<dyn Err
     Ok(())
 }
 
+async fn get(bridge: &str) -> Result<(), Box<dyn Error>> {
+    let (conn, host, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    link_index(&host, bridge)
+        .await?
+        .ok_or_else(|| format!("no bridge {bridge}"))?;
+    Ok(())
+}
+
+async fn run_args(a: &[String], keep: bool) -> Result<(), Box<dyn Error>> {
+    if a[0] == "get" {
+        get(&a[1]).await
+    } else {
+        run(&a[0], &a[1], keep).await
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let (a, keep) = cc::args(2, "nl-crate <pod-netns-path> <bridge>");
-    cc::exit_on_error("nl-crate", run(&a[0], &a[1], keep).await);
+    let (a, keep) = cc::args(2, "nl-crate <pod-netns-path>|get <bridge>");
+    match cc::repeat_count() {
+        Some(n) if !keep => {
+            // As cc::repeat, for an async operation.
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = std::time::Instant::now();
+                cc::exit_on_error("nl-crate", run_args(&a, false).await);
+                times.push(t.elapsed());
+            }
+            println!("{}", cc::median(&mut times).as_nanos());
+        }
+        _ => cc::exit_on_error("nl-crate", run_args(&a, keep).await),
+    }
 }

@@ -1,10 +1,11 @@
-//! netns, ours: a named network namespace in a private directory, entered and left with
-//! nodus_cni_bridge::netns (open, `run` = setns there and back), then deleted.
-//!
-//! Nodus itself never creates a named namespace (containerd makes the pod's, the runtime
-//! unshares the container's), so creation and deletion here are the few direct system calls
-//! a hand-written version makes (unshare on this single thread, bind-mount its ns file,
-//! setns home; umount, unlink). Argument: the directory.
+//! netns, ours: nodus_cni_bridge::netns. Two modes, argument `<mode> <path>`:
+//! - `enter` (what Nodus does on every CNI call): open an existing namespace by path, enter
+//!   it, open a route netlink socket there, come back; `<path>` is the namespace file.
+//! - `life`: a named namespace in the directory `<path>`, entered and left the same way,
+//!   then deleted. Nodus itself never creates a named namespace (containerd makes the
+//!   pod's, the runtime unshares the container's), so creation and deletion here are the
+//!   few direct system calls a hand-written version makes (unshare on this single thread,
+//!   bind-mount its ns file, setns home; umount, unlink).
 
 use std::error::Error;
 use std::ffi::CString;
@@ -22,10 +23,6 @@ fn check(r: libc::c_int, what: &str) -> Result<(), Box<dyn Error>> {
     } else {
         Err(format!("{what}: {}", std::io::Error::last_os_error()).into())
     }
-}
-
-fn thread_ns_ino() -> std::io::Result<u64> {
-    Ok(fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
 
 fn create(path: &Path, home: &NetNs) -> Result<(), Box<dyn Error>> {
@@ -52,19 +49,25 @@ fn create(path: &Path, home: &NetNs) -> Result<(), Box<dyn Error>> {
     }
 }
 
-fn run(dir: &str, keep: bool) -> Result<(), Box<dyn Error>> {
-    let path = Path::new(dir).join("ours");
+/// Opens `path`, enters it, opens a socket there, comes back; checks the inodes.
+fn enter(path: &Path) -> Result<(), Box<dyn Error>> {
+    let home_ino = cc::thread_ns_ino()?;
     let home = NetNs::current()?;
-    let home_ino = thread_ns_ino()?;
-    create(&path, &home)?;
-
-    let ns = NetNs::open(&path)?;
-    let ns_ino = ns_file_ino(&path)?;
-    let inside = ns.run(&home, thread_ns_ino)??;
-    if inside != ns_ino || inside == home_ino || thread_ns_ino()? != home_ino {
+    let ns = NetNs::open(path)?;
+    let (_sock, inside) = ns.run(&home, cc::open_route_socket)??;
+    if inside != fs::metadata(path)?.ino() || inside == home_ino || cc::thread_ns_ino()? != home_ino
+    {
         return Err("enter/leave did not land in the expected namespaces".into());
     }
-    drop(ns);
+    Ok(())
+}
+
+fn life(dir: &str, keep: bool) -> Result<(), Box<dyn Error>> {
+    let path = Path::new(dir).join("ours");
+    let home = NetNs::current()?;
+    create(&path, &home)?;
+    enter(&path)?;
+    drop(home);
     if !keep {
         let target = CString::new(path.as_os_str().as_bytes())?;
         // SAFETY: a valid C string.
@@ -77,11 +80,18 @@ fn run(dir: &str, keep: bool) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn ns_file_ino(p: &Path) -> std::io::Result<u64> {
-    Ok(fs::metadata(p)?.ino())
+fn run(mode: &str, path: &str, keep: bool) -> Result<(), Box<dyn Error>> {
+    match mode {
+        "enter" => enter(Path::new(path)),
+        "life" => life(path, keep),
+        m => Err(format!("unknown mode {m}").into()),
+    }
 }
 
 fn main() {
-    let (a, keep) = cc::args(1, "ns-ours <dir>");
-    cc::exit_on_error("ns-ours", run(&a[0], keep));
+    let (a, keep) = cc::args(2, "ns-ours enter|life <path>");
+    match cc::repeat_count() {
+        Some(n) if !keep => cc::repeat("ns-ours", n, || run(&a[0], &a[1], false)),
+        _ => cc::exit_on_error("ns-ours", run(&a[0], &a[1], keep)),
+    }
 }

@@ -1,13 +1,14 @@
 //! The benchmark driver: runs two binaries (ours and the crate's) N times each, alternating,
-//! and prints one table block: stripped size, peak RSS of one call, median and p90 wall time,
-//! and the crate/ours ratios.
+//! and prints one table block: stripped size, peak RSS of one call, median and p90 wall time
+//! of one call as a process, the median time of one operation inside one process (the
+//! binary run once with CC_REPEAT=N), and the crate/ours ratios.
 //!
 //! Usage: runner <calls> <op> <ours-bin> <crate-bin> [args passed to both...]
 //!
-//! Each call is fork + execv + wait4 from this process. fork (not posix_spawn, whose vfork
-//! shares our address space) keeps our own resident set out of the child's ru_maxrss: a
-//! forked child starts with a copy of our few anonymous pages only, and its exec replaces
-//! them.
+//! Each call is fork + execv + wait4 from this process; the peak RSS is wait4's ru_maxrss.
+//! The kernel keeps the larger of the pre-exec and post-exec high-water marks, so a call
+//! can never read below what the forked copy of this runner had resident; the script
+//! measures that floor (a call of a static binary that does nothing) and prints it.
 
 use std::ffi::CString;
 use std::time::{Duration, Instant};
@@ -112,6 +113,12 @@ fn main() {
         })
         .collect();
 
+    if std::env::var_os("CC_SHOW_FLOOR").is_some() {
+        println!(
+            "# runner RssAnon {} KiB: no call's peak RSS can read below it",
+            rss_anon_kib()
+        );
+    }
     // One untimed call each: page cache and dentries warm for both.
     call(&argv[0]);
     call(&argv[1]);
@@ -125,30 +132,69 @@ fn main() {
     }
     let ours = row(bins[0], &samples[0]);
     let theirs = row(bins[1], &samples[1]);
-    for (name, r) in [("ours", &ours), ("crate", &theirs)] {
+    let per_op = [in_process(&argv[0], n), in_process(&argv[1], n)];
+    for (name, r, op_ns) in [("ours", &ours, per_op[0]), ("crate", &theirs, per_op[1])] {
         println!(
-            "{op:<8} {name:<6} {:>12} {:>10} {:>10.3} {:>10.3}",
+            "{op:<10} {name:<6} {:>10} {:>8} {:>9.3} {:>9.3} {:>10.1}",
             r.size,
             r.rss_kib,
             ms(r.median),
-            ms(r.p90)
+            ms(r.p90),
+            op_ns as f64 / 1e3
         );
     }
-    let ratio = |a: f64, b: f64| a / b;
-    let rs = ratio(theirs.size as f64, ours.size as f64);
-    let rr = ratio(theirs.rss_kib as f64, ours.rss_kib as f64);
-    let rt = ratio(ms(theirs.median), ms(ours.median));
-    let rp = ratio(ms(theirs.p90), ms(ours.p90));
+    let rs = theirs.size as f64 / ours.size as f64;
+    let rr = theirs.rss_kib as f64 / ours.rss_kib as f64;
+    let rt = ms(theirs.median) / ms(ours.median);
+    let rp = ms(theirs.p90) / ms(ours.p90);
+    let ro = per_op[1] as f64 / per_op[0] as f64;
+    // "within 10%": the crate costs at most 1.10x ours on that figure.
     let within = |x: f64| if x <= 1.10 { "yes" } else { "no" };
     println!(
-        "{op:<8} {:<6} {:>11.2}x {:>9.2}x {:>9.2}x {:>9.2}x   within 10%: size {}, rss {}, time {}",
+        "{op:<10} {:<6} {:>9.2}x {:>7.2}x {:>8.2}x {:>8.2}x {:>9.2}x   within 10%: size {}, rss {}, call {}, op {}",
         "ratio",
         rs,
         rr,
         rt,
         rp,
+        ro,
         within(rs),
         within(rr),
-        within(rt)
+        within(rt),
+        within(ro)
     );
+}
+
+/// Runs the binary once with CC_REPEAT=n and returns the median nanoseconds per operation
+/// it prints.
+fn in_process(argv: &[CString], n: usize) -> u64 {
+    let prog = argv[0].to_string_lossy().into_owned();
+    let out = std::process::Command::new(&prog)
+        .args(argv[1..].iter().map(|a| a.to_string_lossy().into_owned()))
+        .env("CC_REPEAT", n.to_string())
+        .output()
+        .unwrap_or_else(|e| fail(&format!("{prog}: {e}")));
+    if !out.status.success() {
+        fail(&format!(
+            "{prog} CC_REPEAT={n}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| fail(&format!("{prog}: no per-operation time printed")))
+}
+
+/// This process's anonymous resident memory, which a forked child starts with.
+fn rss_anon_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
