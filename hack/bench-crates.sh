@@ -15,6 +15,7 @@
 #   ns-life   create a named netns, enter/leave, delete: ours vs netns-rs
 #   cg        cgroup v1 on 7 controllers: create, memory/cpu/pids limits, read stats, remove:
 #             ours vs cgroups-rs
+#   cg-setup  the same without reading stats (cgroups-rs's stats calls read more files)
 # Columns: stripped binary size (bytes), peak RSS of one call (KiB, median of N), wall time of
 # one call as a process (median and p90, ms), the median time of one operation inside one
 # process (CC_REPEAT=N, µs), then crate/ours ratios (above 1: the crate costs more).
@@ -107,3 +108,4 @@ unshare --mount --propagation private sh -c '
 ' sh "$RUNNER" "$N" "$WORK" "/run/netns/$POD"
 
 "$RUNNER" "$N" cg "$WORK/cg-ours" "$WORK/cg-crate" "$CG"
+CC_CG=setup "$RUNNER" "$N" cg-setup "$WORK/cg-ours" "$WORK/cg-crate" "$CG"

@@ -74,6 +74,12 @@ pub fn open_route_socket() -> std::io::Result<(std::os::fd::OwnedFd, u64)> {
     Ok((fd, thread_ns_ino()?))
 }
 
+/// `CC_CG=setup`: the cgroup binaries create, apply and remove without reading stats
+/// (cgroups-rs's stats calls read more files than ours, and it has no narrower call).
+pub fn cg_setup_only() -> bool {
+    std::env::var_os("CC_CG").is_some_and(|v| v == "setup")
+}
+
 /// `CC_REPEAT` from the environment: how many in-process repetitions to time.
 pub fn repeat_count() -> Option<usize> {
     let n: usize = std::env::var("CC_REPEAT").ok()?.parse().ok()?;

@@ -22,6 +22,9 @@ fn run(name: &str, keep: bool) -> Result<(), Box<dyn Error>> {
     let controllers = cc::CONTROLLERS.iter().map(|c| c.to_string()).collect();
     let cg = Cgroup::new_with_specified_controllers(hierarchies::auto(), name, Some(controllers))?;
     cg.apply(&r)?;
+    if cc::cg_setup_only() {
+        return finish(&cg, keep);
+    }
 
     let cpuacct: &CpuAcctController = cg.controller_of().ok_or("no cpuacct")?;
     let cpu: &CpuController = cg.controller_of().ok_or("no cpu")?;
@@ -38,6 +41,10 @@ fn run(name: &str, keep: bool) -> Result<(), Box<dyn Error>> {
         MaxValue::Value(v) if v == cc::PIDS_MAX => {}
         other => return Err(format!("pids limit reads {other:?}").into()),
     }
+    finish(&cg, keep)
+}
+
+fn finish(cg: &Cgroup, keep: bool) -> Result<(), Box<dyn Error>> {
     if !keep {
         cg.delete()?;
     }
