@@ -74,6 +74,24 @@ impl Backoff {
         self.entries.insert(key.to_string(), entry);
     }
 
+    /// For events that are not container runs (image pulls, upstream's
+    /// `IsInBackOffSinceUpdate`): whether `now` is within the back-off of the last failure.
+    pub fn in_backoff_since_update(&self, key: &str, now: Nanos) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| !expired(now, e.last_update) && now - e.last_update < e.backoff)
+    }
+
+    /// Records a failure at `now` of something that is not a container run.
+    pub fn failed_at(&mut self, key: &str, now: Nanos) {
+        self.next(key, 0, now, now);
+    }
+
+    /// Forgets a key (its operation succeeded).
+    pub fn reset(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
     /// The current back-off of a key (for messages).
     pub fn current(&self, key: &str) -> Option<Nanos> {
         self.entries.get(key).map(|e| e.backoff)
@@ -137,6 +155,21 @@ mod tests {
         // Just under 10 minutes does not reset.
         let (st, fin) = (fin + S, fin + S + RESET_AFTER_RUNNING - S);
         assert!(b.remaining(k, st, fin, fin).is_some());
+    }
+
+    #[test]
+    fn image_pull_back_off_since_the_last_failure() {
+        let mut b = Backoff::new();
+        let k = "uid_registry.test/app:1";
+        assert!(!b.in_backoff_since_update(k, 100 * S));
+        b.failed_at(k, 100 * S);
+        assert!(b.in_backoff_since_update(k, 109 * S));
+        assert!(!b.in_backoff_since_update(k, 110 * S));
+        b.failed_at(k, 110 * S);
+        assert_eq!(b.current(k), Some(20 * S));
+        assert!(b.in_backoff_since_update(k, 129 * S));
+        b.reset(k);
+        assert!(!b.in_backoff_since_update(k, 111 * S));
     }
 
     #[test]

@@ -107,10 +107,12 @@ pub trait ImageService: Send + Sync {
     fn list_images(&self) -> CriFut<'_, Vec<cri::Image>>;
     fn remove_image<'a>(&'a self, image: &'a str) -> CriFut<'a, ()>;
     fn image_fs_info(&self) -> CriFut<'_, Vec<cri::FilesystemUsage>>;
-    /// Pulls an image; returns its reference.
+    /// Pulls an image with the registry credentials given (None: anonymously); returns its
+    /// reference.
     fn pull_image<'a>(
         &'a self,
         image: &'a str,
+        auth: Option<cri::AuthConfig>,
         sandbox_config: Option<cri::PodSandboxConfig>,
     ) -> CriFut<'a, String>;
 }
@@ -292,12 +294,14 @@ impl Cri {
         Ok((img.uid.map(|u| u.value), img.username))
     }
 
-    /// Pulls an image; returns its reference.
+    /// Pulls an image with the registry credentials given (None: anonymously); returns its
+    /// reference.
     pub async fn pull_image(
         &self,
         image: &str,
+        auth: Option<cri::AuthConfig>,
         sandbox_config: Option<cri::PodSandboxConfig>,
     ) -> Result<String, CriError> {
-        self.images.pull_image(image, sandbox_config).await
+        self.images.pull_image(image, auth, sandbox_config).await
     }
 }

@@ -12,6 +12,7 @@ pub mod atomic_writer;
 pub mod backoff;
 pub mod config;
 pub mod container;
+pub mod credentials;
 pub mod cri;
 pub mod duration;
 pub mod envvars;

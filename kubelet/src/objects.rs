@@ -86,6 +86,10 @@ pub fn referenced_objects(pod: &Pod) -> BTreeSet<ObjectKey> {
             }
         }
     }
+    // The registry credentials images are pulled with.
+    for s in spec.image_pull_secrets.iter().flatten() {
+        add(Kind::Secret, &s.name);
+    }
     let containers = spec
         .init_containers
         .iter()

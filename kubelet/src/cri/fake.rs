@@ -50,6 +50,10 @@ struct State {
     /// Image filesystem usage reported by ImageFsInfo.
     fs_info: Vec<cri::FilesystemUsage>,
     stats: Vec<cri::ContainerStats>,
+    /// Images that only pull with these (user, password).
+    registry_auth: HashMap<String, (String, String)>,
+    /// The credentials of every PullImage, in order.
+    pull_auths: Vec<Option<cri::AuthConfig>>,
 }
 
 impl State {
@@ -151,6 +155,18 @@ impl FakeRuntime {
     /// The next call of `op` fails with `code`.
     pub fn inject_error(&self, op: &'static str, code: tonic::Code) {
         self.lock().errors.entry(op).or_default().push_back(code);
+    }
+
+    /// `image` pulls only with these credentials (a private registry).
+    pub fn require_registry_auth(&self, image: &str, user: &str, password: &str) {
+        self.lock()
+            .registry_auth
+            .insert(image.to_string(), (user.to_string(), password.to_string()));
+    }
+
+    /// The credentials of every PullImage so far.
+    pub fn pull_auths(&self) -> Vec<Option<cri::AuthConfig>> {
+        self.lock().pull_auths.clone()
     }
 
     /// Adds an image the runtime holds (ID `sha256:<name>`).
@@ -764,15 +780,28 @@ impl ImageService for FakeRuntime {
         done(st.enter("ImageFsInfo", "").map(|_| st.fs_info.clone()))
     }
 
-    /// Pulling always finds the image (a test makes it fail with an injected error).
+    /// Pulling finds the image (a test makes it fail with an injected error, or by asking
+    /// for credentials the pull does not carry).
     fn pull_image<'a>(
         &'a self,
         image: &'a str,
+        auth: Option<cri::AuthConfig>,
         _sandbox_config: Option<cri::PodSandboxConfig>,
     ) -> CriFut<'a, String> {
         let mut st = self.lock();
         if let Err(e) = st.enter("PullImage", image) {
             return done(Err(e));
+        }
+        st.pull_auths.push(auth.clone());
+        if let Some((user, password)) = st.registry_auth.get(image).cloned() {
+            let ok = auth.is_some_and(|a| a.username == user && a.password == password);
+            if !ok {
+                return done(Err(CriError::Status {
+                    op: "PullImage",
+                    code: tonic::Code::Unknown,
+                    message: format!("pulling {image}: 401 Unauthorized"),
+                }));
+            }
         }
         if st.find_image(image).is_none() {
             st.images.push(cri::Image {

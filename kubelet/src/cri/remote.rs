@@ -462,6 +462,7 @@ impl RemoteRuntime {
     async fn pull_image(
         &self,
         image: &str,
+        auth: Option<cri::AuthConfig>,
         sandbox_config: Option<cri::PodSandboxConfig>,
     ) -> Result<String, CriError> {
         let spec = cri::ImageSpec {
@@ -473,7 +474,7 @@ impl RemoteRuntime {
                 ImageServiceClient::new(ch)
                     .pull_image(cri::PullImageRequest {
                         image: Some(spec),
-                        auth: None,
+                        auth,
                         sandbox_config,
                     })
                     .await
@@ -579,8 +580,9 @@ impl ImageService for RemoteRuntime {
     fn pull_image<'a>(
         &'a self,
         image: &'a str,
+        auth: Option<cri::AuthConfig>,
         sandbox_config: Option<cri::PodSandboxConfig>,
     ) -> CriFut<'a, String> {
-        Box::pin(self.pull_image(image, sandbox_config))
+        Box::pin(self.pull_image(image, auth, sandbox_config))
     }
 }

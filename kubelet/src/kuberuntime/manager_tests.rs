@@ -467,10 +467,70 @@ async fn failed_pull_reports_err_image_pull() {
     let (_, r) = n.sync(&p).await;
     assert_eq!(r[0].1.as_ref().unwrap_err().reason(), "ErrImagePull");
     assert_eq!(n.fake.count("CreateContainer"), 0);
-    // The next sync tries again and succeeds.
+    // The next sync, within the 10 s back-off, does not pull: ImagePullBackOff.
+    let (_, r) = n.sync(&p).await;
+    let e = r[0].1.as_ref().unwrap_err();
+    assert_eq!(e.reason(), "ImagePullBackOff");
+    assert_eq!(e.to_string(), "Back-off pulling image \"other:2\"");
+    assert_eq!(n.fake.count("PullImage"), 1);
+    // Once the back-off has passed, the next sync pulls again and succeeds.
+    super::lock(&n.rm.image_backoff).reset(&format!("{}_other:2", uid(&p)));
     let (_, r) = n.sync(&p).await;
     assert!(r[0].1.is_ok());
     assert_eq!(n.fake.count("PullImage"), 2);
+}
+
+#[tokio::test]
+async fn pull_secrets_reach_the_registry() {
+    let n = node();
+    n.fake
+        .require_registry_auth("registry.test:5000/private:1", "alice", "s3cret");
+    let mut p = pod_yaml(
+        "  imagePullSecrets: [{name: regcred}]\n  containers:\n  - {name: a, image: 'registry.test:5000/private:1'}\n",
+    );
+    p.metadata.namespace = Some("n".into());
+    let secret = k8s_openapi::api::core::v1::Secret {
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(
+            [(
+                ".dockerconfigjson".to_string(),
+                k8s_openapi::ByteString(
+                    br#"{"auths": {"registry.test:5000": {"username": "alice", "password": "s3cret"}}}"#
+                        .to_vec(),
+                ),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let objects = crate::objects::PodObjects {
+        api: true,
+        secrets: [(("n".to_string(), "regcred".to_string()), Some(secret))].into(),
+        ..Default::default()
+    };
+    let (st, a) = n.actions(&p).await;
+    let r =
+        n.rm.sync_pod(&p, &st, &a, &n.backoff, &objects)
+            .await
+            .unwrap();
+    assert!(r[0].1.is_ok(), "{r:?}");
+    let auth = n.fake.pull_auths().pop().flatten().unwrap();
+    assert_eq!(
+        (auth.username.as_str(), auth.password.as_str()),
+        ("alice", "s3cret")
+    );
+    assert_eq!(auth.server_address, "registry.test:5000");
+
+    // Without the secret the registry refuses: ErrImagePull, then back-off.
+    // (Always: the first pull left the image on the node.)
+    let other = pod_yaml(
+        "  containers:\n  - {name: b, image: 'registry.test:5000/private:1', imagePullPolicy: Always}\n",
+    );
+    let (_, r) = n.sync(&other).await;
+    let e = r[0].1.as_ref().unwrap_err();
+    assert_eq!(e.reason(), "ErrImagePull");
+    assert!(e.to_string().contains("401"), "{e}");
+    assert_eq!(n.fake.pull_auths().last(), Some(&None));
 }
 
 #[tokio::test]

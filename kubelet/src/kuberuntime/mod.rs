@@ -40,6 +40,8 @@ pub enum SyncError {
     ImageNeverPull { image: String },
     #[error("pulling image {image:?} (ErrImagePull): {source}")]
     ImagePull { image: String, source: CriError },
+    #[error("Back-off pulling image {image:?}")]
+    ImagePullBackOff { image: String },
     #[error("preparing {path}: {source}")]
     Io {
         path: PathBuf,
@@ -63,6 +65,7 @@ impl SyncError {
         match self {
             SyncError::ImageNeverPull { .. } => "ErrImageNeverPull",
             SyncError::ImagePull { .. } => "ErrImagePull",
+            SyncError::ImagePullBackOff { .. } => "ImagePullBackOff",
             SyncError::Io { .. } | SyncError::Config(_) => "CreateContainerConfigError",
             SyncError::Cgroup(_) => "CreateContainerError",
             SyncError::PostStartHook(_) => "PostStartHookError",
@@ -95,6 +98,9 @@ pub struct RuntimeManager {
     pub events: crate::events::EventRecorder,
     /// Create and remove pod cgroups (unit tests on the fake runtime turn this off).
     pub pod_cgroups: bool,
+    /// Failed image pulls by `<pod uid>_<image>` (upstream's image back-off: 10 s doubling
+    /// to 300 s).
+    image_backoff: Mutex<Backoff>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -175,6 +181,7 @@ impl RuntimeManager {
             max_per_pod_container: 1,
             events: crate::events::EventRecorder::none(),
             pod_cgroups: true,
+            image_backoff: Mutex::new(Backoff::new()),
         }
     }
 
@@ -439,11 +446,14 @@ impl RuntimeManager {
         Ok(results)
     }
 
+    /// The image of `container`, pulled per its imagePullPolicy with the pod's pull secrets
+    /// (upstream `EnsureImageExists`); a failed pull backs that image off for the pod.
     async fn ensure_image(
         &self,
         pod: &Pod,
         container: &Container,
         sandbox_config: &cri::PodSandboxConfig,
+        objects: &crate::objects::PodObjects,
     ) -> Result<String, SyncError> {
         use crate::events::{NORMAL, WARNING};
         let name = Some(container.name.as_str());
@@ -474,6 +484,13 @@ impl RuntimeManager {
                 return Err(SyncError::ImageNeverPull { image });
             }
         }
+        let backoff_key = format!("{}_{image}", pod.metadata.uid.as_deref().unwrap_or(""));
+        if lock(&self.image_backoff).in_backoff_since_update(&backoff_key, now_nanos()) {
+            let err = SyncError::ImagePullBackOff { image };
+            self.events
+                .pod_event(pod, name, NORMAL, "BackOff", err.to_string());
+            return Err(err);
+        }
         tracing::info!(%image, "pulling image");
         self.events.pod_event(
             pod,
@@ -483,12 +500,28 @@ impl RuntimeManager {
             format!("Pulling image {image:?}"),
         );
         let start = std::time::Instant::now();
-        match self
-            .cri
-            .pull_image(&image, Some(sandbox_config.clone()))
-            .await
-        {
+        // Each matching credential in turn, most specific first; none: anonymously.
+        let mut creds: Vec<Option<cri::AuthConfig>> =
+            crate::credentials::for_image(pod, &image, objects)
+                .into_iter()
+                .map(Some)
+                .collect();
+        if creds.is_empty() {
+            creds.push(None);
+        }
+        let mut result = Err(CriError::Empty { op: "PullImage" });
+        for auth in creds {
+            result = self
+                .cri
+                .pull_image(&image, auth, Some(sandbox_config.clone()))
+                .await;
+            if result.is_ok() {
+                break;
+            }
+        }
+        match result {
             Ok(id) => {
+                lock(&self.image_backoff).reset(&backoff_key);
                 self.events.pod_event(
                     pod,
                     name,
@@ -502,6 +535,7 @@ impl RuntimeManager {
                 Ok(id)
             }
             Err(source) => {
+                lock(&self.image_backoff).failed_at(&backoff_key, now_nanos());
                 self.events.pod_event(
                     pod,
                     name,
@@ -536,7 +570,9 @@ impl RuntimeManager {
             let key = backoff::key(&uid, &container.name, &labels::hash_container(container));
             lock(backoff).next(&key, last.started_at, last.finished_at, now_nanos());
         }
-        let image_ref = self.ensure_image(pod, container, sandbox_config).await?;
+        let image_ref = self
+            .ensure_image(pod, container, sandbox_config, objects)
+            .await?;
         let user = container::effective_user(pod, container);
         if user.run_as_non_root {
             self.verify_non_root(pod, container, &user, &image_ref)
