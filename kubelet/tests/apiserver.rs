@@ -284,7 +284,7 @@ async fn api_pod_runs_reports_status_and_is_deleted_gracefully() {
     )
     .await;
     // And none comes back: PLEG events of the removed containers must not restart a pod
-    // whose deletion the kubelet finished.
+    // whose deletion the kubelet finished. Sampled for 3 s: the sleeps are the check.
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let again = n
@@ -611,7 +611,8 @@ async fn pods_keep_running_across_api_server_and_kubelet_restarts() {
     let before = running_ids(&n, &long_uid).await;
     assert_eq!(before.len(), 1);
 
-    // The API server goes away; the pods do not. The short pod finishes meanwhile.
+    // The API server goes away; the pods do not. The short pod finishes meanwhile (the
+    // outage must outlast its 6 s: the sleep is part of the scenario).
     n.cp.stop_apiserver();
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
@@ -633,6 +634,9 @@ async fn pods_keep_running_across_api_server_and_kubelet_restarts() {
     let sandboxes_before = n.node.all_sandboxes().await.len();
     n.node.stop_kubelet(false);
     n.node.start_kubelet();
+    // Several sync periods of the new kubelet pass (the sleep is the check: nothing is
+    // restarted meanwhile); the node was Ready before, so waiting for Ready alone would
+    // not give it that time.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let nodes: Api<KubeNode> = Api::all(n.client.clone());
     n.wait_for(

@@ -409,7 +409,8 @@ async fn probes_hooks_logs_and_metrics() {
             .await
         }
     };
-    // Not Ready while the service is unknown to the server (NotFound) ...
+    // Not Ready while the service is unknown to the server (NotFound): it stays so over
+    // two probe periods (the sleep is the check) ...
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(cond(&node.api_pod("grpc").unwrap(), "Ready"), "False");
     // ... Ready once it reports SERVING, not Ready again on NOT_SERVING.
@@ -434,6 +435,7 @@ async fn probes_hooks_logs_and_metrics() {
             },
         )
         .await;
+    // ... and stays not Ready over several probe periods (the sleep is the check).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let api2 = node.api_pod("notready").unwrap();
     for a in [&api, &api2] {
@@ -578,6 +580,7 @@ async fn probes_hooks_logs_and_metrics() {
         std::path::PathBuf::from(node.container_status(&chatty[0].id).await.unwrap().log_path);
     let dir = log_path.parent().unwrap().to_path_buf();
     let mut rotations_seen = 0;
+    // Sampled for 10 s: the limits must hold at every look, not only at the end.
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         // A `.gz.tmp` is a rotated file being compressed right now; it replaces its source.

@@ -43,7 +43,8 @@ async fn restarted_kubelet_adopts_running_pods() {
         },
     )
     .await;
-    // A few more relist and sync periods.
+    // A few more relist and sync periods, in which nothing may be replaced (the sleep is
+    // the check).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = node.containers("keep").await;
     assert_eq!(after.len(), 1, "{after:?}");
@@ -128,6 +129,7 @@ async fn kubelet_survives_a_containerd_restart() {
         || async { node.log_text().contains("PLEG relist failed").then_some(()) },
     )
     .await;
+    // The kubelet keeps running with containerd down (the sleep is the check).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         node.kubelet_alive(),

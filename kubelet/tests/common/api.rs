@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
-use nodus_testkit::ControlPlane;
+use nodus_testkit::{try_wait_until_async, wait_until_async, Check, ControlPlane};
 
 use super::{containerd_options, Node, NODE};
 
@@ -109,22 +109,16 @@ impl ApiNode {
         ))
     }
 
-    /// Polls `f` until it returns Some, or fails with both logs after `timeout`.
-    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            if std::time::Instant::now() > deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    /// Polls `f` until it holds, or fails with both logs after `timeout`.
+    pub async fn wait_for<C: Check>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl AsyncFnMut() -> C,
+    ) -> C::Value {
+        try_wait_until_async(timeout, what, f)
+            .await
+            .unwrap_or_else(|e| self.fail(&e.to_string()))
     }
 
     /// Creates a pod bound to the test node from YAML (nodeName is set here).
@@ -182,14 +176,17 @@ pub async fn prepare_namespace(client: &kube::Client, ns: &str, ca_pem: &str) {
     let mut account = ServiceAccount::default();
     account.metadata.name = Some("default".into());
     // The API server may be ready a moment before its admission chain is.
-    for attempt in 0..50 {
-        match sa.create(&PostParams::default(), &account).await {
-            Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.is_already_exists() => break,
-            Err(e) if attempt == 49 => panic!("create serviceaccount: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    wait_until_async(
+        Duration::from_secs(10),
+        "the default serviceaccount created",
+        || async {
+            match sa.create(&PostParams::default(), &account).await {
+                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+                r => r.map(drop),
+            }
+        },
+    )
+    .await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("kube-root-ca.crt".into());

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nodus_proto::runtime::v1 as cri;
 use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
-use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd};
+use nodus_testkit::{try_wait_until, try_wait_until_async, Check, Cni, ContainerdOptions, PrivateContainerd};
 use tonic::transport::Channel;
 
 pub use nodus_testkit::BUSYBOX_IMAGE;
@@ -145,17 +145,12 @@ impl Node {
                 nix::sys::signal::Signal::SIGTERM
             };
             let _ = nix::sys::signal::kill(pid, sig);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            let exited = try_wait_until(Duration::from_secs(10), "the kubelet to exit", || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if exited.is_err() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
     }
@@ -292,22 +287,17 @@ impl Node {
         v["pid"].as_u64().expect("pid in the sandbox info") as u32
     }
 
-    /// Polls `f` every 200 ms until it returns Some, or fails the test after `timeout`.
-    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    /// Polls `f` (testkit's [`nodus_testkit::wait_until_async`]) until it holds; fails the
+    /// test with the kubelet log tail after `timeout`.
+    pub async fn wait_for<C: Check>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl AsyncFnMut() -> C,
+    ) -> C::Value {
+        try_wait_until_async(timeout, what, f)
+            .await
+            .unwrap_or_else(|e| self.fail(&e.to_string()))
     }
 
     /// The running containers of pod `name` once there are `n` of them.
