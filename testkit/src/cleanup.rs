@@ -150,12 +150,15 @@ fn remove_cgroup_dir(dir: &Path, left: &mut Vec<PathBuf>) {
         }
     }
     // A cgroup whose last task just exited can be briefly busy.
-    let removed = crate::try_wait_until(Duration::from_secs(2), "an empty cgroup", || {
-        match fs::remove_dir(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    });
+    let removed =
+        crate::try_wait_until(
+            Duration::from_secs(2),
+            "an empty cgroup",
+            || match fs::remove_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        );
     if removed.is_err() {
         left.push(dir.to_path_buf());
     }

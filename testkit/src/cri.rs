@@ -92,12 +92,7 @@ pub fn container_config(
 
 /// Container `name` running busybox `sh -c script`, logging to `<name>/0.log`.
 pub fn busybox_sh(name: &str, script: &str) -> ContainerConfig {
-    container_config(
-        name,
-        BUSYBOX_IMAGE,
-        &["sh", "-c", script],
-        &log_path(name),
-    )
+    container_config(name, BUSYBOX_IMAGE, &["sh", "-c", script], &log_path(name))
 }
 
 /// The log path the kubelet gives attempt 0 of container `name`: `<name>/0.log`.
@@ -108,6 +103,27 @@ pub fn log_path(name: &str) -> String {
 /// The CRI log file of attempt 0 of container `name` of a sandbox.
 pub fn log_file(sandbox: &PodSandboxConfig, name: &str) -> std::path::PathBuf {
     Path::new(&sandbox.log_directory).join(log_path(name))
+}
+
+/// The CRI log of attempt 0 of container `name` once it exists and contains `needle`;
+/// fails after `timeout` naming the log as last read.
+pub async fn wait_log(
+    sandbox: &PodSandboxConfig,
+    name: &str,
+    needle: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let file = log_file(sandbox, name);
+    let what = format!("{needle:?} in {}", file.display());
+    let log = crate::try_wait_until_async(timeout, &what, async || {
+        match std::fs::read_to_string(&file) {
+            Ok(log) if log.contains(needle) => Ok(log),
+            Ok(log) => Err(format!("{log:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await?;
+    Ok(log)
 }
 
 pub fn run_pod_sandbox_request(config: &PodSandboxConfig, handler: &str) -> RunPodSandboxRequest {
@@ -130,7 +146,11 @@ pub fn create_container_request(
 }
 
 /// RunPodSandbox on runtime handler `handler` ("" for the default); the sandbox's ID.
-pub async fn run_sandbox(rt: &mut Runtime, config: &PodSandboxConfig, handler: &str) -> Result<String> {
+pub async fn run_sandbox(
+    rt: &mut Runtime,
+    config: &PodSandboxConfig,
+    handler: &str,
+) -> Result<String> {
     Ok(rt
         .run_pod_sandbox(run_pod_sandbox_request(config, handler))
         .await
@@ -221,6 +241,18 @@ pub async fn exec_sync(
     .map(tonic::Response::into_inner)
 }
 
+/// ExecSync of `sh -c script` (`timeout` in seconds); stdout then stderr, as text.
+pub async fn exec_sh(rt: &mut Runtime, id: &str, script: &str, timeout: i64) -> Result<String> {
+    let r = exec_sync(rt, id, &["sh", "-c", script], timeout)
+        .await
+        .map_err(cri("ExecSync"))?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    ))
+}
+
 /// StopContainer with a grace period of `timeout` seconds.
 pub async fn stop_container(rt: &mut Runtime, id: &str, timeout: i64) -> Result<()> {
     rt.stop_container(StopContainerRequest {
@@ -279,10 +311,20 @@ mod tests {
     fn builders_set_what_the_kubelet_sets() {
         let s = sandbox_config("web", "u-1", "ns", Path::new("/logs/ns_web_u-1"));
         let m = s.metadata.as_ref().unwrap();
-        assert_eq!((m.name.as_str(), m.uid.as_str(), m.namespace.as_str()), ("web", "u-1", "ns"));
+        assert_eq!(
+            (m.name.as_str(), m.uid.as_str(), m.namespace.as_str()),
+            ("web", "u-1", "ns")
+        );
         assert_eq!(s.labels["io.kubernetes.pod.uid"], "u-1");
         assert_eq!(s.log_directory, "/logs/ns_web_u-1");
-        let pid = s.linux.unwrap().security_context.unwrap().namespace_options.unwrap().pid;
+        let pid = s
+            .linux
+            .unwrap()
+            .security_context
+            .unwrap()
+            .namespace_options
+            .unwrap()
+            .pid;
         assert_eq!(pid, NamespaceMode::Container as i32);
         let c = busybox_sh("app", "echo hi");
         assert_eq!(c.command, ["sh", "-c", "echo hi"]);
