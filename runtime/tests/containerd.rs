@@ -12,18 +12,16 @@ use nodus_proto::runtime::v1::{
 };
 use nodus_testkit::cleanup::mounts_mentioning;
 use nodus_testkit::cri::{self, Runtime};
-use nodus_testkit::{wait_until_async, ContainerdOptions, PrivateContainerd};
+use nodus_testkit::{ContainerdOptions, PrivateContainerd};
+
+/// How long a container's first log lines may take.
+const LOG_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// ExecSync `sh -c script` in a container; stdout and stderr together.
 async fn exec_out(rt: &mut Runtime, ctrd: &PrivateContainerd, id: &str, script: &str) -> String {
-    let r = ctrd.must(
+    ctrd.must(
         &format!("ExecSync {script:?}"),
-        cri::exec_sync(rt, id, &["sh", "-c", script], 20).await,
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&r.stdout),
-        String::from_utf8_lossy(&r.stderr)
+        cri::exec_sh(rt, id, script, 20).await,
     )
 }
 
@@ -44,21 +42,6 @@ async fn run_container(
         &format!("container {name}"),
         cri::create_and_start(rt, pod, sandbox_config, config).await,
     )
-}
-
-/// The CRI log of container `name` once it contains `needle` (fails after 20 s).
-async fn wait_for_log(sandbox_config: &PodSandboxConfig, name: &str, needle: &str) -> String {
-    let log_file = cri::log_file(sandbox_config, name);
-    let what = format!("{needle:?} in {}", log_file.display());
-    wait_until_async(Duration::from_secs(20), &what, async || {
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-        if log.contains(needle) {
-            Ok(log)
-        } else {
-            Err(format!("{log:?}"))
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +78,10 @@ async fn pod_runs_on_nodus_runtime_handler() {
     )
     .await;
     // The log line arrives in the CRI log file.
-    let log = wait_for_log(&sandbox_config, "app", "hello-from-nodus").await;
+    let log = ctrd.must(
+        "the app's log",
+        cri::wait_log(&sandbox_config, "app", "hello-from-nodus", LOG_TIMEOUT).await,
+    );
     assert!(log.contains(" stdout F hello-from-nodus"), "{log}");
 
     let st = cri::container_status(&mut rt, &ctr).await.unwrap();
@@ -104,7 +90,13 @@ async fn pod_runs_on_nodus_runtime_handler() {
     // ExecSync: output, exit code, same filesystem and cgroup as the container.
     let ex = ctrd.must(
         "ExecSync",
-        cri::exec_sync(&mut rt, &ctr, &["sh", "-c", "cat /tmp/f; echo err >&2; exit 3"], 20).await,
+        cri::exec_sync(
+            &mut rt,
+            &ctr,
+            &["sh", "-c", "cat /tmp/f; echo err >&2; exit 3"],
+            20,
+        )
+        .await,
     );
     assert_eq!(String::from_utf8_lossy(&ex.stdout), "data\n");
     assert_eq!(String::from_utf8_lossy(&ex.stderr), "err\n");
@@ -141,7 +133,10 @@ async fn pod_runs_on_nodus_runtime_handler() {
         }),
     )
     .await;
-    let log = wait_for_log(&sandbox_config, "secure", "busybox-ok").await;
+    let log = ctrd.must(
+        "the secure container's log",
+        cri::wait_log(&sandbox_config, "secure", "busybox-ok", LOG_TIMEOUT).await,
+    );
     assert!(log.contains("Seccomp:\t2"), "{log}");
     let filtered = exec_out(
         &mut rt,
@@ -173,7 +168,10 @@ async fn pod_runs_on_nodus_runtime_handler() {
     ctrd.must("StopContainer", cri::stop_container(&mut rt, &ctr, 2).await);
     let st = cri::container_status(&mut rt, &ctr).await.unwrap();
     assert_eq!(st.state, 2, "CONTAINER_EXITED");
-    ctrd.must("RemoveContainer", cri::remove_container(&mut rt, &ctr).await);
+    ctrd.must(
+        "RemoveContainer",
+        cri::remove_container(&mut rt, &ctr).await,
+    );
     ctrd.must(
         "Stop and RemovePodSandbox",
         cri::stop_and_remove_sandbox(&mut rt, &pod).await,
