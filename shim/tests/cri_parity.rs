@@ -20,7 +20,7 @@ use nodus_proto::runtime::v1::{
     PodSandboxConfig, SecurityProfile,
 };
 use nodus_testkit::cri::{self, Runtime};
-use nodus_testkit::{cleanup, wait_until, wait_until_async, ContainerdOptions, PrivateContainerd};
+use nodus_testkit::{cleanup, wait_until, ContainerdOptions, PrivateContainerd};
 
 const CONTAINER_RUNNING: i32 = 1;
 
@@ -56,7 +56,10 @@ impl Pod {
                 .privileged = true;
         }
         edit(&mut config);
-        let id = ctrd.must("RunPodSandbox", cri::run_sandbox(&mut rt, &config, "").await);
+        let id = ctrd.must(
+            "RunPodSandbox",
+            cri::run_sandbox(&mut rt, &config, "").await,
+        );
         Pod {
             ctrd,
             rt,
@@ -93,22 +96,10 @@ impl Pod {
             .map_err(|e| format!("container {name}: {e}\n{}", self.ctrd.log_tail(40)))
     }
 
-    fn log_file(&self, name: &str) -> PathBuf {
-        cri::log_file(&self.config, name)
-    }
-
     /// The CRI log of container `name` once it contains `needle`.
     async fn wait_log(&self, name: &str, needle: &str) -> String {
-        let file = self.log_file(name);
-        wait_until_async(
-            Duration::from_secs(30),
-            &format!("{needle:?} in {}", file.display()),
-            || async {
-                let log = std::fs::read_to_string(&file).ok()?;
-                log.contains(needle).then_some(log)
-            },
-        )
-        .await
+        let log = cri::wait_log(&self.config, name, needle, Duration::from_secs(30)).await;
+        self.ctrd.must("the log", log)
     }
 
     async fn exec(
@@ -122,15 +113,8 @@ impl Pod {
 
     /// `sh -c script` in container `id`: stdout and stderr together.
     async fn sh(&mut self, id: &str, script: &str) -> String {
-        let r = self
-            .exec(id, &["sh", "-c", script], 20)
-            .await
-            .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}\n{}", self.ctrd.log_tail(40)));
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&r.stdout),
-            String::from_utf8_lossy(&r.stderr)
-        )
+        let out = cri::exec_sh(&mut self.rt, id, script, 20).await;
+        self.ctrd.must(&format!("ExecSync {script:?}"), out)
     }
 
     async fn status(&mut self, id: &str) -> ContainerStatus {
@@ -142,7 +126,6 @@ impl Pod {
         self.ctrd.must("the exit", exited)
     }
 }
-
 
 fn privileged() -> LinuxContainerConfig {
     LinuxContainerConfig {

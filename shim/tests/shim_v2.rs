@@ -330,14 +330,20 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     assert_eq!((out.as_str(), code), ("after-restart\n", 0));
 
     // Stop one container: it exits by signal and its status says so.
-    ctrd.must("StopContainer", cri::stop_container(&mut rt, &side, 1).await);
+    ctrd.must(
+        "StopContainer",
+        cri::stop_container(&mut rt, &side, 1).await,
+    );
     let (state, exit_code, _) = container_state(&mut rt, &side).await;
     assert_eq!(state, 2, "CONTAINER_EXITED");
     assert!(
         exit_code == 137 || exit_code == 143,
         "exit code {exit_code}"
     );
-    ctrd.must("RemoveContainer", cri::remove_container(&mut rt, &side).await);
+    ctrd.must(
+        "RemoveContainer",
+        cri::remove_container(&mut rt, &side).await,
+    );
 
     ctrd.must("StopPodSandbox", cri::stop_sandbox(&mut rt, &pod).await);
     let status = rt
@@ -762,7 +768,10 @@ async fn a_killed_shim_is_cleaned_up_by_delete() {
         "app reported exited",
         cri::wait_exited(&mut rt, &app, Duration::from_secs(30)).await,
     );
-    ctrd.must("RemoveContainer", cri::remove_container(&mut rt, &app).await);
+    ctrd.must(
+        "RemoveContainer",
+        cri::remove_container(&mut rt, &app).await,
+    );
     ctrd.must(
         "Stop and RemovePodSandbox",
         cri::stop_and_remove_sandbox(&mut rt, &pod).await,
