@@ -210,19 +210,24 @@ fn port_forward_reaches_the_pod(n: &ApiNode) {
         }
     });
     let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-    let answer = try_wait_until(Duration::from_secs(10), "the page through port-forward", || {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:18080").map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .and_then(|()| s.write_all(b"GET /index.html HTTP/1.0\r\nHost: web\r\n\r\n"))
-            .and_then(|()| s.read_to_string(&mut text))
-            .map_err(|e| e.to_string())?;
-        if text.contains("hello-from-pod") {
-            Ok(text)
-        } else {
-            Err(text)
-        }
-    });
+    let answer = try_wait_until(
+        Duration::from_secs(10),
+        "the page through port-forward",
+        || {
+            let mut s =
+                std::net::TcpStream::connect("127.0.0.1:18080").map_err(|e| e.to_string())?;
+            let mut text = String::new();
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .and_then(|()| s.write_all(b"GET /index.html HTTP/1.0\r\nHost: web\r\n\r\n"))
+                .and_then(|()| s.read_to_string(&mut text))
+                .map_err(|e| e.to_string())?;
+            if text.contains("hello-from-pod") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
     let _ = pf.kill();
     let _ = pf.wait();
     match answer {
@@ -336,12 +341,14 @@ async fn direct_requests_are_authenticated_and_authorized(n: &ApiNode) {
         .await
         .unwrap();
     // The denial was cached for cacheUnauthorizedTTL (1 s); RBAC takes a moment too.
-    let body = wait_until(Duration::from_secs(20), "GET /stats/summary allowed", || {
-        match req("GET", "/stats/summary", Cred::Token(&token)) {
+    let body = wait_until(
+        Duration::from_secs(20),
+        "GET /stats/summary allowed",
+        || match req("GET", "/stats/summary", Cred::Token(&token)) {
             (200, body) => Ok(body),
             (code, body) => Err(format!("still {code} {body}")),
-        }
-    });
+        },
+    );
     assert!(body.contains("\"nodeName\""), "{body}");
     let (code, _) = req("GET", "/pods", Cred::Token(&token));
     assert_eq!(code, 403, "nodes/stats does not grant nodes/proxy");
@@ -464,10 +471,14 @@ async fn standalone_port_serves_tls_with_client_certificates() {
     };
     // Code 0: curl could not connect yet.
     let (code, body) = node
-        .wait_for("the kubelet's port to answer", Duration::from_secs(20), || async {
-            let r = curl(Some(&netns), &serving, "GET", &url("/pods"), alice, &extra);
-            (r.0 != 0).then_some(r)
-        })
+        .wait_for(
+            "the kubelet's port to answer",
+            Duration::from_secs(20),
+            || async {
+                let r = curl(Some(&netns), &serving, "GET", &url("/pods"), alice, &extra);
+                (r.0 != 0).then_some(r)
+            },
+        )
         .await;
     assert_eq!(code, 200, "{body}");
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use nodus_testkit::try_wait_until_async;
 use nodus_proto::runtime::v1 as cri;
+use nodus_testkit::try_wait_until_async;
 
 const EXITED: i32 = cri::ContainerState::ContainerExited as i32;
 
@@ -128,9 +128,9 @@ async fn finished_pod(policy: &str, exit: i32, phase: &str) {
         },
     )
     .await;
-    // ...and nothing is restarted afterwards: the sleep is the check (several relist/sync
-    // periods pass without a new container or sandbox).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // ...and nothing is restarted afterwards: several relists pass without a new container
+    // or sandbox.
+    node.wait_relists(5).await;
     let containers = node.containers("job").await;
     assert_eq!(containers.len(), 1, "no restart expected: {containers:?}");
     assert_eq!(containers[0].id, c.id);
@@ -273,8 +273,8 @@ async fn failing_init_container_blocks_apps() {
         },
     )
     .await;
-    // The apps stay unstarted: a few sync periods pass, then none of them may exist.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The apps stay unstarted: a few relists pass, then none of them may exist.
+    node.wait_relists(3).await;
     for pod in ["never", "always"] {
         let names: Vec<String> = node
             .containers(pod)

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use nodus_proto::runtime::v1 as cri;
 use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
-use nodus_testkit::{try_wait_until, try_wait_until_async, Check, Cni, ContainerdOptions, PrivateContainerd};
+use nodus_testkit::{
+    try_wait_until, try_wait_until_async, Check, Cni, ContainerdOptions, PrivateContainerd,
+};
 use tonic::transport::Channel;
 
 pub use nodus_testkit::BUSYBOX_IMAGE;
@@ -21,6 +23,8 @@ pub use nodus_testkit::BUSYBOX_IMAGE;
 pub const NODE: &str = "testnode";
 pub const READ_ONLY_PORT: u16 = 10255;
 pub const HEALTHZ_PORT: u16 = 10248;
+/// The kubelet's count of successful PLEG relists (upstream's name; a histogram's count).
+pub const RELISTS: &str = "kubelet_pleg_relist_duration_seconds_count";
 
 pub struct Node {
     pub ctrd: PrivateContainerd,
@@ -353,6 +357,57 @@ impl Node {
         (code == 200)
             .then(|| serde_json::from_str(&body).ok())
             .flatten()
+    }
+
+    /// The value of `sample` (a metric's name with its labels, as the kubelet prints it) in
+    /// the kubelet's `/metrics`; None while the kubelet does not answer or has no such sample.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (code, body) = self.http_get(READ_ONLY_PORT, "/metrics").ok()?;
+        if code != 200 {
+            return None;
+        }
+        body.lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Waits until `sample` of the kubelet's `/metrics` (a counter) has grown by `n` from
+    /// what it is now (0 while the kubelet does not answer yet, as after its start), running
+    /// `check` (which asserts what must hold meanwhile) at every look.
+    pub async fn watch_metric_grows(
+        &self,
+        sample: &str,
+        n: u64,
+        timeout: Duration,
+        mut check: impl AsyncFnMut(),
+    ) {
+        let to = self.metric(sample).unwrap_or(0.0) + n as f64;
+        self.wait_for(&format!("{sample} >= {to}"), timeout, async || {
+            check().await;
+            match self.metric(sample) {
+                Some(v) if v >= to => Ok(()),
+                v => Err(format!("{sample} is {v:?}")),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the kubelet has relisted the runtime `n` more times ([`RELISTS`]), running
+    /// `check` at every look. For checks that something does *not* happen: the kubelet acts
+    /// on a state from the relist that sees it, so after a few relists it would have.
+    pub async fn watch_relists(&self, n: u64, check: impl AsyncFnMut()) {
+        // A relist each PLEG period (1 s): room for a slow machine.
+        let timeout = Duration::from_secs(10 + 3 * n);
+        self.watch_metric_grows(RELISTS, n, timeout, check).await
+    }
+
+    /// [`Node::watch_relists`] with nothing to check on the way.
+    pub async fn wait_relists(&self, n: u64) {
+        self.watch_relists(n, async || {}).await
     }
 
     /// The `/pods` item of static pod `name`.
