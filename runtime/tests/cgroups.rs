@@ -93,8 +93,12 @@ fn fork_bomb_hits_pids_max() {
         json!({"pids": {"limit": 8}}),
     );
     let _pid = b.start();
-    wait_until(Duration::from_secs(5), "the fork loop to finish", || {
-        b.rootfs().join("tmp/done").exists()
+    // busybox sh gives up (and exits) at its first failed fork, before /tmp/done: wait for
+    // the limit to have been hit and the failure reported.
+    wait_until(Duration::from_secs(5), "a fork refused by pids.max", || {
+        let events = b.cg_read("pids", "pids.events");
+        let err = std::fs::read_to_string(b.rootfs().join("tmp/forkerr")).unwrap_or_default();
+        events.starts_with("max ") && events != "max 0" && err.contains("fork")
     });
     let current: u64 = b.cg_read("pids", "pids.current").parse().unwrap();
     assert!(current <= 8, "pids.current {current}");

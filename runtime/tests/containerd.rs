@@ -169,12 +169,8 @@ async fn pod_runs_on_nodus_runtime_handler() {
     let st = cri::container_status(&mut rt, &ctr).await.unwrap();
     assert_eq!(st.state, 2, "CONTAINER_EXITED");
     ctrd.must(
-        "RemoveContainer",
-        cri::remove_container(&mut rt, &ctr).await,
-    );
-    ctrd.must(
-        "Stop and RemovePodSandbox",
-        cri::stop_and_remove_sandbox(&mut rt, &pod).await,
+        "remove the pod",
+        cri::remove_pod(&mut rt, &pod, &[&ctr]).await,
     );
 
     // Nothing left: state dirs, cgroups, mounts.

@@ -732,8 +732,7 @@ async fn container_past_its_memory_limit_is_oom_killed() {
             .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
         "a TaskOOM event for {id}:\n{seen}"
     );
-    cri::remove_container(&mut rt, &id).await.unwrap();
-    cri::stop_and_remove_sandbox(&mut rt, &pod).await.unwrap();
+    cri::remove_pod(&mut rt, &pod, &[&id]).await.unwrap();
     wait_shims_gone(&ctrd).await;
 }
 
@@ -769,12 +768,8 @@ async fn a_killed_shim_is_cleaned_up_by_delete() {
         cri::wait_exited(&mut rt, &app, Duration::from_secs(30)).await,
     );
     ctrd.must(
-        "RemoveContainer",
-        cri::remove_container(&mut rt, &app).await,
-    );
-    ctrd.must(
-        "Stop and RemovePodSandbox",
-        cri::stop_and_remove_sandbox(&mut rt, &pod).await,
+        "remove the pod",
+        cri::remove_pod(&mut rt, &pod, &[&app]).await,
     );
     // containerd cleans up after a dead shim in the background: give it a moment.
     for id in [&pod, &app] {

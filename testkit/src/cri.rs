@@ -27,6 +27,15 @@ fn cri(call: &'static str) -> impl FnOnce(tonic::Status) -> Error {
     move |status| Error::Cri { call, status }
 }
 
+/// Awaits a CRI call whose answer carries nothing a caller needs.
+async fn unit<T>(
+    call: &'static str,
+    answer: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<()> {
+    answer.await.map_err(cri(call))?;
+    Ok(())
+}
+
 /// A pod sandbox config as the kubelet makes one: metadata (attempt 0), hostname, log
 /// directory, the `io.kubernetes.pod.*` labels, a PID namespace per container.
 pub fn sandbox_config(name: &str, uid: &str, namespace: &str, log_dir: &Path) -> PodSandboxConfig {
@@ -175,12 +184,10 @@ pub async fn create_container(
 }
 
 pub async fn start_container(rt: &mut Runtime, id: &str) -> Result<()> {
-    rt.start_container(StartContainerRequest {
+    let request = StartContainerRequest {
         container_id: id.to_string(),
-    })
-    .await
-    .map_err(cri("StartContainer"))?;
-    Ok(())
+    };
+    unit("StartContainer", rt.start_container(request)).await
 }
 
 /// CreateContainer then StartContainer; the container's ID.
@@ -255,13 +262,11 @@ pub async fn exec_sh(rt: &mut Runtime, id: &str, script: &str, timeout: i64) -> 
 
 /// StopContainer with a grace period of `timeout` seconds.
 pub async fn stop_container(rt: &mut Runtime, id: &str, timeout: i64) -> Result<()> {
-    rt.stop_container(StopContainerRequest {
+    let request = StopContainerRequest {
         container_id: id.to_string(),
         timeout,
-    })
-    .await
-    .map_err(cri("StopContainer"))?;
-    Ok(())
+    };
+    unit("StopContainer", rt.stop_container(request)).await
 }
 
 /// StopContainer (grace `timeout` seconds) then RemoveContainer.
@@ -271,36 +276,39 @@ pub async fn stop_and_remove_container(rt: &mut Runtime, id: &str, timeout: i64)
 }
 
 pub async fn remove_container(rt: &mut Runtime, id: &str) -> Result<()> {
-    rt.remove_container(RemoveContainerRequest {
+    let request = RemoveContainerRequest {
         container_id: id.to_string(),
-    })
-    .await
-    .map_err(cri("RemoveContainer"))?;
-    Ok(())
+    };
+    unit("RemoveContainer", rt.remove_container(request)).await
 }
 
 pub async fn stop_sandbox(rt: &mut Runtime, id: &str) -> Result<()> {
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
+    let request = StopPodSandboxRequest {
         pod_sandbox_id: id.to_string(),
-    })
-    .await
-    .map_err(cri("StopPodSandbox"))?;
-    Ok(())
+    };
+    unit("StopPodSandbox", rt.stop_pod_sandbox(request)).await
 }
 
 pub async fn remove_sandbox(rt: &mut Runtime, id: &str) -> Result<()> {
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+    let request = RemovePodSandboxRequest {
         pod_sandbox_id: id.to_string(),
-    })
-    .await
-    .map_err(cri("RemovePodSandbox"))?;
-    Ok(())
+    };
+    unit("RemovePodSandbox", rt.remove_pod_sandbox(request)).await
 }
 
 /// StopPodSandbox then RemovePodSandbox (which removes its containers too).
 pub async fn stop_and_remove_sandbox(rt: &mut Runtime, id: &str) -> Result<()> {
     stop_sandbox(rt, id).await?;
     remove_sandbox(rt, id).await
+}
+
+/// RemoveContainer of each of `containers` (stopped ones), then StopPodSandbox and
+/// RemovePodSandbox: a pod torn down as the kubelet does it.
+pub async fn remove_pod(rt: &mut Runtime, sandbox_id: &str, containers: &[&str]) -> Result<()> {
+    for id in containers {
+        remove_container(rt, id).await?;
+    }
+    stop_and_remove_sandbox(rt, sandbox_id).await
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! A sleep that is itself what a test checks ("nothing restarts during 5 s") stays a sleep.
 
 use std::fmt::Display;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// The longest pause between two looks at a condition.
@@ -77,37 +78,43 @@ impl From<TimedOut> for crate::Error {
     }
 }
 
-/// Pauses between looks: 10 ms, doubling up to [`POLL`].
-struct Backoff {
-    next: Duration,
+/// Looks at a condition until it holds or the time is up: at once, then after pauses of
+/// 10 ms doubling up to [`POLL`].
+struct Looks<'a> {
+    what: &'a str,
+    timeout: Duration,
     deadline: Instant,
+    next: Duration,
 }
 
-impl Backoff {
-    fn new(timeout: Duration) -> Backoff {
-        Backoff {
-            next: FIRST_POLL,
+impl<'a> Looks<'a> {
+    fn new(timeout: Duration, what: &'a str) -> Looks<'a> {
+        Looks {
+            what,
+            timeout,
             deadline: Instant::now() + timeout,
+            next: FIRST_POLL,
         }
     }
 
-    /// The pause before the next look, or None when the time is up.
-    fn pause(&mut self) -> Option<Duration> {
+    /// What one look saw: done (its value, or the timeout naming what was seen last), or
+    /// the pause before the next look.
+    fn after<C: Check>(&mut self, seen: C) -> ControlFlow<Result<C::Value, TimedOut>, Duration> {
+        let last = match seen.check() {
+            Ok(v) => return ControlFlow::Break(Ok(v)),
+            Err(last) => last,
+        };
         let now = Instant::now();
         if now >= self.deadline {
-            return None;
+            return ControlFlow::Break(Err(TimedOut {
+                what: self.what.to_string(),
+                timeout: self.timeout,
+                last,
+            }));
         }
         let pause = self.next.min(self.deadline - now);
         self.next = (self.next * 2).min(POLL);
-        Some(pause)
-    }
-}
-
-fn timed_out(timeout: Duration, what: &str, last: Option<String>) -> TimedOut {
-    TimedOut {
-        what: what.to_string(),
-        timeout,
-        last,
+        ControlFlow::Continue(pause)
     }
 }
 
@@ -124,15 +131,11 @@ pub fn try_wait_until<C: Check>(
     what: &str,
     mut cond: impl FnMut() -> C,
 ) -> Result<C::Value, TimedOut> {
-    let mut backoff = Backoff::new(timeout);
+    let mut looks = Looks::new(timeout, what);
     loop {
-        let last = match cond().check() {
-            Ok(v) => return Ok(v),
-            Err(last) => last,
-        };
-        match backoff.pause() {
-            Some(pause) => std::thread::sleep(pause),
-            None => return Err(timed_out(timeout, what, last)),
+        match looks.after(cond()) {
+            ControlFlow::Continue(pause) => std::thread::sleep(pause),
+            ControlFlow::Break(done) => return done,
         }
     }
 }
@@ -154,15 +157,11 @@ pub async fn try_wait_until_async<C: Check>(
     what: &str,
     mut cond: impl AsyncFnMut() -> C,
 ) -> Result<C::Value, TimedOut> {
-    let mut backoff = Backoff::new(timeout);
+    let mut looks = Looks::new(timeout, what);
     loop {
-        let last = match cond().await.check() {
-            Ok(v) => return Ok(v),
-            Err(last) => last,
-        };
-        match backoff.pause() {
-            Some(pause) => tokio::time::sleep(pause).await,
-            None => return Err(timed_out(timeout, what, last)),
+        match looks.after(cond().await) {
+            ControlFlow::Continue(pause) => tokio::time::sleep(pause).await,
+            ControlFlow::Break(done) => return done,
         }
     }
 }
