@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
-use nodus_testkit::{try_wait_until_async, wait_until_async, Check, ControlPlane};
+use nodus_testkit::{wait_until_async, ControlPlane};
 
 use super::{containerd_options, Node, NODE};
 
@@ -32,6 +32,16 @@ pub async fn client(kubeconfig: &std::path::Path) -> kube::Client {
         .await
         .expect("kube config");
     kube::Client::try_from(cfg).expect("kube client")
+}
+
+/// The node's helpers (`wait_for`, `fail`...) on an API node: a failure shows the kubelet's
+/// and the API server's logs.
+impl std::ops::Deref for ApiNode {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
 
 impl ApiNode {
@@ -65,7 +75,9 @@ impl ApiNode {
         let mut args = vec![format!("--kubeconfig={}", node_kubeconfig.display())];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = Node::on(ctrd, &extra_config(&cp), &args);
+        let mut node = Node::on(ctrd, &extra_config(&cp), &args);
+        node.other_logs
+            .push(("kube-apiserver", cp.dir().join("kube-apiserver.log")));
         Some(ApiNode {
             node,
             cp,
@@ -100,25 +112,6 @@ impl ApiNode {
             ));
         }
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn fail(&self, msg: &str) -> ! {
-        self.node.fail(&format!(
-            "{msg}\n--- kube-apiserver log tail ---\n{}",
-            self.cp.log_tail("kube-apiserver", 15)
-        ))
-    }
-
-    /// Polls `f` until it holds, or fails with both logs after `timeout`.
-    pub async fn wait_for<C: Check>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        f: impl AsyncFnMut() -> C,
-    ) -> C::Value {
-        try_wait_until_async(timeout, what, f)
-            .await
-            .unwrap_or_else(|e| self.fail(&e.to_string()))
     }
 
     /// Creates a pod bound to the test node from YAML (nodeName is set here).

@@ -32,6 +32,8 @@ pub struct Node {
     pub root_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Logs of other daemons of the test (the API server): their tails go into a failure.
+    pub other_logs: Vec<(&'static str, PathBuf)>,
     kubelet: Option<Child>,
     starts: u32,
     extra_args: Vec<String>,
@@ -105,6 +107,7 @@ impl Node {
             root_dir,
             config,
             log,
+            other_logs: Vec::new(),
             kubelet: None,
             starts: 0,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -170,12 +173,21 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Fails the test with the kubelet log tail.
+    /// Fails the test with the kubelet log tail (and those of [`Node::other_logs`]).
     pub fn fail(&self, msg: &str) -> ! {
-        let log = self.log_text();
-        let tail: Vec<&str> = log.lines().rev().take(80).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!("{msg}\n--- kubelet log tail ---\n{}", tail.join("\n"));
+        let tail = |text: &str, n: usize| {
+            let tail: Vec<&str> = text.lines().rev().take(n).collect();
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        let mut others = String::new();
+        for (name, path) in &self.other_logs {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            others += &format!("\n--- {name} log tail ---\n{}", tail(&text, 15));
+        }
+        panic!(
+            "{msg}\n--- kubelet log tail ---\n{}{others}",
+            tail(&self.log_text(), 80)
+        );
     }
 
     /// Writes a manifest atomically (hidden temp file, then rename).
