@@ -488,6 +488,73 @@ fn ctr(socket: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `ctr events` of a containerd (namespace k8s.io), read as ctr prints them.
+struct CtrEvents {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CtrEvents {
+    /// Starts `ctr events` and returns once its subscription is in place: ctr says nothing
+    /// when it is, so this labels the busybox image (an /images/update event) until that
+    /// event shows.
+    fn subscribe(socket: &str) -> CtrEvents {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ctr")
+            .args(["--address", socket, "-n", "k8s.io", "events"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ctr events");
+        let stdout = child.stdout.take().expect("ctr events' stdout");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let lines = seen.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut text = lines.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let events = CtrEvents {
+            child,
+            seen,
+            reader: Some(reader),
+        };
+        let mark = format!("nodus-test-mark={}", nodus_testkit::unique_suffix());
+        wait_until(Duration::from_secs(10), "ctr events to subscribe", || {
+            let (code, _, err) = ctr(socket, &["images", "label", BUSYBOX_IMAGE, &mark]);
+            assert_eq!(code, 0, "ctr images label: {err}");
+            events.text().contains("/images/update")
+        });
+        events
+    }
+
+    fn text(&self) -> String {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops ctr; all it printed.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.text()
+    }
+}
+
+impl Drop for CtrEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The STATUS column of `ctr task ls` for `id`.
 fn task_status(socket: &str, id: &str) -> String {
     let (_, out, _) = ctr(socket, &["task", "ls"]);
@@ -511,13 +578,7 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
     tokio::task::spawn_blocking(move || {
         let (socket, id) = (s.as_str(), i.as_str());
         // Everything the shim publishes for this task, as containerd forwards it.
-        let mut events = std::process::Command::new("ctr")
-            .args(["--address", socket, "-n", "k8s.io", "events"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("ctr events");
-        // ctr gives no sign that its subscription is in place: a grace period for it.
-        std::thread::sleep(Duration::from_millis(300));
+        let events = CtrEvents::subscribe(socket);
         let (code, _, err) = ctr(
             socket,
             &[
@@ -648,9 +709,7 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
         let (code, _, err) = ctr(socket, &["container", "delete", id]);
         assert_eq!(code, 0, "container delete: {err}");
 
-        let _ = events.kill();
-        let out = events.wait_with_output().expect("ctr events output");
-        let seen = String::from_utf8_lossy(&out.stdout);
+        let seen = events.stop();
         for topic in [
             "/tasks/create",
             "/tasks/start",
@@ -703,14 +762,10 @@ async fn container_past_its_memory_limit_is_oom_killed() {
         cri::create_container(&mut rt, &pod, &sandbox, hog).await,
     );
     // The events containerd receives from the shim, TaskOOM among them.
-    let mut events = std::process::Command::new("ctr")
-        .args(["--address", &ctrd.socket().display().to_string()])
-        .args(["-n", "k8s.io", "events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ctr events");
-    // ctr gives no sign that its subscription is in place: a grace period for it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let socket = ctrd.socket().display().to_string();
+    let events = tokio::task::spawn_blocking(move || CtrEvents::subscribe(&socket))
+        .await
+        .unwrap();
     ctrd.must("StartContainer", cri::start_container(&mut rt, &id).await);
     let st = ctrd.must(
         "the hog's exit",
@@ -724,9 +779,7 @@ async fn container_past_its_memory_limit_is_oom_killed() {
         "TaskOOM reached containerd\n{}",
         ctrd.log_tail(40)
     );
-    let _ = events.kill();
-    let seen = events.wait_with_output().expect("ctr events output");
-    let seen = String::from_utf8_lossy(&seen.stdout);
+    let seen = events.stop();
     assert!(
         seen.lines()
             .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
