@@ -4,10 +4,8 @@
 
 use std::process::Command;
 
-use nodus_proto::runtime::v1::{
-    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
-};
-use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd};
+use nodus_proto::runtime::v1::PodSandboxStatusRequest;
+use nodus_testkit::{cri, Cni, ContainerdOptions, PrivateContainerd};
 use serde_json::Value;
 
 /// The pod's IP and the path of its network namespace, from a verbose PodSandboxStatus.
@@ -62,22 +60,8 @@ async fn pods_started_through_cri_get_addresses_and_reach_each_other() {
     let mut rt = ctrd.runtime().await.unwrap();
     let mut ids = Vec::new();
     for name in ["web", "client"] {
-        let id = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(ctrd.sandbox_config(name)),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| {
-                let log = std::fs::read_to_string(ctrd.log_path()).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                panic!(
-                    "RunPodSandbox {name}: {e}\ncontainerd log (newest first):\n{}",
-                    tail.join("\n")
-                )
-            })
-            .into_inner()
-            .pod_sandbox_id;
+        let config = ctrd.sandbox_config(name);
+        let id = ctrd.must(name, cri::run_sandbox(&mut rt, &config, "").await);
         ids.push(id);
     }
     let (ip_web, ns_web) = pod_net(&ctrd, &ids[0]).await;
@@ -91,19 +75,15 @@ async fn pods_started_through_cri_get_addresses_and_reach_each_other() {
 
     let lease_dir = ctrd.cni_data_dir().join(ctrd.network_name());
     assert!(lease_dir.join(&ip_web).exists());
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: ids[0].clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
+    cri::stop_sandbox(&mut rt, &ids[0])
+        .await
+        .expect("StopPodSandbox");
     assert!(
         !lease_dir.join(&ip_web).exists(),
         "lease of a stopped pod released"
     );
     assert!(lease_dir.join(&ip_client).exists());
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: ids[0].clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    cri::remove_sandbox(&mut rt, &ids[0])
+        .await
+        .expect("RemovePodSandbox");
 }

@@ -284,17 +284,18 @@ async fn api_pod_runs_reports_status_and_is_deleted_gracefully() {
     )
     .await;
     // And none comes back: PLEG events of the removed containers must not restart a pod
-    // whose deletion the kubelet finished.
-    for _ in 0..15 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let again = n
-            .node
-            .all_sandboxes()
-            .await
-            .into_iter()
-            .any(|s| s.metadata.as_ref().is_some_and(|m| m.uid == uid));
-        assert!(!again, "a sandbox of the deleted pod came back");
-    }
+    // whose deletion the kubelet finished. Looked at until three more relists passed.
+    n.node
+        .watch_relists(3, async || {
+            let again = n
+                .node
+                .all_sandboxes()
+                .await
+                .into_iter()
+                .any(|s| s.metadata.as_ref().is_some_and(|m| m.uid == uid));
+            assert!(!again, "a sandbox of the deleted pod came back");
+        })
+        .await;
     let killing = events
         .list(&Default::default())
         .await
@@ -611,9 +612,16 @@ async fn pods_keep_running_across_api_server_and_kubelet_restarts() {
     let before = running_ids(&n, &long_uid).await;
     assert_eq!(before.len(), 1);
 
-    // The API server goes away; the pods do not. The short pod finishes meanwhile.
+    // The API server goes away; the pods do not. The short pod finishes meanwhile, and the
+    // kubelet relists (sees it) before the API server comes back.
     n.cp.stop_apiserver();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    n.wait_for(
+        "the short pod's container to exit",
+        Duration::from_secs(30),
+        async || !exited_ids(&n, &short_uid).await.is_empty(),
+    )
+    .await;
+    n.node.wait_relists(2).await;
     assert_eq!(
         running_ids(&n, &long_uid).await,
         before,
@@ -633,7 +641,9 @@ async fn pods_keep_running_across_api_server_and_kubelet_restarts() {
     let sandboxes_before = n.node.all_sandboxes().await.len();
     n.node.stop_kubelet(false);
     n.node.start_kubelet();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Several relists of the new kubelet pass (nothing may be restarted meanwhile); the
+    // node was Ready before, so waiting for Ready alone would not give it that time.
+    n.node.wait_relists(6).await;
     let nodes: Api<KubeNode> = Api::all(n.client.clone());
     n.wait_for(
         "node Ready after the restart",
@@ -670,13 +680,36 @@ async fn pods_keep_running_across_api_server_and_kubelet_restarts() {
 }
 
 async fn running_ids(n: &ApiNode, uid: &str) -> Vec<String> {
+    ids_in_state(
+        n,
+        uid,
+        nodus_proto::runtime::v1::ContainerState::ContainerRunning,
+    )
+    .await
+}
+
+async fn exited_ids(n: &ApiNode, uid: &str) -> Vec<String> {
+    ids_in_state(
+        n,
+        uid,
+        nodus_proto::runtime::v1::ContainerState::ContainerExited,
+    )
+    .await
+}
+
+/// IDs of the containers of pod `uid` in `state`.
+async fn ids_in_state(
+    n: &ApiNode,
+    uid: &str,
+    state: nodus_proto::runtime::v1::ContainerState,
+) -> Vec<String> {
     use nodus_proto::runtime::v1 as cri;
     let mut rt = n.node.rt().await;
     rt.list_containers(cri::ListContainersRequest {
         filter: Some(cri::ContainerFilter {
             label_selector: [("io.kubernetes.pod.uid".to_string(), uid.to_string())].into(),
             state: Some(cri::ContainerStateValue {
-                state: cri::ContainerState::ContainerRunning as i32,
+                state: state as i32,
             }),
             ..Default::default()
         }),

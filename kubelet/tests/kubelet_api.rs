@@ -11,7 +11,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::api::{condition, phase, ApiNode};
 use common::{Node, BUSYBOX_IMAGE, NODE};
@@ -19,6 +19,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, PostParams};
+use nodus_testkit::{try_wait_until, wait_until};
 
 /// How a request authenticates.
 #[derive(Clone, Copy)]
@@ -209,25 +210,24 @@ fn port_forward_reaches_the_pod(n: &ApiNode) {
         }
     });
     let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-    let answer = (|| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let attempt = (|| -> std::io::Result<String> {
-                let mut s = std::net::TcpStream::connect("127.0.0.1:18080")?;
-                s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                s.write_all(b"GET /index.html HTTP/1.0\r\nHost: web\r\n\r\n")?;
-                let mut text = String::new();
-                s.read_to_string(&mut text)?;
+    let answer = try_wait_until(
+        Duration::from_secs(10),
+        "the page through port-forward",
+        || {
+            let mut s =
+                std::net::TcpStream::connect("127.0.0.1:18080").map_err(|e| e.to_string())?;
+            let mut text = String::new();
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .and_then(|()| s.write_all(b"GET /index.html HTTP/1.0\r\nHost: web\r\n\r\n"))
+                .and_then(|()| s.read_to_string(&mut text))
+                .map_err(|e| e.to_string())?;
+            if text.contains("hello-from-pod") {
                 Ok(text)
-            })();
-            match attempt {
-                Ok(t) if t.contains("hello-from-pod") => return Ok(t),
-                Ok(t) if Instant::now() > deadline => return Err(t),
-                Err(e) if Instant::now() > deadline => return Err(e.to_string()),
-                _ => std::thread::sleep(Duration::from_millis(200)),
+            } else {
+                Err(text)
             }
-        }
-    })();
+        },
+    );
     let _ = pf.kill();
     let _ = pf.wait();
     match answer {
@@ -341,16 +341,15 @@ async fn direct_requests_are_authenticated_and_authorized(n: &ApiNode) {
         .await
         .unwrap();
     // The denial was cached for cacheUnauthorizedTTL (1 s); RBAC takes a moment too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, body) = req("GET", "/stats/summary", Cred::Token(&token));
-        if code == 200 {
-            assert!(body.contains("\"nodeName\""), "{body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "still {code} {body}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let body = wait_until(
+        Duration::from_secs(20),
+        "GET /stats/summary allowed",
+        || match req("GET", "/stats/summary", Cred::Token(&token)) {
+            (200, body) => Ok(body),
+            (code, body) => Err(format!("still {code} {body}")),
+        },
+    );
+    assert!(body.contains("\"nodeName\""), "{body}");
     let (code, _) = req("GET", "/pods", Cred::Token(&token));
     assert_eq!(code, 403, "nodes/stats does not grant nodes/proxy");
 }
@@ -457,13 +456,12 @@ async fn standalone_port_serves_tls_with_client_certificates() {
     let netns = node.ctrd.node_netns().path().to_path_buf();
     // The self-signed certificate the kubelet made (its CA is in the same file).
     let serving = node.root_dir.join("pki/kubelet.crt");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !serving.exists() {
-        if Instant::now() > deadline {
-            node.fail("no self-signed certificate under the cert dir");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.wait_for(
+        "a self-signed certificate under the cert dir",
+        Duration::from_secs(20),
+        || async { serving.exists() },
+    )
+    .await;
     let url = |path: &str| format!("https://{NODE}:10250{path}");
     let resolve = format!("{NODE}:10250:127.0.0.1");
     let extra = ["--resolve", resolve.as_str()];
@@ -471,14 +469,17 @@ async fn standalone_port_serves_tls_with_client_certificates() {
         cert: &alice_cert,
         key: &alice_key,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (code, body) = loop {
-        let r = curl(Some(&netns), &serving, "GET", &url("/pods"), alice, &extra);
-        if r.0 != 0 || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // Code 0: curl could not connect yet.
+    let (code, body) = node
+        .wait_for(
+            "the kubelet's port to answer",
+            Duration::from_secs(20),
+            || async {
+                let r = curl(Some(&netns), &serving, "GET", &url("/pods"), alice, &extra);
+                (r.0 != 0).then_some(r)
+            },
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list["kind"], "PodList");

@@ -243,6 +243,8 @@ const GRPC_PORT: u16 = 9555;
 struct GrpcHealth {
     reporter: tonic_health::server::HealthReporter,
     server: tokio::task::JoinHandle<()>,
+    /// Requests served (the kubelet's probes).
+    checks: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl GrpcHealth {
@@ -260,13 +262,36 @@ impl GrpcHealth {
         .unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let (reporter, service) = tonic_health::server::health_reporter();
+        let checks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = checks.clone();
+        let count = move |req: tonic::Request<()>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(req)
+        };
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
+                .layer(tonic::service::InterceptorLayer::new(count))
                 .add_service(service)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await;
         });
-        GrpcHealth { reporter, server }
+        GrpcHealth {
+            reporter,
+            server,
+            checks,
+        }
+    }
+
+    /// Waits until the server has answered `n` more requests (the kubelet's probes).
+    async fn wait_checks(&self, node: &Node, n: u64) {
+        let load = || self.checks.load(std::sync::atomic::Ordering::Relaxed);
+        let to = load() + n;
+        node.wait_for(
+            &format!("{n} more grpc health checks"),
+            Duration::from_secs(10 + 3 * n),
+            async || load() >= to,
+        )
+        .await
     }
 
     async fn set(&self, service: &str, serving: bool) {
@@ -307,7 +332,8 @@ async fn probes_hooks_logs_and_metrics() {
         &pod(
             "notready",
             "Always",
-            "    readinessProbe: {exec: {command: ['false']}, periodSeconds: 1}\n",
+            // Each (failing) probe leaves a line in /tmp/probed, for the test to count.
+            "    readinessProbe: {exec: {command: [sh, -c, 'echo >> /tmp/probed; false']}, periodSeconds: 1}\n",
             "exec sleep 3600",
         ),
     );
@@ -409,8 +435,9 @@ async fn probes_hooks_logs_and_metrics() {
             .await
         }
     };
-    // Not Ready while the service is unknown to the server (NotFound) ...
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not Ready while the service is unknown to the server (NotFound): it stays so over
+    // two probes ...
+    health.wait_checks(&node, 2).await;
     assert_eq!(cond(&node.api_pod("grpc").unwrap(), "Ready"), "False");
     // ... Ready once it reports SERVING, not Ready again on NOT_SERVING.
     health.set("nodus", true).await;
@@ -434,7 +461,22 @@ async fn probes_hooks_logs_and_metrics() {
             },
         )
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ... and stays not Ready over several probes.
+    let notready = node.wait_running("notready", 1).await.remove(0);
+    let probes = async || {
+        let mut rt = node.rt().await;
+        nodus_testkit::cri::exec_sync(&mut rt, &notready.id, &["cat", "/tmp/probed"], 10)
+            .await
+            .map(|r| r.stdout.iter().filter(|b| **b == b'\n').count())
+            .unwrap_or(0)
+    };
+    let to = probes().await + 3;
+    node.wait_for(
+        "three more readiness probes of notready",
+        Duration::from_secs(30),
+        async || probes().await >= to,
+    )
+    .await;
     let api2 = node.api_pod("notready").unwrap();
     for a in [&api, &api2] {
         assert_eq!(cond(a, "Ready"), "False", "{a}");
@@ -577,24 +619,38 @@ async fn probes_hooks_logs_and_metrics() {
     let log_path =
         std::path::PathBuf::from(node.container_status(&chatty[0].id).await.unwrap().log_path);
     let dir = log_path.parent().unwrap().to_path_buf();
+    let current = log_path.file_name().unwrap().to_string_lossy().into_owned();
     let mut rotations_seen = 0;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        // A `.gz.tmp` is a rotated file being compressed right now; it replaces its source.
-        let files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .filter(|f| !f.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(files.len() <= MAX_FILES, "{} files: {files:?}", files.len());
-        for f in &files {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            // Checked every second at about 1.4 KiB/s: a file goes over by what one or two
-            // intervals add (more only if the kubelet is starved for seconds).
-            assert!(len < MAX_LOG * 4, "{} is {len} bytes", f.path().display());
-        }
-        rotations_seen = rotations_seen.max(files.len() - 1);
-    }
+    // Rotated files by name (`0.log.<stamp>`, compressed or not).
+    let mut rotated = std::collections::BTreeSet::new();
+    // Looked at until the kubelet has rotated MAX_FILES times, so it also removed the
+    // oldest: the limits must hold at every look, not only at the end.
+    node.wait_for(
+        &format!("{MAX_FILES} rotations of {}", log_path.display()),
+        Duration::from_secs(60),
+        async || {
+            // A `.gz.tmp` is a rotated file being compressed right now; it replaces its source.
+            let files: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|f| !f.file_name().to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(files.len() <= MAX_FILES, "{} files: {files:?}", files.len());
+            for f in &files {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                // Checked every second at about 1.4 KiB/s: a file goes over by what one or
+                // two intervals add (more only if the kubelet is starved for seconds).
+                assert!(len < MAX_LOG * 4, "{} is {len} bytes", f.path().display());
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name != current {
+                    rotated.insert(name.trim_end_matches(".gz").to_string());
+                }
+            }
+            rotations_seen = rotations_seen.max(files.len().saturating_sub(1));
+            rotated.len() >= MAX_FILES
+        },
+    )
+    .await;
     assert_eq!(rotations_seen, MAX_FILES - 1, "rotated files kept");
     // Older rotated files are gzipped CRI logs (one may be removed as we look: take the
     // first that opens).

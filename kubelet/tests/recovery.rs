@@ -43,8 +43,8 @@ async fn restarted_kubelet_adopts_running_pods() {
         },
     )
     .await;
-    // A few more relist and sync periods.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A few more relists, after which nothing may have been replaced.
+    node.wait_relists(4).await;
     let after = node.containers("keep").await;
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(after[0].id, before[0].id, "container was replaced");
@@ -128,7 +128,15 @@ async fn kubelet_survives_a_containerd_restart() {
         || async { node.log_text().contains("PLEG relist failed").then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The kubelet keeps running with containerd down: it tries to relist again and again
+    // (the failed ListPodSandbox calls are counted; a failed relist is not).
+    node.watch_metric_grows(
+        "kubelet_runtime_operations_errors_total{operation_type=\"list_pod_sandbox\"}",
+        2,
+        Duration::from_secs(20),
+        async || {},
+    )
+    .await;
     assert!(
         node.kubelet_alive(),
         "kubelet exited while containerd was down"

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use nodus_proto::runtime::v1 as cri;
+use nodus_testkit::try_wait_until_async;
 
 const EXITED: i32 = cri::ContainerState::ContainerExited as i32;
 
@@ -22,31 +23,33 @@ async fn always_restarts_with_growing_backoff() {
     // attempt -> (started_at, finished_at), recorded while polling (older attempts are
     // garbage-collected as newer ones come).
     let mut seen: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     // A container is listed (Created) before it starts: wait for attempt 3's start time.
-    while seen.get(&3).is_none_or(|e| e.0 == 0) {
-        if std::time::Instant::now() > deadline {
-            node.fail(&format!(
-                "no fourth attempt (restart count 3) after 90 s: {seen:?}"
-            ));
-        }
-        for c in node.containers("crash").await {
-            let attempt = c.metadata.clone().unwrap().attempt;
-            if let Some(st) = node.container_status(&c.id).await {
-                let e = seen.entry(attempt).or_default();
-                if st.started_at > 0 {
-                    e.0 = st.started_at;
+    let waited = try_wait_until_async(
+        Duration::from_secs(90),
+        "a fourth attempt (restart count 3)",
+        async || {
+            for c in node.containers("crash").await {
+                let attempt = c.metadata.clone().unwrap().attempt;
+                if let Some(st) = node.container_status(&c.id).await {
+                    let e = seen.entry(attempt).or_default();
+                    if st.started_at > 0 {
+                        e.0 = st.started_at;
+                    }
+                    if st.state == EXITED {
+                        e.1 = st.finished_at;
+                    }
+                    assert_eq!(
+                        c.annotations["io.kubernetes.container.restartCount"],
+                        attempt.to_string()
+                    );
                 }
-                if st.state == EXITED {
-                    e.1 = st.finished_at;
-                }
-                assert_eq!(
-                    c.annotations["io.kubernetes.container.restartCount"],
-                    attempt.to_string()
-                );
             }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            seen.get(&3).is_some_and(|e| e.0 != 0)
+        },
+    )
+    .await;
+    if let Err(e) = waited {
+        node.fail(&format!("{e}: {seen:?}"));
     }
     let delay = |k: u32| {
         let (prev, next) = (seen[&(k - 1)], seen[&k]);
@@ -125,8 +128,9 @@ async fn finished_pod(policy: &str, exit: i32, phase: &str) {
         },
     )
     .await;
-    // ...and nothing is restarted afterwards (several relist/sync periods).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // ...and nothing is restarted afterwards: several relists pass without a new container
+    // or sandbox.
+    node.wait_relists(5).await;
     let containers = node.containers("job").await;
     assert_eq!(containers.len(), 1, "no restart expected: {containers:?}");
     assert_eq!(containers[0].id, c.id);
@@ -269,7 +273,8 @@ async fn failing_init_container_blocks_apps() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The apps stay unstarted: a few relists pass, then none of them may exist.
+    node.wait_relists(3).await;
     for pod in ["never", "always"] {
         let names: Vec<String> = node
             .containers(pod)

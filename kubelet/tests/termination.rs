@@ -16,9 +16,14 @@ async fn grace_period_then_kill() {
     );
     node.write_manifest("stubborn.yaml", &manifest);
     let c = node.wait_running("stubborn", 1).await.remove(0);
-    // Let the shell install its trap.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let log_path = node.container_status(&c.id).await.unwrap().log_path;
+    // The shell has installed its trap once it says "ready".
+    node.wait_for(
+        "the trap to be installed",
+        Duration::from_secs(10),
+        || async { std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("ready")) },
+    )
+    .await;
     let t0 = Instant::now();
     node.remove_manifest("stubborn.yaml");
     // It gets SIGTERM and ignores it (read the log now: the pod's logs go with the pod).
@@ -110,8 +115,9 @@ async fn bad_manifests_are_reported_and_others_run() {
         l.contains("duplicate") && l.contains("good-testnode"),
         "{l}"
     );
-    // Only the good pod runs, and it is the first one's.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Only the good pod runs, and it is the first one's. Every file was read (all logged);
+    // a sandbox for a bad or duplicate manifest would (wrongly) appear within a few relists.
+    node.wait_relists(2).await;
     assert_eq!(node.all_sandboxes().await.len(), 1);
     let c = node.wait_running("good", 1).await.remove(0);
     let log_path = node.container_status(&c.id).await.unwrap().log_path;

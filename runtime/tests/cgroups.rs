@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{is_v2, wait_exit, Bundle};
+use nodus_testkit::{try_wait_until, wait_until};
 use serde_json::json;
 
 fn limited(args: &[&str], resources: serde_json::Value) -> Bundle {
@@ -92,12 +93,13 @@ fn fork_bomb_hits_pids_max() {
         json!({"pids": {"limit": 8}}),
     );
     let _pid = b.start();
-    for _ in 0..500 {
-        if b.rootfs().join("tmp/done").exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // busybox sh gives up (and exits) at its first failed fork, before /tmp/done: wait for
+    // the limit to have been hit and the failure reported.
+    wait_until(Duration::from_secs(5), "a fork refused by pids.max", || {
+        let events = b.cg_read("pids", "pids.events");
+        let err = std::fs::read_to_string(b.rootfs().join("tmp/forkerr")).unwrap_or_default();
+        events.starts_with("max ") && events != "max 0" && err.contains("fork")
+    });
     let current: u64 = b.cg_read("pids", "pids.current").parse().unwrap();
     assert!(current <= 8, "pids.current {current}");
     let events = b.cg_read("pids", "pids.events");
@@ -115,19 +117,19 @@ fn busy_loop_is_throttled_by_quota() {
         json!({"cpu": {"quota": 10000, "period": 100000}}),
     );
     let _pid = b.start();
-    let mut throttled = 0u64;
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(100));
+    let throttled = wait_until(Duration::from_secs(5), "nr_throttled > 2", || {
         let stat = b.cg_read("cpu", "cpu.stat");
-        throttled = stat
+        let throttled: u64 = stat
             .lines()
             .find_map(|l| l.strip_prefix("nr_throttled "))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if throttled > 2 {
-            break;
+            Ok(throttled)
+        } else {
+            Err(format!("nr_throttled {throttled}"))
         }
-    }
+    });
     assert!(throttled > 2, "nr_throttled {throttled}");
     b.ok(&["delete", "--force", &b.id]);
 }
@@ -204,14 +206,6 @@ fn sh_in_cgroup(dir: &std::path::Path, script: &str) -> String {
     )
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The device eBPF program on a real kernel: rules hold, an update swaps the program
 /// (one attached, the old one freed), removing the cgroup frees the last one.
 #[test]
@@ -261,9 +255,11 @@ fn v2_device_program_filters_replaces_and_goes_with_the_cgroup() {
     let second = devices::attached(&dir).unwrap();
     assert_eq!(second.len(), 1, "{second:?}");
     assert_ne!(second, first);
-    wait_until("the replaced program is freed", || {
-        !devices::program_exists(first[0])
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the replaced program to be freed",
+        || !devices::program_exists(first[0]),
+    );
     let out = sh_in_cgroup(&dir, probe);
     assert!(!out.contains("null=0") && out.contains("zero=0"), "{out}");
     assert!(out.contains("/dev/null: Operation not permitted"), "{out}");
@@ -271,9 +267,11 @@ fn v2_device_program_filters_replaces_and_goes_with_the_cgroup() {
 
     drop(cleanup);
     assert!(!dir.exists());
-    wait_until("the program goes with the cgroup", || {
-        !devices::program_exists(second[0])
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the program to go with the cgroup",
+        || !devices::program_exists(second[0]),
+    );
 }
 
 /// Removes a cgroup directory on drop (after its processes have exited).
@@ -285,12 +283,10 @@ fn scopeguard(dir: std::path::PathBuf) -> CgroupDir {
 
 impl Drop for CgroupDir {
     fn drop(&mut self) {
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // A cgroup whose last process just exited can be busy for a moment.
+        let _ = try_wait_until(Duration::from_secs(2), "the cgroup to be removed", || {
+            std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
+        });
     }
 }
 
@@ -317,16 +313,12 @@ fn device_rules_apply_and_update() {
     });
     b.start();
     let probe = || {
-        for _ in 0..200 {
-            if b.rootfs().join("dev").exists()
+        wait_until(Duration::from_secs(10), "the container's /dev/exp", || {
+            b.rootfs().join("dev").exists()
                 && b.rt(&["exec", &b.id, "test", "-c", "/dev/exp"])
                     .status
                     .success()
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        });
         let o = b.rt(&[
             "exec",
             &b.id,

@@ -8,19 +8,8 @@ use std::fs;
 use std::time::Duration;
 
 use common::{ns_of, wait_exit, Bundle, Netns};
+use nodus_testkit::wait_until;
 use serde_json::json;
-
-/// Waits until a file the container writes has content (it exists from the shell's open on,
-/// before the write).
-fn wait_file(p: &std::path::Path) {
-    for _ in 0..500 {
-        if fs::metadata(p).is_ok_and(|m| m.len() > 0) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{} never appeared", p.display());
-}
 
 #[test]
 fn every_namespace_is_new() {
@@ -30,12 +19,9 @@ fn every_namespace_is_new() {
         "hostname; cat /proc/self/cgroup; echo pid=$$; exec sleep 1000",
     ]);
     let pid = b.start().to_string();
-    for _ in 0..300 {
-        if b.stdout().contains("pid=") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Duration::from_secs(3), "the init's pid= line", || {
+        b.stdout().contains("pid=")
+    });
     for ns in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
         assert_ne!(ns_of(&pid, ns), ns_of("self", ns), "{ns} namespace is new");
     }
@@ -94,7 +80,13 @@ fn pod_containers_share_namespaces_by_path() {
         ]);
     });
     let apid = app.start().to_string();
-    wait_file(&app.rootfs().join("tmp/host"));
+    // The file exists from the shell's open on, before the write: wait for its content.
+    let host = app.rootfs().join("tmp/host");
+    wait_until(
+        Duration::from_secs(5),
+        "the app's /tmp/host to have content",
+        || fs::metadata(&host).is_ok_and(|m| m.len() > 0),
+    );
     for ns in ["pid", "net", "ipc", "uts"] {
         assert_eq!(ns_of(&apid, ns), ns_of(&spid, ns), "{ns} shared");
     }
@@ -179,10 +171,6 @@ fn devices_and_dev_links() {
 
 #[test]
 fn device_cgroup_denies_other_devices() {
-    if common::is_v2() {
-        eprintln!("SKIP: cgroup v2 device rules need eBPF, not implemented");
-        return;
-    }
     let mut b = Bundle::new(&["sh", "-c", "head -c1 /dev/sda 2>&1; echo rc=$?"]);
     b.edit(|c| {
         c["linux"]["devices"] = json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]);
@@ -406,12 +394,9 @@ fn seccomp_without_no_new_privs_and_in_exec() {
         ]));
     });
     b.start();
-    for _ in 0..500 {
-        if b.stdout().contains("NoNewPrivs") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Duration::from_secs(5), "the init's NoNewPrivs line", || {
+        b.stdout().contains("NoNewPrivs")
+    });
     let out = b.stdout();
     // Installed while the init still held CAP_SYS_ADMIN; the process keeps it after
     // the capabilities were dropped to runc's default set.

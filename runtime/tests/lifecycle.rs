@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{wait_exit, Bundle};
+use nodus_testkit::wait_until;
 use serde_json::{json, Value};
 
 #[test]
@@ -88,12 +89,11 @@ fn delete_of_created_and_force_delete_of_running_leave_nothing() {
 
     let pid = b.start();
     // Wait for the children to exist.
-    for _ in 0..200 {
-        if b.cg_read("pids", "cgroup.procs").lines().count() >= 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(2),
+        "the init and its two children",
+        || b.cg_read("pids", "cgroup.procs").lines().count() >= 3,
+    );
     let ps: Vec<i32> = serde_json::from_str(&b.ok(&["ps", "--format", "json", &b.id])).unwrap();
     assert_eq!(ps.len(), 3, "{ps:?}");
     b.ok(&["delete", "--force", &b.id]);
@@ -110,12 +110,11 @@ fn kill_all_signals_every_process() {
     // The init is pid 1 of its namespace: without a handler, TERM does not reach it.
     let b = Bundle::new(&["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
     let pid = b.start();
-    for _ in 0..200 {
-        if b.cg_read("pids", "cgroup.procs").lines().count() >= 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(2),
+        "the init and its two children",
+        || b.cg_read("pids", "cgroup.procs").lines().count() >= 3,
+    );
     // Plain kill: the init (pid 1, no handler) ignores TERM and keeps running.
     b.ok(&["kill", &b.id, "TERM"]);
     assert_eq!(wait_exit(pid, Duration::from_millis(300)), None);
@@ -166,12 +165,11 @@ fn fast_exit_is_not_missed() {
 fn exec_into_a_running_container() {
     let b = Bundle::new(&["sh", "-c", "echo ready > /tmp/ready; exec sleep 1000"]);
     let pid = b.start();
-    for _ in 0..300 {
-        if b.rootfs().join("tmp/ready").exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(3),
+        "/tmp/ready in the container",
+        || b.rootfs().join("tmp/ready").exists(),
+    );
     // Args form: same pid namespace (sleep is pid 1), same hostname, same rootfs.
     let out = b.ok(&[
         "exec",
@@ -239,15 +237,19 @@ fn exec_into_a_running_container() {
         .unwrap();
     // The process replaces itself (sh's `exec sleep`), and while it does its
     // /proc/PID/environ can read empty (seen once in a full run): look until it settles.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let environ = loop {
-        let e = fs::read(format!("/proc/{exec_pid}/environ")).unwrap();
-        let e = String::from_utf8_lossy(&e).into_owned();
-        if e.contains("FOO=bar") || std::time::Instant::now() > deadline {
-            break e;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let environ = wait_until(
+        Duration::from_secs(5),
+        "FOO=bar in the exec's environ",
+        || {
+            let e = fs::read(format!("/proc/{exec_pid}/environ")).unwrap();
+            let e = String::from_utf8_lossy(&e).into_owned();
+            if e.contains("FOO=bar") {
+                Ok(e)
+            } else {
+                Err(format!("{e:?}"))
+            }
+        },
+    );
     assert!(environ.contains("FOO=bar"), "{environ:?}");
     assert_eq!(
         common::ns_of(&exec_pid.to_string(), "pid"),

@@ -12,28 +12,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::mount::{mount, MsFlags};
-use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use nodus_proto::runtime::v1::security_profile::ProfileType;
 use nodus_proto::runtime::v1::{
-    Capability, ContainerConfig, ContainerMetadata, ContainerStatsFilter, ContainerStatsRequest,
-    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
-    ExecSyncResponse, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainerStatsRequest, Mount,
-    MountPropagation, PodSandboxConfig, RunPodSandboxRequest, SecurityProfile,
-    StartContainerRequest,
+    Capability, ContainerStatsFilter, ContainerStatsRequest, ContainerStatus, ExecSyncResponse,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxSandboxSecurityContext, ListContainerStatsRequest, Mount, MountPropagation,
+    PodSandboxConfig, SecurityProfile,
 };
-use nodus_testkit::{
-    cleanup, wait_until, wait_until_async, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE,
-};
-use tonic::transport::Channel;
+use nodus_testkit::cri::{self, Runtime};
+use nodus_testkit::{cleanup, wait_until, ContainerdOptions, PrivateContainerd};
 
 const CONTAINER_RUNNING: i32 = 1;
-const CONTAINER_EXITED: i32 = 2;
 
 /// A private containerd with one pod sandbox on the runtime under test.
 struct Pod {
     ctrd: PrivateContainerd,
-    rt: RuntimeServiceClient<Channel>,
+    rt: Runtime,
     config: PodSandboxConfig,
     id: String,
 }
@@ -62,15 +56,10 @@ impl Pod {
                 .privileged = true;
         }
         edit(&mut config);
-        let id = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
-            .into_inner()
-            .pod_sandbox_id;
+        let id = ctrd.must(
+            "RunPodSandbox",
+            cri::run_sandbox(&mut rt, &config, "").await,
+        );
         Pod {
             ctrd,
             rt,
@@ -99,57 +88,18 @@ impl Pod {
         linux: LinuxContainerConfig,
         mounts: Vec<Mount>,
     ) -> Result<String, String> {
-        let id = self
-            .rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: self.id.clone(),
-                config: Some(ContainerConfig {
-                    metadata: Some(ContainerMetadata {
-                        name: name.into(),
-                        attempt: 0,
-                    }),
-                    image: Some(ImageSpec {
-                        image: BUSYBOX_IMAGE.into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sh".into()],
-                    args: vec!["-c".into(), script.into()],
-                    log_path: format!("{name}/0.log"),
-                    linux: Some(linux),
-                    mounts,
-                    ..Default::default()
-                }),
-                sandbox_config: Some(self.config.clone()),
-            })
+        let mut config = cri::busybox_sh(name, script);
+        config.linux = Some(linux);
+        config.mounts = mounts;
+        cri::create_and_start(&mut self.rt, &self.id, &self.config, config)
             .await
-            .map_err(|e| format!("CreateContainer {name}: {e}\n{}", ctrd_log(&self.ctrd)))?
-            .into_inner()
-            .container_id;
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .map_err(|e| format!("StartContainer {name}: {e}\n{}", ctrd_log(&self.ctrd)))?;
-        Ok(id)
-    }
-
-    fn log_file(&self, name: &str) -> PathBuf {
-        Path::new(&self.config.log_directory).join(format!("{name}/0.log"))
+            .map_err(|e| format!("container {name}: {e}\n{}", self.ctrd.log_tail(40)))
     }
 
     /// The CRI log of container `name` once it contains `needle`.
     async fn wait_log(&self, name: &str, needle: &str) -> String {
-        let file = self.log_file(name);
-        wait_until_async(
-            Duration::from_secs(30),
-            &format!("{needle:?} in {}", file.display()),
-            || async {
-                let log = std::fs::read_to_string(&file).ok()?;
-                log.contains(needle).then_some(log)
-            },
-        )
-        .await
+        let log = cri::wait_log(&self.config, name, needle, Duration::from_secs(30)).await;
+        self.ctrd.must("the log", log)
     }
 
     async fn exec(
@@ -158,62 +108,23 @@ impl Pod {
         cmd: &[&str],
         timeout: i64,
     ) -> Result<ExecSyncResponse, tonic::Status> {
-        self.rt
-            .exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                timeout,
-            })
-            .await
-            .map(tonic::Response::into_inner)
+        cri::exec_sync(&mut self.rt, id, cmd, timeout).await
     }
 
     /// `sh -c script` in container `id`: stdout and stderr together.
     async fn sh(&mut self, id: &str, script: &str) -> String {
-        let r = self
-            .exec(id, &["sh", "-c", script], 20)
-            .await
-            .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}\n{}", ctrd_log(&self.ctrd)));
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&r.stdout),
-            String::from_utf8_lossy(&r.stderr)
-        )
+        let out = cri::exec_sh(&mut self.rt, id, script, 20).await;
+        self.ctrd.must(&format!("ExecSync {script:?}"), out)
     }
 
     async fn status(&mut self, id: &str) -> ContainerStatus {
-        self.rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap()
+        cri::container_status(&mut self.rt, id).await.unwrap()
     }
 
     async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let st = self.status(id).await;
-            if st.state == CONTAINER_EXITED {
-                return st;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "container {id} did not exit: {st:?}"
-            );
-            tokio::time::sleep(nodus_testkit::POLL).await;
-        }
+        let exited = cri::wait_exited(&mut self.rt, id, Duration::from_secs(60)).await;
+        self.ctrd.must("the exit", exited)
     }
-}
-
-fn ctrd_log(ctrd: &PrivateContainerd) -> String {
-    let log = std::fs::read_to_string(ctrd.log_path()).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    format!("containerd log (newest first):\n{}", tail.join("\n"))
 }
 
 fn privileged() -> LinuxContainerConfig {
@@ -503,7 +414,7 @@ async fn container_stats_report_cgroup_usage() {
             container_id: id.clone(),
         })
         .await
-        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", ctrd_log(&pod.ctrd)))
+        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", pod.ctrd.log_tail(40)))
         .into_inner()
         .stats
         .expect("ContainerStats has stats");
@@ -516,7 +427,7 @@ async fn container_stats_report_cgroup_usage() {
             }),
         })
         .await
-        .unwrap_or_else(|e| panic!("ListContainerStats: {e}\n{}", ctrd_log(&pod.ctrd)))
+        .unwrap_or_else(|e| panic!("ListContainerStats: {e}\n{}", pod.ctrd.log_tail(40)))
         .into_inner()
         .stats;
     assert_eq!(all.len(), 1, "{all:?}");
@@ -585,7 +496,7 @@ async fn container_stats_with_relative_cgroup_parent() {
             container_id: id.clone(),
         })
         .await
-        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", ctrd_log(&pod.ctrd)))
+        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", pod.ctrd.log_tail(40)))
         .into_inner()
         .stats
         .expect("ContainerStats has stats");

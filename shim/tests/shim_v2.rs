@@ -3,19 +3,18 @@
 //! found in containerd's PATH (the cargo target dir, prepended by the test).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use nodus_proto::runtime::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatsRequest, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxContainerResources, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerStatsRequest, ExecSyncRequest, LinuxContainerConfig, LinuxContainerResources,
+    ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxStatusRequest,
     UpdateContainerResourcesRequest,
 };
-use nodus_testkit::{cleanup, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
-use tonic::transport::Channel;
+use nodus_testkit::cleanup::{self, mounts_mentioning};
+use nodus_testkit::cri::{self, Runtime};
+use nodus_testkit::{
+    wait_until, wait_until_async, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE,
+};
 
 const HANDLER: &str = "nodus-shim";
 const SHIM: &str = "containerd-shim-nodus-v2";
@@ -41,33 +40,32 @@ async fn containerd() -> PrivateContainerd {
         .expect("private containerd starts")
 }
 
-fn ctrd_log(ctrd: &PrivateContainerd) -> String {
-    let log = std::fs::read_to_string(ctrd.log_path()).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    format!("containerd log (newest first):\n{}", tail.join("\n"))
-}
-
-fn mounts_mentioning(s: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(s))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Our shim processes serving this containerd.
 fn shims(ctrd: &PrivateContainerd) -> Vec<i32> {
     let socket = ctrd.socket().display().to_string();
     cleanup::pids_with_cmdline(&[SHIM, &socket])
 }
 
-async fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits until no shim serves this containerd any more (the last pod is gone).
+async fn wait_shims_gone(ctrd: &PrivateContainerd) {
+    wait_until_async(Duration::from_secs(10), "the shim to exit", async || {
+        shims(ctrd).is_empty()
+    })
+    .await;
+}
+
+/// A sandbox of `name` on our shim: its config and ID.
+async fn run_sandbox(
+    rt: &mut Runtime,
+    ctrd: &PrivateContainerd,
+    name: &str,
+) -> (PodSandboxConfig, String) {
+    let sandbox = ctrd.sandbox_config(name);
+    let id = ctrd.must(
+        "RunPodSandbox",
+        cri::run_sandbox(rt, &sandbox, HANDLER).await,
+    );
+    (sandbox, id)
 }
 
 /// A container's cgroup directory: in the unified hierarchy, or in the v1 `controller`'s.
@@ -80,68 +78,38 @@ fn container_cgroup(controller: &str, cgroup_parent: &str, id: &str) -> PathBuf 
     base.join(cgroup_parent.trim_start_matches('/')).join(id)
 }
 
+/// Busybox `sh -c script` as container `name` (256 MiB memory limit), created and started.
 async fn create_started(
-    rt: &mut RuntimeServiceClient<Channel>,
+    rt: &mut Runtime,
     ctrd: &PrivateContainerd,
     pod: &str,
     sandbox: &PodSandboxConfig,
     name: &str,
     script: &str,
 ) -> String {
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.to_string(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: name.into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: BUSYBOX_IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sh".into()],
-                args: vec!["-c".into(), script.into()],
-                log_path: format!("{name}/0.log"),
-                linux: Some(LinuxContainerConfig {
-                    resources: Some(LinuxContainerResources {
-                        memory_limit_in_bytes: 256 << 20,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd_log(ctrd)))
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd_log(ctrd)));
-    id
+    let mut config = cri::busybox_sh(name, script);
+    config.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    ctrd.must(
+        &format!("container {name}"),
+        cri::create_and_start(rt, pod, sandbox, config).await,
+    )
 }
 
-async fn container_state(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> (i32, i32, String) {
-    let st = rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.to_string(),
-            verbose: false,
-        })
+async fn container_state(rt: &mut Runtime, id: &str) -> (i32, i32, String) {
+    let st = cri::container_status(rt, id)
         .await
-        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
-        .into_inner()
-        .status
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
     (st.state, st.exit_code, st.reason)
 }
 
 async fn exec(
-    rt: &mut RuntimeServiceClient<Channel>,
+    rt: &mut Runtime,
     ctrd: &PrivateContainerd,
     id: &str,
     script: &str,
@@ -153,8 +121,8 @@ async fn exec(
     });
     let out = tokio::time::timeout(Duration::from_secs(60), call)
         .await
-        .unwrap_or_else(|_| panic!("ExecSync {script:?} hangs\n{}", ctrd_log(ctrd)))
-        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}\n{}", ctrd_log(ctrd)))
+        .unwrap_or_else(|_| panic!("ExecSync {script:?} hangs\n{}", ctrd.log_tail(40)))
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}\n{}", ctrd.log_tail(40)))
         .into_inner();
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -168,17 +136,8 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     let _serial = serial().await;
     let mut ctrd = containerd().await;
     let mut rt = ctrd.runtime().await.unwrap();
-    let sandbox = ctrd.sandbox_config("shimpod");
+    let (sandbox, pod) = run_sandbox(&mut rt, &ctrd, "shimpod").await;
     let cg_parent = sandbox.linux.as_ref().unwrap().cgroup_parent.clone();
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: HANDLER.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .pod_sandbox_id;
     let shim_pids = shims(&ctrd);
     assert_eq!(
         shim_pids.len(),
@@ -218,8 +177,8 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     }
 
     // CRI logs arrive through the stdio FIFOs.
-    let log_file = Path::new(&sandbox.log_directory).join("app/0.log");
-    wait_until("the app's log lines", 20, || {
+    let log_file = cri::log_file(&sandbox, "app");
+    wait_until_async(Duration::from_secs(20), "the app's log lines", async || {
         let log = std::fs::read_to_string(&log_file).unwrap_or_default();
         log.contains(" stdout F hello-from-shim") && log.contains(" stderr F oops")
     })
@@ -241,23 +200,23 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     };
     for id in [&pod, &app, &side] {
         let procs = container_cgroup("memory", &cg_parent, id).join("cgroup.procs");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!(
+            "the processes of {id} ({}) to hold fds 0, 1, 2 only",
+            procs.display()
+        );
+        wait_until_async(Duration::from_secs(10), &what, async || {
             let pids = std::fs::read_to_string(&procs).unwrap_or_default();
             let fds: Vec<(String, Vec<String>)> = pids
                 .split_whitespace()
                 .map(|pid| (pid.to_string(), open_fds(pid)))
                 .collect();
             if !fds.is_empty() && fds.iter().all(|(_, f)| f == &["0", "1", "2"]) {
-                break;
+                Ok(())
+            } else {
+                Err(format!("{fds:?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "processes of {id} ({}) and their open fds: {fds:?}",
-                procs.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     // ExecSync: output, exit code, the container's filesystem.
@@ -278,7 +237,7 @@ async fn pod_with_two_containers_runs_on_the_shim() {
             container_id: app.clone(),
         })
         .await
-        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", ctrd_log(&ctrd)))
+        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", ctrd.log_tail(40)))
         .into_inner()
         .stats
         .unwrap();
@@ -333,7 +292,7 @@ async fn pod_with_two_containers_runs_on_the_shim() {
         ..Default::default()
     })
     .await
-    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", ctrd_log(&ctrd)));
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", ctrd.log_tail(40)));
     assert_eq!(read_limit(), (128u64 << 20).to_string());
     assert_eq!(read_quota(), "50000 100000", "CPU quota and period");
 
@@ -371,29 +330,22 @@ async fn pod_with_two_containers_runs_on_the_shim() {
     assert_eq!((out.as_str(), code), ("after-restart\n", 0));
 
     // Stop one container: it exits by signal and its status says so.
-    rt.stop_container(StopContainerRequest {
-        container_id: side.clone(),
-        timeout: 1,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StopContainer: {e}\n{}", ctrd_log(&ctrd)));
+    ctrd.must(
+        "StopContainer",
+        cri::stop_container(&mut rt, &side, 1).await,
+    );
     let (state, exit_code, _) = container_state(&mut rt, &side).await;
     assert_eq!(state, 2, "CONTAINER_EXITED");
     assert!(
         exit_code == 137 || exit_code == 143,
         "exit code {exit_code}"
     );
-    rt.remove_container(RemoveContainerRequest {
-        container_id: side.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", ctrd_log(&ctrd)));
+    ctrd.must(
+        "RemoveContainer",
+        cri::remove_container(&mut rt, &side).await,
+    );
 
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+    ctrd.must("StopPodSandbox", cri::stop_sandbox(&mut rt, &pod).await);
     let status = rt
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: pod.clone(),
@@ -405,14 +357,10 @@ async fn pod_with_two_containers_runs_on_the_shim() {
         .status
         .unwrap();
     assert_eq!(status.state, 1, "SANDBOX_NOTREADY after stop");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+    ctrd.must("RemovePodSandbox", cri::remove_sandbox(&mut rt, &pod).await);
 
     // Nothing left: the shim, mounts, cgroups, processes, runtime state.
-    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    wait_shims_gone(&ctrd).await;
     for id in [&pod, &app, &side] {
         assert!(
             mounts_mentioning(id).is_empty(),
@@ -466,13 +414,13 @@ async fn ctr_run_prints_output() {
         "ctr run failed: {}\n{}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
-        ctrd_log(&ctrd)
+        ctrd.log_tail(40)
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "hello-from-ctr"
     );
-    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    wait_shims_gone(&ctrd).await;
 
     // stdin reaches the process, and its end is the process's EOF; the exit code comes back.
     let id = format!("ctr-{}", nodus_testkit::unique_suffix());
@@ -506,7 +454,7 @@ async fn ctr_run_prints_output() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    wait_shims_gone(&ctrd).await;
 }
 
 /// Tasks started with `ctr` are not pods, so the testkit's CRI cleanup misses them: on drop
@@ -540,6 +488,73 @@ fn ctr(socket: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `ctr events` of a containerd (namespace k8s.io), read as ctr prints them.
+struct CtrEvents {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CtrEvents {
+    /// Starts `ctr events` and returns once its subscription is in place: ctr says nothing
+    /// when it is, so this labels the busybox image (an /images/update event) until that
+    /// event shows.
+    fn subscribe(socket: &str) -> CtrEvents {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ctr")
+            .args(["--address", socket, "-n", "k8s.io", "events"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ctr events");
+        let stdout = child.stdout.take().expect("ctr events' stdout");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let lines = seen.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut text = lines.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let events = CtrEvents {
+            child,
+            seen,
+            reader: Some(reader),
+        };
+        let mark = format!("nodus-test-mark={}", nodus_testkit::unique_suffix());
+        wait_until(Duration::from_secs(10), "ctr events to subscribe", || {
+            let (code, _, err) = ctr(socket, &["images", "label", BUSYBOX_IMAGE, &mark]);
+            assert_eq!(code, 0, "ctr images label: {err}");
+            events.text().contains("/images/update")
+        });
+        events
+    }
+
+    fn text(&self) -> String {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops ctr; all it printed.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.text()
+    }
+}
+
+impl Drop for CtrEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The STATUS column of `ctr task ls` for `id`.
 fn task_status(socket: &str, id: &str) -> String {
     let (_, out, _) = ctr(socket, &["task", "ls"]);
@@ -558,17 +573,12 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
     let _tasks = CtrTasks(vec![id.clone(), format!("{id}-tty")]);
     let cgroup = format!("{}/{id}", ctrd.cgroup_parent());
     let socket = ctrd.socket().display().to_string();
-    let log = ctrd_log(&ctrd);
+    let log = ctrd.log_tail(40);
     let (s, i) = (socket.clone(), id.clone());
     tokio::task::spawn_blocking(move || {
         let (socket, id) = (s.as_str(), i.as_str());
         // Everything the shim publishes for this task, as containerd forwards it.
-        let mut events = std::process::Command::new("ctr")
-            .args(["--address", socket, "-n", "k8s.io", "events"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("ctr events");
-        std::thread::sleep(Duration::from_millis(300));
+        let events = CtrEvents::subscribe(socket);
         let (code, _, err) = ctr(
             socket,
             &[
@@ -590,16 +600,15 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
 
         // Pids: init and its background child.
         // (the shell may not have forked its background child yet: give it a moment)
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        wait_until(Duration::from_secs(10), "two processes", || {
             let (code, out, err) = ctr(socket, &["task", "ps", id]);
             assert_eq!(code, 0, "task ps: {err}");
             if out.lines().skip(1).count() == 2 {
-                break;
+                Ok(())
+            } else {
+                Err(out)
             }
-            assert!(Instant::now() < deadline, "two processes: {out}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
         // A detached exec shows up with its exec ID.
         let (code, _, err) = ctr(socket, &["task", "exec", "-d", "--exec-id", "bg", id, "sleep", "999"]);
         assert_eq!(code, 0, "exec -d: {err}");
@@ -692,19 +701,15 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
             ctr(socket, &["task", "kill", "-a", "-s", "SIGKILL", id]).0,
             0
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while task_status(socket, id) != "STOPPED" {
-            assert!(Instant::now() < deadline, "task did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(Duration::from_secs(20), "the task to stop", || {
+            task_status(socket, id) == "STOPPED"
+        });
         let (code, _, err) = ctr(socket, &["task", "delete", id]);
         assert_eq!(code, 0, "task delete: {err}");
         let (code, _, err) = ctr(socket, &["container", "delete", id]);
         assert_eq!(code, 0, "container delete: {err}");
 
-        let _ = events.kill();
-        let out = events.wait_with_output().expect("ctr events output");
-        let seen = String::from_utf8_lossy(&out.stdout);
+        let seen = events.stop();
         for topic in [
             "/tasks/create",
             "/tasks/start",
@@ -723,7 +728,7 @@ async fn ctr_task_exec_tty_pause_ps_metrics_kill() {
     })
     .await
     .unwrap();
-    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    wait_shims_gone(&ctrd).await;
     assert!(
         mounts_mentioning(&id).is_empty(),
         "{:?}",
@@ -737,105 +742,51 @@ async fn container_past_its_memory_limit_is_oom_killed() {
     let _serial = serial().await;
     let ctrd = containerd().await;
     let mut rt = ctrd.runtime().await.unwrap();
-    let sandbox = ctrd.sandbox_config("oompod");
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: HANDLER.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .pod_sandbox_id;
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "hog".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: BUSYBOX_IMAGE.into(),
-                    ..Default::default()
-                }),
-                // dd fills a 256 MiB buffer: far past the 32 MiB limit.
-                command: vec!["dd".into()],
-                args: vec![
-                    "if=/dev/zero".into(),
-                    "of=/dev/null".into(),
-                    "bs=256M".into(),
-                    "count=1".into(),
-                ],
-                log_path: "hog/0.log".into(),
-                linux: Some(LinuxContainerConfig {
-                    resources: Some(LinuxContainerResources {
-                        memory_limit_in_bytes: 32 << 20,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .container_id;
+    let (sandbox, pod) = run_sandbox(&mut rt, &ctrd, "oompod").await;
+    // dd fills a 256 MiB buffer: far past the 32 MiB limit.
+    let mut hog = cri::container_config(
+        "hog",
+        BUSYBOX_IMAGE,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+        "hog/0.log",
+    );
+    hog.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = ctrd.must(
+        "CreateContainer",
+        cri::create_container(&mut rt, &pod, &sandbox, hog).await,
+    );
     // The events containerd receives from the shim, TaskOOM among them.
-    let mut events = std::process::Command::new("ctr")
-        .args(["--address", &ctrd.socket().display().to_string()])
-        .args(["-n", "k8s.io", "events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ctr events");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", ctrd_log(&ctrd)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (exit_code, reason) = loop {
-        let (state, exit_code, reason) = container_state(&mut rt, &id).await;
-        if state == 2 {
-            break (exit_code, reason);
-        }
-        assert!(Instant::now() < deadline, "the hog did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let socket = ctrd.socket().display().to_string();
+    let events = tokio::task::spawn_blocking(move || CtrEvents::subscribe(&socket))
+        .await
+        .unwrap();
+    ctrd.must("StartContainer", cri::start_container(&mut rt, &id).await);
+    let st = ctrd.must(
+        "the hog's exit",
+        cri::wait_exited(&mut rt, &id, Duration::from_secs(30)).await,
+    );
+    let (exit_code, reason) = (st.exit_code, st.reason);
     assert_eq!(exit_code, 137, "killed by SIGKILL");
     assert_eq!(
         reason,
         "OOMKilled",
         "TaskOOM reached containerd\n{}",
-        ctrd_log(&ctrd)
+        ctrd.log_tail(40)
     );
-    let _ = events.kill();
-    let seen = events.wait_with_output().expect("ctr events output");
-    let seen = String::from_utf8_lossy(&seen.stdout);
+    let seen = events.stop();
     assert!(
         seen.lines()
             .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
         "a TaskOOM event for {id}:\n{seen}"
     );
-    rt.remove_container(RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    cri::remove_pod(&mut rt, &pod, &[&id]).await.unwrap();
+    wait_shims_gone(&ctrd).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -843,17 +794,8 @@ async fn a_killed_shim_is_cleaned_up_by_delete() {
     let _serial = serial().await;
     let ctrd = containerd().await;
     let mut rt = ctrd.runtime().await.unwrap();
-    let sandbox = ctrd.sandbox_config("crashpod");
+    let (sandbox, pod) = run_sandbox(&mut rt, &ctrd, "crashpod").await;
     let cg_parent = sandbox.linux.as_ref().unwrap().cgroup_parent.clone();
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: HANDLER.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .pod_sandbox_id;
     let app = create_started(&mut rt, &ctrd, &pod, &sandbox, "app", "exec sleep 1000").await;
     let shim_pids = shims(&ctrd);
     assert_eq!(shim_pids.len(), 1);
@@ -874,50 +816,36 @@ async fn a_killed_shim_is_cleaned_up_by_delete() {
     unsafe { libc::kill(shim_pids[0], libc::SIGKILL) };
 
     // containerd notices, runs `containerd-shim-nodus-v2 delete` and reports the exit.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while container_state(&mut rt, &app).await.0 != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "app not reported exited\n{}",
-            ctrd_log(&ctrd)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    rt.remove_container(RemoveContainerRequest {
-        container_id: app.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", ctrd_log(&ctrd)));
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", ctrd_log(&ctrd)));
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", ctrd_log(&ctrd)));
+    ctrd.must(
+        "app reported exited",
+        cri::wait_exited(&mut rt, &app, Duration::from_secs(30)).await,
+    );
+    ctrd.must(
+        "remove the pod",
+        cri::remove_pod(&mut rt, &pod, &[&app]).await,
+    );
     // containerd cleans up after a dead shim in the background: give it a moment.
     for id in [&pod, &app] {
         let state = Path::new("/run/nodus-shim/k8s.io").join(id);
-        wait_until(
+        wait_until_async(
+            Duration::from_secs(10),
             &format!("mounts and runtime state of {id} to go"),
-            10,
-            || mounts_mentioning(id).is_empty() && !state.exists(),
+            async || mounts_mentioning(id).is_empty() && !state.exists(),
         )
         .await;
     }
     // The delete action removes the socket last, after the runtime state.
-    wait_until(
+    wait_until_async(
+        Duration::from_secs(10),
         &format!("the dead shim's socket {} to go", socket.display()),
-        10,
-        || !socket.exists(),
+        async || !socket.exists(),
     )
     .await;
-    wait_until("the pod's processes to go", 10, || {
-        cleanup::cgroup_pids(&cg_parent).is_empty()
-    })
+    wait_until_async(
+        Duration::from_secs(10),
+        "the pod's processes to go",
+        async || cleanup::cgroup_pids(&cg_parent).is_empty(),
+    )
     .await;
 }
 
@@ -926,73 +854,31 @@ async fn a_container_that_cannot_start_reports_why_and_leaves_nothing() {
     let _serial = serial().await;
     let ctrd = containerd().await;
     let mut rt = ctrd.runtime().await.unwrap();
-    let sandbox = ctrd.sandbox_config("badpod");
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: HANDLER.into(),
-        })
+    let (sandbox, pod) = run_sandbox(&mut rt, &ctrd, "badpod").await;
+    let bad = cri::container_config("bad", BUSYBOX_IMAGE, &["/no/such/program"], "bad/0.log");
+    let id = ctrd.must(
+        "CreateContainer",
+        cri::create_container(&mut rt, &pod, &sandbox, bad).await,
+    );
+    let err = cri::start_container(&mut rt, &id)
         .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .pod_sandbox_id;
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "bad".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: BUSYBOX_IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: vec!["/no/such/program".into()],
-                log_path: "bad/0.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .container_id;
-    let err = rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect_err("a missing program cannot start");
+        .expect_err("a missing program cannot start")
+        .to_string();
     assert!(
-        err.message().contains("/no/such/program"),
-        "the error names the program: {}",
-        err.message()
+        err.contains("/no/such/program"),
+        "the error names the program: {err}"
     );
     // The pod's shim still serves the sandbox.
     assert_eq!(shims(&ctrd).len(), 1);
-    rt.remove_container(RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", ctrd_log(&ctrd)));
+    ctrd.must("RemoveContainer", cri::remove_container(&mut rt, &id).await);
     assert!(
         mounts_mentioning(&id).is_empty(),
         "{:?}",
         mounts_mentioning(&id)
     );
     assert!(!Path::new("/run/nodus-shim/k8s.io").join(&id).exists());
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    cri::stop_and_remove_sandbox(&mut rt, &pod).await.unwrap();
+    wait_shims_gone(&ctrd).await;
 }
 
 /// A minimal WebSocket client for CRI's streaming server (Kubernetes' channel protocol
@@ -1074,16 +960,7 @@ async fn exec_through_the_cri_stream_server() {
     let _serial = serial().await;
     let ctrd = containerd().await;
     let mut rt = ctrd.runtime().await.unwrap();
-    let sandbox = ctrd.sandbox_config("streampod");
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: HANDLER.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd_log(&ctrd)))
-        .into_inner()
-        .pod_sandbox_id;
+    let (sandbox, pod) = run_sandbox(&mut rt, &ctrd, "streampod").await;
     let app = create_started(&mut rt, &ctrd, &pod, &sandbox, "app", "exec sleep 1000").await;
     // A terminal comes with stdin, as `kubectl exec -it` asks for it. containerd 1.6 closes
     // a terminal exec's output as soon as its stdin stream ends, and its WebSocket server
@@ -1111,7 +988,7 @@ async fn exec_through_the_cri_stream_server() {
                     ..Default::default()
                 })
                 .await
-                .unwrap_or_else(|e| panic!("Exec: {e}\n{}", ctrd_log(&ctrd)))
+                .unwrap_or_else(|e| panic!("Exec: {e}\n{}", ctrd.log_tail(40)))
                 .into_inner()
                 .url;
             let (out, status) = tokio::task::spawn_blocking(move || stream_exec(&url, stdin))
@@ -1137,15 +1014,6 @@ async fn exec_through_the_cri_stream_server() {
             }
         }
     }
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    wait_until("the shim to exit", 10, || shims(&ctrd).is_empty()).await;
+    cri::stop_and_remove_sandbox(&mut rt, &pod).await.unwrap();
+    wait_shims_gone(&ctrd).await;
 }

@@ -7,12 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use nodus_proto::runtime::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
-};
-use nodus_testkit::{cleanup, Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
+use nodus_testkit::{cleanup, cri, Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
 
 const PHASES: [&str; 7] = [
     "RunPodSandbox",
@@ -96,46 +91,20 @@ async fn bench_pod_lifecycle() {
             let sandbox = ctrd.sandbox_config(&format!("bench{i}"));
             let mut times = Vec::new();
             let t = Instant::now();
-            let pod = rt
-                .run_pod_sandbox(RunPodSandboxRequest {
-                    config: Some(sandbox.clone()),
-                    runtime_handler: handler.into(),
-                })
+            let pod = cri::run_sandbox(&mut rt, &sandbox, handler)
                 .await
-                .unwrap_or_else(|e| panic!("{handler} RunPodSandbox: {e}"))
-                .into_inner()
-                .pod_sandbox_id;
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
+            times.push(t.elapsed());
+            let config = cri::container_config("c", BUSYBOX_IMAGE, &["sleep", "1000"], "c/0.log");
+            let t = Instant::now();
+            let ctr = cri::create_container(&mut rt, &pod, &sandbox, config)
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
             times.push(t.elapsed());
             let t = Instant::now();
-            let ctr = rt
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
-                    config: Some(ContainerConfig {
-                        metadata: Some(ContainerMetadata {
-                            name: "c".into(),
-                            attempt: 0,
-                        }),
-                        image: Some(ImageSpec {
-                            image: BUSYBOX_IMAGE.into(),
-                            ..Default::default()
-                        }),
-                        command: vec!["sleep".into(), "1000".into()],
-                        log_path: "c/0.log".into(),
-                        ..Default::default()
-                    }),
-                    sandbox_config: Some(sandbox.clone()),
-                })
+            cri::start_container(&mut rt, &ctr)
                 .await
-                .unwrap_or_else(|e| panic!("{handler} CreateContainer: {e}"))
-                .into_inner()
-                .container_id;
-            times.push(t.elapsed());
-            let t = Instant::now();
-            rt.start_container(StartContainerRequest {
-                container_id: ctr.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler} StartContainer: {e}"));
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
             times.push(t.elapsed());
             // The pod runs: measure its shim(s).
             let (mut rss, mut pss) = (0, 0);
@@ -145,33 +114,24 @@ async fn bench_pod_lifecycle() {
                 pss += p;
             }
             let t = Instant::now();
-            rt.stop_container(StopContainerRequest {
-                container_id: ctr.clone(),
-                timeout: 0,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler} StopContainer: {e}"));
+            cri::stop_container(&mut rt, &ctr, 0)
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
             times.push(t.elapsed());
             let t = Instant::now();
-            rt.remove_container(RemoveContainerRequest {
-                container_id: ctr.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler} RemoveContainer: {e}"));
+            cri::remove_container(&mut rt, &ctr)
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
             times.push(t.elapsed());
             let t = Instant::now();
-            rt.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler} StopPodSandbox: {e}"));
+            cri::stop_sandbox(&mut rt, &pod)
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
             times.push(t.elapsed());
             let t = Instant::now();
-            rt.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler} RemovePodSandbox: {e}"));
+            cri::remove_sandbox(&mut rt, &pod)
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
             times.push(t.elapsed());
             if i == 0 {
                 continue;

@@ -11,7 +11,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -367,8 +367,8 @@ impl ControlPlane {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
+        // Done when ready (Ok) or when a daemon exited (Err: no use waiting longer).
+        let ready = crate::try_wait_until(READY_TIMEOUT, "kube-apiserver /readyz", || {
             let mut exited = None;
             for (name, child) in [
                 ("etcd", &mut self.etcd),
@@ -379,23 +379,23 @@ impl ControlPlane {
                 }
             }
             if let Some((name, status)) = exited {
-                return Err(Error::Command {
+                return Some(Err(Error::Command {
                     command: name.into(),
                     detail: format!("exited with {status}:\n{}", self.log_tail(name, 20)),
-                });
+                }));
             }
-            if self.ready() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(250));
+            self.ready().then_some(Ok(()))
+        });
+        match ready {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                what: format!(
+                    "kube-apiserver /readyz:\n{}",
+                    self.log_tail("kube-apiserver", 20)
+                ),
+                seconds: READY_TIMEOUT.as_secs(),
+            }),
         }
-        Err(Error::Timeout {
-            what: format!(
-                "kube-apiserver /readyz:\n{}",
-                self.log_tail("kube-apiserver", 20)
-            ),
-            seconds: READY_TIMEOUT.as_secs(),
-        })
     }
 
     /// Stops the API server (SIGTERM, by PID); etcd keeps the data.
@@ -415,12 +415,11 @@ impl ControlPlane {
 fn stop(mut child: Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let exited = crate::try_wait_until(Duration::from_secs(10), "the process to exit", || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if exited.is_ok() {
+        return;
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{Error, Result};
 
@@ -150,18 +150,28 @@ fn remove_cgroup_dir(dir: &Path, left: &mut Vec<PathBuf>) {
         }
     }
     // A cgroup whose last task just exited can be briefly busy.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match fs::remove_dir(dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(_) => {
-                left.push(dir.to_path_buf());
-                return;
-            }
-        }
+    let removed =
+        crate::try_wait_until(
+            Duration::from_secs(2),
+            "an empty cgroup",
+            || match fs::remove_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        );
+    if removed.is_err() {
+        left.push(dir.to_path_buf());
     }
+}
+
+/// Lines of this process's mountinfo that mention `s` (a container ID, a directory).
+pub fn mounts_mentioning(s: &str) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(s))
+        .map(str::to_string)
+        .collect()
 }
 
 /// PIDs whose command line contains every one of `needles` (read from /proc).
@@ -199,16 +209,10 @@ pub fn stop_pid(pid: i32, signal: nix::sys::signal::Signal, grace: Duration) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let _ = kill(Pid::from_raw(pid), signal);
-    let deadline = Instant::now() + grace;
-    while pid_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if pid_alive(pid) {
+    let gone = || !pid_alive(pid);
+    if crate::try_wait_until(grace, "the process to exit", gone).is_err() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pid_alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let _ = crate::try_wait_until(Duration::from_secs(5), "the process to die", gone);
     }
 }
 

@@ -5,18 +5,16 @@
 //! one-line wrappers `exec nsenter --net=<node netns> <plugin> "$@"`, so the bridge, pod
 //! addresses and masquerade rules never touch the machine's root network namespace.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nodus_proto::runtime::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, StatusRequest,
+    ListPodSandboxRequest, PodSandboxConfig, RemovePodSandboxRequest, StatusRequest,
     StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
@@ -203,33 +201,23 @@ impl PrivateContainerd {
     pub fn sandbox_config(&self, name: &str) -> PodSandboxConfig {
         let uid = format!("{}-{}", name, crate::unique_suffix());
         let log_directory = self.pod_logs_dir().join(format!("default_{name}_{uid}"));
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_string(),
-                uid: uid.clone(),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            hostname: name.to_string(),
-            log_directory: log_directory.display().to_string(),
-            labels: HashMap::from([
-                ("io.kubernetes.pod.name".into(), name.to_string()),
-                ("io.kubernetes.pod.namespace".into(), "default".into()),
-                ("io.kubernetes.pod.uid".into(), uid.clone()),
-            ]),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: format!("{}/pod{}", self.cgroup_parent(), uid),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        pid: 1, // CONTAINER, as the kubelet sets it
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+        let mut config = crate::cri::sandbox_config(name, &uid, "default", &log_directory);
+        if let Some(linux) = config.linux.as_mut() {
+            linux.cgroup_parent = format!("{}/pod{}", self.cgroup_parent(), uid);
         }
+        config
+    }
+
+    /// `r`'s value; else panics with `what`, the error and containerd's log tail.
+    pub fn must<T, E: std::fmt::Display>(&self, what: &str, r: std::result::Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", self.log_tail(40)))
+    }
+
+    /// The last `lines` lines of containerd's log, newest first, for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        format!("containerd log (newest first):\n{}", tail.join("\n"))
     }
 
     /// Stops containerd (SIGTERM) and starts it again on the same root and state.
@@ -418,35 +406,31 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("the socket");
-        while Instant::now() < deadline {
+        // Done when ready (Ok) or when containerd exited (Err: no use waiting longer).
+        crate::try_wait_until_async(READY_TIMEOUT, "containerd CRI", async || {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     let log = fs::read_to_string(self.log_path()).unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                    return Err(Error::Command {
+                    return Ok(Err(Error::Command {
                         command: "containerd".into(),
                         detail: format!(
                             "exited with {status}; last log lines:\n{}",
                             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                         ),
-                    });
+                    }));
                 }
             }
-            if self.socket().exists() {
-                match self.runtime_ready().await {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => last = "RuntimeReady and NetworkReady".into(),
-                    Err(e) => last = e.to_string(),
-                }
+            if !self.socket().exists() {
+                return Err("no socket yet".to_string());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(Error::Timeout {
-            what: format!("containerd CRI ({last})"),
-            seconds: READY_TIMEOUT.as_secs(),
+            match self.runtime_ready().await {
+                Ok(true) => Ok(Ok(())),
+                Ok(false) => Err("not RuntimeReady and NetworkReady".into()),
+                Err(e) => Err(e.to_string()),
+            }
         })
+        .await?
     }
 
     async fn runtime_ready(&self) -> Result<bool> {

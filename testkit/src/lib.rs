@@ -5,21 +5,29 @@
 //!   dropping it removes everything it made.
 //! - [`NodeNetns`]: a uniquely named network namespace that is deleted on drop.
 //! - [`images`]: the local `pause` and `busybox` OCI images, built byte-for-byte reproducibly.
+//! - [`wait`]: [`wait_until`] and [`wait_until_async`], polling a condition instead of a
+//!   fixed sleep followed by an assert.
+//! - [`cri`]: CRI request builders (sandbox and container configs) and the call sequences
+//!   tests and benchmarks share.
 
 pub mod apiserver;
 pub mod cleanup;
 pub mod containerd;
+pub mod cri;
 pub mod images;
 pub mod netns;
+pub mod wait;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 pub use apiserver::ControlPlane;
 pub use containerd::{Cni, ContainerdOptions, PrivateContainerd};
 pub use images::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 pub use netns::NodeNetns;
+pub use wait::{
+    try_wait_until, try_wait_until_async, wait_until, wait_until_async, Check, TimedOut, POLL,
+};
 
 /// Errors of the test helpers; each names what it was working on.
 #[derive(Debug, thiserror::Error)]
@@ -91,37 +99,4 @@ pub fn unique_suffix() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// How often [`wait_until`] and [`wait_until_async`] look again.
-pub const POLL: Duration = Duration::from_millis(100);
-
-/// Polls `f` until it returns true; panics naming `what` after `timeout`. For tests: use it
-/// instead of a fixed sleep followed by an assert.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// [`wait_until`] for async checks that yield a value: returns the first `Some`.
-pub async fn wait_until_async<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }

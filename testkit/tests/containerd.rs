@@ -2,15 +2,11 @@
 //! CRI client, the container's output reaches its CRI log file, and dropping the instance
 //! leaves no mount, process, cgroup or network namespace behind.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nodus_proto::runtime::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, ListImagesRequest, RunPodSandboxRequest,
-    StartContainerRequest, VersionRequest,
-};
+use nodus_proto::runtime::v1::{ContainerState, ListImagesRequest, VersionRequest};
 use nodus_testkit::{
-    cleanup, Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE, PAUSE_IMAGE,
+    cleanup, cri, Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE, PAUSE_IMAGE,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,62 +54,17 @@ async fn sandbox_and_container_run_and_leave_nothing_behind() {
 
     let sandbox_config = ctrd.sandbox_config("hello");
     let log_dir = std::path::PathBuf::from(&sandbox_config.log_directory);
-    let sandbox_id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        })
+    let sandbox_id = cri::run_sandbox(&mut rt, &sandbox_config, "")
         .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-
-    let container_id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "greeter".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: BUSYBOX_IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sh".into(), "-c".into()],
-                args: vec!["echo hello from nodus; ip -4 addr show eth0".into()],
-                log_path: "greeter/0.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox_config),
-        })
+        .expect("RunPodSandbox");
+    let greeter = cri::busybox_sh("greeter", "echo hello from nodus; ip -4 addr show eth0");
+    let container_id = cri::create_and_start(&mut rt, &sandbox_id, &sandbox_config, greeter)
         .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: container_id.clone(),
-    })
-    .await
-    .expect("StartContainer");
+        .expect("CreateContainer and StartContainer");
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let status = rt
-            .container_status(ContainerStatusRequest {
-                container_id: container_id.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if status.state == ContainerState::ContainerExited as i32 || Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = cri::wait_exited(&mut rt, &container_id, Duration::from_secs(20))
+        .await
+        .expect("the container exits");
     assert_eq!(status.state, ContainerState::ContainerExited as i32);
     assert_eq!(status.exit_code, 0);
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
-use nodus_testkit::ControlPlane;
+use nodus_testkit::{wait_until_async, ControlPlane};
 
 use super::{containerd_options, Node, NODE};
 
@@ -32,6 +32,16 @@ pub async fn client(kubeconfig: &std::path::Path) -> kube::Client {
         .await
         .expect("kube config");
     kube::Client::try_from(cfg).expect("kube client")
+}
+
+/// The node's helpers (`wait_for`, `fail`...) on an API node: a failure shows the kubelet's
+/// and the API server's logs.
+impl std::ops::Deref for ApiNode {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
 
 impl ApiNode {
@@ -65,7 +75,9 @@ impl ApiNode {
         let mut args = vec![format!("--kubeconfig={}", node_kubeconfig.display())];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = Node::on(ctrd, &extra_config(&cp), &args);
+        let mut node = Node::on(ctrd, &extra_config(&cp), &args);
+        node.other_logs
+            .push(("kube-apiserver", cp.dir().join("kube-apiserver.log")));
         Some(ApiNode {
             node,
             cp,
@@ -100,31 +112,6 @@ impl ApiNode {
             ));
         }
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn fail(&self, msg: &str) -> ! {
-        self.node.fail(&format!(
-            "{msg}\n--- kube-apiserver log tail ---\n{}",
-            self.cp.log_tail("kube-apiserver", 15)
-        ))
-    }
-
-    /// Polls `f` until it returns Some, or fails with both logs after `timeout`.
-    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            if std::time::Instant::now() > deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     /// Creates a pod bound to the test node from YAML (nodeName is set here).
@@ -182,14 +169,17 @@ pub async fn prepare_namespace(client: &kube::Client, ns: &str, ca_pem: &str) {
     let mut account = ServiceAccount::default();
     account.metadata.name = Some("default".into());
     // The API server may be ready a moment before its admission chain is.
-    for attempt in 0..50 {
-        match sa.create(&PostParams::default(), &account).await {
-            Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.is_already_exists() => break,
-            Err(e) if attempt == 49 => panic!("create serviceaccount: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    wait_until_async(
+        Duration::from_secs(10),
+        "the default serviceaccount created",
+        || async {
+            match sa.create(&PostParams::default(), &account).await {
+                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+                r => r.map(drop),
+            }
+        },
+    )
+    .await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("kube-root-ca.crt".into());

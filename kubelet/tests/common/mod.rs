@@ -9,11 +9,13 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nodus_proto::runtime::v1 as cri;
 use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
-use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd};
+use nodus_testkit::{
+    try_wait_until, try_wait_until_async, Check, Cni, ContainerdOptions, PrivateContainerd,
+};
 use tonic::transport::Channel;
 
 pub use nodus_testkit::BUSYBOX_IMAGE;
@@ -21,6 +23,8 @@ pub use nodus_testkit::BUSYBOX_IMAGE;
 pub const NODE: &str = "testnode";
 pub const READ_ONLY_PORT: u16 = 10255;
 pub const HEALTHZ_PORT: u16 = 10248;
+/// The kubelet's count of successful PLEG relists (upstream's name; a histogram's count).
+pub const RELISTS: &str = "kubelet_pleg_relist_duration_seconds_count";
 
 pub struct Node {
     pub ctrd: PrivateContainerd,
@@ -28,6 +32,8 @@ pub struct Node {
     pub root_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Logs of other daemons of the test (the API server): their tails go into a failure.
+    pub other_logs: Vec<(&'static str, PathBuf)>,
     kubelet: Option<Child>,
     starts: u32,
     extra_args: Vec<String>,
@@ -101,6 +107,7 @@ impl Node {
             root_dir,
             config,
             log,
+            other_logs: Vec::new(),
             kubelet: None,
             starts: 0,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -145,17 +152,12 @@ impl Node {
                 nix::sys::signal::Signal::SIGTERM
             };
             let _ = nix::sys::signal::kill(pid, sig);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            let exited = try_wait_until(Duration::from_secs(10), "the kubelet to exit", || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if exited.is_err() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
     }
@@ -171,12 +173,21 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Fails the test with the kubelet log tail.
+    /// Fails the test with the kubelet log tail (and those of [`Node::other_logs`]).
     pub fn fail(&self, msg: &str) -> ! {
-        let log = self.log_text();
-        let tail: Vec<&str> = log.lines().rev().take(80).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!("{msg}\n--- kubelet log tail ---\n{}", tail.join("\n"));
+        let tail = |text: &str, n: usize| {
+            let tail: Vec<&str> = text.lines().rev().take(n).collect();
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        let mut others = String::new();
+        for (name, path) in &self.other_logs {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            others += &format!("\n--- {name} log tail ---\n{}", tail(&text, 15));
+        }
+        panic!(
+            "{msg}\n--- kubelet log tail ---\n{}{others}",
+            tail(&self.log_text(), 80)
+        );
     }
 
     /// Writes a manifest atomically (hidden temp file, then rename).
@@ -292,22 +303,17 @@ impl Node {
         v["pid"].as_u64().expect("pid in the sandbox info") as u32
     }
 
-    /// Polls `f` every 200 ms until it returns Some, or fails the test after `timeout`.
-    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    /// Polls `f` (testkit's [`nodus_testkit::wait_until_async`]) until it holds; fails the
+    /// test with the kubelet log tail after `timeout`.
+    pub async fn wait_for<C: Check>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl AsyncFnMut() -> C,
+    ) -> C::Value {
+        try_wait_until_async(timeout, what, f)
+            .await
+            .unwrap_or_else(|e| self.fail(&e.to_string()))
     }
 
     /// The running containers of pod `name` once there are `n` of them.
@@ -363,6 +369,57 @@ impl Node {
         (code == 200)
             .then(|| serde_json::from_str(&body).ok())
             .flatten()
+    }
+
+    /// The value of `sample` (a metric's name with its labels, as the kubelet prints it) in
+    /// the kubelet's `/metrics`; None while the kubelet does not answer or has no such sample.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (code, body) = self.http_get(READ_ONLY_PORT, "/metrics").ok()?;
+        if code != 200 {
+            return None;
+        }
+        body.lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Waits until `sample` of the kubelet's `/metrics` (a counter) has grown by `n` from
+    /// what it is now (0 while the kubelet does not answer yet, as after its start), running
+    /// `check` (which asserts what must hold meanwhile) at every look.
+    pub async fn watch_metric_grows(
+        &self,
+        sample: &str,
+        n: u64,
+        timeout: Duration,
+        mut check: impl AsyncFnMut(),
+    ) {
+        let to = self.metric(sample).unwrap_or(0.0) + n as f64;
+        self.wait_for(&format!("{sample} >= {to}"), timeout, async || {
+            check().await;
+            match self.metric(sample) {
+                Some(v) if v >= to => Ok(()),
+                v => Err(format!("{sample} is {v:?}")),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the kubelet has relisted the runtime `n` more times ([`RELISTS`]), running
+    /// `check` at every look. For checks that something does *not* happen: the kubelet acts
+    /// on a state from the relist that sees it, so after a few relists it would have.
+    pub async fn watch_relists(&self, n: u64, check: impl AsyncFnMut()) {
+        // A relist each PLEG period (1 s): room for a slow machine.
+        let timeout = Duration::from_secs(10 + 3 * n);
+        self.watch_metric_grows(RELISTS, n, timeout, check).await
+    }
+
+    /// [`Node::watch_relists`] with nothing to check on the way.
+    pub async fn wait_relists(&self, n: u64) {
+        self.watch_relists(n, async || {}).await
     }
 
     /// The `/pods` item of static pod `name`.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -42,23 +42,24 @@ pub fn subreaper() {
 /// Wait for a (reparented) process to exit; its wait status decoded as exit code or
 /// 128+signal. `None` on timeout.
 pub fn wait_exit(pid: i32, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    // Some(code) once reaped; Some(None) when there is nothing to wait for (no such child).
+    let reaped = nodus_testkit::try_wait_until(timeout, "the process to exit", || {
         let mut st = 0;
         // SAFETY: waitpid with WNOHANG on a pid.
         let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
         if r == pid {
-            return Some(if libc::WIFEXITED(st) {
+            Some(Some(if libc::WIFEXITED(st) {
                 libc::WEXITSTATUS(st)
             } else {
                 128 + libc::WTERMSIG(st)
-            });
+            }))
+        } else if r < 0 {
+            Some(None)
+        } else {
+            None
         }
-        if r < 0 || Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    });
+    reaped.ok().flatten()
 }
 
 pub fn is_v2() -> bool {

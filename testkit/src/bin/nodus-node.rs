@@ -125,33 +125,36 @@ async fn main() -> anyhow::Result<()> {
     println!("kubelet: log {}", kubelet_log.display());
 
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(cli.timeout_seconds);
     let mut rt = ctrd.runtime().await?;
-    loop {
-        let running: BTreeSet<String> = rt
+    let timeout = Duration::from_secs(cli.timeout_seconds);
+    let waited = nodus_testkit::try_wait_until_async(timeout, "the pods' containers", async || {
+        let running: BTreeSet<String> = match rt
             .list_containers(ListContainersRequest { filter: None })
-            .await?
-            .into_inner()
-            .containers
-            .into_iter()
-            .filter(|c| c.state == ContainerState::ContainerRunning as i32)
-            .filter_map(|c| c.metadata.map(|m| m.name))
-            .collect();
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .containers
+                .into_iter()
+                .filter(|c| c.state == ContainerState::ContainerRunning as i32)
+                .filter_map(|c| c.metadata.map(|m| m.name))
+                .collect(),
+            Err(e) => return Err(format!("ListContainers: {e}")),
+        };
         if expected.is_subset(&running) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("running {running:?}, expected {expected:?}"))
         }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(&kubelet_log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            bail!(
-                "after {} s running {:?}, expected {:?}; kubelet log tail:\n{}",
-                cli.timeout_seconds,
-                running,
-                expected,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+    if let Err(e) = waited {
+        let log = std::fs::read_to_string(&kubelet_log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        bail!(
+            "{e}; kubelet log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     println!(
         "all {} containers running after {:.1} s",
