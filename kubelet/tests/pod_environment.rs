@@ -10,36 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The messages of a container's CRI log file, joined with newlines.
-fn log_text(path: &str) -> Option<String> {
-    let raw = std::fs::read_to_string(path).ok()?;
-    let lines: Vec<&str> = raw
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3))
-        .collect();
-    Some(lines.join("\n"))
-}
-
-/// Waits until container `name` of pod `pod` exited, and returns its log.
-async fn exited_log(node: &Node, pod: &str, name: &str) -> String {
-    node.wait_for(
-        &format!("container {name} of {pod} to exit"),
-        Duration::from_secs(60),
-        || async {
-            let c = node
-                .containers(pod)
-                .await
-                .into_iter()
-                .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))?;
-            let st = node.container_status(&c.id).await?;
-            (st.state == nodus_proto::runtime::v1::ContainerState::ContainerExited as i32)
-                .then(|| log_text(&st.log_path))
-                .flatten()
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_see_hosts_dns_env_and_volumes_as_upstream_sets_them() {
     let node = Node::start_with(
@@ -99,7 +69,7 @@ spec:
 
     // kubernetes node conformance: "KubeletManagedEtcHosts should test kubelet managed
     // /etc/hosts file" and "should be able to add HostAliases".
-    let hosts = exited_log(&node, "env", "hosts").await;
+    let hosts = node.exited_log("env", "hosts").await;
     assert!(
         hosts.starts_with("# Kubernetes-managed hosts file."),
         "{hosts}"
@@ -118,10 +88,10 @@ spec:
         hosts.ends_with("# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local"),
         "{hosts}"
     );
-    assert_eq!(exited_log(&node, "env", "own-hosts").await, "1.2.3.4 mine");
+    assert_eq!(node.exited_log("env", "own-hosts").await, "1.2.3.4 mine");
 
     // DNS for a ClusterFirst pod: the cluster's server only, its search path, ndots:5.
-    let resolv = exited_log(&node, "env", "resolv").await;
+    let resolv = node.exited_log("env", "resolv").await;
     assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
     assert_eq!(
         resolv
@@ -140,12 +110,12 @@ spec:
     // "Downward API should provide container's limits.cpu/memory ... as env vars": the API
     // server stores divisor "0" when none is given.
     assert_eq!(
-        exited_log(&node, "env", "env").await,
+        node.exited_log("env", "env").await,
         format!("mem={} cpu=1", 64 << 20)
     );
 
     // "Container Runtime ... should report termination message ... as non-root user".
-    exited_log(&node, "env", "term").await;
+    node.exited_log("env", "term").await;
     let message = node
         .wait_for(
             "the termination message in the status",
@@ -163,7 +133,7 @@ spec:
     assert_eq!(message, "written-as-1000");
 
     // "HostPath should support subPath": a missing subPath directory is made in the volume.
-    assert_eq!(exited_log(&node, "env", "subpath").await, "done");
+    assert_eq!(node.exited_log("env", "subpath").await, "done");
     assert_eq!(
         std::fs::read_to_string(host_dir.join("made/here/file")).unwrap(),
         "hi\n"

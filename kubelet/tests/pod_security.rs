@@ -23,33 +23,6 @@ async fn wait_status(
     .await
 }
 
-/// The log of container `container` (in the CRI file) once the container has exited.
-async fn exited_log(node: &Node, pod: &str, container: &str) -> String {
-    node.wait_for(
-        &format!("{pod}/{container} to exit"),
-        Duration::from_secs(60),
-        || async {
-            let c = node
-                .containers(pod)
-                .await
-                .into_iter()
-                .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == container))?;
-            let st = node.container_status(&c.id).await?;
-            if st.state != nodus_proto::runtime::v1::ContainerState::ContainerExited as i32 {
-                return None;
-            }
-            let raw = std::fs::read_to_string(&st.log_path).ok()?;
-            Some(
-                raw.lines()
-                    .filter_map(|l| l.splitn(4, ' ').nth(3))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seccomp_profiles_reach_the_runtime() {
     let node = Node::start().await;
@@ -75,10 +48,10 @@ spec:
 "#
     );
     node.write_manifest("seccomp.yaml", &manifest);
-    let confined = exited_log(&node, "seccomp", "pod-default").await;
+    let confined = node.exited_log("seccomp", "pod-default").await;
     assert!(confined.contains("Seccomp:\t2"), "{confined}");
     assert!(confined.contains("unshare=denied"), "{confined}");
-    let free = exited_log(&node, "seccomp", "unconfined").await;
+    let free = node.exited_log("seccomp", "unconfined").await;
     assert!(free.contains("Seccomp:\t0"), "{free}");
     assert!(free.contains("unshare=ok"), "{free}");
 }
@@ -122,7 +95,7 @@ async fn sysctls_outside_the_safe_set_are_forbidden() {
         assert!(node.sandboxes(name).await.is_empty(), "{name} never ran");
     }
     // A safe sysctl reaches the pod's own network namespace.
-    let range = exited_log(&node, "safe", "main").await;
+    let range = node.exited_log("safe", "main").await;
     assert_eq!(
         range.split_whitespace().collect::<Vec<_>>(),
         ["2000", "3000"]

@@ -316,6 +316,33 @@ impl Node {
             .unwrap_or_else(|e| self.fail(&e.to_string()))
     }
 
+    /// The log of container `container` of pod `pod` once it has exited: the messages of its
+    /// CRI log file, joined with newlines.
+    pub async fn exited_log(&self, pod: &str, container: &str) -> String {
+        self.wait_for(
+            &format!("container {container} of {pod} to exit"),
+            Duration::from_secs(60),
+            async || {
+                let c = self
+                    .containers(pod)
+                    .await
+                    .into_iter()
+                    .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == container))?;
+                let st = self.container_status(&c.id).await?;
+                if st.state != cri::ContainerState::ContainerExited as i32 {
+                    return None;
+                }
+                let raw = std::fs::read_to_string(&st.log_path).ok()?;
+                let lines: Vec<&str> = raw
+                    .lines()
+                    .filter_map(|l| l.splitn(4, ' ').nth(3))
+                    .collect();
+                Some(lines.join("\n"))
+            },
+        )
+        .await
+    }
+
     /// The running containers of pod `name` once there are `n` of them.
     pub async fn wait_running(&self, name: &str, n: usize) -> Vec<cri::Container> {
         self.wait_for(
