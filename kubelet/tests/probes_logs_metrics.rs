@@ -2,7 +2,8 @@
 //! the file: liveness failure restarts (reason recorded), failing readiness keeps a pod not
 //! Ready, httpGet/tcpSocket/startup probes make a pod Ready, a grpc readiness probe follows
 //! a real grpc.health.v1 server in the pod's network namespace, postStart runs before the
-//! main process goes on and preStop before the SIGTERM handler, `/containerLogs` with
+//! main process goes on and preStop before the SIGTERM handler, `/containerLogs` (on the
+//! kubelet API; the read-only port refuses it) with
 //! tailLines/timestamps/previous/follow, log rotation stays within the limits,
 //! FallbackToLogsOnError, `/metrics` (parsed strictly) and `/stats/summary`.
 
@@ -314,7 +315,8 @@ impl Drop for GrpcHealth {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_hooks_logs_and_metrics() {
     let node = Node::start_with(
-        &format!("containerLogMaxSize: {MAX_LOG}\ncontainerLogMaxFiles: {MAX_FILES}\ncontainerLogMonitorInterval: 1s\n"),
+        // Logs are read on the kubelet API (10250) as an anonymous client.
+        &format!("containerLogMaxSize: {MAX_LOG}\ncontainerLogMaxFiles: {MAX_FILES}\ncontainerLogMonitorInterval: 1s\nauthentication: {{anonymous: {{enabled: true}}}}\n"),
         &[],
     )
     .await;
@@ -510,12 +512,9 @@ async fn probes_hooks_logs_and_metrics() {
     // postStart ran before the main process went on.
     let (code, body) = node
         .wait_for("hooks output", Duration::from_secs(30), || async {
-            node.http_get(
-                READ_ONLY_PORT,
-                &format!("/containerLogs/default/hooks-{NODE}/main"),
-            )
-            .ok()
-            .filter(|(c, b)| *c == 200 && b.contains("main-saw-poststart-ran"))
+            node.api_get(&format!("/containerLogs/default/hooks-{NODE}/main"))
+                .ok()
+                .filter(|(c, b)| *c == 200 && b.contains("main-saw-poststart-ran"))
         })
         .await;
     assert_eq!(code, 200, "{body}");
@@ -533,23 +532,29 @@ async fn probes_hooks_logs_and_metrics() {
     })
     .await;
 
+    // The read-only port never serves logs, as upstream's.
+    let (code, _) = node
+        .http_get(
+            READ_ONLY_PORT,
+            &format!("/containerLogs/default/hooks-{NODE}/main"),
+        )
+        .unwrap();
+    assert_eq!(code, 404);
     // /containerLogs with tailLines, timestamps, previous.
     let (code, body) = node
         .wait_for("logs output", Duration::from_secs(30), || async {
-            node.http_get(
-                READ_ONLY_PORT,
-                &format!("/containerLogs/default/logs-{NODE}/main?tailLines=2"),
-            )
+            node.api_get(&format!(
+                "/containerLogs/default/logs-{NODE}/main?tailLines=2"
+            ))
             .ok()
             .filter(|(c, b)| *c == 200 && b.contains("line5"))
         })
         .await;
     assert_eq!((code, body.as_str()), (200, "line4\nline5\n"));
     let (code, body) = node
-        .http_get(
-            READ_ONLY_PORT,
-            &format!("/containerLogs/default/logs-{NODE}/main?timestamps=true"),
-        )
+        .api_get(&format!(
+            "/containerLogs/default/logs-{NODE}/main?timestamps=true"
+        ))
         .unwrap();
     assert_eq!(code, 200);
     let lines: Vec<&str> = body.lines().collect();
@@ -558,26 +563,21 @@ async fn probes_hooks_logs_and_metrics() {
     assert_eq!(msg, "line1");
     assert!(ts.parse::<k8s_openapi::jiff::Timestamp>().is_ok(), "{ts}");
     let (code, body) = node
-        .http_get(
-            READ_ONLY_PORT,
-            &format!("/containerLogs/default/logs-{NODE}/main?previous=true"),
-        )
+        .api_get(&format!(
+            "/containerLogs/default/logs-{NODE}/main?previous=true"
+        ))
         .unwrap();
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("previous terminated container"), "{body}");
     let (code, _) = node
-        .http_get(
-            READ_ONLY_PORT,
-            &format!("/containerLogs/default/logs-{NODE}/nope"),
-        )
+        .api_get(&format!("/containerLogs/default/logs-{NODE}/nope"))
         .unwrap();
     assert_eq!(code, 400);
     // previous after a liveness restart: the first instance's log.
     let (code, _) = node
-        .http_get(
-            READ_ONLY_PORT,
-            &format!("/containerLogs/default/live-{NODE}/main?previous=true"),
-        )
+        .api_get(&format!(
+            "/containerLogs/default/live-{NODE}/main?previous=true"
+        ))
         .unwrap();
     assert_eq!(code, 200);
     // follow streams until the container exits.
@@ -592,10 +592,9 @@ async fn probes_hooks_logs_and_metrics() {
     );
     let _ = node.wait_running("follow", 1).await;
     let (code, body) = node
-        .http_get(
-            READ_ONLY_PORT,
-            &format!("/containerLogs/default/follow-{NODE}/main?follow=true"),
-        )
+        .api_get(&format!(
+            "/containerLogs/default/follow-{NODE}/main?follow=true"
+        ))
         .unwrap();
     assert_eq!(code, 200);
     assert_eq!(

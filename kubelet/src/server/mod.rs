@@ -1,9 +1,10 @@
 //! The kubelet's HTTP endpoints (hyper 1) on its three ports:
 //! - the healthz port (`GET /healthz`, plain HTTP on 127.0.0.1:10248);
 //! - the read-only port (plain HTTP, off by default): `/pods`, `/healthz`, `/metrics`,
-//!   `/stats/summary`, `/containerLogs/...`;
+//!   `/metrics/resource`, `/stats/summary`, never logs, exec, attach or port-forward (as
+//!   upstream's);
 //! - the authenticated port (`--port`, 10250, HTTPS): everything the read-only port has and
-//!   `/runningpods/`, `/metrics/resource`, `/configz`, `/exec`, `/attach`, `/portForward`,
+//!   `/containerLogs/`, `/runningpods/`, `/configz`, `/exec`, `/attach`, `/portForward`,
 //!   `/logs/` (when `enableSystemLogHandler`), each request authenticated and authorized
 //!   first (see `auth`).
 
@@ -264,10 +265,11 @@ async fn handle(
         _ => None,
     };
     let full = !matches!(port, Port::Healthz);
-    let debugging = match &secure {
-        Some(s) => s.cfg.enable_debugging_handlers,
-        None => full,
-    };
+    // As upstream, only the authenticated port has the debugging handlers (logs, exec,
+    // attach, port-forward): the read-only port serves health, pods, stats and metrics.
+    let debugging = secure
+        .as_ref()
+        .is_some_and(|s| s.cfg.enable_debugging_handlers);
     // The streaming endpoints take POST (and GET) upgrades.
     if secure.is_some() && debugging {
         {
@@ -295,13 +297,15 @@ async fn handle(
             || (full
                 && matches!(
                     path.as_str(),
-                    "/metrics" | "/stats/summary" | "/stats/summary/" | "/pods" | "/pods/"
+                    "/metrics"
+                        | "/metrics/resource"
+                        | "/stats/summary"
+                        | "/stats/summary/"
+                        | "/pods"
+                        | "/pods/"
                 ))
             || (secure.is_some()
-                && matches!(
-                    path.as_str(),
-                    "/metrics/resource" | "/runningpods" | "/runningpods/" | "/configz"
-                ))
+                && matches!(path.as_str(), "/runningpods" | "/runningpods/" | "/configz"))
             || (debugging && path.starts_with("/containerLogs/"))
             || node_logs;
         return Ok(if served {
@@ -325,7 +329,7 @@ async fn handle(
             "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::global().render(),
         ),
-        "/metrics/resource" if secure.is_some() => {
+        "/metrics/resource" if full => {
             match crate::stats::summary(&shared.cri, &shared.pods, &shared.node_name).await {
                 Ok(v) => reply(
                     StatusCode::OK,

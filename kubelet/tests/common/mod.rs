@@ -390,6 +390,20 @@ impl Node {
         .expect("http thread")
     }
 
+    /// GET on the kubelet API (port 10250, HTTPS; the kubelet's self-signed certificate is
+    /// not verified) without a client certificate: the node's configuration must allow
+    /// anonymous requests. (status code, body).
+    pub fn api_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.ctrd.node_netns().path().display()))
+            .args(["curl", "-sk", "--max-time", "30", "-w", "\n%{http_code}"])
+            .arg(format!("https://127.0.0.1:10250{path}"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+    }
+
     /// `GET /pods` parsed as JSON.
     pub fn get_pods(&self) -> Option<serde_json::Value> {
         let (code, body) = self.http_get(READ_ONLY_PORT, "/pods").ok()?;
