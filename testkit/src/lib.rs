@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use apiserver::ControlPlane;
+pub use apiserver::{ControlPlane, ControlPlaneOptions};
 pub use containerd::{Cni, ContainerdOptions, PrivateContainerd};
 pub use images::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 pub use netns::NodeNetns;
