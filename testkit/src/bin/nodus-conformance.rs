@@ -156,6 +156,43 @@ impl Drop for SysctlGuard {
     }
 }
 
+/// The upstream kubelet 1.20 writes pod logs under /var/log/pods and links them from
+/// /var/log/containers (neither is configurable there). What appeared in them while it ran
+/// is removed on drop.
+struct HostPodLogs(Vec<(PathBuf, BTreeSet<std::ffi::OsString>)>);
+
+impl HostPodLogs {
+    fn record() -> Self {
+        HostPodLogs(
+            ["/var/log/pods", "/var/log/containers"]
+                .iter()
+                .map(|d| {
+                    let names = fs::read_dir(d)
+                        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+                        .unwrap_or_default();
+                    (PathBuf::from(d), names)
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for HostPodLogs {
+    fn drop(&mut self) {
+        for (dir, before) in &self.0 {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !before.contains(&entry.file_name()) {
+                    let path = entry.path();
+                    let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+                }
+            }
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -307,7 +344,9 @@ async fn main() -> anyhow::Result<()> {
         &report_dir.join("kube-scheduler.log"),
     )?;
 
-    let _sysctls = (cli.kubelet == KubeletKind::Upstream).then(SysctlGuard::record);
+    let upstream = cli.kubelet == KubeletKind::Upstream;
+    let host_pod_logs = upstream.then(HostPodLogs::record);
+    let sysctls = upstream.then(SysctlGuard::record);
     start_kubelet(&mut daemons, &cli, &kubelet_bin, &ctrd, &cp, &report_dir)?;
     let node_ready = wait_for(Duration::from_secs(120), "the node to be Ready", || {
         daemons.exited().is_none() && node_is_ready(&cp)
@@ -339,6 +378,9 @@ async fn main() -> anyhow::Result<()> {
     drop(daemons);
     drop(cp);
     drop(ctrd);
+    // Before the exit below, which runs no destructors.
+    drop(sysctls);
+    drop(host_pod_logs);
 
     let results = read_junit(&report_dir, &focus, &skip)?;
     let summary = summarize(&results, &skips);
