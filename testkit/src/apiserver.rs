@@ -60,6 +60,15 @@ pub struct ClientCert {
     pub key: PathBuf,
 }
 
+/// How to start a [`ControlPlane`].
+#[derive(Debug, Clone, Default)]
+pub struct ControlPlaneOptions {
+    /// Serve on every address of the namespace and advertise this one (a node's address that
+    /// pods reach), instead of 127.0.0.1 only; the serving certificate names it too, and the
+    /// `kubernetes` Service gets it as its endpoint.
+    pub advertise_address: Option<std::net::Ipv4Addr>,
+}
+
 /// etcd + kube-apiserver on 127.0.0.1.
 pub struct ControlPlane {
     dir: tempfile::TempDir,
@@ -72,6 +81,7 @@ pub struct ControlPlane {
     ca: CertifiedIssuer<'static, KeyPair>,
     /// The Kubernetes minor version of the binary (20 for Debian's 1.20.2).
     pub minor: u32,
+    options: ControlPlaneOptions,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -79,6 +89,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 impl ControlPlane {
     /// Starts etcd and the API server and waits until `/readyz` answers ok.
     pub fn start() -> Result<ControlPlane> {
+        Self::start_with(ControlPlaneOptions::default())
+    }
+
+    /// [`Self::start`] with options.
+    pub fn start_with(options: ControlPlaneOptions) -> Result<ControlPlane> {
         let binary = apiserver_binary().ok_or_else(|| Error::Command {
             command: "kube-apiserver".into(),
             detail: format!("{APISERVER_ENV} is not set"),
@@ -111,20 +126,18 @@ impl ControlPlane {
             port: free_port()?,
             ca,
             minor,
+            options,
         };
         cp.write_file("ca.crt", &cp.ca.pem())?;
-        cp.issue(
-            "apiserver",
-            "kube-apiserver",
-            &[],
-            &[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-            ],
-            true,
-        )?;
+        let advertised = cp.options.advertise_address.map(|a| a.to_string());
+        let mut names = vec![
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+        ];
+        names.extend(advertised.as_deref());
+        cp.issue("apiserver", "kube-apiserver", &[], &names, true)?;
         cp.client_cert("admin", "kubernetes-admin", &["system:masters"])?;
         // The API server's own client identity towards kubelets (issue 14's /exec, /logs).
         cp.client_cert(
@@ -300,10 +313,6 @@ impl ControlPlane {
         let d = self.dir().display().to_string();
         let mut args = vec![
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            // Endpoints may not be loopback addresses, and no Service traffic flows here.
-            "--endpoint-reconciler-type=none".into(),
             format!("--secure-port={}", self.port),
             format!("--cert-dir={d}/certs"),
             format!("--tls-cert-file={d}/apiserver.crt"),
@@ -324,6 +333,18 @@ impl ControlPlane {
             "--profiling=false".into(),
             "--v=1".into(),
         ];
+        match self.options.advertise_address {
+            Some(address) => {
+                args.push("--bind-address=0.0.0.0".into());
+                args.push(format!("--advertise-address={address}"));
+            }
+            None => {
+                args.push("--bind-address=127.0.0.1".into());
+                args.push("--advertise-address=127.0.0.1".into());
+                // Endpoints may not be loopback addresses, and no Service traffic flows here.
+                args.push("--endpoint-reconciler-type=none".into());
+            }
+        }
         if self.minor < 24 {
             // 1.20-1.23 also serve an unauthenticated port on localhost:8080 unless told not to.
             args.push("--insecure-port=0".into());

@@ -29,21 +29,25 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 
 /// One file system entry of a layer.
 #[derive(Debug, Clone)]
-enum Entry {
+pub enum Entry {
     Dir { mode: u32 },
     File { data: Vec<u8>, mode: u32 },
     Symlink { target: String },
 }
 
-/// What an image is made of before it is written.
-struct ImageSpec {
-    name: &'static str,
-    entries: BTreeMap<String, Entry>,
-    entrypoint: Option<Vec<String>>,
-    cmd: Option<Vec<String>>,
-    env: Vec<String>,
+/// What an image is made of before it is written: one layer of `entries` (paths relative to
+/// the root) and the run config.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    pub name: String,
+    pub entries: BTreeMap<String, Entry>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    /// The image's `User` (uid, or uid:gid).
+    pub user: Option<String>,
     /// Upstream pause images set this so a kubelet sends SIGINT; ours handles both.
-    stop_signal: Option<&'static str>,
+    pub stop_signal: Option<&'static str>,
 }
 
 /// A built archive: where it is and the digest of its manifest (what `ctr images ls` shows).
@@ -85,10 +89,13 @@ pub fn build_all(inputs: &ImageInputs, out_dir: &Path) -> Result<Vec<BuiltImage>
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let _lock = crate::cleanup::FileLock::exclusive(&out_dir.join(".lock"))?;
     let pause = compile_pause(&inputs.pause_source, out_dir)?;
-    let specs = [pause_spec(&pause)?, busybox_spec(&inputs.busybox)?];
+    let specs = [
+        (pause_spec(&pause)?, "pause"),
+        (busybox_spec(&inputs.busybox)?, "busybox"),
+    ];
     specs
         .iter()
-        .map(|spec| write_archive(spec, out_dir))
+        .map(|(spec, file)| write_archive(spec, out_dir, file))
         .collect()
 }
 
@@ -136,21 +143,25 @@ fn compile_pause(source: &Path, out_dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn pause_spec(pause_binary: &Path) -> Result<ImageSpec> {
+/// The pause image ([`PAUSE_IMAGE`]) around a compiled pause binary.
+pub fn pause_spec(pause_binary: &Path) -> Result<ImageSpec> {
     let data = fs::read(pause_binary).map_err(|e| Error::io(pause_binary, e))?;
     let mut entries = BTreeMap::new();
     entries.insert("pause".to_string(), Entry::File { data, mode: 0o755 });
     Ok(ImageSpec {
-        name: PAUSE_IMAGE,
+        name: PAUSE_IMAGE.into(),
         entries,
         entrypoint: Some(vec!["/pause".into()]),
         cmd: None,
         env: vec![DEFAULT_PATH.into()],
+        user: None,
         stop_signal: Some("SIGINT"),
     })
 }
 
-fn busybox_spec(busybox: &Path) -> Result<ImageSpec> {
+/// The busybox image ([`BUSYBOX_IMAGE`]): Debian's static busybox and its applet links, a
+/// root and a nobody user.
+pub fn busybox_spec(busybox: &Path) -> Result<ImageSpec> {
     let data = fs::read(busybox).map_err(|e| Error::io(busybox, e))?;
     let list = Command::new(busybox)
         .arg("--list-full")
@@ -193,11 +204,12 @@ fn busybox_spec(busybox: &Path) -> Result<ImageSpec> {
     );
     entries.insert("etc/group".into(), etc("root:x:0:\nnogroup:x:65534:\n"));
     Ok(ImageSpec {
-        name: BUSYBOX_IMAGE,
+        name: BUSYBOX_IMAGE.into(),
         entries,
         entrypoint: None,
         cmd: Some(vec!["sh".into()]),
         env: vec![DEFAULT_PATH.into()],
+        user: None,
         stop_signal: None,
     })
 }
@@ -290,6 +302,8 @@ struct RunConfig {
     entrypoint: Option<Vec<String>>,
     #[serde(rename = "Cmd", skip_serializing_if = "Option::is_none")]
     cmd: Option<Vec<String>>,
+    #[serde(rename = "User", skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
     #[serde(rename = "StopSignal", skip_serializing_if = "Option::is_none")]
     stop_signal: Option<&'static str>,
 }
@@ -323,8 +337,8 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// Writes one OCI image layout as a tar archive `<out_dir>/<short name>.tar`.
-fn write_archive(spec: &ImageSpec, out_dir: &Path) -> Result<BuiltImage> {
+/// Writes one OCI image layout as a tar archive `<out_dir>/<file>.tar`.
+pub fn write_archive(spec: &ImageSpec, out_dir: &Path, file: &str) -> Result<BuiltImage> {
     let layer = layer_tar(&spec.entries)?;
     let diff_id = sha256_digest(&layer);
     let layer_gz = gzip(&layer)?;
@@ -335,6 +349,7 @@ fn write_archive(spec: &ImageSpec, out_dir: &Path) -> Result<BuiltImage> {
             env: spec.env.clone(),
             entrypoint: spec.entrypoint.clone(),
             cmd: spec.cmd.clone(),
+            user: spec.user.clone(),
             stop_signal: spec.stop_signal,
         },
         rootfs: RootFs {
@@ -404,14 +419,8 @@ fn write_archive(spec: &ImageSpec, out_dir: &Path) -> Result<BuiltImage> {
     }
     let archive_bytes = layer_tar(&outer)?;
 
-    let short = spec
-        .name
-        .rsplit('/')
-        .next()
-        .and_then(|s| s.split(':').next())
-        .unwrap_or("image");
-    let archive = out_dir.join(format!("{short}.tar"));
-    let tmp = out_dir.join(format!(".{short}.tar.{}", std::process::id()));
+    let archive = out_dir.join(format!("{file}.tar"));
+    let tmp = out_dir.join(format!(".{file}.tar.{}", std::process::id()));
     fs::write(&tmp, &archive_bytes).map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, &archive).map_err(|e| Error::io(&archive, e))?;
     Ok(BuiltImage {

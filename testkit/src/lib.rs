@@ -21,7 +21,7 @@ pub mod wait;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use apiserver::ControlPlane;
+pub use apiserver::{ControlPlane, ControlPlaneOptions};
 pub use containerd::{Cni, ContainerdOptions, PrivateContainerd};
 pub use images::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 pub use netns::NodeNetns;
