@@ -82,7 +82,11 @@ impl NodeLease {
                     Timestamp::now(),
                 );
                 lease.spec = want.spec;
-                if lease.metadata.owner_references.is_none() {
+                // Owned by the Node as registered now: a Node deleted and registered again
+                // has a new UID, and the garbage collector deletes a lease of the old one.
+                if want.metadata.owner_references.is_some()
+                    && lease.metadata.owner_references != want.metadata.owner_references
+                {
                     lease.metadata.owner_references = want.metadata.owner_references;
                 }
                 // The resourceVersion from the get makes this an optimistic update.

@@ -677,6 +677,27 @@ impl NodeStatusManager {
                 .status
                 .as_ref()
                 .is_none_or(|s| status_changed(s, &status));
+            if !changed && !due && self.cfg.register_node {
+                // Nothing to post: still look that the Node exists, so that one deleted
+                // behind our back is registered again within this period (upstream waits for
+                // its next status report or a restart).
+                match api.get_opt(&self.cfg.node_name).await {
+                    Ok(None) => {
+                        tracing::warn!(node = %self.cfg.node_name, "node object was deleted, registering it again");
+                        if let Ok(n) = self.register(&api).await {
+                            node = n;
+                            self.shared.set(node.clone());
+                            last_report = None;
+                            was_ready = None;
+                            continue;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        tracing::debug!(node = %self.cfg.node_name, error = %e, "cannot read the node object")
+                    }
+                }
+            }
             if changed || due {
                 let patch = serde_json::json!({"status": status});
                 match api
@@ -710,6 +731,9 @@ impl NodeStatusManager {
                             // Deleted behind our back: register again, as upstream.
                             if let Ok(n) = self.register(&api).await {
                                 node = n;
+                                self.shared.set(node.clone());
+                                last_report = None;
+                                continue;
                             }
                         }
                     }

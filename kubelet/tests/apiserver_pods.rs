@@ -129,3 +129,85 @@ async fn active_deadline_set_on_a_running_pod_fails_it() {
         Some("Pod was active on the node longer than the specified deadline")
     );
 }
+
+// A Node deleted by an operator (`kubectl delete node`) comes back within a few status
+// periods (upstream waits for its 5-minute status report or a restart), and the node Lease
+// is then owned by the new Node object, so the garbage collector keeps it.
+#[tokio::test(flavor = "current_thread")]
+async fn deleted_node_registers_again_with_a_lease_it_owns() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node as KubeNode;
+    let Some(n) = ApiNode::start(
+        "nodeStatusUpdateFrequency: 2s\nnodeLeaseDurationSeconds: 8\n",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let nodes: Api<KubeNode> = Api::all(n.client.clone());
+    let leases: Api<Lease> = Api::namespaced(n.client.clone(), "kube-node-lease");
+    let owner_uid = |l: &Lease| {
+        l.metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| o.uid.clone())
+    };
+    let first = n
+        .wait_for(
+            "the node and its lease",
+            Duration::from_secs(60),
+            async || {
+                let node = nodes.get_opt(common::NODE).await.ok().flatten()?;
+                let lease = leases.get_opt(common::NODE).await.ok().flatten()?;
+                (owner_uid(&lease) == node.metadata.uid).then_some(node)
+            },
+        )
+        .await;
+    let old_uid = first.metadata.uid.unwrap();
+    let t0 = std::time::Instant::now();
+    nodes
+        .delete(common::NODE, &Default::default())
+        .await
+        .unwrap_or_else(|e| n.fail(&format!("delete node: {e}")));
+    // Within a few 2 s periods, far below the 5-minute report.
+    let again = n
+        .wait_for(
+            "the node registered again",
+            Duration::from_secs(20),
+            async || {
+                nodes
+                    .get_opt(common::NODE)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|node| node.metadata.uid.as_deref() != Some(old_uid.as_str()))
+            },
+        )
+        .await;
+    eprintln!(
+        "node back {:.1} s after its deletion",
+        t0.elapsed().as_secs_f64()
+    );
+    let new_uid = again.metadata.uid.clone().unwrap();
+    n.wait_for(
+        "the lease owned by the new node",
+        Duration::from_secs(20),
+        async || {
+            let lease = leases.get_opt(common::NODE).await.ok().flatten()?;
+            (owner_uid(&lease).as_deref() == Some(new_uid.as_str())).then_some(())
+        },
+    )
+    .await;
+    // And its status is posted (Ready) on the new object.
+    n.wait_for("the new node Ready", Duration::from_secs(20), async || {
+        let node = nodes.get_opt(common::NODE).await.ok().flatten()?;
+        node.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
