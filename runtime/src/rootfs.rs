@@ -171,12 +171,13 @@ pub fn rootfs_propagation(spec: &Spec) -> Option<MsFlags> {
 /// namespace of the container's own.
 pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
     let set = rootfs_propagation(spec);
-    // shared and unbindable are for the container's root and go on it after the pivot
-    // (apply_root_propagation). runc also sets them on the old tree here, where an
-    // unbindable one refuses every later bind from the host (EINVAL): the old tree
-    // gets the default instead.
+    // As runc, the value goes on the old tree first: an rshared one keeps the copies
+    // of the host's shared mounts in the host's peer groups, so binds from them
+    // propagate both ways (CRI's Bidirectional mounts). Not an unbindable one, though
+    // (runc sets it too): every later bind from the host would be refused (EINVAL).
+    // The container's root gets shared and unbindable after the pivot.
     let prop = set
-        .filter(|p| p.intersects(MsFlags::MS_PRIVATE | MsFlags::MS_SLAVE))
+        .filter(|p| !p.contains(MsFlags::MS_UNBINDABLE))
         .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
     nix_ctx(
         mount(None::<&str>, "/", None::<&str>, prop, None::<&str>),
