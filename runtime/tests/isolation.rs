@@ -606,3 +606,69 @@ fn rootfs_propagation_is_applied_to_the_container_root() {
         );
     }
 }
+
+/// Detaches the mounts at and below a host directory a test made (deepest first).
+struct HostMounts(std::path::PathBuf);
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for p in [self.0.join("sub"), self.0.clone(), self.0.clone()] {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn rshared_root_keeps_a_bind_from_a_shared_host_mount_bidirectional() {
+    // CRI's Bidirectional mount: rootfsPropagation rshared plus an rshared bind of a
+    // shared host mount. A mount the container makes there must reach the host.
+    use nix::mount::{mount, MsFlags};
+    let host = tempfile::Builder::new()
+        .prefix("nodus-rt-shared-")
+        .tempdir()
+        .unwrap();
+    let dir = host.path().to_path_buf();
+    fs::create_dir(dir.join("sub")).unwrap();
+    let _undo = HostMounts(dir.clone());
+    mount(
+        Some(&dir),
+        &dir,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        None::<&str>,
+        &dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "mount -t tmpfs tmpfs /shared/sub && echo hi > /shared/sub/marker && echo mounted",
+    ]);
+    let src = dir.display().to_string();
+    b.edit(|c| {
+        c["linux"]["rootfsPropagation"] = json!("rshared");
+        c["mounts"].as_array_mut().unwrap().push(json!(
+            {"destination": "/shared", "type": "bind", "source": src, "options": ["rbind", "rshared"]}
+        ));
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_ADMIN"));
+        }
+    });
+    let (code, out) = b.run_to_end();
+    assert_eq!((code, out.as_str()), (0, "mounted\n"), "{}", b.stderr());
+    assert_eq!(
+        fs::read_to_string(dir.join("sub/marker")).unwrap_or_default(),
+        "hi\n",
+        "the container's mount is seen on the host"
+    );
+}
