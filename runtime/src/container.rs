@@ -117,6 +117,10 @@ pub struct Saved {
     /// config.json `linux.seccomp`: exec'd processes get the same filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<LinuxSeccomp>,
+    /// No mount namespace of its own: its mounts below the rootfs are in the
+    /// runtime's namespace, and delete removes them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_mount_ns: bool,
 }
 
 /// Options of `create`/`run`.
@@ -159,6 +163,8 @@ struct CreateGuard {
     dir: PathBuf,
     cgroup: Option<Cgroup>,
     child: Option<i32>,
+    /// A rootfs whose mounts were made in our mount namespace.
+    shared_mounts: Option<PathBuf>,
     armed: bool,
 }
 
@@ -170,6 +176,11 @@ impl Drop for CreateGuard {
         if let Some(pid) = self.child {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        if let Some(root) = &self.shared_mounts {
+            if let Err(e) = crate::rootfs::unmount_below(root) {
+                tracing::warn!("cleanup: {e}");
+            }
         }
         if let Some(cg) = &self.cgroup {
             if let Err(e) = cg.destroy() {
@@ -299,12 +310,16 @@ impl Runtime {
         spec::validate_id(&o.id)?;
         let b = spec::load_bundle(&o.bundle)?;
         let plan = Plan::from_spec(&b.spec);
-        if !plan.is_new(LinuxNamespaceType::Mount)
-            && plan.joins(LinuxNamespaceType::Mount).is_none()
+        let shared_mount_ns = !plan.is_new(LinuxNamespaceType::Mount)
+            && plan.joins(LinuxNamespaceType::Mount).is_none();
+        if o.no_pivot
+            && crate::rootfs::rootfs_propagation(&b.spec)
+                .is_some_and(|p| p.contains(nix::mount::MsFlags::MS_PRIVATE))
         {
+            // As runc: after MS_MOVE + chroot a private root pins mounts nobody can free.
             return Err(Error::config(
-                "linux.namespaces",
-                "a mount namespace is required",
+                "linux.rootfsPropagation",
+                "[r]private is not safe without pivot_root (--no-pivot)",
             ));
         }
         let process = b.spec.process().as_ref().expect("validated");
@@ -349,6 +364,7 @@ impl Runtime {
             dir: dir.clone(),
             cgroup: None,
             child: None,
+            shared_mounts: shared_mount_ns.then(|| b.rootfs.clone()),
             armed: true,
         };
         nix::unistd::mkfifo(&dir.join("exec.fifo"), Mode::from_bits_truncate(0o622))
@@ -424,8 +440,13 @@ impl Runtime {
             process: b.spec.process().clone(),
             resources: linux.resources().clone(),
             seccomp: linux.seccomp().clone(),
+            shared_mount_ns,
         };
-        let mut st = self.oci_state(&saved, Status::Creating);
+        // Hooks run after the environment is made (lifecycle step 2), so the spec's
+        // status for every one of them until start is `created` (runc still says
+        // `creating` for prestart/createRuntime/createContainer; crun and the
+        // runtime-tools hooks_stdin check say `created`).
+        let st = self.oci_state(&saved, Status::Created);
         sync::send(
             &parent_sock,
             sync::GO,
@@ -453,7 +474,6 @@ impl Runtime {
                 None => return Err(Error::Other("container init exited during setup".into())),
             }
         }
-        st.status = Status::Created;
         write_atomic(
             &dir.join("state.json"),
             &serde_json::to_vec(&saved).unwrap_or_default(),
@@ -632,6 +652,9 @@ impl Runtime {
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
             );
             std::thread::sleep(Duration::from_micros(200));
+        }
+        if s.shared_mount_ns {
+            crate::rootfs::unmount_below(&s.rootfs)?;
         }
         s.cgroup.destroy()?;
         let d = self.dir(id);

@@ -59,12 +59,24 @@ pub fn run(a: InitArgs) -> ! {
     unsafe { libc::_exit(if msg.starts_with("exec") { 127 } else { 1 }) }
 }
 
+/// The state for hooks run in the container's namespaces (createContainer,
+/// startContainer): the spec wants the pid as the container sees it, our own.
+fn in_container_view(state: Vec<u8>) -> Vec<u8> {
+    match serde_json::from_slice::<crate::container::OciState>(&state) {
+        Ok(mut st) => {
+            st.pid = nix::unistd::getpid().as_raw();
+            serde_json::to_vec(&st).unwrap_or(state)
+        }
+        Err(_) => state,
+    }
+}
+
 fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::Infallible> {
     let spec = a.spec;
     let process = spec.process().as_ref().expect("validated");
     // Wait until the runtime has put us in our cgroup.
     let state = match sync::recv(&a.sync)? {
-        Some((sync::GO, state)) => state,
+        Some((sync::GO, state)) => in_container_view(state),
         _ => return Err(Error::Other("runtime went away before setup".into())),
     };
     // SAFETY: setsid has no memory-safety preconditions.
@@ -75,7 +87,8 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
     if a.plan.new_cgroup {
         unshare(CloneFlags::CLONE_NEWCGROUP).ctx(|| "unshare cgroup namespace".into())?;
     }
-    if a.plan.is_new(LinuxNamespaceType::Uts) {
+    // A UTS namespace joined by path gets the names too (runc does the same).
+    if a.plan.is_new(LinuxNamespaceType::Uts) || a.plan.joins(LinuxNamespaceType::Uts).is_some() {
         if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
             nix::unistd::sethostname(h).ctx(|| format!("hostname: sethostname {h:?}"))?;
         }
@@ -89,7 +102,14 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
     }
     // SAFETY: umask has no preconditions; devices are created with exact modes.
     unsafe { libc::umask(0) };
-    rootfs::prepare_root(spec, a.rootfs)?;
+    // Without a mount namespace of its own (neither new nor joined) the container shares
+    // the runtime's: its mounts go there below the rootfs (delete removes them) and it
+    // enters the rootfs with chroot, as runc does; the tree's propagation is not touched.
+    let own_mount_ns = a.plan.is_new(LinuxNamespaceType::Mount)
+        || a.plan.joins(LinuxNamespaceType::Mount).is_some();
+    if own_mount_ns {
+        rootfs::prepare_root(spec, a.rootfs)?;
+    }
     let cx = rootfs::Context2 {
         bundle: a.bundle,
         rootfs: a.rootfs,
@@ -110,7 +130,11 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
     if let Some(h) = hooks.and_then(|h| h.create_container().as_ref()) {
         hooks::run(h, "createContainer", &state)?;
     }
-    rootfs::enter_root(a.rootfs, a.no_pivot)?;
+    if own_mount_ns {
+        rootfs::enter_root(a.rootfs, a.no_pivot)?;
+    } else {
+        rootfs::chroot_into(a.rootfs)?;
+    }
     if process.terminal() == Some(true) {
         let sock = a.console.as_ref().ok_or_else(|| {
             Error::config(
@@ -133,6 +157,11 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
         }
     }
     rootfs::finalize(spec)?;
+    // Last of the mounts: masked and read-only paths are binds, which an unbindable
+    // root (runbindable: every mount) would refuse.
+    if own_mount_ns {
+        rootfs::apply_root_propagation(spec)?;
+    }
     process::set_rlimits(process)?;
     let cwd = process.cwd();
     let chdir_early = nix::unistd::chdir(cwd);

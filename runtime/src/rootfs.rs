@@ -158,22 +158,41 @@ pub struct Context2<'a> {
     pub new_netns: bool,
 }
 
-/// Set the propagation of the whole tree (default rslave), make the rootfs a mount
-/// point of its own (bind onto itself) so pivot_root can use it.
-pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
-    let prop = spec
-        .linux()
+/// `linux.rootfsPropagation` as mount flags; `None` when unset (validated earlier).
+pub fn rootfs_propagation(spec: &Spec) -> Option<MsFlags> {
+    spec.linux()
         .as_ref()
         .and_then(|l| l.rootfs_propagation().as_deref())
         .and_then(propagation_flag)
+}
+
+/// Set the propagation of the whole tree (default rslave), make the rootfs a mount
+/// point of its own (bind onto itself) so pivot_root can use it. Only in a mount
+/// namespace of the container's own.
+pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
+    let set = rootfs_propagation(spec);
+    // As runc, the value goes on the old tree first: an rshared one keeps the copies
+    // of the host's shared mounts in the host's peer groups, so binds from them
+    // propagate both ways (CRI's Bidirectional mounts). Not an unbindable one, though
+    // (runc sets it too): every later bind from the host would be refused (EINVAL).
+    // The container's root gets shared and unbindable after the pivot.
+    let prop = set
+        .filter(|p| !p.contains(MsFlags::MS_UNBINDABLE))
         .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
     nix_ctx(
         mount(None::<&str>, "/", None::<&str>, prop, None::<&str>),
         || "set propagation of /".into(),
     )?;
-    if prop.contains(MsFlags::MS_SHARED) {
-        make_parent_private(rootfs)?;
-    }
+    // As runc: the mount holding the rootfs becomes private (slave when a slave root
+    // was asked for, so host -> container propagation keeps working). A shared parent
+    // would make pivot_root fail and leak the bind below to the host; an unbindable
+    // one would refuse the bind (EINVAL).
+    let parent = if set.is_some_and(|p| p.contains(MsFlags::MS_SLAVE)) {
+        MsFlags::MS_SLAVE
+    } else {
+        MsFlags::MS_PRIVATE
+    };
+    set_parent_mount_propagation(rootfs, parent)?;
     nix_ctx(
         mount(
             Some(rootfs),
@@ -186,26 +205,85 @@ pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
     )
 }
 
-/// pivot_root refuses a new root whose parent mount is shared: make that mount private.
-fn make_parent_private(rootfs: &Path) -> Result<()> {
+/// Set `flag` on the mount that holds `path`: walk up until mount(2) stops answering
+/// EINVAL (not a mount point).
+fn set_parent_mount_propagation(path: &Path, flag: MsFlags) -> Result<()> {
+    let mut p = path;
+    loop {
+        match mount(None::<&str>, p, None::<&str>, flag, None::<&str>) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINVAL) if p != Path::new("/") => {
+                p = p.parent().unwrap_or(Path::new("/"));
+            }
+            Err(e) => {
+                return Err(e).ctx(|| format!("set propagation of the mount at {}", p.display()))
+            }
+        }
+    }
+}
+
+/// After entering the root and making its last mounts: `shared` and `unbindable` (and
+/// their r- forms) go on the container's root itself. Set before pivot_root they would
+/// land on the old tree and be lost with it; private and slave were settled by
+/// [`prepare_root`].
+pub fn apply_root_propagation(spec: &Spec) -> Result<()> {
+    match rootfs_propagation(spec) {
+        Some(p) if !p.intersects(MsFlags::MS_PRIVATE | MsFlags::MS_SLAVE) => nix_ctx(
+            mount(None::<&str>, "/", None::<&str>, p, None::<&str>),
+            || "linux.rootfsPropagation: set propagation of /".into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Enter the rootfs of a container without a mount namespace of its own: chroot.
+/// (pivot_root and MS_MOVE would change the runtime's, i.e. the host's, mount tree.)
+pub fn chroot_into(rootfs: &Path) -> Result<()> {
+    nix_ctx(chdir(rootfs), || format!("chdir {}", rootfs.display()))?;
+    nix_ctx(chroot("."), || format!("chroot {}", rootfs.display()))?;
+    nix_ctx(chdir("/"), || "chdir /".into())
+}
+
+/// Detach every mount strictly below `root` in our mount namespace, the last made
+/// first: what a container sharing the runtime's mount namespace mounted there.
+pub fn unmount_below(root: &Path) -> Result<()> {
     let info = fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo".into())?;
-    let best = info
+    let below: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| rootfs.starts_with(mp))
-        .max_by_key(|mp| mp.len())
-        .unwrap_or("/")
-        .to_string();
-    nix_ctx(
-        mount(
-            None::<&str>,
-            best.as_str(),
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ),
-        || format!("make {best} private"),
-    )
+        .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+        .filter(|mp| mp != root && mp.starts_with(root))
+        .collect();
+    for mp in below.iter().rev() {
+        match umount2(mp, MntFlags::MNT_DETACH) {
+            // Gone with a detached parent already.
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e).ctx(|| format!("unmount {}", mp.display())),
+        }
+    }
+    Ok(())
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape_mountinfo(s: &str) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let (b'\\', Some(d)) = (b[i], octal) {
+            let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
 }
 
 fn is_bind(m: &Mount, o: &MountOptions) -> bool {
@@ -717,6 +795,7 @@ pub fn bind_console(slave: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
 
     #[test]
     fn options() {
@@ -731,6 +810,20 @@ mod tests {
         let o = parse_options(&["rbind".into(), "ro".into(), "rw".into(), "rprivate".into()]);
         assert_eq!(o.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
         assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mountinfo(r"/tmp/a\040b/c\134d\011e"),
+            OsString::from("/tmp/a b/c\\d\te")
+        );
+        // Not an escape: kept as written, no panic.
+        assert_eq!(unescape_mountinfo(r"/x\9/y\"), OsString::from(r"/x\9/y\"));
+        assert_eq!(
+            unescape_mountinfo(r"/z\777"),
+            OsString::from_vec(vec![b'/', b'z', 0xff])
+        );
     }
 
     #[test]

@@ -153,7 +153,6 @@ pub fn validate(spec: &Spec) -> Result<()> {
         .ok_or_else(|| Error::config("linux", "missing"))?;
 
     let mut seen = HashSet::new();
-    let mut new_uts = false;
     let mut has = HashSet::new();
     for (i, ns) in linux
         .namespaces()
@@ -187,15 +186,51 @@ pub fn validate(spec: &Spec) -> Result<()> {
                     format!("{} does not exist", p.display()),
                 ));
             }
-        } else if ns.typ() == LinuxNamespaceType::Uts {
-            new_uts = true;
         }
     }
-    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !new_uts {
-        return Err(Error::config(
-            "hostname",
-            "setting the hostname needs a new UTS namespace in linux.namespaces",
-        ));
+    if !has.contains(&LinuxNamespaceType::Mount) {
+        // The container will share the runtime's mount namespace (runc accepts that):
+        // refuse, field by field, what would change mounts outside the rootfs there.
+        let linux_paths = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+        let refused = [
+            // runc refuses these two the same way.
+            ("linux.maskedPaths", linux_paths(linux.masked_paths())),
+            ("linux.readonlyPaths", linux_paths(linux.readonly_paths())),
+            // Would set the propagation of the host's mounts.
+            (
+                "linux.rootfsPropagation",
+                linux
+                    .rootfs_propagation()
+                    .as_ref()
+                    .is_some_and(|p| !p.is_empty()),
+            ),
+            // Would remount the host filesystem holding the rootfs read-only.
+            (
+                "root.readonly",
+                spec.root().as_ref().and_then(|r| r.readonly()) == Some(true),
+            ),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(Error::config(
+                *field,
+                "needs a mount namespace in linux.namespaces (the container would share the host's)",
+            ));
+        }
+    }
+    // As runc: a UTS namespace entry, new or joined by path, lets the container name
+    // itself (in a joined one it renames that namespace); without one it would rename
+    // the host.
+    for (field, set) in [
+        ("hostname", spec.hostname()),
+        ("domainname", spec.domainname()),
+    ] {
+        if set.as_deref().is_some_and(|h| !h.is_empty()) && !has.contains(&LinuxNamespaceType::Uts)
+        {
+            return Err(Error::config(
+                field,
+                format!("setting the {field} needs a uts namespace in linux.namespaces (new or joined by path)"),
+            ));
+        }
     }
     for (i, m) in spec.mounts().as_deref().unwrap_or(&[]).iter().enumerate() {
         let d = m.destination();

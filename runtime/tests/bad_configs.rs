@@ -48,8 +48,34 @@ fn bad_configs_name_the_field_and_leave_nothing() {
         ("linux.namespaces", |c| {
             c["linux"]["namespaces"][4] = json!({"type": "ipc"})
         }),
+        // No uts entry at all (a joined one is fine: see isolation.rs).
         ("hostname", |c| {
-            c["linux"]["namespaces"][3] = json!({"type": "uts", "path": "/proc/self/ns/uts"})
+            c["linux"]["namespaces"].as_array_mut().unwrap().remove(3);
+        }),
+        ("domainname", |c| {
+            c["linux"]["namespaces"].as_array_mut().unwrap().remove(3);
+            c["hostname"] = Value::Null;
+            c["domainname"] = json!("example.test");
+        }),
+        // Without a mount namespace, what would change the host's mounts is refused.
+        ("linux.maskedPaths", |c| {
+            c["linux"]["namespaces"].as_array_mut().unwrap().remove(4);
+        }),
+        ("linux.readonlyPaths", |c| {
+            c["linux"]["namespaces"].as_array_mut().unwrap().remove(4);
+            c["linux"]["maskedPaths"] = Value::Null;
+        }),
+        ("linux.rootfsPropagation", |c| {
+            c["linux"]["namespaces"].as_array_mut().unwrap().remove(4);
+            c["linux"]["maskedPaths"] = Value::Null;
+            c["linux"]["readonlyPaths"] = Value::Null;
+            c["linux"]["rootfsPropagation"] = json!("shared");
+        }),
+        ("root.readonly", |c| {
+            c["linux"]["namespaces"].as_array_mut().unwrap().remove(4);
+            c["linux"]["maskedPaths"] = Value::Null;
+            c["linux"]["readonlyPaths"] = Value::Null;
+            c["root"]["readonly"] = json!(true);
         }),
         ("mounts[0].destination", |c| {
             c["mounts"][0]["destination"] = json!("proc")

@@ -418,3 +418,242 @@ fn seccomp_without_no_new_privs_and_in_exec() {
     assert!(out.contains("Seccomp:\t2"), "{out}");
     assert!(err.contains("Operation not permitted"), "{err}");
 }
+
+/// The optional fields of the `/` line in a mountinfo (propagation: `shared:N`,
+/// `master:N`, `unbindable`), space-separated, empty for a private mount.
+fn root_propagation(mountinfo: &str) -> String {
+    mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 6 && f[4] == "/")
+        .map(|f| {
+            f[6..]
+                .iter()
+                .take_while(|x| **x != "-")
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| panic!("no / in {mountinfo}"))
+}
+
+fn host_mounts_mentioning(s: &str) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(s))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn hostname_is_set_in_a_uts_namespace_joined_by_path() {
+    // runc lets a container with a uts entry joined by path set the hostname (in that
+    // namespace, as containerd's CRI does for a pod's containers sharing the sandbox's).
+    let sandbox = Bundle::new(&["sleep", "1000"]);
+    let spid = sandbox.start().to_string();
+    let mut app = Bundle::new(&["hostname"]);
+    app.edit(|c| {
+        c["hostname"] = json!("joined-host");
+        c["domainname"] = json!("joined.test");
+        c["linux"]["namespaces"][3] =
+            json!({"type": "uts", "path": format!("/proc/{spid}/ns/uts")});
+    });
+    let (code, out) = app.run_to_end();
+    assert_eq!(code, 0, "{}", app.stderr());
+    assert_eq!(out, "joined-host\n");
+    // The joined namespace (the sandbox's) is the one renamed; ours is not.
+    let in_sandbox = |what: &str| {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--uts=/proc/{spid}/ns/uts"))
+            .args(["cat", &format!("/proc/sys/kernel/{what}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(in_sandbox("hostname"), "joined-host");
+    assert_eq!(in_sandbox("domainname"), "joined.test");
+    assert_ne!(
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim(),
+        "joined-host"
+    );
+}
+
+#[test]
+fn container_without_a_mount_namespace_shares_the_runtimes_and_delete_unmounts() {
+    let host_root_before = root_propagation(&fs::read_to_string("/proc/self/mountinfo").unwrap());
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "echo pid=$$; ls /proc/1/ns >/dev/null && echo proc-ok; ls /dev/null && exec sleep 1000",
+    ]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "mount");
+        c["linux"]["maskedPaths"] = serde_json::Value::Null;
+        c["linux"]["readonlyPaths"] = serde_json::Value::Null;
+    });
+    let pid = b.start();
+    wait_file(&b.path().join("stdout"));
+    for _ in 0..300 {
+        if b.stdout().contains("/dev/null") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(b.stdout(), "pid=1\nproc-ok\n/dev/null\n", "{}", b.stderr());
+    let p = pid.to_string();
+    assert_eq!(
+        ns_of(&p, "mnt"),
+        ns_of("self", "mnt"),
+        "shares our mount namespace"
+    );
+    assert_ne!(ns_of(&p, "pid"), ns_of("self", "pid"));
+    // Its root is the rootfs (chroot), its mounts are ours, below the rootfs only.
+    assert_eq!(
+        fs::read_link(format!("/proc/{p}/root")).unwrap(),
+        b.rootfs()
+    );
+    let rootfs = b.rootfs().display().to_string();
+    let mounts = host_mounts_mentioning(&rootfs);
+    assert!(
+        mounts
+            .iter()
+            .any(|l| l.contains(&format!("{rootfs}/proc "))),
+        "{mounts:?}"
+    );
+    assert!(
+        mounts.iter().all(|l| !l.contains(&format!(" {rootfs} "))),
+        "the rootfs itself is not bound: {mounts:?}"
+    );
+    assert_eq!(
+        root_propagation(&fs::read_to_string("/proc/self/mountinfo").unwrap()),
+        host_root_before,
+        "the host's / keeps its propagation"
+    );
+    b.ok(&["delete", "--force", &b.id]);
+    assert!(wait_exit(pid, Duration::from_secs(10)).is_some());
+    assert_eq!(host_mounts_mentioning(&rootfs), Vec::<String>::new());
+}
+
+#[test]
+fn rootfs_propagation_is_applied_to_the_container_root() {
+    // The runtime-tools check, inside the container: bind / elsewhere, mount below /,
+    // see whether the mount shows through the bind (shared) or the bind is refused
+    // (unbindable); then the propagation fields of / in mountinfo.
+    let script = "mkdir -p /target /mnt1 /test1; touch /test1/example; \
+        if mount -o rbind / /target 2>/dev/null; then \
+          mount -o bind /test1 /mnt1; \
+          if [ -e /target/mnt1/example ]; then echo exposed; else echo hidden; fi; \
+        else echo bind-refused; fi; cat /proc/self/mountinfo";
+    for (prop, want, field) in [
+        ("shared", "exposed", Some("shared:")),
+        ("rshared", "exposed", Some("shared:")),
+        ("slave", "hidden", None),
+        ("rslave", "hidden", None),
+        ("private", "hidden", None),
+        ("rprivate", "hidden", None),
+        ("unbindable", "bind-refused", Some("unbindable")),
+        ("runbindable", "bind-refused", Some("unbindable")),
+    ] {
+        let mut b = Bundle::new(&["sh", "-c", script]);
+        b.edit(|c| {
+            c["linux"]["rootfsPropagation"] = json!(prop);
+            for set in ["bounding", "effective", "permitted"] {
+                c["process"]["capabilities"][set]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("CAP_SYS_ADMIN"));
+            }
+        });
+        let (code, out) = b.run_to_end();
+        assert_eq!(code, 0, "{prop}: {}", b.stderr());
+        let (verdict, mountinfo) = out.split_once('\n').unwrap();
+        assert_eq!(verdict, want, "{prop}");
+        let root = root_propagation(mountinfo);
+        match field {
+            Some(f) => assert!(root.contains(f), "{prop}: / has {root:?}"),
+            None => assert!(
+                !root.contains("shared:") && !root.contains("unbindable"),
+                "{prop}: / has {root:?}"
+            ),
+        }
+        b.ok(&["delete", &b.id]);
+        let bundle = b.path().display().to_string();
+        assert_eq!(
+            host_mounts_mentioning(&bundle),
+            Vec::<String>::new(),
+            "{prop}"
+        );
+    }
+}
+
+/// Detaches the mounts at and below a host directory a test made (deepest first).
+struct HostMounts(std::path::PathBuf);
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for p in [self.0.join("sub"), self.0.clone(), self.0.clone()] {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn rshared_root_keeps_a_bind_from_a_shared_host_mount_bidirectional() {
+    // CRI's Bidirectional mount: rootfsPropagation rshared plus an rshared bind of a
+    // shared host mount. A mount the container makes there must reach the host.
+    use nix::mount::{mount, MsFlags};
+    let host = tempfile::Builder::new()
+        .prefix("nodus-rt-shared-")
+        .tempdir()
+        .unwrap();
+    let dir = host.path().to_path_buf();
+    fs::create_dir(dir.join("sub")).unwrap();
+    let _undo = HostMounts(dir.clone());
+    mount(
+        Some(&dir),
+        &dir,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        None::<&str>,
+        &dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "mount -t tmpfs tmpfs /shared/sub && echo hi > /shared/sub/marker && echo mounted",
+    ]);
+    let src = dir.display().to_string();
+    b.edit(|c| {
+        c["linux"]["rootfsPropagation"] = json!("rshared");
+        c["mounts"].as_array_mut().unwrap().push(json!(
+            {"destination": "/shared", "type": "bind", "source": src, "options": ["rbind", "rshared"]}
+        ));
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_ADMIN"));
+        }
+    });
+    let (code, out) = b.run_to_end();
+    assert_eq!((code, out.as_str()), (0, "mounted\n"), "{}", b.stderr());
+    assert_eq!(
+        fs::read_to_string(dir.join("sub/marker")).unwrap_or_default(),
+        "hi\n",
+        "the container's mount is seen on the host"
+    );
+}
