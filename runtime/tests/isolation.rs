@@ -498,13 +498,11 @@ fn container_without_a_mount_namespace_shares_the_runtimes_and_delete_unmounts()
         c["linux"]["readonlyPaths"] = serde_json::Value::Null;
     });
     let pid = b.start();
-    wait_file(&b.path().join("stdout"));
-    for _ in 0..300 {
-        if b.stdout().contains("/dev/null") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "the container's /dev/null line",
+        || b.stdout().contains("/dev/null"),
+    );
     assert_eq!(b.stdout(), "pid=1\nproc-ok\n/dev/null\n", "{}", b.stderr());
     let p = pid.to_string();
     assert_eq!(
