@@ -133,12 +133,11 @@ async fn container_logs(shared: &Shared, rest: &str, query: &str) -> Response<Bo
         }
     };
     // Logs go out as a stream of unknown length (chunked), as upstream sends them, also when
-    // not following: the API server's WebSocket log copy drops the bytes that arrive together
-    // with the end of a Content-Length body.
+    // not following.
     if !opts.follow {
         let once =
             futures::stream::once(async move { Ok::<_, Infallible>(Frame::data(text.into())) });
-        return streamed(StreamBody::new(once));
+        return streamed(StreamBody::new(end_apart(once)));
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let cri = shared.cri.clone();
@@ -148,7 +147,24 @@ async fn container_logs(shared: &Shared, rest: &str, query: &str) -> Response<Bo
             .await
             .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
-    streamed(StreamBody::new(stream))
+    streamed(StreamBody::new(end_apart(stream)))
+}
+
+/// `s`, ended only after the task has yielded once: hyper flushes what it holds when the
+/// body is pending, so the last data and the terminating chunk go out in separate writes
+/// (TLS records). Go's chunked reader hands the last bytes over together with io.EOF when
+/// the terminating chunk came with them, and the API server's WebSocket log copy (wsstream)
+/// drops bytes that come with EOF: `kubectl logs` over WebSocket then sees nothing.
+fn end_apart<S>(s: S) -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>>
+where
+    S: futures::Stream<Item = Result<Frame<Bytes>, Infallible>>,
+{
+    use futures::StreamExt;
+    let pause = futures::stream::once(async {
+        tokio::task::yield_now().await;
+    })
+    .filter_map(|()| async { None });
+    s.chain(pause)
 }
 
 /// A text/plain response whose body has no length known in advance.
