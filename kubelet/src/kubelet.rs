@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::container::now_nanos;
-use crate::cri::Cri;
+use crate::cri::{Cri, CriError};
 use crate::events::{EventRecorder, WARNING};
 use crate::kuberuntime::actions::compute_pod_actions;
 use crate::kuberuntime::sandbox::NodePaths;
@@ -25,7 +25,8 @@ use crate::kuberuntime::RuntimeManager;
 use crate::mirror::{MirrorClient, MirrorPods};
 use crate::nodestatus::NodeShared;
 use crate::objects::{ObjectKey, ObjectManager, PodObjects};
-use crate::pleg::{Pleg, PlegShared};
+use crate::pleg::{Pleg, PlegCache, PlegShared};
+use crate::pod_cache::PodCache;
 use crate::pod_config::{uid_of, PodConfig, PodUpdate};
 use crate::pod_manager::PodManager;
 use crate::pod_workers::{PodSyncer, PodWorkers, Work, WorkerResult, WorkerState};
@@ -43,6 +44,9 @@ pub const HOUSEKEEPING_TICK: Duration = Duration::from_secs(2);
 pub const PLEG_PERIOD: Duration = Duration::from_secs(1);
 /// After a failed sync, try again this soon.
 const ERROR_REQUEUE: Duration = Duration::from_secs(2);
+/// How long a worker waits for the pod cache before it asks CRI itself (the PLEG is stuck
+/// or failing).
+const CACHE_WAIT: Duration = Duration::from_secs(5);
 
 /// What API-server mode adds to the kubelet (absent in standalone mode).
 #[derive(Clone)]
@@ -66,7 +70,11 @@ fn is_terminal_api_pod(pod: &Pod) -> bool {
 
 /// What the pod workers call into.
 pub struct Syncer {
-    pub runtime: RuntimeManager,
+    pub runtime: Arc<RuntimeManager>,
+    /// Each pod's runtime state, filled by the PLEG relist.
+    pub(crate) cache: PodCache,
+    /// When each pod's last sync ended: its next sync wants a newer view of the runtime.
+    pub(crate) last_sync: Mutex<HashMap<String, Instant>>,
     pub status: StatusManager,
     pub backoff: Mutex<Backoff>,
     /// Why the last start of a container failed (waiting reason, message), per pod UID.
@@ -130,8 +138,29 @@ impl Syncer {
         uid: &str,
         backoff: &[crate::kuberuntime::actions::BackoffWait],
     ) {
-        if let Ok(st) = self.runtime.get_pod_status(uid).await {
+        if let Ok(st) = self.read_status(uid).await {
             self.set_status(pod, uid, &st, backoff, now_nanos());
+        }
+    }
+
+    /// The pod's runtime state read from CRI now; the cache keeps it too.
+    async fn read_status(&self, uid: &str) -> Result<crate::container::PodStatus, CriError> {
+        let time = Instant::now();
+        let st = self.runtime.get_pod_status(uid).await?;
+        self.cache.set(uid, st.clone(), time);
+        Ok(st)
+    }
+
+    /// The pod's runtime state newer than its last sync, from the pod cache (upstream's
+    /// `GetNewerThan`); from CRI when the cache stays behind for `CACHE_WAIT`.
+    async fn cached_status(&self, uid: &str) -> Result<crate::container::PodStatus, CriError> {
+        let since = lock(&self.last_sync).get(uid).copied();
+        match tokio::time::timeout(CACHE_WAIT, self.cache.get_newer_than(uid, since)).await {
+            Ok(st) => Ok(st),
+            Err(_) => {
+                tracing::debug!(%uid, "pod cache not fresh, reading the runtime");
+                self.read_status(uid).await
+            }
         }
     }
 
@@ -140,6 +169,7 @@ impl Syncer {
         lock(&self.reasons).remove(uid);
         lock(&self.backoff).forget_pod(uid);
         lock(&self.first_seen).remove(uid);
+        lock(&self.last_sync).remove(uid);
         self.probes.forget_pod(uid);
         if let Some(api) = &self.api {
             api.objects.unregister_pod(uid);
@@ -172,7 +202,7 @@ impl Syncer {
 
     async fn sync(&self, pod: &Pod) -> Duration {
         let uid = uid_of(pod).to_string();
-        let runtime_status = match self.runtime.get_pod_status(&uid).await {
+        let runtime_status = match self.cached_status(&uid).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "cannot read pod status from the runtime");
@@ -324,8 +354,7 @@ impl Syncer {
             return ERROR_REQUEUE;
         }
         let runtime_status = self
-            .runtime
-            .get_pod_status(uid)
+            .read_status(uid)
             .await
             .unwrap_or_else(|_| runtime_status.clone());
         self.set_status(pod, uid, &runtime_status, &[], now_nanos());
@@ -342,7 +371,11 @@ impl PodSyncer for Syncer {
         &'a self,
         pod: &'a Pod,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + Send + 'a>> {
-        Box::pin(self.sync(pod))
+        Box::pin(async move {
+            let requeue = self.sync(pod).await;
+            lock(&self.last_sync).insert(uid_of(pod).to_string(), Instant::now());
+            requeue
+        })
     }
 
     fn terminate_pod<'a>(
@@ -363,10 +396,21 @@ impl PodSyncer for Syncer {
                     .map_err(|e| e.to_string())?;
                 self.refresh_status(p, uid, &[]).await;
             }
+            let removed = Instant::now();
             self.runtime
                 .remove_pod(uid, pod, grace_override)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Nothing is left: a pod added again with this UID starts from scratch rather
+            // than from what a relist saw before the removal.
+            self.cache.set(
+                uid,
+                crate::container::PodStatus {
+                    uid: uid.to_string(),
+                    ..Default::default()
+                },
+                removed.max(Instant::now()),
+            );
             tracing::info!(pod = %name, %uid, "pod terminated and removed");
             Ok(())
         })
@@ -467,7 +511,9 @@ impl Kubelet {
         let syncer = Arc::new(Syncer {
             probes: ProbeManager::new(cri.clone(), probe_tx, events.clone()),
             first_seen: Mutex::new(HashMap::new()),
-            runtime,
+            runtime: Arc::new(runtime),
+            cache: PodCache::default(),
+            last_sync: Mutex::new(HashMap::new()),
             status: status.clone(),
             backoff: Mutex::new(Backoff::new()),
             reasons: Mutex::new(HashMap::new()),
@@ -606,6 +652,10 @@ impl Kubelet {
                 cri: self.cri.clone(),
                 period: PLEG_PERIOD,
                 shared: self.shared.pleg.clone(),
+                cache: Some(PlegCache {
+                    runtime: self.syncer.runtime.clone(),
+                    cache: self.syncer.cache.clone(),
+                }),
             }
             .run(pleg_tx),
         );
@@ -946,6 +996,126 @@ mod tests {
         load_manifest(&text, Source::File, &format!("/m/{name}"), "n")
             .0
             .remove(0)
+    }
+
+    /// A syncer on the fake runtime (image `i:1` present) and a PLEG filling its cache.
+    fn fake_node(
+        fake: &Arc<crate::cri::fake::FakeRuntime>,
+        dir: &std::path::Path,
+    ) -> (Arc<Syncer>, Pleg) {
+        fake.add_image("i:1", 100);
+        let mut rm = RuntimeManager::new(
+            fake.cri(),
+            NodePaths {
+                pod_logs_dir: dir.join("logs"),
+                cgroup_root: "/nodus-unit".into(),
+                dns: Default::default(),
+                seccomp_profile_root: dir.join("root/seccomp"),
+                seccomp_default: false,
+            },
+            dir.join("root"),
+            dir.join("resolv.conf"),
+        );
+        rm.pod_cgroups = false;
+        let (probe_tx, _) = mpsc::unbounded_channel();
+        let syncer = Arc::new(Syncer {
+            probes: ProbeManager::new(fake.cri(), probe_tx, EventRecorder::none()),
+            first_seen: Mutex::new(HashMap::new()),
+            runtime: Arc::new(rm),
+            cache: PodCache::default(),
+            last_sync: Mutex::new(HashMap::new()),
+            status: StatusManager::new(),
+            backoff: Mutex::new(Backoff::new()),
+            reasons: Mutex::new(HashMap::new()),
+            node_ip: None,
+            sync_frequency: Duration::from_secs(10),
+            api: None,
+            events: EventRecorder::none(),
+            root_dir: dir.join("root"),
+        });
+        let pleg = Pleg {
+            cri: fake.cri(),
+            period: PLEG_PERIOD,
+            shared: PlegShared::default(),
+            cache: Some(PlegCache {
+                runtime: syncer.runtime.clone(),
+                cache: syncer.cache.clone(),
+            }),
+        };
+        (syncer, pleg)
+    }
+
+    #[tokio::test]
+    async fn a_sync_reads_the_pod_cache_instead_of_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = crate::cri::fake::FakeRuntime::new();
+        let (syncer, pleg) = fake_node(&fake, dir.path());
+        let mut relist = crate::pleg::RelistState::default();
+        pleg.relist_once(&mut relist).await.unwrap();
+        let pod = Arc::new(crate::testutil::pod("Always", &[], &["a"]));
+        // A new pod starts at once (no relist since it came) and lists nothing before its
+        // sandbox is made; the lists are the refresh after the sync.
+        fake.clear_calls();
+        syncer.sync_pod(&pod).await;
+        let calls: Vec<String> = fake.calls().into_iter().map(|c| c.op.to_string()).collect();
+        let first_list = calls.iter().position(|op| op.starts_with("List")).unwrap();
+        let started = calls.iter().position(|op| op == "StartContainer").unwrap();
+        assert!(started < first_list, "{calls:?}");
+        assert_eq!(fake.count("ListPodSandbox"), 1, "{calls:?}");
+        assert_eq!(fake.count("ListContainers"), 1, "{calls:?}");
+        // The next sync waits for a relist newer than the last one.
+        let next = {
+            let (syncer, pod) = (syncer.clone(), pod.clone());
+            tokio::spawn(async move { syncer.sync_pod(&pod).await })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !next.is_finished(),
+            "the cache is not newer than the last sync"
+        );
+        fake.clear_calls();
+        let events = pleg.relist_once(&mut relist).await.unwrap();
+        assert!(events
+            .iter()
+            .any(|e| e.kind == crate::pleg::PlegEventKind::ContainerStarted));
+        tokio::time::timeout(Duration::from_secs(4), next)
+            .await
+            .expect("woken by the relist, not by the CRI fallback")
+            .unwrap();
+        // The relist's two lists are all: the sync asked CRI nothing.
+        let ops: Vec<String> = fake.calls().into_iter().map(|c| c.op.to_string()).collect();
+        assert_eq!(ops, ["ListPodSandbox", "ListContainers"]);
+        assert_eq!(
+            syncer.status.get(uid_of(&pod)).and_then(|s| s.phase),
+            Some("Running".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_added_again_after_removal_starts_from_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = crate::cri::fake::FakeRuntime::new();
+        let (syncer, pleg) = fake_node(&fake, dir.path());
+        let mut relist = crate::pleg::RelistState::default();
+        pleg.relist_once(&mut relist).await.unwrap();
+        let pod = Arc::new(crate::testutil::pod("Always", &[], &["a"]));
+        syncer.sync_pod(&pod).await;
+        // A relist that saw the pod running, then the pod is torn down.
+        pleg.relist_once(&mut relist).await.unwrap();
+        let uid = uid_of(&pod).to_string();
+        syncer
+            .terminate_pod(&uid, Some(&pod), Some(0))
+            .await
+            .unwrap();
+        syncer.forget_pod(&uid);
+        assert!(fake.sandboxes().is_empty());
+        // Added again before any relist saw the removal: a new sandbox, not the old one.
+        fake.clear_calls();
+        syncer.sync_pod(&pod).await;
+        assert_eq!(fake.count("RunPodSandbox"), 1);
+        assert_eq!(fake.containers().len(), 1);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod nodelease;
 pub mod nodestatus;
 pub mod objects;
 pub mod pleg;
+pub(crate) mod pod_cache;
 pub mod pod_config;
 pub mod pod_manager;
 pub mod pod_workers;

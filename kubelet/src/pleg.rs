@@ -3,7 +3,7 @@
 //! ContainerStarted / ContainerDied / ContainerRemoved / ContainerChanged and sandbox
 //! events per pod UID. It also keeps what the runtime holds per pod, for housekeeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,9 @@ use nodus_proto::runtime::v1 as cri;
 use tokio::sync::mpsc;
 
 use crate::cri::{Cri, CriError};
+use crate::kuberuntime::RuntimeManager;
 use crate::labels;
+use crate::pod_cache::PodCache;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlegEventKind {
@@ -49,6 +51,14 @@ pub struct Relist {
 }
 
 impl Relist {
+    /// Every pod UID this relist saw.
+    fn uids(&self) -> impl Iterator<Item = &String> {
+        self.containers
+            .values()
+            .chain(self.sandboxes.values())
+            .map(|(uid, _)| uid)
+    }
+
     pub fn from_cri(sandboxes: &[cri::PodSandbox], containers: &[cri::Container]) -> Self {
         let uid = |l: &HashMap<String, String>| l.get(labels::POD_UID_LABEL).cloned();
         Relist {
@@ -154,60 +164,157 @@ impl PlegShared {
     }
 }
 
+/// Where the relist writes each pod's status (upstream's PLEG holds the runtime and the
+/// pod cache the same way).
+pub(crate) struct PlegCache {
+    pub(crate) runtime: Arc<RuntimeManager>,
+    pub(crate) cache: PodCache,
+}
+
 pub struct Pleg {
     pub cri: Cri,
     pub period: Duration,
     pub shared: PlegShared,
+    /// Filled by each relist when set.
+    pub(crate) cache: Option<PlegCache>,
+}
+
+type Lists = (Vec<cri::PodSandbox>, Vec<cri::Container>);
+
+impl Pleg {
+    async fn list(&self) -> Result<Lists, CriError> {
+        tokio::try_join!(
+            self.cri.list_pod_sandbox(HashMap::new()),
+            self.cri.list_containers(HashMap::new()),
+        )
+    }
+
+    #[cfg(test)]
+    async fn relist(&self) -> Result<(Relist, HashMap<String, RuntimePod>), CriError> {
+        let (sandboxes, containers) = self.list().await?;
+        Ok(summarize(&sandboxes, &containers))
+    }
+
+    /// Builds each of `uids`' status from the relist's lists and writes it into the cache
+    /// as of `time`; then, when every pod was read, marks the whole cache fresh as of
+    /// `time`. Returns the pods that could not be read (inspected again next relist).
+    async fn update_cache(
+        &self,
+        c: &PlegCache,
+        uids: HashSet<String>,
+        (sandboxes, containers): Lists,
+        time: Instant,
+    ) -> HashSet<String> {
+        let uid_of = |l: &HashMap<String, String>| l.get(labels::POD_UID_LABEL).cloned();
+        let mut by_pod: HashMap<String, Lists> = uids
+            .iter()
+            .map(|u| (u.clone(), Default::default()))
+            .collect();
+        for s in sandboxes {
+            if let Some(p) = uid_of(&s.labels).and_then(|u| by_pod.get_mut(&u)) {
+                p.0.push(s);
+            }
+        }
+        for ct in containers {
+            if let Some(p) = uid_of(&ct.labels).and_then(|u| by_pod.get_mut(&u)) {
+                p.1.push(ct);
+            }
+        }
+        let mut failed = HashSet::new();
+        for (uid, (s, ct)) in by_pod {
+            match c.runtime.pod_status_from(&uid, s, ct).await {
+                Ok(st) => c.cache.set(&uid, st, time),
+                Err(e) => {
+                    tracing::warn!(%uid, error = %e, "PLEG cannot read the pod's status");
+                    failed.insert(uid);
+                }
+            }
+        }
+        // A pod that could not be read must not look fresh (its entry is stale).
+        if failed.is_empty() {
+            c.cache.update_time(time);
+        }
+        failed
+    }
+}
+
+/// The relist's per-object states and what each pod holds.
+fn summarize(
+    sandboxes: &[cri::PodSandbox],
+    containers: &[cri::Container],
+) -> (Relist, HashMap<String, RuntimePod>) {
+    let mut pods: HashMap<String, RuntimePod> = HashMap::new();
+    for s in sandboxes {
+        if let Some(uid) = s.labels.get(labels::POD_UID_LABEL) {
+            let p = pods.entry(uid.clone()).or_default();
+            if let Some(m) = &s.metadata {
+                p.name = m.name.clone();
+                p.namespace = m.namespace.clone();
+            }
+            p.sandboxes += 1;
+        }
+    }
+    for c in containers {
+        if let Some(uid) = c.labels.get(labels::POD_UID_LABEL) {
+            pods.entry(uid.clone()).or_default().containers += 1;
+        }
+    }
+    (Relist::from_cri(sandboxes, containers), pods)
+}
+
+/// What a relist keeps for the next one.
+#[derive(Debug, Default)]
+pub(crate) struct RelistState {
+    old: Relist,
+    /// Pods whose status must be read at the next relist; None: all of them (the first).
+    reinspect: Option<HashSet<String>>,
 }
 
 impl Pleg {
-    async fn relist(&self) -> Result<(Relist, HashMap<String, RuntimePod>), CriError> {
-        let (sandboxes, containers) = tokio::try_join!(
-            self.cri.list_pod_sandbox(HashMap::new()),
-            self.cri.list_containers(HashMap::new()),
-        )?;
-        let mut pods: HashMap<String, RuntimePod> = HashMap::new();
-        for s in &sandboxes {
-            if let Some(uid) = s.labels.get(labels::POD_UID_LABEL) {
-                let p = pods.entry(uid.clone()).or_default();
-                if let Some(m) = &s.metadata {
-                    p.name = m.name.clone();
-                    p.namespace = m.namespace.clone();
-                }
-                p.sandboxes += 1;
-            }
+    /// One relist: lists, fills the pod cache and the shared state, and returns the events
+    /// since the previous relist.
+    pub(crate) async fn relist_once(
+        &self,
+        state: &mut RelistState,
+    ) -> Result<Vec<PlegEvent>, CriError> {
+        let started = Instant::now();
+        let lists = self.list().await?;
+        let (new, pods) = summarize(&lists.0, &lists.1);
+        record_metrics(&new, started.elapsed().as_secs_f64());
+        let events = diff(&state.old, &new);
+        // The cache is written before the events go out: a worker they wake finds its
+        // pod's new state there.
+        if let Some(c) = &self.cache {
+            let mut uids: HashSet<String> = match state.reinspect.take() {
+                Some(r) => r,
+                None => new.uids().chain(state.old.uids()).cloned().collect(),
+            };
+            uids.extend(events.iter().map(|e| e.uid.clone()));
+            state.reinspect = Some(self.update_cache(c, uids, lists, started).await);
         }
-        for c in &containers {
-            if let Some(uid) = c.labels.get(labels::POD_UID_LABEL) {
-                pods.entry(uid.clone()).or_default().containers += 1;
-            }
+        {
+            let mut g = self.shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            g.pods = pods;
+            g.last_relist = Some(Instant::now());
+            g.relisted_once = true;
         }
-        Ok((Relist::from_cri(&sandboxes, &containers), pods))
+        state.old = new;
+        Ok(events)
     }
 
     pub async fn run(self, tx: mpsc::Sender<PlegEvent>) {
         let mut ticker = tokio::time::interval(self.period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut old = Relist::default();
+        let mut state = RelistState::default();
         let mut failing = false;
         loop {
             ticker.tick().await;
-            let started = Instant::now();
-            match self.relist().await {
-                Ok((new, pods)) => {
-                    record_metrics(&new, started.elapsed().as_secs_f64());
+            match self.relist_once(&mut state).await {
+                Ok(events) => {
                     if failing {
                         tracing::info!("PLEG relist works again");
                         failing = false;
                     }
-                    let events = diff(&old, &new);
-                    {
-                        let mut g = self.shared.inner.lock().unwrap_or_else(|e| e.into_inner());
-                        g.pods = pods;
-                        g.last_relist = Some(Instant::now());
-                        g.relisted_once = true;
-                    }
-                    old = new;
                     for ev in events {
                         tracing::debug!(uid = %ev.uid, kind = ?ev.kind, id = %ev.id, "PLEG event");
                         if tx.send(ev).await.is_err() {
@@ -318,6 +425,7 @@ mod tests {
             cri: fake.cri(),
             period,
             shared: PlegShared::default(),
+            cache: None,
         }
     }
 
@@ -418,6 +526,97 @@ mod tests {
             kinds(&diff(&r1, &r2)),
             [(PlegEventKind::ContainerStarted, c.as_str())]
         );
+    }
+
+    /// A PLEG that fills a pod cache, with the runtime manager reading the fake.
+    fn cached_pleg(fake: &Arc<FakeRuntime>, dir: &std::path::Path) -> (Pleg, PodCache) {
+        let mut rm = RuntimeManager::new(
+            fake.cri(),
+            crate::kuberuntime::sandbox::NodePaths {
+                pod_logs_dir: dir.join("logs"),
+                cgroup_root: "/nodus-unit".into(),
+                dns: Default::default(),
+                seccomp_profile_root: dir.join("seccomp"),
+                seccomp_default: false,
+            },
+            dir.join("root"),
+            dir.join("resolv.conf"),
+        );
+        rm.pod_cgroups = false;
+        let cache = PodCache::default();
+        let mut p = pleg(fake, Duration::from_secs(1));
+        p.cache = Some(PlegCache {
+            runtime: Arc::new(rm),
+            cache: cache.clone(),
+        });
+        (p, cache)
+    }
+
+    #[tokio::test]
+    async fn relist_fills_the_pod_cache_and_wakes_a_waiting_reader() {
+        use crate::container::ContainerState as C;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new();
+        let (p, cache) = cached_pleg(&fake, dir.path());
+        let sb = fake.add_sandbox("u1", true);
+        let c = fake.add_container("u1", &sb, "a", S::ContainerRunning);
+        fake.add_sandbox("u2", false);
+        let mut state = RelistState::default();
+        p.relist_once(&mut state).await.unwrap();
+        // The first relist reads every pod.
+        let u1 = cache.get_newer_than("u1", None).await;
+        assert_eq!((u1.sandboxes.len(), u1.containers.len()), (1, 1));
+        assert_eq!(u1.containers[0].state, C::Running);
+        assert_eq!(cache.get_newer_than("u2", None).await.sandboxes.len(), 1);
+        let first = Instant::now();
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_newer_than("u1", Some(first)).await })
+        };
+        // A relist with nothing changed reads no pod again: just the two lists.
+        fake.clear_calls();
+        p.relist_once(&mut state).await.unwrap();
+        assert_eq!(fake.calls().len(), 2, "{:?}", fake.calls());
+        let u3 = tokio::time::timeout(
+            Duration::from_secs(10),
+            cache.get_newer_than("u3", Some(first)),
+        )
+        .await
+        .expect("the relist's timestamp answers for a pod the runtime lacks");
+        assert!(u3.sandboxes.is_empty() && u3.containers.is_empty());
+        fake.exit_container(&c, 3);
+        p.relist_once(&mut state).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by a relist")
+            .unwrap();
+        let dead = got.find_container("a").unwrap();
+        assert_eq!((dead.state, dead.exit_code), (C::Exited, 3));
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_cannot_be_read_keeps_the_cache_stale_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new();
+        let (p, cache) = cached_pleg(&fake, dir.path());
+        let mut state = RelistState::default();
+        p.relist_once(&mut state).await.unwrap();
+        let t0 = Instant::now();
+        let sb = fake.add_sandbox("u", true);
+        fake.add_container("u", &sb, "a", S::ContainerRunning);
+        fake.inject_error("ContainerStatus", tonic::Code::Unavailable);
+        p.relist_once(&mut state).await.unwrap();
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_newer_than("u", Some(t0)).await })
+        };
+        // The next relist has no event for it but reads it again.
+        p.relist_once(&mut state).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("fresh once the pod was read")
+            .unwrap();
+        assert_eq!(got.containers.len(), 1);
     }
 
     async fn recv(rx: &mut mpsc::Receiver<PlegEvent>) -> PlegEvent {

@@ -227,6 +227,18 @@ impl RuntimeManager {
             self.cri.list_pod_sandbox(uid_selector(uid)),
             self.cri.list_containers(uid_selector(uid)),
         )?;
+        self.pod_status_from(uid, sandboxes, containers).await
+    }
+
+    /// The runtime's view of one pod from listed sandboxes and containers (already those
+    /// of `uid`). Asks CRI only for what the lists lack and no earlier answer holds: a
+    /// ready sandbox's IPs, a container whose state changed.
+    pub(crate) async fn pod_status_from(
+        &self,
+        uid: &str,
+        sandboxes: impl IntoIterator<Item = cri::PodSandbox>,
+        containers: impl IntoIterator<Item = cri::Container>,
+    ) -> Result<PodStatus, CriError> {
         let mut status = PodStatus {
             uid: uid.to_string(),
             ..Default::default()
