@@ -55,8 +55,9 @@ flock /tmp/nodus-build.lock cargo build --workspace --bins --locked
 t2=$(date +%s)
 echo "conformance.sh: Go binaries ready in $((t1 - t0)) s, ours in $((t2 - t1)) s"
 
-# In its own session: Ctrl-C reaches this script, which passes it on, so nodus-conformance
-# stops the suite and tears the node down in order.
+# In its own session: Ctrl-C (or SIGTERM to this script) reaches this script, which passes it
+# on, so nodus-conformance stops the suite and tears the node down in order. (A script started
+# in the background by a non-interactive shell ignores SIGINT: stop it with SIGTERM.)
 setsid target/debug/nodus-conformance \
   --kube-apiserver "$kube_apiserver" --kube-bin-dir "$kube_bin_dir" \
   --repo-root "$root/build/kube-apiserver/src" ${kubectl:+--kubectl "$kubectl"} \

@@ -193,6 +193,34 @@ impl Drop for HostPodLogs {
     }
 }
 
+/// The HostPath subPath spec mounts the machine's /tmp and writes /tmp/sub-path (the kubelet
+/// is to create it). A directory left by an earlier run would let a kubelet pass without
+/// creating it, so the run warns when it is there, and removes it when the run made it.
+struct HostTmpSubPath(bool);
+
+const HOST_SUB_PATH: &str = "/tmp/sub-path";
+
+impl HostTmpSubPath {
+    fn record() -> Self {
+        let existed = Path::new(HOST_SUB_PATH).exists();
+        if existed {
+            eprintln!(
+                "WARNING: {HOST_SUB_PATH} exists: `HostPath should support subPath` cannot tell \
+                 whether the kubelet creates it"
+            );
+        }
+        HostTmpSubPath(existed)
+    }
+}
+
+impl Drop for HostTmpSubPath {
+    fn drop(&mut self) {
+        if !self.0 {
+            let _ = fs::remove_dir_all(HOST_SUB_PATH);
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -346,6 +374,7 @@ async fn main() -> anyhow::Result<()> {
 
     let upstream = cli.kubelet == KubeletKind::Upstream;
     let host_pod_logs = upstream.then(HostPodLogs::record);
+    let host_sub_path = HostTmpSubPath::record();
     let sysctls = upstream.then(SysctlGuard::record);
     start_kubelet(&mut daemons, &cli, &kubelet_bin, &ctrd, &cp, &report_dir)?;
     let node_ready = wait_for(Duration::from_secs(120), "the node to be Ready", || {
@@ -381,6 +410,7 @@ async fn main() -> anyhow::Result<()> {
     // Before the exit below, which runs no destructors.
     drop(sysctls);
     drop(host_pod_logs);
+    drop(host_sub_path);
 
     let results = read_junit(&report_dir, &focus, &skip)?;
     let summary = summarize(&results, &skips);
