@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): deps, format, lints, every crate's
-# unit and integration tests (root: network namespaces, containerd, cgroups), then the VM tier.
+# unit and integration tests (root: network namespaces, containerd, cgroups), Kubernetes' node
+# conformance suite on our kubelet, then the VM tier. Each step prints when it started (seconds
+# since the start), so the log shows where the time goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
 started=$(date +%s)
+step() { printf '\n==> [%s s] %s\n' "$(($(date +%s) - started))" "$*"; }
 
 step "dependencies"
 bash hack/install-deps.sh
@@ -41,6 +43,11 @@ for runtime in nodus-shim nodus; do
   NODUS_TEST_RUNTIME=$runtime timeout --kill-after=20 600 \
     cargo test --locked -p nodus-shim --test cri_parity
 done
+
+step "Kubernetes node conformance (1.20.2 [NodeConformance], 143 specs) on our kubelet, runc"
+# Builds the rest of the control plane and the suite from the same Debian tree (about 8 min
+# once), the suite's images, a registry, and runs the specs on 8 ginkgo nodes (about 7 min).
+timeout --kill-after=30 2700 bash hack/conformance.sh
 
 if [ -x hack/vm-test.sh ]; then
   step "VM tier (pure cgroup v2 under qemu)"

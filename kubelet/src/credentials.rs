@@ -159,12 +159,13 @@ pub fn for_image(
                 (e.username, e.password)
             };
             let specificity = k_host.len() + k_path.len();
+            // No server_address, as upstream sends none: containerd parses it as a URL,
+            // which a `host:port` key is not, and the match was made here already.
             found.push((
                 specificity,
                 cri::AuthConfig {
                     username,
                     password,
-                    server_address: k_host,
                     ..Default::default()
                 },
             ));
@@ -242,7 +243,7 @@ mod tests {
         let users: Vec<&str> = creds.iter().map(|c| c.username.as_str()).collect();
         assert_eq!(users, ["u2", "u1"]);
         assert_eq!(creds[0].password, "p2");
-        assert_eq!(creds[0].server_address, "registry.test:5000");
+        assert_eq!(creds[0].server_address, "");
         let creds = for_image(&p, "registry.test:5000/solo/app", &o);
         assert_eq!(creds.len(), 1);
         assert_eq!(
@@ -261,10 +262,7 @@ mod tests {
         let o = objects(vec![("old", secret(".dockercfg", json))]);
         let creds = for_image(&p, "busybox:1.29", &o);
         assert_eq!(creds.len(), 1);
-        assert_eq!(
-            (creds[0].username.as_str(), creds[0].server_address.as_str()),
-            ("hub", "docker.io")
-        );
+        assert_eq!(creds[0].username, "hub");
     }
 
     #[test]

@@ -519,7 +519,7 @@ async fn pull_secrets_reach_the_registry() {
         (auth.username.as_str(), auth.password.as_str()),
         ("alice", "s3cret")
     );
-    assert_eq!(auth.server_address, "registry.test:5000");
+    assert_eq!(auth.server_address, "", "containerd parses it as a URL");
 
     // Without the secret the registry refuses: ErrImagePull, then back-off.
     // (Always: the first pull left the image on the node.)
