@@ -2,7 +2,8 @@
 # Benchmark (not a test): kubelet pod startup latency, manifest written -> container started
 # (CRI started_at), for 1 pod (RUNS times) and a burst of BURST pods, next to the floor (the
 # same CRI calls made directly by a small client in the same run, same private containerd).
-# Prints p50/p99, ratios ours/floor and the kubelet's RSS with the burst running.
+# Prints p50/p99, ratios ours/floor and the kubelet's RSS with the burst running; then ours
+# beside the upstream kubelet (burst wall time, kubelet CPU and RSS, ratios upstream/ours).
 #
 #   hack/bench-kubelet.sh            (root; RUNS=10 BURST=30 PROFILE=release
 #                                     RUNTIMES="runc nodus-shim" by default)
@@ -23,3 +24,17 @@ for runtime in ${RUNTIMES:-runc nodus-shim}; do
   echo "== containerd default runtime: $runtime"
   NODUS_TEST_RUNTIME=$runtime RUNS=${RUNS:-10} BURST=${BURST:-30} "target/$PROFILE/examples/bench_startup"
 done
+
+# Beside the upstream kubelet 1.20.2 (built from Debian's source by hack/kube-build.sh, cached
+# in build/): both on runc, then as whole stacks (ours: our kubelet, shim and runtime; theirs:
+# the upstream kubelet, containerd's runc shim and runc). PEER=none skips it.
+if [ "${PEER:-upstream}" = upstream ]; then
+  NODUS_UPSTREAM_KUBELET=$(bash hack/kube-build.sh kubelet)
+  export NODUS_UPSTREAM_KUBELET
+  for pair in "runc runc" "nodus-shim runc"; do
+    read -r ours theirs <<<"$pair"
+    echo "== beside the upstream kubelet: ours on $ours, upstream on $theirs"
+    PEER=upstream OURS_RUNTIME=$ours PEER_RUNTIME=$theirs BURST=${BURST:-30} \
+      "target/$PROFILE/examples/bench_startup"
+  done
+fi

@@ -8,6 +8,13 @@
 //! - ours: the kubelet, from the manifest written to its static pod directory.
 //!
 //! Prints p50/p99 and the ratios ours/floor, and the kubelet's RSS with the burst running.
+//!
+//! With `PEER=upstream` it measures instead ours beside the upstream kubelet 1.20.2
+//! (`hack/kube-build.sh kubelet`; `NODUS_UPSTREAM_KUBELET` names another), each on a fresh
+//! private containerd whose default runtime is `OURS_RUNTIME` / `PEER_RUNTIME` (default
+//! runc for both; `nodus-shim` for ours compares whole stacks): kubelet RSS idle and with the
+//! burst running, CPU seconds for the burst, and the burst's wall time (manifests written ->
+//! every container started), with the ratios upstream/ours.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -296,6 +303,177 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// One kubelet's figures for the peer comparison.
+struct PeerFigures {
+    rss_idle_kib: u64,
+    rss_burst_kib: u64,
+    cpu_burst: f64,
+    wall_burst: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// A burst of `burst` static pods on a fresh private containerd whose default runtime is
+/// `runtime`, through our kubelet or (upstream) the upstream one.
+async fn peer_burst(upstream: bool, runtime: &str, burst: usize) -> Result<PeerFigures> {
+    let ctrd = PrivateContainerd::start(ContainerdOptions {
+        cni: Cni::NodusBridge {
+            subnet: "10.68.0.0/16".into(),
+        },
+        default_runtime: Some(runtime.to_string()),
+        ..Default::default()
+    })
+    .await?;
+    let mut rt = ctrd.runtime().await?;
+    let manifests = ctrd.dir().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let config = ctrd.dir().join("kubelet.yaml");
+    // Both: no servers but the ones they cannot turn off, image GC and eviction off (this
+    // machine's disk may be fuller than their defaults allow), no API server to ask.
+    let common = "address: 127.0.0.1\nreadOnlyPort: 0\nhealthzPort: 0\n\
+                  imageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 99\n\
+                  evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}\n\
+                  authentication: {webhook: {enabled: false}}\nauthorization: {mode: AlwaysAllow}\n";
+    let root_dir = ctrd.dir().join("kubelet");
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ctrd.node_netns().path().display()))
+        .arg("--");
+    // The upstream kubelet changes three sysctls and writes under /var/log: put them back.
+    let (_sysctls, _logs) = if upstream {
+        let bin = nodus_testkit::upstream_kubelet::binary()
+            .context("no upstream kubelet: run hack/kube-build.sh kubelet")?;
+        std::fs::write(
+            &config,
+            nodus_testkit::upstream_kubelet::config(&ctrd, &manifests, common)?,
+        )?;
+        cmd.arg(bin)
+            .args(nodus_testkit::upstream_kubelet::args(&ctrd, &root_dir));
+        (
+            Some(nodus_testkit::upstream_kubelet::SysctlGuard::record()),
+            Some(nodus_testkit::upstream_kubelet::HostPodLogs::record()),
+        )
+    } else {
+        std::fs::write(&config, ctrd.kubelet_config(&manifests, common))?;
+        cmd.arg(nodus_testkit::bin_path("kubelet"));
+        (None, None)
+    };
+    let log = std::fs::File::create(ctrd.dir().join("kubelet.log"))?;
+    let kubelet = KillOnDrop(
+        cmd.arg(format!("--config={}", config.display()))
+            .arg(format!("--root-dir={}", root_dir.display()))
+            .arg(format!("--hostname-override={NODE}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the kubelet")?,
+    );
+    // nsenter execs the kubelet: the child's PID is the kubelet's.
+    let pid = kubelet.0.id();
+    let log_tail = || {
+        let text = std::fs::read_to_string(ctrd.dir().join("kubelet.log")).unwrap_or_default();
+        // Errors first (klog's E/F lines), then the end.
+        let mut lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with('E') || l.starts_with('F') || l.contains("ERROR"))
+            .take(10)
+            .collect();
+        let tail: Vec<&str> = text.lines().rev().take(10).collect();
+        lines.extend(tail.into_iter().rev());
+        lines.join("\n")
+    };
+    write_manifest(&manifests, "warm")?;
+    wait_started(&mut rt, &["warm".to_string()], Duration::from_secs(120))
+        .await
+        .with_context(|| format!("kubelet log:\n{}", log_tail()))?;
+    std::fs::remove_file(manifests.join("warm.yaml"))?;
+    wait_no_sandboxes(&mut rt).await?;
+    // Idle: some sync periods with nothing to run.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_idle_kib = rss_kib(pid);
+    let names: Vec<String> = (0..burst).map(|i| format!("peer-{i}")).collect();
+    let cpu_before = cpu_secs(pid);
+    let wall = Instant::now();
+    let mut t0s = HashMap::new();
+    for n in &names {
+        t0s.insert(n.clone(), write_manifest(&manifests, n)?);
+    }
+    let started = wait_started(&mut rt, &names, Duration::from_secs(300))
+        .await
+        .with_context(|| format!("kubelet log:\n{}", log_tail()))?;
+    let wall_burst = wall.elapsed().as_secs_f64();
+    let cpu_burst = cpu_secs(pid) - cpu_before;
+    let mut lat: Vec<f64> = names
+        .iter()
+        .map(|n| (started[n] - t0s[n]) as f64 / 1e6)
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_burst_kib = rss_kib(pid);
+    for n in &names {
+        std::fs::remove_file(manifests.join(format!("{n}.yaml")))?;
+    }
+    wait_no_sandboxes(&mut rt).await?;
+    drop(kubelet);
+    Ok(PeerFigures {
+        rss_idle_kib,
+        rss_burst_kib,
+        cpu_burst,
+        wall_burst,
+        p50: pct(&mut lat, 50.0),
+        p99: pct(&mut lat, 99.0),
+    })
+}
+
+/// Ours beside the upstream kubelet; prints both and the ratios upstream/ours.
+async fn compare_with_upstream(burst: usize) -> Result<()> {
+    let ours_rt = std::env::var("OURS_RUNTIME").unwrap_or_else(|_| "runc".into());
+    let peer_rt = std::env::var("PEER_RUNTIME").unwrap_or_else(|_| "runc".into());
+    let ours = peer_burst(false, &ours_rt, burst).await?;
+    let peer = peer_burst(true, &peer_rt, burst).await?;
+    println!();
+    println!(
+        "beside the upstream kubelet 1.20.2: ours on {ours_rt}, upstream on {peer_rt}, burst of {burst} static pods"
+    );
+    println!("{:<34}{:>12}{:>12}{:>10}", "", "upstream", "ours", "ratio");
+    let row = |what: &str, p: f64, o: f64, unit: &str| {
+        println!(
+            "{:<34}{:>12}{:>12}{:>10.2}",
+            what,
+            format!("{p:.2}{unit}"),
+            format!("{o:.2}{unit}"),
+            p / o
+        )
+    };
+    row(
+        "burst wall (all started), s",
+        peer.wall_burst,
+        ours.wall_burst,
+        "",
+    );
+    row("burst p50, ms", peer.p50, ours.p50, "");
+    row("burst p99, ms", peer.p99, ours.p99, "");
+    row(
+        "kubelet CPU for the burst, s",
+        peer.cpu_burst,
+        ours.cpu_burst,
+        "",
+    );
+    let mib = |k: u64| k as f64 / 1024.0;
+    row(
+        "kubelet RSS idle, MiB",
+        mib(peer.rss_idle_kib),
+        mib(ours.rss_idle_kib),
+        "",
+    );
+    row(
+        &format!("kubelet RSS with {burst} pods, MiB"),
+        mib(peer.rss_burst_kib),
+        mib(ours.rss_burst_kib),
+        "",
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let runs: usize = std::env::var("RUNS")
@@ -306,6 +484,9 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    if std::env::var("PEER").is_ok_and(|p| p == "upstream") {
+        return compare_with_upstream(burst).await;
+    }
     let ours_cni = nodus_testkit::bin_path("nodus-bridge");
     let cni = if ours_cni.exists() {
         Cni::NodusBridge {

@@ -16,6 +16,7 @@ pub mod containerd;
 pub mod cri;
 pub mod images;
 pub mod netns;
+pub mod upstream_kubelet;
 pub mod wait;
 
 use std::path::{Path, PathBuf};

@@ -22,7 +22,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use nodus_testkit::images::{self, BuiltImage, Entry, ImageSpec};
 use nodus_testkit::{
-    cleanup, Cni, ContainerdOptions, ControlPlane, ControlPlaneOptions, PrivateContainerd,
+    cleanup, upstream_kubelet, Cni, ContainerdOptions, ControlPlane, ControlPlaneOptions,
+    PrivateContainerd,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,73 +123,6 @@ impl Drop for Daemons {
                 Duration::from_secs(15),
             );
             let _ = child.wait();
-        }
-    }
-}
-
-/// Kernel settings the upstream kubelet changes at start (machine-wide), put back on drop.
-struct SysctlGuard(Vec<(&'static str, String)>);
-
-impl SysctlGuard {
-    fn record() -> Self {
-        let keys = [
-            "/proc/sys/vm/overcommit_memory",
-            "/proc/sys/kernel/panic",
-            "/proc/sys/kernel/panic_on_oops",
-        ];
-        SysctlGuard(
-            keys.iter()
-                .filter_map(|k| {
-                    fs::read_to_string(k)
-                        .ok()
-                        .map(|v| (*k, v.trim().to_string()))
-                })
-                .collect(),
-        )
-    }
-}
-
-impl Drop for SysctlGuard {
-    fn drop(&mut self) {
-        for (key, value) in &self.0 {
-            let _ = fs::write(key, value);
-        }
-    }
-}
-
-/// The upstream kubelet 1.20 writes pod logs under /var/log/pods and links them from
-/// /var/log/containers (neither is configurable there). What appeared in them while it ran
-/// is removed on drop.
-struct HostPodLogs(Vec<(PathBuf, BTreeSet<std::ffi::OsString>)>);
-
-impl HostPodLogs {
-    fn record() -> Self {
-        HostPodLogs(
-            ["/var/log/pods", "/var/log/containers"]
-                .iter()
-                .map(|d| {
-                    let names = fs::read_dir(d)
-                        .map(|r| r.flatten().map(|e| e.file_name()).collect())
-                        .unwrap_or_default();
-                    (PathBuf::from(d), names)
-                })
-                .collect(),
-        )
-    }
-}
-
-impl Drop for HostPodLogs {
-    fn drop(&mut self) {
-        for (dir, before) in &self.0 {
-            let Ok(entries) = fs::read_dir(dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if !before.contains(&entry.file_name()) {
-                    let path = entry.path();
-                    let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
-                }
-            }
         }
     }
 }
@@ -373,9 +307,9 @@ async fn main() -> anyhow::Result<()> {
     )?;
 
     let upstream = cli.kubelet == KubeletKind::Upstream;
-    let host_pod_logs = upstream.then(HostPodLogs::record);
+    let host_pod_logs = upstream.then(upstream_kubelet::HostPodLogs::record);
     let host_sub_path = HostTmpSubPath::record();
-    let sysctls = upstream.then(SysctlGuard::record);
+    let sysctls = upstream.then(upstream_kubelet::SysctlGuard::record);
     start_kubelet(&mut daemons, &cli, &kubelet_bin, &ctrd, &cp, &report_dir)?;
     let node_ready = wait_for(Duration::from_secs(120), "the node to be Ready", || {
         daemons.exited().is_none() && node_is_ready(&cp)
@@ -828,35 +762,11 @@ fn start_kubelet(
             fs::write(&config, ctrd.kubelet_config(&manifests, &common))?;
         }
         KubeletKind::Upstream => {
-            // 1.20's KubeletConfiguration has no containerRuntimeEndpoint or podLogsDir.
             fs::write(
                 &config,
-                format!(
-                    "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-                     staticPodPath: {}\ncgroupDriver: cgroupfs\ncgroupRoot: {}\n\
-                     failSwapOn: false\nmakeIPTablesUtilChains: false\n{common}",
-                    manifests.display(),
-                    ctrd.cgroup_parent(),
-                ),
+                upstream_kubelet::config(ctrd, &manifests, &common)?,
             )?;
-            // The upstream kubelet wants its cgroup root in every v1 hierarchy; cpuset
-            // needs cpus and mems before anything can join it.
-            for root in cleanup::cgroup_roots() {
-                let cg = root.join(ctrd.cgroup_parent().trim_start_matches('/'));
-                fs::create_dir_all(&cg)?;
-                for f in ["cpuset.cpus", "cpuset.mems"] {
-                    if let Ok(v) = fs::read_to_string(root.join(f)) {
-                        let _ = fs::write(cg.join(f), v.trim());
-                    }
-                }
-            }
-            cmd.arg("--container-runtime=remote")
-                .arg(format!("--container-runtime-endpoint={}", ctrd.endpoint()))
-                .arg(format!(
-                    "--volume-plugin-dir={}",
-                    dir.join("volume-plugins").display()
-                ))
-                .arg(format!("--cert-dir={}", dir.join("pki").display()));
+            cmd.args(upstream_kubelet::args(ctrd, &dir));
         }
     }
     daemons.spawn("kubelet", &mut cmd, &report_dir.join("kubelet.log"))
