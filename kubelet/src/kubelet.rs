@@ -1004,19 +1004,7 @@ mod tests {
         dir: &std::path::Path,
     ) -> (Arc<Syncer>, Pleg) {
         fake.add_image("i:1", 100);
-        let mut rm = RuntimeManager::new(
-            fake.cri(),
-            NodePaths {
-                pod_logs_dir: dir.join("logs"),
-                cgroup_root: "/nodus-unit".into(),
-                dns: Default::default(),
-                seccomp_profile_root: dir.join("root/seccomp"),
-                seccomp_default: false,
-            },
-            dir.join("root"),
-            dir.join("resolv.conf"),
-        );
-        rm.pod_cgroups = false;
+        let rm = crate::kuberuntime::manager_tests::manager(fake, dir);
         let (probe_tx, _) = mpsc::unbounded_channel();
         let syncer = Arc::new(Syncer {
             probes: ProbeManager::new(fake.cri(), probe_tx, EventRecorder::none()),

@@ -27,7 +27,8 @@ struct Node {
     dir: tempfile::TempDir,
 }
 
-fn manager(fake: &Arc<FakeRuntime>, dir: &std::path::Path) -> RuntimeManager {
+/// A runtime manager on `fake` with its paths under `dir` and pod cgroups off (no root).
+pub(crate) fn manager(fake: &Arc<FakeRuntime>, dir: &std::path::Path) -> RuntimeManager {
     let mut rm = RuntimeManager::new(
         fake.cri(),
         NodePaths {

@@ -9,7 +9,7 @@ pub mod container;
 pub mod sandbox;
 
 #[cfg(test)]
-mod manager_tests;
+pub(crate) mod manager_tests;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
