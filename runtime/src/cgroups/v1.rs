@@ -79,8 +79,12 @@ impl V1 {
         self.paths.get(ctrl).map(|p| self.root.join(ctrl).join(p))
     }
 
-    /// mkdir -p each controller's directory; new cpuset levels inherit cpus/mems from
-    /// their parent (a v1 cpuset with empty cpus refuses tasks).
+    /// mkdir -p each controller's directory; empty cpuset levels inherit cpus/mems from
+    /// their parent (a v1 cpuset with empty cpus refuses tasks with ENOSPC).
+    ///
+    /// A level that already exists is filled too: when several pods start at once, another
+    /// `create` may have made the level and not yet written its cpus, and this one would
+    /// otherwise copy that emptiness one level down (runc's cpusetEnsureParent does the same).
     pub fn create(&self) -> Result<()> {
         for (ctrl, rel) in &self.paths {
             let mut cur = self.root.join(ctrl);
@@ -88,18 +92,17 @@ impl V1 {
                 let parent = cur.clone();
                 cur.push(comp);
                 match fs::create_dir(&cur) {
-                    Ok(()) => {
-                        if ctrl == "cpuset" {
-                            for f in ["cpuset.cpus", "cpuset.mems"] {
-                                if read_file(&cur, f).is_some_and(|v| v.is_empty()) {
-                                    let v = read_file(&parent, f).unwrap_or_default();
-                                    write_file(&cur, f, &v)?;
-                                }
-                            }
-                        }
-                    }
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(e).ctx(|| format!("create cgroup {}", cur.display())),
+                }
+                if ctrl == "cpuset" {
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        if read_file(&cur, f).is_some_and(|v| v.is_empty()) {
+                            let v = read_file(&parent, f).unwrap_or_default();
+                            write_file(&cur, f, &v)?;
+                        }
+                    }
                 }
             }
         }
@@ -371,6 +374,19 @@ mod tests {
         // The last device rule written is the last default rule (files keep the last write).
         assert_eq!(rd("devices", "devices.allow"), "c 10:200 rwm");
         assert_eq!(rd("devices", "devices.deny"), "a");
+    }
+
+    #[test]
+    fn create_fills_an_empty_cpuset_level_made_by_someone_else() {
+        let (tmp, cg) = fake();
+        // Another create made "pod" and has not written its cpus yet.
+        let pod = tmp.path().join("cpuset/pod");
+        fs::create_dir(&pod).unwrap();
+        fs::write(pod.join("cpuset.cpus"), "").unwrap();
+        fs::write(pod.join("cpuset.mems"), "").unwrap();
+        cg.create().unwrap();
+        assert_eq!(fs::read_to_string(pod.join("cpuset.cpus")).unwrap(), "0-1");
+        assert_eq!(fs::read_to_string(pod.join("cpuset.mems")).unwrap(), "0");
     }
 
     #[test]
