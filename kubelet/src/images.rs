@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nodus_proto::runtime::v1 as cri;
 
-use crate::cri::Cri;
+use crate::kuberuntime::cri::Cri;
 
 /// How often the image filesystem is checked (upstream checks every 5 minutes; the check
 /// is a few cheap CRI calls and a statvfs).
@@ -217,7 +217,7 @@ mod tests {
 
     // One GC pass on the fake runtime.
 
-    use crate::cri::fake::FakeRuntime;
+    use crate::kuberuntime::cri::fake::FakeRuntime;
     use std::sync::Arc;
 
     /// A GC that wants to free everything it can (high and low thresholds at 0).

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::container::now_nanos;
-use crate::cri::{Cri, CriError};
 use crate::events::{EventRecorder, WARNING};
 use crate::kuberuntime::actions::compute_pod_actions;
+use crate::kuberuntime::cri::{Cri, CriError};
 use crate::kuberuntime::sandbox::NodePaths;
 use crate::kuberuntime::RuntimeManager;
 use crate::mirror::{MirrorClient, MirrorPods};
@@ -1000,7 +1000,7 @@ mod tests {
 
     /// A syncer on the fake runtime (image `i:1` present) and a PLEG filling its cache.
     fn fake_node(
-        fake: &Arc<crate::cri::fake::FakeRuntime>,
+        fake: &Arc<crate::kuberuntime::cri::fake::FakeRuntime>,
         dir: &std::path::Path,
     ) -> (Arc<Syncer>, Pleg) {
         fake.add_image("i:1", 100);
@@ -1036,7 +1036,7 @@ mod tests {
     #[tokio::test]
     async fn a_sync_reads_the_pod_cache_instead_of_listing() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = crate::cri::fake::FakeRuntime::new();
+        let fake = crate::kuberuntime::cri::fake::FakeRuntime::new();
         let (syncer, pleg) = fake_node(&fake, dir.path());
         let mut relist = crate::pleg::RelistState::default();
         pleg.relist_once(&mut relist).await.unwrap();
@@ -1084,7 +1084,7 @@ mod tests {
     #[tokio::test]
     async fn a_pod_added_again_after_removal_starts_from_scratch() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = crate::cri::fake::FakeRuntime::new();
+        let fake = crate::kuberuntime::cri::fake::FakeRuntime::new();
         let (syncer, pleg) = fake_node(&fake, dir.path());
         let mut relist = crate::pleg::RelistState::default();
         pleg.relist_once(&mut relist).await.unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use nodus_proto::runtime::v1 as cri;
 
-use crate::cri::Cri;
-use crate::labels;
+use crate::kuberuntime::cri::Cri;
+use crate::kuberuntime::labels;
 
 /// One logical log line.
 #[derive(Debug, Clone, PartialEq, Eq)]

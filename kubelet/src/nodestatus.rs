@@ -24,9 +24,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::config::Config;
-use crate::cri::Cri;
 use crate::events::{node_reference, EventRecorder, NORMAL};
 use crate::kubeclient::ApiError;
+use crate::kuberuntime::cri::Cri;
 
 /// The version this kubelet reports (nodeInfo.kubeletVersion): the Kubernetes API it is
 /// built against, marked as ours.

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use nodus_proto::runtime::v1 as cri;
 use tokio::sync::mpsc;
 
-use crate::cri::{Cri, CriError};
+use crate::kuberuntime::cri::{Cri, CriError};
+use crate::kuberuntime::labels;
 use crate::kuberuntime::RuntimeManager;
-use crate::labels;
 use crate::pod_cache::PodCache;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,7 +416,7 @@ mod tests {
 
     // The relist on the fake runtime.
 
-    use crate::cri::fake::FakeRuntime;
+    use crate::kuberuntime::cri::fake::FakeRuntime;
     use cri::ContainerState as S;
     use std::sync::Arc;
 

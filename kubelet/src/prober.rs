@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use tokio::sync::mpsc;
 
 use crate::container::{ContainerState, PodStatus};
-use crate::cri::Cri;
-use crate::handlers;
+use crate::kuberuntime::cri::Cri;
+use crate::kuberuntime::handlers;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProbeKind {
@@ -386,7 +386,7 @@ mod tests {
     // The prober on the fake runtime: it records, the pod worker kills.
 
     use crate::container::{ContainerStatus, PodStatus};
-    use crate::cri::fake::FakeRuntime;
+    use crate::kuberuntime::cri::fake::FakeRuntime;
     use nodus_proto::runtime::v1::ContainerState as S;
 
     fn probed_pod(probes: &str) -> Pod {

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use crate::cri::Cri;
-use crate::labels;
+use crate::kuberuntime::cri::Cri;
+use crate::kuberuntime::labels;
 use crate::pod_manager::PodManager;
 
 fn rfc3339(nanos: i64) -> Value {
@@ -139,7 +139,7 @@ pub async fn summary(cri: &Cri, pods: &PodManager, node_name: &str) -> Result<Va
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cri::fake::FakeRuntime;
+    use crate::kuberuntime::cri::fake::FakeRuntime;
     use nodus_proto::runtime::v1 as cri;
 
     fn stat(uid: Option<&str>, name: &str, core_ns: u64, ws: u64, ts: i64) -> cri::ContainerStats {

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::backoff::{self, Backoff};
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus, SandboxState};
-use crate::labels::hash_container;
+use crate::kuberuntime::labels::hash_container;
 use crate::prober::{ProbeKind, ProbeResults};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

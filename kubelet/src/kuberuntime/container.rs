@@ -6,7 +6,7 @@
 use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext};
 use nodus_proto::runtime::v1 as cri;
 
-use crate::labels;
+use crate::kuberuntime::labels;
 
 /// What the config needs besides the pod and the container spec.
 #[derive(Debug, Clone, Default)]

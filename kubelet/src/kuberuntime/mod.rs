@@ -6,27 +6,33 @@
 
 pub mod actions;
 pub mod container;
+mod container_lifecycle;
+pub mod cri;
+mod gc;
+pub mod handlers;
+mod hooks;
+mod image;
+pub mod labels;
+mod pod_status;
 pub mod sandbox;
 
 #[cfg(test)]
 pub(crate) mod manager_tests;
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{Container, Pod};
-use nodus_proto::runtime::v1 as cri;
+use k8s_openapi::api::core::v1::Pod;
+use nodus_proto::runtime::v1 as api;
 
-use crate::backoff::{self, Backoff};
-use crate::container::{
-    now_nanos, ContainerState, ContainerStatus, PodStatus, SandboxState, SandboxStatus,
-};
-use crate::cri::{Cri, CriError};
-use crate::labels;
+use crate::backoff::Backoff;
+use crate::container::{ContainerState, ContainerStatus, PodStatus, SandboxState};
 use actions::{app_containers, init_containers, PodActions};
+use cri::{Cri, CriError};
+pub use hooks::run_lifecycle_handler;
+use hooks::run_pre_stop;
 use sandbox::NodePaths;
 
 /// Upstream's minimum grace period when stopping containers.
@@ -112,16 +118,16 @@ fn uid_selector(uid: &str) -> HashMap<String, String> {
 }
 
 fn container_state(s: i32) -> ContainerState {
-    match cri::ContainerState::try_from(s) {
-        Ok(cri::ContainerState::ContainerCreated) => ContainerState::Created,
-        Ok(cri::ContainerState::ContainerRunning) => ContainerState::Running,
-        Ok(cri::ContainerState::ContainerExited) => ContainerState::Exited,
+    match api::ContainerState::try_from(s) {
+        Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
+        Ok(api::ContainerState::ContainerRunning) => ContainerState::Running,
+        Ok(api::ContainerState::ContainerExited) => ContainerState::Exited,
         _ => ContainerState::Unknown,
     }
 }
 
 fn sandbox_state(s: i32) -> SandboxState {
-    if s == cri::PodSandboxState::SandboxReady as i32 {
+    if s == api::PodSandboxState::SandboxReady as i32 {
         SandboxState::Ready
     } else {
         SandboxState::NotReady
@@ -219,126 +225,6 @@ impl RuntimeManager {
 
     pub fn cri(&self) -> &Cri {
         &self.cri
-    }
-
-    /// The runtime's view of one pod, from CRI only.
-    pub async fn get_pod_status(&self, uid: &str) -> Result<PodStatus, CriError> {
-        let (sandboxes, containers) = tokio::try_join!(
-            self.cri.list_pod_sandbox(uid_selector(uid)),
-            self.cri.list_containers(uid_selector(uid)),
-        )?;
-        self.pod_status_from(uid, sandboxes, containers).await
-    }
-
-    /// The runtime's view of one pod from listed sandboxes and containers (already those
-    /// of `uid`). Asks CRI only for what the lists lack and no earlier answer holds: a
-    /// ready sandbox's IPs, a container whose state changed.
-    pub(crate) async fn pod_status_from(
-        &self,
-        uid: &str,
-        sandboxes: impl IntoIterator<Item = cri::PodSandbox>,
-        containers: impl IntoIterator<Item = cri::Container>,
-    ) -> Result<PodStatus, CriError> {
-        let mut status = PodStatus {
-            uid: uid.to_string(),
-            ..Default::default()
-        };
-        for sb in sandboxes {
-            let meta = sb.metadata.clone().unwrap_or_default();
-            status.name = meta.name.clone();
-            status.namespace = meta.namespace.clone();
-            let state = sandbox_state(sb.state);
-            let cached = lock(&self.sandbox_ips).get(&sb.id).cloned();
-            let ips = match (cached, state) {
-                (Some(ips), _) => ips,
-                (None, SandboxState::Ready) => {
-                    let st = self.cri.pod_sandbox_status(&sb.id).await?;
-                    let net = st.network.unwrap_or_default();
-                    let mut ips = Vec::new();
-                    if !net.ip.is_empty() {
-                        ips.push(net.ip);
-                    }
-                    ips.extend(net.additional_ips.into_iter().map(|p| p.ip));
-                    lock(&self.sandbox_ips).insert(sb.id.clone(), ips.clone());
-                    ips
-                }
-                (None, SandboxState::NotReady) => Vec::new(),
-            };
-            status.sandboxes.push(SandboxStatus {
-                id: sb.id,
-                state,
-                attempt: meta.attempt,
-                created_at: sb.created_at,
-                ips,
-            });
-        }
-        for c in containers {
-            let state = container_state(c.state);
-            let cached = lock(&self.container_cache)
-                .get(&c.id)
-                .filter(|s| s.state == state)
-                .cloned();
-            let cs = match cached {
-                Some(cs) => cs,
-                None => match self.cri.container_status(&c.id).await {
-                    Ok(st) => {
-                        let cs = self.convert_container(&c, &st);
-                        lock(&self.container_cache).insert(c.id.clone(), cs.clone());
-                        cs
-                    }
-                    // Removed between the list and the status call.
-                    Err(e) if e.is_not_found() => continue,
-                    Err(e) => return Err(e),
-                },
-            };
-            status.containers.push(cs);
-        }
-        status.sort();
-        Ok(status)
-    }
-
-    fn convert_container(&self, c: &cri::Container, st: &cri::ContainerStatus) -> ContainerStatus {
-        let meta = c.metadata.clone().unwrap_or_default();
-        let state = container_state(st.state);
-        let mut message = st.message.clone();
-        if message.is_empty() && state == ContainerState::Exited {
-            message = termination_message(c, st).unwrap_or_default();
-        }
-        ContainerStatus {
-            id: c.id.clone(),
-            name: c
-                .labels
-                .get(labels::CONTAINER_NAME_LABEL)
-                .cloned()
-                .unwrap_or(meta.name),
-            sandbox_id: c.pod_sandbox_id.clone(),
-            state,
-            created_at: st.created_at,
-            started_at: st.started_at,
-            finished_at: st.finished_at,
-            exit_code: st.exit_code,
-            reason: st.reason.clone(),
-            message,
-            image: c
-                .image
-                .as_ref()
-                .map(|i| i.image.clone())
-                .unwrap_or_default(),
-            image_ref: st.image_ref.clone(),
-            hash: c
-                .annotations
-                .get(labels::CONTAINER_HASH)
-                .cloned()
-                .unwrap_or_default(),
-            restart_count: labels::restart_count(&c.annotations),
-        }
-    }
-
-    fn node_resolv_conf(&self) -> String {
-        std::fs::read_to_string(&self.resolv_conf).unwrap_or_else(|e| {
-            tracing::warn!(path = %self.resolv_conf.display(), error = %e, "cannot read resolv.conf, pods get no DNS servers");
-            String::new()
-        })
     }
 
     /// Applies `actions` to `pod` whose runtime state is `status`.
@@ -458,366 +344,6 @@ impl RuntimeManager {
         Ok(results)
     }
 
-    /// The image of `container`, pulled per its imagePullPolicy with the pod's pull secrets
-    /// (upstream `EnsureImageExists`); a failed pull backs that image off for the pod.
-    async fn ensure_image(
-        &self,
-        pod: &Pod,
-        container: &Container,
-        sandbox_config: &cri::PodSandboxConfig,
-        objects: &crate::objects::PodObjects,
-    ) -> Result<String, SyncError> {
-        use crate::events::{NORMAL, WARNING};
-        let name = Some(container.name.as_str());
-        let image = container.image.clone().unwrap_or_default();
-        let policy = container
-            .image_pull_policy
-            .as_deref()
-            .unwrap_or("IfNotPresent");
-        if policy != "Always" {
-            if let Some(id) = self.cri.image_status(&image).await? {
-                self.events.pod_event(
-                    pod,
-                    name,
-                    NORMAL,
-                    "Pulled",
-                    format!("Container image {image:?} already present on machine"),
-                );
-                return Ok(id);
-            }
-            if policy == "Never" {
-                self.events.pod_event(
-                    pod,
-                    name,
-                    WARNING,
-                    "ErrImageNeverPull",
-                    format!("Container image {image:?} is not present with pull policy of Never"),
-                );
-                return Err(SyncError::ImageNeverPull { image });
-            }
-        }
-        let backoff_key = format!("{}_{image}", pod.metadata.uid.as_deref().unwrap_or(""));
-        if lock(&self.image_backoff).in_backoff_since_update(&backoff_key, now_nanos()) {
-            let err = SyncError::ImagePullBackOff { image };
-            self.events
-                .pod_event(pod, name, NORMAL, "BackOff", err.to_string());
-            return Err(err);
-        }
-        tracing::info!(%image, "pulling image");
-        self.events.pod_event(
-            pod,
-            name,
-            NORMAL,
-            "Pulling",
-            format!("Pulling image {image:?}"),
-        );
-        let start = std::time::Instant::now();
-        // Each matching credential in turn, most specific first; none: anonymously.
-        let mut creds: Vec<Option<cri::AuthConfig>> =
-            crate::credentials::for_image(pod, &image, objects)
-                .into_iter()
-                .map(Some)
-                .collect();
-        if creds.is_empty() {
-            creds.push(None);
-        }
-        let mut result = Err(CriError::Empty { op: "PullImage" });
-        for auth in creds {
-            result = self
-                .cri
-                .pull_image(&image, auth, Some(sandbox_config.clone()))
-                .await;
-            if result.is_ok() {
-                break;
-            }
-        }
-        match result {
-            Ok(id) => {
-                lock(&self.image_backoff).reset(&backoff_key);
-                self.events.pod_event(
-                    pod,
-                    name,
-                    NORMAL,
-                    "Pulled",
-                    format!(
-                        "Successfully pulled image {image:?} in {:?}",
-                        start.elapsed()
-                    ),
-                );
-                Ok(id)
-            }
-            Err(source) => {
-                lock(&self.image_backoff).failed_at(&backoff_key, now_nanos());
-                self.events.pod_event(
-                    pod,
-                    name,
-                    WARNING,
-                    "Failed",
-                    format!("Failed to pull image {image:?}: {source}"),
-                );
-                Err(SyncError::ImagePull {
-                    image: image.clone(),
-                    source,
-                })
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn start_container(
-        &self,
-        pod: &Pod,
-        container: &Container,
-        is_init: bool,
-        sandbox_id: &str,
-        sandbox_config: &cri::PodSandboxConfig,
-        status: &PodStatus,
-        backoff: &Mutex<Backoff>,
-        objects: &crate::objects::PodObjects,
-    ) -> Result<(), SyncError> {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let previous = status.find_container(&container.name);
-        let restart_count = previous.map(|p| p.restart_count + 1).unwrap_or(0);
-        if let Some(last) = status.last_exited(&container.name) {
-            let key = backoff::key(&uid, &container.name, &labels::hash_container(container));
-            lock(backoff).next(&key, last.started_at, last.finished_at, now_nanos());
-        }
-        let image_ref = self
-            .ensure_image(pod, container, sandbox_config, objects)
-            .await?;
-        let user = container::effective_user(pod, container);
-        if user.run_as_non_root {
-            self.verify_non_root(pod, container, &user, &image_ref)
-                .await?;
-        }
-        let rt_fields = crate::envvars::RuntimeFields {
-            pod_ips: self.pod_ips(Some(pod), sandbox_id).await,
-            host_ip: self.node_ip.clone(),
-            node_name: self.node_name.clone(),
-        };
-        let env = crate::envvars::make_env(pod, container, &rt_fields, &self.node, objects)
-            .map_err(SyncError::Config)?;
-        let command_args = crate::envvars::expand_command(container, &env);
-        let resources = crate::resources::linux_container_resources(pod, container, &self.node)
-            .map_err(SyncError::Config)?;
-        let inputs = crate::volumes::VolumeInputs {
-            rt: &rt_fields,
-            node: &self.node,
-            objects,
-        };
-        let volumes = crate::volumes::prepare(&self.root_dir, pod, &inputs)
-            .map_err(|e| SyncError::Config(e.to_string()))?;
-        let log_dir = PathBuf::from(&sandbox_config.log_directory).join(&container.name);
-        mkdir(&log_dir)?;
-        let mut mounts = crate::volumes::container_mounts(container, &volumes)
-            .map_err(|e| SyncError::Config(e.to_string()))?;
-        if let Some(path) = container
-            .termination_message_path
-            .as_deref()
-            .filter(|p| !p.is_empty())
-        {
-            let dir = self
-                .root_dir
-                .join("pods")
-                .join(&uid)
-                .join("containers")
-                .join(&container.name);
-            mkdir(&dir)?;
-            let file = dir.join(restart_count.to_string());
-            // 0666 whatever the umask, as upstream: a container running as any user writes it.
-            std::fs::write(&file, b"")
-                .and_then(|()| {
-                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))
-                })
-                .map_err(|source| SyncError::Io {
-                    path: file.clone(),
-                    source,
-                })?;
-            mounts.push(cri::Mount {
-                container_path: path.to_string(),
-                host_path: file.display().to_string(),
-                ..Default::default()
-            });
-        }
-        if crate::network::hosts::should_mount(container, &rt_fields.pod_ips) {
-            let pod_dir = self.root_dir.join("pods").join(&uid);
-            let file = crate::network::hosts::ensure_file(
-                &pod_dir,
-                pod,
-                &rt_fields.pod_ips,
-                &self.paths.dns.domain,
-                Path::new(crate::network::hosts::ETC_HOSTS),
-            )
-            .map_err(|source| SyncError::Io {
-                path: pod_dir.join("etc-hosts"),
-                source,
-            })?;
-            mounts.push(cri::Mount {
-                container_path: crate::network::hosts::ETC_HOSTS.into(),
-                host_path: file.display().to_string(),
-                ..Default::default()
-            });
-        }
-        let config = container::container_config(
-            pod,
-            container,
-            &container::ContainerOptions {
-                restart_count,
-                is_init,
-                image_ref,
-                mounts,
-                env: Some(env),
-                command_args: Some(command_args),
-                resources: Some(resources),
-                namespace_options: sandbox_config
-                    .linux
-                    .as_ref()
-                    .and_then(|l| l.security_context.as_ref())
-                    .and_then(|s| s.namespace_options.clone()),
-                seccomp: Some(crate::security::seccomp::profile_for(
-                    pod,
-                    Some(container),
-                    &self.paths.seccomp_profile_root,
-                    self.paths.seccomp_default,
-                )),
-                apparmor: crate::security::apparmor::profile_for(pod, container)
-                    .map_err(SyncError::Config)?,
-            },
-        );
-        let id = self
-            .cri
-            .create_container(sandbox_id, config, sandbox_config.clone())
-            .await
-            .map_err(SyncError::CreateContainer)?;
-        self.events.pod_event(
-            pod,
-            Some(&container.name),
-            crate::events::NORMAL,
-            "Created",
-            format!("Created container {}", container.name),
-        );
-        if let Err(e) = self.cri.start_container(&id).await {
-            // Do not leave a created container behind; the next sync tries again.
-            let _ = self.cri.remove_container(&id).await;
-            return Err(SyncError::StartContainer(e));
-        }
-        tracing::info!(pod = %status_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
-        self.events.pod_event(
-            pod,
-            Some(&container.name),
-            crate::events::NORMAL,
-            "Started",
-            format!("Started container {}", container.name),
-        );
-        if let Some(h) = container
-            .lifecycle
-            .as_ref()
-            .and_then(|l| l.post_start.as_ref())
-        {
-            let ip = rt_fields.pod_ips.first().map(String::as_str);
-            let timeout = std::time::Duration::from_secs(pod_grace(pod).max(30) as u64);
-            if let Err(msg) = run_lifecycle_handler(&self.cri, h, container, &id, ip, timeout).await
-            {
-                tracing::warn!(pod = %status_name(pod), container = %container.name, error = %msg, "postStart hook failed, killing the container (FailedPostStartHook)");
-                let _ = self.cri.stop_container(&id, pod_grace(pod)).await;
-                return Err(SyncError::PostStartHook(msg));
-            }
-        }
-        Ok(())
-    }
-
-    /// Stops one container: its preStop hook (when `pod` knows one) within the grace
-    /// period, then the stop signal with what is left of it. `reason` is the `Killing`
-    /// event's message (default: "Stopping container <name>").
-    pub async fn stop_container(
-        &self,
-        pod: Option<&Pod>,
-        name: &str,
-        id: &str,
-        sandbox_id: &str,
-        grace: i64,
-        reason: Option<&str>,
-    ) -> Result<(), CriError> {
-        let spec = pod.and_then(|p| {
-            app_containers(p)
-                .iter()
-                .chain(init_containers(p))
-                .find(|c| c.name == name)
-        });
-        let mut grace = grace;
-        if let Some(p) = pod {
-            self.events.pod_event(
-                p,
-                Some(name),
-                crate::events::NORMAL,
-                "Killing",
-                reason
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("Stopping container {name}")),
-            );
-        }
-        if let Some((c, h)) = spec.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
-        {
-            let ip = self.pod_ips(pod, sandbox_id).await;
-            let start = std::time::Instant::now();
-            run_pre_stop(&self.cri, h, c, id, ip.first().map(String::as_str), grace).await;
-            grace = (grace - start.elapsed().as_secs() as i64).max(MIN_GRACE_SECS);
-        }
-        self.cri.stop_container(id, grace).await
-    }
-
-    /// Upstream's `verifyRunAsNonRoot`: refuses a container that would run as root.
-    async fn verify_non_root(
-        &self,
-        pod: &Pod,
-        container: &Container,
-        user: &container::EffectiveUser,
-        image_ref: &str,
-    ) -> Result<(), SyncError> {
-        let who = format!("pod: {:?}, container: {}", status_name(pod), container.name);
-        if let Some(uid) = user.run_as_user {
-            if uid == 0 {
-                return Err(SyncError::Config(format!(
-                    "container's runAsUser breaks non-root policy ({who})"
-                )));
-            }
-            return Ok(());
-        }
-        let (uid, username) = self.cri.image_user(image_ref).await?;
-        match uid {
-            Some(0) => Err(SyncError::Config(format!(
-                "container has runAsNonRoot and image will run as root ({who})"
-            ))),
-            Some(_) => Ok(()),
-            None if !username.is_empty() => Err(SyncError::Config(format!(
-                "container has runAsNonRoot and image has non-numeric user ({username}), cannot verify user is non-root ({who})"
-            ))),
-            // No user in the image: it runs as root.
-            None => Err(SyncError::Config(format!(
-                "container has runAsNonRoot and image will run as root ({who})"
-            ))),
-        }
-    }
-
-    /// Removes exited containers beyond the newest `maxPerPodContainer` exited ones per
-    /// name (upstream's container GC, run on each sync), so restarts do not pile up.
-    async fn remove_old_containers(&self, status: &PodStatus) {
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for c in &status.containers {
-            if c.state != ContainerState::Exited {
-                continue;
-            }
-            let n = seen.entry(c.name.as_str()).or_default();
-            *n += 1;
-            if *n > self.max_per_pod_container as usize {
-                if let Err(e) = self.cri.remove_container(&c.id).await {
-                    tracing::warn!(container = %c.name, id = %c.id, error = %e, "cannot remove old container");
-                }
-                lock(&self.container_cache).remove(&c.id);
-            }
-        }
-    }
-
     /// Stops every running container of the pod with its grace period, then its sandboxes.
     /// `pod` gives the grace period; without it the containers' annotations do.
     pub async fn kill_pod(
@@ -905,96 +431,6 @@ impl RuntimeManager {
         Ok(())
     }
 }
-
-/// Runs a lifecycle handler (exec, httpGet, sleep) with a deadline.
-pub async fn run_lifecycle_handler(
-    cri: &Cri,
-    h: &k8s_openapi::api::core::v1::LifecycleHandler,
-    container: &Container,
-    container_id: &str,
-    pod_ip: Option<&str>,
-    timeout: std::time::Duration,
-) -> crate::handlers::Outcome {
-    if let Some(e) = &h.exec {
-        crate::handlers::exec(cri, container_id, e, timeout).await
-    } else if let Some(g) = &h.http_get {
-        crate::handlers::http_get(g, container, pod_ip, timeout).await
-    } else if let Some(s) = &h.sleep {
-        let d = std::time::Duration::from_secs(s.seconds.max(0) as u64).min(timeout);
-        tokio::time::sleep(d).await;
-        Ok(())
-    } else if let Some(t) = &h.tcp_socket {
-        // Deprecated for hooks; upstream treats it as a connect.
-        crate::handlers::tcp(t, container, pod_ip, timeout).await
-    } else {
-        Err("lifecycle handler has no action".into())
-    }
-}
-
-/// Runs a preStop hook within `grace` seconds; failures are logged (upstream goes on
-/// to stop the container).
-pub async fn run_pre_stop(
-    cri: &Cri,
-    h: &k8s_openapi::api::core::v1::LifecycleHandler,
-    container: &Container,
-    container_id: &str,
-    pod_ip: Option<&str>,
-    grace: i64,
-) {
-    let timeout = std::time::Duration::from_secs(grace.max(1) as u64);
-    tracing::info!(container = %container.name, id = %container_id, "running preStop hook");
-    if let Err(e) = run_lifecycle_handler(cri, h, container, container_id, pod_ip, timeout).await {
-        tracing::warn!(container = %container.name, id = %container_id, error = %e, "preStop hook failed (FailedPreStopHook)");
-    }
-}
-
-/// Upstream's limit on a termination message.
-const MAX_TERMINATION_MESSAGE: u64 = 4096;
-
-/// What the container wrote to its `terminationMessagePath` (the file the kubelet mounted
-/// there, found through the container's mounts), cut to 4096 bytes.
-fn termination_message(c: &cri::Container, st: &cri::ContainerStatus) -> Option<String> {
-    use std::io::Read;
-    let path = c
-        .annotations
-        .get(labels::CONTAINER_TERMINATION_MESSAGE_PATH)?;
-    let mount = st.mounts.iter().find(|m| &m.container_path == path)?;
-    let mut buf = Vec::new();
-    std::fs::File::open(&mount.host_path)
-        .ok()?
-        .take(MAX_TERMINATION_MESSAGE)
-        .read_to_end(&mut buf)
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    if !text.is_empty() {
-        return Some(text);
-    }
-    // FallbackToLogsOnError: the end of the log of a failed container.
-    let fallback = c
-        .annotations
-        .get(labels::CONTAINER_TERMINATION_MESSAGE_POLICY)
-        .is_some_and(|p| p == "FallbackToLogsOnError");
-    if fallback && st.exit_code != 0 && !st.log_path.is_empty() {
-        let opts = crate::logs::LogOptions {
-            tail_lines: Some(MAX_TERMINATION_MESSAGE_LOG_LINES),
-            ..Default::default()
-        };
-        let (mut text, _) = crate::logs::read_all(Path::new(&st.log_path), &opts).ok()?;
-        if text.len() > MAX_TERMINATION_MESSAGE_LOG_BYTES {
-            let mut cut = text.len() - MAX_TERMINATION_MESSAGE_LOG_BYTES;
-            while !text.is_char_boundary(cut) {
-                cut += 1;
-            }
-            text.drain(..cut);
-        }
-        return (!text.is_empty()).then_some(text);
-    }
-    None
-}
-
-/// Upstream's limits on a termination message taken from the log.
-const MAX_TERMINATION_MESSAGE_LOG_LINES: usize = 80;
-const MAX_TERMINATION_MESSAGE_LOG_BYTES: usize = 2048;
 
 fn status_name(pod: &Pod) -> String {
     crate::pod_config::full_name(pod)

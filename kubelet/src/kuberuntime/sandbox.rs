@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Pod;
 use nodus_proto::runtime::v1 as cri;
 
-use crate::labels;
+use crate::kuberuntime::labels;
 
 /// The pod's log directory: `<podLogsDir>/<namespace>_<name>_<uid>`.
 pub fn pod_log_dir(pod_logs_dir: &Path, namespace: &str, name: &str, uid: &str) -> PathBuf {

@@ -181,7 +181,7 @@ where
 
 /// Sends what is appended to the log until the container stops or the client goes.
 async fn follow_log(
-    cri: crate::cri::Cri,
+    cri: crate::kuberuntime::cri::Cri,
     id: String,
     path: std::path::PathBuf,
     mut offset: u64,

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use super::{reply, Body};
 use crate::config::{AuthorizationMode, Config};
-use crate::cri::Cri;
-use crate::labels;
+use crate::kuberuntime::cri::Cri;
+use crate::kuberuntime::labels;
 
 fn millis(time: &Value) -> Option<i64> {
     time.as_str()?

@@ -13,7 +13,7 @@ use nodus_proto::runtime::v1 as cri;
 
 use super::{reply, Body};
 use crate::kubelet::Shared;
-use crate::labels;
+use crate::kuberuntime::labels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -122,13 +122,13 @@ async fn find_sandbox(shared: &Shared, uid: &str) -> Option<String> {
 }
 
 /// A runtime error as upstream's `streaming.WriteError` answers it.
-fn cri_error(e: crate::cri::CriError) -> Response<Body> {
+fn cri_error(e: crate::kuberuntime::cri::CriError) -> Response<Body> {
     let code = match &e {
-        crate::cri::CriError::Status {
+        crate::kuberuntime::cri::CriError::Status {
             code: tonic::Code::NotFound,
             ..
         } => StatusCode::NOT_FOUND,
-        crate::cri::CriError::Status {
+        crate::kuberuntime::cri::CriError::Status {
             code: tonic::Code::ResourceExhausted,
             ..
         } => StatusCode::TOO_MANY_REQUESTS,

@@ -554,7 +554,7 @@ pub fn rejected(pod: &Pod, reason: &str, message: &str, now: Nanos) -> ApiPodSta
 mod tests {
     use super::*;
     use crate::container::{SandboxState, SandboxStatus, NANOS_PER_SEC as S};
-    use crate::labels::hash_container;
+    use crate::kuberuntime::labels::hash_container;
     use crate::testutil::pod;
     use ContainerState::*;
 

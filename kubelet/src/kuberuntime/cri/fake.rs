@@ -11,7 +11,7 @@ use nodus_proto::runtime::v1 as cri;
 
 use super::{Cri, CriError, CriFut, ImageService, RuntimeService};
 use crate::container::{now_nanos, Nanos};
-use crate::labels;
+use crate::kuberuntime::labels;
 
 /// One recorded call: the CRI method and its main argument (an ID, an image, a name).
 #[derive(Debug, Clone, PartialEq, Eq)]

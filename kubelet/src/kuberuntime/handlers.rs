@@ -16,7 +16,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::cri::Cri;
+use crate::kuberuntime::cri::Cri;
 
 /// A probe or hook outcome: Ok, or why it failed.
 pub type Outcome = Result<(), String>;
