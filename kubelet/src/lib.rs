@@ -8,6 +8,7 @@
 //! through [`cri`]) -> [`status_manager`], served by [`server`].
 
 pub mod active_deadline;
+mod admission;
 pub mod atomic_writer;
 pub mod backoff;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod pleg;
 pub(crate) mod pod_cache;
 pub mod pod_config;
 pub mod pod_manager;
+mod pod_sync;
 pub mod pod_workers;
 pub mod prober;
 pub mod resources;
@@ -41,6 +43,7 @@ pub mod services;
 pub mod sources;
 pub mod stats;
 pub mod status_manager;
+mod sync_loop;
 #[cfg(test)]
 mod testutil;
 pub mod volumes;

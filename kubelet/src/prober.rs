@@ -151,7 +151,7 @@ impl ProbeManager {
 
     /// Starts workers for the running containers of `pod` that have probes and stops
     /// those of containers no longer running.
-    pub fn sync_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>) {
+    pub fn update_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>) {
         let uid = status.uid.clone();
         let running: Vec<(&Container, String)> = crate::kuberuntime::actions::app_containers(pod)
             .iter()
@@ -443,7 +443,7 @@ mod tests {
         let (id, status) = running(&fake, &pod);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let m = ProbeManager::new(fake.cri(), tx, crate::events::EventRecorder::none());
-        m.sync_pod(&pod, &status, None);
+        m.update_pod(&pod, &status, None);
         assert_eq!(notified(&mut rx).await, status.uid);
         let r = m.results()[&id].clone();
         assert_eq!(r.failed, Some(ProbeKind::Liveness));
@@ -470,7 +470,7 @@ mod tests {
         let (id, status) = running(&fake, &pod);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let m = ProbeManager::new(fake.cri(), tx, crate::events::EventRecorder::none());
-        m.sync_pod(&pod, &status, None);
+        m.update_pod(&pod, &status, None);
         notified(&mut rx).await;
         let r = m.results()[&id].clone();
         assert_eq!(r.failed, Some(ProbeKind::Startup));
@@ -489,7 +489,7 @@ mod tests {
         let (id, status) = running(&fake, &pod);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let m = ProbeManager::new(fake.cri(), tx, crate::events::EventRecorder::none());
-        m.sync_pod(&pod, &status, None);
+        m.update_pod(&pod, &status, None);
         notified(&mut rx).await;
         assert_eq!(m.results()[&id].ready, Some(true));
         fake.set_exec_exit("a", 1);

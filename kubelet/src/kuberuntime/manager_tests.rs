@@ -1,4 +1,4 @@
-//! The runtime manager's decisions on the fake CRI runtime: what `sync_pod` creates,
+//! The runtime manager's decisions on the fake CRI runtime: what `apply_pod_actions` creates,
 //! starts, kills and removes, container GC, and the status built from the runtime's view.
 
 use std::path::PathBuf;
@@ -88,12 +88,12 @@ impl Node {
         (st, a)
     }
 
-    /// One sync as the pod worker runs it: status, actions, sync_pod.
+    /// One sync as the pod worker runs it: status, actions, apply_pod_actions.
     async fn sync(&self, p: &Pod) -> (PodActions, StartResults) {
         let (st, a) = self.actions(p).await;
         let r = self
             .rm
-            .sync_pod(p, &st, &a, &self.backoff, &Default::default())
+            .apply_pod_actions(p, &st, &a, &self.backoff, &Default::default())
             .await
             .unwrap();
         (a, r)
@@ -511,7 +511,7 @@ async fn pull_secrets_reach_the_registry() {
     };
     let (st, a) = n.actions(&p).await;
     let r =
-        n.rm.sync_pod(&p, &st, &a, &n.backoff, &objects)
+        n.rm.apply_pod_actions(&p, &st, &a, &n.backoff, &objects)
             .await
             .unwrap();
     assert!(r[0].1.is_ok(), "{r:?}");
@@ -1007,7 +1007,7 @@ async fn a_failed_kill_is_retried_by_the_next_sync() {
         .inject_error("StopContainer", tonic::Code::Unavailable);
     let (st, a) = n.actions(&p).await;
     let r =
-        n.rm.sync_pod(&p, &st, &a, &n.backoff, &Default::default())
+        n.rm.apply_pod_actions(&p, &st, &a, &n.backoff, &Default::default())
             .await;
     assert!(r.is_err());
     assert_eq!(

@@ -1,6 +1,6 @@
 //! The runtime manager (upstream `kuberuntime`): reads a pod's state from CRI
 //! ([`RuntimeManager::get_pod_status`]), applies the actions [`actions::compute_pod_actions`]
-//! decides ([`RuntimeManager::sync_pod`]: sandbox, image pulls per `imagePullPolicy`,
+//! decides ([`RuntimeManager::apply_pod_actions`]: sandbox, image pulls per `imagePullPolicy`,
 //! containers with upstream labels and annotations) and tears pods down
 //! ([`RuntimeManager::kill_pod`], [`RuntimeManager::remove_pod`]).
 
@@ -228,7 +228,7 @@ impl RuntimeManager {
     }
 
     /// Applies `actions` to `pod` whose runtime state is `status`.
-    pub async fn sync_pod(
+    pub async fn apply_pod_actions(
         &self,
         pod: &Pod,
         status: &PodStatus,
