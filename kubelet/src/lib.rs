@@ -9,7 +9,7 @@
 
 pub mod active_deadline;
 mod admission;
-pub mod atomic_writer;
+
 pub mod backoff;
 pub mod config;
 pub mod container;
