@@ -4,10 +4,11 @@
 
 use crate::THREAD_STACK;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
@@ -59,6 +60,18 @@ impl Event {
     }
 }
 
+/// The current time as a protobuf timestamp (events, exits and delete replies carry one).
+pub fn now() -> Timestamp {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
 /// Queue of events for the publishing thread.
 pub struct Publisher {
     tx: Sender<Event>,
@@ -85,7 +98,7 @@ fn publish_loop(rx: Receiver<Event>, address: &str, namespace: &str) {
         let (topic, any) = event.topic_and_any();
         let request = ForwardRequest {
             envelope: Some(Envelope {
-                timestamp: Some(crate::service::now()).into(),
+                timestamp: Some(now()).into(),
                 namespace: namespace.to_string(),
                 topic: topic.to_string(),
                 event: Some(any).into(),

@@ -233,7 +233,7 @@ fn delete(flags: &Flags) -> Result<()> {
     }
     let response = DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
-        exited_at: MessageField::some(service::now()),
+        exited_at: MessageField::some(events::now()),
         ..Default::default()
     };
     let mut out = std::io::stdout().lock();

@@ -10,7 +10,6 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::events::task as ev;
@@ -19,7 +18,7 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::ttrpc::{self, Code, TtrpcContext};
 
-use crate::events::{Event, Publisher};
+use crate::events::{now, Event, Publisher};
 use crate::mount;
 use crate::runtime::{ChildWaiter, Io, Runtime};
 use crate::stats::Cgroup;
@@ -32,17 +31,6 @@ const OUTPUT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 /// Exit statuses of children nobody claimed yet are kept up to this many.
 const MAX_UNCLAIMED: usize = 4096;
-
-pub fn now() -> Timestamp {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-        ..Default::default()
-    }
-}
 
 fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
