@@ -14,15 +14,19 @@
 //! work goes through the `nodus-runtime` binary (the runtime library forks, so it must not
 //! run inside this multi-threaded process), as containerd's runc shim runs `runc`.
 
+mod container;
+mod error;
 mod events;
 mod flags;
 mod logger;
 mod mount;
+mod process;
 mod reaper;
 mod runtime;
 mod service;
 mod stats;
 mod stdio;
+mod task;
 
 use std::fs;
 use std::io::Write;
@@ -292,7 +296,7 @@ fn serve(flags: &Flags) -> Result<()> {
     // containerd 1.6/1.7 call `containerd.task.v2.Task`, 2.x `containerd.task.v3.Task`:
     // the messages are the same, so answer under both names.
     let task: Arc<dyn containerd_shim_protos::Task + Send + Sync> =
-        Arc::new(service::TaskService(service.clone()));
+        Arc::new(task::TaskService(service.clone()));
     let mut methods = containerd_shim_protos::create_task(task.clone());
     let v2: Vec<_> = containerd_shim_protos::create_task(task)
         .into_iter()

@@ -147,6 +147,11 @@ impl Runtime {
     }
 }
 
+/// The runtime's JSON log for a container, under its bundle.
+pub(crate) fn log_path(bundle: &Path) -> PathBuf {
+    bundle.join("runtime.log.json")
+}
+
 /// The message of the last error line of a JSON runtime log (runc's format: one object per
 /// line with `level` and `msg`).
 pub fn last_log_error(path: &Path) -> String {
