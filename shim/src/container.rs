@@ -17,6 +17,14 @@ use crate::runtime::{self, ChildWaiter, Runtime};
 use crate::stats::Cgroup;
 use crate::stdio::StdioPaths;
 
+/// A container's `create` request, decoded.
+pub(crate) struct CreateRequest<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) bundle: PathBuf,
+    pub(crate) rootfs: &'a [api::Mount],
+    pub(crate) stdio: StdioPaths,
+}
+
 pub(crate) struct Container {
     pub(crate) bundle: PathBuf,
     rootfs_mounted: bool,

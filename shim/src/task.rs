@@ -12,8 +12,9 @@ use containerd_shim_protos::shim::oci::ProcessDetails;
 use containerd_shim_protos::ttrpc::{self, TtrpcContext};
 use containerd_shim_protos::types::task::ProcessInfo;
 
+use crate::container::CreateRequest;
 use crate::error::{Error, Result};
-use crate::service::{CreateRequest, Service};
+use crate::service::Service;
 use crate::stdio::{self, StdioPaths};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
