@@ -2,7 +2,6 @@
 //! on containerd's ttrpc socket). One thread sends them in order and retries while
 //! containerd is away (e.g. restarting), so a handler never blocks on it.
 
-use crate::THREAD_STACK;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,10 +79,9 @@ pub struct Publisher {
 impl Publisher {
     pub fn start(ttrpc_address: String, namespace: String) -> std::io::Result<Publisher> {
         let (tx, rx) = channel();
-        std::thread::Builder::new()
-            .name("events".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || publish_loop(rx, &ttrpc_address, &namespace))?;
+        crate::thread::spawn("events", move || {
+            publish_loop(rx, &ttrpc_address, &namespace)
+        })?;
         Ok(Publisher { tx })
     }
 

@@ -27,6 +27,7 @@ mod service;
 mod stats;
 mod stdio;
 mod task;
+mod thread;
 
 use std::fs;
 use std::io::Write;
@@ -50,9 +51,6 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 const SOCKET_ROOT: &str = "/run/containerd";
 /// The listening socket handed from `start` to the long-lived shim.
 const LISTENER_FD: i32 = 3;
-/// Stack of the shim's own threads: only touched pages count as resident, so this is a
-/// ceiling (debug builds need far more than release ones), not a cost.
-pub const THREAD_STACK: usize = 512 * 1024;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -2,7 +2,6 @@
 //! when the runtime exits) and the runtime processes it runs are all reaped here, and each
 //! exit is handed to the service (which matches it to a task, an exec or a runtime command).
 
-use crate::THREAD_STACK;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -23,15 +22,12 @@ impl Signals {
 
     /// The reaper thread: on every SIGCHLD, reap all exited children.
     pub fn spawn_reaper(mut self, service: Arc<Service>) -> Result<()> {
-        std::thread::Builder::new()
-            .name("reaper".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || loop {
-                for _ in self.0.wait() {
-                    reap_all(&service);
-                }
-            })
-            .context("spawn the reaper thread")?;
+        crate::thread::spawn("reaper", move || loop {
+            for _ in self.0.wait() {
+                reap_all(&service);
+            }
+        })
+        .context("spawn the reaper thread")?;
         Ok(())
     }
 }

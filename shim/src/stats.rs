@@ -3,7 +3,6 @@
 //! `io.containerd.cgroups.v2.Metrics` on pure cgroup v2) and the OOM watcher that turns
 //! the kernel's OOM notifications into TaskOOM events.
 
-use crate::THREAD_STACK;
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -243,12 +242,7 @@ fn metrics_v2(st: &Stats) -> v2::Metrics {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .stack_size(THREAD_STACK)
-        .spawn(f)
-        .map(|_| ())
-        .with_context(|| format!("spawn {name} thread"))
+    crate::thread::spawn(name, f).with_context(|| format!("spawn {name} thread"))
 }
 
 /// cgroup v1: an eventfd registered on memory.oom_control through cgroup.event_control.

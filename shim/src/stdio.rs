@@ -7,7 +7,6 @@
 //! - With a terminal the runtime sends the pty master over a console socket; threads copy
 //!   between it and the FIFOs, and ResizePty sets its window size.
 
-use crate::THREAD_STACK;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -49,11 +48,7 @@ fn fifo_path(uri: &str) -> Result<&str> {
 }
 
 fn thread(name: &str, f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new()
-        .name(name.into())
-        .stack_size(THREAD_STACK)
-        .spawn(f)
-    {
+    if let Err(e) = crate::thread::spawn(name, f) {
         tracing::warn!(error = %e, "spawn {name} thread");
     }
 }
