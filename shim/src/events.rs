@@ -19,7 +19,7 @@ const RETRY_FOR: Duration = Duration::from_secs(30);
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// A task event of the kinds the shim publishes.
-pub enum Event {
+pub(crate) enum Event {
     Create(ev::TaskCreate),
     Start(ev::TaskStart),
     Exit(ev::TaskExit),
@@ -60,7 +60,7 @@ impl Event {
 }
 
 /// The current time as a protobuf timestamp (events, exits and delete replies carry one).
-pub fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -72,12 +72,12 @@ pub fn now() -> Timestamp {
 }
 
 /// Queue of events for the publishing thread.
-pub struct Publisher {
+pub(crate) struct Publisher {
     tx: Sender<Event>,
 }
 
 impl Publisher {
-    pub fn start(ttrpc_address: String, namespace: String) -> std::io::Result<Publisher> {
+    pub(crate) fn start(ttrpc_address: String, namespace: String) -> std::io::Result<Publisher> {
         let (tx, rx) = channel();
         crate::thread::spawn("events", move || {
             publish_loop(rx, &ttrpc_address, &namespace)
@@ -85,7 +85,7 @@ impl Publisher {
         Ok(Publisher { tx })
     }
 
-    pub fn publish(&self, event: Event) {
+    pub(crate) fn publish(&self, event: Event) {
         let _ = self.tx.send(event);
     }
 }

@@ -11,17 +11,17 @@ use nix::unistd::Pid;
 use crate::service::Service;
 
 /// SIGCHLD registered before any child exists, so no exit is missed.
-pub struct Signals(signal_hook::iterator::Signals);
+pub(crate) struct Signals(signal_hook::iterator::Signals);
 
 impl Signals {
-    pub fn install() -> Result<Signals> {
+    pub(crate) fn install() -> Result<Signals> {
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])
             .map(Signals)
             .context("register SIGCHLD")
     }
 
     /// The reaper thread: on every SIGCHLD, reap all exited children.
-    pub fn spawn_reaper(mut self, service: Arc<Service>) -> Result<()> {
+    pub(crate) fn spawn_reaper(mut self, service: Arc<Service>) -> Result<()> {
         crate::thread::spawn("reaper", move || loop {
             for _ in self.0.wait() {
                 reap_all(&service);
