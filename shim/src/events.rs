@@ -2,12 +2,12 @@
 //! on containerd's ttrpc socket). One thread sends them in order and retries while
 //! containerd is away (e.g. restarting), so a handler never blocks on it.
 
-use crate::THREAD_STACK;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
@@ -19,7 +19,7 @@ const RETRY_FOR: Duration = Duration::from_secs(30);
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// A task event of the kinds the shim publishes.
-pub enum Event {
+pub(crate) enum Event {
     Create(ev::TaskCreate),
     Start(ev::TaskStart),
     Exit(ev::TaskExit),
@@ -59,22 +59,33 @@ impl Event {
     }
 }
 
+/// The current time as a protobuf timestamp (events, exits and delete replies carry one).
+pub(crate) fn now() -> Timestamp {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
 /// Queue of events for the publishing thread.
-pub struct Publisher {
+pub(crate) struct Publisher {
     tx: Sender<Event>,
 }
 
 impl Publisher {
-    pub fn start(ttrpc_address: String, namespace: String) -> std::io::Result<Publisher> {
+    pub(crate) fn start(ttrpc_address: String, namespace: String) -> std::io::Result<Publisher> {
         let (tx, rx) = channel();
-        std::thread::Builder::new()
-            .name("events".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || publish_loop(rx, &ttrpc_address, &namespace))?;
+        crate::thread::spawn("events", move || {
+            publish_loop(rx, &ttrpc_address, &namespace)
+        })?;
         Ok(Publisher { tx })
     }
 
-    pub fn publish(&self, event: Event) {
+    pub(crate) fn publish(&self, event: Event) {
         let _ = self.tx.send(event);
     }
 }
@@ -85,7 +96,7 @@ fn publish_loop(rx: Receiver<Event>, address: &str, namespace: &str) {
         let (topic, any) = event.topic_and_any();
         let request = ForwardRequest {
             envelope: Some(Envelope {
-                timestamp: Some(crate::service::now()).into(),
+                timestamp: Some(now()).into(),
                 namespace: namespace.to_string(),
                 topic: topic.to_string(),
                 event: Some(any).into(),

@@ -5,21 +5,21 @@ use anyhow::{bail, Result};
 
 /// Parsed command line.
 #[derive(Debug, Default, Clone)]
-pub struct Flags {
-    pub namespace: String,
-    pub id: String,
-    pub address: String,
-    pub publish_binary: String,
-    pub bundle: Option<String>,
-    pub socket: Option<String>,
-    pub debug: bool,
-    pub version: bool,
+pub(crate) struct Flags {
+    pub(crate) namespace: String,
+    pub(crate) id: String,
+    pub(crate) address: String,
+    pub(crate) publish_binary: String,
+    pub(crate) bundle: Option<String>,
+    pub(crate) socket: Option<String>,
+    pub(crate) debug: bool,
+    pub(crate) version: bool,
     /// `start`, `delete`, or none (serve).
-    pub action: Option<String>,
+    pub(crate) action: Option<String>,
 }
 
 impl Flags {
-    pub fn parse(args: &[String]) -> Result<Flags> {
+    pub(crate) fn parse(args: &[String]) -> Result<Flags> {
         let mut flags = Flags::default();
         let mut i = 0;
         while i < args.len() {

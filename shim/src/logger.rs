@@ -10,13 +10,13 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-pub struct StderrLogger {
+pub(crate) struct StderrLogger {
     max: Level,
     next_span: AtomicU64,
 }
 
 impl StderrLogger {
-    pub fn install(max: Level) {
+    pub(crate) fn install(max: Level) {
         let logger = StderrLogger {
             max,
             next_span: AtomicU64::new(1),

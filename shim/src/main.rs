@@ -14,15 +14,20 @@
 //! work goes through the `nodus-runtime` binary (the runtime library forks, so it must not
 //! run inside this multi-threaded process), as containerd's runc shim runs `runc`.
 
+mod container;
+mod error;
 mod events;
 mod flags;
 mod logger;
 mod mount;
+mod process;
 mod reaper;
 mod runtime;
 mod service;
 mod stats;
 mod stdio;
+mod task;
+mod thread;
 
 use std::fs;
 use std::io::Write;
@@ -46,9 +51,6 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 const SOCKET_ROOT: &str = "/run/containerd";
 /// The listening socket handed from `start` to the long-lived shim.
 const LISTENER_FD: i32 = 3;
-/// Stack of the shim's own threads: only touched pages count as resident, so this is a
-/// ceiling (debug builds need far more than release ones), not a cost.
-pub const THREAD_STACK: usize = 512 * 1024;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -233,7 +235,7 @@ fn delete(flags: &Flags) -> Result<()> {
     }
     let response = DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
-        exited_at: MessageField::some(service::now()),
+        exited_at: MessageField::some(events::now()),
         ..Default::default()
     };
     let mut out = std::io::stdout().lock();
@@ -292,7 +294,7 @@ fn serve(flags: &Flags) -> Result<()> {
     // containerd 1.6/1.7 call `containerd.task.v2.Task`, 2.x `containerd.task.v3.Task`:
     // the messages are the same, so answer under both names.
     let task: Arc<dyn containerd_shim_protos::Task + Send + Sync> =
-        Arc::new(service::TaskService(service.clone()));
+        Arc::new(task::TaskService(service.clone()));
     let mut methods = containerd_shim_protos::create_task(task.clone());
     let v2: Vec<_> = containerd_shim_protos::create_task(task)
         .into_iter()

@@ -11,7 +11,7 @@ use nodus_runtime::rootfs::{parse_options, MountOptions};
 
 /// Mounts `mounts` in order at `target` (created if missing). On error, what was mounted is
 /// unmounted again.
-pub fn mount_rootfs(mounts: &[Mount], target: &Path) -> Result<()> {
+pub(crate) fn mount_rootfs(mounts: &[Mount], target: &Path) -> Result<()> {
     if mounts.is_empty() {
         return Ok(());
     }
@@ -89,7 +89,7 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
 }
 
 /// Unmounts every mount stacked at `target` (nothing to do when none is).
-pub fn unmount_all(target: &Path) -> Result<()> {
+pub(crate) fn unmount_all(target: &Path) -> Result<()> {
     for _ in 0..32 {
         match umount2(target, MntFlags::empty()) {
             Ok(()) => continue,

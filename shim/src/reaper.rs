@@ -2,7 +2,6 @@
 //! when the runtime exits) and the runtime processes it runs are all reaped here, and each
 //! exit is handed to the service (which matches it to a task, an exec or a runtime command).
 
-use crate::THREAD_STACK;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -12,26 +11,23 @@ use nix::unistd::Pid;
 use crate::service::Service;
 
 /// SIGCHLD registered before any child exists, so no exit is missed.
-pub struct Signals(signal_hook::iterator::Signals);
+pub(crate) struct Signals(signal_hook::iterator::Signals);
 
 impl Signals {
-    pub fn install() -> Result<Signals> {
+    pub(crate) fn install() -> Result<Signals> {
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])
             .map(Signals)
             .context("register SIGCHLD")
     }
 
     /// The reaper thread: on every SIGCHLD, reap all exited children.
-    pub fn spawn_reaper(mut self, service: Arc<Service>) -> Result<()> {
-        std::thread::Builder::new()
-            .name("reaper".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || loop {
-                for _ in self.0.wait() {
-                    reap_all(&service);
-                }
-            })
-            .context("spawn the reaper thread")?;
+    pub(crate) fn spawn_reaper(mut self, service: Arc<Service>) -> Result<()> {
+        crate::thread::spawn("reaper", move || loop {
+            for _ in self.0.wait() {
+                reap_all(&service);
+            }
+        })
+        .context("spawn the reaper thread")?;
         Ok(())
     }
 }

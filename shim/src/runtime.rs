@@ -14,32 +14,32 @@ const STATE_ROOT: &str = "/run/nodus-shim";
 const BINARY: &str = "nodus-runtime";
 
 /// Waits for the exit status of a child this process spawned.
-pub trait ChildWaiter {
+pub(crate) trait ChildWaiter {
     fn wait_child(&self, pid: i32) -> i32;
 }
 
 /// The runtime binary and its state root.
 #[derive(Debug, Clone)]
-pub struct Runtime {
+pub(crate) struct Runtime {
     binary: PathBuf,
     root: PathBuf,
 }
 
 /// How to wire a command's standard streams.
 #[derive(Default)]
-pub struct Io {
-    pub stdin: Option<Stdio>,
+pub(crate) struct Io {
+    pub(crate) stdin: Option<Stdio>,
     /// `None`: captured and returned.
-    pub stdout: Option<Stdio>,
+    pub(crate) stdout: Option<Stdio>,
     /// `None`: captured (and used in the error message).
-    pub stderr: Option<Stdio>,
+    pub(crate) stderr: Option<Stdio>,
     /// Written to a piped stdin (when `stdin` is `None`).
-    pub input: Option<Vec<u8>>,
+    pub(crate) input: Option<Vec<u8>>,
 }
 
 impl Runtime {
     /// The binary next to our own executable, else the first in PATH.
-    pub fn locate(namespace: &str) -> Result<Runtime> {
+    pub(crate) fn locate(namespace: &str) -> Result<Runtime> {
         let beside = std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(|d| d.join(BINARY)))
@@ -79,7 +79,7 @@ impl Runtime {
     }
 
     /// Runs a command in a process that does not reap children itself (the `delete` action).
-    pub fn run_plain(&self, args: &[&str]) -> Result<Vec<u8>> {
+    pub(crate) fn run_plain(&self, args: &[&str]) -> Result<Vec<u8>> {
         let out = self
             .command(None, args)
             .stdin(Stdio::null())
@@ -98,7 +98,7 @@ impl Runtime {
 
     /// Runs a command, its exit collected by `waiter`; the runtime's JSON log (`log`) gives
     /// the error message when it fails. Returns the captured stdout.
-    pub fn run(
+    pub(crate) fn run(
         &self,
         waiter: &dyn ChildWaiter,
         log: Option<&Path>,
@@ -147,9 +147,14 @@ impl Runtime {
     }
 }
 
+/// The runtime's JSON log for a container, under its bundle.
+pub(crate) fn log_path(bundle: &Path) -> PathBuf {
+    bundle.join("runtime.log.json")
+}
+
 /// The message of the last error line of a JSON runtime log (runc's format: one object per
 /// line with `level` and `msg`).
-pub fn last_log_error(path: &Path) -> String {
+pub(crate) fn last_log_error(path: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
     };

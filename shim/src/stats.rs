@@ -3,7 +3,6 @@
 //! `io.containerd.cgroups.v2.Metrics` on pure cgroup v2) and the OOM watcher that turns
 //! the kernel's OOM notifications into TaskOOM events.
 
-use crate::THREAD_STACK;
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -20,7 +19,7 @@ use nodus_runtime::cgroups::stats::{MemoryEntry, Stats};
 
 /// A container's cgroup and the OOM kills already reported for it.
 #[derive(Debug, Clone)]
-pub struct Cgroup {
+pub(crate) struct Cgroup {
     /// Resolved and read by the runtime library, as the runtime made it.
     cgroup: runtime_cgroups::Cgroup,
     /// OOM kills already reported; the lock is held while one is reported, so the exit
@@ -32,7 +31,7 @@ impl Cgroup {
     /// The cgroup of container `id` in `bundle`: its spec's `linux.cgroupsPath`, resolved by
     /// the runtime library exactly as the runtime resolved it when it made the cgroup
     /// (absolute, relative to our own cgroup, or the id when unset).
-    pub fn from_bundle(bundle: &Path, id: &str) -> Result<Cgroup> {
+    pub(crate) fn from_bundle(bundle: &Path, id: &str) -> Result<Cgroup> {
         let path = bundle.join("config.json");
         let text = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         let spec: serde_json::Value =
@@ -49,7 +48,7 @@ impl Cgroup {
     }
 
     /// The processes in the cgroup.
-    pub fn procs(&self) -> Vec<i32> {
+    pub(crate) fn procs(&self) -> Vec<i32> {
         self.cgroup.pids().unwrap_or_default()
     }
 
@@ -57,7 +56,7 @@ impl Cgroup {
     /// kill is reported once, by whichever of the watcher thread and the exit path sees it
     /// first, and always before the exit path goes on to report the exit it caused (else
     /// CRI would record the exit's reason as Error, not OOMKilled).
-    pub fn report_new_oom_kills(&self, report: impl FnOnce()) {
+    pub(crate) fn report_new_oom_kills(&self, report: impl FnOnce()) {
         let mut seen = self.oom_seen.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.cgroup.oom_kills();
         if now > *seen {
@@ -67,7 +66,7 @@ impl Cgroup {
     }
 
     /// The metrics, wrapped as containerd expects them in StatsResponse.
-    pub fn metrics(&self) -> Result<Any> {
+    pub(crate) fn metrics(&self) -> Result<Any> {
         let stats = self.cgroup.stats();
         let (type_url, value) = match &self.cgroup {
             runtime_cgroups::Cgroup::V1(_) => (
@@ -88,7 +87,7 @@ impl Cgroup {
 
     /// Watches for OOM notifications of this cgroup on a thread, calling `on_oom` for each
     /// new kill, until the cgroup is removed.
-    pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+    pub(crate) fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
         let Some(dir) = self.cgroup.memory_dir() else {
             return Ok(()); // no memory controller: no OOM kills to see
         };
@@ -243,12 +242,7 @@ fn metrics_v2(st: &Stats) -> v2::Metrics {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .stack_size(THREAD_STACK)
-        .spawn(f)
-        .map(|_| ())
-        .with_context(|| format!("spawn {name} thread"))
+    crate::thread::spawn(name, f).with_context(|| format!("spawn {name} thread"))
 }
 
 /// cgroup v1: an eventfd registered on memory.oom_control through cgroup.event_control.

@@ -7,7 +7,6 @@
 //! - With a terminal the runtime sends the pty master over a console socket; threads copy
 //!   between it and the FIFOs, and ResizePty sets its window size.
 
-use crate::THREAD_STACK;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -24,18 +23,18 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 /// The stream paths containerd gave for one process.
 #[derive(Debug, Clone, Default)]
-pub struct StdioPaths {
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub terminal: bool,
+pub(crate) struct StdioPaths {
+    pub(crate) stdin: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) terminal: bool,
 }
 
 /// The streams a runtime command gets for the process it starts.
-pub struct ProcessIo {
-    pub stdin: Stdio,
-    pub stdout: Stdio,
-    pub stderr: Stdio,
+pub(crate) struct ProcessIo {
+    pub(crate) stdin: Stdio,
+    pub(crate) stdout: Stdio,
+    pub(crate) stderr: Stdio,
 }
 
 fn fifo_path(uri: &str) -> Result<&str> {
@@ -49,11 +48,7 @@ fn fifo_path(uri: &str) -> Result<&str> {
 }
 
 fn thread(name: &str, f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new()
-        .name(name.into())
-        .stack_size(THREAD_STACK)
-        .spawn(f)
-    {
+    if let Err(e) = crate::thread::spawn(name, f) {
         tracing::warn!(error = %e, "spawn {name} thread");
     }
 }
@@ -127,7 +122,7 @@ fn stdin_pipe(uri: &str) -> Result<Stdio> {
 
 impl StdioPaths {
     /// Streams for a process without a terminal.
-    pub fn open_direct(&self) -> Result<ProcessIo> {
+    pub(crate) fn open_direct(&self) -> Result<ProcessIo> {
         Ok(ProcessIo {
             stdin: stdin_pipe(&self.stdin)?,
             stdout: open_output(&self.stdout)?,
@@ -137,13 +132,13 @@ impl StdioPaths {
 }
 
 /// A unix socket the runtime connects to, sending the pty master.
-pub struct ConsoleSocket {
+pub(crate) struct ConsoleSocket {
     listener: UnixListener,
     path: PathBuf,
 }
 
 impl ConsoleSocket {
-    pub fn new() -> Result<ConsoleSocket> {
+    pub(crate) fn new() -> Result<ConsoleSocket> {
         static N: AtomicU32 = AtomicU32::new(0);
         // Bundle paths can exceed sun_path's 108 bytes: use a short one.
         let path = std::env::temp_dir().join(format!(
@@ -157,12 +152,12 @@ impl ConsoleSocket {
         Ok(ConsoleSocket { listener, path })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The master the runtime sent (it has connected and sent before it exited).
-    pub fn receive(&self) -> Result<OwnedFd> {
+    pub(crate) fn receive(&self) -> Result<OwnedFd> {
         self.listener.set_nonblocking(true)?;
         let (stream, _) = self
             .listener
@@ -199,7 +194,7 @@ impl Drop for ConsoleSocket {
 
 /// Set once a copy thread has written everything out.
 #[derive(Default)]
-pub struct Done {
+pub(crate) struct Done {
     flag: Mutex<bool>,
     cond: Condvar,
 }
@@ -211,12 +206,12 @@ impl Done {
     }
 
     /// Waits until set, at most `timeout`.
-    pub fn wait(&self, timeout: Duration) {
+    pub(crate) fn wait(&self, timeout: Duration) {
         let guard = self.flag.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.cond.wait_timeout_while(guard, timeout, |done| !*done);
     }
 
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         *self.flag.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -224,7 +219,10 @@ impl Done {
 /// Copies between the pty master and the FIFOs for the life of the process. Returns what
 /// tells when the output is all out (the exit must not be reported before that, or the
 /// reader stops short of the last lines).
-pub fn start_console_copy(master: Arc<OwnedFd>, paths: &StdioPaths) -> Result<Option<Arc<Done>>> {
+pub(crate) fn start_console_copy(
+    master: Arc<OwnedFd>,
+    paths: &StdioPaths,
+) -> Result<Option<Arc<Done>>> {
     if !paths.stdin.is_empty() {
         let path = fifo_path(&paths.stdin)?.to_string();
         let m = master.clone();
@@ -280,7 +278,7 @@ pub fn start_console_copy(master: Arc<OwnedFd>, paths: &StdioPaths) -> Result<Op
 }
 
 /// Sets the window size of a pty master.
-pub fn resize(master: &OwnedFd, width: u32, height: u32) -> Result<()> {
+pub(crate) fn resize(master: &OwnedFd, width: u32, height: u32) -> Result<()> {
     let ws = libc::winsize {
         ws_row: u16::try_from(height).with_context(|| format!("height {height} too large"))?,
         ws_col: u16::try_from(width).with_context(|| format!("width {width} too large"))?,

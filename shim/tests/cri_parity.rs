@@ -87,13 +87,13 @@ impl Pod {
         script: &str,
         linux: LinuxContainerConfig,
         mounts: Vec<Mount>,
-    ) -> Result<String, String> {
+    ) -> anyhow::Result<String> {
         let mut config = cri::busybox_sh(name, script);
         config.linux = Some(linux);
         config.mounts = mounts;
         cri::create_and_start(&mut self.rt, &self.id, &self.config, config)
             .await
-            .map_err(|e| format!("container {name}: {e}\n{}", self.ctrd.log_tail(40)))
+            .map_err(|e| anyhow::anyhow!("container {name}: {e}\n{}", self.ctrd.log_tail(40)))
     }
 
     /// The CRI log of container `name` once it contains `needle`.
@@ -616,7 +616,10 @@ async fn masked_path_that_is_a_symlink() {
         // runc (1.1) bind-mounts /dev/null through the symlink onto busybox itself: the
         // shell is gone and the container cannot start. Ours masks the link.
         let err = started.expect_err("runc masks the symlink's target");
-        assert!(err.contains("executable file not found"), "{err}");
+        assert!(
+            err.to_string().contains("executable file not found"),
+            "{err}"
+        );
         return;
     }
     let id = started.unwrap();
