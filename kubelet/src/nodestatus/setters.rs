@@ -1,18 +1,8 @@
-//! The Node object (upstream `kubelet_node_status.go` and `pkg/kubelet/nodestatus`):
-//! registration with the default labels, `--node-labels` and `--register-with-taints`, and a
-//! status made of addresses, capacity and allocatable, nodeInfo, daemonEndpoints, images and
-//! the conditions MemoryPressure, DiskPressure, PIDPressure and Ready. The status is computed
-//! every `nodeStatusUpdateFrequency` and posted when it changed, or at least every
-//! `nodeStatusReportFrequency`.
-//!
-//! Building the object is pure ([`NodeFacts`] in, `Node` out) so it is unit-tested without an
-//! API server; [`NodeStatusManager`] gathers the facts and talks to the API.
+//! What a Node's status is made of (upstream `nodestatus/setters.go`): capacity and
+//! allocatable, conditions, labels, addresses, images, system info, runtime readiness, taints.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
     ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
@@ -20,31 +10,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::config::Config;
-use crate::events::{node_reference, EventRecorder, NORMAL};
-use crate::kubeclient::ApiError;
-use crate::kuberuntime::cri::Cri;
 
-/// The version this kubelet reports (nodeInfo.kubeletVersion): the Kubernetes API it is
-/// built against, marked as ours.
-pub const KUBELET_VERSION: &str = concat!("v1.34.0-nodus.", env!("CARGO_PKG_VERSION"));
-
-/// At most this many images are reported in node status (upstream's nodeStatusMaxImages).
-pub const MAX_IMAGES: usize = 50;
-
-/// The architecture as Go (and so Kubernetes) names it.
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
+#[allow(unused_imports)]
+use super::*;
 
 /// What the node status is made from, gathered from the machine and the runtime.
 #[derive(Debug, Clone)]
@@ -95,7 +65,7 @@ impl Default for NodeFacts {
 }
 
 /// Resource quantities as upstream formats them: `cpu` in cores or millicores, bytes as Ki.
-fn bytes_quantity(b: i64) -> Quantity {
+pub(super) fn bytes_quantity(b: i64) -> Quantity {
     let b = b.max(0);
     if b % 1024 == 0 {
         Quantity(format!("{}Ki", b / 1024))
@@ -104,7 +74,7 @@ fn bytes_quantity(b: i64) -> Quantity {
     }
 }
 
-fn milli_quantity(m: i64) -> Quantity {
+pub(super) fn milli_quantity(m: i64) -> Quantity {
     let m = m.max(0);
     if m % 1000 == 0 {
         Quantity((m / 1000).to_string())
@@ -113,7 +83,7 @@ fn milli_quantity(m: i64) -> Quantity {
     }
 }
 
-fn reserved(cfg: &Config, name: &str) -> i64 {
+pub(super) fn reserved(cfg: &Config, name: &str) -> i64 {
     [&cfg.kube_reserved, &cfg.system_reserved]
         .iter()
         .filter_map(|m| m.get(name))
@@ -123,7 +93,7 @@ fn reserved(cfg: &Config, name: &str) -> i64 {
 }
 
 /// A hard eviction threshold against `capacity` (a quantity or a percentage), in units.
-fn threshold(cfg: &Config, signal: &str, capacity: i64) -> i64 {
+pub(super) fn threshold(cfg: &Config, signal: &str, capacity: i64) -> i64 {
     match cfg.eviction_hard.get(signal) {
         None => 0,
         Some(v) => match v.strip_suffix('%') {
@@ -173,7 +143,7 @@ pub fn capacity_and_allocatable(
 }
 
 /// One condition, keeping its transition time while its status holds.
-fn condition(
+pub(super) fn condition(
     previous: &[NodeCondition],
     kind: &str,
     status: bool,
@@ -396,13 +366,13 @@ pub fn node_images(images: &[nodus_proto::runtime::v1::Image]) -> Vec<ContainerI
     v
 }
 
-fn read_trim(path: &str) -> String {
+pub(super) fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
-fn os_image() -> String {
+pub(super) fn os_image() -> String {
     let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
@@ -410,7 +380,7 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-fn meminfo_kb(key: &str, text: &str) -> Option<i64> {
+pub(super) fn meminfo_kb(key: &str, text: &str) -> Option<i64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
@@ -460,7 +430,7 @@ pub fn detect_internal_ip() -> Option<IpAddr> {
 }
 
 /// Everything [`NodeFacts`] holds that the machine tells (not the runtime).
-fn machine_facts(cfg: &Config, root_dir: &std::path::Path) -> NodeFacts {
+pub(super) fn machine_facts(cfg: &Config, root_dir: &std::path::Path) -> NodeFacts {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let (fs_bytes, fs_available_bytes, fs_inodes, fs_inodes_free) =
         match nix::sys::statvfs::statvfs(root_dir) {
@@ -553,380 +523,10 @@ pub fn runtime_readiness(
     }
 }
 
-/// The latest posted Node, shared with the kubelet (admission reads allocatable from it).
-#[derive(Debug, Clone, Default)]
-pub struct NodeShared {
-    inner: Arc<Mutex<Option<Node>>>,
-}
-
-impl NodeShared {
-    pub fn get(&self) -> Option<Node> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-    fn set(&self, n: Node) {
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
-    }
-}
-
-/// Registers the node and keeps its status current.
-pub struct NodeStatusManager {
-    pub client: kube::Client,
-    pub cfg: Config,
-    pub cri: Cri,
-    pub root_dir: PathBuf,
-    pub events: EventRecorder,
-    pub shared: NodeShared,
-}
-
-fn now() -> Time {
-    Time(Timestamp::now())
-}
-
-impl NodeStatusManager {
-    async fn facts(&self) -> NodeFacts {
-        let mut f = machine_facts(&self.cfg, &self.root_dir);
-        let version = self
-            .cri
-            .version()
-            .await
-            .map(|v| format!("{}://{}", v.runtime_name, v.runtime_version))
-            .unwrap_or_default();
-        f.system = system_info(&version);
-        f.images = self
-            .cri
-            .list_images()
-            .await
-            .map(|i| node_images(&i))
-            .unwrap_or_default();
-        f.runtime_ready = runtime_readiness(&self.cri.status().await.map_err(|e| e.to_string()));
-        f
-    }
-
-    /// Creates the Node, or takes over the existing one (labels reconciled, status ours).
-    async fn register(&self, api: &Api<Node>) -> Result<Node, ApiError> {
-        let facts = self.facts().await;
-        let node = initial_node(&self.cfg, &facts, &now());
-        match api.create(&PostParams::default(), &node).await {
-            Ok(n) => {
-                tracing::info!(node = %self.cfg.node_name, "successfully registered node");
-                self.events.event(
-                    node_reference(&self.cfg.node_name),
-                    NORMAL,
-                    "Starting",
-                    "Starting kubelet.".into(),
-                );
-                Ok(n)
-            }
-            Err(e) => {
-                let e = ApiError::from(e);
-                if !e.is_already_exists() {
-                    return Err(e);
-                }
-                // The node was registered before: make sure the default labels are right.
-                let labels = node_labels(&self.cfg, &facts.hostname);
-                let patch = serde_json::json!({"metadata": {"labels": labels}});
-                let n = api
-                    .patch(
-                        &self.cfg.node_name,
-                        &PatchParams::default(),
-                        &Patch::Strategic(&patch),
-                    )
-                    .await?;
-                tracing::info!(node = %self.cfg.node_name, "node was previously registered");
-                Ok(n)
-            }
-        }
-    }
-
-    /// Runs forever: registration (retried with back-off), then the status loop.
-    pub async fn run(self) {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let mut delay = Duration::from_millis(100);
-        let mut node = if self.cfg.register_node {
-            loop {
-                match self.register(&api).await {
-                    Ok(n) => break n,
-                    Err(e) => {
-                        tracing::warn!(node = %self.cfg.node_name, error = %e, "unable to register node with API server, will retry");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(7));
-                    }
-                }
-            }
-        } else {
-            loop {
-                match api.get(&self.cfg.node_name).await {
-                    Ok(n) => break n,
-                    Err(e) => {
-                        tracing::warn!(node = %self.cfg.node_name, error = %e, "node not registered yet (--register-node=false), will retry");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(7));
-                    }
-                }
-            }
-        };
-        self.shared.set(node.clone());
-        let mut last_report: Option<Instant> = None;
-        let mut was_ready: Option<bool> = None;
-        loop {
-            let facts = self.facts().await;
-            let status = node_status(&self.cfg, &facts, node.status.as_ref(), &now());
-            let due =
-                last_report.is_none_or(|t| t.elapsed() >= self.cfg.node_status_report_frequency);
-            let changed = node
-                .status
-                .as_ref()
-                .is_none_or(|s| status_changed(s, &status));
-            if !changed && !due && self.cfg.register_node {
-                // Nothing to post: still look that the Node exists, so that one deleted
-                // behind our back is registered again within this period (upstream waits for
-                // its next status report or a restart).
-                match api.get_opt(&self.cfg.node_name).await {
-                    Ok(None) => {
-                        tracing::warn!(node = %self.cfg.node_name, "node object was deleted, registering it again");
-                        if let Ok(n) = self.register(&api).await {
-                            node = n;
-                            self.shared.set(node.clone());
-                            last_report = None;
-                            was_ready = None;
-                            continue;
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Err(e) => {
-                        tracing::debug!(node = %self.cfg.node_name, error = %e, "cannot read the node object")
-                    }
-                }
-            }
-            if changed || due {
-                let patch = serde_json::json!({"status": status});
-                match api
-                    .patch_status(
-                        &self.cfg.node_name,
-                        &PatchParams::default(),
-                        &Patch::Strategic(&patch),
-                    )
-                    .await
-                {
-                    Ok(n) => {
-                        let ready = facts.runtime_ready.is_ok();
-                        if was_ready != Some(ready) {
-                            let reason = if ready { "NodeReady" } else { "NodeNotReady" };
-                            self.events.event(
-                                node_reference(&self.cfg.node_name),
-                                NORMAL,
-                                reason,
-                                format!("Node {} status is now: {reason}", self.cfg.node_name),
-                            );
-                            was_ready = Some(ready);
-                        }
-                        node = n;
-                        self.shared.set(node.clone());
-                        last_report = Some(Instant::now());
-                    }
-                    Err(e) => {
-                        let e = ApiError::from(e);
-                        tracing::warn!(node = %self.cfg.node_name, error = %e, "error updating node status, will retry");
-                        if e.is_not_found() && self.cfg.register_node {
-                            // Deleted behind our back: register again, as upstream.
-                            if let Ok(n) = self.register(&api).await {
-                                node = n;
-                                self.shared.set(node.clone());
-                                last_report = None;
-                                continue;
-                            }
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(self.cfg.node_status_update_frequency).await;
-        }
-    }
-}
-
 /// The taints a node registers with, for tests and logs.
 pub fn taints(node: &Node) -> Vec<Taint> {
     node.spec
         .as_ref()
         .and_then(|s| s.taints.clone())
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn facts() -> NodeFacts {
-        NodeFacts {
-            node_name: "n1".into(),
-            hostname: "n1".into(),
-            internal_ip: Some("10.0.0.5".parse().unwrap()),
-            cpus: 2,
-            memory_bytes: 4 << 30,
-            memory_available_bytes: 3 << 30,
-            pods: 110,
-            fs_bytes: 100 << 30,
-            fs_available_bytes: 50 << 30,
-            fs_inodes: 1000,
-            fs_inodes_free: 900,
-            pid_max: 32768,
-            pids_running: 100,
-            port: 10250,
-            runtime_ready: Ok(()),
-            ..Default::default()
-        }
-    }
-
-    fn t(s: i64) -> Time {
-        Time(Timestamp::from_second(s).unwrap())
-    }
-
-    #[test]
-    fn capacity_and_allocatable_subtract_reserved_and_eviction() {
-        let mut cfg = Config::default();
-        cfg.kube_reserved.insert("cpu".into(), "100m".into());
-        cfg.system_reserved.insert("cpu".into(), "150m".into());
-        cfg.kube_reserved.insert("memory".into(), "100Mi".into());
-        let (cap, alloc) = capacity_and_allocatable(&cfg, &facts());
-        assert_eq!(cap["cpu"].0, "2");
-        assert_eq!(cap["memory"].0, "4194304Ki");
-        assert_eq!(cap["pods"].0, "110");
-        assert_eq!(alloc["cpu"].0, "1750m");
-        // 4 GiB - 100Mi reserved - 100Mi hard eviction.
-        assert_eq!(
-            alloc["memory"].0,
-            format!("{}Ki", (4u64 << 20) - 200 * 1024)
-        );
-        // 10% of the filesystem is the nodefs.available threshold.
-        assert_eq!(
-            alloc["ephemeral-storage"].0,
-            format!("{}Ki", (100u64 << 20) * 9 / 10)
-        );
-    }
-
-    #[test]
-    fn conditions_as_upstream() {
-        let cfg = Config::default();
-        let cs = conditions(&cfg, &facts(), &[], &t(100));
-        let names: Vec<_> = cs.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(
-            names,
-            ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
-        );
-        assert_eq!(cs[3].status, "True");
-        assert_eq!(cs[3].reason.as_deref(), Some("KubeletReady"));
-        assert_eq!(cs[0].reason.as_deref(), Some("KubeletHasSufficientMemory"));
-        // Memory below the 100Mi threshold, a runtime whose network is not ready.
-        let mut f = facts();
-        f.memory_available_bytes = 50 << 20;
-        f.runtime_ready = Err("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:cni plugin not initialized".into());
-        let cs2 = conditions(&cfg, &f, &cs, &t(200));
-        assert_eq!(cs2[0].status, "True");
-        assert_eq!(
-            cs2[0].reason.as_deref(),
-            Some("KubeletHasInsufficientMemory")
-        );
-        assert_eq!(cs2[3].status, "False");
-        assert_eq!(cs2[3].reason.as_deref(), Some("KubeletNotReady"));
-        assert!(cs2[3]
-            .message
-            .as_ref()
-            .unwrap()
-            .contains("NetworkReady=false"));
-        // Transition times move only with the status; heartbeats always.
-        assert_eq!(cs2[3].last_transition_time, Some(t(200)));
-        assert_eq!(cs2[1].last_transition_time, Some(t(100)));
-        assert_eq!(cs2[1].last_heartbeat_time, Some(t(200)));
-    }
-
-    #[test]
-    fn heartbeat_alone_is_no_change() {
-        let cfg = Config::default();
-        let a = node_status(&cfg, &facts(), None, &t(100));
-        let b = node_status(&cfg, &facts(), Some(&a), &t(110));
-        assert!(!status_changed(&a, &b));
-        let mut f = facts();
-        f.runtime_ready = Err("down".into());
-        let c = node_status(&cfg, &f, Some(&a), &t(120));
-        assert!(status_changed(&a, &c));
-    }
-
-    #[test]
-    fn registered_node_has_labels_taints_addresses_and_endpoint() {
-        let mut cfg = Config::default();
-        cfg.node_labels
-            .insert("nodus.io/pool".into(), "blue".into());
-        cfg.register_with_taints = vec![Taint {
-            key: "dedicated".into(),
-            value: Some("x".into()),
-            effect: "NoSchedule".into(),
-            time_added: None,
-        }];
-        let n = initial_node(&cfg, &facts(), &t(1));
-        let labels = n.metadata.labels.clone().unwrap();
-        assert_eq!(labels["kubernetes.io/hostname"], "n1");
-        assert_eq!(labels["kubernetes.io/os"], "linux");
-        assert_eq!(labels["kubernetes.io/arch"], go_arch());
-        assert_eq!(labels["nodus.io/pool"], "blue");
-        assert_eq!(taints(&n)[0].key, "dedicated");
-        let st = n.status.unwrap();
-        let addrs = st.addresses.unwrap();
-        assert_eq!(addrs[0].type_, "InternalIP");
-        assert_eq!(addrs[0].address, "10.0.0.5");
-        assert_eq!(addrs[1].type_, "Hostname");
-        assert_eq!(
-            st.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port,
-            10250
-        );
-    }
-
-    #[test]
-    fn runtime_readiness_words() {
-        use nodus_proto::runtime::v1::{RuntimeCondition, RuntimeStatus};
-        let c = |t: &str, s: bool| RuntimeCondition {
-            r#type: t.into(),
-            status: s,
-            reason: if s {
-                String::new()
-            } else {
-                "NetworkPluginNotReady".into()
-            },
-            message: if s {
-                String::new()
-            } else {
-                "cni plugin not initialized".into()
-            },
-        };
-        let ok = RuntimeStatus {
-            conditions: vec![c("RuntimeReady", true), c("NetworkReady", true)],
-        };
-        assert_eq!(runtime_readiness(&Ok(ok)), Ok(()));
-        let net = RuntimeStatus {
-            conditions: vec![c("RuntimeReady", true), c("NetworkReady", false)],
-        };
-        assert_eq!(
-            runtime_readiness(&Ok(net)).unwrap_err(),
-            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:cni plugin not initialized"
-        );
-        assert!(runtime_readiness(&Err("connection refused".into()))
-            .unwrap_err()
-            .contains("container runtime is down"));
-    }
-
-    #[test]
-    fn images_largest_first_and_capped() {
-        use nodus_proto::runtime::v1::Image;
-        let imgs: Vec<Image> = (0..60)
-            .map(|i| Image {
-                id: format!("sha256:{i}"),
-                repo_tags: vec![format!("img:{i}")],
-                size: i as u64,
-                ..Default::default()
-            })
-            .collect();
-        let v = node_images(&imgs);
-        assert_eq!(v.len(), MAX_IMAGES);
-        assert_eq!(v[0].size_bytes, Some(59));
-        assert_eq!(v[0].names.as_ref().unwrap()[0], "img:59");
-    }
 }
