@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::events::EventRecorder;
-use crate::pod_config::uid_of;
 use crate::pod_manager::PodManager;
+use crate::pod_util::uid_of;
 use crate::resources::{self, NodeAllocatable};
 use crate::status_manager::StatusManager;
 

@@ -3,6 +3,7 @@
 //! Flags override the file; the file overrides the defaults. Every refused value is
 //! reported with the field (or flag) that carried it.
 
+pub(crate) mod cipher_suites;
 mod upstream_fields;
 
 use std::net::IpAddr;
@@ -645,7 +646,7 @@ fn check_tls_version(field: &str, v: &str) -> Result<String, ConfigError> {
 
 fn check_cipher_suites(field: &str, v: &[String]) -> Result<Vec<String>, ConfigError> {
     for s in v {
-        if crate::server::tls::cipher_suite(s).is_none() {
+        if cipher_suites::cipher_suite(s).is_none() {
             return Err(invalid(
                 field,
                 s,

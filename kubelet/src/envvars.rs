@@ -263,9 +263,9 @@ pub fn make_env(
                 } else if let Some(r) = &src.resource_field_ref {
                     // A reference names a container of this pod; default is this one.
                     let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
-                        Some(n) if n != container.name => crate::kuberuntime::actions::app_containers(pod)
+                        Some(n) if n != container.name => crate::pod_util::app_containers(pod)
                             .iter()
-                            .chain(crate::kuberuntime::actions::init_containers(pod))
+                            .chain(crate::pod_util::init_containers(pod))
                             .find(|c| c.name == n)
                             .ok_or_else(|| {
                                 format!("env {}: resourceFieldRef.containerName {n:?} is not a container of the pod", e.name)

@@ -41,7 +41,7 @@ pub struct EventRecorder {
 /// The reference to a pod an event is about (`fieldPath` names a container when given).
 pub fn pod_reference(pod: &Pod, container: Option<&str>) -> ObjectReference {
     let is_init = container.is_some_and(|c| {
-        crate::kuberuntime::actions::init_containers(pod)
+        crate::pod_util::init_containers(pod)
             .iter()
             .any(|i| i.name == c)
     });

@@ -40,9 +40,9 @@ impl ApiError {
 pub fn user_agent() -> String {
     format!(
         "kubelet/{} ({}/{}) nodus",
-        crate::nodestatus::KUBELET_VERSION,
+        crate::version::KUBELET_VERSION,
         std::env::consts::OS,
-        crate::nodestatus::go_arch()
+        crate::version::go_arch()
     )
 }
 

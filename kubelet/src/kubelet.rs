@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
@@ -26,40 +25,15 @@ use crate::objects::{ObjectKey, ObjectManager};
 use crate::pleg::PlegShared;
 use crate::pod_cache::PodCache;
 use crate::pod_manager::PodManager;
-use crate::pod_sync::Syncer;
+use crate::pod_sync::{ApiContext, Syncer};
 use crate::prober::ProbeManager;
 use crate::sources::apiserver::ApiSource;
-use crate::status_manager::api_sync::{is_api_pod, StatusSync, StatusSyncHandle};
+use crate::status_manager::api_sync::StatusSync;
 use crate::status_manager::StatusManager;
 
 pub const SYNC_TICK: Duration = Duration::from_secs(1);
 pub const HOUSEKEEPING_TICK: Duration = Duration::from_secs(2);
 pub const PLEG_PERIOD: Duration = Duration::from_secs(1);
-/// After a failed sync, try again this soon.
-pub(crate) const ERROR_REQUEUE: Duration = Duration::from_secs(2);
-/// How long a worker waits for the pod cache before it asks CRI itself (the PLEG is stuck
-/// or failing).
-pub(crate) const CACHE_WAIT: Duration = Duration::from_secs(5);
-
-/// What API-server mode adds to the kubelet (absent in standalone mode).
-#[derive(Clone)]
-pub struct ApiContext {
-    pub client: kube::Client,
-    pub objects: ObjectManager,
-    pub mirror: MirrorClient,
-    pub mirror_pods: MirrorPods,
-    pub node: NodeShared,
-    pub status_sync: StatusSyncHandle,
-}
-
-/// True for a pod whose API status is final (upstream never runs such a pod again).
-pub(crate) fn is_terminal_api_pod(pod: &Pod) -> bool {
-    is_api_pod(pod)
-        && matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        )
-}
 
 /// Handles shared with the HTTP servers.
 #[derive(Clone)]

@@ -34,6 +34,7 @@ pub(crate) mod pod_cache;
 pub mod pod_config;
 pub mod pod_manager;
 mod pod_sync;
+pub(crate) mod pod_util;
 pub mod pod_workers;
 pub mod prober;
 pub mod resources;
@@ -46,4 +47,5 @@ pub mod status_manager;
 mod sync_loop;
 #[cfg(test)]
 mod testutil;
+pub mod version;
 pub mod volumes;

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 
 use crate::kubeclient::ApiError;
-use crate::pod_config::full_name;
+use crate::pod_util::full_name;
 use crate::sources::CONFIG_HASH_ANNOTATION;
 
 pub const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";

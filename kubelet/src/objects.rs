@@ -306,7 +306,7 @@ impl ObjectManager {
 
     /// Starts watching what `pod` uses (and stops watching what it no longer uses).
     pub fn register_pod(&self, pod: &Pod) {
-        let uid = crate::pod_config::uid_of(pod).to_string();
+        let uid = crate::pod_util::uid_of(pod).to_string();
         let wanted = referenced_objects(pod);
         let mut inner = lock(&self.inner);
         for key in &wanted {
@@ -383,7 +383,7 @@ impl ObjectManager {
                 }
             }
         }
-        let uid = crate::pod_config::uid_of(pod).to_string();
+        let uid = crate::pod_util::uid_of(pod).to_string();
         for key in referenced_tokens(pod, &self.default_audience) {
             let t = self.token(&uid, pod, &key).await.map_err(|e| {
                 format!(
@@ -455,7 +455,7 @@ impl ObjectManager {
             .duration_since(k8s_openapi::jiff::Timestamp::now())
             .try_into()
             .unwrap_or(Duration::from_secs(key.expiration_seconds.max(600) as u64));
-        tracing::info!(pod = %crate::pod_config::full_name(pod), service_account = %key.service_account, ttl_s = ttl.as_secs(), "requested a service account token");
+        tracing::info!(pod = %crate::pod_util::full_name(pod), service_account = %key.service_account, ttl_s = ttl.as_secs(), "requested a service account token");
         lock(&self.inner).tokens.insert(
             cache_key,
             Token {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::pod_util::{full_name, uid_of};
 use crate::sources::{Source, SourceUpdate, CONFIG_ORIGIN_ANNOTATION};
 
 /// One incremental change to the desired set of pods.
@@ -20,20 +21,6 @@ pub enum PodUpdate {
     Remove(Vec<Pod>),
     /// Pods whose only changes are in status (nothing for the runtime to do).
     Reconcile(Vec<Pod>),
-}
-
-/// The UID of a pod ("" if it has none; sources always set one).
-pub fn uid_of(pod: &Pod) -> &str {
-    pod.metadata.uid.as_deref().unwrap_or("")
-}
-
-/// `namespace/name`.
-pub fn full_name(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or("default"),
-        pod.metadata.name.as_deref().unwrap_or("")
-    )
 }
 
 fn origin(pod: &Pod) -> &str {

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::pod_config::uid_of;
+use crate::pod_util::uid_of;
 
 /// The desired pods by UID (upstream's pod manager), shared with the HTTP server.
 #[derive(Debug, Clone, Default)]
@@ -57,7 +57,7 @@ impl PodManager {
             .values()
             .cloned()
             .collect();
-        v.sort_by_key(|p| crate::pod_config::full_name(p));
+        v.sort_by_key(|p| crate::pod_util::full_name(p));
         v
     }
 }

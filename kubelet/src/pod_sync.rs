@@ -14,15 +14,44 @@ use crate::events::{EventRecorder, WARNING};
 use crate::kuberuntime::actions::compute_pod_actions;
 use crate::kuberuntime::cri::CriError;
 use crate::kuberuntime::RuntimeManager;
+use crate::mirror::MirrorClient;
+use crate::mirror::MirrorPods;
+use crate::nodestatus::NodeShared;
+use crate::objects::ObjectManager;
 use crate::objects::PodObjects;
 use crate::pod_cache::PodCache;
-use crate::pod_config::uid_of;
+use crate::pod_util::uid_of;
 use crate::pod_workers::PodSyncer;
 use crate::prober::ProbeManager;
 use crate::status_manager::api_sync::is_api_pod;
+use crate::status_manager::api_sync::StatusSyncHandle;
 use crate::status_manager::{self, StatusInputs, StatusManager};
 
-use crate::kubelet::*;
+/// After a failed sync, try again this soon.
+pub(crate) const ERROR_REQUEUE: Duration = Duration::from_secs(2);
+/// How long a worker waits for the pod cache before it asks CRI itself (the PLEG is stuck
+/// or failing).
+pub(crate) const CACHE_WAIT: Duration = Duration::from_secs(5);
+
+/// What API-server mode adds to the kubelet (absent in standalone mode).
+#[derive(Clone)]
+pub struct ApiContext {
+    pub client: kube::Client,
+    pub objects: ObjectManager,
+    pub mirror: MirrorClient,
+    pub mirror_pods: MirrorPods,
+    pub node: NodeShared,
+    pub status_sync: StatusSyncHandle,
+}
+
+/// True for a pod whose API status is final (upstream never runs such a pod again).
+pub(crate) fn is_terminal_api_pod(pod: &Pod) -> bool {
+    is_api_pod(pod)
+        && matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
 
 /// What the pod workers call into.
 pub struct Syncer {
@@ -146,14 +175,14 @@ impl Syncer {
             return (PodObjects::default(), true);
         };
         if !is_api_pod(pod) {
-            let mirror = api.mirror_pods.get(&crate::pod_config::full_name(pod));
+            let mirror = api.mirror_pods.get(&crate::pod_util::full_name(pod));
             let node_uid = api.node.get().and_then(|n| n.metadata.uid);
             let synced = api
                 .mirror
                 .sync(pod, mirror.as_ref(), node_uid.as_deref())
                 .await;
             let done = synced.unwrap_or_else(|e| {
-                tracing::warn!(pod = %crate::pod_config::full_name(pod), error = %e, "failed syncing mirror pod");
+                tracing::warn!(pod = %crate::pod_util::full_name(pod), error = %e, "failed syncing mirror pod");
                 false
             });
             return (PodObjects::default(), done);
@@ -167,7 +196,7 @@ impl Syncer {
         let runtime_status = match self.cached_status(&uid).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "cannot read pod status from the runtime");
+                tracing::warn!(pod = %crate::pod_util::full_name(pod), %uid, error = %e, "cannot read pod status from the runtime");
                 return ERROR_REQUEUE;
             }
         };
@@ -219,7 +248,7 @@ impl Syncer {
         };
         self.set_status(pod, &uid, &runtime_status, &actions.backoff, now);
         for w in &actions.backoff {
-            tracing::info!(pod = %crate::pod_config::full_name(pod), container = %w.name, wait_ms = w.remaining / 1_000_000, "back-off restarting failed container (CrashLoopBackOff)");
+            tracing::info!(pod = %crate::pod_util::full_name(pod), container = %w.name, wait_ms = w.remaining / 1_000_000, "back-off restarting failed container (CrashLoopBackOff)");
             self.events.pod_event(
                 pod,
                 Some(&w.name),
@@ -228,19 +257,19 @@ impl Syncer {
                 format!(
                     "Back-off restarting failed container {} in pod {}",
                     w.name,
-                    crate::pod_config::full_name(pod)
+                    crate::pod_util::full_name(pod)
                 ),
             );
         }
         if !actions.is_noop() {
-            tracing::debug!(pod = %crate::pod_config::full_name(pod), ?actions, "syncing pod");
+            tracing::debug!(pod = %crate::pod_util::full_name(pod), ?actions, "syncing pod");
             match self
                 .runtime
                 .apply_pod_actions(pod, &runtime_status, &actions, &self.backoff, &objects)
                 .await
             {
                 Err(e) => {
-                    tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "error syncing pod");
+                    tracing::warn!(pod = %crate::pod_util::full_name(pod), %uid, error = %e, "error syncing pod");
                     return ERROR_REQUEUE;
                 }
                 Ok(results) => {
@@ -302,7 +331,7 @@ impl Syncer {
             .iter()
             .any(|c| c.state == crate::container::ContainerState::Running);
         if running {
-            tracing::info!(pod = %crate::pod_config::full_name(pod), %uid, "pod was active on the node longer than the specified deadline, killing it");
+            tracing::info!(pod = %crate::pod_util::full_name(pod), %uid, "pod was active on the node longer than the specified deadline, killing it");
             self.events.pod_event(
                 pod,
                 None,
@@ -312,7 +341,7 @@ impl Syncer {
             );
         }
         if let Err(e) = self.runtime.kill_pod(uid, Some(pod), None).await {
-            tracing::warn!(pod = %crate::pod_config::full_name(pod), %uid, error = %e, "killing a pod past its deadline");
+            tracing::warn!(pod = %crate::pod_util::full_name(pod), %uid, error = %e, "killing a pod past its deadline");
             return ERROR_REQUEUE;
         }
         let runtime_status = self
@@ -347,7 +376,7 @@ impl PodSyncer for Syncer {
         grace_override: Option<i64>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
-            let name = pod.map(crate::pod_config::full_name).unwrap_or_default();
+            let name = pod.map(crate::pod_util::full_name).unwrap_or_default();
             tracing::info!(pod = %name, %uid, "terminating pod");
             if let Some(p) = pod.filter(|p| self.api.is_some() && is_api_pod(p)) {
                 // Stop first and record the containers' final states: the API server shows
@@ -382,6 +411,7 @@ impl PodSyncer for Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubelet::PLEG_PERIOD;
     use crate::pleg::{Pleg, PlegCache, PlegShared};
     use tokio::sync::mpsc;
 

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::pod_util::all_containers;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use nodus_proto::runtime::v1 as cri;
 
@@ -166,12 +167,6 @@ impl QosClass {
     }
 }
 
-fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
-    crate::kuberuntime::actions::init_containers(pod)
-        .iter()
-        .chain(crate::kuberuntime::actions::app_containers(pod))
-}
-
 /// Upstream's `GetPodQOS` (cpu and memory only). Bad quantities count as unset.
 pub fn pod_qos(pod: &Pod) -> QosClass {
     let mut any = false;
@@ -283,12 +278,12 @@ pub fn linux_container_resources(
 pub fn pod_requests(pod: &Pod) -> (i64, i64) {
     let mut cpu = 0i64;
     let mut mem = 0i64;
-    for c in crate::kuberuntime::actions::app_containers(pod) {
+    for c in crate::pod_util::app_containers(pod) {
         let r = container_resources(c).unwrap_or_default();
         cpu = cpu.saturating_add(r.cpu_request.unwrap_or(0));
         mem = mem.saturating_add(r.mem_request.unwrap_or(0));
     }
-    for c in crate::kuberuntime::actions::init_containers(pod) {
+    for c in crate::pod_util::init_containers(pod) {
         let r = container_resources(c).unwrap_or_default();
         cpu = cpu.max(r.cpu_request.unwrap_or(0));
         mem = mem.max(r.mem_request.unwrap_or(0));
@@ -312,12 +307,12 @@ pub fn pod_cgroup_config(pod: &Pod) -> PodCgroupConfig {
     let (cpu_req, _) = pod_requests(pod);
     let mut cpu_limit = Some(0i64);
     let mut mem_limit = Some(0i64);
-    for c in crate::kuberuntime::actions::app_containers(pod) {
+    for c in crate::pod_util::app_containers(pod) {
         let r = container_resources(c).unwrap_or_default();
         cpu_limit = cpu_limit.zip(r.cpu_limit).map(|(a, b)| a.saturating_add(b));
         mem_limit = mem_limit.zip(r.mem_limit).map(|(a, b)| a.saturating_add(b));
     }
-    for c in crate::kuberuntime::actions::init_containers(pod) {
+    for c in crate::pod_util::init_containers(pod) {
         let r = container_resources(c).unwrap_or_default();
         cpu_limit = cpu_limit.zip(r.cpu_limit).map(|(a, b)| a.max(b));
         mem_limit = mem_limit.zip(r.mem_limit).map(|(a, b)| a.max(b));

@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use crate::container::now_nanos;
 use crate::events::WARNING;
 use crate::pleg::{Pleg, PlegCache};
-use crate::pod_config::{uid_of, PodConfig, PodUpdate};
+use crate::pod_config::{PodConfig, PodUpdate};
 use crate::pod_manager::PodManager;
+use crate::pod_util::uid_of;
 use crate::pod_workers::{PodWorkers, Work, WorkerResult, WorkerState};
 use crate::sources::file::FileSource;
 use crate::sources::http::HttpSource;
@@ -23,6 +24,8 @@ use crate::status_manager::{self};
 
 use crate::admission::Admission;
 use crate::kubelet::*;
+use crate::pod_sync::is_terminal_api_pod;
+use crate::pod_sync::ApiContext;
 use crate::pod_sync::Syncer;
 
 impl Kubelet {
@@ -241,15 +244,15 @@ fn delete_orphaned_mirror_pods(api: &ApiContext, pods: &PodManager) {
         .all()
         .iter()
         .filter(|p| !is_api_pod(p))
-        .map(|p| crate::pod_config::full_name(p))
+        .map(|p| crate::pod_util::full_name(p))
         .collect();
     for m in api.mirror_pods.all() {
-        if !statics.contains(&crate::pod_config::full_name(&m)) {
+        if !statics.contains(&crate::pod_util::full_name(&m)) {
             let mirror = api.mirror.clone();
             tokio::spawn(async move {
-                tracing::info!(pod = %crate::pod_config::full_name(&m), "deleting orphaned mirror pod");
+                tracing::info!(pod = %crate::pod_util::full_name(&m), "deleting orphaned mirror pod");
                 if let Err(e) = mirror.delete(&m).await {
-                    tracing::warn!(pod = %crate::pod_config::full_name(&m), error = %e, "cannot delete orphaned mirror pod");
+                    tracing::warn!(pod = %crate::pod_util::full_name(&m), error = %e, "cannot delete orphaned mirror pod");
                 }
             });
         }
@@ -278,7 +281,7 @@ fn handle_update(
                     if !deleted.contains(&uid)
                         && workers.state(&uid) != Some(WorkerState::Terminating)
                     {
-                        tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, grace = ?grace, "pod deleted in the API server, terminating it");
+                        tracing::info!(pod = %crate::pod_util::full_name(&pod), %uid, grace = ?grace, "pod deleted in the API server, terminating it");
                         workers.update_pod(
                             &uid,
                             Work::Terminate {
@@ -299,7 +302,7 @@ fn handle_update(
                 }
                 if !pods.contains(&uid) {
                     if let Err((reason, message)) = admission.admit(&pod, pods) {
-                        tracing::error!(pod = %crate::pod_config::full_name(&pod), %uid, %reason, %message, "pod rejected by admission");
+                        tracing::error!(pod = %crate::pod_util::full_name(&pod), %uid, %reason, %message, "pod rejected by admission");
                         admission
                             .events
                             .pod_event(&pod, None, WARNING, &reason, message.clone());
@@ -312,7 +315,7 @@ fn handle_update(
                         continue;
                     }
                 }
-                tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, "pod added");
+                tracing::info!(pod = %crate::pod_util::full_name(&pod), %uid, "pod added");
                 let pod = pods.set(pod);
                 workers.update_pod(&uid, Work::Sync(pod));
             }
@@ -330,7 +333,7 @@ fn handle_update(
                     // Its deletion was finished by us: nothing is left to tear down.
                     continue;
                 }
-                tracing::info!(pod = %crate::pod_config::full_name(&pod), %uid, "pod removed from its source");
+                tracing::info!(pod = %crate::pod_util::full_name(&pod), %uid, "pod removed from its source");
                 workers.update_pod(
                     &uid,
                     Work::Terminate {

@@ -49,7 +49,7 @@ async fn node_registers_with_its_fields_and_renews_its_lease() {
     assert_eq!(labels["kubernetes.io/os"], "linux");
     assert_eq!(
         labels["kubernetes.io/arch"],
-        nodus_kubelet::nodestatus::go_arch()
+        nodus_kubelet::version::go_arch()
     );
     assert_eq!(labels["nodus.io/pool"], "blue");
     assert_eq!(labels["example.com/rack"], "r1");
@@ -94,7 +94,7 @@ async fn node_registers_with_its_fields_and_renews_its_lease() {
     );
     assert_eq!(
         info.kubelet_version,
-        nodus_kubelet::nodestatus::KUBELET_VERSION
+        nodus_kubelet::version::KUBELET_VERSION
     );
     assert_eq!(
         info.kernel_version,

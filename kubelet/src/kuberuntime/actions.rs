@@ -10,33 +10,8 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use crate::backoff::{self, Backoff};
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus, SandboxState};
 use crate::kuberuntime::labels::hash_container;
+use crate::pod_util::{app_containers, init_containers, restart_policy, RestartPolicy};
 use crate::prober::{ProbeKind, ProbeResults};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
-    Always,
-    OnFailure,
-    Never,
-}
-
-pub fn restart_policy(pod: &Pod) -> RestartPolicy {
-    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
-        Some("OnFailure") => RestartPolicy::OnFailure,
-        Some("Never") => RestartPolicy::Never,
-        _ => RestartPolicy::Always,
-    }
-}
-
-pub fn init_containers(pod: &Pod) -> &[Container] {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_deref())
-        .unwrap_or(&[])
-}
-
-pub fn app_containers(pod: &Pod) -> &[Container] {
-    pod.spec.as_ref().map(|s| &s.containers[..]).unwrap_or(&[])
-}
 
 /// A container to stop, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

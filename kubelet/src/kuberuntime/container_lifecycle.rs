@@ -8,12 +8,12 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use nodus_proto::runtime::v1 as cri;
 
-use super::actions::{app_containers, init_containers};
 use super::cri::CriError;
 use super::*;
 use crate::backoff::{self, Backoff};
 use crate::container::{now_nanos, PodStatus};
 use crate::kuberuntime::labels;
+use crate::pod_util::{app_containers, init_containers};
 
 impl RuntimeManager {
     #[allow(clippy::too_many_arguments)]
@@ -154,7 +154,7 @@ impl RuntimeManager {
             let _ = self.cri.remove_container(&id).await;
             return Err(SyncError::StartContainer(e));
         }
-        tracing::info!(pod = %status_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
+        tracing::info!(pod = %crate::pod_util::full_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
         self.events.pod_event(
             pod,
             Some(&container.name),
@@ -171,7 +171,7 @@ impl RuntimeManager {
             let timeout = std::time::Duration::from_secs(pod_grace(pod).max(30) as u64);
             if let Err(msg) = run_lifecycle_handler(&self.cri, h, container, &id, ip, timeout).await
             {
-                tracing::warn!(pod = %status_name(pod), container = %container.name, error = %msg, "postStart hook failed, killing the container (FailedPostStartHook)");
+                tracing::warn!(pod = %crate::pod_util::full_name(pod), container = %container.name, error = %msg, "postStart hook failed, killing the container (FailedPostStartHook)");
                 let _ = self.cri.stop_container(&id, pod_grace(pod)).await;
                 return Err(SyncError::PostStartHook(msg));
             }
@@ -227,7 +227,11 @@ impl RuntimeManager {
         user: &container::EffectiveUser,
         image_ref: &str,
     ) -> Result<(), SyncError> {
-        let who = format!("pod: {:?}, container: {}", status_name(pod), container.name);
+        let who = format!(
+            "pod: {:?}, container: {}",
+            crate::pod_util::full_name(pod),
+            container.name
+        );
         if let Some(uid) = user.run_as_user {
             if uid == 0 {
                 return Err(SyncError::Config(format!(

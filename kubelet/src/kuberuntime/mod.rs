@@ -29,7 +29,8 @@ use nodus_proto::runtime::v1 as api;
 
 use crate::backoff::Backoff;
 use crate::container::{ContainerState, ContainerStatus, PodStatus, SandboxState};
-use actions::{app_containers, init_containers, PodActions};
+use crate::pod_util::{app_containers, init_containers};
+use actions::PodActions;
 use cri::{Cri, CriError};
 pub use hooks::run_lifecycle_handler;
 use hooks::run_pre_stop;
@@ -238,7 +239,7 @@ impl RuntimeManager {
     ) -> Result<StartResults, SyncError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if actions.kill_pod {
-            tracing::info!(pod = %status_name(pod), %uid, "stopping pod sandbox and containers");
+            tracing::info!(pod = %crate::pod_util::full_name(pod), %uid, "stopping pod sandbox and containers");
             self.kill_pod(&uid, Some(pod), None).await?;
         }
         let resolv = self.node_resolv_conf();
@@ -262,7 +263,7 @@ impl RuntimeManager {
                 .cri
                 .run_pod_sandbox(sandbox_config.clone(), handler)
                 .await?;
-            tracing::info!(pod = %status_name(pod), %uid, sandbox = %id, attempt = actions.attempt, "sandbox started");
+            tracing::info!(pod = %crate::pod_util::full_name(pod), %uid, sandbox = %id, attempt = actions.attempt, "sandbox started");
             id
         } else {
             match &actions.sandbox_id {
@@ -276,7 +277,7 @@ impl RuntimeManager {
             .iter()
             .filter(|_| !actions.kill_pod)
         {
-            tracing::info!(pod = %status_name(pod), container = %k.name, reason = %k.reason, "stopping container");
+            tracing::info!(pod = %crate::pod_util::full_name(pod), container = %k.name, reason = %k.reason, "stopping container");
             let grace = k
                 .grace
                 .unwrap_or_else(|| pod_grace(pod))
@@ -330,7 +331,7 @@ impl RuntimeManager {
         results.extend(join_all(starts).await);
         for (name, r) in &results {
             if let Err(e) = r {
-                tracing::warn!(pod = %status_name(pod), container = %name, reason = e.reason(), error = %e, "cannot start container");
+                tracing::warn!(pod = %crate::pod_util::full_name(pod), container = %name, reason = e.reason(), error = %e, "cannot start container");
                 self.events.pod_event(
                     pod,
                     Some(name),
@@ -430,10 +431,6 @@ impl RuntimeManager {
         remove_dir(&self.root_dir.join("pods").join(uid));
         Ok(())
     }
-}
-
-fn status_name(pod: &Pod) -> String {
-    crate::pod_config::full_name(pod)
 }
 
 fn mkdir(path: &Path) -> Result<(), SyncError> {

@@ -92,9 +92,9 @@ pub fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
 /// when any container is (upstream `determinePodSandboxSecurityContext`).
 pub fn sandbox_security_context(pod: &Pod, paths: &NodePaths) -> cri::LinuxSandboxSecurityContext {
     let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
-    let privileged = crate::kuberuntime::actions::app_containers(pod)
+    let privileged = crate::pod_util::app_containers(pod)
         .iter()
-        .chain(crate::kuberuntime::actions::init_containers(pod))
+        .chain(crate::pod_util::init_containers(pod))
         .any(|c| {
             c.security_context
                 .as_ref()

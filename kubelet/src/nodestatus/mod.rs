@@ -21,6 +21,10 @@ use crate::config::Config;
 use crate::events::{node_reference, EventRecorder, NORMAL};
 use crate::kubeclient::ApiError;
 use crate::kuberuntime::cri::Cri;
+use crate::version::{go_arch, KUBELET_VERSION};
+
+/// At most this many images are reported in node status (upstream's nodeStatusMaxImages).
+pub const MAX_IMAGES: usize = 50;
 
 mod setters;
 use setters::*;
@@ -29,24 +33,6 @@ pub use setters::{
     node_images, node_labels, node_status, runtime_readiness, status_changed, system_info, taints,
     NodeFacts,
 };
-
-/// The version this kubelet reports (nodeInfo.kubeletVersion): the Kubernetes API it is
-/// built against, marked as ours.
-pub const KUBELET_VERSION: &str = concat!("v1.34.0-nodus.", env!("CARGO_PKG_VERSION"));
-
-/// At most this many images are reported in node status (upstream's nodeStatusMaxImages).
-pub const MAX_IMAGES: usize = 50;
-
-/// The architecture as Go (and so Kubernetes) names it.
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
 
 /// The latest posted Node, shared with the kubelet (admission reads allocatable from it).
 #[derive(Debug, Clone, Default)]

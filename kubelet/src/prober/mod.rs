@@ -133,7 +133,7 @@ impl ProbeManager {
     /// those of containers no longer running.
     pub fn update_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>) {
         let uid = status.uid.clone();
-        let running: Vec<(&Container, String)> = crate::kuberuntime::actions::app_containers(pod)
+        let running: Vec<(&Container, String)> = crate::pod_util::app_containers(pod)
             .iter()
             .filter_map(|c| {
                 let s = status.find_container(&c.name)?;
@@ -183,7 +183,7 @@ impl ProbeManager {
                     container: c.clone(),
                     container_id: id.clone(),
                     uid: uid.clone(),
-                    pod_name: crate::pod_config::full_name(pod),
+                    pod_name: crate::pod_util::full_name(pod),
                     pod_ref: self
                         .events
                         .is_enabled()

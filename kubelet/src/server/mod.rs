@@ -101,9 +101,9 @@ async fn container_logs(shared: &Shared, rest: &str, query: &str) -> Response<Bo
             format!("pod {ns}/{name} not found"),
         );
     };
-    let in_spec = crate::kuberuntime::actions::app_containers(&pod)
+    let in_spec = crate::pod_util::app_containers(&pod)
         .iter()
-        .chain(crate::kuberuntime::actions::init_containers(&pod))
+        .chain(crate::pod_util::init_containers(&pod))
         .any(|c| &c.name == container);
     if !in_spec {
         return reply(

@@ -15,6 +15,7 @@ use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::cipher_suites::cipher_suite;
 use crate::config::ServerTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,28 +32,6 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("clientCAFile {path}: {message}")]
     ClientCa { path: PathBuf, message: String },
-}
-
-/// A cipher suite by its Go (`crypto/tls`) name, as `tlsCipherSuites` lists them.
-pub fn cipher_suite(name: &str) -> Option<SupportedCipherSuite> {
-    use provider::cipher_suite::*;
-    Some(match name {
-        "TLS_AES_128_GCM_SHA256" => TLS13_AES_128_GCM_SHA256,
-        "TLS_AES_256_GCM_SHA384" => TLS13_AES_256_GCM_SHA384,
-        "TLS_CHACHA20_POLY1305_SHA256" => TLS13_CHACHA20_POLY1305_SHA256,
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305"
-        | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
-            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-        }
-        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
-            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-        }
-        _ => return None,
-    })
 }
 
 fn file_err(field: &'static str, path: &Path, message: impl ToString) -> TlsError {

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{Source, SourceUpdate, CONFIG_SOURCE_ANNOTATION};
 use crate::mirror::{is_mirror_pod, MirrorPods};
-use crate::pod_config::{full_name, uid_of};
+use crate::pod_util::{full_name, uid_of};
 
 pub struct ApiSource {
     pub client: kube::Client,

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use super::StatusManager;
 use crate::kubeclient::ApiError;
 use crate::mirror::MirrorPods;
-use crate::pod_config::full_name;
 use crate::pod_manager::PodManager;
+use crate::pod_util::full_name;
 use crate::sources::{Source, CONFIG_SOURCE_ANNOTATION};
 
 /// How often every status is compared with the last pushed one (upstream: 10 s).

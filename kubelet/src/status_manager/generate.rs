@@ -18,9 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus};
-use crate::kuberuntime::actions::{
-    app_containers, init_containers, restart_policy, BackoffWait, RestartPolicy,
-};
+use crate::kuberuntime::actions::BackoffWait;
+use crate::pod_util::{app_containers, init_containers, restart_policy, RestartPolicy};
 
 /// The runtime prefix of container IDs in status (`containerd://<id>`).
 pub const CONTAINER_ID_PREFIX: &str = "containerd://";

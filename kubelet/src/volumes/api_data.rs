@@ -56,9 +56,9 @@ pub(super) fn downward_items(
             field_ref_value(pod, f, inp.rt).map_err(|m| invalid(volume, m))?
         } else if let Some(r) = &item.resource_field_ref {
             let name = r.container_name.as_deref().unwrap_or("");
-            let c = crate::kuberuntime::actions::app_containers(pod)
+            let c = crate::pod_util::app_containers(pod)
                 .iter()
-                .chain(crate::kuberuntime::actions::init_containers(pod))
+                .chain(crate::pod_util::init_containers(pod))
                 .find(|c| c.name == name)
                 .ok_or_else(|| {
                     invalid(

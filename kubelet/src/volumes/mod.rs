@@ -125,7 +125,7 @@ pub fn refresh(root_dir: &Path, pod: &Pod, inp: &VolumeInputs) {
             continue;
         }
         if let Err(e) = api_volume(&root, pod, v, inp, fs_group) {
-            tracing::warn!(pod = %crate::pod_config::full_name(pod), volume = %v.name, error = %e, "cannot update volume");
+            tracing::warn!(pod = %crate::pod_util::full_name(pod), volume = %v.name, error = %e, "cannot update volume");
         }
     }
 }
