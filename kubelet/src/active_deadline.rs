@@ -8,26 +8,26 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use crate::container::{Nanos, NANOS_PER_SEC};
 
 /// The pod's status reason once its deadline passed.
-pub const REASON: &str = "DeadlineExceeded";
+pub(crate) const REASON: &str = "DeadlineExceeded";
 /// ... and its message, as upstream words it.
-pub const MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
+pub(crate) const MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
 
 /// Nanoseconds left before the deadline of a pod that started at `start`: None when it has
 /// no deadline or has not started; zero or less when the deadline has passed.
-pub fn remaining(pod: &Pod, start: Option<Nanos>, now: Nanos) -> Option<i128> {
+pub(crate) fn remaining(pod: &Pod, start: Option<Nanos>, now: Nanos) -> Option<i128> {
     let deadline = pod.spec.as_ref()?.active_deadline_seconds?;
     let start = start?;
     Some(start as i128 + deadline as i128 * NANOS_PER_SEC as i128 - now as i128)
 }
 
 /// The start time of a generated status, in nanoseconds since the epoch.
-pub fn start_nanos(status: &PodStatus) -> Option<Nanos> {
+pub(crate) fn start_nanos(status: &PodStatus) -> Option<Nanos> {
     let t = status.start_time.as_ref()?;
     Nanos::try_from(t.0.as_nanosecond()).ok()
 }
 
 /// Turns a generated status into the one of a pod whose deadline passed.
-pub fn mark_exceeded(status: &mut PodStatus) {
+pub(crate) fn mark_exceeded(status: &mut PodStatus) {
     status.phase = Some("Failed".into());
     status.reason = Some(REASON.into());
     status.message = Some(MESSAGE.into());

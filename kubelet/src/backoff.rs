@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use crate::container::{Nanos, NANOS_PER_SEC};
 
-pub const INITIAL: Nanos = 10 * NANOS_PER_SEC;
-pub const MAX: Nanos = 300 * NANOS_PER_SEC;
+pub(crate) const INITIAL: Nanos = 10 * NANOS_PER_SEC;
+pub(crate) const MAX: Nanos = 300 * NANOS_PER_SEC;
 /// A container that ran this long before exiting starts over from the initial back-off.
-pub const RESET_AFTER_RUNNING: Nanos = 600 * NANOS_PER_SEC;
+pub(crate) const RESET_AFTER_RUNNING: Nanos = 600 * NANOS_PER_SEC;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -20,13 +20,13 @@ struct Entry {
 
 /// Back-off state keyed by container (see [`key`]).
 #[derive(Debug, Default, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     entries: HashMap<String, Entry>,
 }
 
 /// The key of one container of one pod: pod UID, container name and spec hash (a new spec
 /// starts without back-off, as upstream's stable key).
-pub fn key(pod_uid: &str, container: &str, hash: &str) -> String {
+pub(crate) fn key(pod_uid: &str, container: &str, hash: &str) -> String {
     format!("{pod_uid}_{container}_{hash}")
 }
 
@@ -35,13 +35,13 @@ fn expired(event: Nanos, last_update: Nanos) -> bool {
 }
 
 impl Backoff {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// How long a restart must still wait, if at all, for a container that ran from
     /// `started_at` to `finished_at`.
-    pub fn remaining(
+    pub(crate) fn remaining(
         &self,
         key: &str,
         started_at: Nanos,
@@ -59,7 +59,7 @@ impl Backoff {
     }
 
     /// Records a restart: sets the next back-off (initial, or doubled up to the maximum).
-    pub fn next(&mut self, key: &str, started_at: Nanos, finished_at: Nanos, now: Nanos) {
+    pub(crate) fn next(&mut self, key: &str, started_at: Nanos, finished_at: Nanos, now: Nanos) {
         let reset = started_at > 0 && finished_at - started_at >= RESET_AFTER_RUNNING;
         let entry = match self.entries.get(key) {
             Some(e) if !reset && !expired(finished_at, e.last_update) => Entry {
@@ -76,35 +76,35 @@ impl Backoff {
 
     /// For events that are not container runs (image pulls, upstream's
     /// `IsInBackOffSinceUpdate`): whether `now` is within the back-off of the last failure.
-    pub fn in_backoff_since_update(&self, key: &str, now: Nanos) -> bool {
+    pub(crate) fn in_backoff_since_update(&self, key: &str, now: Nanos) -> bool {
         self.entries
             .get(key)
             .is_some_and(|e| !expired(now, e.last_update) && now - e.last_update < e.backoff)
     }
 
     /// Records a failure at `now` of something that is not a container run.
-    pub fn failed_at(&mut self, key: &str, now: Nanos) {
+    pub(crate) fn failed_at(&mut self, key: &str, now: Nanos) {
         self.next(key, 0, now, now);
     }
 
     /// Forgets a key (its operation succeeded).
-    pub fn reset(&mut self, key: &str) {
+    pub(crate) fn reset(&mut self, key: &str) {
         self.entries.remove(key);
     }
 
     /// The current back-off of a key (for messages).
-    pub fn current(&self, key: &str) -> Option<Nanos> {
+    pub(crate) fn current(&self, key: &str) -> Option<Nanos> {
         self.entries.get(key).map(|e| e.backoff)
     }
 
     /// Forgets every key of a pod (when it is terminated).
-    pub fn forget_pod(&mut self, pod_uid: &str) {
+    pub(crate) fn forget_pod(&mut self, pod_uid: &str) {
         let prefix = format!("{pod_uid}_");
         self.entries.retain(|k, _| !k.starts_with(&prefix));
     }
 
     /// Drops entries untouched for twice the maximum.
-    pub fn gc(&mut self, now: Nanos) {
+    pub(crate) fn gc(&mut self, now: Nanos) {
         self.entries.retain(|_, e| !expired(now, e.last_update));
     }
 }

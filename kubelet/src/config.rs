@@ -15,9 +15,9 @@ use serde::Deserialize;
 
 use crate::duration;
 
-pub const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
-pub const KIND: &str = "KubeletConfiguration";
-pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+pub(crate) const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub(crate) const KIND: &str = "KubeletConfiguration";
+pub(crate) const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +54,13 @@ fn invalid(field: &str, value: impl ToString, reason: impl ToString) -> ConfigEr
 pub struct Flags {
     /// Path to a KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
     #[arg(long = "config")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Directory of static pod manifests (staticPodPath).
     #[arg(long = "pod-manifest-path")]
-    pub pod_manifest_path: Option<PathBuf>,
+    pub(crate) pod_manifest_path: Option<PathBuf>,
     /// URL serving static pods (staticPodURL), http only.
     #[arg(long = "manifest-url")]
-    pub manifest_url: Option<String>,
+    pub(crate) manifest_url: Option<String>,
     /// CRI endpoint (containerRuntimeEndpoint), e.g. unix:///run/containerd/containerd.sock.
     #[arg(long = "container-runtime-endpoint")]
     pub container_runtime_endpoint: Option<String>,
@@ -69,7 +69,7 @@ pub struct Flags {
     pub root_dir: PathBuf,
     /// Node name to use instead of the hostname.
     #[arg(long = "hostname-override")]
-    pub hostname_override: Option<String>,
+    pub(crate) hostname_override: Option<String>,
     /// Node IP address, reported as the pods' hostIP.
     #[arg(long = "node-ip")]
     pub node_ip: Option<String>,
@@ -93,126 +93,126 @@ pub struct Flags {
     pub cgroup_root: Option<String>,
     /// Cgroup driver (cgroupDriver); only cgroupfs is supported.
     #[arg(long = "cgroup-driver")]
-    pub cgroup_driver: Option<String>,
+    pub(crate) cgroup_driver: Option<String>,
     /// Unsafe sysctls pods may set, comma separated, `prefix*` allowed (allowedUnsafeSysctls).
     #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
-    pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    pub(crate) allowed_unsafe_sysctls: Option<Vec<String>>,
     /// RuntimeDefault seccomp for containers that name no profile (seccompDefault).
     #[arg(long = "seccomp-default", num_args = 0..=1, default_missing_value = "true")]
-    pub seccomp_default: Option<bool>,
+    pub(crate) seccomp_default: Option<bool>,
     /// Directory for pod logs (podLogsDir).
     #[arg(long = "pod-logs-dir")]
-    pub pod_logs_dir: Option<PathBuf>,
+    pub(crate) pod_logs_dir: Option<PathBuf>,
     /// The sandbox image; image GC never removes it.
     #[arg(long = "pod-infra-container-image")]
-    pub pod_infra_container_image: Option<String>,
+    pub(crate) pod_infra_container_image: Option<String>,
     /// Dead containers kept per container name (upstream's
     /// --maximum-dead-containers-per-container, maxPerPodContainer).
     #[arg(long = "maximum-dead-containers-per-container")]
-    pub maximum_dead_containers_per_container: Option<u32>,
+    pub(crate) maximum_dead_containers_per_container: Option<u32>,
     /// kubeconfig of the API server; without it the kubelet runs standalone.
     #[arg(long = "kubeconfig")]
     pub kubeconfig: Option<PathBuf>,
     /// Register the node with the API server (registerNode).
     #[arg(long = "register-node", num_args = 0..=1, default_missing_value = "true")]
-    pub register_node: Option<bool>,
+    pub(crate) register_node: Option<bool>,
     /// Labels added when registering the node: `key=value,key2=value2`.
     #[arg(long = "node-labels")]
-    pub node_labels: Option<String>,
+    pub(crate) node_labels: Option<String>,
     /// Taints the node registers with: `key=value:Effect,key2:Effect`.
     #[arg(long = "register-with-taints")]
-    pub register_with_taints: Option<String>,
+    pub(crate) register_with_taints: Option<String>,
     /// Resources reserved for Kubernetes daemons (kubeReserved): `cpu=100m,memory=100Mi`.
     #[arg(long = "kube-reserved")]
-    pub kube_reserved: Option<String>,
+    pub(crate) kube_reserved: Option<String>,
     /// Resources reserved for the system (systemReserved): `cpu=100m,memory=100Mi`.
     #[arg(long = "system-reserved")]
-    pub system_reserved: Option<String>,
+    pub(crate) system_reserved: Option<String>,
     /// How often the node status is computed (nodeStatusUpdateFrequency).
     #[arg(long = "node-status-update-frequency")]
-    pub node_status_update_frequency: Option<String>,
+    pub(crate) node_status_update_frequency: Option<String>,
     /// The authenticated HTTPS port (port), 0 disables it.
     #[arg(long = "port")]
     pub port: Option<u16>,
     /// Serving certificate of the authenticated port (tlsCertFile).
     #[arg(long = "tls-cert-file")]
-    pub tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
     /// Its private key (tlsPrivateKeyFile).
     #[arg(long = "tls-private-key-file")]
-    pub tls_private_key_file: Option<PathBuf>,
+    pub(crate) tls_private_key_file: Option<PathBuf>,
     /// Where the self-signed serving certificate is kept when none is given.
     #[arg(long = "cert-dir")]
-    pub cert_dir: Option<PathBuf>,
+    pub(crate) cert_dir: Option<PathBuf>,
     /// CA bundle that client certificates are verified against (authentication.x509.clientCAFile).
     #[arg(long = "client-ca-file")]
-    pub client_ca_file: Option<PathBuf>,
+    pub(crate) client_ca_file: Option<PathBuf>,
     /// Allow anonymous requests (authentication.anonymous.enabled).
     #[arg(long = "anonymous-auth", num_args = 0..=1, default_missing_value = "true")]
-    pub anonymous_auth: Option<bool>,
+    pub(crate) anonymous_auth: Option<bool>,
     /// Bearer tokens through TokenReview (authentication.webhook.enabled).
     #[arg(long = "authentication-token-webhook", num_args = 0..=1, default_missing_value = "true")]
-    pub authentication_token_webhook: Option<bool>,
+    pub(crate) authentication_token_webhook: Option<bool>,
     /// AlwaysAllow or Webhook (authorization.mode).
     #[arg(long = "authorization-mode")]
-    pub authorization_mode: Option<String>,
+    pub(crate) authorization_mode: Option<String>,
     /// Minimum TLS version: VersionTLS12 or VersionTLS13 (tlsMinVersion).
     #[arg(long = "tls-min-version")]
-    pub tls_min_version: Option<String>,
+    pub(crate) tls_min_version: Option<String>,
     /// Comma-separated cipher suites, Go names (tlsCipherSuites).
     #[arg(long = "tls-cipher-suites")]
-    pub tls_cipher_suites: Option<String>,
+    pub(crate) tls_cipher_suites: Option<String>,
 }
 
 /// `authentication` of a KubeletConfiguration.
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AuthenticationConfig {
-    pub x509: Option<X509Authentication>,
-    pub webhook: Option<WebhookAuthentication>,
-    pub anonymous: Option<AnonymousAuthentication>,
+pub(crate) struct AuthenticationConfig {
+    pub(crate) x509: Option<X509Authentication>,
+    pub(crate) webhook: Option<WebhookAuthentication>,
+    pub(crate) anonymous: Option<AnonymousAuthentication>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct X509Authentication {
+pub(crate) struct X509Authentication {
     #[serde(rename = "clientCAFile")]
-    pub client_ca_file: Option<PathBuf>,
+    pub(crate) client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct WebhookAuthentication {
-    pub enabled: Option<bool>,
+pub(crate) struct WebhookAuthentication {
+    pub(crate) enabled: Option<bool>,
     #[serde(rename = "cacheTTL")]
-    pub cache_ttl: Option<String>,
+    pub(crate) cache_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AnonymousAuthentication {
-    pub enabled: Option<bool>,
+pub(crate) struct AnonymousAuthentication {
+    pub(crate) enabled: Option<bool>,
 }
 
 /// `authorization` of a KubeletConfiguration.
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AuthorizationConfig {
-    pub mode: Option<String>,
-    pub webhook: Option<WebhookAuthorization>,
+pub(crate) struct AuthorizationConfig {
+    pub(crate) mode: Option<String>,
+    pub(crate) webhook: Option<WebhookAuthorization>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct WebhookAuthorization {
+pub(crate) struct WebhookAuthorization {
     #[serde(rename = "cacheAuthorizedTTL")]
-    pub cache_authorized_ttl: Option<String>,
+    pub(crate) cache_authorized_ttl: Option<String>,
     #[serde(rename = "cacheUnauthorizedTTL")]
-    pub cache_unauthorized_ttl: Option<String>,
+    pub(crate) cache_unauthorized_ttl: Option<String>,
 }
 
 /// How the authenticated port decides who may do what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthorizationMode {
+pub(crate) enum AuthorizationMode {
     AlwaysAllow,
     Webhook,
 }
@@ -220,19 +220,19 @@ pub enum AuthorizationMode {
 /// The resolved settings of the authenticated port.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
     /// Where the self-signed certificate lives when no file is given.
-    pub cert_dir: PathBuf,
-    pub min_version: Option<String>,
-    pub cipher_suites: Vec<String>,
-    pub client_ca_file: Option<PathBuf>,
-    pub anonymous: bool,
-    pub webhook_authn: bool,
-    pub webhook_authn_ttl: Duration,
-    pub authorization: AuthorizationMode,
-    pub authz_allowed_ttl: Duration,
-    pub authz_denied_ttl: Duration,
+    pub(crate) cert_dir: PathBuf,
+    pub(crate) min_version: Option<String>,
+    pub(crate) cipher_suites: Vec<String>,
+    pub(crate) client_ca_file: Option<PathBuf>,
+    pub(crate) anonymous: bool,
+    pub(crate) webhook_authn: bool,
+    pub(crate) webhook_authn_ttl: Duration,
+    pub(crate) authorization: AuthorizationMode,
+    pub(crate) authz_allowed_ttl: Duration,
+    pub(crate) authz_denied_ttl: Duration,
 }
 
 /// The `KubeletConfiguration` file, as far as this kubelet understands it. As upstream, it
@@ -241,67 +241,67 @@ pub struct ServerTls {
 /// error naming the field.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KubeletConfiguration {
-    pub api_version: Option<String>,
-    pub kind: Option<String>,
-    pub static_pod_path: Option<PathBuf>,
+pub(crate) struct KubeletConfiguration {
+    pub(crate) api_version: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) static_pod_path: Option<PathBuf>,
     #[serde(rename = "staticPodURL")]
-    pub static_pod_url: Option<String>,
-    pub file_check_frequency: Option<String>,
-    pub http_check_frequency: Option<String>,
-    pub sync_frequency: Option<String>,
-    pub container_runtime_endpoint: Option<String>,
-    pub pod_logs_dir: Option<PathBuf>,
-    pub cgroup_root: Option<String>,
-    pub cgroup_driver: Option<String>,
-    pub max_pods: Option<i64>,
-    pub read_only_port: Option<i64>,
-    pub healthz_port: Option<i64>,
-    pub healthz_bind_address: Option<String>,
-    pub address: Option<String>,
-    pub port: Option<i64>,
-    pub resolv_conf: Option<PathBuf>,
+    pub(crate) static_pod_url: Option<String>,
+    pub(crate) file_check_frequency: Option<String>,
+    pub(crate) http_check_frequency: Option<String>,
+    pub(crate) sync_frequency: Option<String>,
+    pub(crate) container_runtime_endpoint: Option<String>,
+    pub(crate) pod_logs_dir: Option<PathBuf>,
+    pub(crate) cgroup_root: Option<String>,
+    pub(crate) cgroup_driver: Option<String>,
+    pub(crate) max_pods: Option<i64>,
+    pub(crate) read_only_port: Option<i64>,
+    pub(crate) healthz_port: Option<i64>,
+    pub(crate) healthz_bind_address: Option<String>,
+    pub(crate) address: Option<String>,
+    pub(crate) port: Option<i64>,
+    pub(crate) resolv_conf: Option<PathBuf>,
     #[serde(rename = "clusterDNS")]
-    pub cluster_dns: Option<Vec<String>>,
-    pub cluster_domain: Option<String>,
-    pub seccomp_default: Option<bool>,
-    pub allowed_unsafe_sysctls: Option<Vec<String>>,
-    pub container_log_max_size: Option<String>,
-    pub container_log_max_files: Option<i64>,
-    pub container_log_monitor_interval: Option<String>,
+    pub(crate) cluster_dns: Option<Vec<String>>,
+    pub(crate) cluster_domain: Option<String>,
+    pub(crate) seccomp_default: Option<bool>,
+    pub(crate) allowed_unsafe_sysctls: Option<Vec<String>>,
+    pub(crate) container_log_max_size: Option<String>,
+    pub(crate) container_log_max_files: Option<i64>,
+    pub(crate) container_log_monitor_interval: Option<String>,
     #[serde(rename = "imageGCHighThresholdPercent")]
-    pub image_gc_high_threshold_percent: Option<i64>,
+    pub(crate) image_gc_high_threshold_percent: Option<i64>,
     #[serde(rename = "imageGCLowThresholdPercent")]
-    pub image_gc_low_threshold_percent: Option<i64>,
+    pub(crate) image_gc_low_threshold_percent: Option<i64>,
     #[serde(rename = "imageMinimumGCAge")]
-    pub image_minimum_gc_age: Option<String>,
-    pub register_node: Option<bool>,
-    pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
-    pub kube_reserved: Option<std::collections::BTreeMap<String, String>>,
-    pub system_reserved: Option<std::collections::BTreeMap<String, String>>,
-    pub eviction_hard: Option<std::collections::BTreeMap<String, String>>,
-    pub node_status_update_frequency: Option<String>,
-    pub node_status_report_frequency: Option<String>,
-    pub node_lease_duration_seconds: Option<i64>,
+    pub(crate) image_minimum_gc_age: Option<String>,
+    pub(crate) register_node: Option<bool>,
+    pub(crate) register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
+    pub(crate) kube_reserved: Option<std::collections::BTreeMap<String, String>>,
+    pub(crate) system_reserved: Option<std::collections::BTreeMap<String, String>>,
+    pub(crate) eviction_hard: Option<std::collections::BTreeMap<String, String>>,
+    pub(crate) node_status_update_frequency: Option<String>,
+    pub(crate) node_status_report_frequency: Option<String>,
+    pub(crate) node_lease_duration_seconds: Option<i64>,
     /// Upstream's name is `podsPerCore`; `maxPodsPerCore` is this kubelet's older spelling.
     #[serde(alias = "podsPerCore")]
-    pub max_pods_per_core: Option<i64>,
-    pub authentication: Option<AuthenticationConfig>,
-    pub authorization: Option<AuthorizationConfig>,
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_private_key_file: Option<PathBuf>,
-    pub tls_min_version: Option<String>,
-    pub tls_cipher_suites: Option<Vec<String>>,
-    pub enable_system_log_handler: Option<bool>,
-    pub enable_debugging_handlers: Option<bool>,
+    pub(crate) max_pods_per_core: Option<i64>,
+    pub(crate) authentication: Option<AuthenticationConfig>,
+    pub(crate) authorization: Option<AuthorizationConfig>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_private_key_file: Option<PathBuf>,
+    pub(crate) tls_min_version: Option<String>,
+    pub(crate) tls_cipher_suites: Option<Vec<String>>,
+    pub(crate) enable_system_log_handler: Option<bool>,
+    pub(crate) enable_debugging_handlers: Option<bool>,
     /// Paths of the fields the decoding ignored (`a.b` for nested ones).
     #[serde(skip)]
-    pub ignored: Vec<String>,
+    pub(crate) ignored: Vec<String>,
 }
 
 impl KubeletConfiguration {
     /// Parses the YAML (or JSON) text of a configuration file.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let mut ignored = Vec::new();
         let de = serde_yaml::Deserializer::from_str(text);
         // serde_ignored writes `?` for each Option on the way: drop those segments.
@@ -334,14 +334,14 @@ impl KubeletConfiguration {
 pub struct Config {
     pub static_pod_path: Option<PathBuf>,
     pub static_pod_url: Option<String>,
-    pub file_check_frequency: Duration,
-    pub http_check_frequency: Duration,
-    pub sync_frequency: Duration,
+    pub(crate) file_check_frequency: Duration,
+    pub(crate) http_check_frequency: Duration,
+    pub(crate) sync_frequency: Duration,
     pub container_runtime_endpoint: String,
-    pub pod_logs_dir: PathBuf,
+    pub(crate) pod_logs_dir: PathBuf,
     /// Absolute cgroup under which pod cgroups are made (`<cgroupRoot>/kubepods/pod<uid>`).
     pub cgroup_root: String,
-    pub max_pods: u32,
+    pub(crate) max_pods: u32,
     /// 0 disables the read-only server (upstream's default; set it to serve `GET /pods`).
     pub read_only_port: u16,
     pub healthz_port: u16,
@@ -352,61 +352,61 @@ pub struct Config {
     pub root_dir: PathBuf,
     pub node_name: String,
     pub node_ip: Option<IpAddr>,
-    pub resolv_conf: PathBuf,
+    pub(crate) resolv_conf: PathBuf,
     /// `clusterDNS`, `clusterDomain` and whether `resolvConf` was set empty.
-    pub dns: crate::network::dns::ClusterDns,
+    pub(crate) dns: crate::network::dns::ClusterDns,
     /// `seccompDefault`: RuntimeDefault for containers that name no seccomp profile.
-    pub seccomp_default: bool,
+    pub(crate) seccomp_default: bool,
     /// `allowedUnsafeSysctls`: names and `prefix*` patterns pods may set beyond the safe set.
-    pub allowed_unsafe_sysctls: Vec<String>,
+    pub(crate) allowed_unsafe_sysctls: Vec<String>,
     /// Rotate a container's log above this many bytes (default 10Mi).
-    pub container_log_max_size: u64,
+    pub(crate) container_log_max_size: u64,
     /// What the configuration file had that this kubelet ignores, one line per kind, to be
     /// logged at start.
     pub warnings: Vec<String>,
     /// Keep this many log files per container, the live one included (default 5).
-    pub container_log_max_files: u32,
+    pub(crate) container_log_max_files: u32,
     /// How often logs are checked for rotation (default 10s).
-    pub container_log_monitor_interval: Duration,
+    pub(crate) container_log_monitor_interval: Duration,
     /// Image GC runs when the image filesystem is fuller than this (default 85).
-    pub image_gc_high_threshold_percent: u8,
+    pub(crate) image_gc_high_threshold_percent: u8,
     /// ... and frees down to this (default 80).
-    pub image_gc_low_threshold_percent: u8,
+    pub(crate) image_gc_low_threshold_percent: u8,
     /// Images unused for less than this are kept (default 2m).
-    pub image_minimum_gc_age: Duration,
+    pub(crate) image_minimum_gc_age: Duration,
     /// The sandbox image, never removed by image GC.
-    pub pod_infra_container_image: String,
+    pub(crate) pod_infra_container_image: String,
     /// Dead containers kept per container name (default 1).
-    pub max_per_pod_container: u32,
+    pub(crate) max_per_pod_container: u32,
     /// The API server's kubeconfig (`--kubeconfig`); None: standalone.
     pub kubeconfig: Option<PathBuf>,
     /// Register the Node object (default true).
-    pub register_node: bool,
+    pub(crate) register_node: bool,
     /// Labels the node registers with (`--node-labels`).
-    pub node_labels: std::collections::BTreeMap<String, String>,
+    pub(crate) node_labels: std::collections::BTreeMap<String, String>,
     /// Taints the node registers with.
-    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    pub(crate) register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// kubeReserved and systemReserved, resource name -> quantity.
-    pub kube_reserved: std::collections::BTreeMap<String, String>,
-    pub system_reserved: std::collections::BTreeMap<String, String>,
+    pub(crate) kube_reserved: std::collections::BTreeMap<String, String>,
+    pub(crate) system_reserved: std::collections::BTreeMap<String, String>,
     /// Hard eviction thresholds (signal -> quantity or percentage), upstream's defaults.
-    pub eviction_hard: std::collections::BTreeMap<String, String>,
+    pub(crate) eviction_hard: std::collections::BTreeMap<String, String>,
     /// How often the node status is computed and posted when it changed (default 10s).
-    pub node_status_update_frequency: Duration,
+    pub(crate) node_status_update_frequency: Duration,
     /// Post the node status at least this often even unchanged (default 5m).
-    pub node_status_report_frequency: Duration,
+    pub(crate) node_status_report_frequency: Duration,
     /// The node Lease's duration (default 40 s; renewed every quarter of it).
-    pub node_lease_duration_seconds: i32,
+    pub(crate) node_lease_duration_seconds: i32,
     /// The authenticated port's TLS, authentication and authorization.
     pub server: ServerTls,
     /// `/logs/`: the node's log files (default off here; upstream defaults on).
-    pub enable_system_log_handler: bool,
+    pub(crate) enable_system_log_handler: bool,
     /// exec, attach, portForward, containerLogs, run (default on, as upstream).
-    pub enable_debugging_handlers: bool,
+    pub(crate) enable_debugging_handlers: bool,
 }
 
 /// Upstream's default hard eviction thresholds.
-pub fn default_eviction_hard() -> std::collections::BTreeMap<String, String> {
+pub(crate) fn default_eviction_hard() -> std::collections::BTreeMap<String, String> {
     [
         ("memory.available", "100Mi"),
         ("nodefs.available", "10%"),
@@ -729,7 +729,7 @@ fn ignored_field_warnings(ignored: &[String]) -> Vec<String> {
 }
 
 /// The machine's hostname, lowercased, as upstream's default node name.
-pub fn default_node_name() -> String {
+pub(crate) fn default_node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_lowercase())
         .unwrap_or_else(|_| "localhost".into())
@@ -752,7 +752,10 @@ impl Config {
     }
 
     /// Merges defaults, the file and the flags (in that order of precedence, lowest first).
-    pub fn resolve(flags: &Flags, file: &KubeletConfiguration) -> Result<Config, ConfigError> {
+    pub(crate) fn resolve(
+        flags: &Flags,
+        file: &KubeletConfiguration,
+    ) -> Result<Config, ConfigError> {
         let mut c = Config {
             warnings: ignored_field_warnings(&file.ignored),
             ..Config::default()

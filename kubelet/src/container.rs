@@ -4,12 +4,12 @@
 //! kubelet rebuilds exactly this and so adopts what the runtime already runs.
 
 /// Nanoseconds since the Unix epoch (the unit CRI uses for times).
-pub type Nanos = i64;
+pub(crate) type Nanos = i64;
 
-pub const NANOS_PER_SEC: i64 = 1_000_000_000;
+pub(crate) const NANOS_PER_SEC: i64 = 1_000_000_000;
 
 /// The current time in nanoseconds since the epoch.
-pub fn now_nanos() -> Nanos {
+pub(crate) fn now_nanos() -> Nanos {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -17,7 +17,7 @@ pub fn now_nanos() -> Nanos {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContainerState {
+pub(crate) enum ContainerState {
     Created,
     Running,
     Exited,
@@ -26,57 +26,57 @@ pub enum ContainerState {
 
 /// One container of a pod as the runtime reports it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ContainerStatus {
-    pub id: String,
-    pub name: String,
-    pub sandbox_id: String,
-    pub state: ContainerState,
-    pub created_at: Nanos,
-    pub started_at: Nanos,
-    pub finished_at: Nanos,
-    pub exit_code: i32,
-    pub reason: String,
-    pub message: String,
-    pub image: String,
-    pub image_ref: String,
+pub(crate) struct ContainerStatus {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) sandbox_id: String,
+    pub(crate) state: ContainerState,
+    pub(crate) created_at: Nanos,
+    pub(crate) started_at: Nanos,
+    pub(crate) finished_at: Nanos,
+    pub(crate) exit_code: i32,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+    pub(crate) image: String,
+    pub(crate) image_ref: String,
     /// The `io.kubernetes.container.hash` annotation: which spec this container runs.
-    pub hash: String,
+    pub(crate) hash: String,
     /// The `io.kubernetes.container.restartCount` annotation.
-    pub restart_count: u32,
+    pub(crate) restart_count: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SandboxState {
+pub(crate) enum SandboxState {
     Ready,
     NotReady,
 }
 
 /// One sandbox of a pod.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SandboxStatus {
-    pub id: String,
-    pub state: SandboxState,
-    pub attempt: u32,
-    pub created_at: Nanos,
+pub(crate) struct SandboxStatus {
+    pub(crate) id: String,
+    pub(crate) state: SandboxState,
+    pub(crate) attempt: u32,
+    pub(crate) created_at: Nanos,
     /// Pod IPs; the first is the primary one.
-    pub ips: Vec<String>,
+    pub(crate) ips: Vec<String>,
 }
 
 /// Everything the runtime holds for one pod UID.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PodStatus {
-    pub uid: String,
-    pub name: String,
-    pub namespace: String,
+pub(crate) struct PodStatus {
+    pub(crate) uid: String,
+    pub(crate) name: String,
+    pub(crate) namespace: String,
     /// Newest first.
-    pub sandboxes: Vec<SandboxStatus>,
+    pub(crate) sandboxes: Vec<SandboxStatus>,
     /// Newest first (by creation time).
-    pub containers: Vec<ContainerStatus>,
+    pub(crate) containers: Vec<ContainerStatus>,
 }
 
 impl PodStatus {
     /// Sorts sandboxes and containers newest first, as the rest of the kubelet expects.
-    pub fn sort(&mut self) {
+    pub(crate) fn sort(&mut self) {
         self.sandboxes
             .sort_by_key(|s| std::cmp::Reverse((s.created_at, s.attempt)));
         self.containers
@@ -84,12 +84,12 @@ impl PodStatus {
     }
 
     /// The newest container with this name.
-    pub fn find_container(&self, name: &str) -> Option<&ContainerStatus> {
+    pub(crate) fn find_container(&self, name: &str) -> Option<&ContainerStatus> {
         self.containers.iter().find(|c| c.name == name)
     }
 
     /// All containers with this name, newest first.
-    pub fn containers_named<'a>(
+    pub(crate) fn containers_named<'a>(
         &'a self,
         name: &'a str,
     ) -> impl Iterator<Item = &'a ContainerStatus> + 'a {
@@ -97,15 +97,9 @@ impl PodStatus {
     }
 
     /// The newest exited container with this name.
-    pub fn last_exited(&self, name: &str) -> Option<&ContainerStatus> {
+    pub(crate) fn last_exited(&self, name: &str) -> Option<&ContainerStatus> {
         self.containers
             .iter()
             .find(|c| c.name == name && c.state == ContainerState::Exited)
-    }
-
-    pub fn running_containers(&self) -> impl Iterator<Item = &ContainerStatus> {
-        self.containers
-            .iter()
-            .filter(|c| c.state == ContainerState::Running)
     }
 }

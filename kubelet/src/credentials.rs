@@ -30,7 +30,7 @@ struct DockerConfigJson {
 
 /// The registry host and the repository path of an image reference (Docker Hub defaults:
 /// `busybox` is `docker.io/library/busybox`).
-pub fn split_image(image: &str) -> (String, String) {
+pub(crate) fn split_image(image: &str) -> (String, String) {
     let name = image.split('@').next().unwrap_or(image);
     // A tag is after the last ':' that comes after the last '/'.
     let name = match (name.rfind(':'), name.rfind('/')) {
@@ -116,7 +116,7 @@ fn decode_auth(auth: &str) -> Option<(String, String)> {
 /// The credentials to try for `image`, most specific first, from the pod's pull secrets as
 /// `objects` holds them. Secrets that are missing or malformed are skipped with a warning,
 /// as upstream goes on without them.
-pub fn for_image(
+pub(crate) fn for_image(
     pod: &Pod,
     image: &str,
     objects: &crate::objects::PodObjects,

@@ -6,13 +6,13 @@ use std::time::Duration;
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration {value:?}: {reason}")]
-pub struct DurationError {
-    pub value: String,
-    pub reason: &'static str,
+pub(crate) struct DurationError {
+    pub(crate) value: String,
+    pub(crate) reason: &'static str,
 }
 
 /// Parses a Go duration. Negative durations are refused (no kubelet field accepts one).
-pub fn parse(value: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse(value: &str) -> Result<Duration, DurationError> {
     let err = |reason| DurationError {
         value: value.to_string(),
         reason,
@@ -63,7 +63,7 @@ pub fn parse(value: &str) -> Result<Duration, DurationError> {
 }
 
 /// Formats a duration the way Go prints it (`1m30s`, `20s`, `500ms`).
-pub fn format(d: Duration) -> String {
+pub(crate) fn format(d: Duration) -> String {
     let nanos = d.as_nanos();
     if nanos == 0 {
         return "0s".into();

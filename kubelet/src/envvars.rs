@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Container, ObjectFieldSelector, Pod, ResourceFi
 use crate::resources::{container_resources, parse_milli, NodeAllocatable};
 
 /// Expands `$(VAR)` in `input` with `lookup`, as upstream's `expansion.Expand`.
-pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+pub(crate) fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(input.len());
     let b = input.as_bytes();
     let mut i = 0;
@@ -62,10 +62,10 @@ pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
 
 /// What field references can see besides the pod.
 #[derive(Debug, Clone, Default)]
-pub struct RuntimeFields {
-    pub pod_ips: Vec<String>,
-    pub host_ip: Option<String>,
-    pub node_name: String,
+pub(crate) struct RuntimeFields {
+    pub(crate) pod_ips: Vec<String>,
+    pub(crate) host_ip: Option<String>,
+    pub(crate) node_name: String,
 }
 
 fn map_key<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
@@ -75,7 +75,7 @@ fn map_key<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// The value of a `fieldRef` (upstream `podFieldSelectorRuntimeValue`).
-pub fn field_ref_value(
+pub(crate) fn field_ref_value(
     pod: &Pod,
     sel: &ObjectFieldSelector,
     rt: &RuntimeFields,
@@ -128,7 +128,7 @@ pub fn field_ref_value(
 
 /// The value of a `resourceFieldRef` for `container` (upstream
 /// `ExtractContainerResourceValue`, limits defaulting to node allocatable).
-pub fn resource_field_value(
+pub(crate) fn resource_field_value(
     container: &Container,
     sel: &ResourceFieldSelector,
     node: &NodeAllocatable,
@@ -165,7 +165,7 @@ pub fn resource_field_value(
 }
 
 /// Upstream's `IsEnvVarName`: letters, digits, `_`, `-` and `.`, not starting with a digit.
-pub fn is_env_var_name(s: &str) -> bool {
+pub(crate) fn is_env_var_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.bytes()
@@ -175,7 +175,7 @@ pub fn is_env_var_name(s: &str) -> bool {
 /// The container's environment in order, with references resolved and `$(VAR)` expanded:
 /// `envFrom` sources first (keys that are not valid names are skipped, as upstream), then
 /// `env`, whose entries win.
-pub fn make_env(
+pub(crate) fn make_env(
     pod: &Pod,
     container: &Container,
     rt: &RuntimeFields,
@@ -337,7 +337,7 @@ pub fn make_env(
 }
 
 /// Command and args with `$(VAR)` expanded from `env`.
-pub fn expand_command(
+pub(crate) fn expand_command(
     container: &Container,
     env: &[(String, String)],
 ) -> (Vec<String>, Vec<String>) {

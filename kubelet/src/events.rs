@@ -16,8 +16,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
 
-pub const NORMAL: &str = "Normal";
-pub const WARNING: &str = "Warning";
+pub(crate) const NORMAL: &str = "Normal";
+pub(crate) const WARNING: &str = "Warning";
 
 /// How long identical events are folded into one.
 const CORRELATION_WINDOW: Duration = Duration::from_secs(600);
@@ -34,12 +34,12 @@ struct Record {
 
 /// A handle for recording events; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct EventRecorder {
+pub(crate) struct EventRecorder {
     tx: Option<mpsc::UnboundedSender<Record>>,
 }
 
 /// The reference to a pod an event is about (`fieldPath` names a container when given).
-pub fn pod_reference(pod: &Pod, container: Option<&str>) -> ObjectReference {
+pub(crate) fn pod_reference(pod: &Pod, container: Option<&str>) -> ObjectReference {
     let is_init = container.is_some_and(|c| {
         crate::pod_util::init_containers(pod)
             .iter()
@@ -63,7 +63,7 @@ pub fn pod_reference(pod: &Pod, container: Option<&str>) -> ObjectReference {
 }
 
 /// The reference to the node (events about the kubelet itself).
-pub fn node_reference(node: &str) -> ObjectReference {
+pub(crate) fn node_reference(node: &str) -> ObjectReference {
     ObjectReference {
         kind: Some("Node".into()),
         name: Some(node.to_string()),
@@ -75,22 +75,22 @@ pub fn node_reference(node: &str) -> ObjectReference {
 
 impl EventRecorder {
     /// A recorder that drops everything (standalone mode).
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Self::default()
     }
 
     /// A recorder posting to the API server as `node`.
-    pub fn start(client: kube::Client, node: String) -> Self {
+    pub(crate) fn start(client: kube::Client, node: String) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(client, node, rx));
         EventRecorder { tx: Some(tx) }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.tx.is_some()
     }
 
-    pub fn event(
+    pub(crate) fn event(
         &self,
         object: ObjectReference,
         kind: &'static str,
@@ -108,7 +108,7 @@ impl EventRecorder {
     }
 
     /// An event about a pod, or one of its containers.
-    pub fn pod_event(
+    pub(crate) fn pod_event(
         &self,
         pod: &Pod,
         container: Option<&str>,

@@ -12,15 +12,15 @@ use crate::kuberuntime::cri::Cri;
 
 /// How often the image filesystem is checked (upstream checks every 5 minutes; the check
 /// is a few cheap CRI calls and a statvfs).
-pub const GC_PERIOD: Duration = Duration::from_secs(10);
+pub(crate) const GC_PERIOD: Duration = Duration::from_secs(10);
 
-pub struct ImageGc {
-    pub cri: Cri,
-    pub high_percent: u8,
-    pub low_percent: u8,
-    pub min_age: Duration,
+pub(crate) struct ImageGc {
+    pub(crate) cri: Cri,
+    pub(crate) high_percent: u8,
+    pub(crate) low_percent: u8,
+    pub(crate) min_age: Duration,
     /// The sandbox image (by name), never removed.
-    pub pinned_image: String,
+    pub(crate) pinned_image: String,
 }
 
 /// What the GC remembers of an image.
@@ -69,7 +69,7 @@ fn choose(
 }
 
 impl ImageGc {
-    pub async fn run(self, period: Duration) {
+    pub(crate) async fn run(self, period: Duration) {
         if self.high_percent >= 100 {
             tracing::info!("image GC disabled (imageGCHighThresholdPercent 100)");
             return;

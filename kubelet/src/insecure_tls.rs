@@ -60,7 +60,7 @@ impl ServerCertVerifier for AnyServer {
 
 /// One connector for every probe (its session cache is shared); Err when the crypto
 /// provider offers no protocol version (not with ring).
-pub fn connector() -> Result<tokio_rustls::TlsConnector, String> {
+pub(crate) fn connector() -> Result<tokio_rustls::TlsConnector, String> {
     static CONNECTOR: OnceLock<Result<tokio_rustls::TlsConnector, String>> = OnceLock::new();
     CONNECTOR
         .get_or_init(|| {

@@ -25,19 +25,19 @@ impl ApiError {
             _ => None,
         }
     }
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         self.status().is_some_and(|s| s.is_not_found())
     }
-    pub fn is_already_exists(&self) -> bool {
+    pub(crate) fn is_already_exists(&self) -> bool {
         self.status().is_some_and(|s| s.is_already_exists())
     }
-    pub fn is_conflict(&self) -> bool {
+    pub(crate) fn is_conflict(&self) -> bool {
         self.status().is_some_and(|s| s.is_conflict())
     }
 }
 
 /// The kubelet's user agent, as upstream's `kubelet/<version> (linux/amd64) kubernetes/<commit>`.
-pub fn user_agent() -> String {
+pub(crate) fn user_agent() -> String {
     format!(
         "kubelet/{} ({}/{}) nodus",
         crate::version::KUBELET_VERSION,
@@ -47,7 +47,7 @@ pub fn user_agent() -> String {
 }
 
 /// Reads the kubeconfig and makes the client.
-pub async fn connect(path: &Path) -> Result<kube::Client, ApiError> {
+pub(crate) async fn connect(path: &Path) -> Result<kube::Client, ApiError> {
     let bad = |message: String| ApiError::Kubeconfig {
         path: path.display().to_string(),
         message,
@@ -69,7 +69,7 @@ pub async fn connect(path: &Path) -> Result<kube::Client, ApiError> {
 /// The back-off of the kubelet's watches: doubling from 200 ms to `max`, back to the start
 /// after a success (kube-runtime resets it on every good event).
 #[derive(Debug, Clone)]
-pub struct WatchBackoff {
+pub(crate) struct WatchBackoff {
     next: Duration,
     max: Duration,
 }
@@ -77,7 +77,7 @@ pub struct WatchBackoff {
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
 
 impl WatchBackoff {
-    pub fn new(max: Duration) -> Self {
+    pub(crate) fn new(max: Duration) -> Self {
         WatchBackoff {
             next: WATCH_BACKOFF_MIN,
             max,

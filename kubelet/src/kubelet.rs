@@ -31,25 +31,25 @@ use crate::sources::apiserver::ApiSource;
 use crate::status_manager::api_sync::StatusSync;
 use crate::status_manager::StatusManager;
 
-pub const SYNC_TICK: Duration = Duration::from_secs(1);
-pub const HOUSEKEEPING_TICK: Duration = Duration::from_secs(2);
-pub const PLEG_PERIOD: Duration = Duration::from_secs(1);
+pub(crate) const SYNC_TICK: Duration = Duration::from_secs(1);
+pub(crate) const HOUSEKEEPING_TICK: Duration = Duration::from_secs(2);
+pub(crate) const PLEG_PERIOD: Duration = Duration::from_secs(1);
 
 /// Handles shared with the HTTP servers.
 #[derive(Clone)]
 pub struct Shared {
-    pub pods: PodManager,
-    pub status: StatusManager,
-    pub pleg: PlegShared,
+    pub(crate) pods: PodManager,
+    pub(crate) status: StatusManager,
+    pub(crate) pleg: PlegShared,
     /// Updated by the sync loop on every iteration (for healthz).
-    pub loop_alive: Arc<Mutex<Instant>>,
+    pub(crate) loop_alive: Arc<Mutex<Instant>>,
     /// For `/containerLogs` and `/stats/summary`.
-    pub cri: Cri,
-    pub node_name: String,
+    pub(crate) cri: Cri,
+    pub(crate) node_name: String,
 }
 
 impl Shared {
-    pub fn healthy(&self) -> Result<(), String> {
+    pub(crate) fn healthy(&self) -> Result<(), String> {
         let last = *self.loop_alive.lock().unwrap_or_else(|e| e.into_inner());
         if last.elapsed() > Duration::from_secs(30) {
             return Err(format!("sync loop stalled for {:?}", last.elapsed()));

@@ -17,12 +17,12 @@ use crate::kuberuntime::labels;
 /// One logical log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
-    pub timestamp: String,
-    pub stream: String,
-    pub message: String,
+    pub(crate) timestamp: String,
+    pub(crate) stream: String,
+    pub(crate) message: String,
     /// The line never got its newline: the output ended in partial (`P`) records with no
     /// full (`F`) record after them (`printf NO-NEWLINE`). Rendered without a newline.
-    pub partial: bool,
+    pub(crate) partial: bool,
 }
 
 /// Parses CRI log text into lines, joining partial (`P`) records. Returns the lines and how
@@ -72,20 +72,20 @@ pub fn parse(text: &str, at_end: bool) -> (Vec<LogLine>, usize) {
 
 /// Options of `GET /containerLogs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogOptions {
-    pub tail_lines: Option<usize>,
-    pub timestamps: bool,
-    pub previous: bool,
-    pub follow: bool,
-    pub limit_bytes: Option<usize>,
+pub(crate) struct LogOptions {
+    pub(crate) tail_lines: Option<usize>,
+    pub(crate) timestamps: bool,
+    pub(crate) previous: bool,
+    pub(crate) follow: bool,
+    pub(crate) limit_bytes: Option<usize>,
     /// `sinceSeconds` (counted back from the request) or `sinceTime` (RFC 3339): only lines
     /// written at or after it.
-    pub since: Option<Timestamp>,
+    pub(crate) since: Option<Timestamp>,
 }
 
 impl LogOptions {
     /// Parses the query string; a bad value is an error naming the parameter.
-    pub fn from_query(q: &str) -> Result<LogOptions, String> {
+    pub(crate) fn from_query(q: &str) -> Result<LogOptions, String> {
         let mut o = LogOptions::default();
         for kv in q.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
@@ -134,7 +134,7 @@ impl LogOptions {
 }
 
 /// Whether a line was written at or after `since` (a line whose time does not parse is kept).
-pub fn written_since(line: &LogLine, since: Timestamp) -> bool {
+pub(crate) fn written_since(line: &LogLine, since: Timestamp) -> bool {
     line.timestamp
         .parse::<Timestamp>()
         .map_or(true, |t| t >= since)
@@ -164,7 +164,7 @@ pub fn render(lines: &[LogLine], timestamps: bool) -> String {
 
 /// The log file of a pod's container: the newest instance, or the one before it
 /// (`previous`). Err is (HTTP status, message).
-pub async fn find_log(
+pub(crate) async fn find_log(
     cri: &Cri,
     uid: &str,
     pod: &str,
@@ -203,7 +203,7 @@ pub async fn find_log(
 }
 
 /// Reads what a log holds, applying tailLines and limitBytes.
-pub fn read_all(path: &Path, o: &LogOptions) -> std::io::Result<(String, u64)> {
+pub(crate) fn read_all(path: &Path, o: &LogOptions) -> std::io::Result<(String, u64)> {
     let text = std::fs::read(path)?;
     let len = text.len() as u64;
     let text = String::from_utf8_lossy(&text);
@@ -228,7 +228,7 @@ pub fn read_all(path: &Path, o: &LogOptions) -> std::io::Result<(String, u64)> {
 }
 
 /// Rotated files of `log` (plain and `.gz`), oldest first.
-pub fn rotated_files(log: &Path) -> Vec<PathBuf> {
+pub(crate) fn rotated_files(log: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
         return Vec::new();
     };
@@ -250,7 +250,7 @@ pub fn rotated_files(log: &Path) -> Vec<PathBuf> {
 
 /// Rotates `log` of container `id` when it is larger than `max_size`, keeping
 /// `max_files` files in all. Returns whether it rotated.
-pub async fn rotate_if_needed(
+pub(crate) async fn rotate_if_needed(
     cri: &Cri,
     id: &str,
     log: &Path,
@@ -318,7 +318,7 @@ fn compress(path: &Path) -> std::io::Result<()> {
 }
 
 /// The log manager loop: every `interval`, rotates the logs of running containers.
-pub async fn run_log_manager(cri: Cri, max_size: u64, max_files: u32, interval: Duration) {
+pub(crate) async fn run_log_manager(cri: Cri, max_size: u64, max_files: u32, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -10,17 +10,17 @@ use std::fmt::Write;
 use std::sync::{Mutex, OnceLock};
 
 /// Upstream's `kubelet_pod_start_duration_seconds` buckets.
-pub const POD_START_BUCKETS: &[f64] = &[
+pub(crate) const POD_START_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0,
     300.0, 360.0, 480.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
 ];
 /// Prometheus' default buckets (upstream uses them for the PLEG relist duration).
-pub const DEFAULT_BUCKETS: &[f64] = &[
+pub(crate) const DEFAULT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 #[derive(Debug, Clone)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     bounds: &'static [f64],
     counts: Vec<u64>,
     sum: f64,
@@ -28,7 +28,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             counts: vec![0; bounds.len()],
@@ -37,7 +37,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&mut self, v: f64) {
+    pub(crate) fn observe(&mut self, v: f64) {
         for (i, b) in self.bounds.iter().enumerate() {
             if v <= *b {
                 self.counts[i] += 1;
@@ -70,17 +70,17 @@ struct State {
 }
 
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     state: Mutex<State>,
 }
 
-pub fn global() -> &'static Metrics {
+pub(crate) fn global() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
 }
 
 /// `CreateContainer` -> `create_container`, as upstream's operation types.
-pub fn snake(op: &str) -> String {
+pub(crate) fn snake(op: &str) -> String {
     let mut s = String::new();
     for (i, ch) in op.chars().enumerate() {
         if ch.is_ascii_uppercase() {
@@ -108,7 +108,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Metrics {
             state: Mutex::new(State {
                 running_pods: 0,
@@ -127,7 +127,7 @@ impl Metrics {
     }
 
     /// One CRI call of `op` (CRI method name) and whether it failed.
-    pub fn runtime_op(&self, op: &str, failed: bool) {
+    pub(crate) fn runtime_op(&self, op: &str, failed: bool) {
         let mut s = self.lock();
         *s.ops.entry(snake(op)).or_default() += 1;
         if failed {
@@ -135,18 +135,23 @@ impl Metrics {
         }
     }
 
-    pub fn relist(&self, secs: f64, running_pods: u64, containers: BTreeMap<&'static str, u64>) {
+    pub(crate) fn relist(
+        &self,
+        secs: f64,
+        running_pods: u64,
+        containers: BTreeMap<&'static str, u64>,
+    ) {
         let mut s = self.lock();
         s.pleg_relist.observe(secs);
         s.running_pods = running_pods;
         s.containers = containers;
     }
 
-    pub fn pod_started(&self, secs: f64) {
+    pub(crate) fn pod_started(&self, secs: f64) {
         self.lock().pod_start.observe(secs);
     }
 
-    pub fn probe(&self, kind: &str, ok: bool) {
+    pub(crate) fn probe(&self, kind: &str, ok: bool) {
         let result = if ok { "successful" } else { "failed" };
         *self
             .lock()
@@ -156,7 +161,7 @@ impl Metrics {
     }
 
     /// The text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let s = self.lock();
         let mut out = String::new();
         let _ = writeln!(

@@ -15,7 +15,7 @@ use crate::kubeclient::ApiError;
 use crate::pod_util::full_name;
 use crate::sources::CONFIG_HASH_ANNOTATION;
 
-pub const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+pub(crate) const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
     pod.metadata
@@ -25,12 +25,12 @@ fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-pub fn is_mirror_pod(pod: &Pod) -> bool {
+pub(crate) fn is_mirror_pod(pod: &Pod) -> bool {
     annotation(pod, CONFIG_MIRROR_ANNOTATION).is_some()
 }
 
 /// True when `mirror` mirrors this version of `static_pod` (same config hash).
-pub fn is_mirror_of(mirror: &Pod, static_pod: &Pod) -> bool {
+pub(crate) fn is_mirror_of(mirror: &Pod, static_pod: &Pod) -> bool {
     let hash = annotation(static_pod, CONFIG_HASH_ANNOTATION);
     hash.is_some() && annotation(mirror, CONFIG_MIRROR_ANNOTATION) == hash
 }
@@ -38,22 +38,22 @@ pub fn is_mirror_of(mirror: &Pod, static_pod: &Pod) -> bool {
 /// The mirror pods the API server holds for this node, by `namespace/name` (kept by the
 /// API source).
 #[derive(Debug, Clone, Default)]
-pub struct MirrorPods {
+pub(crate) struct MirrorPods {
     inner: Arc<RwLock<HashMap<String, Pod>>>,
 }
 
 impl MirrorPods {
-    pub fn get(&self, full_name: &str) -> Option<Pod> {
+    pub(crate) fn get(&self, full_name: &str) -> Option<Pod> {
         self.inner
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(full_name)
             .cloned()
     }
-    pub fn replace(&self, pods: HashMap<String, Pod>) {
+    pub(crate) fn replace(&self, pods: HashMap<String, Pod>) {
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = pods;
     }
-    pub fn all(&self) -> Vec<Pod> {
+    pub(crate) fn all(&self) -> Vec<Pod> {
         self.inner
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -64,7 +64,7 @@ impl MirrorPods {
 }
 
 /// The mirror pod object for a static pod.
-pub fn mirror_pod_for(static_pod: &Pod, node_name: &str, node_uid: &str) -> Pod {
+pub(crate) fn mirror_pod_for(static_pod: &Pod, node_name: &str, node_uid: &str) -> Pod {
     let mut annotations = static_pod.metadata.annotations.clone().unwrap_or_default();
     let hash = annotations
         .get(CONFIG_HASH_ANNOTATION)
@@ -95,13 +95,13 @@ pub fn mirror_pod_for(static_pod: &Pod, node_name: &str, node_uid: &str) -> Pod 
 
 /// Creates and deletes mirror pods.
 #[derive(Clone)]
-pub struct MirrorClient {
-    pub client: kube::Client,
-    pub node_name: String,
+pub(crate) struct MirrorClient {
+    pub(crate) client: kube::Client,
+    pub(crate) node_name: String,
 }
 
 impl MirrorClient {
-    pub async fn create(&self, static_pod: &Pod, node_uid: &str) -> Result<(), ApiError> {
+    pub(crate) async fn create(&self, static_pod: &Pod, node_uid: &str) -> Result<(), ApiError> {
         let ns = static_pod
             .metadata
             .namespace
@@ -126,7 +126,7 @@ impl MirrorClient {
     }
 
     /// Deletes a mirror pod at once (grace 0), only the one with `uid`.
-    pub async fn delete(&self, mirror: &Pod) -> Result<(), ApiError> {
+    pub(crate) async fn delete(&self, mirror: &Pod) -> Result<(), ApiError> {
         let ns = mirror.metadata.namespace.as_deref().unwrap_or("default");
         let name = mirror.metadata.name.as_deref().unwrap_or("");
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
@@ -156,7 +156,7 @@ impl MirrorClient {
 
     /// Brings the mirror pod of `static_pod` in line: deleted or stale ones are replaced.
     /// Ok(false) while the node is not registered yet (nothing could be made).
-    pub async fn sync(
+    pub(crate) async fn sync(
         &self,
         static_pod: &Pod,
         mirror: Option<&Pod>,

@@ -14,15 +14,15 @@ use kube::api::{Api, PostParams};
 
 use crate::kubeclient::ApiError;
 
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub(crate) const LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// Renew every quarter of the lease duration (upstream's renewIntervalFraction 0.25).
-pub fn renew_interval(duration_seconds: i32) -> Duration {
+pub(crate) fn renew_interval(duration_seconds: i32) -> Duration {
     Duration::from_millis(duration_seconds.max(1) as u64 * 250)
 }
 
 /// The Lease the node holds, renewed now.
-pub fn desired_lease(
+pub(crate) fn desired_lease(
     node: &str,
     duration_seconds: i32,
     owner: Option<&Node>,
@@ -52,12 +52,12 @@ pub fn desired_lease(
     }
 }
 
-pub struct NodeLease {
-    pub client: kube::Client,
-    pub node_name: String,
-    pub duration_seconds: i32,
+pub(crate) struct NodeLease {
+    pub(crate) client: kube::Client,
+    pub(crate) node_name: String,
+    pub(crate) duration_seconds: i32,
     /// The registered Node (for the owner reference), once known.
-    pub node: crate::nodestatus::NodeShared,
+    pub(crate) node: crate::nodestatus::NodeShared,
 }
 
 impl NodeLease {
@@ -97,7 +97,7 @@ impl NodeLease {
         Ok(())
     }
 
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
         // The lease is the registered node's heartbeat and is owned by it: wait for it.
         while self.node.get().and_then(|n| n.metadata.uid).is_none() {

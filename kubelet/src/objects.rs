@@ -26,13 +26,13 @@ use crate::kubeclient::ApiError;
 
 /// Which kind of object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
+pub(crate) enum Kind {
     ConfigMap,
     Secret,
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::ConfigMap => "configmap",
             Kind::Secret => "secret",
@@ -41,19 +41,19 @@ impl Kind {
 }
 
 /// `(kind, namespace, name)`.
-pub type ObjectKey = (Kind, String, String);
+pub(crate) type ObjectKey = (Kind, String, String);
 
 /// A service-account token request: namespace, service account, audience, expiry seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenKey {
-    pub namespace: String,
-    pub service_account: String,
-    pub audience: String,
-    pub expiration_seconds: i64,
+pub(crate) struct TokenKey {
+    pub(crate) namespace: String,
+    pub(crate) service_account: String,
+    pub(crate) audience: String,
+    pub(crate) expiration_seconds: i64,
 }
 
 /// The configMaps and secrets a pod refers to (volumes, projected sources, env).
-pub fn referenced_objects(pod: &Pod) -> BTreeSet<ObjectKey> {
+pub(crate) fn referenced_objects(pod: &Pod) -> BTreeSet<ObjectKey> {
     let ns = pod
         .metadata
         .namespace
@@ -119,7 +119,7 @@ pub fn referenced_objects(pod: &Pod) -> BTreeSet<ObjectKey> {
 }
 
 /// The tokens a pod's projected volumes ask for.
-pub fn referenced_tokens(pod: &Pod, default_audience: &str) -> BTreeSet<TokenKey> {
+pub(crate) fn referenced_tokens(pod: &Pod, default_audience: &str) -> BTreeSet<TokenKey> {
     let ns = pod
         .metadata
         .namespace
@@ -146,7 +146,7 @@ pub fn referenced_tokens(pod: &Pod, default_audience: &str) -> BTreeSet<TokenKey
     out
 }
 
-pub fn service_account_name(pod: &Pod) -> String {
+pub(crate) fn service_account_name(pod: &Pod) -> String {
     pod.spec
         .as_ref()
         .and_then(|s| s.service_account_name.clone())
@@ -156,17 +156,17 @@ pub fn service_account_name(pod: &Pod) -> String {
 
 /// What one pod's sync may read: the objects as they are now (None: does not exist).
 #[derive(Debug, Clone, Default)]
-pub struct PodObjects {
+pub(crate) struct PodObjects {
     /// False for a standalone kubelet: every lookup says an API server is needed.
-    pub api: bool,
-    pub config_maps: HashMap<(String, String), Option<ConfigMap>>,
-    pub secrets: HashMap<(String, String), Option<Secret>>,
-    pub tokens: HashMap<TokenKey, Result<String, String>>,
+    pub(crate) api: bool,
+    pub(crate) config_maps: HashMap<(String, String), Option<ConfigMap>>,
+    pub(crate) secrets: HashMap<(String, String), Option<Secret>>,
+    pub(crate) tokens: HashMap<TokenKey, Result<String, String>>,
     /// Errors other than not-found (forbidden, API server down), by object.
-    pub errors: HashMap<ObjectKey, String>,
+    pub(crate) errors: HashMap<ObjectKey, String>,
     /// The pod's Service environment variables (None: standalone, there are none; Err:
     /// the Services could not be read yet).
-    pub service_env: Option<Result<Vec<(String, String)>, String>>,
+    pub(crate) service_env: Option<Result<Vec<(String, String)>, String>>,
 }
 
 impl PodObjects {
@@ -193,15 +193,15 @@ impl PodObjects {
     }
 
     /// The configMap, Ok(None) when it does not exist.
-    pub fn config_map(&self, ns: &str, name: &str) -> Result<Option<&ConfigMap>, String> {
+    pub(crate) fn config_map(&self, ns: &str, name: &str) -> Result<Option<&ConfigMap>, String> {
         self.lookup(&self.config_maps, Kind::ConfigMap, ns, name)
     }
 
-    pub fn secret(&self, ns: &str, name: &str) -> Result<Option<&Secret>, String> {
+    pub(crate) fn secret(&self, ns: &str, name: &str) -> Result<Option<&Secret>, String> {
         self.lookup(&self.secrets, Kind::Secret, ns, name)
     }
 
-    pub fn token(&self, key: &TokenKey) -> Result<&str, String> {
+    pub(crate) fn token(&self, key: &TokenKey) -> Result<&str, String> {
         if !self.api {
             return Err("serviceAccountToken needs an API server (standalone kubelet)".into());
         }
@@ -217,7 +217,7 @@ impl PodObjects {
 }
 
 /// The key/value data of a configMap (data and binaryData) or secret, as bytes.
-pub fn config_map_data(cm: &ConfigMap) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn config_map_data(cm: &ConfigMap) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = cm
         .data
         .iter()
@@ -234,7 +234,7 @@ pub fn config_map_data(cm: &ConfigMap) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-pub fn secret_data(s: &Secret) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn secret_data(s: &Secret) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = s
         .data
         .iter()
@@ -276,12 +276,12 @@ struct Inner {
 
 /// Watches and fetches what pods consume; one per kubelet in API-server mode.
 #[derive(Clone)]
-pub struct ObjectManager {
+pub(crate) struct ObjectManager {
     client: kube::Client,
     inner: Arc<Mutex<Inner>>,
     /// Object changes, for the sync loop to resync the pods that use them.
     changed: mpsc::UnboundedSender<ObjectKey>,
-    pub default_audience: String,
+    pub(crate) default_audience: String,
     /// The cluster's Services, for the pods' service environment variables.
     services: crate::services::ServiceLister,
 }
@@ -291,7 +291,7 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 }
 
 impl ObjectManager {
-    pub fn new(client: kube::Client, changed: mpsc::UnboundedSender<ObjectKey>) -> Self {
+    pub(crate) fn new(client: kube::Client, changed: mpsc::UnboundedSender<ObjectKey>) -> Self {
         ObjectManager {
             client: client.clone(),
             inner: Arc::new(Mutex::new(Inner {
@@ -305,7 +305,7 @@ impl ObjectManager {
     }
 
     /// Starts watching what `pod` uses (and stops watching what it no longer uses).
-    pub fn register_pod(&self, pod: &Pod) {
+    pub(crate) fn register_pod(&self, pod: &Pod) {
         let uid = crate::pod_util::uid_of(pod).to_string();
         let wanted = referenced_objects(pod);
         let mut inner = lock(&self.inner);
@@ -334,14 +334,14 @@ impl ObjectManager {
     }
 
     /// Stops the watches only `uid` used and drops its tokens.
-    pub fn unregister_pod(&self, uid: &str) {
+    pub(crate) fn unregister_pod(&self, uid: &str) {
         let mut inner = lock(&self.inner);
         release(&mut inner, uid, &BTreeSet::new());
         inner.tokens.retain(|(u, _), _| u != uid);
     }
 
     /// The pods (by UID) that use `key`.
-    pub fn users(&self, key: &ObjectKey) -> Vec<String> {
+    pub(crate) fn users(&self, key: &ObjectKey) -> Vec<String> {
         lock(&self.inner)
             .watched
             .get(key)
@@ -350,7 +350,7 @@ impl ObjectManager {
     }
 
     /// Everything `pod` needs, from the watches' cache or fetched now.
-    pub async fn prefetch(&self, pod: &Pod) -> PodObjects {
+    pub(crate) async fn prefetch(&self, pod: &Pod) -> PodObjects {
         let mut out = PodObjects {
             api: true,
             service_env: Some(self.services.env_for(pod)),

@@ -16,7 +16,7 @@ use crate::kuberuntime::RuntimeManager;
 use crate::pod_cache::PodCache;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlegEventKind {
+pub(crate) enum PlegEventKind {
     ContainerStarted,
     ContainerDied,
     ContainerRemoved,
@@ -27,27 +27,27 @@ pub enum PlegEventKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlegEvent {
-    pub uid: String,
-    pub kind: PlegEventKind,
+pub(crate) struct PlegEvent {
+    pub(crate) uid: String,
+    pub(crate) kind: PlegEventKind,
     /// Container or sandbox ID.
-    pub id: String,
+    pub(crate) id: String,
 }
 
 /// What the runtime holds for one pod UID (from labels), for housekeeping.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuntimePod {
-    pub name: String,
-    pub namespace: String,
-    pub sandboxes: usize,
-    pub containers: usize,
+pub(crate) struct RuntimePod {
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) sandboxes: usize,
+    pub(crate) containers: usize,
 }
 
 /// One relist: state of every object by ID, with its pod UID.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Relist {
-    pub containers: HashMap<String, (String, i32)>,
-    pub sandboxes: HashMap<String, (String, i32)>,
+pub(crate) struct Relist {
+    pub(crate) containers: HashMap<String, (String, i32)>,
+    pub(crate) sandboxes: HashMap<String, (String, i32)>,
 }
 
 impl Relist {
@@ -59,7 +59,7 @@ impl Relist {
             .map(|(uid, _)| uid)
     }
 
-    pub fn from_cri(sandboxes: &[cri::PodSandbox], containers: &[cri::Container]) -> Self {
+    pub(crate) fn from_cri(sandboxes: &[cri::PodSandbox], containers: &[cri::Container]) -> Self {
         let uid = |l: &HashMap<String, String>| l.get(labels::POD_UID_LABEL).cloned();
         Relist {
             sandboxes: sandboxes
@@ -75,7 +75,7 @@ impl Relist {
 }
 
 /// The events between two relists, ordered by pod.
-pub fn diff(old: &Relist, new: &Relist) -> Vec<PlegEvent> {
+pub(crate) fn diff(old: &Relist, new: &Relist) -> Vec<PlegEvent> {
     let mut out = Vec::new();
     for (id, (uid, state)) in &new.containers {
         let old_state = old.containers.get(id).map(|(_, s)| *s);
@@ -126,7 +126,7 @@ pub fn diff(old: &Relist, new: &Relist) -> Vec<PlegEvent> {
 
 /// State shared with the sync loop and the health check.
 #[derive(Debug, Clone, Default)]
-pub struct PlegShared {
+pub(crate) struct PlegShared {
     inner: Arc<Mutex<SharedInner>>,
 }
 
@@ -139,7 +139,7 @@ struct SharedInner {
 
 impl PlegShared {
     /// The pods the runtime holds, by UID (as of the last relist).
-    pub fn runtime_pods(&self) -> HashMap<String, RuntimePod> {
+    pub(crate) fn runtime_pods(&self) -> HashMap<String, RuntimePod> {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -148,7 +148,7 @@ impl PlegShared {
     }
 
     /// Healthy when a relist succeeded within `threshold` (upstream: 3 minutes).
-    pub fn healthy(&self, threshold: Duration) -> bool {
+    pub(crate) fn healthy(&self, threshold: Duration) -> bool {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match g.last_relist {
             Some(t) => t.elapsed() < threshold,
@@ -156,7 +156,7 @@ impl PlegShared {
         }
     }
 
-    pub fn relisted_once(&self) -> bool {
+    pub(crate) fn relisted_once(&self) -> bool {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -171,10 +171,10 @@ pub(crate) struct PlegCache {
     pub(crate) cache: PodCache,
 }
 
-pub struct Pleg {
-    pub cri: Cri,
-    pub period: Duration,
-    pub shared: PlegShared,
+pub(crate) struct Pleg {
+    pub(crate) cri: Cri,
+    pub(crate) period: Duration,
+    pub(crate) shared: PlegShared,
     /// Filled by each relist when set.
     pub(crate) cache: Option<PlegCache>,
 }
@@ -302,7 +302,7 @@ impl Pleg {
         Ok(events)
     }
 
-    pub async fn run(self, tx: mpsc::Sender<PlegEvent>) {
+    pub(crate) async fn run(self, tx: mpsc::Sender<PlegEvent>) {
         let mut ticker = tokio::time::interval(self.period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state = RelistState::default();

@@ -12,7 +12,7 @@ use crate::sources::{Source, SourceUpdate, CONFIG_ORIGIN_ANNOTATION};
 
 /// One incremental change to the desired set of pods.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PodUpdate {
+pub(crate) enum PodUpdate {
     /// New pods.
     Add(Vec<Pod>),
     /// Pods whose spec changed (same UID).
@@ -45,29 +45,30 @@ fn differ_semantically(a: &Pod, b: &Pod) -> bool {
 
 /// The merged state of all sources.
 #[derive(Debug, Default)]
-pub struct PodConfig {
+pub(crate) struct PodConfig {
     sources: BTreeMap<Source, BTreeMap<String, Pod>>,
     seen: BTreeSet<Source>,
 }
 
 impl PodConfig {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// True once each of `expected` has sent at least one snapshot.
-    pub fn sources_ready(&self, expected: &[Source]) -> bool {
+    pub(crate) fn sources_ready(&self, expected: &[Source]) -> bool {
         expected.iter().all(|s| self.seen.contains(s))
     }
 
+    #[cfg(test)]
     /// All pods currently desired, across sources.
-    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+    pub(crate) fn pods(&self) -> impl Iterator<Item = &Pod> {
         self.sources.values().flat_map(|m| m.values())
     }
 
     /// Applies one source snapshot and returns the changes it makes, in the order
     /// REMOVE, ADD, UPDATE, RECONCILE (so that a renamed-in-place pod frees its name first).
-    pub fn merge(&mut self, update: SourceUpdate) -> Vec<PodUpdate> {
+    pub(crate) fn merge(&mut self, update: SourceUpdate) -> Vec<PodUpdate> {
         self.seen.insert(update.source);
         // Names held by the other sources stay theirs.
         let mut names: HashMap<String, String> = self

@@ -10,19 +10,19 @@ use crate::pod_util::uid_of;
 
 /// The desired pods by UID (upstream's pod manager), shared with the HTTP server.
 #[derive(Debug, Clone, Default)]
-pub struct PodManager {
+pub(crate) struct PodManager {
     inner: Arc<RwLock<HashMap<String, Arc<Pod>>>>,
 }
 
 impl PodManager {
-    pub fn get(&self, uid: &str) -> Option<Arc<Pod>> {
+    pub(crate) fn get(&self, uid: &str) -> Option<Arc<Pod>> {
         self.inner
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(uid)
             .cloned()
     }
-    pub fn set(&self, pod: Pod) -> Arc<Pod> {
+    pub(crate) fn set(&self, pod: Pod) -> Arc<Pod> {
         let pod = Arc::new(pod);
         self.inner
             .write()
@@ -30,26 +30,20 @@ impl PodManager {
             .insert(uid_of(&pod).to_string(), pod.clone());
         pod
     }
-    pub fn remove(&self, uid: &str) {
+    pub(crate) fn remove(&self, uid: &str) {
         self.inner
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid);
     }
-    pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub fn contains(&self, uid: &str) -> bool {
+    pub(crate) fn contains(&self, uid: &str) -> bool {
         self.inner
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(uid)
     }
     /// All pods, sorted by namespace/name.
-    pub fn all(&self) -> Vec<Arc<Pod>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Pod>> {
         let mut v: Vec<_> = self
             .inner
             .read()

@@ -35,13 +35,13 @@ pub(crate) const CACHE_WAIT: Duration = Duration::from_secs(5);
 
 /// What API-server mode adds to the kubelet (absent in standalone mode).
 #[derive(Clone)]
-pub struct ApiContext {
-    pub client: kube::Client,
-    pub objects: ObjectManager,
-    pub mirror: MirrorClient,
-    pub mirror_pods: MirrorPods,
-    pub node: NodeShared,
-    pub status_sync: StatusSyncHandle,
+pub(crate) struct ApiContext {
+    pub(crate) client: kube::Client,
+    pub(crate) objects: ObjectManager,
+    pub(crate) mirror: MirrorClient,
+    pub(crate) mirror_pods: MirrorPods,
+    pub(crate) node: NodeShared,
+    pub(crate) status_sync: StatusSyncHandle,
 }
 
 /// True for a pod whose API status is final (upstream never runs such a pod again).
@@ -54,24 +54,24 @@ pub(crate) fn is_terminal_api_pod(pod: &Pod) -> bool {
 }
 
 /// What the pod workers call into.
-pub struct Syncer {
-    pub runtime: Arc<RuntimeManager>,
+pub(crate) struct Syncer {
+    pub(crate) runtime: Arc<RuntimeManager>,
     /// Each pod's runtime state, filled by the PLEG relist.
     pub(crate) cache: PodCache,
     /// When each pod's last sync ended: its next sync wants a newer view of the runtime.
     pub(crate) last_sync: Mutex<HashMap<String, Instant>>,
-    pub status: StatusManager,
-    pub backoff: Mutex<Backoff>,
+    pub(crate) status: StatusManager,
+    pub(crate) backoff: Mutex<Backoff>,
     /// Why the last start of a container failed (waiting reason, message), per pod UID.
-    pub reasons: Mutex<HashMap<String, status_manager::StartFailures>>,
-    pub node_ip: Option<String>,
-    pub sync_frequency: Duration,
-    pub probes: ProbeManager,
+    pub(crate) reasons: Mutex<HashMap<String, status_manager::StartFailures>>,
+    pub(crate) node_ip: Option<String>,
+    pub(crate) sync_frequency: Duration,
+    pub(crate) probes: ProbeManager,
     /// When each pod was first synced (None once its start was measured).
-    pub first_seen: Mutex<HashMap<String, Option<Instant>>>,
-    pub api: Option<ApiContext>,
-    pub events: EventRecorder,
-    pub root_dir: std::path::PathBuf,
+    pub(crate) first_seen: Mutex<HashMap<String, Option<Instant>>>,
+    pub(crate) api: Option<ApiContext>,
+    pub(crate) events: EventRecorder,
+    pub(crate) root_dir: std::path::PathBuf,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,7 +156,7 @@ impl Syncer {
     }
 
     /// Forgets what the sync kept about a pod that is gone.
-    pub fn forget_pod(&self, uid: &str) {
+    pub(crate) fn forget_pod(&self, uid: &str) {
         lock(&self.reasons).remove(uid);
         lock(&self.backoff).forget_pod(uid);
         lock(&self.first_seen).remove(uid);

@@ -4,12 +4,12 @@
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 /// The UID of a pod ("" if it has none; sources always set one).
-pub fn uid_of(pod: &Pod) -> &str {
+pub(crate) fn uid_of(pod: &Pod) -> &str {
     pod.metadata.uid.as_deref().unwrap_or("")
 }
 
 /// `namespace/name`.
-pub fn full_name(pod: &Pod) -> String {
+pub(crate) fn full_name(pod: &Pod) -> String {
     format!(
         "{}/{}",
         pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -18,13 +18,13 @@ pub fn full_name(pod: &Pod) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
+pub(crate) enum RestartPolicy {
     Always,
     OnFailure,
     Never,
 }
 
-pub fn restart_policy(pod: &Pod) -> RestartPolicy {
+pub(crate) fn restart_policy(pod: &Pod) -> RestartPolicy {
     match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
         Some("OnFailure") => RestartPolicy::OnFailure,
         Some("Never") => RestartPolicy::Never,
@@ -32,17 +32,17 @@ pub fn restart_policy(pod: &Pod) -> RestartPolicy {
     }
 }
 
-pub fn init_containers(pod: &Pod) -> &[Container] {
+pub(crate) fn init_containers(pod: &Pod) -> &[Container] {
     pod.spec
         .as_ref()
         .and_then(|s| s.init_containers.as_deref())
         .unwrap_or(&[])
 }
 
-pub fn app_containers(pod: &Pod) -> &[Container] {
+pub(crate) fn app_containers(pod: &Pod) -> &[Container] {
     pod.spec.as_ref().map(|s| &s.containers[..]).unwrap_or(&[])
 }
 
-pub fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
+pub(crate) fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
     init_containers(pod).iter().chain(app_containers(pod))
 }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 /// What a worker is asked to do.
 #[derive(Debug, Clone)]
-pub enum Work {
+pub(crate) enum Work {
     /// Bring the pod to its spec.
     Sync(Arc<Pod>),
     /// Stop and remove the pod. `pod` is None for orphans no source knows.
@@ -27,7 +27,7 @@ pub enum Work {
 
 /// What a worker reports back to the sync loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkerResult {
+pub(crate) enum WorkerResult {
     /// A sync finished; sync again after this long at the latest.
     Synced {
         uid: String,
@@ -40,7 +40,7 @@ pub enum WorkerResult {
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The work itself, provided by the kubelet (and by fakes in tests).
-pub trait PodSyncer: Send + Sync + 'static {
+pub(crate) trait PodSyncer: Send + Sync + 'static {
     /// One sync; returns when to sync again at the latest.
     fn sync_pod<'a>(&'a self, pod: &'a Pod) -> BoxFut<'a, Duration>;
     /// Tear the pod down; an error is retried.
@@ -53,7 +53,7 @@ pub trait PodSyncer: Send + Sync + 'static {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     Syncing,
     Terminating,
 }
@@ -63,14 +63,14 @@ struct Worker {
     state: WorkerState,
 }
 
-pub struct PodWorkers<S: PodSyncer> {
+pub(crate) struct PodWorkers<S: PodSyncer> {
     syncer: Arc<S>,
     workers: HashMap<String, Worker>,
     results: mpsc::UnboundedSender<WorkerResult>,
 }
 
 impl<S: PodSyncer> PodWorkers<S> {
-    pub fn new(syncer: Arc<S>, results: mpsc::UnboundedSender<WorkerResult>) -> Self {
+    pub(crate) fn new(syncer: Arc<S>, results: mpsc::UnboundedSender<WorkerResult>) -> Self {
         PodWorkers {
             syncer,
             workers: HashMap::new(),
@@ -78,17 +78,12 @@ impl<S: PodSyncer> PodWorkers<S> {
         }
     }
 
-    pub fn state(&self, uid: &str) -> Option<WorkerState> {
+    pub(crate) fn state(&self, uid: &str) -> Option<WorkerState> {
         self.workers.get(uid).map(|w| w.state)
     }
-
-    pub fn uids(&self) -> impl Iterator<Item = &String> {
-        self.workers.keys()
-    }
-
     /// Hands work to the pod's worker (starting one if needed). Returns false when the
     /// update was dropped because the pod is already terminating.
-    pub fn update_pod(&mut self, uid: &str, work: Work) -> bool {
+    pub(crate) fn update_pod(&mut self, uid: &str, work: Work) -> bool {
         let terminate = matches!(work, Work::Terminate { .. });
         if let Some(w) = self.workers.get_mut(uid) {
             if w.state == WorkerState::Terminating {
@@ -118,7 +113,7 @@ impl<S: PodSyncer> PodWorkers<S> {
     }
 
     /// Forgets a worker that reported `Terminated`.
-    pub fn remove(&mut self, uid: &str) {
+    pub(crate) fn remove(&mut self, uid: &str) {
         self.workers.remove(uid);
     }
 }

@@ -12,25 +12,25 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use nodus_proto::runtime::v1 as cri;
 
 /// Upstream's `MinShares`, `MaxShares`, `SharesPerCPU`, `QuotaPeriod` and `MinQuotaPeriod`.
-pub const MIN_SHARES: i64 = 2;
-pub const MAX_SHARES: i64 = 262_144;
-pub const SHARES_PER_CPU: i64 = 1024;
-pub const QUOTA_PERIOD: i64 = 100_000;
-pub const MIN_QUOTA_PERIOD: i64 = 1000;
+pub(crate) const MIN_SHARES: i64 = 2;
+pub(crate) const MAX_SHARES: i64 = 262_144;
+pub(crate) const SHARES_PER_CPU: i64 = 1024;
+pub(crate) const QUOTA_PERIOD: i64 = 100_000;
+pub(crate) const MIN_QUOTA_PERIOD: i64 = 1000;
 /// Upstream's OOM score adjustments.
-pub const GUARANTEED_OOM_SCORE_ADJ: i64 = -997;
-pub const BESTEFFORT_OOM_SCORE_ADJ: i64 = 1000;
+pub(crate) const GUARANTEED_OOM_SCORE_ADJ: i64 = -997;
+pub(crate) const BESTEFFORT_OOM_SCORE_ADJ: i64 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid quantity {value:?}: {reason}")]
-pub struct QuantityError {
-    pub value: String,
-    pub reason: &'static str,
+pub(crate) struct QuantityError {
+    pub(crate) value: String,
+    pub(crate) reason: &'static str,
 }
 
 /// Parses a Kubernetes quantity (`500m`, `1.5`, `128Mi`, `1G`, `1e3`) into thousandths of
 /// the unit (milli-units), rounding up as upstream's `MilliValue`.
-pub fn parse_milli(q: &str) -> Result<i128, QuantityError> {
+pub(crate) fn parse_milli(q: &str) -> Result<i128, QuantityError> {
     let err = |reason| QuantityError {
         value: q.to_string(),
         reason,
@@ -104,11 +104,11 @@ pub fn parse_milli(q: &str) -> Result<i128, QuantityError> {
 
 /// Requests and limits of one container in milli-CPU and bytes (None: not set).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Resources {
-    pub cpu_request: Option<i64>,
-    pub cpu_limit: Option<i64>,
-    pub mem_request: Option<i64>,
-    pub mem_limit: Option<i64>,
+pub(crate) struct Resources {
+    pub(crate) cpu_request: Option<i64>,
+    pub(crate) cpu_limit: Option<i64>,
+    pub(crate) mem_request: Option<i64>,
+    pub(crate) mem_limit: Option<i64>,
 }
 
 fn lookup(
@@ -135,7 +135,7 @@ fn lookup(
 
 /// The container's resources; a request defaults to the limit when only the limit is set
 /// (API defaulting).
-pub fn container_resources(c: &Container) -> Result<Resources, String> {
+pub(crate) fn container_resources(c: &Container) -> Result<Resources, String> {
     let r = c.resources.as_ref();
     let req = r.and_then(|r| r.requests.as_ref());
     let lim = r.and_then(|r| r.limits.as_ref());
@@ -151,14 +151,14 @@ pub fn container_resources(c: &Container) -> Result<Resources, String> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QosClass {
+pub(crate) enum QosClass {
     Guaranteed,
     Burstable,
     BestEffort,
 }
 
 impl QosClass {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             QosClass::Guaranteed => "Guaranteed",
             QosClass::Burstable => "Burstable",
@@ -168,7 +168,7 @@ impl QosClass {
 }
 
 /// Upstream's `GetPodQOS` (cpu and memory only). Bad quantities count as unset.
-pub fn pod_qos(pod: &Pod) -> QosClass {
+pub(crate) fn pod_qos(pod: &Pod) -> QosClass {
     let mut any = false;
     let mut guaranteed = true;
     for c in all_containers(pod) {
@@ -195,7 +195,7 @@ pub fn pod_qos(pod: &Pod) -> QosClass {
 }
 
 /// Upstream's `MilliCPUToShares`.
-pub fn milli_cpu_to_shares(milli: i64) -> i64 {
+pub(crate) fn milli_cpu_to_shares(milli: i64) -> i64 {
     if milli == 0 {
         return MIN_SHARES;
     }
@@ -203,7 +203,7 @@ pub fn milli_cpu_to_shares(milli: i64) -> i64 {
 }
 
 /// Upstream's `MilliCPUToQuota` over `period` microseconds (0: no limit).
-pub fn milli_cpu_to_quota(milli: i64, period: i64) -> i64 {
+pub(crate) fn milli_cpu_to_quota(milli: i64, period: i64) -> i64 {
     if milli == 0 {
         return 0;
     }
@@ -211,7 +211,7 @@ pub fn milli_cpu_to_quota(milli: i64, period: i64) -> i64 {
 }
 
 /// Upstream's `GetContainerOOMScoreAdjust` for a container of a pod of class `qos`.
-pub fn oom_score_adj(qos: QosClass, mem_request: i64, mem_capacity: i64) -> i64 {
+pub(crate) fn oom_score_adj(qos: QosClass, mem_request: i64, mem_capacity: i64) -> i64 {
     match qos {
         QosClass::Guaranteed => GUARANTEED_OOM_SCORE_ADJ,
         QosClass::BestEffort => BESTEFFORT_OOM_SCORE_ADJ,
@@ -230,7 +230,7 @@ pub fn oom_score_adj(qos: QosClass, mem_request: i64, mem_capacity: i64) -> i64 
 }
 
 /// Whether this process may lower `oom_score_adj` (CAP_SYS_RESOURCE in its effective set).
-pub fn can_lower_oom_score_adj() -> bool {
+pub(crate) fn can_lower_oom_score_adj() -> bool {
     static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CAN.get_or_init(|| {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -250,7 +250,7 @@ pub fn can_lower_oom_score_adj() -> bool {
 
 /// The CRI resources of container `c` of `pod`, as upstream's
 /// `generateLinuxContainerResources`.
-pub fn linux_container_resources(
+pub(crate) fn linux_container_resources(
     pod: &Pod,
     c: &Container,
     node: &NodeAllocatable,
@@ -275,7 +275,7 @@ pub fn linux_container_resources(
 
 /// The pod's effective requests (upstream's `PodRequests`): the sum over app containers,
 /// or the largest init container's request when that is larger. (milli-CPU, bytes)
-pub fn pod_requests(pod: &Pod) -> (i64, i64) {
+pub(crate) fn pod_requests(pod: &Pod) -> (i64, i64) {
     let mut cpu = 0i64;
     let mut mem = 0i64;
     for c in crate::pod_util::app_containers(pod) {
@@ -293,16 +293,16 @@ pub fn pod_requests(pod: &Pod) -> (i64, i64) {
 
 /// The pod cgroup's settings (upstream `ResourceConfigForPod`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PodCgroupConfig {
-    pub cpu_shares: i64,
+pub(crate) struct PodCgroupConfig {
+    pub(crate) cpu_shares: i64,
     /// -1: unlimited (some container has no CPU limit).
-    pub cpu_quota: i64,
-    pub cpu_period: i64,
+    pub(crate) cpu_quota: i64,
+    pub(crate) cpu_period: i64,
     /// None: unlimited (some container has no memory limit).
-    pub memory_limit: Option<i64>,
+    pub(crate) memory_limit: Option<i64>,
 }
 
-pub fn pod_cgroup_config(pod: &Pod) -> PodCgroupConfig {
+pub(crate) fn pod_cgroup_config(pod: &Pod) -> PodCgroupConfig {
     let qos = pod_qos(pod);
     let (cpu_req, _) = pod_requests(pod);
     let mut cpu_limit = Some(0i64);
@@ -336,7 +336,7 @@ pub fn pod_cgroup_config(pod: &Pod) -> PodCgroupConfig {
 }
 
 /// The pod's cgroup (cgroupfs, absolute) under `cgroup_root`.
-pub fn pod_cgroup_name(cgroup_root: &str, qos: QosClass, uid: &str) -> String {
+pub(crate) fn pod_cgroup_name(cgroup_root: &str, qos: QosClass, uid: &str) -> String {
     let root = cgroup_root.trim_end_matches('/');
     match qos {
         QosClass::Guaranteed => format!("{root}/kubepods/pod{uid}"),
@@ -346,7 +346,7 @@ pub fn pod_cgroup_name(cgroup_root: &str, qos: QosClass, uid: &str) -> String {
 }
 
 /// Every cgroup a pod with this UID may have (its QoS class is not always known).
-pub fn all_pod_cgroup_names(cgroup_root: &str, uid: &str) -> Vec<String> {
+pub(crate) fn all_pod_cgroup_names(cgroup_root: &str, uid: &str) -> Vec<String> {
     [
         QosClass::Guaranteed,
         QosClass::Burstable,
@@ -360,7 +360,7 @@ pub fn all_pod_cgroup_names(cgroup_root: &str, uid: &str) -> Vec<String> {
 const CGROUP_FS: &str = "/sys/fs/cgroup";
 
 /// True when the host runs pure cgroup v2 (controllers listed at the top).
-pub fn is_cgroup_v2() -> bool {
+pub(crate) fn is_cgroup_v2() -> bool {
     Path::new(CGROUP_FS).join("cgroup.controllers").exists()
 }
 
@@ -398,10 +398,10 @@ fn check_cgroup_root_in(fs: &Path, root: &str, v2: bool) -> Result<(), String> {
 
 #[derive(Debug, thiserror::Error)]
 #[error("writing {value:?} to {path}: {source}")]
-pub struct CgroupError {
-    pub path: PathBuf,
-    pub value: String,
-    pub source: std::io::Error,
+pub(crate) struct CgroupError {
+    pub(crate) path: PathBuf,
+    pub(crate) value: String,
+    pub(crate) source: std::io::Error,
 }
 
 fn write(path: PathBuf, value: String) -> Result<(), CgroupError> {
@@ -424,7 +424,7 @@ fn mkdir(path: PathBuf) -> Result<PathBuf, CgroupError> {
 /// Creates the pod cgroup and writes the pod's totals (cgroup v1: cpu.shares,
 /// cpu.cfs_period_us/cfs_quota_us, memory.limit_in_bytes; pure v2: cpu.weight, cpu.max,
 /// memory.max).
-pub fn ensure_pod_cgroup(name: &str, cfg: &PodCgroupConfig) -> Result<(), CgroupError> {
+pub(crate) fn ensure_pod_cgroup(name: &str, cfg: &PodCgroupConfig) -> Result<(), CgroupError> {
     let rel = name.trim_start_matches('/');
     let root = Path::new(CGROUP_FS);
     if is_cgroup_v2() {
@@ -466,13 +466,13 @@ pub fn ensure_pod_cgroup(name: &str, cfg: &PodCgroupConfig) -> Result<(), Cgroup
 /// The node's allocatable resources (no reservations): milli-CPU from the CPU count,
 /// bytes from `/proc/meminfo` `MemTotal`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeAllocatable {
-    pub cpu_milli: i64,
-    pub memory: i64,
+pub(crate) struct NodeAllocatable {
+    pub(crate) cpu_milli: i64,
+    pub(crate) memory: i64,
 }
 
 impl NodeAllocatable {
-    pub fn detect() -> NodeAllocatable {
+    pub(crate) fn detect() -> NodeAllocatable {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1) as i64;

@@ -24,14 +24,14 @@ const MASTER_SERVICE: &str = "kubernetes";
 
 /// The cluster's Services, cached by a list+watch (upstream's service lister).
 #[derive(Clone)]
-pub struct ServiceLister {
+pub(crate) struct ServiceLister {
     store: Store<Service>,
     synced: Arc<AtomicBool>,
 }
 
 impl ServiceLister {
     /// Starts the list+watch of all Services; the task lives as long as the runtime.
-    pub fn start(client: kube::Client) -> Self {
+    pub(crate) fn start(client: kube::Client) -> Self {
         let (store, writer) = reflector::store();
         let synced = Arc::new(AtomicBool::new(false));
         let flag = synced.clone();
@@ -55,7 +55,7 @@ impl ServiceLister {
     /// The service variables for a pod, or an error while the cache has not been filled
     /// once (upstream refuses to build an environment then, rather than start a container
     /// without them).
-    pub fn env_for(&self, pod: &Pod) -> Result<Vec<(String, String)>, String> {
+    pub(crate) fn env_for(&self, pod: &Pod) -> Result<Vec<(String, String)>, String> {
         if !self.synced.load(Ordering::Relaxed) {
             return Err(
                 "services have not yet been read at least once, cannot construct envvars".into(),
@@ -74,7 +74,7 @@ fn cluster_ip(s: &Service) -> Option<&str> {
 }
 
 /// The variables `pod` gets from `services` (all the cluster's), sorted by name.
-pub fn service_env(pod: &Pod, services: &[Service]) -> Vec<(String, String)> {
+pub(crate) fn service_env(pod: &Pod, services: &[Service]) -> Vec<(String, String)> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let links = pod
         .spec

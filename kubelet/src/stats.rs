@@ -78,7 +78,11 @@ fn node_stats(node_name: &str) -> Value {
 }
 
 /// The summary: node, then each pod the kubelet knows with its containers.
-pub async fn summary(cri: &Cri, pods: &PodManager, node_name: &str) -> Result<Value, String> {
+pub(crate) async fn summary(
+    cri: &Cri,
+    pods: &PodManager,
+    node_name: &str,
+) -> Result<Value, String> {
     let stats = cri
         .list_container_stats()
         .await

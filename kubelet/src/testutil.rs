@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::sources::{load_manifest, Source};
 
 /// A static pod "p" with this restart policy and init and app containers (image `i:1`).
-pub fn pod(policy: &str, inits: &[&str], apps: &[&str]) -> Pod {
+pub(crate) fn pod(policy: &str, inits: &[&str], apps: &[&str]) -> Pod {
     let list = |names: &[&str]| {
         names
             .iter()

@@ -5,7 +5,7 @@ use rustls::crypto::ring as provider;
 use rustls::SupportedCipherSuite;
 
 /// A cipher suite by its Go (`crypto/tls`) name, as `tlsCipherSuites` lists them.
-pub fn cipher_suite(name: &str) -> Option<SupportedCipherSuite> {
+pub(crate) fn cipher_suite(name: &str) -> Option<SupportedCipherSuite> {
     use provider::cipher_suite::*;
     Some(match name {
         "TLS_AES_128_GCM_SHA256" => TLS13_AES_128_GCM_SHA256,

@@ -4,7 +4,7 @@
 //! stop `kubeadm join`.
 
 /// Top-level field names, camelCase as in the file.
-pub const FIELDS: &[&str] = &[
+pub(crate) const FIELDS: &[&str] = &[
     "apiVersion",
     "kind",
     "enableServer",
@@ -133,7 +133,7 @@ pub const FIELDS: &[&str] = &[
 ];
 
 /// Whether `path` (a top-level field, or `a.b` for a nested one) names an upstream field.
-pub fn is_upstream(path: &str) -> bool {
+pub(crate) fn is_upstream(path: &str) -> bool {
     let top = path.split('.').next().unwrap_or(path);
     FIELDS.contains(&top)
 }

@@ -15,49 +15,49 @@ use crate::prober::{ProbeKind, ProbeResults};
 
 /// A container to stop, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerToKill {
-    pub id: String,
-    pub name: String,
+pub(crate) struct ContainerToKill {
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// Upstream's message, also the `Killing` event's.
-    pub reason: String,
+    pub(crate) reason: String,
     /// The failed probe's `terminationGracePeriodSeconds`, which wins over the pod's.
-    pub grace: Option<i64>,
+    pub(crate) grace: Option<i64>,
 }
 
 /// A container held back by CrashLoopBackOff.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackoffWait {
-    pub name: String,
+pub(crate) struct BackoffWait {
+    pub(crate) name: String,
     /// How long until the restart may happen.
-    pub remaining: Nanos,
+    pub(crate) remaining: Nanos,
     /// The current back-off period (for the status message).
-    pub period: Nanos,
+    pub(crate) period: Nanos,
 }
 
 /// The actions for one sync of one pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodActions {
+pub(crate) struct PodActions {
     /// Stop every container and sandbox of the pod first.
-    pub kill_pod: bool,
+    pub(crate) kill_pod: bool,
     /// Create a new sandbox.
-    pub create_sandbox: bool,
+    pub(crate) create_sandbox: bool,
     /// The ready sandbox to start containers in (when not creating one).
-    pub sandbox_id: Option<String>,
+    pub(crate) sandbox_id: Option<String>,
     /// The attempt number of the sandbox to create.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     /// Index (in `spec.initContainers`) of the init container to start next.
-    pub next_init_container: Option<usize>,
+    pub(crate) next_init_container: Option<usize>,
     /// Indexes (in `spec.containers`) of app containers to start.
-    pub containers_to_start: Vec<usize>,
+    pub(crate) containers_to_start: Vec<usize>,
     /// Running containers to stop (spec changed, liveness or startup probe failed).
-    pub containers_to_kill: Vec<ContainerToKill>,
+    pub(crate) containers_to_kill: Vec<ContainerToKill>,
     /// Containers (init or app) whose restart waits for back-off.
-    pub backoff: Vec<BackoffWait>,
+    pub(crate) backoff: Vec<BackoffWait>,
 }
 
 impl PodActions {
     /// True when this sync changes nothing.
-    pub fn is_noop(&self) -> bool {
+    pub(crate) fn is_noop(&self) -> bool {
         !self.kill_pod
             && !self.create_sandbox
             && self.next_init_container.is_none()
@@ -90,7 +90,7 @@ fn succeeded(c: &ContainerStatus) -> bool {
 }
 
 /// Upstream's `ShouldContainerBeRestarted` for a container whose newest instance is `last`.
-pub fn should_restart(policy: RestartPolicy, last: Option<&ContainerStatus>) -> bool {
+pub(crate) fn should_restart(policy: RestartPolicy, last: Option<&ContainerStatus>) -> bool {
     match last {
         None => true,
         Some(c) => match c.state {
@@ -107,7 +107,7 @@ pub fn should_restart(policy: RestartPolicy, last: Option<&ContainerStatus>) -> 
 
 /// What the init containers need, as upstream's `findNextInitContainerToRun`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InitProgress {
+pub(crate) enum InitProgress {
     /// All init containers succeeded (or there are none).
     Done,
     /// Start this one next (never run, or the previous one just succeeded).
@@ -118,7 +118,7 @@ pub enum InitProgress {
     Running,
 }
 
-pub fn init_progress(pod: &Pod, status: &PodStatus) -> InitProgress {
+pub(crate) fn init_progress(pod: &Pod, status: &PodStatus) -> InitProgress {
     let inits = init_containers(pod);
     if inits.is_empty() {
         return InitProgress::Done;
@@ -198,7 +198,7 @@ fn probe_kill(
 
 /// Computes the actions for one sync. `probes` (by container ID) name containers to kill;
 /// `backoff` and `now` decide CrashLoopBackOff.
-pub fn compute_pod_actions(
+pub(crate) fn compute_pod_actions(
     pod: &Pod,
     status: &PodStatus,
     probes: &ProbeResults,

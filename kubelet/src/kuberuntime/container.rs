@@ -10,26 +10,26 @@ use crate::kuberuntime::labels;
 
 /// What the config needs besides the pod and the container spec.
 #[derive(Debug, Clone, Default)]
-pub struct ContainerOptions {
-    pub restart_count: u32,
-    pub is_init: bool,
+pub(crate) struct ContainerOptions {
+    pub(crate) restart_count: u32,
+    pub(crate) is_init: bool,
     /// The image as the runtime resolved it (ImageStatus/PullImage).
-    pub image_ref: String,
-    pub mounts: Vec<cri::Mount>,
-    pub namespace_options: Option<cri::NamespaceOption>,
+    pub(crate) image_ref: String,
+    pub(crate) mounts: Vec<cri::Mount>,
+    pub(crate) namespace_options: Option<cri::NamespaceOption>,
     /// The resolved environment (None: literal values only).
-    pub env: Option<Vec<(String, String)>>,
+    pub(crate) env: Option<Vec<(String, String)>>,
     /// Command and args after `$(VAR)` expansion (None: as written).
-    pub command_args: Option<(Vec<String>, Vec<String>)>,
-    pub resources: Option<cri::LinuxContainerResources>,
+    pub(crate) command_args: Option<(Vec<String>, Vec<String>)>,
+    pub(crate) resources: Option<cri::LinuxContainerResources>,
     /// The seccomp profile (None: the runtime's default).
-    pub seccomp: Option<cri::SecurityProfile>,
+    pub(crate) seccomp: Option<cri::SecurityProfile>,
     /// The AppArmor profile and its pre-1.30 string form (None: nothing asked).
-    pub apparmor: Option<(cri::SecurityProfile, String)>,
+    pub(crate) apparmor: Option<(cri::SecurityProfile, String)>,
 }
 
 /// Upstream's default masked and read-only paths for unprivileged containers.
-pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+pub(crate) const DEFAULT_MASKED_PATHS: &[&str] = &[
     "/proc/asound",
     "/proc/acpi",
     "/proc/kcore",
@@ -42,7 +42,7 @@ pub const DEFAULT_MASKED_PATHS: &[&str] = &[
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ];
-pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+pub(crate) const DEFAULT_READONLY_PATHS: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",
@@ -53,13 +53,13 @@ pub const DEFAULT_READONLY_PATHS: &[&str] = &[
 /// The effective user settings of a container: the container's security context over the
 /// pod's (upstream `determineEffectiveSecurityContext`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EffectiveUser {
-    pub run_as_user: Option<i64>,
-    pub run_as_group: Option<i64>,
-    pub run_as_non_root: bool,
+pub(crate) struct EffectiveUser {
+    pub(crate) run_as_user: Option<i64>,
+    pub(crate) run_as_group: Option<i64>,
+    pub(crate) run_as_non_root: bool,
 }
 
-pub fn effective_user(pod: &Pod, container: &Container) -> EffectiveUser {
+pub(crate) fn effective_user(pod: &Pod, container: &Container) -> EffectiveUser {
     let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let csc = container.security_context.as_ref();
     EffectiveUser {
@@ -78,7 +78,7 @@ pub fn effective_user(pod: &Pod, container: &Container) -> EffectiveUser {
 
 /// The pod's supplementalGroups plus its fsGroup (upstream adds fsGroup to every
 /// container's and the sandbox's groups).
-pub fn supplemental_groups(psc: Option<&PodSecurityContext>) -> Vec<i64> {
+pub(crate) fn supplemental_groups(psc: Option<&PodSecurityContext>) -> Vec<i64> {
     let mut groups: Vec<i64> = psc
         .and_then(|s| s.supplemental_groups.clone())
         .unwrap_or_default();
@@ -92,7 +92,7 @@ pub fn supplemental_groups(psc: Option<&PodSecurityContext>) -> Vec<i64> {
 
 /// The container's CRI security context (user, groups incl. fsGroup, privileged,
 /// read-only root, no_new_privs, capabilities, masked paths, namespaces).
-pub fn security_context(
+pub(crate) fn security_context(
     pod: &Pod,
     container: &Container,
     namespace_options: Option<cri::NamespaceOption>,
@@ -139,12 +139,12 @@ pub fn security_context(
 }
 
 /// The container log path, relative to the sandbox log directory.
-pub fn log_path(container: &str, restart_count: u32) -> String {
+pub(crate) fn log_path(container: &str, restart_count: u32) -> String {
     format!("{container}/{restart_count}.log")
 }
 
 /// Literal env values (`valueFrom` is resolved by later work).
-pub fn envs(container: &Container) -> Vec<cri::KeyValue> {
+pub(crate) fn envs(container: &Container) -> Vec<cri::KeyValue> {
     container
         .env
         .iter()
@@ -157,7 +157,7 @@ pub fn envs(container: &Container) -> Vec<cri::KeyValue> {
         .collect()
 }
 
-pub fn container_config(
+pub(crate) fn container_config(
     pod: &Pod,
     container: &Container,
     o: &ContainerOptions,

@@ -182,7 +182,7 @@ impl RuntimeManager {
     /// Stops one container: its preStop hook (when `pod` knows one) within the grace
     /// period, then the stop signal with what is left of it. `reason` is the `Killing`
     /// event's message (default: "Stopping container <name>").
-    pub async fn stop_container(
+    pub(crate) async fn stop_container(
         &self,
         pod: Option<&Pod>,
         name: &str,

@@ -3,10 +3,10 @@
 //! ([`remote::RemoteRuntime`]) in production and by an in-memory fake in unit tests.
 //! [`Cri`] is the cheap-to-clone handle the rest of the kubelet passes around.
 
-pub mod remote;
+pub(crate) mod remote;
 
 #[cfg(test)]
-pub mod fake;
+pub(crate) mod fake;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,10 +18,10 @@ use nodus_proto::runtime::v1 as cri;
 
 /// Default timeout of a CRI call (upstream's runtime request timeout is 2 minutes; most
 /// calls answer in milliseconds).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
-pub enum CriError {
+pub(crate) enum CriError {
     #[error("connecting to {endpoint}: {detail}")]
     Connect { endpoint: String, detail: String },
     #[error("CRI {op}: timed out after {timeout:?}")]
@@ -37,7 +37,7 @@ pub enum CriError {
 }
 
 impl CriError {
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(
             self,
             CriError::Status {
@@ -49,10 +49,10 @@ impl CriError {
 }
 
 /// The future of one CRI call.
-pub type CriFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, CriError>> + Send + 'a>>;
+pub(crate) type CriFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, CriError>> + Send + 'a>>;
 
 /// Sandbox and container calls (upstream `internalapi.RuntimeService`).
-pub trait RuntimeService: Send + Sync {
+pub(crate) trait RuntimeService: Send + Sync {
     fn version(&self) -> CriFut<'_, cri::VersionResponse>;
     /// The runtime's conditions (RuntimeReady, NetworkReady).
     fn status(&self) -> CriFut<'_, cri::RuntimeStatus>;
@@ -101,7 +101,7 @@ pub trait RuntimeService: Send + Sync {
 }
 
 /// Image calls (upstream `internalapi.ImageManagerService`).
-pub trait ImageService: Send + Sync {
+pub(crate) trait ImageService: Send + Sync {
     /// The image if the runtime has it.
     fn image_status<'a>(&'a self, image: &'a str) -> CriFut<'a, Option<cri::Image>>;
     fn list_images(&self) -> CriFut<'_, Vec<cri::Image>>;
@@ -119,58 +119,39 @@ pub trait ImageService: Send + Sync {
 
 /// A cheap-to-clone handle on the runtime and image services.
 #[derive(Clone)]
-pub struct Cri {
-    endpoint: Arc<str>,
+pub(crate) struct Cri {
     runtime: Arc<dyn RuntimeService>,
     images: Arc<dyn ImageService>,
 }
 
 impl Cri {
     /// The tonic client of the runtime at `endpoint` (connects on first use).
-    pub fn new(endpoint: &str) -> Self {
+    pub(crate) fn new(endpoint: &str) -> Self {
         let remote = Arc::new(remote::RemoteRuntime::new(endpoint));
         Cri {
-            endpoint: endpoint.into(),
             runtime: remote.clone(),
             images: remote,
         }
     }
 
+    #[cfg(test)]
     /// A handle on other implementations (the fake in tests).
-    pub fn from_services(
-        endpoint: &str,
+    pub(crate) fn from_services(
         runtime: Arc<dyn RuntimeService>,
         images: Arc<dyn ImageService>,
     ) -> Self {
-        Cri {
-            endpoint: endpoint.into(),
-            runtime,
-            images,
-        }
+        Cri { runtime, images }
     }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    pub fn runtime(&self) -> &dyn RuntimeService {
-        &*self.runtime
-    }
-
-    pub fn images(&self) -> &dyn ImageService {
-        &*self.images
-    }
-
-    pub async fn version(&self) -> Result<cri::VersionResponse, CriError> {
+    pub(crate) async fn version(&self) -> Result<cri::VersionResponse, CriError> {
         self.runtime.version().await
     }
 
     /// The runtime's conditions (RuntimeReady, NetworkReady), for the node's Ready condition.
-    pub async fn status(&self) -> Result<cri::RuntimeStatus, CriError> {
+    pub(crate) async fn status(&self) -> Result<cri::RuntimeStatus, CriError> {
         self.runtime.status().await
     }
 
-    pub async fn run_pod_sandbox(
+    pub(crate) async fn run_pod_sandbox(
         &self,
         config: cri::PodSandboxConfig,
         runtime_handler: String,
@@ -178,27 +159,30 @@ impl Cri {
         self.runtime.run_pod_sandbox(config, runtime_handler).await
     }
 
-    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+    pub(crate) async fn stop_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
         self.runtime.stop_pod_sandbox(id).await
     }
 
-    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+    pub(crate) async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
         self.runtime.remove_pod_sandbox(id).await
     }
 
-    pub async fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus, CriError> {
+    pub(crate) async fn pod_sandbox_status(
+        &self,
+        id: &str,
+    ) -> Result<cri::PodSandboxStatus, CriError> {
         self.runtime.pod_sandbox_status(id).await
     }
 
     /// Lists sandboxes, optionally only those with these labels.
-    pub async fn list_pod_sandbox(
+    pub(crate) async fn list_pod_sandbox(
         &self,
         label_selector: HashMap<String, String>,
     ) -> Result<Vec<cri::PodSandbox>, CriError> {
         self.runtime.list_pod_sandbox(label_selector).await
     }
 
-    pub async fn create_container(
+    pub(crate) async fn create_container(
         &self,
         pod_sandbox_id: &str,
         config: cri::ContainerConfig,
@@ -209,38 +193,41 @@ impl Cri {
             .await
     }
 
-    pub async fn start_container(&self, id: &str) -> Result<(), CriError> {
+    pub(crate) async fn start_container(&self, id: &str) -> Result<(), CriError> {
         self.runtime.start_container(id).await
     }
 
     /// Stops a container: the stop signal, then SIGKILL after `grace_secs`.
-    pub async fn stop_container(&self, id: &str, grace_secs: i64) -> Result<(), CriError> {
+    pub(crate) async fn stop_container(&self, id: &str, grace_secs: i64) -> Result<(), CriError> {
         self.runtime.stop_container(id, grace_secs).await
     }
 
-    pub async fn remove_container(&self, id: &str) -> Result<(), CriError> {
+    pub(crate) async fn remove_container(&self, id: &str) -> Result<(), CriError> {
         self.runtime.remove_container(id).await
     }
 
     /// Lists containers, optionally only those with these labels.
-    pub async fn list_containers(
+    pub(crate) async fn list_containers(
         &self,
         label_selector: HashMap<String, String>,
     ) -> Result<Vec<cri::Container>, CriError> {
         self.runtime.list_containers(label_selector).await
     }
 
-    pub async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus, CriError> {
+    pub(crate) async fn container_status(
+        &self,
+        id: &str,
+    ) -> Result<cri::ContainerStatus, CriError> {
         self.runtime.container_status(id).await
     }
 
     /// The image's ID if the runtime has it.
-    pub async fn image_status(&self, image: &str) -> Result<Option<String>, CriError> {
+    pub(crate) async fn image_status(&self, image: &str) -> Result<Option<String>, CriError> {
         Ok(self.images.image_status(image).await?.map(|i| i.id))
     }
 
     /// Runs `cmd` in a container and waits for it (up to `timeout`).
-    pub async fn exec_sync(
+    pub(crate) async fn exec_sync(
         &self,
         id: &str,
         cmd: Vec<String>,
@@ -250,53 +237,56 @@ impl Cri {
     }
 
     /// Prepares a streaming exec; the answer is the runtime's streaming URL.
-    pub async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {
+    pub(crate) async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {
         self.runtime.exec(req).await
     }
 
     /// Prepares a streaming attach.
-    pub async fn attach(&self, req: cri::AttachRequest) -> Result<String, CriError> {
+    pub(crate) async fn attach(&self, req: cri::AttachRequest) -> Result<String, CriError> {
         self.runtime.attach(req).await
     }
 
     /// Prepares a streaming port forward into a sandbox's network namespace.
-    pub async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String, CriError> {
+    pub(crate) async fn port_forward(
+        &self,
+        req: cri::PortForwardRequest,
+    ) -> Result<String, CriError> {
         self.runtime.port_forward(req).await
     }
 
     /// Asks the runtime to reopen a container's log file (after the kubelet renamed it).
-    pub async fn reopen_container_log(&self, id: &str) -> Result<(), CriError> {
+    pub(crate) async fn reopen_container_log(&self, id: &str) -> Result<(), CriError> {
         self.runtime.reopen_container_log(id).await
     }
 
     /// CPU and memory statistics of every container.
-    pub async fn list_container_stats(&self) -> Result<Vec<cri::ContainerStats>, CriError> {
+    pub(crate) async fn list_container_stats(&self) -> Result<Vec<cri::ContainerStats>, CriError> {
         self.runtime.list_container_stats().await
     }
 
     /// Every image the runtime holds.
-    pub async fn list_images(&self) -> Result<Vec<cri::Image>, CriError> {
+    pub(crate) async fn list_images(&self) -> Result<Vec<cri::Image>, CriError> {
         self.images.list_images().await
     }
 
-    pub async fn remove_image(&self, image: &str) -> Result<(), CriError> {
+    pub(crate) async fn remove_image(&self, image: &str) -> Result<(), CriError> {
         self.images.remove_image(image).await
     }
 
     /// The image filesystems' usage.
-    pub async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>, CriError> {
+    pub(crate) async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>, CriError> {
         self.images.image_fs_info().await
     }
 
     /// The user an image runs as: (uid, username) from ImageStatus.
-    pub async fn image_user(&self, image: &str) -> Result<(Option<i64>, String), CriError> {
+    pub(crate) async fn image_user(&self, image: &str) -> Result<(Option<i64>, String), CriError> {
         let img = self.images.image_status(image).await?.unwrap_or_default();
         Ok((img.uid.map(|u| u.value), img.username))
     }
 
     /// Pulls an image with the registry credentials given (None: anonymously); returns its
     /// reference.
-    pub async fn pull_image(
+    pub(crate) async fn pull_image(
         &self,
         image: &str,
         auth: Option<cri::AuthConfig>,

@@ -19,12 +19,12 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::kuberuntime::cri::Cri;
 
 /// A probe or hook outcome: Ok, or why it failed.
-pub type Outcome = Result<(), String>;
+pub(crate) type Outcome = Result<(), String>;
 
 /// Upstream caps how much probe output it keeps.
 const MAX_OUTPUT: usize = 10 * 1024;
 
-pub async fn exec(
+pub(crate) async fn exec(
     cri: &Cri,
     container_id: &str,
     action: &ExecAction,
@@ -53,7 +53,7 @@ pub async fn exec(
 }
 
 /// Resolves a port given as a number or as the name of one of the container's ports.
-pub fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
+pub(crate) fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n)
             .ok()
@@ -86,7 +86,7 @@ fn host_of(host: Option<&str>, pod_ip: Option<&str>) -> Result<IpAddr, String> {
 /// HTTP GET as upstream's probe: status 200..400 succeeds. `scheme: HTTPS` speaks TLS
 /// without verifying the server's certificate, as upstream does (kubeadm's control-plane
 /// pods and metrics-server are probed that way, on self-signed certificates).
-pub async fn http_get(
+pub(crate) async fn http_get(
     action: &HTTPGetAction,
     container: &Container,
     pod_ip: Option<&str>,
@@ -185,7 +185,7 @@ where
         .ok_or_else(|| "malformed HTTP response".to_string())
 }
 
-pub async fn tcp(
+pub(crate) async fn tcp(
     action: &TCPSocketAction,
     container: &Container,
     pod_ip: Option<&str>,
@@ -201,7 +201,7 @@ pub async fn tcp(
 }
 
 /// `grpc.health.v1.Health/Check` against `ip:port`.
-pub async fn grpc_check(ip: IpAddr, port: u16, service: &str, timeout: Duration) -> Outcome {
+pub(crate) async fn grpc_check(ip: IpAddr, port: u16, service: &str, timeout: Duration) -> Outcome {
     let addr = match ip {
         IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
         IpAddr::V4(v4) => format!("http://{v4}:{port}"),
@@ -232,7 +232,7 @@ pub async fn grpc_check(ip: IpAddr, port: u16, service: &str, timeout: Duration)
         .map_err(|_| format!("timeout: health rpc did not complete within {timeout:?}"))?
 }
 
-pub async fn grpc(action: &GRPCAction, pod_ip: Option<&str>, timeout: Duration) -> Outcome {
+pub(crate) async fn grpc(action: &GRPCAction, pod_ip: Option<&str>, timeout: Duration) -> Outcome {
     let ip = host_of(None, pod_ip)?;
     let port = u16::try_from(action.port)
         .ok()

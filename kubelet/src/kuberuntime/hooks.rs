@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Container;
 use super::cri::Cri;
 
 /// Runs a lifecycle handler (exec, httpGet, sleep) with a deadline.
-pub async fn run_lifecycle_handler(
+pub(crate) async fn run_lifecycle_handler(
     cri: &Cri,
     h: &k8s_openapi::api::core::v1::LifecycleHandler,
     container: &Container,
@@ -31,7 +31,7 @@ pub async fn run_lifecycle_handler(
 
 /// Runs a preStop hook within `grace` seconds; failures are logged (upstream goes on
 /// to stop the container).
-pub async fn run_pre_stop(
+pub(crate) async fn run_pre_stop(
     cri: &Cri,
     h: &k8s_openapi::api::core::v1::LifecycleHandler,
     container: &Container,

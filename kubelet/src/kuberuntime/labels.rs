@@ -7,28 +7,28 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use md5::{Digest, Md5};
 
-pub const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
-pub const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
-pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
-pub const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
+pub(crate) const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
+pub(crate) const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+pub(crate) const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+pub(crate) const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
 
-pub const POD_DELETION_GRACE_PERIOD: &str = "io.kubernetes.pod.deletionGracePeriod";
-pub const POD_TERMINATION_GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
-pub const CONTAINER_HASH: &str = "io.kubernetes.container.hash";
-pub const CONTAINER_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
-pub const CONTAINER_TERMINATION_MESSAGE_PATH: &str =
+pub(crate) const POD_DELETION_GRACE_PERIOD: &str = "io.kubernetes.pod.deletionGracePeriod";
+pub(crate) const POD_TERMINATION_GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
+pub(crate) const CONTAINER_HASH: &str = "io.kubernetes.container.hash";
+pub(crate) const CONTAINER_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+pub(crate) const CONTAINER_TERMINATION_MESSAGE_PATH: &str =
     "io.kubernetes.container.terminationMessagePath";
-pub const CONTAINER_TERMINATION_MESSAGE_POLICY: &str =
+pub(crate) const CONTAINER_TERMINATION_MESSAGE_POLICY: &str =
     "io.kubernetes.container.terminationMessagePolicy";
-pub const CONTAINER_PORTS: &str = "io.kubernetes.container.ports";
-pub const CONTAINER_TYPE: &str = "io.kubernetes.container.type";
+pub(crate) const CONTAINER_PORTS: &str = "io.kubernetes.container.ports";
+pub(crate) const CONTAINER_TYPE: &str = "io.kubernetes.container.type";
 
 /// The container type annotation values.
-pub const CONTAINER_TYPE_INIT: &str = "init";
-pub const CONTAINER_TYPE_APP: &str = "container";
+pub(crate) const CONTAINER_TYPE_INIT: &str = "init";
+pub(crate) const CONTAINER_TYPE_APP: &str = "container";
 
 /// Sandbox labels: the pod's own labels plus name, namespace and UID.
-pub fn pod_labels(pod: &Pod) -> HashMap<String, String> {
+pub(crate) fn pod_labels(pod: &Pod) -> HashMap<String, String> {
     let mut l: HashMap<String, String> = pod
         .metadata
         .labels
@@ -53,7 +53,7 @@ fn insert_pod_identity(l: &mut HashMap<String, String>, pod: &Pod) {
 }
 
 /// Sandbox annotations: the pod's annotations.
-pub fn pod_annotations(pod: &Pod) -> HashMap<String, String> {
+pub(crate) fn pod_annotations(pod: &Pod) -> HashMap<String, String> {
     pod.metadata
         .annotations
         .iter()
@@ -63,7 +63,7 @@ pub fn pod_annotations(pod: &Pod) -> HashMap<String, String> {
 }
 
 /// Container labels: pod name, namespace, UID and the container name.
-pub fn container_labels(container: &Container, pod: &Pod) -> HashMap<String, String> {
+pub(crate) fn container_labels(container: &Container, pod: &Pod) -> HashMap<String, String> {
     let mut l = HashMap::new();
     insert_pod_identity(&mut l, pod);
     l.insert(CONTAINER_NAME_LABEL.into(), container.name.clone());
@@ -72,7 +72,7 @@ pub fn container_labels(container: &Container, pod: &Pod) -> HashMap<String, Str
 
 /// A hash of the container spec (hex of a u64, as upstream prints it). A running container
 /// whose hash differs from its spec's is restarted.
-pub fn hash_container(container: &Container) -> String {
+pub(crate) fn hash_container(container: &Container) -> String {
     let json = serde_json::to_vec(container).unwrap_or_default();
     let digest = Md5::digest(&json);
     let mut first = [0u8; 8];
@@ -81,7 +81,7 @@ pub fn hash_container(container: &Container) -> String {
 }
 
 /// Container annotations as upstream's `newContainerAnnotations`.
-pub fn container_annotations(
+pub(crate) fn container_annotations(
     container: &Container,
     pod: &Pod,
     restart_count: u32,
@@ -132,7 +132,7 @@ pub fn container_annotations(
 }
 
 /// Reads the restart count annotation (0 when absent or malformed, as upstream).
-pub fn restart_count(annotations: &HashMap<String, String>) -> u32 {
+pub(crate) fn restart_count(annotations: &HashMap<String, String>) -> u32 {
     annotations
         .get(CONTAINER_RESTART_COUNT)
         .and_then(|v| v.parse().ok())
@@ -140,7 +140,7 @@ pub fn restart_count(annotations: &HashMap<String, String>) -> u32 {
 }
 
 /// Reads the pod's termination grace period annotation.
-pub fn termination_grace_period(annotations: &HashMap<String, String>) -> Option<i64> {
+pub(crate) fn termination_grace_period(annotations: &HashMap<String, String>) -> Option<i64> {
     annotations
         .get(POD_DELETION_GRACE_PERIOD)
         .or_else(|| annotations.get(POD_TERMINATION_GRACE_PERIOD))

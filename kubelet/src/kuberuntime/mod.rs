@@ -4,17 +4,17 @@
 //! containers with upstream labels and annotations) and tears pods down
 //! ([`RuntimeManager::kill_pod`], [`RuntimeManager::remove_pod`]).
 
-pub mod actions;
-pub mod container;
+pub(crate) mod actions;
+pub(crate) mod container;
 mod container_lifecycle;
-pub mod cri;
+pub(crate) mod cri;
 mod gc;
-pub mod handlers;
+pub(crate) mod handlers;
 mod hooks;
 mod image;
-pub mod labels;
+pub(crate) mod labels;
 mod pod_status;
-pub mod sandbox;
+pub(crate) mod sandbox;
 
 #[cfg(test)]
 pub(crate) mod manager_tests;
@@ -32,15 +32,15 @@ use crate::container::{ContainerState, ContainerStatus, PodStatus, SandboxState}
 use crate::pod_util::{app_containers, init_containers};
 use actions::PodActions;
 use cri::{Cri, CriError};
-pub use hooks::run_lifecycle_handler;
+pub(crate) use hooks::run_lifecycle_handler;
 use hooks::run_pre_stop;
 use sandbox::NodePaths;
 
 /// Upstream's minimum grace period when stopping containers.
-pub const MIN_GRACE_SECS: i64 = 2;
+pub(crate) const MIN_GRACE_SECS: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub(crate) enum SyncError {
     #[error(transparent)]
     Cri(#[from] CriError),
     #[error("image {image:?} is not present and imagePullPolicy is Never (ErrImageNeverPull)")]
@@ -68,7 +68,7 @@ pub enum SyncError {
 
 impl SyncError {
     /// The waiting reason upstream shows for a container that failed this way.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             SyncError::ImageNeverPull { .. } => "ErrImageNeverPull",
             SyncError::ImagePull { .. } => "ErrImagePull",
@@ -83,10 +83,10 @@ impl SyncError {
 }
 
 /// The outcome of starting each container a sync tried to start.
-pub type StartResults = Vec<(String, Result<(), SyncError>)>;
+pub(crate) type StartResults = Vec<(String, Result<(), SyncError>)>;
 
 /// The runtime manager. Cheap to share behind an `Arc`.
-pub struct RuntimeManager {
+pub(crate) struct RuntimeManager {
     cri: Cri,
     paths: NodePaths,
     root_dir: PathBuf,
@@ -96,15 +96,15 @@ pub struct RuntimeManager {
     /// Container statuses by ID; refreshed when the listed state differs.
     container_cache: Mutex<HashMap<String, ContainerStatus>>,
     /// The node's allocatable resources (resource references, oom_score_adj).
-    pub node: crate::resources::NodeAllocatable,
-    pub node_name: String,
-    pub node_ip: Option<String>,
+    pub(crate) node: crate::resources::NodeAllocatable,
+    pub(crate) node_name: String,
+    pub(crate) node_ip: Option<String>,
     /// Dead containers kept per container name (maxPerPodContainer).
-    pub max_per_pod_container: u32,
+    pub(crate) max_per_pod_container: u32,
     /// Pulled, Created, Started, Killing, Failed events.
-    pub events: crate::events::EventRecorder,
+    pub(crate) events: crate::events::EventRecorder,
     /// Create and remove pod cgroups (unit tests on the fake runtime turn this off).
-    pub pod_cgroups: bool,
+    pub(crate) pod_cgroups: bool,
     /// Failed image pulls by `<pod uid>_<image>` (upstream's image back-off: 10 s doubling
     /// to 300 s).
     image_backoff: Mutex<Backoff>,
@@ -137,7 +137,11 @@ fn sandbox_state(s: i32) -> SandboxState {
 
 /// Upstream reports a host-network pod's IPs as the node's: probes, hooks and
 /// `status.podIP` then reach the node address.
-pub fn with_host_network_ips(pod: &Pod, ips: Vec<String>, node_ip: Option<&String>) -> Vec<String> {
+pub(crate) fn with_host_network_ips(
+    pod: &Pod,
+    ips: Vec<String>,
+    node_ip: Option<&String>,
+) -> Vec<String> {
     let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
     if ips.is_empty() && host_network {
         node_ip.cloned().into_iter().collect()
@@ -148,7 +152,7 @@ pub fn with_host_network_ips(pod: &Pod, ips: Vec<String>, node_ip: Option<&Strin
 
 /// The pod's IPs from its runtime status (the newest sandbox's), or the node's for a
 /// host-network pod.
-pub fn status_pod_ips(
+pub(crate) fn status_pod_ips(
     pod: &Pod,
     runtime: &crate::container::PodStatus,
     node_ip: Option<&String>,
@@ -161,7 +165,7 @@ pub fn status_pod_ips(
     with_host_network_ips(pod, ips, node_ip)
 }
 
-pub fn pod_grace(pod: &Pod) -> i64 {
+pub(crate) fn pod_grace(pod: &Pod) -> i64 {
     pod.metadata
         .deletion_grace_period_seconds
         .or_else(|| {
@@ -174,7 +178,7 @@ pub fn pod_grace(pod: &Pod) -> i64 {
 }
 
 impl RuntimeManager {
-    pub fn new(cri: Cri, paths: NodePaths, root_dir: PathBuf, resolv_conf: PathBuf) -> Self {
+    pub(crate) fn new(cri: Cri, paths: NodePaths, root_dir: PathBuf, resolv_conf: PathBuf) -> Self {
         RuntimeManager {
             cri,
             paths,
@@ -223,13 +227,8 @@ impl RuntimeManager {
             }
         }
     }
-
-    pub fn cri(&self) -> &Cri {
-        &self.cri
-    }
-
     /// Applies `actions` to `pod` whose runtime state is `status`.
-    pub async fn apply_pod_actions(
+    pub(crate) async fn apply_pod_actions(
         &self,
         pod: &Pod,
         status: &PodStatus,
@@ -347,7 +346,7 @@ impl RuntimeManager {
 
     /// Stops every running container of the pod with its grace period, then its sandboxes.
     /// `pod` gives the grace period; without it the containers' annotations do.
-    pub async fn kill_pod(
+    pub(crate) async fn kill_pod(
         &self,
         uid: &str,
         pod: Option<&Pod>,
@@ -393,7 +392,7 @@ impl RuntimeManager {
 
     /// Kills the pod and removes everything it left: sandboxes (with their containers),
     /// its cgroup, its log directory and its kubelet directory.
-    pub async fn remove_pod(
+    pub(crate) async fn remove_pod(
         &self,
         uid: &str,
         pod: Option<&Pod>,

@@ -12,7 +12,7 @@ use crate::kuberuntime::labels;
 
 impl RuntimeManager {
     /// The runtime's view of one pod, from CRI only.
-    pub async fn get_pod_status(&self, uid: &str) -> Result<PodStatus, CriError> {
+    pub(crate) async fn get_pod_status(&self, uid: &str) -> Result<PodStatus, CriError> {
         let (sandboxes, containers) = tokio::try_join!(
             self.cri.list_pod_sandbox(uid_selector(uid)),
             self.cri.list_containers(uid_selector(uid)),

@@ -11,13 +11,13 @@ use nodus_proto::runtime::v1 as cri;
 use crate::kuberuntime::labels;
 
 /// The pod's log directory: `<podLogsDir>/<namespace>_<name>_<uid>`.
-pub fn pod_log_dir(pod_logs_dir: &Path, namespace: &str, name: &str, uid: &str) -> PathBuf {
+pub(crate) fn pod_log_dir(pod_logs_dir: &Path, namespace: &str, name: &str, uid: &str) -> PathBuf {
     pod_logs_dir.join(format!("{namespace}_{name}_{uid}"))
 }
 
 /// The pod's cgroup parent under `cgroupRoot` (cgroupfs, absolute):
 /// `<root>/kubepods/{burstable,besteffort}/pod<uid>`, Guaranteed pods directly in `kubepods`.
-pub fn pod_cgroup_parent(cgroup_root: &str, pod: &Pod) -> String {
+pub(crate) fn pod_cgroup_parent(cgroup_root: &str, pod: &Pod) -> String {
     crate::resources::pod_cgroup_name(
         cgroup_root,
         crate::resources::pod_qos(pod),
@@ -26,7 +26,7 @@ pub fn pod_cgroup_parent(cgroup_root: &str, pod: &Pod) -> String {
 }
 
 /// Port mappings for every container port with a hostPort.
-pub fn port_mappings(pod: &Pod) -> Vec<cri::PortMapping> {
+pub(crate) fn port_mappings(pod: &Pod) -> Vec<cri::PortMapping> {
     let Some(spec) = &pod.spec else {
         return Vec::new();
     };
@@ -49,15 +49,15 @@ pub fn port_mappings(pod: &Pod) -> Vec<cri::PortMapping> {
 
 /// Where things go on the node, for building configs.
 #[derive(Debug, Clone)]
-pub struct NodePaths {
-    pub pod_logs_dir: PathBuf,
-    pub cgroup_root: String,
+pub(crate) struct NodePaths {
+    pub(crate) pod_logs_dir: PathBuf,
+    pub(crate) cgroup_root: String,
     /// Cluster DNS settings for the sandboxes' resolver configuration and host names.
-    pub dns: crate::network::dns::ClusterDns,
+    pub(crate) dns: crate::network::dns::ClusterDns,
     /// `<root-dir>/seccomp`: where Localhost seccomp profiles are.
-    pub seccomp_profile_root: PathBuf,
+    pub(crate) seccomp_profile_root: PathBuf,
     /// `seccompDefault`: RuntimeDefault for pods that name no profile.
-    pub seccomp_default: bool,
+    pub(crate) seccomp_default: bool,
 }
 
 fn ns_mode(host: bool, otherwise: cri::NamespaceMode) -> i32 {
@@ -70,7 +70,7 @@ fn ns_mode(host: bool, otherwise: cri::NamespaceMode) -> i32 {
 
 /// The pod's namespace options (network and IPC per pod, PID per container as upstream
 /// unless `shareProcessNamespace`; host namespaces when asked for).
-pub fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
+pub(crate) fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
     let spec = pod.spec.as_ref();
     let flag = |f: fn(&k8s_openapi::api::core::v1::PodSpec) -> Option<bool>| {
         spec.and_then(f).unwrap_or(false)
@@ -90,7 +90,10 @@ pub fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
 
 /// The sandbox's security context: namespaces, the pod's user and groups, and privileged
 /// when any container is (upstream `determinePodSandboxSecurityContext`).
-pub fn sandbox_security_context(pod: &Pod, paths: &NodePaths) -> cri::LinuxSandboxSecurityContext {
+pub(crate) fn sandbox_security_context(
+    pod: &Pod,
+    paths: &NodePaths,
+) -> cri::LinuxSandboxSecurityContext {
     let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let privileged = crate::pod_util::app_containers(pod)
         .iter()
@@ -124,7 +127,7 @@ pub fn sandbox_security_context(pod: &Pod, paths: &NodePaths) -> cri::LinuxSandb
 
 /// The full sandbox config for `attempt`; Err names what cannot be made (a host name too
 /// long for the kernel).
-pub fn sandbox_config(
+pub(crate) fn sandbox_config(
     pod: &Pod,
     attempt: u32,
     paths: &NodePaths,

@@ -16,13 +16,13 @@ use nodus_proto::runtime::v1 as cri;
 /// Node-wide DNS settings (`clusterDNS`, `clusterDomain`, `resolvConf` of
 /// KubeletConfiguration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClusterDns {
+pub(crate) struct ClusterDns {
     /// The cluster DNS servers' addresses; empty: no cluster DNS.
-    pub servers: Vec<String>,
+    pub(crate) servers: Vec<String>,
     /// The cluster's domain (e.g. `cluster.local`); empty: none.
-    pub domain: String,
+    pub(crate) domain: String,
     /// `resolvConf` was set to the empty string: the node's resolver is not used.
-    pub no_resolv_conf: bool,
+    pub(crate) no_resolv_conf: bool,
 }
 
 /// Upstream's limits (validation's `MaxDNSNameservers` and the expanded search list).
@@ -34,7 +34,7 @@ const MAX_SEARCH_CHARS: usize = 2048;
 const CLUSTER_OPTIONS: &[&str] = &["ndots:5"];
 
 /// Parses resolv.conf text into servers, searches and options.
-pub fn parse_resolv_conf(text: &str) -> cri::DnsConfig {
+pub(crate) fn parse_resolv_conf(text: &str) -> cri::DnsConfig {
     let mut d = cri::DnsConfig::default();
     for line in text.lines() {
         let line = line.split(['#', ';']).next().unwrap_or("").trim();
@@ -71,7 +71,11 @@ fn dns_type(pod: &Pod) -> DnsType {
 
 /// The pod's resolver configuration, from the node's resolv.conf text and the cluster DNS
 /// settings.
-pub fn pod_dns_config(pod: &Pod, cluster: &ClusterDns, node_resolv_conf: &str) -> cri::DnsConfig {
+pub(crate) fn pod_dns_config(
+    pod: &Pod,
+    cluster: &ClusterDns,
+    node_resolv_conf: &str,
+) -> cri::DnsConfig {
     let host = || {
         if cluster.no_resolv_conf {
             cri::DnsConfig {
@@ -162,7 +166,7 @@ fn fits_limits(mut d: cri::DnsConfig) -> cri::DnsConfig {
 /// The pod's host name and domain (upstream `GeneratePodHostNameAndDomain`): `spec.hostname`
 /// or the pod name cut to 63 characters; with `spec.subdomain`, the domain
 /// `<subdomain>.<ns>.svc.<clusterDomain>`.
-pub fn host_name_and_domain(pod: &Pod, cluster_domain: &str) -> (String, String) {
+pub(crate) fn host_name_and_domain(pod: &Pod, cluster_domain: &str) -> (String, String) {
     let spec = pod.spec.as_ref();
     let name = spec
         .and_then(|s| s.hostname.clone())
@@ -189,7 +193,7 @@ pub fn host_name_and_domain(pod: &Pod, cluster_domain: &str) -> (String, String)
 /// The kernel host name of the pod's sandbox: the fully qualified name with
 /// `setHostnameAsFQDN` and a domain, else the short one. Err when the FQDN is longer than
 /// the kernel's 64 characters (upstream's message).
-pub fn kernel_host_name(pod: &Pod, cluster_domain: &str) -> Result<String, String> {
+pub(crate) fn kernel_host_name(pod: &Pod, cluster_domain: &str) -> Result<String, String> {
     let (host, domain) = host_name_and_domain(pod, cluster_domain);
     let fqdn = pod
         .spec

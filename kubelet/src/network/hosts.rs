@@ -13,15 +13,21 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, HostAlias, Pod};
 
 /// The first line of a managed file; e2e suites look for it.
-pub const MANAGED_HEADER: &str = "# Kubernetes-managed hosts file.\n";
+pub(crate) const MANAGED_HEADER: &str = "# Kubernetes-managed hosts file.\n";
 /// The first line of a host-network pod's file.
-pub const MANAGED_HEADER_HOST_NETWORK: &str = "# Kubernetes-managed hosts file (host network).\n";
+pub(crate) const MANAGED_HEADER_HOST_NETWORK: &str =
+    "# Kubernetes-managed hosts file (host network).\n";
 
 /// Where the container sees the file.
-pub const ETC_HOSTS: &str = "/etc/hosts";
+pub(crate) const ETC_HOSTS: &str = "/etc/hosts";
 
 /// The file's content for a pod on the pod network.
-pub fn managed_content(ips: &[String], host: &str, domain: &str, aliases: &[HostAlias]) -> String {
+pub(crate) fn managed_content(
+    ips: &[String],
+    host: &str,
+    domain: &str,
+    aliases: &[HostAlias],
+) -> String {
     let mut s = String::from(MANAGED_HEADER);
     s.push_str("127.0.0.1\tlocalhost\n");
     s.push_str("::1\tlocalhost ip6-localhost ip6-loopback\n");
@@ -41,7 +47,7 @@ pub fn managed_content(ips: &[String], host: &str, domain: &str, aliases: &[Host
 }
 
 /// The file's content for a host-network pod: the node's file, then the aliases.
-pub fn host_network_content(node_hosts: &str, aliases: &[HostAlias]) -> String {
+pub(crate) fn host_network_content(node_hosts: &str, aliases: &[HostAlias]) -> String {
     let mut s = String::from(MANAGED_HEADER_HOST_NETWORK);
     s.push_str(node_hosts);
     if !node_hosts.is_empty() && !node_hosts.ends_with('\n') {
@@ -65,7 +71,7 @@ fn alias_entries(aliases: &[HostAlias]) -> String {
 
 /// Whether `container` gets the managed file: the pod has an IP and the container does not
 /// mount something of its own at `/etc/hosts`.
-pub fn should_mount(container: &Container, pod_ips: &[String]) -> bool {
+pub(crate) fn should_mount(container: &Container, pod_ips: &[String]) -> bool {
     !pod_ips.is_empty()
         && !container
             .volume_mounts
@@ -75,7 +81,7 @@ pub fn should_mount(container: &Container, pod_ips: &[String]) -> bool {
 }
 
 /// Writes the pod's file (replacing it atomically) and returns its path.
-pub fn ensure_file(
+pub(crate) fn ensure_file(
     pod_dir: &Path,
     pod: &Pod,
     pod_ips: &[String],

@@ -2,5 +2,5 @@
 //! file of `kubelet_pods.go`): its resolver configuration ([`dns`]) and the kubelet-managed
 //! `/etc/hosts` ([`hosts`]).
 
-pub mod dns;
-pub mod hosts;
+pub(crate) mod dns;
+pub(crate) mod hosts;

@@ -24,24 +24,20 @@ use crate::kuberuntime::cri::Cri;
 use crate::version::{go_arch, KUBELET_VERSION};
 
 /// At most this many images are reported in node status (upstream's nodeStatusMaxImages).
-pub const MAX_IMAGES: usize = 50;
+pub(crate) const MAX_IMAGES: usize = 50;
 
 mod setters;
 use setters::*;
-pub use setters::{
-    allocatable, capacity_and_allocatable, conditions, detect_internal_ip, initial_node,
-    node_images, node_labels, node_status, runtime_readiness, status_changed, system_info, taints,
-    NodeFacts,
-};
+pub(crate) use setters::{allocatable, NodeFacts};
 
 /// The latest posted Node, shared with the kubelet (admission reads allocatable from it).
 #[derive(Debug, Clone, Default)]
-pub struct NodeShared {
+pub(crate) struct NodeShared {
     inner: Arc<Mutex<Option<Node>>>,
 }
 
 impl NodeShared {
-    pub fn get(&self) -> Option<Node> {
+    pub(crate) fn get(&self) -> Option<Node> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     fn set(&self, n: Node) {
@@ -50,13 +46,13 @@ impl NodeShared {
 }
 
 /// Registers the node and keeps its status current.
-pub struct NodeStatusManager {
-    pub client: kube::Client,
-    pub cfg: Config,
-    pub cri: Cri,
-    pub root_dir: PathBuf,
-    pub events: EventRecorder,
-    pub shared: NodeShared,
+pub(crate) struct NodeStatusManager {
+    pub(crate) client: kube::Client,
+    pub(crate) cfg: Config,
+    pub(crate) cri: Cri,
+    pub(crate) root_dir: PathBuf,
+    pub(crate) events: EventRecorder,
+    pub(crate) shared: NodeShared,
 }
 
 fn now() -> Time {
@@ -120,7 +116,7 @@ impl NodeStatusManager {
     }
 
     /// Runs forever: registration (retried with back-off), then the status loop.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let api: Api<Node> = Api::all(self.client.clone());
         let mut delay = Duration::from_millis(100);
         let mut node = if self.cfg.register_node {
@@ -342,7 +338,10 @@ mod tests {
         assert_eq!(labels["kubernetes.io/os"], "linux");
         assert_eq!(labels["kubernetes.io/arch"], go_arch());
         assert_eq!(labels["nodus.io/pool"], "blue");
-        assert_eq!(taints(&n)[0].key, "dedicated");
+        assert_eq!(
+            n.spec.as_ref().unwrap().taints.as_ref().unwrap()[0].key,
+            "dedicated"
+        );
         let st = n.status.unwrap();
         let addrs = st.addresses.unwrap();
         assert_eq!(addrs[0].type_, "InternalIP");

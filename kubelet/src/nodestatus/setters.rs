@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
     ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
-    NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    NodeSpec, NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -18,26 +18,26 @@ use super::*;
 
 /// What the node status is made from, gathered from the machine and the runtime.
 #[derive(Debug, Clone)]
-pub struct NodeFacts {
-    pub node_name: String,
-    pub hostname: String,
-    pub internal_ip: Option<IpAddr>,
-    pub cpus: i64,
-    pub memory_bytes: i64,
-    pub memory_available_bytes: i64,
-    pub pods: u32,
+pub(crate) struct NodeFacts {
+    pub(crate) node_name: String,
+    pub(crate) hostname: String,
+    pub(crate) internal_ip: Option<IpAddr>,
+    pub(crate) cpus: i64,
+    pub(crate) memory_bytes: i64,
+    pub(crate) memory_available_bytes: i64,
+    pub(crate) pods: u32,
     /// The root dir's filesystem: size and free bytes, inodes and free inodes.
-    pub fs_bytes: i64,
-    pub fs_available_bytes: i64,
-    pub fs_inodes: i64,
-    pub fs_inodes_free: i64,
-    pub pid_max: i64,
-    pub pids_running: i64,
-    pub system: NodeSystemInfo,
-    pub port: u16,
-    pub images: Vec<ContainerImage>,
+    pub(crate) fs_bytes: i64,
+    pub(crate) fs_available_bytes: i64,
+    pub(crate) fs_inodes: i64,
+    pub(crate) fs_inodes_free: i64,
+    pub(crate) pid_max: i64,
+    pub(crate) pids_running: i64,
+    pub(crate) system: NodeSystemInfo,
+    pub(crate) port: u16,
+    pub(crate) images: Vec<ContainerImage>,
     /// From CRI Status: (RuntimeReady, NetworkReady) and the message of a false one.
-    pub runtime_ready: Result<(), String>,
+    pub(crate) runtime_ready: Result<(), String>,
 }
 
 impl Default for NodeFacts {
@@ -106,7 +106,7 @@ pub(super) fn threshold(cfg: &Config, signal: &str, capacity: i64) -> i64 {
 }
 
 /// Capacity and allocatable (capacity - kubeReserved - systemReserved - hard eviction).
-pub fn capacity_and_allocatable(
+pub(crate) fn capacity_and_allocatable(
     cfg: &Config,
     f: &NodeFacts,
 ) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
@@ -168,7 +168,7 @@ pub(super) fn condition(
 }
 
 /// The four conditions, worded as upstream.
-pub fn conditions(
+pub(crate) fn conditions(
     cfg: &Config,
     f: &NodeFacts,
     previous: &[NodeCondition],
@@ -253,7 +253,7 @@ pub fn conditions(
 }
 
 /// The default labels and `--node-labels`.
-pub fn node_labels(cfg: &Config, hostname: &str) -> BTreeMap<String, String> {
+pub(crate) fn node_labels(cfg: &Config, hostname: &str) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     labels.insert("kubernetes.io/hostname".to_string(), hostname.to_string());
     labels.insert(
@@ -273,7 +273,7 @@ pub fn node_labels(cfg: &Config, hostname: &str) -> BTreeMap<String, String> {
 }
 
 /// The node status from the facts; `previous` keeps the conditions' transition times.
-pub fn node_status(
+pub(crate) fn node_status(
     cfg: &Config,
     f: &NodeFacts,
     previous: Option<&NodeStatus>,
@@ -311,7 +311,7 @@ pub fn node_status(
 }
 
 /// The Node object a kubelet registers.
-pub fn initial_node(cfg: &Config, f: &NodeFacts, now: &Time) -> Node {
+pub(crate) fn initial_node(cfg: &Config, f: &NodeFacts, now: &Time) -> Node {
     let mut annotations = BTreeMap::new();
     annotations.insert(
         "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
@@ -334,7 +334,7 @@ pub fn initial_node(cfg: &Config, f: &NodeFacts, now: &Time) -> Node {
 }
 
 /// True when two statuses differ in more than the heartbeat times.
-pub fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
+pub(crate) fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
     let strip = |s: &NodeStatus| {
         let mut s = s.clone();
         for c in s.conditions.iter_mut().flatten() {
@@ -346,7 +346,7 @@ pub fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
 }
 
 /// The images as node status lists them: names (tags and digests) and size, largest first.
-pub fn node_images(images: &[nodus_proto::runtime::v1::Image]) -> Vec<ContainerImage> {
+pub(crate) fn node_images(images: &[nodus_proto::runtime::v1::Image]) -> Vec<ContainerImage> {
     let mut v: Vec<ContainerImage> = images
         .iter()
         .map(|i| ContainerImage {
@@ -387,7 +387,7 @@ pub(super) fn meminfo_kb(key: &str, text: &str) -> Option<i64> {
 }
 
 /// The machine's system info (nodeInfo) with the runtime's version.
-pub fn system_info(runtime_version: &str) -> NodeSystemInfo {
+pub(crate) fn system_info(runtime_version: &str) -> NodeSystemInfo {
     let uname = nix::sys::utsname::uname().ok();
     NodeSystemInfo {
         machine_id: read_trim("/etc/machine-id"),
@@ -407,7 +407,7 @@ pub fn system_info(runtime_version: &str) -> NodeSystemInfo {
 }
 
 /// The IPv4 address of the interface holding the default route, else the first global one.
-pub fn detect_internal_ip() -> Option<IpAddr> {
+pub(crate) fn detect_internal_ip() -> Option<IpAddr> {
     let default_if = std::fs::read_to_string("/proc/net/route")
         .ok()
         .and_then(|t| {
@@ -478,7 +478,7 @@ pub(super) fn machine_facts(cfg: &Config, root_dir: &std::path::Path) -> NodeFac
 }
 
 /// The node's allocatable cpu and memory (admission, resource references, OOM scores).
-pub fn allocatable(cfg: &Config) -> crate::resources::NodeAllocatable {
+pub(crate) fn allocatable(cfg: &Config) -> crate::resources::NodeAllocatable {
     let f = machine_facts(cfg, &cfg.root_dir);
     let cpu_milli = f.cpus * 1000 - reserved(cfg, "cpu");
     let memory = f.memory_bytes
@@ -491,7 +491,7 @@ pub fn allocatable(cfg: &Config) -> crate::resources::NodeAllocatable {
 }
 
 /// The runtime's readiness as the Ready condition words it.
-pub fn runtime_readiness(
+pub(crate) fn runtime_readiness(
     status: &Result<nodus_proto::runtime::v1::RuntimeStatus, String>,
 ) -> Result<(), String> {
     let st = match status {
@@ -521,12 +521,4 @@ pub fn runtime_readiness(
         )),
         None => Err("container runtime network not ready: NetworkReady is missing".into()),
     }
-}
-
-/// The taints a node registers with, for tests and logs.
-pub fn taints(node: &Node) -> Vec<Taint> {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default()
 }

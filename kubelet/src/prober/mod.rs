@@ -21,14 +21,14 @@ mod worker;
 use worker::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProbeKind {
+pub(crate) enum ProbeKind {
     Liveness,
     Readiness,
     Startup,
 }
 
 impl ProbeKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProbeKind::Liveness => "Liveness",
             ProbeKind::Readiness => "Readiness",
@@ -39,18 +39,18 @@ impl ProbeKind {
 
 /// What the probes found about one container (by container ID).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerProbeState {
+pub(crate) struct ContainerProbeState {
     /// Readiness result (None: no result yet).
-    pub ready: Option<bool>,
+    pub(crate) ready: Option<bool>,
     /// Startup result (None: no result yet).
-    pub started: Option<bool>,
+    pub(crate) started: Option<bool>,
     /// The liveness or startup probe that failed: the pod's sync kills the container.
-    pub failed: Option<ProbeKind>,
+    pub(crate) failed: Option<ProbeKind>,
     /// Why (the termination message of the killed container).
-    pub killed: Option<String>,
+    pub(crate) killed: Option<String>,
 }
 
-pub type ProbeResults = HashMap<String, ContainerProbeState>;
+pub(crate) type ProbeResults = HashMap<String, ContainerProbeState>;
 
 #[derive(Default)]
 struct Inner {
@@ -62,15 +62,15 @@ struct Inner {
 
 /// Upstream defaults for unset probe fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeTiming {
-    pub initial_delay: Duration,
-    pub period: Duration,
-    pub timeout: Duration,
-    pub success_threshold: u32,
-    pub failure_threshold: u32,
+pub(crate) struct ProbeTiming {
+    pub(crate) initial_delay: Duration,
+    pub(crate) period: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) success_threshold: u32,
+    pub(crate) failure_threshold: u32,
 }
 
-pub fn timing(p: &Probe, kind: ProbeKind) -> ProbeTiming {
+pub(crate) fn timing(p: &Probe, kind: ProbeKind) -> ProbeTiming {
     let secs =
         |v: Option<i32>, d: i32, min: i32| Duration::from_secs(v.unwrap_or(d).max(min) as u64);
     let success = p.success_threshold.unwrap_or(1).max(1) as u32;
@@ -98,7 +98,7 @@ fn probe_of(c: &Container, kind: ProbeKind) -> Option<&Probe> {
 
 /// The probe manager. Cheap to clone.
 #[derive(Clone)]
-pub struct ProbeManager {
+pub(crate) struct ProbeManager {
     cri: Cri,
     inner: Arc<Mutex<Inner>>,
     /// Pod UIDs whose probe results changed (the sync loop syncs them).
@@ -112,7 +112,7 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 }
 
 impl ProbeManager {
-    pub fn new(
+    pub(crate) fn new(
         cri: Cri,
         notify: mpsc::UnboundedSender<String>,
         events: crate::events::EventRecorder,
@@ -125,13 +125,13 @@ impl ProbeManager {
         }
     }
 
-    pub fn results(&self) -> ProbeResults {
+    pub(crate) fn results(&self) -> ProbeResults {
         lock(&self.inner).results.clone()
     }
 
     /// Starts workers for the running containers of `pod` that have probes and stops
     /// those of containers no longer running.
-    pub fn update_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>) {
+    pub(crate) fn update_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>) {
         let uid = status.uid.clone();
         let running: Vec<(&Container, String)> = crate::pod_util::app_containers(pod)
             .iter()
@@ -198,7 +198,7 @@ impl ProbeManager {
     }
 
     /// Stops every worker of a pod and forgets its results.
-    pub fn forget_pod(&self, uid: &str) {
+    pub(crate) fn forget_pod(&self, uid: &str) {
         let mut inner = lock(&self.inner);
         let ids = inner.by_pod.remove(uid).unwrap_or_default();
         inner.workers.retain(|(id, _), h| {

@@ -12,7 +12,7 @@ use crate::kuberuntime::handlers;
 use super::*;
 
 /// Runs one probe once.
-pub async fn run_probe(
+pub(crate) async fn run_probe(
     cri: &Cri,
     probe: &Probe,
     container: &Container,

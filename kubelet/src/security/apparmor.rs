@@ -11,10 +11,10 @@ use k8s_openapi::api::core::v1::{AppArmorProfile, Container, Pod};
 use nodus_proto::runtime::v1 as cri;
 
 /// Prefix of the per-container annotation (before 1.30).
-pub const ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+pub(crate) const ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
 
 /// Where the kernel says whether AppArmor is on.
-pub const ENABLED_PARAMETER: &str = "/sys/module/apparmor/parameters/enabled";
+pub(crate) const ENABLED_PARAMETER: &str = "/sys/module/apparmor/parameters/enabled";
 
 /// A profile choice: `(type, localhost profile name)`.
 type Choice = (String, Option<String>);
@@ -56,7 +56,7 @@ fn choice(pod: &Pod, container: &Container) -> Option<Choice> {
 
 /// The CRI profile and the deprecated string for `container` (None: nothing asked; the
 /// runtime applies its default). Err names a profile that cannot be expressed.
-pub fn profile_for(
+pub(crate) fn profile_for(
     pod: &Pod,
     container: &Container,
 ) -> Result<Option<(cri::SecurityProfile, String)>, String> {
@@ -106,7 +106,7 @@ pub fn profile_for(
 
 /// Whether any container of the pod needs AppArmor enforced (a profile other than
 /// Unconfined).
-pub fn is_required(pod: &Pod) -> bool {
+pub(crate) fn is_required(pod: &Pod) -> bool {
     let Some(spec) = &pod.spec else {
         return false;
     };
@@ -119,13 +119,13 @@ pub fn is_required(pod: &Pod) -> bool {
 }
 
 /// Whether the host enforces AppArmor (the kernel parameter says `Y`).
-pub fn host_enabled(parameter: &Path) -> bool {
+pub(crate) fn host_enabled(parameter: &Path) -> bool {
     std::fs::read_to_string(parameter).is_ok_and(|v| v.trim() == "Y")
 }
 
 /// Upstream's admission check: Err((reason, message)) for a pod that asks for a profile on
 /// a host without AppArmor.
-pub fn admit(pod: &Pod, host_enabled: bool) -> Result<(), (String, String)> {
+pub(crate) fn admit(pod: &Pod, host_enabled: bool) -> Result<(), (String, String)> {
     if !is_required(pod) || host_enabled {
         return Ok(());
     }

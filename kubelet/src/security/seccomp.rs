@@ -35,7 +35,7 @@ fn from_field(p: &SeccompProfile, root: &Path) -> cri::SecurityProfile {
 }
 
 /// The profile for `container` (None: the sandbox's own, from the pod's field).
-pub fn profile_for(
+pub(crate) fn profile_for(
     pod: &Pod,
     container: Option<&Container>,
     profile_root: &Path,

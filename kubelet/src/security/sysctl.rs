@@ -6,7 +6,7 @@
 
 /// The namespace a sysctl belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Namespace {
+pub(crate) enum Namespace {
     Ipc,
     Net,
 }
@@ -22,7 +22,7 @@ impl Namespace {
 
 /// Upstream's safe sysctls (all namespaced on kernels from 4.15 on; this kubelet needs
 /// newer ones anyway).
-pub const SAFE: &[&str] = &[
+pub(crate) const SAFE: &[&str] = &[
     "kernel.shm_rmid_forced",
     "net.ipv4.ip_local_port_range",
     "net.ipv4.tcp_syncookies",
@@ -38,7 +38,7 @@ pub const SAFE: &[&str] = &[
 ];
 
 /// The namespace of a sysctl name or prefix (None: not namespaced, so never allowed).
-pub fn namespace_of(name: &str) -> Option<Namespace> {
+pub(crate) fn namespace_of(name: &str) -> Option<Namespace> {
     const IPC_PREFIXES: &[&str] = &["kernel.shm", "kernel.msg", "fs.mqueue."];
     if name == "kernel.sem" || IPC_PREFIXES.iter().any(|p| name.starts_with(p)) {
         return Some(Namespace::Ipc);
@@ -48,7 +48,7 @@ pub fn namespace_of(name: &str) -> Option<Namespace> {
 
 /// `a/b/c` -> `a.b.c`; a name already dotted is kept (upstream's `NormalizeName`: with a
 /// `/` separator, dots inside a component were slashes' equivalents and are swapped).
-pub fn normalize(name: &str) -> String {
+pub(crate) fn normalize(name: &str) -> String {
     if !name.contains('/') {
         return name.to_string();
     }
@@ -63,7 +63,7 @@ pub fn normalize(name: &str) -> String {
 
 /// The allowlist: exact names and prefixes, each with its namespace.
 #[derive(Debug, Clone)]
-pub struct Allowlist {
+pub(crate) struct Allowlist {
     names: Vec<(String, Namespace)>,
     prefixes: Vec<(String, Namespace)>,
 }
@@ -71,7 +71,7 @@ pub struct Allowlist {
 impl Allowlist {
     /// The safe set plus `allowed_unsafe` (`allowedUnsafeSysctls`); Err names a pattern that
     /// is not namespaced (upstream refuses to start with it).
-    pub fn new(allowed_unsafe: &[String]) -> Result<Allowlist, String> {
+    pub(crate) fn new(allowed_unsafe: &[String]) -> Result<Allowlist, String> {
         let mut list = Allowlist::safe();
         for raw in allowed_unsafe {
             let pattern = normalize(raw);
@@ -92,7 +92,7 @@ impl Allowlist {
     }
 
     /// The safe set alone.
-    pub fn safe() -> Allowlist {
+    pub(crate) fn safe() -> Allowlist {
         Allowlist {
             names: SAFE
                 .iter()
@@ -116,7 +116,10 @@ impl Allowlist {
 
     /// Upstream's admit handler: Err((reason, message)) for the first sysctl the pod may
     /// not set.
-    pub fn admit(&self, pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), (String, String)> {
+    pub(crate) fn admit(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) -> Result<(), (String, String)> {
         let Some(spec) = &pod.spec else {
             return Ok(());
         };

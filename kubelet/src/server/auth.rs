@@ -28,14 +28,14 @@ use crate::config::{AuthorizationMode, ServerTls};
 
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UserInfo {
-    pub name: String,
-    pub uid: String,
-    pub groups: Vec<String>,
+pub(crate) struct UserInfo {
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) groups: Vec<String>,
 }
 
 impl UserInfo {
-    pub fn anonymous() -> Self {
+    pub(crate) fn anonymous() -> Self {
         UserInfo {
             name: "system:anonymous".into(),
             uid: String::new(),
@@ -46,9 +46,9 @@ impl UserInfo {
 
 /// What a request asks to do, in the API server's terms.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Attributes {
-    pub verb: &'static str,
-    pub subresource: &'static str,
+pub(crate) struct Attributes {
+    pub(crate) verb: &'static str,
+    pub(crate) subresource: &'static str,
 }
 
 /// The verb upstream derives from the HTTP method.
@@ -73,7 +73,7 @@ fn is_subpath(path: &str, base: &str) -> bool {
 }
 
 /// The attributes to try, in order; the request is allowed when one is.
-pub fn request_attributes(method: &hyper::Method, path: &str) -> Vec<Attributes> {
+pub(crate) fn request_attributes(method: &hyper::Method, path: &str) -> Vec<Attributes> {
     let verb = verb(method);
     let mut out = Vec::with_capacity(2);
     let fine = if is_subpath(path, "/pods") || is_subpath(path, "/runningpods") {
@@ -136,7 +136,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
 
 /// Why a request is refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// 401, body `Unauthorized`.
     Unauthenticated,
     /// 403, body `Forbidden (user=..., verb=..., resource=..., subresource=...)`.
@@ -176,7 +176,7 @@ impl Auth {
     }
 
     /// The user of a request: its verified certificate's, its token's, or anonymous.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         certificate_user: Option<UserInfo>,
         headers: &hyper::HeaderMap,
@@ -229,7 +229,7 @@ impl Auth {
     }
 
     /// Whether `user` may make this request.
-    pub async fn authorize(
+    pub(crate) async fn authorize(
         &self,
         user: &UserInfo,
         method: &hyper::Method,

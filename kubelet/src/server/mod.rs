@@ -9,8 +9,8 @@
 //!   first (see `auth`).
 
 pub mod auth;
-pub mod pages;
-pub mod streaming;
+pub(crate) mod pages;
+pub(crate) mod streaming;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::kubelet::Shared;
 
 /// The pods with their latest statuses, as upstream's `/pods`.
-pub fn pod_list(shared: &Shared) -> List<Pod> {
+pub(crate) fn pod_list(shared: &Shared) -> List<Pod> {
     let items = shared
         .pods
         .all()
@@ -49,9 +49,13 @@ pub fn pod_list(shared: &Shared) -> List<Pod> {
     }
 }
 
-pub type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
-pub fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn reply(
+    code: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = code;
     if let Ok(v) = content_type.parse() {
@@ -71,7 +75,7 @@ fn healthz(shared: &Shared) -> Response<Body> {
     }
 }
 
-pub fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()

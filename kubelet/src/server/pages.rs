@@ -52,7 +52,7 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64, tim
 }
 
 /// The families of upstream's `/metrics/resource`, from the Summary.
-pub fn resource_metrics(summary: &Value) -> String {
+pub(crate) fn resource_metrics(summary: &Value) -> String {
     type Family = (&'static str, &'static str, &'static str);
     const FAMILIES: [Family; 7] = [
         (
@@ -192,7 +192,7 @@ pub fn resource_metrics(summary: &Value) -> String {
 
 /// `/runningpods/`: the pods the runtime runs (ready sandboxes and running containers), as
 /// a PodList with only names, UIDs and container names and images, as upstream.
-pub async fn running_pods(cri: &Cri) -> Result<List<Pod>, String> {
+pub(crate) async fn running_pods(cri: &Cri) -> Result<List<Pod>, String> {
     let sandboxes = cri
         .list_pod_sandbox(HashMap::new())
         .await
@@ -248,7 +248,7 @@ fn duration(d: std::time::Duration) -> Value {
 }
 
 /// `/configz`: the configuration in effect, as upstream's `{"kubeletconfig": {...}}`.
-pub fn configz(cfg: &Config) -> Value {
+pub(crate) fn configz(cfg: &Config) -> Value {
     let s = &cfg.server;
     json!({"kubeletconfig": {
         "kind": "KubeletConfiguration",
@@ -307,7 +307,7 @@ pub fn configz(cfg: &Config) -> Value {
 
 /// `/logs/...`: a file under `root`, or a directory's listing (as Go's file server: one
 /// link per entry, directories with a trailing slash). Paths that leave `root` are 404.
-pub fn node_logs(root: &Path, path: &str) -> Response {
+pub(crate) fn node_logs(root: &Path, path: &str) -> Response {
     let rel = super::percent_decode(path.trim_start_matches("/logs").trim_start_matches('/'));
     let rel = Path::new(&rel);
     if rel

@@ -16,7 +16,7 @@ use crate::kubelet::Shared;
 use crate::kuberuntime::labels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Exec,
     Attach,
     PortForward,
@@ -24,17 +24,17 @@ pub enum Kind {
 
 /// The query of a streaming request, as upstream reads it (`input=1`, `command=...`).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct StreamOptions {
-    pub command: Vec<String>,
-    pub stdin: bool,
-    pub stdout: bool,
-    pub stderr: bool,
-    pub tty: bool,
-    pub ports: Vec<i32>,
+pub(crate) struct StreamOptions {
+    pub(crate) command: Vec<String>,
+    pub(crate) stdin: bool,
+    pub(crate) stdout: bool,
+    pub(crate) stderr: bool,
+    pub(crate) tty: bool,
+    pub(crate) ports: Vec<i32>,
 }
 
 impl StreamOptions {
-    pub fn from_query(kind: Kind, query: &str) -> Result<StreamOptions, String> {
+    pub(crate) fn from_query(kind: Kind, query: &str) -> Result<StreamOptions, String> {
         let mut o = StreamOptions::default();
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match &*k {
@@ -137,7 +137,7 @@ fn cri_error(e: crate::kuberuntime::cri::CriError) -> Response<Body> {
     reply(code, "text/plain", e.to_string())
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     shared: &Shared,
     kind: Kind,
     rest: &str,

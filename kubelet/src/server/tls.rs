@@ -45,7 +45,7 @@ fn file_err(field: &'static str, path: &Path, message: impl ToString) -> TlsErro
 /// The self-signed certificate upstream makes when no serving certificate is given: a CA
 /// `<host>-ca@<unix time>` and, signed by it, `<host>@<unix time>` for the host name and the
 /// node's addresses, valid one year; `kubelet.crt` holds both, `kubelet.key` the key.
-pub fn self_signed(host: &str, ips: &[IpAddr]) -> Result<(String, String), TlsError> {
+pub(crate) fn self_signed(host: &str, ips: &[IpAddr]) -> Result<(String, String), TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -93,7 +93,7 @@ fn time_of(secs: i64) -> time::OffsetDateTime {
 
 /// The serving certificate and key files: the configured ones, else the self-signed pair in
 /// the cert dir (made on first start, reused afterwards).
-pub fn serving_files(
+pub(crate) fn serving_files(
     cfg: &ServerTls,
     host: &str,
     ips: &[IpAddr],
@@ -210,7 +210,7 @@ pub fn server_config(
 }
 
 /// The user a verified client certificate names: CN is the user, each O a group.
-pub fn certificate_user(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
+pub(crate) fn certificate_user(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = parsed.subject();
     let name = subject

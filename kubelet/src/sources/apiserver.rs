@@ -21,10 +21,10 @@ use super::{Source, SourceUpdate, CONFIG_SOURCE_ANNOTATION};
 use crate::mirror::{is_mirror_pod, MirrorPods};
 use crate::pod_util::{full_name, uid_of};
 
-pub struct ApiSource {
-    pub client: kube::Client,
-    pub node_name: String,
-    pub mirror_pods: MirrorPods,
+pub(crate) struct ApiSource {
+    pub(crate) client: kube::Client,
+    pub(crate) node_name: String,
+    pub(crate) mirror_pods: MirrorPods,
 }
 
 /// The pod as the kubelet keeps it: marked with the source it came from.
@@ -85,7 +85,7 @@ impl NodePods {
 }
 
 impl ApiSource {
-    pub async fn run(self, tx: mpsc::Sender<SourceUpdate>) {
+    pub(crate) async fn run(self, tx: mpsc::Sender<SourceUpdate>) {
         let api: Api<Pod> = Api::all(self.client.clone());
         let config =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));

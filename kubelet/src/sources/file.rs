@@ -33,18 +33,14 @@ fn stamp(meta: &std::fs::Metadata) -> FileStamp {
 
 /// Parsed manifests by path, so a re-read parses (and reports) only files that changed.
 #[derive(Debug, Default)]
-pub struct ManifestCache {
+pub(crate) struct ManifestCache {
     files: HashMap<PathBuf, (FileStamp, Vec<Pod>)>,
 }
 
-/// Reads every manifest under `path` (sorted by file name, hidden files skipped). Bad
-/// manifests are logged with their file and field and left out.
-pub fn read_path(path: &Path, node_name: &str) -> std::io::Result<Vec<Pod>> {
-    read_path_cached(path, node_name, &mut ManifestCache::default())
-}
-
-/// [`read_path`], parsing only files that changed since the last call with this cache.
-pub fn read_path_cached(
+/// Reads every manifest under `path` (sorted by file name, hidden files skipped), parsing
+/// only files that changed since the last call with this cache. Bad manifests are logged
+/// with their file and field and left out.
+pub(crate) fn read_path_cached(
     path: &Path,
     node_name: &str,
     cache: &mut ManifestCache,
@@ -94,10 +90,10 @@ pub fn read_path_cached(
 }
 
 /// Watches a manifest directory and sends snapshots until the receiver goes away.
-pub struct FileSource {
-    pub path: PathBuf,
-    pub node_name: String,
-    pub period: Duration,
+pub(crate) struct FileSource {
+    pub(crate) path: PathBuf,
+    pub(crate) node_name: String,
+    pub(crate) period: Duration,
 }
 
 const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
@@ -138,7 +134,7 @@ impl FileSource {
         inotify.into_event_stream(vec![0u8; 4096]).ok()
     }
 
-    pub async fn run(self, tx: mpsc::Sender<SourceUpdate>) {
+    pub(crate) async fn run(self, tx: mpsc::Sender<SourceUpdate>) {
         let mut ticker = tokio::time::interval(self.period.max(Duration::from_millis(100)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stream = self.watch();

@@ -13,14 +13,14 @@ use super::{load_manifest, Source, SourceUpdate};
 
 /// The parts of an `http://host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
+pub(crate) struct HttpUrl {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
 }
 
 /// Parses an `http://` URL; the error says what is wrong.
-pub fn parse_url(url: &str) -> Result<HttpUrl, String> {
+pub(crate) fn parse_url(url: &str) -> Result<HttpUrl, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| "only http:// URLs are supported".to_string())?;
@@ -55,7 +55,7 @@ pub fn parse_url(url: &str) -> Result<HttpUrl, String> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error("bad URL: {0}")]
     Url(String),
     #[error("connect: {0}")]
@@ -73,7 +73,7 @@ pub enum FetchError {
 }
 
 /// GETs a URL and returns the body text.
-pub async fn get(url: &str, timeout: Duration) -> Result<String, FetchError> {
+pub(crate) async fn get(url: &str, timeout: Duration) -> Result<String, FetchError> {
     tokio::time::timeout(timeout, get_inner(url))
         .await
         .map_err(|_| FetchError::Timeout)?
@@ -107,10 +107,10 @@ async fn get_inner(url: &str) -> Result<String, FetchError> {
 }
 
 /// Polls the manifest URL and sends snapshots until the receiver goes away.
-pub struct HttpSource {
-    pub url: String,
-    pub node_name: String,
-    pub period: Duration,
+pub(crate) struct HttpSource {
+    pub(crate) url: String,
+    pub(crate) node_name: String,
+    pub(crate) period: Duration,
 }
 
 impl HttpSource {
@@ -126,7 +126,7 @@ impl HttpSource {
         Ok(pods)
     }
 
-    pub async fn run(self, tx: mpsc::Sender<SourceUpdate>) {
+    pub(crate) async fn run(self, tx: mpsc::Sender<SourceUpdate>) {
         let mut ticker = tokio::time::interval(self.period.max(Duration::from_millis(100)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

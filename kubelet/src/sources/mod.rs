@@ -4,9 +4,9 @@
 //! field, then defaulted as upstream's `applyDefaults` does (UID from an MD5 over source +
 //! node + object, name suffixed with `-<nodeName>`).
 
-pub mod apiserver;
-pub mod file;
-pub mod http;
+pub(crate) mod apiserver;
+pub(crate) mod file;
+pub(crate) mod http;
 
 use std::collections::BTreeMap;
 
@@ -15,15 +15,15 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 
 /// Annotation holding the config hash (the generated UID), as upstream.
-pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
+pub(crate) const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
 /// Annotation naming the source a pod came from (`file`, `http`).
-pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+pub(crate) const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
 /// Annotation naming the file or URL a pod came from (ours; used in logs and `GET /pods`).
-pub const CONFIG_ORIGIN_ANNOTATION: &str = "nodus.io/config.origin";
+pub(crate) const CONFIG_ORIGIN_ANNOTATION: &str = "nodus.io/config.origin";
 
 /// Which source a set of pods came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Source {
+pub(crate) enum Source {
     File,
     Http,
     /// Pods bound to this node in the API server.
@@ -31,36 +31,31 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::File => "file",
             Source::Http => "http",
             Source::Api => "api",
         }
     }
-
-    /// Static pods come from the node's own files or URL, not from the API server.
-    pub fn is_static(self) -> bool {
-        self != Source::Api
-    }
 }
 
 /// A full snapshot of what one source holds now (upstream's `SET` operation).
 #[derive(Debug, Clone)]
-pub struct SourceUpdate {
-    pub source: Source,
-    pub pods: Vec<Pod>,
+pub(crate) struct SourceUpdate {
+    pub(crate) source: Source,
+    pub(crate) pods: Vec<Pod>,
 }
 
 /// A manifest that cannot be used; it names where it came from and the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{origin}: field {field}: {reason}")]
-pub struct ManifestError {
+pub(crate) struct ManifestError {
     /// File path or URL, with the document number when a file holds several.
-    pub origin: String,
+    pub(crate) origin: String,
     /// Field path such as `spec.restartPolicy`, or `(document)` for a syntax error.
-    pub field: String,
-    pub reason: String,
+    pub(crate) field: String,
+    pub(crate) reason: String,
 }
 
 fn merr(origin: &str, field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
@@ -73,7 +68,7 @@ fn merr(origin: &str, field: impl Into<String>, reason: impl Into<String>) -> Ma
 
 /// Decodes every pod a manifest text holds (YAML, possibly multi-document, or JSON).
 /// Each result is one pod or one error; an error in one document does not hide the others.
-pub fn decode_manifests(text: &str, origin: &str) -> Vec<Result<Pod, ManifestError>> {
+pub(crate) fn decode_manifests(text: &str, origin: &str) -> Vec<Result<Pod, ManifestError>> {
     let mut out = Vec::new();
     // Parse every document first (to number them only when there are several). After a
     // syntax error the parser cannot find later documents, and its iterator keeps
@@ -190,7 +185,7 @@ fn is_dns_subdomain(s: &str) -> bool {
 }
 
 /// Validates what this kubelet relies on; returns (field, reason) on the first problem.
-pub fn validate(pod: &Pod) -> Result<(), (String, String)> {
+pub(crate) fn validate(pod: &Pod) -> Result<(), (String, String)> {
     let bad = |f: &str, r: String| Err((f.to_string(), r));
     match pod.metadata.name.as_deref() {
         None | Some("") => return bad("metadata.name", "required value".into()),
@@ -318,7 +313,7 @@ pub fn validate(pod: &Pod) -> Result<(), (String, String)> {
 }
 
 /// Upstream's `generatePodName`: the manifest's name suffixed with the node name.
-pub fn generate_pod_name(name: &str, node_name: &str) -> String {
+pub(crate) fn generate_pod_name(name: &str, node_name: &str) -> String {
     format!("{name}-{}", node_name.to_lowercase())
 }
 
@@ -326,7 +321,7 @@ pub fn generate_pod_name(name: &str, node_name: &str) -> String {
 /// `file:<path>` (file source) or `url:<url>` (http source), then the object itself (upstream
 /// hashes a dump of the Go struct; we hash its canonical JSON). Deterministic, so a
 /// restarted kubelet finds its pods again; any edit gives a new UID (and so a new pod).
-pub fn static_pod_uid(source: Source, origin: &str, node_name: &str, pod: &Pod) -> String {
+pub(crate) fn static_pod_uid(source: Source, origin: &str, node_name: &str, pod: &Pod) -> String {
     let mut h = Md5::new();
     match source {
         Source::File => {
@@ -342,7 +337,7 @@ pub fn static_pod_uid(source: Source, origin: &str, node_name: &str, pod: &Pod) 
 
 /// Upstream's `applyDefaults` for file and http sources, plus the API defaults the kubelet
 /// relies on later (restart policy, grace period, pull policy, termination message).
-pub fn apply_defaults(pod: &mut Pod, source: Source, origin: &str, node_name: &str) {
+pub(crate) fn apply_defaults(pod: &mut Pod, source: Source, origin: &str, node_name: &str) {
     if pod.metadata.uid.as_deref().unwrap_or("").is_empty() {
         pod.metadata.uid = Some(static_pod_uid(source, origin, node_name, pod));
     }
@@ -396,7 +391,7 @@ pub fn apply_defaults(pod: &mut Pod, source: Source, origin: &str, node_name: &s
 }
 
 /// Upstream's default pull policy: `Always` for `:latest` or untagged images, else `IfNotPresent`.
-pub fn default_pull_policy(image: &str) -> &'static str {
+pub(crate) fn default_pull_policy(image: &str) -> &'static str {
     let without_digest = image.split('@').next().unwrap_or(image);
     let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
     if image.contains('@') {
@@ -409,7 +404,7 @@ pub fn default_pull_policy(image: &str) -> &'static str {
 }
 
 /// Decodes, validates and defaults every pod of one manifest; errors come back separately.
-pub fn load_manifest(
+pub(crate) fn load_manifest(
     text: &str,
     source: Source,
     origin: &str,

@@ -23,10 +23,10 @@ use crate::pod_util::full_name;
 use crate::sources::{Source, CONFIG_SOURCE_ANNOTATION};
 
 /// How often every status is compared with the last pushed one (upstream: 10 s).
-pub const SYNC_PERIOD: Duration = Duration::from_secs(10);
+pub(crate) const SYNC_PERIOD: Duration = Duration::from_secs(10);
 
 /// The source a pod came from (`kubernetes.io/config.source`).
-pub fn pod_source(pod: &Pod) -> Option<Source> {
+pub(crate) fn pod_source(pod: &Pod) -> Option<Source> {
     match pod
         .metadata
         .annotations
@@ -41,7 +41,7 @@ pub fn pod_source(pod: &Pod) -> Option<Source> {
     }
 }
 
-pub fn is_api_pod(pod: &Pod) -> bool {
+pub(crate) fn is_api_pod(pod: &Pod) -> bool {
     pod_source(pod) == Some(Source::Api)
 }
 
@@ -61,24 +61,24 @@ fn target(pod: &Pod, mirrors: &MirrorPods) -> Option<(String, String, String)> {
 }
 
 /// The patch: the status, with the UID as precondition.
-pub fn status_patch(uid: &str, status: &ApiPodStatus) -> serde_json::Value {
+pub(crate) fn status_patch(uid: &str, status: &ApiPodStatus) -> serde_json::Value {
     serde_json::json!({"metadata": {"uid": uid}, "status": status})
 }
 
 /// Requests to the sync task.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     /// A deleted pod is gone from the runtime: push its last status, then delete it.
     FinishDeletion { uid: String, pod: Box<Pod> },
 }
 
 #[derive(Clone)]
-pub struct StatusSyncHandle {
+pub(crate) struct StatusSyncHandle {
     tx: mpsc::UnboundedSender<Request>,
 }
 
 impl StatusSyncHandle {
-    pub fn finish_deletion(&self, uid: &str, pod: Pod) {
+    pub(crate) fn finish_deletion(&self, uid: &str, pod: Pod) {
         let _ = self.tx.send(Request::FinishDeletion {
             uid: uid.to_string(),
             pod: Box::new(pod),
@@ -86,11 +86,11 @@ impl StatusSyncHandle {
     }
 }
 
-pub struct StatusSync {
-    pub client: kube::Client,
-    pub status: StatusManager,
-    pub pods: PodManager,
-    pub mirrors: MirrorPods,
+pub(crate) struct StatusSync {
+    pub(crate) client: kube::Client,
+    pub(crate) status: StatusManager,
+    pub(crate) pods: PodManager,
+    pub(crate) mirrors: MirrorPods,
     rx: mpsc::UnboundedReceiver<Request>,
     /// By API object UID: what was last pushed.
     pushed: HashMap<String, ApiPodStatus>,
@@ -99,7 +99,7 @@ pub struct StatusSync {
 }
 
 impl StatusSync {
-    pub fn new(
+    pub(crate) fn new(
         client: kube::Client,
         status: StatusManager,
         pods: PodManager,
@@ -209,7 +209,7 @@ impl StatusSync {
         }
     }
 
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut tick = tokio::time::interval(SYNC_PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let status = self.status.clone();

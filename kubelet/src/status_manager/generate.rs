@@ -22,7 +22,7 @@ use crate::kuberuntime::actions::BackoffWait;
 use crate::pod_util::{app_containers, init_containers, restart_policy, RestartPolicy};
 
 /// The runtime prefix of container IDs in status (`containerd://<id>`).
-pub const CONTAINER_ID_PREFIX: &str = "containerd://";
+pub(crate) const CONTAINER_ID_PREFIX: &str = "containerd://";
 
 fn time(n: Nanos) -> Option<Time> {
     if n <= 0 {
@@ -231,7 +231,11 @@ fn resources(
 }
 
 /// Upstream's `getPhase` over generated statuses.
-pub fn phase(pod: &Pod, init: &[ApiContainerStatus], apps: &[ApiContainerStatus]) -> &'static str {
+pub(crate) fn phase(
+    pod: &Pod,
+    init: &[ApiContainerStatus],
+    apps: &[ApiContainerStatus],
+) -> &'static str {
     let policy = restart_policy(pod);
     let (mut pending_init, mut failed_init) = (0, 0);
     for s in init {
@@ -449,23 +453,23 @@ fn ready_condition(
 }
 
 /// Why the last start of each container failed: name -> (waiting reason, message).
-pub type StartFailures = HashMap<String, (String, String)>;
+pub(crate) type StartFailures = HashMap<String, (String, String)>;
 
 /// Everything `generate` needs besides the pod and the runtime's view.
 #[derive(Debug, Clone, Default)]
-pub struct StatusInputs<'a> {
-    pub backoff: &'a [BackoffWait],
+pub(crate) struct StatusInputs<'a> {
+    pub(crate) backoff: &'a [BackoffWait],
     /// Why the last start of a container failed: name -> (reason, message).
-    pub reasons: Option<&'a StartFailures>,
-    pub node_ip: Option<String>,
-    pub previous: Option<&'a ApiPodStatus>,
-    pub now: Nanos,
+    pub(crate) reasons: Option<&'a StartFailures>,
+    pub(crate) node_ip: Option<String>,
+    pub(crate) previous: Option<&'a ApiPodStatus>,
+    pub(crate) now: Nanos,
     /// Probe results by container ID (None: no probes known).
-    pub probes: Option<&'a crate::prober::ProbeResults>,
+    pub(crate) probes: Option<&'a crate::prober::ProbeResults>,
 }
 
 /// Generates the API status of a pod from the runtime's view of it.
-pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPodStatus {
+pub(crate) fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPodStatus {
     let init_statuses: Vec<ApiContainerStatus> = init_containers(pod)
         .iter()
         .map(|c| container_status(c, runtime, inputs, "PodInitializing", true))
@@ -538,7 +542,7 @@ pub fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> ApiPod
 }
 
 /// The status of a pod admission rejected (phase Failed with the reason).
-pub fn rejected(pod: &Pod, reason: &str, message: &str, now: Nanos) -> ApiPodStatus {
+pub(crate) fn rejected(pod: &Pod, reason: &str, message: &str, now: Nanos) -> ApiPodStatus {
     ApiPodStatus {
         phase: Some("Failed".into()),
         reason: Some(reason.into()),

@@ -2,8 +2,8 @@
 //! each pod for `GET /pods` and, in API-server mode, pushes it to the API server
 //! ([`api_sync`]). Generation itself is the pure [`generate`] module.
 
-pub mod api_sync;
-pub mod generate;
+pub(crate) mod api_sync;
+pub(crate) mod generate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,22 +11,22 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::PodStatus as ApiPodStatus;
 use tokio::sync::Notify;
 
-pub use generate::{generate, phase, rejected, StartFailures, StatusInputs, CONTAINER_ID_PREFIX};
+pub(crate) use generate::{generate, rejected, StartFailures, StatusInputs};
 
 /// The latest status of each pod, shared with the HTTP server and the API sync.
 #[derive(Debug, Clone, Default)]
-pub struct StatusManager {
+pub(crate) struct StatusManager {
     inner: Arc<Mutex<HashMap<String, ApiPodStatus>>>,
     /// Woken when a status changed (the API sync waits on it).
     changed: Arc<Notify>,
 }
 
 impl StatusManager {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn set(&self, uid: &str, status: ApiPodStatus) {
+    pub(crate) fn set(&self, uid: &str, status: ApiPodStatus) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if m.get(uid) != Some(&status) {
             m.insert(uid.to_string(), status);
@@ -34,7 +34,7 @@ impl StatusManager {
         }
     }
 
-    pub fn get(&self, uid: &str) -> Option<ApiPodStatus> {
+    pub(crate) fn get(&self, uid: &str) -> Option<ApiPodStatus> {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -42,7 +42,7 @@ impl StatusManager {
             .cloned()
     }
 
-    pub fn remove(&self, uid: &str) {
+    pub(crate) fn remove(&self, uid: &str) {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -50,7 +50,7 @@ impl StatusManager {
     }
 
     /// Every pod's status, by UID.
-    pub fn all(&self) -> Vec<(String, ApiPodStatus)> {
+    pub(crate) fn all(&self) -> Vec<(String, ApiPodStatus)> {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -60,7 +60,7 @@ impl StatusManager {
     }
 
     /// Resolves when a status changed since the last call.
-    pub async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         self.changed.notified().await
     }
 }

@@ -14,10 +14,10 @@ use crate::volumes::atomic_writer::{self, FileProjection, Payload};
 use super::*;
 
 /// Everything the API data volumes need besides the pod.
-pub struct VolumeInputs<'a> {
-    pub rt: &'a RuntimeFields,
-    pub node: &'a NodeAllocatable,
-    pub objects: &'a PodObjects,
+pub(crate) struct VolumeInputs<'a> {
+    pub(crate) rt: &'a RuntimeFields,
+    pub(crate) node: &'a NodeAllocatable,
+    pub(crate) objects: &'a PodObjects,
 }
 
 pub(super) fn file_mode(item_mode: Option<i32>, default_mode: Option<i32>) -> u32 {

@@ -10,21 +10,21 @@ use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-pub const DATA_DIR: &str = "..data";
+pub(crate) const DATA_DIR: &str = "..data";
 const DATA_DIR_TMP: &str = "..data_tmp";
 
 /// One file of the payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileProjection {
-    pub data: Vec<u8>,
-    pub mode: u32,
+pub(crate) struct FileProjection {
+    pub(crate) data: Vec<u8>,
+    pub(crate) mode: u32,
 }
 
 /// Relative path -> content; paths are checked by [`check_path`].
-pub type Payload = BTreeMap<String, FileProjection>;
+pub(crate) type Payload = BTreeMap<String, FileProjection>;
 
 /// A payload path must be relative, without `..` elements, and not start with `..`.
-pub fn check_path(p: &str) -> Result<(), String> {
+pub(crate) fn check_path(p: &str) -> Result<(), String> {
     if p.is_empty() {
         return Err("must not be empty".into());
     }
@@ -96,7 +96,7 @@ fn timestamp_dir_name() -> String {
 
 /// Writes `payload` into `dir` atomically; returns false when it was already there.
 /// `gid` (fsGroup) owns the files when given.
-pub fn write(dir: &Path, payload: &Payload, gid: Option<u32>) -> io::Result<bool> {
+pub(crate) fn write(dir: &Path, payload: &Payload, gid: Option<u32>) -> io::Result<bool> {
     for p in payload.keys() {
         check_path(p).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     }

@@ -22,23 +22,23 @@ mod api_data;
 mod empty_dir;
 mod host_path;
 mod mounts;
-pub use api_data::VolumeInputs;
+pub(crate) use api_data::VolumeInputs;
 use api_data::*;
 use empty_dir::*;
 use host_path::*;
-pub use mounts::container_mounts;
+pub(crate) use mounts::container_mounts;
 
-pub const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
-pub const DOWNWARD_API: &str = "kubernetes.io~downward-api";
-pub const CONFIG_MAP: &str = "kubernetes.io~configmap";
-pub const SECRET: &str = "kubernetes.io~secret";
-pub const PROJECTED: &str = "kubernetes.io~projected";
+pub(crate) const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
+pub(crate) const DOWNWARD_API: &str = "kubernetes.io~downward-api";
+pub(crate) const CONFIG_MAP: &str = "kubernetes.io~configmap";
+pub(crate) const SECRET: &str = "kubernetes.io~secret";
+pub(crate) const PROJECTED: &str = "kubernetes.io~projected";
 
 /// Plugins whose volumes are tmpfs mounts of the kubelet's.
 const TMPFS_PLUGINS: [&str; 3] = [EMPTY_DIR, SECRET, PROJECTED];
 
 #[derive(Debug, thiserror::Error)]
-pub enum VolumeError {
+pub(crate) enum VolumeError {
     #[error("volume {volume:?}: {message}")]
     Invalid { volume: String, message: String },
     #[error("volume {volume:?}: {path}: {source}")]
@@ -67,14 +67,14 @@ fn io(volume: &str, path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError {
 
 /// A prepared volume: where it is on the host, and whether it is always read-only.
 #[derive(Debug, Clone)]
-pub struct HostVolume {
-    pub path: PathBuf,
-    pub read_only: bool,
+pub(crate) struct HostVolume {
+    pub(crate) path: PathBuf,
+    pub(crate) read_only: bool,
     /// emptyDir and hostPath: a `subPath` that does not exist is created inside it.
-    pub writable_dir: bool,
+    pub(crate) writable_dir: bool,
 }
 
-pub fn pod_volumes_dir(root_dir: &Path, uid: &str) -> PathBuf {
+pub(crate) fn pod_volumes_dir(root_dir: &Path, uid: &str) -> PathBuf {
     root_dir.join("pods").join(uid).join("volumes")
 }
 
@@ -99,7 +99,7 @@ fn check_relative(volume: &str, field: &str, p: &str) -> Result<(), VolumeError>
 
 /// Rewrites the pod's API data volumes whose objects changed (a running pod's configMap,
 /// secret or token updates reach its containers this way). Errors are logged, not fatal.
-pub fn refresh(root_dir: &Path, pod: &Pod, inp: &VolumeInputs) {
+pub(crate) fn refresh(root_dir: &Path, pod: &Pod, inp: &VolumeInputs) {
     let uid = pod.metadata.uid.as_deref().unwrap_or("");
     let root = pod_volumes_dir(root_dir, uid);
     if !root.exists() {
@@ -131,7 +131,7 @@ pub fn refresh(root_dir: &Path, pod: &Pod, inp: &VolumeInputs) {
 }
 
 /// Prepares every volume of the pod (idempotent: called on each container start).
-pub fn prepare(
+pub(crate) fn prepare(
     root_dir: &Path,
     pod: &Pod,
     inp: &VolumeInputs,
@@ -169,7 +169,7 @@ pub fn prepare(
 }
 
 /// Unmounts the pod's memory-backed volumes (before its directory is removed).
-pub fn teardown(root_dir: &Path, uid: &str) {
+pub(crate) fn teardown(root_dir: &Path, uid: &str) {
     for plugin in TMPFS_PLUGINS {
         let dir = pod_volumes_dir(root_dir, uid).join(plugin);
         let Ok(entries) = std::fs::read_dir(&dir) else {

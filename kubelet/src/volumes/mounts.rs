@@ -11,7 +11,7 @@ use nodus_proto::runtime::v1 as cri;
 use super::*;
 
 /// The CRI mounts of `container`'s `volumeMounts`.
-pub fn container_mounts(
+pub(crate) fn container_mounts(
     container: &Container,
     volumes: &HashMap<String, HostVolume>,
 ) -> Result<Vec<cri::Mount>, VolumeError> {

@@ -15,9 +15,9 @@ use crate::kuberuntime::labels;
 
 /// One recorded call: the CRI method and its main argument (an ID, an image, a name).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    pub op: &'static str,
-    pub arg: String,
+pub(crate) struct Call {
+    pub(crate) op: &'static str,
+    pub(crate) arg: String,
 }
 
 #[derive(Debug, Clone)]
@@ -110,18 +110,18 @@ fn done<'a, T: Send + 'a>(r: Result<T, CriError>) -> CriFut<'a, T> {
 
 /// The fake runtime and image service.
 #[derive(Default)]
-pub struct FakeRuntime {
+pub(crate) struct FakeRuntime {
     state: Mutex<State>,
 }
 
 impl FakeRuntime {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(FakeRuntime::default())
     }
 
     /// A [`Cri`] handle whose calls all reach this fake.
-    pub fn cri(self: &Arc<Self>) -> Cri {
-        Cri::from_services("fake", self.clone(), self.clone())
+    pub(crate) fn cri(self: &Arc<Self>) -> Cri {
+        Cri::from_services(self.clone(), self.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -129,12 +129,12 @@ impl FakeRuntime {
     }
 
     /// Every call so far.
-    pub fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
     }
 
     /// The arguments of the calls of one method, in order.
-    pub fn calls_of(&self, op: &str) -> Vec<String> {
+    pub(crate) fn calls_of(&self, op: &str) -> Vec<String> {
         self.lock()
             .calls
             .iter()
@@ -144,33 +144,33 @@ impl FakeRuntime {
     }
 
     /// How many times a method was called.
-    pub fn count(&self, op: &str) -> usize {
+    pub(crate) fn count(&self, op: &str) -> usize {
         self.lock().calls.iter().filter(|c| c.op == op).count()
     }
 
-    pub fn clear_calls(&self) {
+    pub(crate) fn clear_calls(&self) {
         self.lock().calls.clear();
     }
 
     /// The next call of `op` fails with `code`.
-    pub fn inject_error(&self, op: &'static str, code: tonic::Code) {
+    pub(crate) fn inject_error(&self, op: &'static str, code: tonic::Code) {
         self.lock().errors.entry(op).or_default().push_back(code);
     }
 
     /// `image` pulls only with these credentials (a private registry).
-    pub fn require_registry_auth(&self, image: &str, user: &str, password: &str) {
+    pub(crate) fn require_registry_auth(&self, image: &str, user: &str, password: &str) {
         self.lock()
             .registry_auth
             .insert(image.to_string(), (user.to_string(), password.to_string()));
     }
 
     /// The credentials of every PullImage so far.
-    pub fn pull_auths(&self) -> Vec<Option<cri::AuthConfig>> {
+    pub(crate) fn pull_auths(&self) -> Vec<Option<cri::AuthConfig>> {
         self.lock().pull_auths.clone()
     }
 
     /// Adds an image the runtime holds (ID `sha256:<name>`).
-    pub fn add_image(&self, name: &str, size: u64) {
+    pub(crate) fn add_image(&self, name: &str, size: u64) {
         let mut st = self.lock();
         st.images.push(cri::Image {
             id: format!("sha256:{name}"),
@@ -181,7 +181,7 @@ impl FakeRuntime {
     }
 
     /// Sets what an image runs as.
-    pub fn set_image_user(&self, name: &str, uid: Option<i64>, username: &str) {
+    pub(crate) fn set_image_user(&self, name: &str, uid: Option<i64>, username: &str) {
         let mut st = self.lock();
         if let Some(i) = st
             .images
@@ -193,12 +193,12 @@ impl FakeRuntime {
         }
     }
 
-    pub fn image_ids(&self) -> Vec<String> {
+    pub(crate) fn image_ids(&self) -> Vec<String> {
         self.lock().images.iter().map(|i| i.id.clone()).collect()
     }
 
     /// The image filesystem ImageFsInfo reports.
-    pub fn set_image_fs(&self, mountpoint: &str) {
+    pub(crate) fn set_image_fs(&self, mountpoint: &str) {
         self.lock().fs_info = vec![cri::FilesystemUsage {
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: mountpoint.to_string(),
@@ -208,17 +208,17 @@ impl FakeRuntime {
     }
 
     /// ExecSync in containers named `name` exits with `code`.
-    pub fn set_exec_exit(&self, name: &str, code: i32) {
+    pub(crate) fn set_exec_exit(&self, name: &str, code: i32) {
         self.lock().exec_exit.insert(name.to_string(), code);
     }
 
     /// (container id, command) of every ExecSync.
-    pub fn execs(&self) -> Vec<(String, Vec<String>)> {
+    pub(crate) fn execs(&self) -> Vec<(String, Vec<String>)> {
         self.lock().execs.clone()
     }
 
     /// A running container exits with `code`, as if its process ended.
-    pub fn exit_container(&self, id: &str, code: i32) {
+    pub(crate) fn exit_container(&self, id: &str, code: i32) {
         let mut st = self.lock();
         let now = st.now();
         if let Some(c) = st.containers.get_mut(id) {
@@ -231,7 +231,7 @@ impl FakeRuntime {
     }
 
     /// Changes a container's times (to place it in the past, for back-off and GC).
-    pub fn set_container_times(&self, id: &str, started_at: Nanos, finished_at: Nanos) {
+    pub(crate) fn set_container_times(&self, id: &str, started_at: Nanos, finished_at: Nanos) {
         let mut st = self.lock();
         if let Some(c) = st.containers.get_mut(id) {
             c.status.started_at = started_at;
@@ -240,20 +240,20 @@ impl FakeRuntime {
     }
 
     /// A sandbox dies (its containers with it), as when its pause process is killed.
-    pub fn kill_sandbox(&self, id: &str) {
+    pub(crate) fn kill_sandbox(&self, id: &str) {
         let mut st = self.lock();
         stop_sandbox(&mut st, id);
     }
 
     /// A sandbox's network answers no IP (it lost its network).
-    pub fn clear_sandbox_ip(&self, id: &str) {
+    pub(crate) fn clear_sandbox_ip(&self, id: &str) {
         if let Some(s) = self.lock().sandboxes.get_mut(id) {
             s.ip.clear();
         }
     }
 
     /// The ID of the newest container named `name` (the container name label).
-    pub fn container_id(&self, name: &str) -> Option<String> {
+    pub(crate) fn container_id(&self, name: &str) -> Option<String> {
         let st = self.lock();
         st.containers
             .values()
@@ -269,7 +269,7 @@ impl FakeRuntime {
     }
 
     /// Every container: (name, state, exit code), oldest first.
-    pub fn containers(&self) -> Vec<(String, cri::ContainerState, i32)> {
+    pub(crate) fn containers(&self) -> Vec<(String, cri::ContainerState, i32)> {
         let st = self.lock();
         let mut v: Vec<&Ctr> = st.containers.values().collect();
         v.sort_by_key(|c| c.container.created_at);
@@ -290,7 +290,7 @@ impl FakeRuntime {
     }
 
     /// The annotations of a container.
-    pub fn container_annotations(&self, id: &str) -> HashMap<String, String> {
+    pub(crate) fn container_annotations(&self, id: &str) -> HashMap<String, String> {
         self.lock()
             .containers
             .get(id)
@@ -299,7 +299,7 @@ impl FakeRuntime {
     }
 
     /// Every sandbox: (id, ready, attempt), oldest first.
-    pub fn sandboxes(&self) -> Vec<(String, bool, u32)> {
+    pub(crate) fn sandboxes(&self) -> Vec<(String, bool, u32)> {
         let st = self.lock();
         let mut v: Vec<&Sandbox> = st.sandboxes.values().collect();
         v.sort_by_key(|s| s.sandbox.created_at);
@@ -319,7 +319,7 @@ impl FakeRuntime {
     }
 
     /// Adds a sandbox and containers directly (objects a previous kubelet left).
-    pub fn add_sandbox(&self, uid: &str, ready: bool) -> String {
+    pub(crate) fn add_sandbox(&self, uid: &str, ready: bool) -> String {
         let mut st = self.lock();
         let id = st.id("s");
         let now = st.now();
@@ -352,7 +352,7 @@ impl FakeRuntime {
     }
 
     /// Adds a container in `state` to a sandbox, with only the pod UID and name labels.
-    pub fn add_container(
+    pub(crate) fn add_container(
         &self,
         uid: &str,
         sandbox_id: &str,
@@ -396,7 +396,7 @@ impl FakeRuntime {
     }
 
     /// Sets a container's image name and reference.
-    pub fn set_container_image(&self, id: &str, image: &str, image_ref: &str) {
+    pub(crate) fn set_container_image(&self, id: &str, image: &str, image_ref: &str) {
         if let Some(c) = self.lock().containers.get_mut(id) {
             let spec = cri::ImageSpec {
                 image: image.to_string(),
@@ -409,7 +409,7 @@ impl FakeRuntime {
         }
     }
 
-    pub fn set_stats(&self, stats: Vec<cri::ContainerStats>) {
+    pub(crate) fn set_stats(&self, stats: Vec<cri::ContainerStats>) {
         self.lock().stats = stats;
     }
 }

@@ -28,7 +28,7 @@ struct State {
 }
 
 /// The tonic client (upstream: the remote runtime service).
-pub struct RemoteRuntime {
+pub(crate) struct RemoteRuntime {
     endpoint: Arc<str>,
     state: Arc<Mutex<State>>,
 }
@@ -37,7 +37,7 @@ const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl RemoteRuntime {
-    pub fn new(endpoint: &str) -> Self {
+    pub(crate) fn new(endpoint: &str) -> Self {
         RemoteRuntime {
             endpoint: endpoint.into(),
             state: Arc::new(Mutex::new(State {
