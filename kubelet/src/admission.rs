@@ -91,7 +91,7 @@ mod tests {
     use super::*;
     use crate::sources::{load_manifest, Source};
 
-    pub(crate) fn pod(name: &str, requests: &str) -> Pod {
+    fn pod(name: &str, requests: &str) -> Pod {
         let text = format!(
             "kind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: i:1\n    resources: {{requests: {requests}}}\n"
         );
@@ -101,7 +101,7 @@ mod tests {
     }
 
     #[test]
-    pub(crate) fn admission_as_upstream() {
+    fn admission_as_upstream() {
         let pods = PodManager::default();
         let a = Admission {
             max_pods: 2,

@@ -289,10 +289,11 @@ impl Syncer {
                             }
                         }
                     }
-                    // Show what changed (started containers, a failure) at once rather
-                    // than after the next PLEG relist.
-                    self.refresh_status(pod, &uid, &actions.backoff).await;
+                    // As upstream, what the actions changed in the runtime reaches the
+                    // status through the next PLEG relist (its event wakes this worker),
+                    // not by reading CRI again here; a failed start shows its reason now.
                     if failed {
+                        self.set_status(pod, &uid, &runtime_status, &actions.backoff, now);
                         return ERROR_REQUEUE;
                     }
                 }
@@ -416,7 +417,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     /// A syncer on the fake runtime (image `i:1` present) and a PLEG filling its cache.
-    pub(crate) fn fake_node(
+    fn fake_node(
         fake: &Arc<crate::kuberuntime::cri::fake::FakeRuntime>,
         dir: &std::path::Path,
     ) -> (Arc<Syncer>, Pleg) {
@@ -451,23 +452,20 @@ mod tests {
     }
 
     #[tokio::test]
-    pub(crate) async fn a_sync_reads_the_pod_cache_instead_of_listing() {
+    async fn a_sync_reads_the_pod_cache_instead_of_listing() {
         let dir = tempfile::tempdir().unwrap();
         let fake = crate::kuberuntime::cri::fake::FakeRuntime::new();
         let (syncer, pleg) = fake_node(&fake, dir.path());
         let mut relist = crate::pleg::RelistState::default();
         pleg.relist_once(&mut relist).await.unwrap();
         let pod = Arc::new(crate::testutil::pod("Always", &[], &["a"]));
-        // A new pod starts at once (no relist since it came) and lists nothing before its
-        // sandbox is made; the lists are the refresh after the sync.
+        // A new pod starts at once (no relist since it came) and lists nothing: what it
+        // started reaches its status through the next relist, as upstream.
         fake.clear_calls();
         syncer.sync_pod(&pod).await;
         let calls: Vec<String> = fake.calls().into_iter().map(|c| c.op.to_string()).collect();
-        let first_list = calls.iter().position(|op| op.starts_with("List")).unwrap();
-        let started = calls.iter().position(|op| op == "StartContainer").unwrap();
-        assert!(started < first_list, "{calls:?}");
-        assert_eq!(fake.count("ListPodSandbox"), 1, "{calls:?}");
-        assert_eq!(fake.count("ListContainers"), 1, "{calls:?}");
+        assert!(calls.iter().any(|op| op == "StartContainer"), "{calls:?}");
+        assert!(!calls.iter().any(|op| op.starts_with("List")), "{calls:?}");
         // The next sync waits for a relist newer than the last one.
         let next = {
             let (syncer, pod) = (syncer.clone(), pod.clone());
@@ -489,9 +487,10 @@ mod tests {
             .await
             .expect("woken by the relist, not by the CRI fallback")
             .unwrap();
-        // The relist's two lists are all: the sync asked CRI nothing.
+        // The relist's two lists and the new container's status are all: the sync asked
+        // CRI nothing.
         let ops: Vec<String> = fake.calls().into_iter().map(|c| c.op.to_string()).collect();
-        assert_eq!(ops, ["ListPodSandbox", "ListContainers"]);
+        assert_eq!(ops, ["ListPodSandbox", "ListContainers", "ContainerStatus"]);
         assert_eq!(
             syncer.status.get(uid_of(&pod)).and_then(|s| s.phase),
             Some("Running".to_string())
@@ -499,7 +498,7 @@ mod tests {
     }
 
     #[tokio::test]
-    pub(crate) async fn a_pod_added_again_after_removal_starts_from_scratch() {
+    async fn a_pod_added_again_after_removal_starts_from_scratch() {
         let dir = tempfile::tempdir().unwrap();
         let fake = crate::kuberuntime::cri::fake::FakeRuntime::new();
         let (syncer, pleg) = fake_node(&fake, dir.path());
