@@ -168,6 +168,53 @@ async fn node_registers_with_its_fields_and_renews_its_lease() {
     }
     assert!(seen[0] < seen[1] && seen[1] < seen[2], "{seen:?}");
 
+    // After an outage the node lifecycle controller marks the node Unknown; once the server
+    // is back the kubelet makes it Ready again within nodeStatusUpdateFrequency (2 s here),
+    // not on its next 5-minute report. Written here as the controller writes it.
+    let ready_of = |node: &KubeNode| {
+        node.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned())
+            .unwrap()
+    };
+    let mut unknown = ready_of(&nodes.get(NODE).await.unwrap());
+    unknown.status = "Unknown".into();
+    unknown.reason = Some("NodeStatusUnknown".into());
+    unknown.message = Some("Kubelet stopped posting node status.".into());
+    let patch = serde_json::json!({"status": {"conditions": [unknown]}});
+    nodes
+        .patch_status(
+            NODE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&patch),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready_of(&nodes.get(NODE).await.unwrap()).status, "Unknown");
+    let marked = std::time::Instant::now();
+    let ready = n
+        .wait_for("the node Ready again", Duration::from_secs(10), || {
+            let nodes = nodes.clone();
+            async move {
+                let node = nodes.get_opt(NODE).await.ok().flatten()?;
+                let ready = ready_of(&node);
+                (ready.status == "True").then_some(ready)
+            }
+        })
+        .await;
+    eprintln!(
+        "Ready again {:?} after it was marked Unknown",
+        marked.elapsed()
+    );
+    assert_eq!(ready.reason.as_deref(), Some("KubeletReady"));
+    // A transition: its time is the kubelet's post, not the first registration's.
+    assert!(
+        ready.last_transition_time.as_ref().map(|t| &t.0)
+            > unknown.last_transition_time.as_ref().map(|t| &t.0),
+        "{ready:?}"
+    );
+
     // kubectl sees the node as users do.
     if nodus_testkit::apiserver::kubectl_binary().is_some() {
         let out = n.kubectl_ok(&["get", "nodes", "--no-headers"]);

@@ -169,7 +169,20 @@ impl NodeStatusManager {
                             continue;
                         }
                     }
-                    Ok(Some(_)) => {}
+                    Ok(Some(server)) => {
+                        // Someone else changed a condition (the node lifecycle controller
+                        // marks it Unknown after an outage): post ours again now, with
+                        // transitions computed from what the server shows.
+                        if let (Some(theirs), Some(ours)) =
+                            (server.status.as_ref(), node.status.as_ref())
+                        {
+                            if conditions_differ(theirs, ours) {
+                                tracing::info!(node = %self.cfg.node_name, "node conditions changed on the server, posting ours");
+                                node = server;
+                                continue;
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!(node = %self.cfg.node_name, error = %e, "cannot read the node object")
                     }
@@ -351,6 +364,29 @@ mod tests {
             st.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port,
             10250
         );
+    }
+
+    #[test]
+    fn conditions_differ_on_status_or_reason_not_on_times() {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        let cond = |status: &str, reason: &str, at: &str| NodeCondition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            last_heartbeat_time: Some(Time(at.parse().unwrap())),
+            ..Default::default()
+        };
+        let st = |c: NodeCondition| NodeStatus {
+            conditions: Some(vec![c]),
+            ..Default::default()
+        };
+        let ours = st(cond("True", "KubeletReady", "2026-01-01T00:00:00Z"));
+        let later = st(cond("True", "KubeletReady", "2026-01-01T00:05:00Z"));
+        assert!(!conditions_differ(&ours, &later));
+        // What the node lifecycle controller writes after 40 s without a heartbeat.
+        let unknown = st(cond("Unknown", "NodeStatusUnknown", "2026-01-01T00:00:00Z"));
+        assert!(conditions_differ(&unknown, &ours));
+        assert!(conditions_differ(&NodeStatus::default(), &ours));
     }
 
     #[test]

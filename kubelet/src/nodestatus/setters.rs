@@ -345,6 +345,22 @@ pub(crate) fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
     strip(a) != strip(b)
 }
 
+/// True when a condition's status or reason differs between two node statuses (times and
+/// messages aside), or one has a condition type the other lacks.
+pub(crate) fn conditions_differ(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let key = |s: &NodeStatus| {
+        let mut v: Vec<(String, String, Option<String>)> = s
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    key(a) != key(b)
+}
+
 /// The images as node status lists them: names (tags and digests) and size, largest first.
 pub(crate) fn node_images(images: &[nodus_proto::runtime::v1::Image]) -> Vec<ContainerImage> {
     let mut v: Vec<ContainerImage> = images

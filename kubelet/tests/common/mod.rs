@@ -88,13 +88,21 @@ impl Node {
                 &format!(
                     "fileCheckFrequency: 20s\nreadOnlyPort: {READ_ONLY_PORT}\n\
                      healthzPort: {HEALTHZ_PORT}\nhealthzBindAddress: 127.0.0.1\n\
-                     {address}{extra_config}",
+                     {address}{eviction}{extra_config}",
                     // Loopback unless the test serves the node's address (the API server
                     // reaches the kubelet API on its InternalIP).
                     address = if extra_config.contains("address:") {
                         ""
                     } else {
                         "address: 127.0.0.1\n"
+                    },
+                    // A test node shares a build machine's disk, often fuller than the
+                    // default 10% threshold: it must not report DiskPressure for that
+                    // (the conformance harness does the same).
+                    eviction = if extra_config.contains("evictionHard:") {
+                        ""
+                    } else {
+                        "evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}\n"
                     },
                 ),
             ),
