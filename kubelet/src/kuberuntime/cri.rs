@@ -20,7 +20,7 @@ use nodus_proto::runtime::v1 as cri;
 /// calls answer in milliseconds).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum CriError {
     #[error("connecting to {endpoint}: {detail}")]
     Connect { endpoint: String, detail: String },

@@ -4,11 +4,37 @@
 use k8s_openapi::api::core::v1::{Container, Pod};
 use nodus_proto::runtime::v1 as cri;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
+
 use super::cri::CriError;
 use super::*;
 use crate::container::now_nanos;
 
+/// One ImageStatus call, awaited by every pod that asked while it was in flight.
+pub(super) type ImageLookup = Shared<BoxFuture<'static, Result<Option<String>, CriError>>>;
+
 impl RuntimeManager {
+    /// The ID of `image` if present (CRI ImageStatus). Concurrent asks for one image share
+    /// a call: a burst of pods on one image makes one or two instead of one per pod. The
+    /// answer is not kept: an ask after it asks the runtime again, as upstream.
+    pub(super) async fn image_present(&self, image: &str) -> Result<Option<String>, CriError> {
+        let lookup = lock(&self.image_lookups)
+            .entry(image.to_string())
+            .or_insert_with(|| {
+                let (cri, image) = (self.cri.clone(), image.to_string());
+                async move { cri.image_status(&image).await }
+                    .boxed()
+                    .shared()
+            })
+            .clone();
+        let answer = lookup.clone().await;
+        let mut lookups = lock(&self.image_lookups);
+        if lookups.get(image).is_some_and(|l| l.ptr_eq(&lookup)) {
+            lookups.remove(image);
+        }
+        answer
+    }
+
     /// The image of `container`, pulled per its imagePullPolicy with the pod's pull secrets
     /// (upstream `EnsureImageExists`); a failed pull backs that image off for the pod.
     pub(super) async fn ensure_image(
@@ -26,7 +52,7 @@ impl RuntimeManager {
             .as_deref()
             .unwrap_or("IfNotPresent");
         if policy != "Always" {
-            if let Some(id) = self.cri.image_status(&image).await? {
+            if let Some(id) = self.image_present(&image).await? {
                 self.events.pod_event(
                     pod,
                     name,

@@ -697,6 +697,30 @@ async fn remove_pod_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+async fn pods_asking_for_one_image_at_once_share_one_image_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeRuntime::new();
+    fake.add_image("i:1", 100);
+    fake.set_slow_image_status();
+    let rm = manager(&fake, dir.path());
+    let answers = futures::future::join_all((0..5).map(|_| rm.image_present("i:1"))).await;
+    let ids: Vec<Option<String>> = answers.into_iter().map(Result::unwrap).collect();
+    assert!(
+        ids[0].is_some() && ids.iter().all(|id| id == &ids[0]),
+        "{ids:?}"
+    );
+    assert_eq!(fake.count("ImageStatus"), 1);
+    // Nothing is kept once answered: a later ask (the image may be gone) asks again.
+    assert_eq!(rm.image_present("i:1").await.unwrap(), ids[0]);
+    assert_eq!(fake.count("ImageStatus"), 2);
+    // A missing image is shared the same way, and an error reaches every asker.
+    fake.inject_error("ImageStatus", tonic::Code::Unavailable);
+    let answers = futures::future::join_all((0..3).map(|_| rm.image_present("i:1"))).await;
+    assert!(answers.iter().all(Result::is_err), "{answers:?}");
+    assert_eq!(fake.count("ImageStatus"), 3);
+}
+
+#[tokio::test]
 async fn container_gc_keeps_max_per_pod_container_dead_instances() {
     let n = node();
     let p = pod("Always", &[], &["a"]);

@@ -108,6 +108,9 @@ pub(crate) struct RuntimeManager {
     /// Failed image pulls by `<pod uid>_<image>` (upstream's image back-off: 10 s doubling
     /// to 300 s).
     image_backoff: Mutex<Backoff>,
+    /// The ImageStatus calls in flight, by image: pods asking for the same image at once
+    /// share one answer (nothing is kept once it is answered).
+    image_lookups: Mutex<HashMap<String, image::ImageLookup>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -193,6 +196,7 @@ impl RuntimeManager {
             events: crate::events::EventRecorder::none(),
             pod_cgroups: true,
             image_backoff: Mutex::new(Backoff::new()),
+            image_lookups: Mutex::new(HashMap::new()),
         }
     }
 

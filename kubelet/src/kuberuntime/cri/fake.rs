@@ -37,6 +37,9 @@ struct State {
     calls: Vec<Call>,
     /// Errors the next calls of a method return, in order.
     errors: HashMap<&'static str, VecDeque<tonic::Code>>,
+    /// ImageStatus answers only after a few milliseconds (as a real call would), so that
+    /// concurrent callers overlap.
+    slow_image_status: bool,
     sandboxes: BTreeMap<String, Sandbox>,
     containers: BTreeMap<String, Ctr>,
     images: Vec<cri::Image>,
@@ -150,6 +153,11 @@ impl FakeRuntime {
 
     pub(crate) fn clear_calls(&self) {
         self.lock().calls.clear();
+    }
+
+    /// ImageStatus takes a few milliseconds to answer.
+    pub(crate) fn set_slow_image_status(&self) {
+        self.lock().slow_image_status = true;
     }
 
     /// The next call of `op` fails with `code`.
@@ -752,10 +760,16 @@ impl RuntimeService for FakeRuntime {
 impl ImageService for FakeRuntime {
     fn image_status<'a>(&'a self, image: &'a str) -> CriFut<'a, Option<cri::Image>> {
         let mut st = self.lock();
-        if let Err(e) = st.enter("ImageStatus", image) {
-            return done(Err(e));
+        let answer = st
+            .enter("ImageStatus", image)
+            .map(|()| st.find_image(image).cloned());
+        if st.slow_image_status {
+            return Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                answer
+            });
         }
-        done(Ok(st.find_image(image).cloned()))
+        done(answer)
     }
 
     fn list_images(&self) -> CriFut<'_, Vec<cri::Image>> {
