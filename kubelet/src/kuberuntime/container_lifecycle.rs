@@ -49,10 +49,10 @@ impl RuntimeManager {
             node_name: self.node_name.clone(),
         };
         let env = crate::envvars::make_env(pod, container, &rt_fields, &self.node, objects)
-            .map_err(SyncError::Config)?;
+            .map_err(|e| SyncError::Config(e.to_string()))?;
         let command_args = crate::envvars::expand_command(container, &env);
         let resources = crate::resources::linux_container_resources(pod, container, &self.node)
-            .map_err(SyncError::Config)?;
+            .map_err(|e| SyncError::Config(e.to_string()))?;
         let inputs = crate::volumes::VolumeInputs {
             rt: &rt_fields,
             node: &self.node,
