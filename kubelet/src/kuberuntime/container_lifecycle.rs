@@ -173,7 +173,7 @@ impl RuntimeManager {
             {
                 tracing::warn!(pod = %crate::pod_util::full_name(pod), container = %container.name, error = %msg, "postStart hook failed, killing the container (FailedPostStartHook)");
                 let _ = self.cri.stop_container(&id, pod_grace(pod)).await;
-                return Err(SyncError::PostStartHook(msg));
+                return Err(SyncError::PostStartHook(msg.to_string()));
             }
         }
         Ok(())
