@@ -134,7 +134,7 @@ impl RuntimeManager {
                     self.paths.seccomp_default,
                 )),
                 apparmor: crate::security::apparmor::profile_for(pod, container)
-                    .map_err(SyncError::Config)?,
+                    .map_err(|e| SyncError::Config(e.to_string()))?,
             },
         );
         let id = self
