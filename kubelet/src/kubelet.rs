@@ -223,3 +223,20 @@ impl Kubelet {
         self.shared.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_errors_read_as_the_healthz_body_words_them() {
+        let stalled = HealthError::SyncLoopStalled {
+            elapsed: Duration::from_secs(31),
+        };
+        assert_eq!(stalled.to_string(), "sync loop stalled for 31s");
+        assert_eq!(
+            HealthError::PlegNotRelisted.to_string(),
+            "PLEG has not relisted for 3 minutes"
+        );
+    }
+}

@@ -667,4 +667,49 @@ spec:
             "configmap \"cm\" needs an API server (standalone kubelet)"
         );
     }
+
+    #[test]
+    fn lookup_and_token_errors_name_the_object() {
+        let key = TokenKey {
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            audience: "https://api".into(),
+            expiration_seconds: 3600,
+        };
+        let standalone = PodObjects::default();
+        assert_eq!(
+            standalone.token(&key).unwrap_err().to_string(),
+            "serviceAccountToken needs an API server (standalone kubelet)"
+        );
+        let mut o = PodObjects {
+            api: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            o.secret("ns", "s").unwrap_err().to_string(),
+            "secret ns/s was not fetched"
+        );
+        o.errors
+            .insert((Kind::Secret, "ns".into(), "s".into()), "forbidden".into());
+        assert_eq!(
+            o.secret("ns", "s").unwrap_err().to_string(),
+            "secret ns/s: forbidden"
+        );
+        assert_eq!(
+            o.token(&key).unwrap_err().to_string(),
+            "token for service account sa was not requested"
+        );
+        o.tokens.insert(
+            key.clone(),
+            Err(ObjectError::TokenRequest {
+                namespace: "ns".into(),
+                service_account: "sa".into(),
+                error: "denied".into(),
+            }),
+        );
+        assert_eq!(
+            o.token(&key).unwrap_err().to_string(),
+            "requesting a token for service account ns/sa: denied"
+        );
+    }
 }

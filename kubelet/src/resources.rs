@@ -530,8 +530,14 @@ mod tests {
         let e = check_cgroup_root_in(fs.path(), "/nodus", false)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("cgroup-root \"/nodus\" doesn't exist"), "{e}");
-        assert!(e.contains("memory"), "{e}");
+        let missing = fs.path().join("memory/nodus");
+        assert_eq!(
+            e,
+            format!(
+                "invalid configuration: cgroup-root \"/nodus\" doesn't exist ({} is missing)",
+                missing.display()
+            )
+        );
         std::fs::create_dir_all(fs.path().join("memory/nodus")).unwrap();
         assert!(check_cgroup_root_in(fs.path(), "/nodus", false).is_ok());
         assert!(check_cgroup_root_in(fs.path(), "/", false).is_ok());

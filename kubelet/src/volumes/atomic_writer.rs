@@ -232,4 +232,14 @@ mod tests {
             & 0o777;
         assert_eq!(m, 0o400);
     }
+
+    #[test]
+    fn bad_paths_are_named() {
+        let msg = |p: &str| check_path(p).unwrap_err().to_string();
+        assert_eq!(msg(""), "must not be empty");
+        assert_eq!(msg("/etc/x"), "\"/etc/x\" must be a relative path");
+        assert_eq!(msg("a/../b"), "\"a/../b\" must not contain '..'");
+        assert_eq!(msg("..data"), "\"..data\" must not start with '..'");
+        assert!(check_path("a/b").is_ok());
+    }
 }
