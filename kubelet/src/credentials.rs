@@ -87,20 +87,34 @@ fn path_matches(prefix: &str, path: &str) -> bool {
     prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/"))
 }
 
-fn entries(secret: &Secret) -> Result<Vec<(String, Entry)>, String> {
+/// An image pull secret that is not a docker config.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CredentialError {
+    /// `key` is `.dockerconfigjson` or `.dockercfg`.
+    #[error("{key}: {source}")]
+    Json {
+        key: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("neither .dockerconfigjson nor .dockercfg")]
+    NoDockerConfig,
+}
+
+fn entries(secret: &Secret) -> Result<Vec<(String, Entry)>, CredentialError> {
     let data = secret.data.as_ref();
     let get = |k: &str| data.and_then(|d| d.get(k)).map(|b| b.0.as_slice());
+    let json = |key| move |source| CredentialError::Json { key, source };
     if let Some(raw) = get(".dockerconfigjson") {
         let cfg: DockerConfigJson =
-            serde_json::from_slice(raw).map_err(|e| format!(".dockerconfigjson: {e}"))?;
+            serde_json::from_slice(raw).map_err(json(".dockerconfigjson"))?;
         return Ok(cfg.auths.into_iter().collect());
     }
     if let Some(raw) = get(".dockercfg") {
         let cfg: BTreeMap<String, Entry> =
-            serde_json::from_slice(raw).map_err(|e| format!(".dockercfg: {e}"))?;
+            serde_json::from_slice(raw).map_err(json(".dockercfg"))?;
         return Ok(cfg.into_iter().collect());
     }
-    Err("neither .dockerconfigjson nor .dockercfg".into())
+    Err(CredentialError::NoDockerConfig)
 }
 
 fn decode_auth(auth: &str) -> Option<(String, String)> {
@@ -273,5 +287,13 @@ mod tests {
             ("notdocker", secret("password", "x")),
         ]);
         assert!(for_image(&p, "registry.test/app", &o).is_empty());
+        let e = entries(&secret(".dockerconfigjson", "{not json")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(".dockerconfigjson: key must be a string"),
+            "{e}"
+        );
+        let e = entries(&secret("password", "x")).unwrap_err();
+        assert_eq!(e.to_string(), "neither .dockerconfigjson nor .dockercfg");
     }
 }

@@ -8,7 +8,67 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{Container, ObjectFieldSelector, Pod, ResourceFieldSelector};
 
-use crate::resources::{container_resources, parse_milli, NodeAllocatable};
+use crate::objects::ObjectError;
+use crate::resources::{
+    container_resources, parse_milli, NodeAllocatable, QuantityError, ResourceError,
+};
+use crate::services::ServiceError;
+
+/// Why a container's environment (or a downward API value) cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EnvError {
+    #[error("unsupported fieldRef fieldPath {path:?}")]
+    UnsupportedFieldPath { path: String },
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
+    #[error("resourceFieldRef.divisor: {0}")]
+    Divisor(QuantityError),
+    #[error("resourceFieldRef.divisor {value:?} must not be negative")]
+    NegativeDivisor { value: String },
+    #[error("unsupported resourceFieldRef resource {resource:?}")]
+    UnsupportedResource { resource: String },
+    #[error(transparent)]
+    Services(#[from] ServiceError),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error("envFrom[{index}].configMapRef: {source}")]
+    EnvFromConfigMap { index: usize, source: ObjectError },
+    #[error("envFrom[{index}].secretRef: {source}")]
+    EnvFromSecret { index: usize, source: ObjectError },
+    /// `kind` is "configmap" or "secret".
+    #[error("envFrom[{index}]: {kind} {name:?} not found")]
+    EnvFromNotFound {
+        index: usize,
+        kind: &'static str,
+        name: String,
+    },
+    #[error("resourceFieldRef.containerName {container:?} is not a container of the pod")]
+    UnknownContainer { container: String },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    /// `kind` is "ConfigMap" or "Secret".
+    #[error("couldn't find key {key} in {kind} {namespace}/{name}")]
+    KeyNotFound {
+        kind: &'static str,
+        key: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("valueFrom names no source")]
+    NoSource,
+    /// An error in the value of one variable of `env`.
+    #[error("env {name}: {source}")]
+    Var { name: String, source: Box<EnvError> },
+}
+
+impl EnvError {
+    fn var(name: &str) -> impl FnOnce(EnvError) -> EnvError + '_ {
+        move |e| EnvError::Var {
+            name: name.to_string(),
+            source: Box::new(e),
+        }
+    }
+}
 
 /// Expands `$(VAR)` in `input` with `lookup`, as upstream's `expansion.Expand`.
 pub(crate) fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
@@ -79,7 +139,7 @@ pub(crate) fn field_ref_value(
     pod: &Pod,
     sel: &ObjectFieldSelector,
     rt: &RuntimeFields,
-) -> Result<String, String> {
+) -> Result<String, EnvError> {
     let path = sel.field_path.as_str();
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
@@ -119,7 +179,9 @@ pub(crate) fn field_ref_value(
                     .collect::<Vec<_>>()
                     .join("\n")
             } else {
-                return Err(format!("unsupported fieldRef fieldPath {path:?}"));
+                return Err(EnvError::UnsupportedFieldPath {
+                    path: path.to_string(),
+                });
             }
         }
     };
@@ -132,29 +194,33 @@ pub(crate) fn resource_field_value(
     container: &Container,
     sel: &ResourceFieldSelector,
     node: &NodeAllocatable,
-) -> Result<String, String> {
+) -> Result<String, EnvError> {
     let r = container_resources(container)?;
     // The API server defaults an absent divisor to "0"; upstream reads 0 as 1.
     let divisor = match &sel.divisor {
-        Some(q) => parse_milli(&q.0).map_err(|e| format!("resourceFieldRef.divisor: {e}"))?,
+        Some(q) => parse_milli(&q.0).map_err(EnvError::Divisor)?,
         None => 1000,
     };
     let divisor = if divisor == 0 { 1000 } else { divisor };
     if divisor < 0 {
-        return Err(format!(
-            "resourceFieldRef.divisor {:?} must not be negative",
-            sel.divisor
+        return Err(EnvError::NegativeDivisor {
+            value: sel
+                .divisor
                 .as_ref()
                 .map(|q| q.0.clone())
-                .unwrap_or_default()
-        ));
+                .unwrap_or_default(),
+        });
     }
     let (value_milli, cpu): (i128, bool) = match sel.resource.as_str() {
         "limits.cpu" => (r.cpu_limit.unwrap_or(node.cpu_milli) as i128, true),
         "requests.cpu" => (r.cpu_request.unwrap_or(0) as i128, true),
         "limits.memory" => (r.mem_limit.unwrap_or(node.memory) as i128 * 1000, false),
         "requests.memory" => (r.mem_request.unwrap_or(0) as i128 * 1000, false),
-        other => return Err(format!("unsupported resourceFieldRef resource {other:?}")),
+        other => {
+            return Err(EnvError::UnsupportedResource {
+                resource: other.to_string(),
+            })
+        }
     };
     let mut v = (value_milli + divisor - 1) / divisor;
     // Upstream reports at least 1 core for a CPU limit.
@@ -181,11 +247,11 @@ pub(crate) fn make_env(
     rt: &RuntimeFields,
     node: &NodeAllocatable,
     objects: &crate::objects::PodObjects,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, EnvError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let services = match &objects.service_env {
         Some(Ok(v)) => v.as_slice(),
-        Some(Err(e)) => return Err(e.clone()),
+        Some(Err(e)) => return Err(e.clone().into()),
         None => &[],
     };
     let service_map: HashMap<&str, &str> = services
@@ -208,20 +274,20 @@ pub(crate) fn make_env(
         let (data, optional, what) = if let Some(r) = &src.config_map_ref {
             let cm = objects
                 .config_map(ns, &r.name)
-                .map_err(|e| format!("envFrom[{i}].configMapRef: {e}"))?;
+                .map_err(|source| EnvError::EnvFromConfigMap { index: i, source })?;
             (
                 cm.map(crate::objects::config_map_data),
                 r.optional.unwrap_or(false),
-                format!("configmap {:?}", r.name),
+                ("configmap", &r.name),
             )
         } else if let Some(r) = &src.secret_ref {
             let s = objects
                 .secret(ns, &r.name)
-                .map_err(|e| format!("envFrom[{i}].secretRef: {e}"))?;
+                .map_err(|source| EnvError::EnvFromSecret { index: i, source })?;
             (
                 s.map(crate::objects::secret_data),
                 r.optional.unwrap_or(false),
-                format!("secret {:?}", r.name),
+                ("secret", &r.name),
             )
         } else {
             continue;
@@ -230,12 +296,16 @@ pub(crate) fn make_env(
             if optional {
                 continue;
             }
-            return Err(format!("envFrom[{i}]: {what} not found"));
+            return Err(EnvError::EnvFromNotFound {
+                index: i,
+                kind: what.0,
+                name: what.1.clone(),
+            });
         };
         for (k, v) in data {
             let name = format!("{prefix}{k}");
             if !is_env_var_name(&name) {
-                tracing::warn!(container = %container.name, key = %k, source = %what, "skipping invalid environment variable name (InvalidEnvironmentVariableNames)");
+                tracing::warn!(container = %container.name, key = %k, source = %format_args!("{} {:?}", what.0, what.1), "skipping invalid environment variable name (InvalidEnvironmentVariableNames)");
                 continue;
             }
             set(
@@ -259,7 +329,7 @@ pub(crate) fn make_env(
             }
             Some(src) => {
                 if let Some(f) = &src.field_ref {
-                    field_ref_value(pod, f, rt).map_err(|m| format!("env {}: {m}", e.name))?
+                    field_ref_value(pod, f, rt).map_err(EnvError::var(&e.name))?
                 } else if let Some(r) = &src.resource_field_ref {
                     // A reference names a container of this pod; default is this one.
                     let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
@@ -268,16 +338,17 @@ pub(crate) fn make_env(
                             .chain(crate::pod_util::init_containers(pod))
                             .find(|c| c.name == n)
                             .ok_or_else(|| {
-                                format!("env {}: resourceFieldRef.containerName {n:?} is not a container of the pod", e.name)
+                                EnvError::var(&e.name)(EnvError::UnknownContainer {
+                                    container: n.to_string(),
+                                })
                             })?,
                         _ => container,
                     };
-                    resource_field_value(target, r, node)
-                        .map_err(|m| format!("env {}: {m}", e.name))?
+                    resource_field_value(target, r, node).map_err(EnvError::var(&e.name))?
                 } else if let Some(r) = &src.config_map_key_ref {
                     let cm = objects
                         .config_map(ns, &r.name)
-                        .map_err(|m| format!("env {}: {m}", e.name))?;
+                        .map_err(|m| EnvError::var(&e.name)(m.into()))?;
                     let value = cm.and_then(|cm| {
                         crate::objects::config_map_data(cm)
                             .into_iter()
@@ -288,19 +359,24 @@ pub(crate) fn make_env(
                         (Some(v), _, _) => v,
                         (None, _, true) => continue,
                         (None, false, false) => {
-                            return Err(format!("env {}: configmap {:?} not found", e.name, r.name))
+                            return Err(EnvError::var(&e.name)(EnvError::NotFound {
+                                kind: "configmap",
+                                name: r.name.clone(),
+                            }))
                         }
                         (None, true, false) => {
-                            return Err(format!(
-                                "env {}: couldn't find key {} in ConfigMap {ns}/{}",
-                                e.name, r.key, r.name
-                            ))
+                            return Err(EnvError::var(&e.name)(EnvError::KeyNotFound {
+                                kind: "ConfigMap",
+                                key: r.key.clone(),
+                                namespace: ns.to_string(),
+                                name: r.name.clone(),
+                            }))
                         }
                     }
                 } else if let Some(r) = &src.secret_key_ref {
                     let sec = objects
                         .secret(ns, &r.name)
-                        .map_err(|m| format!("env {}: {m}", e.name))?;
+                        .map_err(|m| EnvError::var(&e.name)(m.into()))?;
                     let value = sec.and_then(|s| {
                         crate::objects::secret_data(s)
                             .into_iter()
@@ -311,17 +387,22 @@ pub(crate) fn make_env(
                         (Some(v), _, _) => v,
                         (None, _, true) => continue,
                         (None, false, false) => {
-                            return Err(format!("env {}: secret {:?} not found", e.name, r.name))
+                            return Err(EnvError::var(&e.name)(EnvError::NotFound {
+                                kind: "secret",
+                                name: r.name.clone(),
+                            }))
                         }
                         (None, true, false) => {
-                            return Err(format!(
-                                "env {}: couldn't find key {} in Secret {ns}/{}",
-                                e.name, r.key, r.name
-                            ))
+                            return Err(EnvError::var(&e.name)(EnvError::KeyNotFound {
+                                kind: "Secret",
+                                key: r.key.clone(),
+                                namespace: ns.to_string(),
+                                name: r.name.clone(),
+                            }))
                         }
                     }
                 } else {
-                    return Err(format!("env {}: valueFrom names no source", e.name));
+                    return Err(EnvError::var(&e.name)(EnvError::NoSource));
                 }
             }
         };
@@ -442,7 +523,10 @@ mod tests {
             container_name: None,
         };
         let e = resource_field_value(c, &neg, &node).unwrap_err();
-        assert!(e.contains("divisor") && e.contains("-1"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "resourceFieldRef.divisor \"-1\" must not be negative"
+        );
     }
 
     #[test]
@@ -472,11 +556,14 @@ mod tests {
         assert_eq!(env[1].1, "6443", "the container's own value wins");
         let not_yet = crate::objects::PodObjects {
             api: true,
-            service_env: Some(Err("services have not yet been read".into())),
+            service_env: Some(Err(crate::services::ServiceError::NotSynced)),
             ..Default::default()
         };
         let e = make_env(&pod, c, &RuntimeFields::default(), &node, &not_yet).unwrap_err();
-        assert!(e.contains("services"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "services have not yet been read at least once, cannot construct envvars"
+        );
     }
 
     #[test]
@@ -495,7 +582,10 @@ mod tests {
             &Default::default(),
         )
         .unwrap_err();
-        assert!(e.contains("spec.bogus") && e.contains("env X"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "env X: unsupported fieldRef fieldPath \"spec.bogus\""
+        );
     }
 
     #[test]
@@ -547,6 +637,9 @@ mod tests {
             .secrets
             .insert(("ns".into(), "s".into()), Some(Secret::default()));
         let e = make_env(&pod, c, &RuntimeFields::default(), &node, &objects).unwrap_err();
-        assert_eq!(e, "env PW: couldn't find key password in Secret ns/s");
+        assert_eq!(
+            e.to_string(),
+            "env PW: couldn't find key password in Secret ns/s"
+        );
     }
 }

@@ -68,6 +68,15 @@ fn choose(
     out
 }
 
+/// Why one image garbage collection pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ImageGcError {
+    #[error(transparent)]
+    Cri(#[from] crate::kuberuntime::cri::CriError),
+    #[error("cannot statvfs the image filesystem {mount}")]
+    Statvfs { mount: String },
+}
+
 impl ImageGc {
     pub(crate) async fn run(self, period: Duration) {
         if self.high_percent >= 100 {
@@ -85,14 +94,10 @@ impl ImageGc {
         }
     }
 
-    async fn once(&self, records: &mut HashMap<String, Record>) -> Result<(), String> {
+    async fn once(&self, records: &mut HashMap<String, Record>) -> Result<(), ImageGcError> {
         let now = Instant::now();
-        let images = self.cri.list_images().await.map_err(|e| e.to_string())?;
-        let containers = self
-            .cri
-            .list_containers(Default::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let images = self.cri.list_images().await?;
+        let containers = self.cri.list_containers(Default::default()).await?;
         let mut in_use: HashSet<String> = HashSet::new();
         for c in &containers {
             in_use.insert(c.image_ref.clone());
@@ -117,7 +122,7 @@ impl ImageGc {
                 r.last_used = now;
             }
         }
-        let fs = self.cri.image_fs_info().await.map_err(|e| e.to_string())?;
+        let fs = self.cri.image_fs_info().await?;
         let Some(mount) = fs
             .first()
             .and_then(|f| f.fs_id.as_ref())
@@ -126,7 +131,7 @@ impl ImageGc {
             return Ok(());
         };
         let Some((capacity, available)) = fs_space(&mount) else {
-            return Err(format!("cannot statvfs the image filesystem {mount}"));
+            return Err(ImageGcError::Statvfs { mount });
         };
         if capacity == 0 {
             return Ok(());

@@ -58,10 +58,16 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
+/// The crypto provider cannot make a client configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("TLS client: {0}")]
+pub(crate) struct TlsClientError(rustls::Error);
+
 /// One connector for every probe (its session cache is shared); Err when the crypto
 /// provider offers no protocol version (not with ring).
-pub(crate) fn connector() -> Result<tokio_rustls::TlsConnector, String> {
-    static CONNECTOR: OnceLock<Result<tokio_rustls::TlsConnector, String>> = OnceLock::new();
+pub(crate) fn connector() -> Result<tokio_rustls::TlsConnector, TlsClientError> {
+    static CONNECTOR: OnceLock<Result<tokio_rustls::TlsConnector, TlsClientError>> =
+        OnceLock::new();
     CONNECTOR
         .get_or_init(|| {
             // ring, as the rest of the kubelet's TLS (see server/tls.rs for why).
@@ -69,7 +75,7 @@ pub(crate) fn connector() -> Result<tokio_rustls::TlsConnector, String> {
             let provider = Arc::new(ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS client: {e}"))?
+                .map_err(TlsClientError)?
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
                 .with_no_client_auth();

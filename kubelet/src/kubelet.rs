@@ -48,14 +48,25 @@ pub struct Shared {
     pub(crate) node_name: String,
 }
 
+/// Why `/healthz` answers unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HealthError {
+    #[error("sync loop stalled for {elapsed:?}")]
+    SyncLoopStalled { elapsed: Duration },
+    #[error("PLEG has not relisted for 3 minutes")]
+    PlegNotRelisted,
+}
+
 impl Shared {
-    pub(crate) fn healthy(&self) -> Result<(), String> {
+    pub(crate) fn healthy(&self) -> Result<(), HealthError> {
         let last = *self.loop_alive.lock().unwrap_or_else(|e| e.into_inner());
         if last.elapsed() > Duration::from_secs(30) {
-            return Err(format!("sync loop stalled for {:?}", last.elapsed()));
+            return Err(HealthError::SyncLoopStalled {
+                elapsed: last.elapsed(),
+            });
         }
         if !self.pleg.healthy(Duration::from_secs(180)) {
-            return Err("PLEG has not relisted for 3 minutes".into());
+            return Err(HealthError::PlegNotRelisted);
         }
         Ok(())
     }
@@ -210,5 +221,22 @@ impl Kubelet {
 
     pub fn shared(&self) -> Shared {
         self.shared.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_errors_read_as_the_healthz_body_words_them() {
+        let stalled = HealthError::SyncLoopStalled {
+            elapsed: Duration::from_secs(31),
+        };
+        assert_eq!(stalled.to_string(), "sync loop stalled for 31s");
+        assert_eq!(
+            HealthError::PlegNotRelisted.to_string(),
+            "PLEG has not relisted for 3 minutes"
+        );
     }
 }

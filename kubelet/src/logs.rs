@@ -70,6 +70,26 @@ pub fn parse(text: &str, at_end: bool) -> (Vec<LogLine>, usize) {
     (out, consumed)
 }
 
+/// A bad `GET /containerLogs` query parameter, or a container log that cannot be rotated.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogsError {
+    #[error("{param}: {value:?} is not a boolean")]
+    NotBoolean { param: String, value: String },
+    #[error("{param}: {value:?} is not a non-negative integer")]
+    NotNonNegative { param: &'static str, value: String },
+    #[error("{param}: {value:?} is not a positive integer")]
+    NotPositive { param: &'static str, value: String },
+    #[error("{param}: {value:?} is not an RFC 3339 time")]
+    NotTime { param: &'static str, value: String },
+    #[error("renaming {}: {source}", path.display())]
+    Rename {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ReopenContainerLog: {0}")]
+    Reopen(crate::kuberuntime::cri::CriError),
+}
+
 /// Options of `GET /containerLogs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LogOptions {
@@ -85,43 +105,53 @@ pub(crate) struct LogOptions {
 
 impl LogOptions {
     /// Parses the query string; a bad value is an error naming the parameter.
-    pub(crate) fn from_query(q: &str) -> Result<LogOptions, String> {
+    pub(crate) fn from_query(q: &str) -> Result<LogOptions, LogsError> {
         let mut o = LogOptions::default();
         for kv in q.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
             let flag = |v: &str| match v {
                 "true" | "1" | "" => Ok(true),
                 "false" | "0" => Ok(false),
-                _ => Err(format!("{k}: {v:?} is not a boolean")),
+                _ => Err(LogsError::NotBoolean {
+                    param: k.to_string(),
+                    value: v.to_string(),
+                }),
+            };
+            let positive = |param| LogsError::NotPositive {
+                param,
+                value: v.to_string(),
             };
             match k {
                 "tailLines" => {
-                    o.tail_lines =
-                        Some(v.parse().map_err(|_| {
-                            format!("tailLines: {v:?} is not a non-negative integer")
-                        })?)
+                    o.tail_lines = Some(v.parse().map_err(|_| LogsError::NotNonNegative {
+                        param: "tailLines",
+                        value: v.to_string(),
+                    })?)
                 }
                 "limitBytes" => {
-                    o.limit_bytes =
-                        Some(v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                            format!("limitBytes: {v:?} is not a positive integer")
-                        })?)
+                    o.limit_bytes = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| positive("limitBytes"))?,
+                    )
                 }
                 "sinceSeconds" => {
-                    let secs: i64 =
-                        v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                            format!("sinceSeconds: {v:?} is not a positive integer")
-                        })?;
+                    let secs: i64 = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| positive("sinceSeconds"))?;
                     o.since = Timestamp::now()
                         .checked_sub(SignedDuration::from_secs(secs))
                         .ok();
                 }
                 "sinceTime" => {
                     let t = percent_decode(v);
-                    o.since = Some(
-                        t.parse()
-                            .map_err(|_| format!("sinceTime: {t:?} is not an RFC 3339 time"))?,
-                    );
+                    o.since = Some(t.parse().map_err(|_| LogsError::NotTime {
+                        param: "sinceTime",
+                        value: t.clone(),
+                    })?);
                 }
                 "timestamps" => o.timestamps = flag(v)?,
                 "previous" => o.previous = flag(v)?,
@@ -256,7 +286,7 @@ pub(crate) async fn rotate_if_needed(
     log: &Path,
     max_size: u64,
     max_files: u32,
-) -> Result<bool, String> {
+) -> Result<bool, LogsError> {
     let size = match std::fs::metadata(log) {
         Ok(m) => m.len(),
         Err(_) => return Ok(false),
@@ -284,11 +314,14 @@ pub(crate) async fn rotate_if_needed(
         target = PathBuf::from(format!("{}.{stamp}.{n:03}", log.display()));
         n += 1;
     }
-    std::fs::rename(log, &target).map_err(|e| format!("renaming {}: {e}", log.display()))?;
+    std::fs::rename(log, &target).map_err(|source| LogsError::Rename {
+        path: log.to_path_buf(),
+        source,
+    })?;
     if let Err(e) = cri.reopen_container_log(id).await {
         // Put it back so the runtime's open file and the name agree again.
         let _ = std::fs::rename(&target, log);
-        return Err(format!("ReopenContainerLog: {e}"));
+        return Err(LogsError::Reopen(e));
     }
     tracing::debug!(container = %id, log = %log.display(), size, "rotated container log");
     // As upstream, every rotated file but the newest is kept gzip-compressed.
@@ -398,7 +431,14 @@ mod tests {
             }
         );
         let e = LogOptions::from_query("tailLines=x").unwrap_err();
-        assert!(e.contains("tailLines") && e.contains("\"x\""), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "tailLines: \"x\" is not a non-negative integer"
+        );
+        let e = LogOptions::from_query("follow=maybe").unwrap_err();
+        assert_eq!(e.to_string(), "follow: \"maybe\" is not a boolean");
+        let e = LogOptions::from_query("limitBytes=0").unwrap_err();
+        assert_eq!(e.to_string(), "limitBytes: \"0\" is not a positive integer");
     }
 
     #[test]
@@ -416,9 +456,15 @@ mod tests {
         let o = LogOptions::from_query("sinceSeconds=60").unwrap();
         assert_eq!(read_all(&p, &o).unwrap().0, "new\n");
         let e = LogOptions::from_query("sinceSeconds=0").unwrap_err();
-        assert!(e.contains("sinceSeconds") && e.contains("\"0\""), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "sinceSeconds: \"0\" is not a positive integer"
+        );
         let e = LogOptions::from_query("sinceTime=yesterday").unwrap_err();
-        assert!(e.contains("sinceTime") && e.contains("yesterday"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "sinceTime: \"yesterday\" is not an RFC 3339 time"
+        );
     }
 
     #[test]

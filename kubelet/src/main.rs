@@ -39,7 +39,7 @@ async fn shutdown_signal() {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.root_dir)
         .with_context(|| format!("creating --root-dir {}", cfg.root_dir.display()))?;
-    nodus_kubelet::resources::check_cgroup_root(&cfg.cgroup_root).map_err(anyhow::Error::msg)?;
+    nodus_kubelet::resources::check_cgroup_root(&cfg.cgroup_root)?;
     let kubelet = Kubelet::new(cfg.clone()).await?;
     let shared = kubelet.shared();
     if cfg.healthz_port != 0 {

@@ -154,6 +154,37 @@ pub(crate) fn service_account_name(pod: &Pod) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
+/// Why an object a pod uses cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ObjectError {
+    #[error("{} {name:?} needs an API server (standalone kubelet)", kind.as_str())]
+    Standalone { kind: Kind, name: String },
+    /// The API server's answer other than not-found (forbidden, unreachable).
+    #[error("{} {namespace}/{name}: {error}", kind.as_str())]
+    Api {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        error: String,
+    },
+    #[error("{} {namespace}/{name} was not fetched", kind.as_str())]
+    NotFetched {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
+    #[error("serviceAccountToken needs an API server (standalone kubelet)")]
+    TokenStandalone,
+    #[error("requesting a token for service account {namespace}/{service_account}: {error}")]
+    TokenRequest {
+        namespace: String,
+        service_account: String,
+        error: String,
+    },
+    #[error("token for service account {service_account} was not requested")]
+    TokenNotRequested { service_account: String },
+}
+
 /// What one pod's sync may read: the objects as they are now (None: does not exist).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PodObjects {
@@ -161,12 +192,12 @@ pub(crate) struct PodObjects {
     pub(crate) api: bool,
     pub(crate) config_maps: HashMap<(String, String), Option<ConfigMap>>,
     pub(crate) secrets: HashMap<(String, String), Option<Secret>>,
-    pub(crate) tokens: HashMap<TokenKey, Result<String, String>>,
+    pub(crate) tokens: HashMap<TokenKey, Result<String, ObjectError>>,
     /// Errors other than not-found (forbidden, API server down), by object.
     pub(crate) errors: HashMap<ObjectKey, String>,
     /// The pod's Service environment variables (None: standalone, there are none; Err:
     /// the Services could not be read yet).
-    pub(crate) service_env: Option<Result<Vec<(String, String)>, String>>,
+    pub(crate) service_env: Option<Result<Vec<(String, String)>, crate::services::ServiceError>>,
 }
 
 impl PodObjects {
@@ -176,42 +207,54 @@ impl PodObjects {
         kind: Kind,
         ns: &str,
         name: &str,
-    ) -> Result<Option<&'a T>, String> {
+    ) -> Result<Option<&'a T>, ObjectError> {
         if !self.api {
-            return Err(format!(
-                "{} {name:?} needs an API server (standalone kubelet)",
-                kind.as_str()
-            ));
+            return Err(ObjectError::Standalone {
+                kind,
+                name: name.to_string(),
+            });
         }
         if let Some(e) = self.errors.get(&(kind, ns.to_string(), name.to_string())) {
-            return Err(format!("{} {ns}/{name}: {e}", kind.as_str()));
+            return Err(ObjectError::Api {
+                kind,
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                error: e.clone(),
+            });
         }
         match map.get(&(ns.to_string(), name.to_string())) {
             Some(v) => Ok(v.as_ref()),
-            None => Err(format!("{} {ns}/{name} was not fetched", kind.as_str())),
+            None => Err(ObjectError::NotFetched {
+                kind,
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }),
         }
     }
 
     /// The configMap, Ok(None) when it does not exist.
-    pub(crate) fn config_map(&self, ns: &str, name: &str) -> Result<Option<&ConfigMap>, String> {
+    pub(crate) fn config_map(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<&ConfigMap>, ObjectError> {
         self.lookup(&self.config_maps, Kind::ConfigMap, ns, name)
     }
 
-    pub(crate) fn secret(&self, ns: &str, name: &str) -> Result<Option<&Secret>, String> {
+    pub(crate) fn secret(&self, ns: &str, name: &str) -> Result<Option<&Secret>, ObjectError> {
         self.lookup(&self.secrets, Kind::Secret, ns, name)
     }
 
-    pub(crate) fn token(&self, key: &TokenKey) -> Result<&str, String> {
+    pub(crate) fn token(&self, key: &TokenKey) -> Result<&str, ObjectError> {
         if !self.api {
-            return Err("serviceAccountToken needs an API server (standalone kubelet)".into());
+            return Err(ObjectError::TokenStandalone);
         }
         match self.tokens.get(key) {
             Some(Ok(t)) => Ok(t),
             Some(Err(e)) => Err(e.clone()),
-            None => Err(format!(
-                "token for service account {} was not requested",
-                key.service_account
-            )),
+            None => Err(ObjectError::TokenNotRequested {
+                service_account: key.service_account.clone(),
+            }),
         }
     }
 }
@@ -385,12 +428,14 @@ impl ObjectManager {
         }
         let uid = crate::pod_util::uid_of(pod).to_string();
         for key in referenced_tokens(pod, &self.default_audience) {
-            let t = self.token(&uid, pod, &key).await.map_err(|e| {
-                format!(
-                    "requesting a token for service account {}/{}: {e}",
-                    key.namespace, key.service_account
-                )
-            });
+            let t = self
+                .token(&uid, pod, &key)
+                .await
+                .map_err(|e| ObjectError::TokenRequest {
+                    namespace: key.namespace.clone(),
+                    service_account: key.service_account.clone(),
+                    error: e.to_string(),
+                });
             out.tokens.insert(key, t);
         }
         out
@@ -617,6 +662,54 @@ spec:
     fn standalone_lookups_say_why() {
         let o = PodObjects::default();
         let e = o.config_map("ns", "cm").unwrap_err();
-        assert!(e.contains("needs an API server"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "configmap \"cm\" needs an API server (standalone kubelet)"
+        );
+    }
+
+    #[test]
+    fn lookup_and_token_errors_name_the_object() {
+        let key = TokenKey {
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            audience: "https://api".into(),
+            expiration_seconds: 3600,
+        };
+        let standalone = PodObjects::default();
+        assert_eq!(
+            standalone.token(&key).unwrap_err().to_string(),
+            "serviceAccountToken needs an API server (standalone kubelet)"
+        );
+        let mut o = PodObjects {
+            api: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            o.secret("ns", "s").unwrap_err().to_string(),
+            "secret ns/s was not fetched"
+        );
+        o.errors
+            .insert((Kind::Secret, "ns".into(), "s".into()), "forbidden".into());
+        assert_eq!(
+            o.secret("ns", "s").unwrap_err().to_string(),
+            "secret ns/s: forbidden"
+        );
+        assert_eq!(
+            o.token(&key).unwrap_err().to_string(),
+            "token for service account sa was not requested"
+        );
+        o.tokens.insert(
+            key.clone(),
+            Err(ObjectError::TokenRequest {
+                namespace: "ns".into(),
+                service_account: "sa".into(),
+                error: "denied".into(),
+            }),
+        );
+        assert_eq!(
+            o.token(&key).unwrap_err().to_string(),
+            "requesting a token for service account ns/sa: denied"
+        );
     }
 }

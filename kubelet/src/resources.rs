@@ -23,9 +23,28 @@ pub(crate) const BESTEFFORT_OOM_SCORE_ADJ: i64 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid quantity {value:?}: {reason}")]
-pub(crate) struct QuantityError {
+pub struct QuantityError {
     pub(crate) value: String,
     pub(crate) reason: &'static str,
+}
+
+/// A container's requests/limits or the configured cgroup root that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceError {
+    #[error("{field}.{key}: {source}")]
+    Quantity {
+        field: String,
+        key: String,
+        source: QuantityError,
+    },
+    #[error("{field}.{key}: {value:?} must not be negative")]
+    Negative {
+        field: String,
+        key: String,
+        value: String,
+    },
+    #[error("invalid configuration: cgroup-root {root:?} doesn't exist ({} is missing)", missing.display())]
+    CgroupRootMissing { root: String, missing: PathBuf },
 }
 
 /// Parses a Kubernetes quantity (`500m`, `1.5`, `128Mi`, `1G`, `1e3`) into thousandths of
@@ -121,13 +140,21 @@ fn lookup(
     key: &str,
     field: &str,
     milli: bool,
-) -> Result<Option<i64>, String> {
+) -> Result<Option<i64>, ResourceError> {
     let Some(q) = map.and_then(|m| m.get(key)) else {
         return Ok(None);
     };
-    let v = parse_milli(&q.0).map_err(|e| format!("{field}.{key}: {e}"))?;
+    let v = parse_milli(&q.0).map_err(|source| ResourceError::Quantity {
+        field: field.to_string(),
+        key: key.to_string(),
+        source,
+    })?;
     if v < 0 {
-        return Err(format!("{field}.{key}: {:?} must not be negative", q.0));
+        return Err(ResourceError::Negative {
+            field: field.to_string(),
+            key: key.to_string(),
+            value: q.0.clone(),
+        });
     }
     let v = if milli { v } else { (v + 999) / 1000 };
     Ok(Some(v.min(i64::MAX as i128) as i64))
@@ -135,7 +162,7 @@ fn lookup(
 
 /// The container's resources; a request defaults to the limit when only the limit is set
 /// (API defaulting).
-pub(crate) fn container_resources(c: &Container) -> Result<Resources, String> {
+pub(crate) fn container_resources(c: &Container) -> Result<Resources, ResourceError> {
     let r = c.resources.as_ref();
     let req = r.and_then(|r| r.requests.as_ref());
     let lim = r.and_then(|r| r.limits.as_ref());
@@ -254,7 +281,7 @@ pub(crate) fn linux_container_resources(
     pod: &Pod,
     c: &Container,
     node: &NodeAllocatable,
-) -> Result<cri::LinuxContainerResources, String> {
+) -> Result<cri::LinuxContainerResources, ResourceError> {
     let r = container_resources(c)?;
     let qos = pod_qos(pod);
     let mut adj = oom_score_adj(qos, r.mem_request.unwrap_or(0), node.memory);
@@ -380,17 +407,17 @@ fn cgroup_root_dirs(fs: &Path, root: &str, v2: bool) -> Vec<PathBuf> {
 
 /// Upstream refuses to start when `cgroupRoot` does not exist, rather than register a
 /// Ready node whose every pod then fails.
-pub fn check_cgroup_root(root: &str) -> Result<(), String> {
+pub fn check_cgroup_root(root: &str) -> Result<(), ResourceError> {
     check_cgroup_root_in(Path::new(CGROUP_FS), root, is_cgroup_v2())
 }
 
-fn check_cgroup_root_in(fs: &Path, root: &str, v2: bool) -> Result<(), String> {
+fn check_cgroup_root_in(fs: &Path, root: &str, v2: bool) -> Result<(), ResourceError> {
     for dir in cgroup_root_dirs(fs, root, v2) {
         if !dir.is_dir() {
-            return Err(format!(
-                "invalid configuration: cgroup-root {root:?} doesn't exist ({} is missing)",
-                dir.display()
-            ));
+            return Err(ResourceError::CgroupRootMissing {
+                root: root.to_string(),
+                missing: dir,
+            });
         }
     }
     Ok(())
@@ -500,9 +527,17 @@ mod tests {
     fn missing_cgroup_root_is_refused() {
         let fs = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(fs.path().join("cpu/nodus")).unwrap();
-        let e = check_cgroup_root_in(fs.path(), "/nodus", false).unwrap_err();
-        assert!(e.contains("cgroup-root \"/nodus\" doesn't exist"), "{e}");
-        assert!(e.contains("memory"), "{e}");
+        let e = check_cgroup_root_in(fs.path(), "/nodus", false)
+            .unwrap_err()
+            .to_string();
+        let missing = fs.path().join("memory/nodus");
+        assert_eq!(
+            e,
+            format!(
+                "invalid configuration: cgroup-root \"/nodus\" doesn't exist ({} is missing)",
+                missing.display()
+            )
+        );
         std::fs::create_dir_all(fs.path().join("memory/nodus")).unwrap();
         assert!(check_cgroup_root_in(fs.path(), "/nodus", false).is_ok());
         assert!(check_cgroup_root_in(fs.path(), "/", false).is_ok());
@@ -603,7 +638,9 @@ mod tests {
     #[test]
     fn bad_quantity_names_the_field() {
         let p = pod(&["{limits: {cpu: 5x}}"]);
-        let e = container_resources(&p.spec.as_ref().unwrap().containers[0]).unwrap_err();
+        let e = container_resources(&p.spec.as_ref().unwrap().containers[0])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("limits.cpu") && e.contains("5x"), "{e}");
     }
 }

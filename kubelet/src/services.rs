@@ -22,6 +22,14 @@ use kube::runtime::{watcher, WatchStreamExt};
 const MASTER_NAMESPACE: &str = "default";
 const MASTER_SERVICE: &str = "kubernetes";
 
+/// Why a pod's service environment cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ServiceError {
+    /// Upstream's message, word for word.
+    #[error("services have not yet been read at least once, cannot construct envvars")]
+    NotSynced,
+}
+
 /// The cluster's Services, cached by a list+watch (upstream's service lister).
 #[derive(Clone)]
 pub(crate) struct ServiceLister {
@@ -55,11 +63,9 @@ impl ServiceLister {
     /// The service variables for a pod, or an error while the cache has not been filled
     /// once (upstream refuses to build an environment then, rather than start a container
     /// without them).
-    pub(crate) fn env_for(&self, pod: &Pod) -> Result<Vec<(String, String)>, String> {
+    pub(crate) fn env_for(&self, pod: &Pod) -> Result<Vec<(String, String)>, ServiceError> {
         if !self.synced.load(Ordering::Relaxed) {
-            return Err(
-                "services have not yet been read at least once, cannot construct envvars".into(),
-            );
+            return Err(ServiceError::NotSynced);
         }
         let services: Vec<Service> = self.store.state().iter().map(|s| (**s).clone()).collect();
         Ok(service_env(pod, &services))

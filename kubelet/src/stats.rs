@@ -82,11 +82,8 @@ pub(crate) async fn summary(
     cri: &Cri,
     pods: &PodManager,
     node_name: &str,
-) -> Result<Value, String> {
-    let stats = cri
-        .list_container_stats()
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Value, crate::kuberuntime::cri::CriError> {
+    let stats = cri.list_container_stats().await?;
     let mut by_pod: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut totals: BTreeMap<String, (u64, u64, u64, i64)> = BTreeMap::new();
     for s in stats {

@@ -49,10 +49,10 @@ impl RuntimeManager {
             node_name: self.node_name.clone(),
         };
         let env = crate::envvars::make_env(pod, container, &rt_fields, &self.node, objects)
-            .map_err(SyncError::Config)?;
+            .map_err(|e| SyncError::Config(e.to_string()))?;
         let command_args = crate::envvars::expand_command(container, &env);
         let resources = crate::resources::linux_container_resources(pod, container, &self.node)
-            .map_err(SyncError::Config)?;
+            .map_err(|e| SyncError::Config(e.to_string()))?;
         let inputs = crate::volumes::VolumeInputs {
             rt: &rt_fields,
             node: &self.node,
@@ -134,7 +134,7 @@ impl RuntimeManager {
                     self.paths.seccomp_default,
                 )),
                 apparmor: crate::security::apparmor::profile_for(pod, container)
-                    .map_err(SyncError::Config)?,
+                    .map_err(|e| SyncError::Config(e.to_string()))?,
             },
         );
         let id = self
@@ -173,7 +173,7 @@ impl RuntimeManager {
             {
                 tracing::warn!(pod = %crate::pod_util::full_name(pod), container = %container.name, error = %msg, "postStart hook failed, killing the container (FailedPostStartHook)");
                 let _ = self.cri.stop_container(&id, pod_grace(pod)).await;
-                return Err(SyncError::PostStartHook(msg));
+                return Err(SyncError::PostStartHook(msg.to_string()));
             }
         }
         Ok(())

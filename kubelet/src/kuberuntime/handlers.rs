@@ -16,10 +16,79 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::kuberuntime::cri::Cri;
+use crate::kuberuntime::cri::{Cri, CriError};
+
+/// Why a probe or hook failed; the Display is what events and statuses show.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerError {
+    #[error("exec: no command")]
+    NoCommand,
+    #[error("exec: {0}")]
+    Exec(CriError),
+    #[error("command exited with {exit_code}: {output}")]
+    ExitCode { exit_code: i32, output: String },
+    #[error("invalid port {port}")]
+    InvalidPort { port: i32 },
+    #[error("port name {name:?} not found in the container's ports")]
+    PortNameNotFound { name: String },
+    #[error("no pod IP yet")]
+    NoPodIp,
+    #[error("host {host:?} is not an IP address (names are not resolved)")]
+    HostNotIp { host: String },
+    #[error("httpGet scheme {scheme:?} is not HTTP or HTTPS")]
+    HttpScheme { scheme: String },
+    #[error("httpGet header {name:?} has a line break")]
+    HttpHeader { name: String },
+    /// Connecting, the TLS handshake, writing the request or reading the status line.
+    #[error("GET {url}: {source}")]
+    HttpGet { url: String, source: std::io::Error },
+    #[error("GET {url}: {source}")]
+    HttpTls {
+        url: String,
+        source: crate::insecure_tls::TlsClientError,
+    },
+    #[error("HTTP probe failed with statuscode: {code}")]
+    HttpStatus { code: u16 },
+    #[error("GET {url}: timed out after {timeout:?}")]
+    HttpTimeout { url: String, timeout: Duration },
+    #[error("dial tcp {ip}:{port}: {source}")]
+    Dial {
+        ip: IpAddr,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("dial tcp {ip}:{port}: timed out after {timeout:?}")]
+    DialTimeout {
+        ip: IpAddr,
+        port: u16,
+        timeout: Duration,
+    },
+    #[error("grpc {addr}: {source}")]
+    GrpcAddress {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("failed to connect service {addr}: {source}")]
+    GrpcConnect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("health rpc failed: {code:?}: {message}")]
+    GrpcRpc { code: tonic::Code, message: String },
+    #[error("service unhealthy (responded with status {status})")]
+    GrpcUnhealthy { status: i32 },
+    #[error("timeout: health rpc did not complete within {timeout:?}")]
+    GrpcTimeout { timeout: Duration },
+    #[error("invalid grpc port {port}")]
+    GrpcPort { port: i32 },
+    #[error("lifecycle handler has no action")]
+    NoLifecycleAction,
+    #[error("probe has no handler (exec, httpGet, tcpSocket or grpc)")]
+    NoProbeHandler,
+}
 
 /// A probe or hook outcome: Ok, or why it failed.
-pub(crate) type Outcome = Result<(), String>;
+pub(crate) type Outcome = Result<(), HandlerError>;
 
 /// Upstream caps how much probe output it keeps.
 const MAX_OUTPUT: usize = 10 * 1024;
@@ -32,33 +101,32 @@ pub(crate) async fn exec(
 ) -> Outcome {
     let cmd = action.command.clone().unwrap_or_default();
     if cmd.is_empty() {
-        return Err("exec: no command".into());
+        return Err(HandlerError::NoCommand);
     }
     let r = cri
         .exec_sync(container_id, cmd, timeout)
         .await
-        .map_err(|e| format!("exec: {e}"))?;
+        .map_err(HandlerError::Exec)?;
     if r.exit_code == 0 {
         Ok(())
     } else {
         let mut out = String::from_utf8_lossy(&r.stdout).to_string();
         out.push_str(&String::from_utf8_lossy(&r.stderr));
         out.truncate(MAX_OUTPUT);
-        Err(format!(
-            "command exited with {}: {}",
-            r.exit_code,
-            out.trim_end()
-        ))
+        Err(HandlerError::ExitCode {
+            exit_code: r.exit_code,
+            output: out.trim_end().to_string(),
+        })
     }
 }
 
 /// Resolves a port given as a number or as the name of one of the container's ports.
-pub(crate) fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
+pub(crate) fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, HandlerError> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n)
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("invalid port {n}")),
+            .ok_or(HandlerError::InvalidPort { port: *n }),
         IntOrString::String(s) => {
             if let Ok(n) = s.parse::<u16>() {
                 return Ok(n);
@@ -69,18 +137,19 @@ pub(crate) fn resolve_port(port: &IntOrString, container: &Container) -> Result<
                 .flatten()
                 .find(|p| p.name.as_deref() == Some(s.as_str()))
                 .and_then(|p| u16::try_from(p.container_port).ok())
-                .ok_or_else(|| format!("port name {s:?} not found in the container's ports"))
+                .ok_or_else(|| HandlerError::PortNameNotFound { name: s.clone() })
         }
     }
 }
 
-fn host_of(host: Option<&str>, pod_ip: Option<&str>) -> Result<IpAddr, String> {
+fn host_of(host: Option<&str>, pod_ip: Option<&str>) -> Result<IpAddr, HandlerError> {
     let h = host
         .filter(|h| !h.is_empty())
         .or(pod_ip)
-        .ok_or("no pod IP yet")?;
-    h.parse()
-        .map_err(|_| format!("host {h:?} is not an IP address (names are not resolved)"))
+        .ok_or(HandlerError::NoPodIp)?;
+    h.parse().map_err(|_| HandlerError::HostNotIp {
+        host: h.to_string(),
+    })
 }
 
 /// HTTP GET as upstream's probe: status 200..400 succeeds. `scheme: HTTPS` speaks TLS
@@ -96,7 +165,11 @@ pub(crate) async fn http_get(
     let tls = match scheme {
         s if s.eq_ignore_ascii_case("HTTP") => false,
         s if s.eq_ignore_ascii_case("HTTPS") => true,
-        other => return Err(format!("httpGet scheme {other:?} is not HTTP or HTTPS")),
+        other => {
+            return Err(HandlerError::HttpScheme {
+                scheme: other.to_string(),
+            })
+        }
     };
     let ip = host_of(action.host.as_deref(), pod_ip)?;
     let port = resolve_port(&action.port, container)?;
@@ -115,7 +188,9 @@ pub(crate) async fn http_get(
     let mut has_agent = false;
     for h in action.http_headers.iter().flatten() {
         if h.name.contains(['\r', '\n']) || h.value.contains(['\r', '\n']) {
-            return Err(format!("httpGet header {:?} has a line break", h.name));
+            return Err(HandlerError::HttpHeader {
+                name: h.name.clone(),
+            });
         }
         has_host |= h.name.eq_ignore_ascii_case("host");
         has_agent |= h.name.eq_ignore_ascii_case("user-agent");
@@ -133,46 +208,54 @@ pub(crate) async fn http_get(
     }
     req.push_str("Accept: */*\r\nConnection: close\r\n\r\n");
     let url = format!("{}://{authority}{path}", scheme.to_ascii_lowercase());
+    let get = |source| HandlerError::HttpGet {
+        url: url.clone(),
+        source,
+    };
     let fut = async {
         let tcp = tokio::net::TcpStream::connect((ip, port))
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(get)?;
         let code = if tls {
             let name = rustls_pki_types::ServerName::IpAddress(ip.into());
             let s = crate::insecure_tls::connector()
-                .map_err(|e| format!("GET {url}: {e}"))?
+                .map_err(|source| HandlerError::HttpTls {
+                    url: url.clone(),
+                    source,
+                })?
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("GET {url}: {e}"))?;
+                .map_err(get)?;
             status_code(s, &req).await
         } else {
             status_code(tcp, &req).await
         }
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(get)?;
         if (200..400).contains(&code) {
             Ok(())
         } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
+            Err(HandlerError::HttpStatus { code })
         }
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
+        .map_err(|_| HandlerError::HttpTimeout {
+            url: url.clone(),
+            timeout,
+        })?
 }
 
 /// Sends `req` and reads the status code of the response's status line.
-async fn status_code<S>(mut s: S, req: &str) -> Result<u16, String>
+async fn status_code<S>(mut s: S, req: &str) -> std::io::Result<u16>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     // Only the status line matters.
     while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 8192 {
-        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = s.read(&mut chunk).await?;
         if n == 0 {
             break;
         }
@@ -182,7 +265,9 @@ where
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "malformed HTTP response".to_string())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response")
+        })
 }
 
 pub(crate) async fn tcp(
@@ -195,8 +280,8 @@ pub(crate) async fn tcp(
     let port = resolve_port(&action.port, container)?;
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port))).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("dial tcp {ip}:{port}: {e}")),
-        Err(_) => Err(format!("dial tcp {ip}:{port}: timed out after {timeout:?}")),
+        Ok(Err(source)) => Err(HandlerError::Dial { ip, port, source }),
+        Err(_) => Err(HandlerError::DialTimeout { ip, port, timeout }),
     }
 }
 
@@ -208,28 +293,35 @@ pub(crate) async fn grpc_check(ip: IpAddr, port: u16, service: &str, timeout: Du
     };
     let fut = async {
         let ch = tonic::transport::Endpoint::from_shared(addr.clone())
-            .map_err(|e| format!("grpc {addr}: {e}"))?
+            .map_err(|source| HandlerError::GrpcAddress {
+                addr: addr.clone(),
+                source,
+            })?
             .connect()
             .await
-            .map_err(|e| format!("failed to connect service {addr}: {e}"))?;
+            .map_err(|source| HandlerError::GrpcConnect {
+                addr: addr.clone(),
+                source,
+            })?;
         let resp = HealthClient::new(ch)
             .check(HealthCheckRequest {
                 service: service.to_string(),
             })
             .await
-            .map_err(|s| format!("health rpc failed: {:?}: {}", s.code(), s.message()))?;
+            .map_err(|s| HandlerError::GrpcRpc {
+                code: s.code(),
+                message: s.message().to_string(),
+            })?;
         let status = resp.into_inner().status;
         if status == ServingStatus::Serving as i32 {
             Ok(())
         } else {
-            Err(format!(
-                "service unhealthy (responded with status {status})"
-            ))
+            Err(HandlerError::GrpcUnhealthy { status })
         }
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| format!("timeout: health rpc did not complete within {timeout:?}"))?
+        .map_err(|_| HandlerError::GrpcTimeout { timeout })?
 }
 
 pub(crate) async fn grpc(action: &GRPCAction, pod_ip: Option<&str>, timeout: Duration) -> Outcome {
@@ -237,7 +329,7 @@ pub(crate) async fn grpc(action: &GRPCAction, pod_ip: Option<&str>, timeout: Dur
     let port = u16::try_from(action.port)
         .ok()
         .filter(|p| *p > 0)
-        .ok_or_else(|| format!("invalid grpc port {}", action.port))?;
+        .ok_or(HandlerError::GrpcPort { port: action.port })?;
     grpc_check(ip, port, action.service.as_deref().unwrap_or(""), timeout).await
 }
 
@@ -272,19 +364,19 @@ mod tests {
             ..Default::default()
         };
         let t = Duration::from_secs(2);
-        assert_eq!(
-            http_get(&get("/ok"), &c, Some("127.0.0.1"), t).await,
-            Ok(())
-        );
+        let r = http_get(&get("/ok"), &c, Some("127.0.0.1"), t).await;
+        assert!(r.is_ok(), "{r:?}");
         let e = http_get(&get("/bad"), &c, Some("127.0.0.1"), t)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("statuscode: 500"), "{e}");
         let tcp_ok = TCPSocketAction {
             port: IntOrString::Int(port as i32),
             ..Default::default()
         };
-        assert_eq!(tcp(&tcp_ok, &c, Some("127.0.0.1"), t).await, Ok(()));
+        let r = tcp(&tcp_ok, &c, Some("127.0.0.1"), t).await;
+        assert!(r.is_ok(), "{r:?}");
         // A port nobody listens on (bound then dropped).
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fport = free.local_addr().unwrap().port();
@@ -296,7 +388,8 @@ mod tests {
         assert!(tcp(&tcp_bad, &c, Some("127.0.0.1"), t).await.is_err());
         let e = grpc_check("127.0.0.1".parse().unwrap(), fport, "", t)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("connect"), "{e}");
     }
 
@@ -342,16 +435,19 @@ mod tests {
         };
         let t = Duration::from_secs(5);
         let ip = Some("127.0.0.1");
-        assert_eq!(http_get(&get("/healthz", "HTTPS"), &c, ip, t).await, Ok(()));
+        let r = http_get(&get("/healthz", "HTTPS"), &c, ip, t).await;
+        assert!(r.is_ok(), "{r:?}");
         let e = http_get(&get("/other", "HTTPS"), &c, ip, t)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("statuscode: 503"), "{e}");
         // Plain HTTP against a TLS server does not pass.
         assert!(http_get(&get("/healthz", "HTTP"), &c, ip, t).await.is_err());
         let e = http_get(&get("/healthz", "FTP"), &c, ip, t)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"FTP\""), "{e}");
     }
 
@@ -375,13 +471,17 @@ mod tests {
         let nodus = grpc_check(addr.ip(), addr.port(), "nodus", t).await;
         let unknown = grpc_check(addr.ip(), addr.port(), "other", t).await;
         server.abort();
-        assert_eq!(overall, Ok(()));
+        assert!(overall.is_ok(), "{overall:?}");
         assert!(
-            nodus.as_ref().unwrap_err().contains("status 2"),
+            nodus.as_ref().unwrap_err().to_string().contains("status 2"),
             "{nodus:?}"
         );
         assert!(
-            unknown.as_ref().unwrap_err().contains("NotFound"),
+            unknown
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("NotFound"),
             "{unknown:?}"
         );
     }
@@ -392,10 +492,35 @@ mod tests {
             serde_json::from_str(r#"{"name":"c","ports":[{"name":"http","containerPort":8080}]}"#)
                 .unwrap();
         assert_eq!(
-            resolve_port(&IntOrString::String("http".into()), &c),
-            Ok(8080)
+            resolve_port(&IntOrString::String("http".into()), &c).unwrap(),
+            8080
         );
-        assert!(resolve_port(&IntOrString::String("nope".into()), &c).is_err());
-        assert!(resolve_port(&IntOrString::Int(0), &c).is_err());
+        let e = resolve_port(&IntOrString::String("nope".into()), &c).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "port name \"nope\" not found in the container's ports"
+        );
+        let e = resolve_port(&IntOrString::Int(0), &c).unwrap_err();
+        assert_eq!(e.to_string(), "invalid port 0");
+    }
+
+    #[test]
+    fn host_and_timeout_messages() {
+        assert_eq!(
+            host_of(None, None).unwrap_err().to_string(),
+            "no pod IP yet"
+        );
+        assert_eq!(
+            host_of(Some("example.com"), Some("10.0.0.1"))
+                .unwrap_err()
+                .to_string(),
+            "host \"example.com\" is not an IP address (names are not resolved)"
+        );
+        let e = HandlerError::DialTimeout {
+            ip: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(e.to_string(), "dial tcp 10.0.0.1:80: timed out after 1s");
     }
 }

@@ -25,7 +25,7 @@ pub(crate) async fn run_lifecycle_handler(
         // Deprecated for hooks; upstream treats it as a connect.
         crate::kuberuntime::handlers::tcp(t, container, pod_ip, timeout).await
     } else {
-        Err("lifecycle handler has no action".into())
+        Err(crate::kuberuntime::handlers::HandlerError::NoLifecycleAction)
     }
 }
 

@@ -126,7 +126,10 @@ pub(crate) fn sandbox_security_context(
 }
 
 /// The full sandbox config for `attempt`; Err names what cannot be made (a host name too
-/// long for the kernel).
+/// long for the kernel). The error is the Display of a [`DnsError`] as a String because
+/// `SyncError::Config` (kuberuntime/mod.rs) takes one.
+///
+/// [`DnsError`]: crate::network::dns::DnsError
 pub(crate) fn sandbox_config(
     pod: &Pod,
     attempt: u32,
@@ -151,7 +154,8 @@ pub(crate) fn sandbox_config(
         hostname: if host_network {
             String::new()
         } else {
-            crate::network::dns::kernel_host_name(pod, &paths.dns.domain)?
+            crate::network::dns::kernel_host_name(pod, &paths.dns.domain)
+                .map_err(|e| e.to_string())?
         },
         log_directory: pod_log_dir(&paths.pod_logs_dir, &namespace, &name, &uid)
             .display()

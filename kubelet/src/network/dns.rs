@@ -190,10 +190,17 @@ pub(crate) fn host_name_and_domain(pod: &Pod, cluster_domain: &str) -> (String, 
     (host, domain)
 }
 
+/// A pod's DNS settings that cannot be applied (upstream's messages).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DnsError {
+    #[error("failed to construct FQDN from pod hostname and cluster domain, FQDN {fqdn} is too long (64 characters is the max, {} characters requested)", fqdn.len())]
+    FqdnTooLong { fqdn: String },
+}
+
 /// The kernel host name of the pod's sandbox: the fully qualified name with
 /// `setHostnameAsFQDN` and a domain, else the short one. Err when the FQDN is longer than
 /// the kernel's 64 characters (upstream's message).
-pub(crate) fn kernel_host_name(pod: &Pod, cluster_domain: &str) -> Result<String, String> {
+pub(crate) fn kernel_host_name(pod: &Pod, cluster_domain: &str) -> Result<String, DnsError> {
     let (host, domain) = host_name_and_domain(pod, cluster_domain);
     let fqdn = pod
         .spec
@@ -205,10 +212,7 @@ pub(crate) fn kernel_host_name(pod: &Pod, cluster_domain: &str) -> Result<String
     }
     let full = format!("{host}.{domain}");
     if full.len() > 64 {
-        return Err(format!(
-            "failed to construct FQDN from pod hostname and cluster domain, FQDN {full} is too long (64 characters is the max, {} characters requested)",
-            full.len()
-        ));
+        return Err(DnsError::FqdnTooLong { fqdn: full });
     }
     Ok(full)
 }
@@ -330,6 +334,10 @@ mod tests {
             "a".repeat(50)
         ));
         let e = kernel_host_name(&long, "cluster.local").unwrap_err();
-        assert!(e.contains("too long") && e.contains("64"), "{e}");
+        let fqdn = format!("{}.sub.ns1.svc.cluster.local", "a".repeat(50));
+        assert_eq!(
+            e.to_string(),
+            format!("failed to construct FQDN from pod hostname and cluster domain, FQDN {fqdn} is too long (64 characters is the max, 76 characters requested)")
+        );
     }
 }

@@ -75,7 +75,7 @@ impl NodeStatusManager {
             .await
             .map(|i| node_images(&i))
             .unwrap_or_default();
-        f.runtime_ready = runtime_readiness(&self.cri.status().await.map_err(|e| e.to_string()));
+        f.runtime_ready = runtime_readiness(&self.cri.status().await);
         f
     }
 
@@ -302,7 +302,10 @@ mod tests {
         // Memory below the 100Mi threshold, a runtime whose network is not ready.
         let mut f = facts();
         f.memory_available_bytes = 50 << 20;
-        f.runtime_ready = Err("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:cni plugin not initialized".into());
+        f.runtime_ready = Err(NodeStatusError::NetworkNotReady {
+            reason: "NetworkPluginNotReady".into(),
+            message: "cni plugin not initialized".into(),
+        });
         let cs2 = conditions(&cfg, &f, &cs, &t(200));
         assert_eq!(cs2[0].status, "True");
         assert_eq!(
@@ -329,7 +332,9 @@ mod tests {
         let b = node_status(&cfg, &facts(), Some(&a), &t(110));
         assert!(!status_changed(&a, &b));
         let mut f = facts();
-        f.runtime_ready = Err("down".into());
+        f.runtime_ready = Err(NodeStatusError::RuntimeDown {
+            error: "down".into(),
+        });
         let c = node_status(&cfg, &f, Some(&a), &t(120));
         assert!(status_changed(&a, &c));
     }
@@ -414,12 +419,21 @@ mod tests {
             conditions: vec![c("RuntimeReady", true), c("NetworkReady", false)],
         };
         assert_eq!(
-            runtime_readiness(&Ok(net)).unwrap_err(),
+            runtime_readiness(&Ok(net)).unwrap_err().to_string(),
             "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:cni plugin not initialized"
         );
-        assert!(runtime_readiness(&Err("connection refused".into()))
-            .unwrap_err()
-            .contains("container runtime is down"));
+        let down = crate::kuberuntime::cri::CriError::Connect {
+            endpoint: "unix:///run/c.sock".into(),
+            detail: "connection refused".into(),
+        };
+        assert_eq!(
+            runtime_readiness(&Err(down)).unwrap_err().to_string(),
+            "container runtime is down, PLEG is not healthy: connecting to unix:///run/c.sock: connection refused"
+        );
+        assert_eq!(
+            NodeFacts::default().runtime_ready.unwrap_err().to_string(),
+            "container runtime status check may not have completed yet"
+        );
     }
 
     #[test]

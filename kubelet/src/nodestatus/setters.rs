@@ -16,6 +16,24 @@ use crate::config::Config;
 #[allow(unused_imports)]
 use super::*;
 
+/// Why the node is not Ready; the Display is the Ready condition's message (upstream's words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NodeStatusError {
+    /// `error` is the CRI error's text (facts are cloned; CRI errors are not).
+    #[error("container runtime is down, PLEG is not healthy: {error}")]
+    RuntimeDown { error: String },
+    #[error("container runtime not ready: RuntimeReady=false reason:{reason} message:{message}")]
+    RuntimeNotReady { reason: String, message: String },
+    #[error("container runtime status check may not have completed yet")]
+    StatusNotChecked,
+    #[error(
+        "container runtime network not ready: NetworkReady=false reason:{reason} message:{message}"
+    )]
+    NetworkNotReady { reason: String, message: String },
+    #[error("container runtime network not ready: NetworkReady is missing")]
+    NetworkReadyMissing,
+}
+
 /// What the node status is made from, gathered from the machine and the runtime.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeFacts {
@@ -37,7 +55,7 @@ pub(crate) struct NodeFacts {
     pub(crate) port: u16,
     pub(crate) images: Vec<ContainerImage>,
     /// From CRI Status: (RuntimeReady, NetworkReady) and the message of a false one.
-    pub(crate) runtime_ready: Result<(), String>,
+    pub(crate) runtime_ready: Result<(), NodeStatusError>,
 }
 
 impl Default for NodeFacts {
@@ -59,7 +77,7 @@ impl Default for NodeFacts {
             system: NodeSystemInfo::default(),
             port: 0,
             images: Vec::new(),
-            runtime_ready: Err("container runtime status check may not have completed yet".into()),
+            runtime_ready: Err(NodeStatusError::StatusNotChecked),
         }
     }
 }
@@ -247,7 +265,14 @@ pub(crate) fn conditions(
             "kubelet is posting ready status",
             now,
         ),
-        Err(why) => condition(previous, "Ready", false, "KubeletNotReady", why, now),
+        Err(why) => condition(
+            previous,
+            "Ready",
+            false,
+            "KubeletNotReady",
+            &why.to_string(),
+            now,
+        ),
     });
     out
 }
@@ -508,33 +533,33 @@ pub(crate) fn allocatable(cfg: &Config) -> crate::resources::NodeAllocatable {
 
 /// The runtime's readiness as the Ready condition words it.
 pub(crate) fn runtime_readiness(
-    status: &Result<nodus_proto::runtime::v1::RuntimeStatus, String>,
-) -> Result<(), String> {
+    status: &Result<nodus_proto::runtime::v1::RuntimeStatus, crate::kuberuntime::cri::CriError>,
+) -> Result<(), NodeStatusError> {
     let st = match status {
         Ok(s) => s,
         Err(e) => {
-            return Err(format!(
-                "container runtime is down, PLEG is not healthy: {e}"
-            ))
+            return Err(NodeStatusError::RuntimeDown {
+                error: e.to_string(),
+            })
         }
     };
     let cond = |name: &str| st.conditions.iter().find(|c| c.r#type == name);
     match cond("RuntimeReady") {
         Some(c) if c.status => {}
         Some(c) => {
-            return Err(format!(
-                "container runtime not ready: RuntimeReady=false reason:{} message:{}",
-                c.reason, c.message
-            ))
+            return Err(NodeStatusError::RuntimeNotReady {
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
         }
-        None => return Err("container runtime status check may not have completed yet".into()),
+        None => return Err(NodeStatusError::StatusNotChecked),
     }
     match cond("NetworkReady") {
         Some(c) if c.status => Ok(()),
-        Some(c) => Err(format!(
-            "container runtime network not ready: NetworkReady=false reason:{} message:{}",
-            c.reason, c.message
-        )),
-        None => Err("container runtime network not ready: NetworkReady is missing".into()),
+        Some(c) => Err(NodeStatusError::NetworkNotReady {
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        }),
+        None => Err(NodeStatusError::NetworkReadyMissing),
     }
 }

@@ -29,7 +29,7 @@ pub(crate) async fn run_probe(
     } else if let Some(g) = &probe.grpc {
         handlers::grpc(g, pod_ip, timeout).await
     } else {
-        Err("probe has no handler (exec, httpGet, tcpSocket or grpc)".into())
+        Err(handlers::HandlerError::NoProbeHandler)
     }
 }
 
@@ -98,7 +98,7 @@ impl Worker {
                             match self.kind {
                                 ProbeKind::Readiness => self.set(|s| s.ready = Some(false)),
                                 ProbeKind::Liveness | ProbeKind::Startup => {
-                                    self.failed(&msg);
+                                    self.failed(&msg.to_string());
                                     return;
                                 }
                             }

@@ -54,12 +54,24 @@ fn choice(pod: &Pod, container: &Container) -> Option<Choice> {
         .map(from_field)
 }
 
+/// A container's AppArmor profile that cannot be expressed in CRI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AppArmorError {
+    #[error("container {container:?}: missing localhost apparmor profile name")]
+    MissingLocalhostName { container: String },
+    #[error("container {container:?}: unknown apparmor profile type {profile_type:?}")]
+    UnknownType {
+        container: String,
+        profile_type: String,
+    },
+}
+
 /// The CRI profile and the deprecated string for `container` (None: nothing asked; the
 /// runtime applies its default). Err names a profile that cannot be expressed.
 pub(crate) fn profile_for(
     pod: &Pod,
     container: &Container,
-) -> Result<Option<(cri::SecurityProfile, String)>, String> {
+) -> Result<Option<(cri::SecurityProfile, String)>, AppArmorError> {
     use cri::security_profile::ProfileType;
     let Some((kind, name)) = choice(pod, container) else {
         return Ok(None);
@@ -77,10 +89,9 @@ pub(crate) fn profile_for(
         ),
         "Localhost" => {
             let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
-                format!(
-                    "container {:?}: missing localhost apparmor profile name",
-                    container.name
-                )
+                AppArmorError::MissingLocalhostName {
+                    container: container.name.clone(),
+                }
             })?;
             (
                 ProfileType::Localhost,
@@ -89,10 +100,10 @@ pub(crate) fn profile_for(
             )
         }
         other => {
-            return Err(format!(
-                "container {:?}: unknown apparmor profile type {other:?}",
-                container.name
-            ))
+            return Err(AppArmorError::UnknownType {
+                container: container.name.clone(),
+                profile_type: other.to_string(),
+            })
         }
     };
     Ok(Some((
@@ -208,8 +219,14 @@ mod tests {
         );
         let cs = &p.spec.as_ref().unwrap().containers;
         let e = profile_for(&p, &cs[0]).unwrap_err();
-        assert!(e.contains("\"a\"") && e.contains("localhost"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "container \"a\": missing localhost apparmor profile name"
+        );
         let e = profile_for(&p, &cs[1]).unwrap_err();
-        assert!(e.contains("\"Strict\""), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "container \"b\": unknown apparmor profile type \"Strict\""
+        );
     }
 }

@@ -61,6 +61,13 @@ pub(crate) fn normalize(name: &str) -> String {
         .collect()
 }
 
+/// A configured sysctl pattern the kubelet refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SysctlError {
+    #[error("allowedUnsafeSysctls: the sysctl pattern {pattern:?} is not known to be namespaced")]
+    NotNamespaced { pattern: String },
+}
+
 /// The allowlist: exact names and prefixes, each with its namespace.
 #[derive(Debug, Clone)]
 pub(crate) struct Allowlist {
@@ -71,7 +78,7 @@ pub(crate) struct Allowlist {
 impl Allowlist {
     /// The safe set plus `allowed_unsafe` (`allowedUnsafeSysctls`); Err names a pattern that
     /// is not namespaced (upstream refuses to start with it).
-    pub(crate) fn new(allowed_unsafe: &[String]) -> Result<Allowlist, String> {
+    pub(crate) fn new(allowed_unsafe: &[String]) -> Result<Allowlist, SysctlError> {
         let mut list = Allowlist::safe();
         for raw in allowed_unsafe {
             let pattern = normalize(raw);
@@ -79,8 +86,8 @@ impl Allowlist {
                 Some(p) => (p.to_string(), true),
                 None => (pattern.clone(), false),
             };
-            let ns = namespace_of(&target).ok_or_else(|| {
-                format!("allowedUnsafeSysctls: the sysctl pattern {raw:?} is not known to be namespaced")
+            let ns = namespace_of(&target).ok_or_else(|| SysctlError::NotNamespaced {
+                pattern: raw.clone(),
             })?;
             if is_prefix {
                 list.prefixes.push((target, ns));
@@ -234,9 +241,9 @@ mod tests {
             .admit(&pod(&[("net.core.rmem_max", "1")], false, false))
             .is_err());
         let e = Allowlist::new(&["vm.swappiness".into()]).unwrap_err();
-        assert!(
-            e.contains("vm.swappiness") && e.contains("namespaced"),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            "allowedUnsafeSysctls: the sysctl pattern \"vm.swappiness\" is not known to be namespaced"
         );
     }
 

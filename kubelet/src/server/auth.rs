@@ -134,6 +134,16 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
     }
 }
 
+/// Why an authorization decision could not be made (logged; the client sees a Refusal).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthError {
+    #[error("authorization mode Webhook needs --kubeconfig")]
+    NoKubeconfig,
+    /// The SubjectAccessReview request failed (boxed: kube's error is large).
+    #[error(transparent)]
+    Review(Box<kube::Error>),
+}
+
 /// Why a request is refused.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -260,12 +270,12 @@ impl Auth {
         )))
     }
 
-    async fn decide(&self, user: &UserInfo, a: &Attributes) -> Result<bool, String> {
+    async fn decide(&self, user: &UserInfo, a: &Attributes) -> Result<bool, AuthError> {
         if self.mode == AuthorizationMode::AlwaysAllow {
             return Ok(true);
         }
         let Some(client) = &self.client else {
-            return Err("authorization mode Webhook needs --kubeconfig".into());
+            return Err(AuthError::NoKubeconfig);
         };
         let key = (user.clone(), a.clone());
         if let Some(allowed) = self.decisions.get(&key) {
@@ -291,7 +301,7 @@ impl Auth {
         let answer = Api::<SubjectAccessReview>::all(client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| AuthError::Review(Box::new(e)))?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
         let ttl = if allowed {
             self.allowed_ttl

@@ -93,7 +93,7 @@ async fn container_logs(shared: &Shared, rest: &str, query: &str) -> Response<Bo
     };
     let opts = match crate::logs::LogOptions::from_query(query) {
         Ok(o) => o,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", e),
+        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", e.to_string()),
     };
     let Some(pod) = shared.pods.all().into_iter().find(|p| {
         p.metadata.namespace.as_deref().unwrap_or("default") == ns
@@ -356,20 +356,32 @@ async fn handle(
                     "text/plain; version=0.0.4; charset=utf-8",
                     pages::resource_metrics(&v),
                 ),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
             }
         }
         "/stats/summary" | "/stats/summary/" if full => {
             match crate::stats::summary(&shared.cri, &shared.pods, &shared.node_name).await {
                 Ok(v) => reply(StatusCode::OK, "application/json", v.to_string()),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
             }
         }
         "/pods" | "/pods/" if full => json_reply(&pod_list(&shared)),
         "/runningpods" | "/runningpods/" if secure.is_some() => {
             match pages::running_pods(&shared.cri).await {
                 Ok(list) => json_reply(&list),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
             }
         }
         "/configz" => match &secure {

@@ -192,15 +192,11 @@ pub(crate) fn resource_metrics(summary: &Value) -> String {
 
 /// `/runningpods/`: the pods the runtime runs (ready sandboxes and running containers), as
 /// a PodList with only names, UIDs and container names and images, as upstream.
-pub(crate) async fn running_pods(cri: &Cri) -> Result<List<Pod>, String> {
-    let sandboxes = cri
-        .list_pod_sandbox(HashMap::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    let containers = cri
-        .list_containers(HashMap::new())
-        .await
-        .map_err(|e| e.to_string())?;
+pub(crate) async fn running_pods(
+    cri: &Cri,
+) -> Result<List<Pod>, crate::kuberuntime::cri::CriError> {
+    let sandboxes = cri.list_pod_sandbox(HashMap::new()).await?;
+    let containers = cri.list_containers(HashMap::new()).await?;
     let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
     for s in sandboxes {
         if s.state != cri::PodSandboxState::SandboxReady as i32 {

@@ -19,23 +19,36 @@ pub(crate) struct HttpUrl {
     pub(crate) path: String,
 }
 
+/// What is wrong with a `staticPodURL`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UrlError {
+    #[error("only http:// URLs are supported")]
+    Scheme,
+    #[error("missing host")]
+    MissingHost,
+    #[error("user info is not supported")]
+    UserInfo,
+    #[error("unclosed '[' in host")]
+    UnclosedBracket,
+    #[error("bad port {port:?}")]
+    Port { port: String },
+}
+
 /// Parses an `http://` URL; the error says what is wrong.
-pub(crate) fn parse_url(url: &str) -> Result<HttpUrl, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| "only http:// URLs are supported".to_string())?;
+pub(crate) fn parse_url(url: &str) -> Result<HttpUrl, UrlError> {
+    let rest = url.strip_prefix("http://").ok_or(UrlError::Scheme)?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if authority.is_empty() {
-        return Err("missing host".into());
+        return Err(UrlError::MissingHost);
     }
     if authority.contains('@') {
-        return Err("user info is not supported".into());
+        return Err(UrlError::UserInfo);
     }
     let (host, port) = if let Some(h) = authority.strip_prefix('[') {
-        let (h, p) = h.split_once(']').ok_or("unclosed '[' in host")?;
+        let (h, p) = h.split_once(']').ok_or(UrlError::UnclosedBracket)?;
         (h.to_string(), p.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -44,7 +57,9 @@ pub(crate) fn parse_url(url: &str) -> Result<HttpUrl, String> {
         }
     };
     let port = match port {
-        Some(p) => p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
+        Some(p) => p.parse::<u16>().map_err(|_| UrlError::Port {
+            port: p.to_string(),
+        })?,
         None => 80,
     };
     Ok(HttpUrl {
@@ -57,7 +72,7 @@ pub(crate) fn parse_url(url: &str) -> Result<HttpUrl, String> {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FetchError {
     #[error("bad URL: {0}")]
-    Url(String),
+    Url(#[from] UrlError),
     #[error("connect: {0}")]
     Connect(std::io::Error),
     #[error("http: {0}")]
@@ -80,7 +95,7 @@ pub(crate) async fn get(url: &str, timeout: Duration) -> Result<String, FetchErr
 }
 
 async fn get_inner(url: &str) -> Result<String, FetchError> {
-    let u = parse_url(url).map_err(FetchError::Url)?;
+    let u = parse_url(url)?;
     let stream = tokio::net::TcpStream::connect((u.host.as_str(), u.port))
         .await
         .map_err(FetchError::Connect)?;
@@ -165,9 +180,14 @@ mod tests {
         assert_eq!(parse_url("http://example").unwrap().port, 80);
         assert_eq!(parse_url("http://example").unwrap().path, "/");
         assert_eq!(parse_url("http://[::1]:81/x").unwrap().host, "::1");
-        assert!(parse_url("https://x/").is_err());
-        assert!(parse_url("http://x:99999/").is_err());
-        assert!(parse_url("http:///p").is_err());
+        assert_eq!(parse_url("https://x/"), Err(UrlError::Scheme));
+        let e = parse_url("http://x:99999/").unwrap_err();
+        assert_eq!(e.to_string(), "bad port \"99999\"");
+        assert_eq!(parse_url("http:///p"), Err(UrlError::MissingHost));
+        assert_eq!(
+            FetchError::from(UrlError::UserInfo).to_string(),
+            "bad URL: user info is not supported"
+        );
     }
 
     #[tokio::test]

@@ -23,23 +23,39 @@ pub(crate) struct FileProjection {
 /// Relative path -> content; paths are checked by [`check_path`].
 pub(crate) type Payload = BTreeMap<String, FileProjection>;
 
+/// Why a payload path is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PathError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most 4096 characters")]
+    TooLong,
+    #[error("{path:?} must be a relative path")]
+    Absolute { path: String },
+    #[error("{path:?} must not contain '..'")]
+    ParentDir { path: String },
+    #[error("{path:?} must not start with '..'")]
+    DotDotPrefix { path: String },
+}
+
 /// A payload path must be relative, without `..` elements, and not start with `..`.
-pub(crate) fn check_path(p: &str) -> Result<(), String> {
+pub(crate) fn check_path(p: &str) -> Result<(), PathError> {
     if p.is_empty() {
-        return Err("must not be empty".into());
+        return Err(PathError::Empty);
     }
     if p.len() > 4096 {
-        return Err("must be at most 4096 characters".into());
+        return Err(PathError::TooLong);
     }
     let path = Path::new(p);
+    let owned = || p.to_string();
     if path.is_absolute() {
-        return Err(format!("{p:?} must be a relative path"));
+        return Err(PathError::Absolute { path: owned() });
     }
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!("{p:?} must not contain '..'"));
+        return Err(PathError::ParentDir { path: owned() });
     }
     if p.starts_with("..") {
-        return Err(format!("{p:?} must not start with '..'"));
+        return Err(PathError::DotDotPrefix { path: owned() });
     }
     Ok(())
 }
@@ -215,5 +231,15 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(m, 0o400);
+    }
+
+    #[test]
+    fn bad_paths_are_named() {
+        let msg = |p: &str| check_path(p).unwrap_err().to_string();
+        assert_eq!(msg(""), "must not be empty");
+        assert_eq!(msg("/etc/x"), "\"/etc/x\" must be a relative path");
+        assert_eq!(msg("a/../b"), "\"a/../b\" must not contain '..'");
+        assert_eq!(msg("..data"), "\"..data\" must not start with '..'");
+        assert!(check_path("a/b").is_ok());
     }
 }

@@ -49,10 +49,11 @@ pub(crate) enum VolumeError {
     },
 }
 
-fn invalid(volume: &str, message: impl Into<String>) -> VolumeError {
+/// `message` is a String or the Display of another subsystem's error (objects, env).
+fn invalid(volume: &str, message: impl std::fmt::Display) -> VolumeError {
     VolumeError::Invalid {
         volume: volume.to_string(),
-        message: message.into(),
+        message: message.to_string(),
     }
 }
 
