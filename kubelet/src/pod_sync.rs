@@ -375,24 +375,19 @@ impl PodSyncer for Syncer {
         uid: &'a str,
         pod: Option<&'a Pod>,
         grace_override: Option<i64>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CriError>> + Send + 'a>>
+    {
         Box::pin(async move {
             let name = pod.map(crate::pod_util::full_name).unwrap_or_default();
             tracing::info!(pod = %name, %uid, "terminating pod");
             if let Some(p) = pod.filter(|p| self.api.is_some() && is_api_pod(p)) {
                 // Stop first and record the containers' final states: the API server shows
                 // them until the pod object is deleted.
-                self.runtime
-                    .kill_pod(uid, Some(p), grace_override)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.runtime.kill_pod(uid, Some(p), grace_override).await?;
                 self.refresh_status(p, uid, &[]).await;
             }
             let removed = Instant::now();
-            self.runtime
-                .remove_pod(uid, pod, grace_override)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.runtime.remove_pod(uid, pod, grace_override).await?;
             // Nothing is left: a pod added again with this UID starts from scratch rather
             // than from what a relist saw before the removal.
             self.cache.set(

@@ -13,6 +13,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch};
 
+use crate::kuberuntime::cri::CriError;
+
 /// What a worker is asked to do.
 #[derive(Debug, Clone)]
 pub(crate) enum Work {
@@ -49,7 +51,7 @@ pub(crate) trait PodSyncer: Send + Sync + 'static {
         uid: &'a str,
         pod: Option<&'a Pod>,
         grace_override: Option<i64>,
-    ) -> BoxFut<'a, Result<(), String>>;
+    ) -> BoxFut<'a, Result<(), CriError>>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +196,7 @@ mod tests {
             uid: &'a str,
             _pod: Option<&'a Pod>,
             _g: Option<i64>,
-        ) -> BoxFut<'a, Result<(), String>> {
+        ) -> BoxFut<'a, Result<(), CriError>> {
             Box::pin(async move {
                 self.log.lock().unwrap().push(format!("terminate {uid}"));
                 Ok(())

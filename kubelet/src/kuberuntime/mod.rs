@@ -60,6 +60,9 @@ pub(crate) enum SyncError {
     StartContainer(CriError),
     #[error("{0}")]
     Config(String),
+    /// The pod's host name cannot be made (bad hostname/subdomain/setHostnameAsFQDN).
+    #[error(transparent)]
+    Dns(#[from] crate::network::dns::DnsError),
     #[error("postStart hook failed: {0}")]
     PostStartHook(String),
     #[error("pod cgroup: {0}")]
@@ -73,7 +76,9 @@ impl SyncError {
             SyncError::ImageNeverPull { .. } => "ErrImageNeverPull",
             SyncError::ImagePull { .. } => "ErrImagePull",
             SyncError::ImagePullBackOff { .. } => "ImagePullBackOff",
-            SyncError::Io { .. } | SyncError::Config(_) => "CreateContainerConfigError",
+            SyncError::Io { .. } | SyncError::Config(_) | SyncError::Dns(_) => {
+                "CreateContainerConfigError"
+            }
             SyncError::Cgroup(_) => "CreateContainerError",
             SyncError::PostStartHook(_) => "PostStartHookError",
             SyncError::CreateContainer(_) => "CreateContainerError",
@@ -246,8 +251,7 @@ impl RuntimeManager {
             self.kill_pod(&uid, Some(pod), None).await?;
         }
         let resolv = self.node_resolv_conf();
-        let sandbox_config = sandbox::sandbox_config(pod, actions.attempt, &self.paths, &resolv)
-            .map_err(SyncError::Config)?;
+        let sandbox_config = sandbox::sandbox_config(pod, actions.attempt, &self.paths, &resolv)?;
         let sandbox_id = if actions.create_sandbox {
             let log_dir = PathBuf::from(&sandbox_config.log_directory);
             mkdir(&log_dir)?;

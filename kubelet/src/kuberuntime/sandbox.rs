@@ -135,7 +135,7 @@ pub(crate) fn sandbox_config(
     attempt: u32,
     paths: &NodePaths,
     node_resolv_conf: &str,
-) -> Result<cri::PodSandboxConfig, String> {
+) -> Result<cri::PodSandboxConfig, crate::network::dns::DnsError> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -154,8 +154,7 @@ pub(crate) fn sandbox_config(
         hostname: if host_network {
             String::new()
         } else {
-            crate::network::dns::kernel_host_name(pod, &paths.dns.domain)
-                .map_err(|e| e.to_string())?
+            crate::network::dns::kernel_host_name(pod, &paths.dns.domain)?
         },
         log_directory: pod_log_dir(&paths.pod_logs_dir, &namespace, &name, &uid)
             .display()
