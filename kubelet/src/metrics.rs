@@ -66,10 +66,29 @@ struct State {
     pleg_relist: Histogram,
     ops: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
-    probes: BTreeMap<(String, &'static str), u64>,
+    /// prober_probe_total by (namespace, pod, pod UID, container, probe type, result).
+    probes: BTreeMap<ProbeSeries, u64>,
 }
 
 #[derive(Debug)]
+/// Whose probe ran.
+pub(crate) struct ProbeTarget<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) pod: &'a str,
+    pub(crate) pod_uid: &'a str,
+    pub(crate) container: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ProbeSeries {
+    namespace: String,
+    pod: String,
+    pod_uid: String,
+    container: String,
+    probe_type: &'static str,
+    result: &'static str,
+}
+
 pub(crate) struct Metrics {
     state: Mutex<State>,
 }
@@ -151,13 +170,42 @@ impl Metrics {
         self.lock().pod_start.observe(secs);
     }
 
-    pub(crate) fn probe(&self, kind: &str, ok: bool) {
-        let result = if ok { "successful" } else { "failed" };
-        *self
-            .lock()
-            .probes
-            .entry((kind.to_lowercase(), result))
-            .or_default() += 1;
+    /// One probe run: upstream's `prober_probe_total` series of that container.
+    pub(crate) fn probe(&self, target: &ProbeTarget<'_>, kind: &'static str, ok: bool) {
+        let series = ProbeSeries {
+            namespace: target.namespace.to_string(),
+            pod: target.pod.to_string(),
+            pod_uid: target.pod_uid.to_string(),
+            container: target.container.to_string(),
+            probe_type: kind,
+            result: if ok { "successful" } else { "failed" },
+        };
+        *self.lock().probes.entry(series).or_default() += 1;
+    }
+
+    /// Drops the probe series of a pod that is gone (upstream deletes them when a probe
+    /// worker stops).
+    pub(crate) fn forget_probes(&self, pod_uid: &str) {
+        self.lock().probes.retain(|k, _| k.pod_uid != pod_uid);
+    }
+
+    /// The `/metrics/probes` exposition.
+    pub(crate) fn render_probes(&self) -> String {
+        let s = self.lock();
+        let mut out = String::from("# HELP prober_probe_total [ALPHA] Cumulative number of a liveness, readiness or startup probe for a container by result.\n# TYPE prober_probe_total counter\n");
+        for (k, n) in &s.probes {
+            let _ = writeln!(
+                out,
+                "prober_probe_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\",pod_uid=\"{}\",probe_type=\"{}\",result=\"{}\"}} {n}",
+                escape(&k.container),
+                escape(&k.namespace),
+                escape(&k.pod),
+                escape(&k.pod_uid),
+                k.probe_type,
+                k.result
+            );
+        }
+        out
     }
 
     /// The text exposition.
@@ -203,13 +251,6 @@ impl Metrics {
                 escape(op)
             );
         }
-        let _ = writeln!(out, "# HELP prober_probe_total Cumulative number of a liveness, readiness or startup probe for a container by result.\n# TYPE prober_probe_total counter");
-        for ((kind, result), n) in &s.probes {
-            let _ = writeln!(
-                out,
-                "prober_probe_total{{probe_type=\"{kind}\",result=\"{result}\"}} {n}"
-            );
-        }
         out
     }
 }
@@ -238,5 +279,38 @@ mod tests {
         assert!(t.contains("kubelet_pod_start_duration_seconds_bucket{le=\"1\"} 1\n"));
         assert!(t.contains("kubelet_pod_start_duration_seconds_count 1\n"));
         assert_eq!(snake("ListPodSandbox"), "list_pod_sandbox");
+    }
+
+    #[test]
+    fn probe_series_carry_upstream_labels_and_go_with_their_pod() {
+        let m = Metrics::new();
+        let web = ProbeTarget {
+            namespace: "default",
+            pod: "web",
+            pod_uid: "u1",
+            container: "c",
+        };
+        m.probe(&web, "Readiness", false);
+        m.probe(&web, "Readiness", false);
+        m.probe(&web, "Liveness", true);
+        let other = ProbeTarget {
+            pod: "db",
+            pod_uid: "u2",
+            ..web
+        };
+        m.probe(&other, "Startup", true);
+        let t = m.render_probes();
+        assert!(t.starts_with("# HELP prober_probe_total"), "{t}");
+        assert!(t.contains("prober_probe_total{container=\"c\",namespace=\"default\",pod=\"web\",pod_uid=\"u1\",probe_type=\"Readiness\",result=\"failed\"} 2\n"), "{t}");
+        assert!(
+            t.contains("probe_type=\"Liveness\",result=\"successful\"} 1\n"),
+            "{t}"
+        );
+        m.forget_probes("u1");
+        let t = m.render_probes();
+        assert!(!t.contains("pod_uid=\"u1\""), "{t}");
+        assert!(t.contains("pod=\"db\""), "{t}");
+        // Not on /metrics, as upstream.
+        assert!(!m.render().contains("prober_probe_total"));
     }
 }

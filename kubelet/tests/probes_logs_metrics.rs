@@ -735,13 +735,25 @@ async fn probes_hooks_logs_and_metrics() {
     );
     assert!(get(&m, "kubelet_pod_start_duration_seconds_count", &[]) >= 6.0);
     assert!(get(&m, "kubelet_pleg_relist_duration_seconds_count", &[]) >= 1.0);
-    assert!(
-        get(
-            &m,
-            "prober_probe_total",
-            &[("probe_type", "readiness"), ("result", "failed")]
-        ) >= 1.0
-    );
+    // /metrics/probes: upstream's prober_probe_total series, one per container and probe.
+    let (code, body) = node.http_get(READ_ONLY_PORT, "/metrics/probes").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let probes = parse_prometheus(&body);
+    let failed_readiness = probes
+        .iter()
+        .find(|((name, labels), _)| {
+            let has = |k: &str, v: &str| labels.iter().any(|(a, b)| a == k && b == v);
+            name == "prober_probe_total"
+                && has("pod", &format!("notready-{NODE}"))
+                && has("namespace", "default")
+                && has("container", "main")
+                && has("probe_type", "Readiness")
+                && has("result", "failed")
+                && labels.iter().any(|(k, v)| k == "pod_uid" && !v.is_empty())
+        })
+        .map(|(_, v)| *v);
+    assert!(failed_readiness.is_some_and(|n| n >= 1.0), "{body}");
+    assert!(!m.keys().any(|(name, _)| name == "prober_probe_total"));
 
     // /stats/summary from CRI stats.
     let (code, body) = node.http_get(READ_ONLY_PORT, "/stats/summary").unwrap();

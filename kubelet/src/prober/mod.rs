@@ -211,6 +211,7 @@ impl ProbeManager {
         for id in ids {
             inner.results.remove(&id);
         }
+        crate::metrics::global().forget_probes(uid);
     }
 
     fn update(&self, uid: &str, id: &str, f: impl FnOnce(&mut ContainerProbeState)) {

@@ -66,7 +66,17 @@ impl Worker {
                     t.timeout,
                 )
                 .await;
-                crate::metrics::global().probe(self.kind.as_str(), r.is_ok());
+                let (namespace, pod) = self.pod_name.split_once('/').unwrap_or(("", ""));
+                crate::metrics::global().probe(
+                    &crate::metrics::ProbeTarget {
+                        namespace,
+                        pod,
+                        pod_uid: &self.uid,
+                        container: &self.container.name,
+                    },
+                    self.kind.as_str(),
+                    r.is_ok(),
+                );
                 match r {
                     Ok(()) => {
                         successes += 1;

@@ -319,6 +319,7 @@ async fn handle(
                     path.as_str(),
                     "/metrics"
                         | "/metrics/resource"
+                        | "/metrics/probes"
                         | "/stats/summary"
                         | "/stats/summary/"
                         | "/pods"
@@ -348,6 +349,11 @@ async fn handle(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::global().render(),
+        ),
+        "/metrics/probes" if full => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::global().render_probes(),
         ),
         "/metrics/resource" if full => {
             match crate::stats::summary(&shared.cri, &shared.pods, &shared.node_name).await {
