@@ -6,6 +6,8 @@
 //! `<containerID>/<ifname>`, so DEL removes exactly its elements without listing handles and GC
 //! finds the ones whose attachment is gone. Base rules are re-written in the same atomic
 //! batch each time, so every batch is idempotent and concurrent ADDs cannot duplicate them.
+//! A network's chain goes with its last element, and each table once nothing of ours is
+//! left in it (DEL, and GC after a crash), so an idle node holds no `nodus` rules.
 
 use std::io::Write;
 use std::net::IpAddr;
