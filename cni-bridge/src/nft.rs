@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::error::{code, CniError, Result};
 use crate::ip::{self, IpNet};
+use crate::nftmasq;
 use crate::nftnl;
 
 const TABLE: &str = "inet nodus";
@@ -76,10 +77,10 @@ fn masq_groups<'a>(
 
 /// ADD: masquerade traffic from `ips` leaving `subnets`. The elements go straight through
 /// netlink; when the network's chain is missing (its first pod, or its last DEL removed
-/// it), an `nft` batch that deletes nothing makes it first, since any batch that deletes
-/// (a stale element replaced, base rules rewritten) makes `nft` wait for an RCU grace
-/// period before it exits. Only when an element is in the way, or the base is broken,
-/// does the full idempotent batch run.
+/// it), the chain (and the table, if missing too) is made through netlink with them in
+/// one transaction ([`nftmasq::create`]). Only when that fails (a racing ADD made it
+/// first), an element is in the way or the base is broken does the idempotent `nft`
+/// batch run.
 pub fn masq_add(network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) -> Result<()> {
     if masq_add_fast(network, subnets, ips, tag) {
         return Ok(());
@@ -89,16 +90,9 @@ pub fn masq_add(network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) -> 
         nftnl::use_count(nftnl::NFPROTO_INET, "nodus", Some(&chain)),
         Ok(Some(_))
     ) {
-        let mut b = Batch::default();
-        if !matches!(
-            nftnl::use_count(nftnl::NFPROTO_INET, "nodus", None),
-            Ok(Some(_))
-        ) {
-            b.masq_base();
-        }
-        b.masq_chain(network, subnets);
-        b.run()?;
-        if masq_add_fast(network, subnets, ips, tag) {
+        let table = nftnl::use_count(nftnl::NFPROTO_INET, "nodus", None);
+        let groups = masq_groups(ips, Some(&chain), Some(tag));
+        if nftmasq::create(!matches!(table, Ok(Some(_))), &chain, subnets, &groups).is_ok() {
             return Ok(());
         }
     }

@@ -14,7 +14,7 @@ use netlink_sys::{Socket, SocketAddr};
 use crate::nlmsg::{self, Msg, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 
 const NETLINK_NETFILTER: isize = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -58,7 +58,7 @@ pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_BRIDGE: u8 = 7;
 
 /// A message with the `struct nfgenmsg` header.
-fn nfmsg(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
+pub(crate) fn nfmsg(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
     let r = res_id.to_be_bytes();
     Msg::new(kind, flags, seq, &[family, 0, r[0], r[1]])
 }
@@ -108,7 +108,12 @@ pub fn delete_elements_and_unused(
     transact(msgs)
 }
 
-fn element_msgs(family: u8, table: &str, groups: &[(&str, Vec<Element>)], add: bool) -> Vec<Msg> {
+pub(crate) fn element_msgs(
+    family: u8,
+    table: &str,
+    groups: &[(&str, Vec<Element>)],
+    add: bool,
+) -> Vec<Msg> {
     let groups: Vec<&(&str, Vec<Element>)> = groups.iter().filter(|g| !g.1.is_empty()).collect();
     let (kind, flags) = if add {
         (
@@ -278,7 +283,7 @@ pub fn use_count(family: u8, table: &str, chain: Option<&str>) -> io::Result<Opt
 
 /// Sends `msgs` as one nf_tables batch (one transaction) and waits for every ack; the
 /// first error aborts the whole transaction and is returned.
-fn transact(msgs: Vec<Msg>) -> io::Result<Done> {
+pub(crate) fn transact(msgs: Vec<Msg>) -> io::Result<Done> {
     if msgs.is_empty() {
         return Ok(Done(None));
     }
