@@ -1,6 +1,8 @@
 //! Masquerade (`ipMasq`) and MAC spoof check (`macspoofchk`) rules in nftables.
 //!
-//! One `nft -f -` per ADD or DEL. Everything lives in tables of ours: `inet nodus`
+//! Masquerade state goes through nf_tables netlink ([`crate::nftnl`], [`crate::nftmasq`]);
+//! the `nft -f -` batches here are the fallback for masquerade (a lost race, a damaged
+//! table) and the way MAC checks are made. Everything lives in tables of ours: `inet nodus`
 //! (postrouting NAT) and `bridge nodus` (MAC filter). Per-container state is one map
 //! element keyed by the pod address (or host veth name), carrying a comment
 //! `<containerID>/<ifname>`, so DEL removes exactly its elements without listing handles and GC

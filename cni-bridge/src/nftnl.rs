@@ -1,9 +1,9 @@
 //! The per-container fast path of [`crate::nft`]: adding and removing map elements by
 //! speaking nf_tables netlink directly (one batch, one transaction), with no `nft` process.
-//! Tables, chains, maps and rules are still made by `nft` (when a network gets its first
-//! pod); when they are missing, or an element is in the way, these calls fail and the
-//! caller falls back to the `nft` batch. Removing them once unused is done here, with
-//! deletes the kernel refuses (`EBUSY`) while anything still uses them.
+//! A missing table or chain is made by [`crate::nftmasq`] over the same transaction code;
+//! when that loses a race, or an element is in the way, these calls fail and the caller
+//! falls back to the `nft` batch. Removing them once unused is done here, with deletes the
+//! kernel refuses (`EBUSY`) while anything still uses them.
 
 use std::io;
 use std::net::IpAddr;
