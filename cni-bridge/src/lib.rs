@@ -33,6 +33,7 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nftmasq;
 pub mod nftnl;
 pub mod nlmsg;
 pub mod plugin;

@@ -1,11 +1,15 @@
 //! Masquerade (`ipMasq`) and MAC spoof check (`macspoofchk`) rules in nftables.
 //!
-//! One `nft -f -` per ADD or DEL. Everything lives in tables of ours: `inet nodus`
+//! Masquerade state goes through nf_tables netlink ([`crate::nftnl`], [`crate::nftmasq`]);
+//! the `nft -f -` batches here are the fallback for masquerade (a lost race, a damaged
+//! table) and the way MAC checks are made. Everything lives in tables of ours: `inet nodus`
 //! (postrouting NAT) and `bridge nodus` (MAC filter). Per-container state is one map
 //! element keyed by the pod address (or host veth name), carrying a comment
 //! `<containerID>/<ifname>`, so DEL removes exactly its elements without listing handles and GC
 //! finds the ones whose attachment is gone. Base rules are re-written in the same atomic
 //! batch each time, so every batch is idempotent and concurrent ADDs cannot duplicate them.
+//! A network's chain goes with its last element, and each table once nothing of ours is
+//! left in it (DEL, and GC after a crash), so an idle node holds no `nodus` rules.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -15,6 +19,7 @@ use serde_json::Value;
 
 use crate::error::{code, CniError, Result};
 use crate::ip::{self, IpNet};
+use crate::nftmasq;
 use crate::nftnl;
 
 const TABLE: &str = "inet nodus";
@@ -72,20 +77,179 @@ fn masq_groups<'a>(
     ]
 }
 
-/// ADD fast path: the elements for `ips` straight through netlink. `false` when the
-/// table, maps or chain are missing or an element is in the way: use [`Batch::masq_add`].
-pub fn masq_add_fast(network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) -> bool {
+/// ADD: masquerade traffic from `ips` leaving `subnets`. The elements go straight through
+/// netlink; when the network's chain is missing (its first pod, or its last DEL removed
+/// it), the chain (and the table, if missing too) is made through netlink with them in
+/// one transaction ([`nftmasq::create`]). Only when that fails (a racing ADD made it
+/// first), an element is in the way or the base is broken does the idempotent `nft`
+/// batch run.
+pub fn masq_add(network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) -> Result<()> {
+    if masq_add_fast(network, subnets, ips, tag) {
+        return Ok(());
+    }
     let chain = net_chain(network, subnets);
+    if !matches!(
+        nftnl::use_count(nftnl::NFPROTO_INET, "nodus", Some(&chain)),
+        Ok(Some(_))
+    ) {
+        let table = nftnl::use_count(nftnl::NFPROTO_INET, "nodus", None);
+        let groups = masq_groups(ips, Some(&chain), Some(tag));
+        if nftmasq::create(!matches!(table, Ok(Some(_))), &chain, subnets, &groups).is_ok() {
+            return Ok(());
+        }
+    }
+    let mut b = Batch::default();
+    b.masq_add(network, subnets, ips, tag);
+    b.run()
+}
+
+/// ADD fast path: the elements for `ips` straight through netlink. `false` when the
+/// table, maps or chain are missing or an element is in the way.
+fn masq_add_fast(network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) -> bool {
+    let chain = net_chain(network, subnets);
+    // A failed transaction costs the kernel an RCU grace period (milliseconds): when the
+    // chain is gone (the network's last DEL removed it), go to the slow path at once.
+    if !matches!(
+        nftnl::use_count(nftnl::NFPROTO_INET, "nodus", Some(&chain)),
+        Ok(Some(_))
+    ) {
+        return false;
+    }
     let groups = masq_groups(ips, Some(&chain), Some(tag));
     nftnl::set_elements(nftnl::NFPROTO_INET, "nodus", &groups, true).is_ok()
 }
 
-/// DEL fast path: removes the elements of `ips`. `None` if any was missing (the whole
-/// transaction is then void): use [`Batch::masq_del`], which tolerates missing ones.
-/// Keep the returned value while doing other slow work; dropping it waits for the kernel.
-pub fn masq_del_fast(ips: &[IpAddr]) -> Option<nftnl::Done> {
+/// DEL fast path: removes the elements of `ips`, and when they look like the network's
+/// last ones (use counts read first), its chain and the emptied table in the same
+/// transaction. `None` if any element was missing (the whole transaction is then void):
+/// use [`Batch::masq_del`], which tolerates missing ones. Keep the returned value while
+/// doing other slow work; dropping it waits for the kernel.
+pub fn masq_del_fast(network: &str, subnets: &[IpNet], ips: &[IpAddr]) -> Option<nftnl::Done> {
+    use nftnl::Object::{Chain, SetWithElements, Table};
     let groups = masq_groups(ips, None, None);
+    let chain = net_chain(network, subnets);
+    let chain_use = nftnl::use_count(nftnl::NFPROTO_INET, "nodus", Some(&chain));
+    let table_use = nftnl::use_count(nftnl::NFPROTO_INET, "nodus", None);
+    if let (Ok(Some(c)), Ok(Some(t))) = (chain_use, table_use) {
+        if c as usize <= subnets.len() + 2 + ips.len() && t <= MASQ_BASE_USE + 1 {
+            let objects = [
+                Chain(&chain),
+                Chain("postrouting"),
+                SetWithElements("masq4"),
+                SetWithElements("masq6"),
+                Table,
+            ];
+            if let Ok(d) =
+                nftnl::delete_elements_and_unused(nftnl::NFPROTO_INET, "nodus", &groups, &objects)
+            {
+                return Some(d);
+            }
+            // Someone got in meanwhile: remove only the elements (below).
+        }
+    }
     nftnl::set_elements(nftnl::NFPROTO_INET, "nodus", &groups, false).ok()
+}
+
+/// What a cleanup transaction answered: done, refused because something still uses the
+/// object (`EBUSY`), or the object was already gone (`ENOENT`).
+enum Cleanup {
+    Done(nftnl::Done),
+    InUse,
+    Gone,
+}
+
+fn cleanup(family: u8, objects: &[nftnl::Object]) -> Result<Cleanup> {
+    match nftnl::delete_unused(family, "nodus", objects) {
+        Ok(d) => Ok(Cleanup::Done(d)),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(Cleanup::InUse),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Cleanup::Gone),
+        Err(e) => Err(CniError::new(
+            code::NFTABLES,
+            format!("nftables cleanup: {e}"),
+        )),
+    }
+}
+
+/// The table's users when only its base chain and maps are left.
+const MASQ_BASE_USE: u32 = 3;
+const SPOOF_BASE_USE: u32 = 2;
+
+/// Whether a use count read beforehand lets a cleanup transaction succeed: a refused
+/// transaction costs an RCU grace period, so the cheap read skips the sure failures.
+fn may_clean(family: u8, chain: Option<&str>, base: u32) -> bool {
+    match nftnl::use_count(family, "nodus", chain) {
+        Ok(Some(n)) => n <= base,
+        Ok(None) => false,
+        Err(_) => true, // let the transaction decide
+    }
+}
+
+/// Removes `table inet nodus` when no network chain or element is left in it.
+fn masq_teardown(pending: &mut Vec<nftnl::Done>) -> Result<()> {
+    use nftnl::Object::{Chain, Set, Table};
+    if !may_clean(nftnl::NFPROTO_INET, None, MASQ_BASE_USE) {
+        return Ok(());
+    }
+    let objects = [Chain("postrouting"), Set("masq4"), Set("masq6"), Table];
+    if let Cleanup::Done(d) = cleanup(nftnl::NFPROTO_INET, &objects)? {
+        pending.push(d);
+    }
+    Ok(())
+}
+
+/// DEL: once no element jumps to the network's chain any more, removes the chain, and
+/// then the table if no other network is left in it. Each step is one transaction the
+/// kernel refuses while something still uses the object, so an ADD that got in first
+/// keeps its state and one that comes after finds it gone and recreates it (slow path).
+/// Keep the returned sockets like [`masq_del_fast`]'s.
+pub fn masq_release(network: &str, subnets: &[IpNet]) -> Result<Vec<nftnl::Done>> {
+    let mut pending = Vec::new();
+    let chain = net_chain(network, subnets);
+    // The chain's own rules (as masq_add makes them) count as users too.
+    let rules = subnets.len() as u32 + 2;
+    match nftnl::use_count(nftnl::NFPROTO_INET, "nodus", Some(&chain)) {
+        Ok(Some(n)) if n > rules => return Ok(pending),
+        Ok(None) => {} // already gone; the table may still be left empty
+        _ => match cleanup(nftnl::NFPROTO_INET, &[nftnl::Object::Chain(&chain)])? {
+            Cleanup::InUse => return Ok(pending),
+            Cleanup::Done(d) => pending.push(d),
+            Cleanup::Gone => {}
+        },
+    }
+    masq_teardown(&mut pending)?;
+    Ok(pending)
+}
+
+/// Removes `table bridge nodus` when no MAC check is left in it.
+pub fn spoof_release() -> Result<Option<nftnl::Done>> {
+    use nftnl::Object::{Chain, Set, Table};
+    if !may_clean(nftnl::NFPROTO_BRIDGE, None, SPOOF_BASE_USE) {
+        return Ok(None);
+    }
+    match cleanup(
+        nftnl::NFPROTO_BRIDGE,
+        &[Chain("prerouting"), Set("macspoof"), Table],
+    )? {
+        Cleanup::Done(d) => Ok(Some(d)),
+        _ => Ok(None),
+    }
+}
+
+/// GC: removes every network chain nothing jumps to (also those of networks whose
+/// configuration changed, or whose last DEL never ran), then the tables left empty.
+pub fn release_unused() -> Result<()> {
+    let mut pending = Vec::new();
+    for chain in list_chains("inet", TABLE)? {
+        if !chain.starts_with("net-") {
+            continue;
+        }
+        if let Cleanup::Done(d) = cleanup(nftnl::NFPROTO_INET, &[nftnl::Object::Chain(&chain)])? {
+            pending.push(d);
+        }
+    }
+    masq_teardown(&mut pending)?;
+    spoof_release()?;
+    Ok(())
 }
 
 /// A batch of nft commands, run with one `nft -f -`.
@@ -131,6 +295,22 @@ impl Batch {
     /// ADD: masquerade traffic from `ips` leaving `subnets` (the network's own ranges).
     pub fn masq_add(&mut self, network: &str, subnets: &[IpNet], ips: &[IpAddr], tag: &str) {
         self.masq_base();
+        let chain = self.masq_chain(network, subnets);
+        for ip in ips {
+            let map = if ip.is_ipv4() { "masq4" } else { "masq6" };
+            // add (no-op if present), delete, add with our comment: replaces a stale element.
+            self.line(&format!(
+                "add element {TABLE} {map} {{ {ip} : jump {chain} }}"
+            ));
+            self.line(&format!("delete element {TABLE} {map} {{ {ip} }}"));
+            self.line(&format!(
+                "add element {TABLE} {map} {{ {ip} comment \"{tag}\" : jump {chain} }}"
+            ));
+        }
+    }
+
+    /// The network's chain and its rules; returns its name.
+    fn masq_chain(&mut self, network: &str, subnets: &[IpNet]) -> String {
         let chain = net_chain(network, subnets);
         self.line(&format!("add chain {TABLE} {chain}"));
         self.line(&format!("flush chain {TABLE} {chain}"));
@@ -147,17 +327,7 @@ impl Batch {
         self.line(&format!(
             "add rule {TABLE} {chain} ip6 daddr != ff00::/8 masquerade"
         ));
-        for ip in ips {
-            let map = if ip.is_ipv4() { "masq4" } else { "masq6" };
-            // add (no-op if present), delete, add with our comment: replaces a stale element.
-            self.line(&format!(
-                "add element {TABLE} {map} {{ {ip} : jump {chain} }}"
-            ));
-            self.line(&format!("delete element {TABLE} {map} {{ {ip} }}"));
-            self.line(&format!(
-                "add element {TABLE} {map} {{ {ip} comment \"{tag}\" : jump {chain} }}"
-            ));
-        }
+        chain
     }
 
     /// DEL: remove the elements of `ips` (present or not).
@@ -319,6 +489,31 @@ pub fn list_tagged() -> Result<Vec<Tagged>> {
     Ok(out)
 }
 
+/// Names of the chains of one of our tables (none if it does not exist).
+fn list_chains(family: &str, table: &str) -> Result<Vec<String>> {
+    let mut args = vec!["-j", "list", "table"];
+    args.extend(table.split(' '));
+    let o = nft(&args, None)?;
+    if !o.status.success() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .map_err(|e| CniError::new(code::NFTABLES, format!("nft -j output: {e}")))?;
+    Ok(parse_chains(family, &v))
+}
+
+fn parse_chains(family: &str, v: &Value) -> Vec<String> {
+    let items = v.get("nftables").and_then(Value::as_array);
+    items
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get("chain"))
+        .filter(|c| c.get("family").and_then(Value::as_str) == Some(family))
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
 fn parse_tagged(family: &str, v: &Value) -> Vec<Tagged> {
     let mut out = Vec::new();
     let items = v.get("nftables").and_then(Value::as_array);
@@ -388,5 +583,15 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].key, "10.0.0.5");
         assert_eq!(t[0].tag, "c1/eth0");
+    }
+
+    #[test]
+    fn parse_chains_of_one_family() {
+        let v: Value = serde_json::from_str(
+            r#"{"nftables":[{"metainfo":{}},{"table":{"family":"inet","name":"nodus"}},{"chain":{"family":"inet","table":"nodus","name":"postrouting"}},{"chain":{"family":"inet","table":"nodus","name":"net-00ff"}},{"chain":{"family":"bridge","table":"nodus","name":"mac-x"}},{"chain":{"family":"inet","table":"nodus"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parse_chains("inet", &v), ["postrouting", "net-00ff"]);
+        assert!(parse_chains("inet", &Value::Null).is_empty());
     }
 }

@@ -93,6 +93,11 @@ impl Msg {
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
+    /// Sets the sequence number (messages built before their place in a batch is known).
+    pub fn set_seq(&mut self, seq: u32) {
+        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
+    }
+
     pub fn finish(mut self) -> Vec<u8> {
         self.pad();
         let len = self.buf.len() as u32;

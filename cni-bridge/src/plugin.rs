@@ -107,7 +107,8 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value> {
             let _ = s.host.delete_link(&veth);
             if conf.ip_masq && !allocs.is_empty() {
                 let ips: Vec<IpAddr> = allocs.iter().map(|a| a.address.addr).collect();
-                drop(nft::masq_del_fast(&ips));
+                drop(nft::masq_del_fast(&conf.name, &conf_subnets(conf), &ips));
+                let _ = nft::masq_release(&conf.name, &conf_subnets(conf));
             }
             if let Some(ipam) = &conf.ipam {
                 if let Ok(store) = Store::open(&ipam.data_dir, &conf.name) {
@@ -339,9 +340,7 @@ fn add_links(
     if conf.ip_masq && !allocs.is_empty() {
         let subnets = conf_subnets(conf);
         let ips: Vec<IpAddr> = allocs.iter().map(|a| a.address.addr).collect();
-        if !nft::masq_add_fast(&conf.name, &subnets, &ips, &tag) {
-            b.masq_add(&conf.name, &subnets, &ips, &tag);
-        }
+        nft::masq_add(&conf.name, &subnets, &ips, &tag)?;
     }
     if conf.macspoofchk {
         b.spoof_add(veth, &ip::format_mac(&pod_mac), &tag);
@@ -443,7 +442,7 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<()> {
     let mut pending = None;
     let mut b = Batch::default();
     if conf.ip_masq && !ips.is_empty() {
-        pending = nft::masq_del_fast(&ips);
+        pending = nft::masq_del_fast(&conf.name, &conf_subnets(conf), &ips);
         if pending.is_none() {
             b.masq_del(&conf.name, &conf_subnets(conf), &ips);
         }
@@ -453,7 +452,17 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<()> {
     }
     b.run()?;
     del_links(env, &veth)?;
+    // The network's chain (and the tables) go with its last attachment. After the links,
+    // so their RCU waits overlap too.
+    let mut released = Vec::new();
+    if conf.ip_masq {
+        released = nft::masq_release(&conf.name, &conf_subnets(conf))?;
+    }
+    if conf.macspoofchk {
+        released.extend(nft::spoof_release()?);
+    }
     drop(pending);
+    drop(released);
 
     if let Some(ipam) = &conf.ipam {
         let store = Store::open(&ipam.data_dir, &conf.name)?;
@@ -619,6 +628,7 @@ fn cmd_gc(conf: &NetConf) -> Result<()> {
             .filter(|t| t.tag.starts_with(&prefix) && !keep.contains(&t.tag))
             .collect();
         nft::remove_tagged(&stale)?;
+        nft::release_unused()?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::thread;
 
 use common::*;
@@ -279,4 +280,54 @@ fn chained_prev_result_is_kept() {
     assert_eq!(r.json["ips"][1]["interface"], 3);
     assert_eq!(r.json["dns"]["nameservers"][0], "10.0.0.10");
     assert!(host.cni(OURS, "DEL", "prev", pod.path(), &conf).ok);
+}
+
+/// The rules a network's first ADD makes through netlink compile to the same bytecode as
+/// the same ruleset text loaded by `nft` (also for prefixes that are not whole bytes).
+#[test]
+fn first_add_makes_the_rules_nft_makes() {
+    let host = Host::new("cnib-same");
+    let conf = host.conf(
+        "samenet",
+        "cni0",
+        json!([[{"subnet": "10.206.16.0/20"}], [{"subnet": "fd00:206::/60"}]]),
+    );
+    let pod = NodeNetns::create("pod").unwrap();
+    let r = host.cni(OURS, "ADD", "same", pod.path(), &conf);
+    assert!(r.ok, "{r:?}");
+    let text = host.nft();
+    assert!(text.contains("masquerade"), "{text}");
+    let bytecode = |ns: &NodeNetns| {
+        let o = ns.run(&["nft", "--debug=netlink", "list", "table", "inet", "nodus"]);
+        assert!(o.status.success(), "{o:?}");
+        // Rule headers carry handles ("inet nodus <chain> <handle> <previous>"): drop them.
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| match l.strip_prefix("inet nodus ") {
+                Some(rest) => rest.split(' ').next().unwrap_or_default().to_string(),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ours = bytecode(&host.ns);
+    let other = NodeNetns::create("cnib-same-nft").unwrap();
+    let mut load = other.command(&["nft", "-f", "-"]);
+    load.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = load.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let theirs = bytecode(&other);
+    assert!(ours.contains("[ lookup reg 1 set masq4 dreg 0"), "{ours}");
+    assert!(ours.contains("bitwise"), "{ours}");
+    assert_eq!(ours, theirs);
+    assert!(host.cni(OURS, "DEL", "same", pod.path(), &conf).ok);
 }
