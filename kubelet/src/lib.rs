@@ -37,6 +37,7 @@ mod pod_sync;
 pub(crate) mod pod_util;
 pub(crate) mod pod_workers;
 pub(crate) mod prober;
+pub(crate) mod qos_container_manager;
 pub mod resources;
 pub(crate) mod security;
 pub mod server;

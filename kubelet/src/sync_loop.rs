@@ -27,6 +27,7 @@ use crate::kubelet::*;
 use crate::pod_sync::is_terminal_api_pod;
 use crate::pod_sync::ApiContext;
 use crate::pod_sync::Syncer;
+use crate::qos_container_manager::QosContainerManager;
 
 impl Kubelet {
     /// Runs until `shutdown` resolves. Pods keep running after the kubelet exits.
@@ -107,6 +108,12 @@ impl Kubelet {
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         housekeeping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pods = self.shared.pods.clone();
+        // The QoS cgroups are made before the first pod's and follow the pods that run.
+        let mut qos = QosContainerManager::new(
+            &self.cfg.cgroup_root,
+            crate::nodestatus::allocatable_absolute(&self.cfg),
+        );
+        qos.update(&[]);
         let mut admission = Admission {
             max_pods: self.cfg.max_pods,
             node: self.syncer.runtime.node,
@@ -217,6 +224,12 @@ impl Kubelet {
                         }
                     }
                     self.syncer.backoff.lock().unwrap_or_else(|e| e.into_inner()).gc(now_nanos());
+                    let running: Vec<Arc<Pod>> = pods
+                        .all()
+                        .into_iter()
+                        .filter(|p| workers.state(uid_of(p)) == Some(WorkerState::Syncing))
+                        .collect();
+                    qos.update(&running);
                 }
             }
         }

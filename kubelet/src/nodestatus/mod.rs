@@ -28,7 +28,7 @@ pub(crate) const MAX_IMAGES: usize = 50;
 
 mod setters;
 use setters::*;
-pub(crate) use setters::{allocatable, NodeFacts};
+pub(crate) use setters::{allocatable, allocatable_absolute, NodeFacts};
 
 /// The latest posted Node, shared with the kubelet (admission reads allocatable from it).
 #[derive(Debug, Clone, Default)]

@@ -531,6 +531,17 @@ pub(crate) fn allocatable(cfg: &Config) -> crate::resources::NodeAllocatable {
     }
 }
 
+/// Node allocatable as the `kubepods` cgroup enforces it (upstream's
+/// `GetNodeAllocatableAbsolute`): capacity minus kubeReserved and systemReserved, with no
+/// eviction threshold taken off.
+pub(crate) fn allocatable_absolute(cfg: &Config) -> crate::resources::NodeAllocatable {
+    let f = machine_facts(cfg, &cfg.root_dir);
+    crate::resources::NodeAllocatable {
+        cpu_milli: (f.cpus * 1000 - reserved(cfg, "cpu")).max(0),
+        memory: (f.memory_bytes - reserved(cfg, "memory") / 1000).max(0),
+    }
+}
+
 /// The runtime's readiness as the Ready condition words it.
 pub(crate) fn runtime_readiness(
     status: &Result<nodus_proto::runtime::v1::RuntimeStatus, crate::kuberuntime::cri::CriError>,
