@@ -46,3 +46,18 @@ pub(crate) fn app_containers(pod: &Pod) -> &[Container] {
 pub(crate) fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
     init_containers(pod).iter().chain(app_containers(pod))
 }
+
+/// A native sidecar (upstream's restartable init container): an init container with
+/// `restartPolicy: Always`. It starts in init order, the next init container starts once it
+/// has started, it is restarted whenever it exits, and it stops after the app containers.
+pub(crate) fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// The pod's sidecars with their index in `spec.initContainers`.
+pub(crate) fn sidecars(pod: &Pod) -> impl Iterator<Item = (usize, &Container)> {
+    init_containers(pod)
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| is_sidecar(c))
+}

@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use crate::backoff::{self, Backoff};
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus, SandboxState};
 use crate::kuberuntime::labels::hash_container;
-use crate::pod_util::{app_containers, init_containers, restart_policy, RestartPolicy};
+use crate::pod_util::{
+    app_containers, init_containers, is_sidecar, restart_policy, sidecars, RestartPolicy,
+};
 use crate::prober::{ProbeKind, ProbeResults};
 
 /// A container to stop, and why.
@@ -47,6 +49,9 @@ pub(crate) struct PodActions {
     pub(crate) attempt: u32,
     /// Index (in `spec.initContainers`) of the init container to start next.
     pub(crate) next_init_container: Option<usize>,
+    /// Indexes (in `spec.initContainers`) of sidecars to start again once the pod is
+    /// initialized (they exited, or their liveness probe failed).
+    pub(crate) sidecars_to_start: Vec<usize>,
     /// Indexes (in `spec.containers`) of app containers to start.
     pub(crate) containers_to_start: Vec<usize>,
     /// Running containers to stop (spec changed, liveness or startup probe failed).
@@ -61,6 +66,7 @@ impl PodActions {
         !self.kill_pod
             && !self.create_sandbox
             && self.next_init_container.is_none()
+            && self.sidecars_to_start.is_empty()
             && self.containers_to_start.is_empty()
             && self.containers_to_kill.is_empty()
     }
@@ -114,14 +120,20 @@ pub(crate) enum InitProgress {
     Next(usize),
     /// This one failed; it is to be restarted (or the pod fails, with restartPolicy Never).
     Failed(usize),
-    /// One is running; wait.
+    /// One is running (or a sidecar has not passed its startup probe yet); wait.
     Running,
+    /// This sidecar exited before the pod was initialized: start it again (back-off
+    /// applies, the pod's restartPolicy does not).
+    Restart(usize),
 }
 
-pub(crate) fn init_progress(pod: &Pod, status: &PodStatus) -> InitProgress {
+pub(crate) fn init_progress(pod: &Pod, status: &PodStatus, probes: &ProbeResults) -> InitProgress {
     let inits = init_containers(pod);
     if inits.is_empty() {
         return InitProgress::Done;
+    }
+    if inits.iter().any(is_sidecar) {
+        return init_progress_with_sidecars(pod, status, probes);
     }
     // A running app container means the init containers ran before (maybe since removed).
     if app_containers(pod).iter().any(|c| {
@@ -151,6 +163,43 @@ pub(crate) fn init_progress(pod: &Pod, status: &PodStatus) -> InitProgress {
         };
     }
     InitProgress::Next(0)
+}
+
+/// [`init_progress`] for a pod with sidecars (upstream's `computeInitContainerActions`):
+/// init containers go in order; a regular one must succeed, a sidecar must be running and
+/// past its startup probe before the next starts. Once an app container has been created
+/// the pod is initialized for good.
+fn init_progress_with_sidecars(
+    pod: &Pod,
+    status: &PodStatus,
+    probes: &ProbeResults,
+) -> InitProgress {
+    if app_containers(pod)
+        .iter()
+        .any(|c| status.find_container(&c.name).is_some())
+    {
+        return InitProgress::Done;
+    }
+    for (i, c) in init_containers(pod).iter().enumerate() {
+        let Some(s) = status.find_container(&c.name) else {
+            return InitProgress::Next(i);
+        };
+        match (is_sidecar(c), s.state) {
+            (_, ContainerState::Created | ContainerState::Unknown) => return InitProgress::Next(i),
+            (true, ContainerState::Running) => {
+                let started = c.startup_probe.is_none()
+                    || probes.get(&s.id).and_then(|p| p.started).unwrap_or(false);
+                if !started {
+                    return InitProgress::Running;
+                }
+            }
+            (true, ContainerState::Exited) => return InitProgress::Restart(i),
+            (false, ContainerState::Running) => return InitProgress::Running,
+            (false, ContainerState::Exited) if s.exit_code == 0 => {}
+            (false, ContainerState::Exited) => return InitProgress::Failed(i),
+        }
+    }
+    InitProgress::Done
 }
 
 /// Back-off for restarting `container` whose newest exited instance is in `status`.
@@ -265,11 +314,18 @@ pub(crate) fn compute_pod_actions(
         return a;
     }
 
-    match init_progress(pod, status) {
+    match init_progress(pod, status, probes) {
         InitProgress::Done => {}
         InitProgress::Running => return a,
         InitProgress::Next(i) => {
             a.next_init_container = Some(i);
+            return a;
+        }
+        InitProgress::Restart(i) => {
+            match backoff_wait(uid, &init_containers(pod)[i], status, backoff, now) {
+                Some(w) => a.backoff.push(w),
+                None => a.next_init_container = Some(i),
+            }
             return a;
         }
         InitProgress::Failed(i) => {
@@ -335,6 +391,22 @@ pub(crate) fn compute_pod_actions(
         {
             Some(w) => a.backoff.push(w),
             None => a.containers_to_start.push(i),
+        }
+    }
+    // Sidecars keep running while the app containers do: one that exited, or whose
+    // liveness or startup probe failed, starts again whatever the pod's restartPolicy.
+    for (i, c) in sidecars(pod) {
+        match status.find_container(&c.name) {
+            Some(s) if s.state == ContainerState::Running => {
+                if let Some(k) = probe_kill(c, s, probes, true) {
+                    a.containers_to_kill.push(k);
+                    a.sidecars_to_start.push(i);
+                }
+            }
+            _ => match backoff_wait(uid, c, status, backoff, now) {
+                Some(w) => a.backoff.push(w),
+                None => a.sidecars_to_start.push(i),
+            },
         }
     }
     a

@@ -1043,3 +1043,127 @@ async fn a_failed_kill_is_retried_by_the_next_sync() {
     assert_eq!(a.containers_to_kill.len(), 1);
     assert_eq!(n.containers().len(), 3, "one new instance");
 }
+
+/// A Never pod with two sidecars around a regular init container.
+const SIDECAR_POD: &str = "  restartPolicy: Never\n  terminationGracePeriodSeconds: 3\n  initContainers:\n  - {name: s1, image: 'i:1', restartPolicy: Always}\n  - {name: i1, image: 'i:1'}\n  - {name: s2, image: 'i:1', restartPolicy: Always}\n  containers:\n  - {name: a, image: 'i:1'}\n";
+
+impl Node {
+    fn api_status(&self, p: &Pod, st: &PodStatus) -> k8s_openapi::api::core::v1::PodStatus {
+        status_manager::generate(
+            p,
+            st,
+            &StatusInputs {
+                now: now_nanos(),
+                probes: Some(&self.probes),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+fn cond(s: &k8s_openapi::api::core::v1::PodStatus, kind: &str) -> String {
+    s.conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sidecars_start_in_order_restart_in_a_never_pod_and_stop_last() {
+    let n = node();
+    let p = pod_yaml(SIDECAR_POD);
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s1"]);
+    let st = n.status(&p).await;
+    assert_eq!(n.api_status(&p, &st).phase.as_deref(), Some("Pending"));
+    // s1 runs (no startup probe): the next init container starts beside it.
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s1", "i1"]);
+    n.sync(&p).await;
+    assert_eq!(
+        n.names("CreateContainer"),
+        ["s1", "i1"],
+        "i1 must finish first"
+    );
+    n.fake.exit_container(&n.id("i1"), 0);
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s1", "i1", "s2"]);
+    let st = n.status(&p).await;
+    let api = n.api_status(&p, &st);
+    assert_eq!(cond(&api, "Initialized"), "True", "{api:?}");
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s1", "i1", "s2", "a"]);
+    let st = n.status(&p).await;
+    let api = n.api_status(&p, &st);
+    assert_eq!(api.phase.as_deref(), Some("Running"));
+    assert_eq!(cond(&api, "ContainersReady"), "True");
+    let inits = api.init_container_statuses.unwrap();
+    assert!(
+        inits[0].ready && inits[0].started == Some(true),
+        "{inits:?}"
+    );
+
+    // s1 exits: started again although the pod's restartPolicy is Never; a runs on.
+    n.fake.exit_container(&n.id("s1"), 1);
+    let (a, _) = n.sync(&p).await;
+    assert_eq!(a.sidecars_to_start, [0]);
+    assert!(a.containers_to_start.is_empty() && !a.kill_pod);
+    assert_eq!(n.names("CreateContainer").last().unwrap(), "s1");
+    assert_eq!(n.names("CreateContainer").len(), 5);
+
+    // The app container finishes: the pod Succeeded with its sidecars running, then
+    // they are stopped, the last one first, and nothing starts again.
+    n.fake.exit_container(&n.id("a"), 0);
+    let st = n.status(&p).await;
+    assert_eq!(n.api_status(&p, &st).phase.as_deref(), Some("Succeeded"));
+    let (s1, s2) = (n.id("s1"), n.id("s2"));
+    n.fake.clear_calls();
+    let (a, _) = n.sync(&p).await;
+    assert!(a.kill_pod && a.sidecars_to_start.is_empty(), "{a:?}");
+    let stops = n.names("StopContainer");
+    assert_eq!(stops.len(), 2, "{stops:?}");
+    assert!(stops[0].starts_with(&format!("{s2} ")), "{stops:?}");
+    assert!(stops[1].starts_with(&format!("{s1} ")), "{stops:?}");
+    n.sync(&p).await;
+    assert!(n.names("CreateContainer").is_empty());
+    let st = n.status(&p).await;
+    assert_eq!(n.api_status(&p, &st).phase.as_deref(), Some("Succeeded"));
+}
+
+#[tokio::test]
+async fn a_sidecar_with_a_startup_probe_holds_the_next_init_container() {
+    let mut n = node();
+    let p = pod_yaml("  initContainers:\n  - name: s\n    image: 'i:1'\n    restartPolicy: Always\n    startupProbe: {exec: {command: ['true']}}\n    readinessProbe: {exec: {command: ['true']}}\n  containers:\n  - {name: a, image: 'i:1'}\n");
+    n.sync(&p).await;
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s"], "not started yet");
+    let st = n.status(&p).await;
+    let api = n.api_status(&p, &st);
+    assert_eq!(api.phase.as_deref(), Some("Pending"));
+    assert_eq!(cond(&api, "Initialized"), "False");
+    let id = n.id("s");
+    n.probes.insert(
+        id.clone(),
+        ContainerProbeState {
+            started: Some(true),
+            ..Default::default()
+        },
+    );
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s", "a"]);
+    // Running, but the sidecar's readiness counts: not ready until its probe says so.
+    let st = n.status(&p).await;
+    let api = n.api_status(&p, &st);
+    assert_eq!(cond(&api, "ContainersReady"), "False", "{api:?}");
+    n.probes.get_mut(&id).unwrap().ready = Some(true);
+    let api = n.api_status(&p, &st);
+    assert_eq!(cond(&api, "ContainersReady"), "True");
+    // A failed liveness (here: startup) probe restarts the sidecar.
+    n.probes.get_mut(&id).unwrap().failed = Some(ProbeKind::Startup);
+    let (a, _) = n.sync(&p).await;
+    assert_eq!(a.containers_to_kill.len(), 1);
+    assert_eq!(a.containers_to_kill[0].name, "s");
+    assert_eq!(a.sidecars_to_start, [0]);
+}

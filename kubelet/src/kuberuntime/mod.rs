@@ -316,6 +316,22 @@ impl RuntimeManager {
                 .await;
             results.push((c.name.clone(), r));
         }
+        for &i in &actions.sidecars_to_start {
+            let c = &init_containers(pod)[i];
+            let r = self
+                .start_container(
+                    pod,
+                    c,
+                    true,
+                    &sandbox_id,
+                    &sandbox_config,
+                    status,
+                    backoff,
+                    objects,
+                )
+                .await;
+            results.push((c.name.clone(), r));
+        }
         let (sandbox_id, sandbox_config) = (&sandbox_id, &sandbox_config);
         let starts = actions.containers_to_start.iter().map(|&i| {
             let c = &app_containers(pod)[i];
@@ -361,7 +377,7 @@ impl RuntimeManager {
         grace_override: Option<i64>,
     ) -> Result<(), CriError> {
         let containers = self.cri.list_containers(uid_selector(uid)).await?;
-        let stops = containers
+        let live: Vec<&api::Container> = containers
             .iter()
             .filter(|c| {
                 matches!(
@@ -369,23 +385,50 @@ impl RuntimeManager {
                     ContainerState::Running | ContainerState::Created | ContainerState::Unknown
                 )
             })
-            .map(|c| {
-                let grace = grace_override
-                    .or_else(|| pod.map(pod_grace))
-                    .or_else(|| labels::termination_grace_period(&c.annotations))
-                    .unwrap_or(30)
-                    .max(MIN_GRACE_SECS);
-                let name = c.labels.get(labels::CONTAINER_NAME_LABEL).cloned().unwrap_or_default();
-                async move {
-                    tracing::info!(%uid, container = %name, id = %c.id, grace, "stopping container");
-                    match self.stop_container(pod, &name, &c.id, &c.pod_sandbox_id, grace, None).await {
-                        Err(e) if !e.is_not_found() => Err(e),
-                        _ => Ok(()),
-                    }
+            .collect();
+        let name_of = |c: &api::Container| {
+            c.labels
+                .get(labels::CONTAINER_NAME_LABEL)
+                .cloned()
+                .unwrap_or_default()
+        };
+        // Sidecars stop after everything else, the last one first (upstream's order).
+        let sidecars: Vec<String> = pod
+            .map(|p| {
+                crate::pod_util::sidecars(p)
+                    .map(|(_, c)| c.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (last, first): (Vec<&api::Container>, Vec<&api::Container>) = live
+            .into_iter()
+            .partition(|c| sidecars.contains(&name_of(c)));
+        let stop = |c: &'_ api::Container| {
+            let grace = grace_override
+                .or_else(|| pod.map(pod_grace))
+                .or_else(|| labels::termination_grace_period(&c.annotations))
+                .unwrap_or(30)
+                .max(MIN_GRACE_SECS);
+            let name = name_of(c);
+            let (id, sandbox) = (c.id.clone(), c.pod_sandbox_id.clone());
+            async move {
+                tracing::info!(%uid, container = %name, id = %id, grace, "stopping container");
+                match self
+                    .stop_container(pod, &name, &id, &sandbox, grace, None)
+                    .await
+                {
+                    Err(e) if !e.is_not_found() => Err(e),
+                    _ => Ok(()),
                 }
-            });
-        for r in join_all(stops).await {
+            }
+        };
+        for r in join_all(first.into_iter().map(stop)).await {
             r?;
+        }
+        for name in sidecars.iter().rev() {
+            for c in last.iter().filter(|c| &name_of(c) == name) {
+                stop(c).await?;
+            }
         }
         for sb in self.cri.list_pod_sandbox(uid_selector(uid)).await? {
             if sandbox_state(sb.state) == SandboxState::Ready {

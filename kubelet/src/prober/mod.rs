@@ -133,8 +133,10 @@ impl ProbeManager {
     /// those of containers no longer running.
     pub(crate) fn update_pod(&self, pod: &Pod, status: &PodStatus, pod_ip: Option<String>) {
         let uid = status.uid.clone();
+        // App containers and sidecars are probed (a sidecar's readiness counts for the pod).
         let running: Vec<(&Container, String)> = crate::pod_util::app_containers(pod)
             .iter()
+            .chain(crate::pod_util::sidecars(pod).map(|(_, c)| c))
             .filter_map(|c| {
                 let s = status.find_container(&c.name)?;
                 (s.state == ContainerState::Running).then(|| (c, s.id.clone()))

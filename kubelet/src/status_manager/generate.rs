@@ -19,7 +19,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus};
 use crate::kuberuntime::actions::BackoffWait;
-use crate::pod_util::{app_containers, init_containers, restart_policy, RestartPolicy};
+use crate::pod_util::{
+    app_containers, init_containers, is_sidecar, restart_policy, sidecars, RestartPolicy,
+};
 
 /// The runtime prefix of container IDs in status (`containerd://<id>`).
 pub(crate) const CONTAINER_ID_PREFIX: &str = "containerd://";
@@ -118,7 +120,8 @@ fn container_status(
                 spec.startup_probe.is_none() || probe.and_then(|p| p.started).unwrap_or(false);
             let ready =
                 spec.readiness_probe.is_none() || probe.and_then(|p| p.ready).unwrap_or(false);
-            s.ready = !is_init && started && ready;
+            // An init container is never ready, a sidecar is as an app container is.
+            s.ready = (!is_init || is_sidecar(spec)) && started && ready;
             s.started = Some(started);
         }
         ContainerState::Exited => {
@@ -238,8 +241,22 @@ pub(crate) fn phase(
 ) -> &'static str {
     let policy = restart_policy(pod);
     let (mut pending_init, mut failed_init) = (0, 0);
-    for s in init {
+    for (c, s) in init_containers(pod).iter().zip(init) {
         let st = s.state.clone().unwrap_or_default();
+        if is_sidecar(c) {
+            // A sidecar holds the pod Pending until it has started; once it ran, its exits
+            // do not count (upstream's getPhase).
+            let started = st.running.is_some() && s.started == Some(true);
+            let ran = st.terminated.is_some()
+                || s.last_state
+                    .as_ref()
+                    .and_then(|l| l.terminated.as_ref())
+                    .is_some();
+            if !started && !ran {
+                pending_init += 1;
+            }
+            continue;
+        }
         let last_exit = s
             .last_state
             .as_ref()
@@ -474,16 +491,26 @@ pub(crate) fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) ->
         .iter()
         .map(|c| container_status(c, runtime, inputs, "PodInitializing", true))
         .collect();
-    let initialized = init_statuses.iter().all(|s| {
-        s.state
-            .as_ref()
-            .and_then(|st| st.terminated.as_ref())
-            .is_some_and(|t| t.exit_code == 0)
-    }) || app_containers(pod).iter().any(|c| {
-        runtime
-            .find_container(&c.name)
-            .is_some_and(|s| s.state == ContainerState::Running)
-    });
+    let has_sidecars = sidecars(pod).next().is_some();
+    // Regular init containers succeeded and sidecars started (past their startup probe);
+    // or app containers ran already.
+    let initialized = init_containers(pod)
+        .iter()
+        .zip(&init_statuses)
+        .all(|(c, s)| {
+            let st = s.state.as_ref();
+            if is_sidecar(c) {
+                st.is_some_and(|st| st.running.is_some()) && s.started == Some(true)
+            } else {
+                st.and_then(|st| st.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code == 0)
+            }
+        })
+        || app_containers(pod).iter().any(|c| {
+            runtime
+                .find_container(&c.name)
+                .is_some_and(|s| has_sidecars || s.state == ContainerState::Running)
+        });
     let app_reason = if initialized {
         "ContainerCreating"
     } else {
@@ -500,8 +527,15 @@ pub(crate) fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) ->
         .sandboxes
         .iter()
         .any(|s| s.state == crate::container::SandboxState::Ready);
-    let containers_ready =
-        ready_condition("ContainersReady", &app_statuses, phase, prev, inputs.now);
+    // Sidecars count for readiness (listed first, as upstream).
+    let ready_set: Vec<ApiContainerStatus> = init_containers(pod)
+        .iter()
+        .zip(&init_statuses)
+        .filter(|(c, _)| is_sidecar(c))
+        .map(|(_, s)| s.clone())
+        .chain(app_statuses.iter().cloned())
+        .collect();
+    let containers_ready = ready_condition("ContainersReady", &ready_set, phase, prev, inputs.now);
     let generation = pod.metadata.generation;
     let conditions: Vec<PodCondition> = vec![
         condition(
