@@ -61,3 +61,22 @@ pub(crate) fn sidecars(pod: &Pod) -> impl Iterator<Item = (usize, &Container)> {
         .enumerate()
         .filter(|(_, c)| is_sidecar(c))
 }
+
+/// The pod's ephemeral containers as containers (the same fields) and the container whose
+/// processes each one shares (`targetContainerName`).
+pub(crate) fn ephemeral_containers(pod: &Pod) -> Vec<(Container, Option<String>)> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.ephemeral_containers.as_deref())
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|e| {
+            let mut v = serde_json::to_value(e).ok()?;
+            let target = v
+                .as_object_mut()?
+                .remove("targetContainerName")
+                .and_then(|t| t.as_str().map(str::to_string));
+            Some((serde_json::from_value(v).ok()?, target))
+        })
+        .collect()
+}

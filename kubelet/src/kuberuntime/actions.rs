@@ -11,7 +11,8 @@ use crate::backoff::{self, Backoff};
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus, SandboxState};
 use crate::kuberuntime::labels::hash_container;
 use crate::pod_util::{
-    app_containers, init_containers, is_sidecar, restart_policy, sidecars, RestartPolicy,
+    app_containers, ephemeral_containers, init_containers, is_sidecar, restart_policy, sidecars,
+    RestartPolicy,
 };
 use crate::prober::{ProbeKind, ProbeResults};
 
@@ -54,6 +55,9 @@ pub(crate) struct PodActions {
     pub(crate) sidecars_to_start: Vec<usize>,
     /// Indexes (in `spec.containers`) of app containers to start.
     pub(crate) containers_to_start: Vec<usize>,
+    /// Indexes (in `spec.ephemeralContainers`) of ephemeral containers to start (once
+    /// each: they are never restarted).
+    pub(crate) ephemeral_to_start: Vec<usize>,
     /// Running containers to stop (spec changed, liveness or startup probe failed).
     pub(crate) containers_to_kill: Vec<ContainerToKill>,
     /// Containers (init or app) whose restart waits for back-off.
@@ -68,6 +72,7 @@ impl PodActions {
             && self.next_init_container.is_none()
             && self.sidecars_to_start.is_empty()
             && self.containers_to_start.is_empty()
+            && self.ephemeral_to_start.is_empty()
             && self.containers_to_kill.is_empty()
     }
 }
@@ -407,6 +412,12 @@ pub(crate) fn compute_pod_actions(
                 Some(w) => a.backoff.push(w),
                 None => a.sidecars_to_start.push(i),
             },
+        }
+    }
+    // An ephemeral container (kubectl debug) starts once in the running pod.
+    for (i, (c, _)) in ephemeral_containers(pod).iter().enumerate() {
+        if status.find_container(&c.name).is_none() {
+            a.ephemeral_to_start.push(i);
         }
     }
     a

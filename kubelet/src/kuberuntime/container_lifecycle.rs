@@ -22,6 +22,7 @@ impl RuntimeManager {
         pod: &Pod,
         container: &Container,
         is_init: bool,
+        pid_target: Option<&str>,
         sandbox_id: &str,
         sandbox_config: &cri::PodSandboxConfig,
         status: &PodStatus,
@@ -126,7 +127,15 @@ impl RuntimeManager {
                     .linux
                     .as_ref()
                     .and_then(|l| l.security_context.as_ref())
-                    .and_then(|s| s.namespace_options.clone()),
+                    .and_then(|s| s.namespace_options.clone())
+                    .map(|mut ns| {
+                        // An ephemeral container shares its target's processes.
+                        if let Some(id) = pid_target {
+                            ns.pid = cri::NamespaceMode::Target as i32;
+                            ns.target_id = id.to_string();
+                        }
+                        ns
+                    }),
                 seccomp: Some(crate::security::seccomp::profile_for(
                     pod,
                     Some(container),

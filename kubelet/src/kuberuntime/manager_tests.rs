@@ -1167,3 +1167,41 @@ async fn a_sidecar_with_a_startup_probe_holds_the_next_init_container() {
     assert_eq!(a.containers_to_kill[0].name, "s");
     assert_eq!(a.sidecars_to_start, [0]);
 }
+
+#[tokio::test]
+async fn an_ephemeral_container_starts_once_in_its_targets_pid_namespace() {
+    let n = node();
+    let mut p = pod("Always", &[], &["a"]);
+    n.sync(&p).await;
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["a"]);
+    // `kubectl debug` adds an ephemeral container to the running pod.
+    let spec = p.spec.as_mut().unwrap();
+    spec.ephemeral_containers = Some(vec![serde_json::from_value(serde_json::json!({
+        "name": "debug", "image": "i:1", "targetContainerName": "a"
+    }))
+    .unwrap()]);
+    let (a, r) = n.sync(&p).await;
+    assert_eq!(a.ephemeral_to_start, [0]);
+    assert!(r.iter().all(|(_, r)| r.is_ok()), "{r:?}");
+    assert_eq!(n.names("CreateContainer"), ["a", "debug"]);
+    let ns = n.fake.container_namespaces(&n.id("debug")).unwrap();
+    assert_eq!(
+        ns.pid,
+        nodus_proto::runtime::v1::NamespaceMode::Target as i32
+    );
+    assert_eq!(ns.target_id, n.id("a"));
+    let st = n.status(&p).await;
+    let api = n.api_status(&p, &st);
+    let eph = api.ephemeral_container_statuses.unwrap();
+    assert_eq!(eph[0].name, "debug");
+    assert!(eph[0].state.as_ref().unwrap().running.is_some(), "{eph:?}");
+    assert!(!eph[0].ready);
+    // It exits: never started again, and the pod runs on.
+    n.fake.exit_container(&n.id("debug"), 0);
+    let (a, _) = n.sync(&p).await;
+    assert!(a.is_noop(), "{a:?}");
+    assert_eq!(n.names("CreateContainer"), ["a", "debug"]);
+    let st = n.status(&p).await;
+    assert_eq!(n.api_status(&p, &st).phase.as_deref(), Some("Running"));
+}

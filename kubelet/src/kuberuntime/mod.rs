@@ -307,6 +307,7 @@ impl RuntimeManager {
                     pod,
                     c,
                     true,
+                    None,
                     &sandbox_id,
                     &sandbox_config,
                     status,
@@ -323,6 +324,32 @@ impl RuntimeManager {
                     pod,
                     c,
                     true,
+                    None,
+                    &sandbox_id,
+                    &sandbox_config,
+                    status,
+                    backoff,
+                    objects,
+                )
+                .await;
+            results.push((c.name.clone(), r));
+        }
+        let ephemeral = crate::pod_util::ephemeral_containers(pod);
+        for &i in &actions.ephemeral_to_start {
+            let Some((c, target)) = ephemeral.get(i) else {
+                continue;
+            };
+            let target_id = target
+                .as_deref()
+                .and_then(|t| status.find_container(t))
+                .filter(|t| t.state == ContainerState::Running)
+                .map(|t| t.id.clone());
+            let r = self
+                .start_container(
+                    pod,
+                    c,
+                    false,
+                    target_id.as_deref(),
                     &sandbox_id,
                     &sandbox_config,
                     status,
@@ -341,6 +368,7 @@ impl RuntimeManager {
                         pod,
                         c,
                         false,
+                        None,
                         sandbox_id,
                         sandbox_config,
                         status,

@@ -20,7 +20,8 @@ use k8s_openapi::jiff::Timestamp;
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus};
 use crate::kuberuntime::actions::BackoffWait;
 use crate::pod_util::{
-    app_containers, init_containers, is_sidecar, restart_policy, sidecars, RestartPolicy,
+    app_containers, ephemeral_containers, init_containers, is_sidecar, restart_policy, sidecars,
+    RestartPolicy,
 };
 
 /// The runtime prefix of container IDs in status (`containerd://<id>`).
@@ -521,6 +522,11 @@ pub(crate) fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) ->
         .map(|c| container_status(c, runtime, inputs, app_reason, false))
         .collect();
     let phase = phase(pod, &init_statuses, &app_statuses);
+    // Ephemeral containers are never ready and leave the phase alone.
+    let ephemeral_statuses: Vec<ApiContainerStatus> = ephemeral_containers(pod)
+        .iter()
+        .map(|(c, _)| container_status(c, runtime, inputs, "ContainerCreating", true))
+        .collect();
     let prev = inputs.previous;
     // A ready sandbox is one whose network is set up: containers can start in it.
     let sandbox_ready = runtime
@@ -569,6 +575,8 @@ pub(crate) fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) ->
             .or_else(|| time(inputs.now)),
         container_statuses: Some(app_statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        ephemeral_container_statuses: (!ephemeral_statuses.is_empty())
+            .then_some(ephemeral_statuses),
         qos_class: Some(crate::resources::pod_qos(pod).as_str().into()),
         observed_generation: generation,
         ..Default::default()

@@ -30,6 +30,8 @@ struct Sandbox {
 struct Ctr {
     container: cri::Container,
     status: cri::ContainerStatus,
+    /// The namespaces the kubelet asked for.
+    namespaces: Option<cri::NamespaceOption>,
 }
 
 #[derive(Default)]
@@ -261,6 +263,11 @@ impl FakeRuntime {
     }
 
     /// The ID of the newest container named `name` (the container name label).
+    /// The namespace options a container was created with.
+    pub(crate) fn container_namespaces(&self, id: &str) -> Option<cri::NamespaceOption> {
+        self.lock().containers.get(id)?.namespaces.clone()
+    }
+
     pub(crate) fn container_id(&self, name: &str) -> Option<String> {
         let st = self.lock();
         st.containers
@@ -399,7 +406,14 @@ impl FakeRuntime {
             labels: lbl,
             ..Default::default()
         };
-        st.containers.insert(id.clone(), Ctr { container, status });
+        st.containers.insert(
+            id.clone(),
+            Ctr {
+                container,
+                status,
+                namespaces: None,
+            },
+        );
         id
     }
 
@@ -581,6 +595,11 @@ impl RuntimeService for FakeRuntime {
         }
         let id = st.id("c");
         let now = st.now();
+        let namespaces = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
         let image = config.image.clone().unwrap_or_default();
         let image_ref = st
             .find_image(&image.image)
@@ -611,7 +630,14 @@ impl RuntimeService for FakeRuntime {
             log_path: config.log_path,
             ..Default::default()
         };
-        st.containers.insert(id.clone(), Ctr { container, status });
+        st.containers.insert(
+            id.clone(),
+            Ctr {
+                container,
+                status,
+                namespaces,
+            },
+        );
         done(Ok(id))
     }
 
