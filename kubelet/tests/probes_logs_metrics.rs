@@ -73,7 +73,17 @@ fn parse_prometheus(text: &str) -> Samples {
             continue;
         }
         assert!(!line.starts_with('#'), "{ctx}");
-        let (series, value) = line.rsplit_once(' ').expect(&ctx);
+        // `series value [timestamp]`; label values may hold spaces.
+        let (series, rest) = match line.rfind('}') {
+            Some(i) => (&line[..=i], line[i + 1..].trim()),
+            None => line.split_once(' ').expect(&ctx),
+        };
+        let mut fields = rest.split_whitespace();
+        let value = fields.next().expect(&ctx);
+        if let Some(ts) = fields.next() {
+            assert!(ts.parse::<i64>().is_ok(), "bad timestamp: {ctx}");
+        }
+        assert!(fields.next().is_none(), "{ctx}");
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
@@ -754,6 +764,36 @@ async fn probes_hooks_logs_and_metrics() {
         .map(|(_, v)| *v);
     assert!(failed_readiness.is_some_and(|n| n >= 1.0), "{body}");
     assert!(!m.keys().any(|(name, _)| name == "prober_probe_total"));
+
+    // /metrics/cadvisor: the container series dashboards scrape, with upstream's labels.
+    let (code, body) = node.http_get(READ_ONLY_PORT, "/metrics/cadvisor").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let series = parse_prometheus(&body);
+    let web = |family: &str| {
+        series
+            .iter()
+            .find(|((name, labels), _)| {
+                let has = |k: &str, v: &str| labels.iter().any(|(a, b)| a == k && b == v);
+                name == family
+                    && has("pod", &format!("web-{NODE}"))
+                    && has("namespace", "default")
+                    && has("container", "main")
+                    && has("image", BUSYBOX_IMAGE)
+            })
+            .map(|(_, v)| *v)
+    };
+    assert!(
+        web("container_memory_working_set_bytes").is_some_and(|v| v > 0.0),
+        "{body}"
+    );
+    assert!(
+        web("container_cpu_usage_seconds_total").is_some_and(|v| v > 0.0),
+        "{body}"
+    );
+    assert!(
+        web("container_last_seen").is_some_and(|v| v > 1.7e9),
+        "{body}"
+    );
 
     // /stats/summary from CRI stats.
     let (code, body) = node.http_get(READ_ONLY_PORT, "/stats/summary").unwrap();

@@ -9,6 +9,7 @@
 //!   first (see `auth`).
 
 pub mod auth;
+mod cadvisor;
 pub(crate) mod pages;
 pub(crate) mod streaming;
 pub mod tls;
@@ -320,6 +321,7 @@ async fn handle(
                     "/metrics"
                         | "/metrics/resource"
                         | "/metrics/probes"
+                        | "/metrics/cadvisor"
                         | "/stats/summary"
                         | "/stats/summary/"
                         | "/pods"
@@ -350,6 +352,18 @@ async fn handle(
             "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::global().render(),
         ),
+        "/metrics/cadvisor" if full => match cadvisor::metrics(&shared.cri, &shared.pods).await {
+            Ok(text) => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            ),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
+        },
         "/metrics/probes" if full => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
