@@ -16,6 +16,7 @@ packages=(
   etcd-server                     # the API-server tests' etcd (kube-apiserver: hack/kube-apiserver.sh)
   docker-registry apache2-utils   # hack/conformance.sh: a real registry (in the test netns), htpasswd
   netcat-openbsd                  # hack/conformance.sh: the agnhost image's nc, as upstream's has
+  g++                             # hack/fuzz.sh: libFuzzer (libfuzzer-sys builds it)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): deps, format, lints, every crate's
-# unit and integration tests (root: network namespaces, containerd, cgroups), Kubernetes' node
-# conformance suite on our kubelet, then the VM tier. Each step prints when it started (seconds
-# since the start), so the log shows where the time goes.
+# unit and integration tests (root: network namespaces, containerd, cgroups), a short run of
+# every fuzz target, Kubernetes' node conformance suite on our kubelet, then the VM tier. Each
+# step prints when it started (seconds since the start), so the log shows where the time goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +43,10 @@ for runtime in nodus-shim nodus; do
   NODUS_TEST_RUNTIME=$runtime timeout --kill-after=20 600 \
     cargo test --locked -p nodus-shim --test cri_parity
 done
+
+step "fuzzing: every parser target for 15 s (hack/fuzz.sh; a panic fails the run)"
+# An unoptimised build of the targets is quicker to make than the runs it would speed up.
+FUZZ_DEV=1 timeout --kill-after=20 1200 bash hack/fuzz.sh 15
 
 step "Kubernetes node conformance (1.20.2 [NodeConformance], 143 specs) on our kubelet, runc"
 # Builds the rest of the control plane and the suite from the same Debian tree (about 8 min

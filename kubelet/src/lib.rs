@@ -16,6 +16,8 @@ pub(crate) mod container;
 pub(crate) mod credentials;
 pub(crate) mod duration;
 pub(crate) mod envvars;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub(crate) mod events;
 pub(crate) mod images;
 pub(crate) mod insecure_tls;
