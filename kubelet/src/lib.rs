@@ -16,9 +16,9 @@ pub(crate) mod container;
 pub(crate) mod credentials;
 pub(crate) mod duration;
 pub(crate) mod envvars;
+pub(crate) mod events;
 #[cfg(fuzzing)]
 pub mod fuzzing;
-pub(crate) mod events;
 pub(crate) mod images;
 pub(crate) mod insecure_tls;
 pub mod kubeclient;
