@@ -173,20 +173,29 @@ pub(crate) fn init_progress(pod: &Pod, status: &PodStatus, probes: &ProbeResults
 /// [`init_progress`] for a pod with sidecars (upstream's `computeInitContainerActions`):
 /// init containers go in order; a regular one must succeed, a sidecar must be running and
 /// past its startup probe before the next starts. Once an app container has been created
-/// the pod is initialized for good.
+/// in the sandbox, the pod is initialized for that sandbox's life.
 fn init_progress_with_sidecars(
     pod: &Pod,
     status: &PodStatus,
     probes: &ProbeResults,
 ) -> InitProgress {
+    // Only what ran in the newest sandbox counts: a new sandbox runs every init container
+    // again, from the first.
+    let sandbox = status.sandboxes.first().map(|s| s.id.as_str());
+    let newest = |name: &str| {
+        status
+            .containers
+            .iter()
+            .find(|c| c.name == name && Some(c.sandbox_id.as_str()) == sandbox)
+    };
     if app_containers(pod)
         .iter()
-        .any(|c| status.find_container(&c.name).is_some())
+        .any(|c| newest(&c.name).is_some())
     {
         return InitProgress::Done;
     }
     for (i, c) in init_containers(pod).iter().enumerate() {
-        let Some(s) = status.find_container(&c.name) else {
+        let Some(s) = newest(&c.name) else {
             return InitProgress::Next(i);
         };
         match (is_sidecar(c), s.state) {

@@ -1205,3 +1205,28 @@ async fn an_ephemeral_container_starts_once_in_its_targets_pid_namespace() {
     let st = n.status(&p).await;
     assert_eq!(n.api_status(&p, &st).phase.as_deref(), Some("Running"));
 }
+
+#[tokio::test]
+async fn a_new_sandbox_runs_sidecars_and_init_containers_again_in_order() {
+    let n = node();
+    let p = pod_yaml(&SIDECAR_POD.replace("restartPolicy: Never", "restartPolicy: Always"));
+    n.sync(&p).await;
+    n.sync(&p).await;
+    n.fake.exit_container(&n.id("i1"), 0);
+    n.sync(&p).await;
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s1", "i1", "s2", "a"]);
+    // The sandbox dies (a node reboot): everything runs again in the new one, in order,
+    // although the old sandbox's app container is still listed.
+    let old = n.fake.sandboxes()[0].0.clone();
+    n.fake.kill_sandbox(&old);
+    n.fake.clear_calls();
+    let (a, _) = n.sync(&p).await;
+    assert!(a.create_sandbox);
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s1", "i1"], "i1 runs again");
+    n.fake.exit_container(&n.id("i1"), 0);
+    n.sync(&p).await;
+    n.sync(&p).await;
+    assert_eq!(n.names("CreateContainer"), ["s1", "i1", "s2", "a"]);
+}
