@@ -300,24 +300,12 @@ impl RuntimeManager {
             .await?;
         }
         let mut results = StartResults::new();
-        if let Some(i) = actions.next_init_container {
-            let c = &init_containers(pod)[i];
-            let r = self
-                .start_container(
-                    pod,
-                    c,
-                    true,
-                    None,
-                    &sandbox_id,
-                    &sandbox_config,
-                    status,
-                    backoff,
-                    objects,
-                )
-                .await;
-            results.push((c.name.clone(), r));
-        }
-        for &i in &actions.sidecars_to_start {
+        // The next init container, then sidecars to start again, one after the other.
+        let inits = actions
+            .next_init_container
+            .iter()
+            .chain(&actions.sidecars_to_start);
+        for &i in inits {
             let c = &init_containers(pod)[i];
             let r = self
                 .start_container(
