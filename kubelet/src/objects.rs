@@ -317,6 +317,10 @@ struct Inner {
     tokens: HashMap<(String, TokenKey), Token>,
 }
 
+/// How long an API pod's first sync waits for the first list of Services before its
+/// containers fail as upstream's do (see [`crate::services::ServiceLister::wait_synced`]).
+const SERVICES_SYNC_WAIT: Duration = Duration::from_secs(5);
+
 /// Watches and fetches what pods consume; one per kubelet in API-server mode.
 #[derive(Clone)]
 pub(crate) struct ObjectManager {
@@ -394,6 +398,9 @@ impl ObjectManager {
 
     /// Everything `pod` needs, from the watches' cache or fetched now.
     pub(crate) async fn prefetch(&self, pod: &Pod) -> PodObjects {
+        if crate::status_manager::api_sync::is_api_pod(pod) {
+            self.services.wait_synced(SERVICES_SYNC_WAIT).await;
+        }
         let mut out = PodObjects {
             api: true,
             service_env: Some(self.services.env_for(pod)),

@@ -8,15 +8,12 @@
 //! cluster IP (`None`, headless, or empty) give none. In-cluster clients (client-go,
 //! kube-rs) find the API server through `KUBERNETES_SERVICE_HOST`/`_PORT`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
+use std::collections::BTreeMap;
 
 /// The namespace and name of the Service whose variables every pod gets.
 const MASTER_NAMESPACE: &str = "default";
@@ -34,15 +31,12 @@ pub(crate) enum ServiceError {
 #[derive(Clone)]
 pub(crate) struct ServiceLister {
     store: Store<Service>,
-    synced: Arc<AtomicBool>,
 }
 
 impl ServiceLister {
     /// Starts the list+watch of all Services; the task lives as long as the runtime.
     pub(crate) fn start(client: kube::Client) -> Self {
         let (store, writer) = reflector::store();
-        let synced = Arc::new(AtomicBool::new(false));
-        let flag = synced.clone();
         let api: Api<Service> = Api::all(client);
         tokio::spawn(async move {
             let stream = reflector::reflector(writer, watcher::watcher(api, Default::default()))
@@ -50,25 +44,42 @@ impl ServiceLister {
             futures::pin_mut!(stream);
             while let Some(item) = stream.next().await {
                 match item {
-                    // The first complete list is in the store.
-                    Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Relaxed),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "watching services"),
                 }
             }
         });
-        ServiceLister { store, synced }
+        ServiceLister { store }
     }
 
     /// The service variables for a pod, or an error while the cache has not been filled
     /// once (upstream refuses to build an environment then, rather than start a container
-    /// without them).
+    /// without them). Static pods are not refused: they get what the cache holds, as
+    /// upstream's `IsStaticPod` exemption (a control-plane pod must start before the API
+    /// server it would list Services from).
     pub(crate) fn env_for(&self, pod: &Pod) -> Result<Vec<(String, String)>, ServiceError> {
-        if !self.synced.load(Ordering::Relaxed) {
+        if !self.synced() && crate::status_manager::api_sync::is_api_pod(pod) {
             return Err(ServiceError::NotSynced);
         }
         let services: Vec<Service> = self.store.state().iter().map(|s| (**s).clone()).collect();
         Ok(service_env(pod, &services))
+    }
+
+    /// Waits up to `limit` for the first complete list of Services. Upstream fails the
+    /// container at once (CreateContainerConfigError, a Failed event and a back-off) when
+    /// an API pod arrives before the Services did, which on a busy node is the usual order
+    /// at start; the list normally lands a few milliseconds later, so a short wait here
+    /// starts the pod cleanly. Past `limit` the error is upstream's.
+    pub(crate) async fn wait_synced(&self, limit: std::time::Duration) {
+        if !self.synced() {
+            let _ = tokio::time::timeout(limit, self.store.wait_until_ready()).await;
+        }
+    }
+
+    /// Whether the first complete list is in the store (the reflector marks the store
+    /// ready when it applies the list's end).
+    fn synced(&self) -> bool {
+        matches!(self.store.wait_until_ready().now_or_never(), Some(Ok(())))
     }
 }
 
@@ -195,6 +206,47 @@ mod tests {
                 serde_json::json!([{"port": 80}]),
             ),
         ]
+    }
+
+    fn with_source(mut p: Pod, source: &str) -> Pod {
+        p.metadata.annotations = Some(
+            [(
+                crate::sources::CONFIG_SOURCE_ANNOTATION.to_string(),
+                source.to_string(),
+            )]
+            .into(),
+        );
+        p
+    }
+
+    #[tokio::test]
+    async fn an_api_pod_waits_for_the_first_list_and_a_static_pod_does_not() {
+        let (store, mut writer) = reflector::store();
+        let lister = ServiceLister { store };
+        let api_pod = with_source(pod("ns1", None), "api");
+        let static_pod = with_source(pod("ns1", None), "file");
+        assert_eq!(lister.env_for(&api_pod), Err(ServiceError::NotSynced));
+        assert_eq!(lister.env_for(&static_pod), Ok(vec![]));
+        // No list within the limit: the wait ends and the error stays upstream's.
+        lister
+            .wait_synced(std::time::Duration::from_millis(20))
+            .await;
+        assert_eq!(lister.env_for(&api_pod), Err(ServiceError::NotSynced));
+        // The list lands while the pod waits.
+        let list = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for s in services() {
+                writer.apply_watcher_event(&watcher::Event::InitApply(s));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            writer
+        });
+        lister.wait_synced(std::time::Duration::from_secs(30)).await;
+        let env = lister.env_for(&api_pod).unwrap();
+        assert!(env.contains(&("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into())));
+        assert!(env.contains(&("FOO_SERVICE_SERVICE_HOST".into(), "10.96.0.7".into())));
+        drop(list.await.unwrap());
     }
 
     #[test]
