@@ -482,10 +482,10 @@ mod tests {
             .await
             .expect("woken by the relist, not by the CRI fallback")
             .unwrap();
-        // The relist's two lists and the new container's status are all: the sync asked
-        // CRI nothing.
+        // The relist's two lists are all: the kubelet knew the status of the container it
+        // started, and the sync asked CRI nothing.
         let ops: Vec<String> = fake.calls().into_iter().map(|c| c.op.to_string()).collect();
-        assert_eq!(ops, ["ListPodSandbox", "ListContainers", "ContainerStatus"]);
+        assert_eq!(ops, ["ListPodSandbox", "ListContainers"]);
         assert_eq!(
             syncer.status.get(uid_of(&pod)).and_then(|s| s.phase),
             Some("Running".to_string())

@@ -36,9 +36,10 @@ impl RuntimeManager {
             let key = backoff::key(&uid, &container.name, &labels::hash_container(container));
             lock(backoff).next(&key, last.started_at, last.finished_at, now_nanos());
         }
-        let image_ref = self
+        let image = self
             .ensure_image(pod, container, sandbox_config, objects)
             .await?;
+        let image_ref = image.id;
         let user = container::effective_user(pod, container);
         if user.run_as_non_root {
             self.verify_non_root(pod, container, &user, &image_ref)
@@ -146,11 +147,32 @@ impl RuntimeManager {
                     .map_err(|e| SyncError::Config(e.to_string()))?,
             },
         );
+        // What the next relist would otherwise ask ContainerStatus for, known from here.
+        let listed = cri::Container {
+            pod_sandbox_id: sandbox_id.to_string(),
+            metadata: config.metadata.clone(),
+            image: config.image.clone(),
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
+            ..Default::default()
+        };
         let id = self
             .cri
             .create_container(sandbox_id, config, sandbox_config.clone())
             .await
             .map_err(SyncError::CreateContainer)?;
+        let listed = cri::Container {
+            id: id.clone(),
+            ..listed
+        };
+        let own_status = image.status_ref.map(|image_ref| cri::ContainerStatus {
+            state: cri::ContainerState::ContainerCreated as i32,
+            image_ref,
+            ..Default::default()
+        });
+        if let Some(st) = &own_status {
+            self.record_own_status(&listed, st);
+        }
         self.events.pod_event(
             pod,
             Some(&container.name),
@@ -161,7 +183,17 @@ impl RuntimeManager {
         if let Err(e) = self.cri.start_container(&id).await {
             // Do not leave a created container behind; the next sync tries again.
             let _ = self.cri.remove_container(&id).await;
+            lock(&self.container_cache).remove(&id);
             return Err(SyncError::StartContainer(e));
+        }
+        if let Some(st) = own_status {
+            // Running since at most now: the runtime stamped its startedAt before answering.
+            let st = cri::ContainerStatus {
+                state: cri::ContainerState::ContainerRunning as i32,
+                started_at: now_nanos(),
+                ..st
+            };
+            self.record_own_status(&listed, &st);
         }
         tracing::info!(pod = %crate::pod_util::full_name(pod), container = %container.name, id = %id, restart_count, init = is_init, "container started");
         self.events.pod_event(

@@ -222,8 +222,8 @@ impl Cri {
     }
 
     /// The image's ID if the runtime has it.
-    pub(crate) async fn image_status(&self, image: &str) -> Result<Option<String>, CriError> {
-        Ok(self.images.image_status(image).await?.map(|i| i.id))
+    pub(crate) async fn image_status(&self, image: &str) -> Result<Option<cri::Image>, CriError> {
+        self.images.image_status(image).await
     }
 
     /// Runs `cmd` in a container and waits for it (up to `timeout`).

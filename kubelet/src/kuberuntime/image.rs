@@ -11,13 +11,23 @@ use super::*;
 use crate::container::now_nanos;
 
 /// One ImageStatus call, awaited by every pod that asked while it was in flight.
-pub(super) type ImageLookup = Shared<BoxFuture<'static, Result<Option<String>, CriError>>>;
+pub(super) type ImageLookup = Shared<BoxFuture<'static, Result<Option<cri::Image>, CriError>>>;
+
+/// The image a container is created from.
+pub(super) struct EnsuredImage {
+    /// The image ID, which the container is created with.
+    pub(super) id: String,
+    /// What the runtime will report as the container's imageRef, when the kubelet knows it
+    /// without asking: containerd reports the image's first repo digest, or else its ID.
+    /// Unknown after a pull (PullImage answers only the ID).
+    pub(super) status_ref: Option<String>,
+}
 
 impl RuntimeManager {
-    /// The ID of `image` if present (CRI ImageStatus). Concurrent asks for one image share
+    /// `image` if present (CRI ImageStatus). Concurrent asks for one image share
     /// a call: a burst of pods on one image makes one or two instead of one per pod. The
     /// answer is not kept: an ask after it asks the runtime again, as upstream.
-    pub(super) async fn image_present(&self, image: &str) -> Result<Option<String>, CriError> {
+    pub(super) async fn image_present(&self, image: &str) -> Result<Option<cri::Image>, CriError> {
         let lookup = lock(&self.image_lookups)
             .entry(image.to_string())
             .or_insert_with(|| {
@@ -43,7 +53,7 @@ impl RuntimeManager {
         container: &Container,
         sandbox_config: &cri::PodSandboxConfig,
         objects: &crate::objects::PodObjects,
-    ) -> Result<String, SyncError> {
+    ) -> Result<EnsuredImage, SyncError> {
         use crate::events::{NORMAL, WARNING};
         let name = Some(container.name.as_str());
         let image = container.image.clone().unwrap_or_default();
@@ -52,7 +62,7 @@ impl RuntimeManager {
             .as_deref()
             .unwrap_or("IfNotPresent");
         if policy != "Always" {
-            if let Some(id) = self.image_present(&image).await? {
+            if let Some(found) = self.image_present(&image).await? {
                 self.events.pod_event(
                     pod,
                     name,
@@ -60,7 +70,11 @@ impl RuntimeManager {
                     "Pulled",
                     format!("Container image {image:?} already present on machine"),
                 );
-                return Ok(id);
+                let status_ref = found.repo_digests.first().unwrap_or(&found.id).clone();
+                return Ok(EnsuredImage {
+                    id: found.id,
+                    status_ref: Some(status_ref),
+                });
             }
             if policy == "Never" {
                 self.events.pod_event(
@@ -121,7 +135,10 @@ impl RuntimeManager {
                         start.elapsed()
                     ),
                 );
-                Ok(id)
+                Ok(EnsuredImage {
+                    id,
+                    status_ref: None,
+                })
             }
             Err(source) => {
                 lock(&self.image_backoff).failed_at(&backoff_key, now_nanos());

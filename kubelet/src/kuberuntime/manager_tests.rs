@@ -704,14 +704,17 @@ async fn pods_asking_for_one_image_at_once_share_one_image_status() {
     fake.set_slow_image_status();
     let rm = manager(&fake, dir.path());
     let answers = futures::future::join_all((0..5).map(|_| rm.image_present("i:1"))).await;
-    let ids: Vec<Option<String>> = answers.into_iter().map(Result::unwrap).collect();
+    let ids: Vec<Option<String>> = answers
+        .into_iter()
+        .map(|a| a.unwrap().map(|i| i.id))
+        .collect();
     assert!(
         ids[0].is_some() && ids.iter().all(|id| id == &ids[0]),
         "{ids:?}"
     );
     assert_eq!(fake.count("ImageStatus"), 1);
     // Nothing is kept once answered: a later ask (the image may be gone) asks again.
-    assert_eq!(rm.image_present("i:1").await.unwrap(), ids[0]);
+    assert_eq!(rm.image_present("i:1").await.unwrap().map(|i| i.id), ids[0]);
     assert_eq!(fake.count("ImageStatus"), 2);
     // A missing image is shared the same way, and an error reaches every asker.
     fake.inject_error("ImageStatus", tonic::Code::Unavailable);
@@ -792,6 +795,51 @@ async fn pod_status_asks_container_status_only_when_the_state_changed() {
     let st = n.status(&p).await;
     assert_eq!(n.names("ContainerStatus"), [n.id("a")]);
     assert_eq!(st.find_container("a").unwrap().exit_code, 1);
+}
+
+#[tokio::test]
+async fn the_status_of_a_container_the_kubelet_started_is_known_without_asking() {
+    let n = node();
+    n.fake.set_image_digest("i:1", "reg.example/i@sha256:d1");
+    let p = pod("Always", &[], &["a", "b"]);
+    n.sync(&p).await;
+    n.fake.clear_calls();
+    let ours = n.status(&p).await;
+    assert_eq!(n.fake.count("ContainerStatus"), 0);
+    // The same as the runtime's answer, but for startedAt, taken when StartContainer
+    // answered (later than the runtime's, by little).
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = manager(&n.fake, dir.path())
+        .get_pod_status(&uid(&p))
+        .await
+        .unwrap();
+    assert_eq!(n.fake.count("ContainerStatus"), 2);
+    assert_eq!(ours.containers.len(), 2);
+    for (o, t) in ours.containers.iter().zip(&theirs.containers) {
+        assert_eq!(o.image_ref, "reg.example/i@sha256:d1");
+        assert!(o.started_at >= t.started_at && o.started_at - t.started_at < NANOS_PER_SEC);
+        let o = crate::container::ContainerStatus {
+            started_at: t.started_at,
+            ..o.clone()
+        };
+        assert_eq!(&o, t);
+    }
+    // An exit is not known: the runtime is asked.
+    n.fake.clear_calls();
+    n.fake.exit_container(&n.id("a"), 3);
+    assert_eq!(n.status(&p).await.find_container("a").unwrap().exit_code, 3);
+    assert_eq!(n.names("ContainerStatus"), [n.id("a")]);
+}
+
+#[tokio::test]
+async fn after_a_pull_the_runtime_is_asked_for_the_image_ref() {
+    let n = node();
+    let p = pod_yaml("  containers:\n  - {name: a, image: 'other:2'}\n");
+    n.sync(&p).await;
+    n.fake.clear_calls();
+    let st = n.status(&p).await;
+    assert_eq!(n.names("ContainerStatus"), [n.id("a")]);
+    assert_eq!(st.containers[0].state, ContainerState::Running);
 }
 
 #[tokio::test]

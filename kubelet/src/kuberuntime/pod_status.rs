@@ -69,7 +69,11 @@ impl RuntimeManager {
                 .filter(|s| s.state == state)
                 .cloned();
             let cs = match cached {
-                Some(cs) => cs,
+                // A status the kubelet recorded itself lacks the runtime's creation time.
+                Some(cs) => ContainerStatus {
+                    created_at: c.created_at,
+                    ..cs
+                },
                 None => match self.cri.container_status(&c.id).await {
                     Ok(st) => {
                         let cs = self.convert_container(&c, &st);
@@ -85,6 +89,25 @@ impl RuntimeManager {
         }
         status.sort();
         Ok(status)
+    }
+
+    /// Records the status of a container the kubelet has just created or started, so the
+    /// next relist does not ask the runtime for what the kubelet already knows: a created
+    /// or running container's status holds nothing else but its startedAt (the moment
+    /// StartContainer answered, at most a few milliseconds after the runtime's) and
+    /// imageRef (the same rule as containerd's). A listed state that differs from the
+    /// recorded one (the container exited) is asked for as before.
+    pub(super) fn record_own_status(&self, listed: &cri::Container, st: &cri::ContainerStatus) {
+        let cs = self.convert_container(listed, st);
+        // A relist may have read the runtime already; its answer stays.
+        lock(&self.container_cache)
+            .entry(listed.id.clone())
+            .and_modify(|e| {
+                if e.state == ContainerState::Created && cs.state == ContainerState::Running {
+                    *e = cs.clone();
+                }
+            })
+            .or_insert(cs);
     }
 
     pub(super) fn convert_container(

@@ -190,6 +190,18 @@ impl FakeRuntime {
         });
     }
 
+    /// Gives an image a repo digest (as a pulled image has).
+    pub(crate) fn set_image_digest(&self, name: &str, digest: &str) {
+        let mut st = self.lock();
+        if let Some(i) = st
+            .images
+            .iter_mut()
+            .find(|i| i.repo_tags.iter().any(|t| t == name))
+        {
+            i.repo_digests = vec![digest.to_string()];
+        }
+    }
+
     /// Sets what an image runs as.
     pub(crate) fn set_image_user(&self, name: &str, uid: Option<i64>, username: &str) {
         let mut st = self.lock();
@@ -601,16 +613,21 @@ impl RuntimeService for FakeRuntime {
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.clone());
         let image = config.image.clone().unwrap_or_default();
-        let image_ref = st
-            .find_image(&image.image)
+        // containerd lists the image ID, and reports the first repo digest when the image
+        // has one in ContainerStatus.
+        let found = st.find_image(&image.image);
+        let image_ref = found
             .map(|i| i.id.clone())
             .unwrap_or_else(|| image.image.clone());
+        let status_image_ref = found
+            .and_then(|i| i.repo_digests.first().cloned())
+            .unwrap_or_else(|| image_ref.clone());
         let container = cri::Container {
             id: id.clone(),
             pod_sandbox_id: pod_sandbox_id.to_string(),
             metadata: Some(meta.clone()),
             image: Some(image.clone()),
-            image_ref: image_ref.clone(),
+            image_ref,
             state: cri::ContainerState::ContainerCreated as i32,
             created_at: now,
             labels: config.labels.clone(),
@@ -623,7 +640,7 @@ impl RuntimeService for FakeRuntime {
             state: cri::ContainerState::ContainerCreated as i32,
             created_at: now,
             image: Some(image),
-            image_ref,
+            image_ref: status_image_ref,
             labels: config.labels,
             annotations: config.annotations,
             mounts: config.mounts,
