@@ -12,10 +12,14 @@
 #   --kubeconfig  joins a cluster: FILE becomes /etc/kubernetes/kubelet.conf (0600), its CA
 #                 /etc/kubernetes/pki/ca.crt, and the drop-in 20-kubeconfig.conf passes
 #                 --kubeconfig and the kubelet API's webhook authn/authz flags (as kubeadm)
+#   --bootstrap-kubeconfig  joins by TLS bootstrap, as after `kubeadm join`: FILE (a bootstrap
+#                 token's kubeconfig) becomes /etc/kubernetes/bootstrap-kubelet.conf and the
+#                 kubelet writes /etc/kubernetes/kubelet.conf itself from the certificate the
+#                 cluster signs (kept in /var/lib/kubelet/pki)
 # With systemd running, enables and starts containerd, nodus-images and kubelet.
 #
 # usage: hack/install.sh [--root DIR] [--no-build] [--bin-dir target/release] [--demo]
-#                        [--kubeconfig FILE]
+#                        [--kubeconfig FILE | --bootstrap-kubeconfig FILE]
 #   --root DIR     install into DIR (an image being built); enables units there, starts nothing
 #   --no-build     use the binaries in --bin-dir and the images in build/images as they are
 #   --bin-dir DIR  where the binaries are (default target/release)
@@ -28,6 +32,7 @@ root=""
 build=1
 demo=0
 kubeconfig=""
+bootstrap=""
 bin_dir=target/release
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,6 +41,7 @@ while [ $# -gt 0 ]; do
     --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift 2 ;;
     --demo) demo=1; shift ;;
     --kubeconfig) kubeconfig="${2:?--kubeconfig needs a file}"; shift 2 ;;
+    --bootstrap-kubeconfig) bootstrap="${2:?--bootstrap-kubeconfig needs a file}"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "install: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -61,6 +67,8 @@ if [ "$build" = 1 ]; then
 fi
 [ -x "$kubelet_bin" ] || { echo "install: $kubelet_bin missing (build first)" >&2; exit 1; }
 [ -z "$kubeconfig" ] || [ -f "$kubeconfig" ] || { echo "install: --kubeconfig $kubeconfig: no such file" >&2; exit 1; }
+[ -z "$bootstrap" ] || [ -f "$bootstrap" ] || { echo "install: --bootstrap-kubeconfig $bootstrap: no such file" >&2; exit 1; }
+[ -z "$kubeconfig" ] || [ -z "$bootstrap" ] || { echo "install: --kubeconfig and --bootstrap-kubeconfig: give one" >&2; exit 2; }
 for b in containerd-shim-nodus-v2 nodus-bridge; do
   [ -x "$bin_dir/$b" ] || { echo "install: $bin_dir/$b missing (build first)" >&2; exit 1; }
 done
@@ -104,26 +112,33 @@ put 0644 hack/deploy/containerd-config.toml "$cfg" containerd
 [ -f "$r/var/lib/kubelet/config.yaml" ] || { install -m 0644 hack/deploy/kubelet-config.yaml "$r/var/lib/kubelet/config.yaml"; changed_kubelet=1; }
 put 0644 hack/deploy/kubelet.service "$r/etc/systemd/system/kubelet.service" units
 put 0644 hack/deploy/kubelet.service.d/10-nodus.conf "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf" units
-if [ -n "$kubeconfig" ]; then
-  put 0600 "$kubeconfig" "$r/etc/kubernetes/kubelet.conf" kubelet
+join="${kubeconfig:-$bootstrap}"
+if [ -n "$join" ]; then
+  if [ -n "$kubeconfig" ]; then
+    put 0600 "$kubeconfig" "$r/etc/kubernetes/kubelet.conf" kubelet
+    dropin=hack/deploy/kubelet.service.d/20-kubeconfig.conf
+  else
+    put 0600 "$bootstrap" "$r/etc/kubernetes/bootstrap-kubelet.conf" kubelet
+    dropin=hack/deploy/kubelet.service.d/20-bootstrap-kubeconfig.conf
+  fi
   # The cluster CA verifies the API server's client certificate on 10250 (clientCAFile,
   # /etc/kubernetes/pki/ca.crt as kubeadm): taken from the kubeconfig's cluster.
   install -d "$r/etc/kubernetes/pki"
   ca_tmp=$(mktemp)
-  ca_data=$(sed -n 's/^ *certificate-authority-data: *//p' "$kubeconfig" | head -n1)
-  ca_file=$(sed -n 's/^ *certificate-authority: *//p' "$kubeconfig" | head -n1)
+  ca_data=$(sed -n 's/^ *certificate-authority-data: *//p' "$join" | head -n1)
+  ca_file=$(sed -n 's/^ *certificate-authority: *//p' "$join" | head -n1)
   if [ -n "$ca_data" ]; then
     printf '%s' "$ca_data" | base64 -d > "$ca_tmp"
   elif [ -n "$ca_file" ] && [ -f "$ca_file" ]; then
     cp "$ca_file" "$ca_tmp"
   else
     rm -f "$ca_tmp"
-    echo "install: --kubeconfig $kubeconfig: no certificate-authority(-data) for the kubelet's clientCAFile" >&2
+    echo "install: $join: no certificate-authority(-data) for the kubelet's clientCAFile" >&2
     exit 1
   fi
   put 0644 "$ca_tmp" "$r/etc/kubernetes/pki/ca.crt" kubelet
   rm -f "$ca_tmp"
-  put 0644 hack/deploy/kubelet.service.d/20-kubeconfig.conf "$r/etc/systemd/system/kubelet.service.d/20-kubeconfig.conf" units
+  put 0644 "$dropin" "$r/etc/systemd/system/kubelet.service.d/20-kubeconfig.conf" units
 fi
 put 0644 hack/deploy/nodus-images.service "$r/etc/systemd/system/nodus-images.service" units
 for i in pause busybox; do

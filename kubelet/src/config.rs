@@ -113,6 +113,10 @@ pub struct Flags {
     /// kubeconfig of the API server; without it the kubelet runs standalone.
     #[arg(long = "kubeconfig")]
     pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig whose identity (a bootstrap token) requests the client certificate when
+    /// the --kubeconfig file does not exist or its certificate expired (TLS bootstrap).
+    #[arg(long = "bootstrap-kubeconfig")]
+    pub(crate) bootstrap_kubeconfig: Option<PathBuf>,
     /// Register the node with the API server (registerNode).
     #[arg(long = "register-node", num_args = 0..=1, default_missing_value = "true")]
     pub(crate) register_node: Option<bool>,
@@ -380,6 +384,8 @@ pub struct Config {
     pub(crate) max_per_pod_container: u32,
     /// The API server's kubeconfig (`--kubeconfig`); None: standalone.
     pub kubeconfig: Option<PathBuf>,
+    /// `--bootstrap-kubeconfig`: makes `kubeconfig` by TLS bootstrap when needed.
+    pub bootstrap_kubeconfig: Option<PathBuf>,
     /// Register the Node object (default true).
     pub(crate) register_node: bool,
     /// Labels the node registers with (`--node-labels`).
@@ -452,6 +458,7 @@ impl Default for Config {
             pod_infra_container_image: "registry.k8s.io/pause:3.10".into(),
             max_per_pod_container: 1,
             kubeconfig: None,
+            bootstrap_kubeconfig: None,
             register_node: true,
             node_labels: Default::default(),
             register_with_taints: Vec::new(),
@@ -1060,6 +1067,16 @@ impl Config {
         if let Some(v) = &flags.kubeconfig {
             c.kubeconfig = Some(v.clone());
         }
+        if let Some(v) = &flags.bootstrap_kubeconfig {
+            if c.kubeconfig.is_none() {
+                return Err(invalid(
+                    "--bootstrap-kubeconfig",
+                    v.display(),
+                    "needs --kubeconfig (the file the bootstrap writes)",
+                ));
+            }
+            c.bootstrap_kubeconfig = Some(v.clone());
+        }
         if let Some(v) = flags.register_node {
             c.register_node = v;
         }
@@ -1509,5 +1526,36 @@ volumeStatsAggPeriod: 0s
         .to_string();
         assert!(e.contains("--node-ip") && e.contains("x.y"), "{e}");
         assert!(Flags::try_parse_from(["kubelet", "--read-only-port", "abc"]).is_err());
+        let e = Config::resolve(
+            &flags(&[
+                "--bootstrap-kubeconfig",
+                "/etc/kubernetes/boot.conf",
+                "--hostname-override",
+                "n",
+            ]),
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--bootstrap-kubeconfig")
+                && e.contains("/etc/kubernetes/boot.conf")
+                && e.contains("--kubeconfig"),
+            "{e}"
+        );
+        let c = Config::resolve(
+            &flags(&[
+                "--bootstrap-kubeconfig=/b.conf",
+                "--kubeconfig=/k.conf",
+                "--hostname-override",
+                "n",
+            ]),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.bootstrap_kubeconfig.as_deref(),
+            Some(Path::new("/b.conf"))
+        );
     }
 }

@@ -48,11 +48,22 @@ pub(crate) fn user_agent() -> String {
 
 /// Reads the kubeconfig and makes the client.
 pub(crate) async fn connect(path: &Path) -> Result<kube::Client, ApiError> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| ApiError::Kubeconfig {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    connect_with(kubeconfig, path).await
+}
+
+/// Makes the client from a kubeconfig already read from `path`.
+pub(crate) async fn connect_with(
+    kubeconfig: Kubeconfig,
+    path: &Path,
+) -> Result<kube::Client, ApiError> {
     let bad = |message: String| ApiError::Kubeconfig {
         path: path.display().to_string(),
         message,
     };
-    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
     let mut config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await

@@ -11,6 +11,7 @@ pub(crate) mod active_deadline;
 mod admission;
 
 pub(crate) mod backoff;
+pub mod certificate;
 pub mod config;
 pub(crate) mod container;
 pub(crate) mod credentials;

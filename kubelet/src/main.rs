@@ -40,6 +40,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.root_dir)
         .with_context(|| format!("creating --root-dir {}", cfg.root_dir.display()))?;
     nodus_kubelet::resources::check_cgroup_root(&cfg.cgroup_root)?;
+    tokio::select! {
+        () = nodus_kubelet::certificate::bootstrap(&cfg) => {}
+        () = shutdown_signal() => return Ok(()),
+    }
     let kubelet = Kubelet::new(cfg.clone()).await?;
     let shared = kubelet.shared();
     if cfg.healthz_port != 0 {

@@ -67,6 +67,8 @@ pub struct ControlPlaneOptions {
     /// pods reach), instead of 127.0.0.1 only; the serving certificate names it too, and the
     /// `kubernetes` Service gets it as its endpoint.
     pub advertise_address: Option<std::net::Ipv4Addr>,
+    /// Authenticate bootstrap tokens (`--enable-bootstrap-token-auth`), for TLS bootstrap.
+    pub bootstrap_tokens: bool,
 }
 
 /// etcd + kube-apiserver on 127.0.0.1.
@@ -74,6 +76,7 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    controller_manager: Option<Child>,
     binary: PathBuf,
     etcd_port: u16,
     /// The secure port of the API server on 127.0.0.1.
@@ -103,6 +106,7 @@ impl ControlPlane {
             .tempdir()
             .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
         let minor = binary_minor(&binary)?;
+        let ca_key;
         let ca = {
             let mut p =
                 CertificateParams::new(Vec::<String>::new()).map_err(|e| cert_err("CA", e))?;
@@ -115,12 +119,14 @@ impl ControlPlane {
                 KeyUsagePurpose::DigitalSignature,
             ];
             let key = KeyPair::generate().map_err(|e| cert_err("CA key", e))?;
+            ca_key = key.serialize_pem();
             CertifiedIssuer::self_signed(p, key).map_err(|e| cert_err("CA", e))?
         };
         let mut cp = ControlPlane {
             dir,
             etcd: None,
             apiserver: None,
+            controller_manager: None,
             binary,
             etcd_port: free_port()?,
             port: free_port()?,
@@ -129,6 +135,8 @@ impl ControlPlane {
             options,
         };
         cp.write_file("ca.crt", &cp.ca.pem())?;
+        // For kube-controller-manager's CSR signer.
+        cp.write_file("ca.key", &ca_key)?;
         let advertised = cp.options.advertise_address.map(|a| a.to_string());
         let mut names = vec![
             "localhost",
@@ -345,6 +353,9 @@ impl ControlPlane {
                 args.push("--endpoint-reconciler-type=none".into());
             }
         }
+        if self.options.bootstrap_tokens {
+            args.push("--enable-bootstrap-token-auth=true".into());
+        }
         if self.minor < 24 {
             // 1.20-1.23 also serve an unauthenticated port on localhost:8080 unless told not to.
             args.push("--insecure-port=0".into());
@@ -419,6 +430,49 @@ impl ControlPlane {
         }
     }
 
+    /// Starts kube-controller-manager with only the CSR controllers (approver, signer with
+    /// the cluster CA, cleaner) and `extra` arguments; `None` (after a SKIP line) without a
+    /// binary (`NODUS_KUBE_CONTROLLER_MANAGER`, else `bin/kube-controller-manager` beside
+    /// the API server that `hack/kube-build.sh` made).
+    pub fn start_csr_controllers(&mut self, extra: &[&str]) -> Result<Option<()>> {
+        let binary = std::env::var_os("NODUS_KUBE_CONTROLLER_MANAGER")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                let p = self.binary.parent()?.join("bin/kube-controller-manager");
+                p.exists().then_some(p)
+            });
+        let Some(binary) = binary else {
+            println!("SKIP: no kube-controller-manager (NODUS_KUBE_CONTROLLER_MANAGER not set)");
+            return Ok(None);
+        };
+        let d = self.dir().display().to_string();
+        let admin = self.admin_kubeconfig()?;
+        let mut args = vec![
+            format!("--kubeconfig={}", admin.display()),
+            "--controllers=csrapproving,csrsigning,csrcleaner".into(),
+            format!("--cluster-signing-cert-file={d}/ca.crt"),
+            format!("--cluster-signing-key-file={d}/ca.key"),
+            "--leader-elect=false".into(),
+            "--secure-port=0".into(),
+            "--v=2".into(),
+        ];
+        if self.minor < 24 {
+            args.push("--port=0".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (out, err) = self.log_file("kube-controller-manager")?;
+        let child = Command::new(&binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::io(&binary, e))?;
+        self.controller_manager = Some(child);
+        Ok(Some(()))
+    }
+
     /// Stops the API server (SIGTERM, by PID); etcd keeps the data.
     pub fn stop_apiserver(&mut self) {
         if let Some(c) = self.apiserver.take() {
@@ -448,6 +502,9 @@ fn stop(mut child: Child) {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        if let Some(c) = self.controller_manager.take() {
+            stop(c);
+        }
         if let Some(c) = self.apiserver.take() {
             stop(c);
         }

@@ -86,6 +86,70 @@ impl ApiNode {
         })
     }
 
+    /// A node whose kubelet has no kubeconfig yet: it bootstraps one with kubeadm's bootstrap
+    /// token `abcdef.0123456789abcdef` (`--bootstrap-kubeconfig`, `--cert-dir` pki/ under
+    /// the node's directory, `--kubeconfig` kubelet.conf there). The control plane has what
+    /// `kubeadm init` makes for it: the token Secret, the node-bootstrapper binding, the
+    /// auto-approval bindings when `auto_approve`, and kube-controller-manager's CSR
+    /// controllers (`kcm_args` added). None (after a SKIP line) without the binaries.
+    pub async fn start_bootstrapping(auto_approve: bool, kcm_args: &[&str]) -> Option<ApiNode> {
+        if nodus_testkit::apiserver::skip_without_apiserver() {
+            return None;
+        }
+        let mut opts = containerd_options();
+        opts.in_node_netns = true;
+        let ctrd = nodus_testkit::PrivateContainerd::start(opts)
+            .await
+            .expect("private containerd");
+        ctrd.node_netns()
+            .enter_current_thread()
+            .expect("enter the node netns");
+        let mut cp = ControlPlane::start_with(nodus_testkit::apiserver::ControlPlaneOptions {
+            bootstrap_tokens: true,
+            ..Default::default()
+        })
+        .expect("control plane");
+        cp.start_csr_controllers(kcm_args)
+            .expect("kube-controller-manager")?;
+        let admin_kubeconfig = cp.admin_kubeconfig().expect("admin kubeconfig");
+        let client = client(&admin_kubeconfig).await;
+        prepare_namespace(&client, "default", &cp.ca_pem()).await;
+        bootstrap_objects(&client, auto_approve).await;
+        let boot = cp.dir().join("bootstrap-kubelet.conf");
+        std::fs::write(
+            &boot,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+                 users:\n- name: tls-bootstrap-token-user\n  user:\n    token: {BOOTSTRAP_TOKEN}\n\
+                 contexts:\n- name: tls-bootstrap-token-user@kubernetes\n  context:\n    cluster: kubernetes\n    user: tls-bootstrap-token-user\n\
+                 current-context: tls-bootstrap-token-user@kubernetes\n",
+                cp.url(),
+                cp.ca_path().display()
+            ),
+        )
+        .unwrap();
+        let dir = ctrd.dir().to_path_buf();
+        let args = [
+            format!("--kubeconfig={}", dir.join("kubelet.conf").display()),
+            format!("--bootstrap-kubeconfig={}", boot.display()),
+            format!("--cert-dir={}", dir.join("pki").display()),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut node = Node::on(ctrd, "", &args);
+        node.other_logs
+            .push(("kube-apiserver", cp.dir().join("kube-apiserver.log")));
+        node.other_logs.push((
+            "kube-controller-manager",
+            cp.dir().join("kube-controller-manager.log"),
+        ));
+        Some(ApiNode {
+            node,
+            cp,
+            client,
+            admin_kubeconfig,
+        })
+    }
+
     pub fn pods(&self, ns: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), ns)
     }
@@ -161,6 +225,65 @@ pub fn condition(p: &Pod, kind: &str) -> Option<String> {
         .iter()
         .find(|c| c.type_ == kind)
         .map(|c| c.status.clone())
+}
+
+/// kubeadm's default bootstrap token (id `abcdef`).
+pub const BOOTSTRAP_TOKEN: &str = "abcdef.0123456789abcdef";
+
+/// What `kubeadm init` makes for joining nodes: the bootstrap token's Secret, and the
+/// bindings that let its group send node CSRs (and have them approved when `auto_approve`),
+/// and nodes renew their own certificates.
+async fn bootstrap_objects(client: &kube::Client, auto_approve: bool) {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let group = "system:bootstrappers:kubeadm:default-node-token";
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": {
+            "token-id": "abcdef",
+            "token-secret": "0123456789abcdef",
+            "usage-bootstrap-authentication": "true",
+            "usage-bootstrap-signing": "true",
+            "auth-extra-groups": group,
+        },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("bootstrap token secret");
+    let mut bindings = vec![
+        (
+            "kubeadm:kubelet-bootstrap",
+            "system:node-bootstrapper",
+            group,
+        ),
+        (
+            "kubeadm:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:nodes",
+        ),
+    ];
+    if auto_approve {
+        bindings.push((
+            "kubeadm:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            group,
+        ));
+    }
+    let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    for (name, role, group) in bindings {
+        let b: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &b)
+            .await
+            .unwrap_or_else(|e| panic!("clusterrolebinding {name}: {e}"));
+    }
 }
 
 /// The `default` ServiceAccount and the `kube-root-ca.crt` configMap of a namespace.

@@ -251,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
     std::env::set_var(nodus_testkit::apiserver::APISERVER_ENV, &cli.kube_apiserver);
     let cp = ControlPlane::start_with(ControlPlaneOptions {
         advertise_address: Some(NODE_IP.parse()?),
+        ..Default::default()
     })
     .context("starting etcd and kube-apiserver")?;
     let nat = |chain: &str| -> anyhow::Result<()> {

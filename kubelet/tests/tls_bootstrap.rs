@@ -1,0 +1,193 @@
+//! TLS bootstrap end to end (issue 24): the kubelet starts with only kubeadm's bootstrap
+//! kubeconfig (a bootstrap token), asks for its client certificate with a CSR, and runs as
+//! `system:node:testnode` with what kube-controller-manager's CSR approver and signer give
+//! it (real etcd, kube-apiserver and kube-controller-manager built from the same source).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::api::{phase, ApiNode};
+use common::{BUSYBOX_IMAGE, NODE};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Node as KubeNode;
+use kube::api::{Api, Patch, PatchParams};
+
+/// The CSRs of the cluster, by name.
+async fn csrs(n: &ApiNode) -> Vec<CertificateSigningRequest> {
+    let api: Api<CertificateSigningRequest> = Api::all(n.client.clone());
+    api.list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+fn condition(csr: &CertificateSigningRequest, kind: &str) -> Option<String> {
+    csr.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .and_then(|c| c.reason.clone())
+}
+
+async fn wait_node_ready(n: &ApiNode) {
+    let nodes: Api<KubeNode> = Api::all(n.client.clone());
+    n.wait_for("node Ready", Duration::from_secs(90), || {
+        let nodes = nodes.clone();
+        async move {
+            let node = nodes.get_opt(NODE).await.ok().flatten()?;
+            node.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+/// (subject, issuer) of the first certificate in a PEM file.
+fn names_of(pem_file: &Path) -> (String, String) {
+    let data = std::fs::read(pem_file).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&data).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    (cert.subject().to_string(), cert.issuer().to_string())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_bootstraps_its_client_certificate_from_a_token() {
+    let Some(mut n) = ApiNode::start_bootstrapping(true, &[]).await else {
+        return;
+    };
+    wait_node_ready(&n).await;
+    let dir = n.ctrd.dir().to_path_buf();
+    let pki = dir.join("pki");
+
+    // One CSR, sent as the bootstrap token's user, approved and signed by the controllers.
+    let list = csrs(&n).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let csr = &list[0];
+    let name = csr.metadata.name.clone().unwrap();
+    assert!(name.starts_with("node-csr-"), "{name}");
+    assert_eq!(
+        csr.spec.signer_name,
+        "kubernetes.io/kube-apiserver-client-kubelet"
+    );
+    assert_eq!(
+        csr.spec.username.as_deref(),
+        Some("system:bootstrap:abcdef")
+    );
+    assert_eq!(condition(csr, "Approved").as_deref(), Some("AutoApproved"));
+
+    // Upstream's files: kubelet-client-<timestamp>.pem, the -current symlink to it, the
+    // kubeconfig naming it, and no key left waiting.
+    let current = pki.join("kubelet-client-current.pem");
+    let target = std::fs::read_link(&current).unwrap();
+    let target = target.to_str().unwrap();
+    assert!(target.starts_with("kubelet-client-20"), "{target}");
+    assert!(!pki.join("kubelet-client.key.tmp").exists());
+    let (subject, issuer) = names_of(&current);
+    assert!(subject.contains("CN=system:node:testnode"), "{subject}");
+    assert!(subject.contains("O=system:nodes"), "{subject}");
+    assert!(issuer.contains("CN=nodus-test-ca"), "{issuer}");
+    let kubeconfig = std::fs::read_to_string(dir.join("kubelet.conf")).unwrap();
+    assert!(
+        kubeconfig.contains(&format!("client-certificate: {}", current.display())),
+        "{kubeconfig}"
+    );
+
+    // The node identity works: a pod bound to the node runs and reports its status.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: after-bootstrap, namespace: default}}\nspec:\n  \
+         automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    \
+         imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n"
+    );
+    n.create_pod("default", &yaml).await;
+    n.wait_pod("default", "after-bootstrap", "Running", |p| {
+        phase(p) == "Running"
+    })
+    .await;
+
+    // A restart with a valid kubeconfig sends no other CSR.
+    n.node.stop_kubelet(false);
+    n.node.start_kubelet();
+    n.wait_for(
+        "the restarted kubelet skips bootstrap",
+        Duration::from_secs(30),
+        || {
+            let text = n.log_text();
+            async move {
+                (text
+                    .matches("exists and is valid, skipping bootstrap")
+                    .count()
+                    == 1)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    wait_node_ready(&n).await;
+    assert_eq!(csrs(&n).await.len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_denied_csr_is_reported_and_a_new_one_follows() {
+    let Some(n) = ApiNode::start_bootstrapping(false, &[]).await else {
+        return;
+    };
+    let api: Api<CertificateSigningRequest> = Api::all(n.client.clone());
+    let decide = |name: String, kind: &'static str| {
+        let api = api.clone();
+        async move {
+            let patch = serde_json::json!({"status": {"conditions": [{
+                "type": kind, "status": "True", "reason": "NodusTest",
+                "message": format!("{kind} by the test"),
+            }]}});
+            api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+        }
+    };
+    // Nothing approves it: the CSR waits.
+    let first = n
+        .wait_for("a pending CSR", Duration::from_secs(60), || async {
+            csrs(&n).await.first().and_then(|c| c.metadata.name.clone())
+        })
+        .await;
+    decide(first.clone(), "Denied").await;
+    n.wait_for(
+        "the denial in the kubelet log",
+        Duration::from_secs(30),
+        || {
+            let text = n.log_text();
+            let first = first.clone();
+            async move {
+                text.contains(&format!(
+                    "certificate signing request {first} is denied, reason: NodusTest"
+                ))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    let dir = n.ctrd.dir().to_path_buf();
+    assert!(!dir.join("kubelet.conf").exists());
+    assert!(!dir.join("pki/kubelet-client-current.pem").exists());
+    // The next try is a new request (a new key); approved by hand, it is signed and used.
+    let second = n
+        .wait_for("a second CSR", Duration::from_secs(60), || async {
+            csrs(&n)
+                .await
+                .into_iter()
+                .filter_map(|c| c.metadata.name)
+                .find(|name| *name != first)
+        })
+        .await;
+    decide(second, "Approved").await;
+    wait_node_ready(&n).await;
+    assert!(dir.join("kubelet.conf").exists());
+    assert!(!dir.join("pki/kubelet-client.key.tmp").exists());
+}
