@@ -100,6 +100,9 @@ pub struct Flags {
     /// RuntimeDefault seccomp for containers that name no profile (seccompDefault).
     #[arg(long = "seccomp-default", num_args = 0..=1, default_missing_value = "true")]
     pub(crate) seccomp_default: Option<bool>,
+    /// Renew the client certificate through CSRs before it expires (rotateCertificates).
+    #[arg(long = "rotate-certificates", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) rotate_certificates: Option<bool>,
     /// Directory for pod logs (podLogsDir).
     #[arg(long = "pod-logs-dir")]
     pub(crate) pod_logs_dir: Option<PathBuf>,
@@ -269,6 +272,7 @@ pub(crate) struct KubeletConfiguration {
     pub(crate) cluster_dns: Option<Vec<String>>,
     pub(crate) cluster_domain: Option<String>,
     pub(crate) seccomp_default: Option<bool>,
+    pub(crate) rotate_certificates: Option<bool>,
     pub(crate) allowed_unsafe_sysctls: Option<Vec<String>>,
     pub(crate) container_log_max_size: Option<String>,
     pub(crate) container_log_max_files: Option<i64>,
@@ -361,6 +365,9 @@ pub struct Config {
     pub(crate) dns: crate::network::dns::ClusterDns,
     /// `seccompDefault`: RuntimeDefault for containers that name no seccomp profile.
     pub(crate) seccomp_default: bool,
+    /// `rotateCertificates`: the client certificate of a bootstrapped kubeconfig is renewed
+    /// through CSRs before it expires.
+    pub(crate) rotate_certificates: bool,
     /// `allowedUnsafeSysctls`: names and `prefix*` patterns pods may set beyond the safe set.
     pub(crate) allowed_unsafe_sysctls: Vec<String>,
     /// Rotate a container's log above this many bytes (default 10Mi).
@@ -447,6 +454,7 @@ impl Default for Config {
             resolv_conf: "/etc/resolv.conf".into(),
             dns: Default::default(),
             seccomp_default: false,
+            rotate_certificates: false,
             allowed_unsafe_sysctls: Vec::new(),
             container_log_max_size: 10 << 20,
             warnings: Vec::new(),
@@ -836,6 +844,9 @@ impl Config {
         if let Some(v) = file.seccomp_default {
             c.seccomp_default = v;
         }
+        if let Some(v) = file.rotate_certificates {
+            c.rotate_certificates = v;
+        }
         if let Some(v) = &file.allowed_unsafe_sysctls {
             c.allowed_unsafe_sysctls = v.clone();
         }
@@ -1178,6 +1189,9 @@ impl Config {
         if let Some(v) = flags.seccomp_default {
             c.seccomp_default = v;
         }
+        if let Some(v) = flags.rotate_certificates {
+            c.rotate_certificates = v;
+        }
         if let Err(e) = crate::security::sysctl::Allowlist::new(&c.allowed_unsafe_sysctls) {
             return Err(invalid(
                 "allowedUnsafeSysctls",
@@ -1286,8 +1300,9 @@ volumeStatsAggPeriod: 0s
             c.warnings[0],
             "KubeletConfiguration: strict decoding error: unknown field \"fooBar\" (ignored)"
         );
+        assert!(c.rotate_certificates);
         for field in [
-            "rotateCertificates",
+            "volumeStatsAggPeriod",
             "logging",
             "memorySwap",
             "shutdownGracePeriod",

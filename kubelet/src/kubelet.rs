@@ -96,7 +96,21 @@ impl Kubelet {
         let (api, events, status_sync) = match &cfg.kubeconfig {
             None => (None, EventRecorder::none(), None),
             Some(path) => {
-                let client = crate::kubeclient::connect(path).await?;
+                let client = if cfg.rotate_certificates
+                    && crate::certificate::manager::rotatable(path, &cfg.server.cert_dir)
+                {
+                    crate::certificate::manager::rotating_client(
+                        path,
+                        &cfg.server.cert_dir,
+                        &cfg.node_name,
+                    )
+                    .await?
+                } else {
+                    if cfg.rotate_certificates {
+                        tracing::warn!(kubeconfig = %path.display(), "rotateCertificates: the kubeconfig's client certificate is not the one kept in --cert-dir (kubelet-client-current.pem, written by TLS bootstrap); it is not rotated");
+                    }
+                    crate::kubeclient::connect(path).await?
+                };
                 let events = EventRecorder::start(client.clone(), cfg.node_name.clone());
                 let mirror_pods = MirrorPods::default();
                 let (sync, handle) = StatusSync::new(

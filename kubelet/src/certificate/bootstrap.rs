@@ -59,21 +59,10 @@ pub(crate) async fn load_client_cert(
     let key_path = cert_dir.join(TMP_KEY);
     let key = load_or_generate_key(&key_path)?;
     let common_name = format!("system:node:{node_name}");
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| CertificateError::Request(e.to_string()))?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name.as_str());
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "system:nodes");
-    let request = params
-        .serialize_request(&key)
-        .and_then(|r| r.pem())
-        .map_err(|e| CertificateError::Request(e.to_string()))?;
+    let request = client_csr(&key, &common_name)?;
     let spki = key.subject_public_key_info();
     let name = digested_name(&spki, &common_name, &["system:nodes"], &CLIENT_USAGES);
-    let cert = match request_certificate(client, &name, request, &spki).await {
+    let cert = match request_certificate(client, Some(&name), request, &spki).await {
         Ok(cert) => cert,
         Err(e) => {
             if matches!(
@@ -124,9 +113,8 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, CertificateError> {
     Ok(kc)
 }
 
-/// The expiry (Unix seconds) of the client certificate of `kubeconfig`'s current context;
-/// None when the file is absent or holds no readable certificate (then bootstrap runs).
-fn client_cert_not_after(kubeconfig: &Path) -> Option<i64> {
+/// The user of `kubeconfig`'s current context.
+fn current_auth(kubeconfig: &Path) -> Option<kube::config::AuthInfo> {
     if !kubeconfig.exists() {
         return None;
     }
@@ -142,12 +130,23 @@ fn client_cert_not_after(kubeconfig: &Path) -> Option<i64> {
         .as_ref()?
         .user
         .clone()?;
-    let auth = kc
-        .auth_infos
-        .iter()
+    kc.auth_infos
+        .into_iter()
         .find(|a| a.name == user)?
         .auth_info
-        .as_ref()?;
+}
+
+/// The client certificate file `kubeconfig` names (made absolute), if any.
+pub(crate) fn client_cert_path(kubeconfig: &Path) -> Option<PathBuf> {
+    current_auth(kubeconfig)?
+        .client_certificate
+        .map(PathBuf::from)
+}
+
+/// The expiry (Unix seconds) of the client certificate of `kubeconfig`'s current context;
+/// None when the file is absent or holds no readable certificate (then bootstrap runs).
+fn client_cert_not_after(kubeconfig: &Path) -> Option<i64> {
+    let auth = current_auth(kubeconfig)?;
     let pem = match (&auth.client_certificate_data, &auth.client_certificate) {
         (Some(data), _) => base64::engine::general_purpose::STANDARD
             .decode(data)
@@ -222,17 +221,35 @@ pub(crate) fn digested_name(spki: &[u8], cn: &str, orgs: &[&str], usages: &[&str
     format!("node-csr-{}", b64.encode(hash.finalize()))
 }
 
-/// Sends the CSR (or finds the one a previous start sent) and waits for its certificate.
-async fn request_certificate(
+/// A PEM CSR for a kubelet client certificate of `common_name` in `system:nodes`.
+pub(crate) fn client_csr(key: &KeyPair, common_name: &str) -> Result<String, CertificateError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| CertificateError::Request(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:nodes");
+    params
+        .serialize_request(key)
+        .and_then(|r| r.pem())
+        .map_err(|e| CertificateError::Request(e.to_string()))
+}
+
+/// Sends a kubelet client CSR, named `name` (or `csr-<random>` when None, as a renewal's),
+/// or finds the one of that name a previous start sent, and waits for its certificate.
+pub(crate) async fn request_certificate(
     client: kube::Client,
-    name: &str,
+    name: Option<&str>,
     request: String,
     spki: &[u8],
 ) -> Result<String, CertificateError> {
     let api: Api<CertificateSigningRequest> = Api::all(client);
     let csr = CertificateSigningRequest {
         metadata: ObjectMeta {
-            name: Some(name.to_string()),
+            name: name.map(str::to_string),
+            generate_name: name.is_none().then(|| "csr-".to_string()),
             ..Default::default()
         },
         spec: CertificateSigningRequestSpec {
@@ -244,18 +261,23 @@ async fn request_certificate(
         status: None,
     };
     let api_err = |source| CertificateError::Api {
-        name: name.to_string(),
+        name: name.unwrap_or("csr-").to_string(),
         source,
     };
-    match api.create(&PostParams::default(), &csr).await {
-        Ok(_) => {
-            tracing::info!(csr = %name, "certificate signing request sent, waiting for its certificate")
+    let name = match api.create(&PostParams::default(), &csr).await {
+        Ok(created) => {
+            let name = created.metadata.name.unwrap_or_default();
+            tracing::info!(csr = %name, "certificate signing request sent, waiting for its certificate");
+            name
         }
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {
-            tracing::info!(csr = %name, "certificate signing request already sent, waiting for its certificate")
+        Err(kube::Error::Api(s)) if s.is_already_exists() && name.is_some() => {
+            let name = name.unwrap_or_default().to_string();
+            tracing::info!(csr = %name, "certificate signing request already sent, waiting for its certificate");
+            name
         }
         Err(e) => return Err(api_err(e)),
-    }
+    };
+    let name = name.as_str();
     let answered = |c: Option<&CertificateSigningRequest>| {
         c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
             s.certificate.as_ref().is_some_and(|c| !c.0.is_empty())

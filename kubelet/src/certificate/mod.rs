@@ -2,6 +2,7 @@
 //! TLS bootstrap with `--bootstrap-kubeconfig`, and the file store it writes.
 
 pub(crate) mod bootstrap;
+pub(crate) mod manager;
 pub(crate) mod store;
 
 use std::path::PathBuf;

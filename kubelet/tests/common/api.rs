@@ -91,8 +91,13 @@ impl ApiNode {
     /// the node's directory, `--kubeconfig` kubelet.conf there). The control plane has what
     /// `kubeadm init` makes for it: the token Secret, the node-bootstrapper binding, the
     /// auto-approval bindings when `auto_approve`, and kube-controller-manager's CSR
-    /// controllers (`kcm_args` added). None (after a SKIP line) without the binaries.
-    pub async fn start_bootstrapping(auto_approve: bool, kcm_args: &[&str]) -> Option<ApiNode> {
+    /// controllers (`kcm_args` added). The kubelet config gets `extra_config`. None (after a
+    /// SKIP line) without the binaries.
+    pub async fn start_bootstrapping(
+        auto_approve: bool,
+        kcm_args: &[&str],
+        extra_config: impl FnOnce(&ControlPlane) -> String,
+    ) -> Option<ApiNode> {
         if nodus_testkit::apiserver::skip_without_apiserver() {
             return None;
         }
@@ -135,7 +140,7 @@ impl ApiNode {
             format!("--cert-dir={}", dir.join("pki").display()),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut node = Node::on(ctrd, "", &args);
+        let mut node = Node::on(ctrd, &extra_config(&cp), &args);
         node.other_logs
             .push(("kube-apiserver", cp.dir().join("kube-apiserver.log")));
         node.other_logs.push((
