@@ -231,6 +231,9 @@ pub struct ServerTls {
     pub(crate) key_file: Option<PathBuf>,
     /// Where the self-signed certificate lives when no file is given.
     pub(crate) cert_dir: PathBuf,
+    /// `serverTLSBootstrap`: the serving certificate comes from a kubelet-serving CSR (and
+    /// is renewed the same way), in place of the files or the self-signed one.
+    pub(crate) tls_bootstrap: bool,
     pub(crate) min_version: Option<String>,
     pub(crate) cipher_suites: Vec<String>,
     pub(crate) client_ca_file: Option<PathBuf>,
@@ -240,6 +243,13 @@ pub struct ServerTls {
     pub(crate) authorization: AuthorizationMode,
     pub(crate) authz_allowed_ttl: Duration,
     pub(crate) authz_denied_ttl: Duration,
+}
+
+impl ServerTls {
+    /// `serverTLSBootstrap`: the serving certificate comes from the cluster.
+    pub fn tls_bootstrap(&self) -> bool {
+        self.tls_bootstrap
+    }
 }
 
 /// The `KubeletConfiguration` file, as far as this kubelet understands it. As upstream, it
@@ -298,6 +308,8 @@ pub(crate) struct KubeletConfiguration {
     pub(crate) authorization: Option<AuthorizationConfig>,
     pub(crate) tls_cert_file: Option<PathBuf>,
     pub(crate) tls_private_key_file: Option<PathBuf>,
+    #[serde(rename = "serverTLSBootstrap")]
+    pub(crate) server_tls_bootstrap: Option<bool>,
     pub(crate) tls_min_version: Option<String>,
     pub(crate) tls_cipher_suites: Option<Vec<String>>,
     pub(crate) enable_system_log_handler: Option<bool>,
@@ -480,6 +492,7 @@ impl Default for Config {
                 cert_file: None,
                 key_file: None,
                 cert_dir: "/var/lib/kubelet/pki".into(),
+                tls_bootstrap: false,
                 min_version: None,
                 cipher_suites: Vec::new(),
                 client_ca_file: None,
@@ -1029,6 +1042,9 @@ impl Config {
         if let Some(v) = &file.tls_private_key_file {
             c.server.key_file = Some(v.clone());
         }
+        if let Some(v) = file.server_tls_bootstrap {
+            c.server.tls_bootstrap = v;
+        }
         if let Some(v) = &file.tls_min_version {
             c.server.min_version = Some(check_tls_version("tlsMinVersion", v)?);
         }
@@ -1161,6 +1177,13 @@ impl Config {
                 "tlsCertFile",
                 format!("{:?} / {:?}", c.server.cert_file, c.server.key_file),
                 "tlsCertFile and tlsPrivateKeyFile go together",
+            ));
+        }
+        if c.kubeconfig.is_none() && c.port != 0 && c.server.tls_bootstrap {
+            return Err(invalid(
+                "serverTLSBootstrap",
+                "true",
+                "needs --kubeconfig (the certificate signing request goes to the API server)",
             ));
         }
         // The webhooks ask the API server; upstream refuses them without a client too.
@@ -1572,5 +1595,19 @@ volumeStatsAggPeriod: 0s
             c.bootstrap_kubeconfig.as_deref(),
             Some(Path::new("/b.conf"))
         );
+        let f = file("serverTLSBootstrap: true\n").unwrap();
+        let e = Config::resolve(&flags(&["--hostname-override", "n"]), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("serverTLSBootstrap") && e.contains("--kubeconfig"),
+            "{e}"
+        );
+        let c = Config::resolve(
+            &flags(&["--kubeconfig=/k.conf", "--hostname-override", "n"]),
+            &f,
+        )
+        .unwrap();
+        assert!(c.server.tls_bootstrap());
     }
 }

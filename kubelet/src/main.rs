@@ -64,7 +64,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     if cfg.port != 0 {
         let ips: Vec<std::net::IpAddr> = cfg.node_ip.into_iter().collect();
-        let tls = server::tls::server_config(&cfg.server, &cfg.node_name, &ips)?;
+        let tls = match (cfg.server.tls_bootstrap(), kubelet.api_client()) {
+            (true, Some(client)) => {
+                nodus_kubelet::certificate::serving::server_config(&cfg, client)?
+            }
+            (true, None) => anyhow::bail!(
+                "serverTLSBootstrap needs --kubeconfig (the CSR goes to the API server)"
+            ),
+            (false, _) => server::tls::server_config(&cfg.server, &cfg.node_name, &ips)?,
+        };
         let l = server::bind(SocketAddr::new(cfg.address, cfg.port), "the kubelet API").await?;
         let secure = std::sync::Arc::new(server::Secure {
             auth: server::auth::Auth::new(&cfg.server, &cfg.node_name, kubelet.api_client()),

@@ -303,3 +303,85 @@ async fn the_client_certificate_rotates_while_pods_keep_running() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_serving_certificate_comes_from_an_approved_csr() {
+    let Some(n) = ApiNode::start_bootstrapping(true, &[], |cp| {
+        format!(
+            "serverTLSBootstrap: true\naddress: 0.0.0.0\n\
+             authentication:\n  x509: {{clientCAFile: {}}}\n  webhook: {{enabled: true}}\n\
+             authorization:\n  mode: Webhook\n",
+            cp.ca_path().display()
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    wait_node_ready(&n).await;
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  \
+         automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    \
+         imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'echo started; sleep 3600']\n"
+    );
+    n.create_pod("default", &yaml).await;
+    n.wait_pod("default", "web", "Running", |p| phase(p) == "Running")
+        .await;
+    // No serving certificate until one is approved: the API server cannot reach the
+    // kubelet API.
+    let out = n.kubectl(&["logs", "web"]);
+    assert!(!out.status.success(), "{out:?}");
+    let serving = n
+        .wait_for("a kubelet-serving CSR", Duration::from_secs(60), || async {
+            csrs(&n)
+                .await
+                .into_iter()
+                .find(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
+        })
+        .await;
+    assert_eq!(
+        serving.spec.username.as_deref(),
+        Some("system:node:testnode")
+    );
+    let mut usages = serving.spec.usages.clone().unwrap_or_default();
+    usages.sort();
+    assert_eq!(
+        usages,
+        ["digital signature", "key encipherment", "server auth"]
+    );
+    assert_eq!(
+        condition(&serving, "Approved"),
+        None,
+        "nobody approves serving CSRs by itself"
+    );
+    let api: Api<CertificateSigningRequest> = Api::all(n.client.clone());
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "Approved", "status": "True", "reason": "NodusTest",
+        "message": "approved by the test"}]}});
+    api.patch_approval(
+        serving.metadata.name.as_deref().unwrap(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    // Signed by the cluster CA, which the API server trusts for kubelets: logs and exec work.
+    let logs = n
+        .wait_for(
+            "kubectl logs through the new certificate",
+            Duration::from_secs(60),
+            || async {
+                let out = n.kubectl(&["logs", "web"]);
+                out.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            },
+        )
+        .await;
+    assert_eq!(logs, "started\n");
+    assert_eq!(n.kubectl_ok(&["exec", "web", "--", "echo", "hi"]), "hi\n");
+    let current = n.ctrd.dir().join("pki/kubelet-server-current.pem");
+    let (subject, issuer) = names_of(&current);
+    assert!(subject.contains("CN=system:node:testnode"), "{subject}");
+    assert!(issuer.contains("CN=nodus-test-ca"), "{issuer}");
+}

@@ -62,7 +62,7 @@ pub(crate) async fn load_client_cert(
     let request = client_csr(&key, &common_name)?;
     let spki = key.subject_public_key_info();
     let name = digested_name(&spki, &common_name, &["system:nodes"], &CLIENT_USAGES);
-    let cert = match request_certificate(client, Some(&name), request, &spki).await {
+    let cert = match request_certificate(client, Some(&name), request, &spki, &CLIENT).await {
         Ok(cert) => cert,
         Err(e) => {
             if matches!(
@@ -237,13 +237,26 @@ pub(crate) fn client_csr(key: &KeyPair, common_name: &str) -> Result<String, Cer
         .map_err(|e| CertificateError::Request(e.to_string()))
 }
 
-/// Sends a kubelet client CSR, named `name` (or `csr-<random>` when None, as a renewal's),
-/// or finds the one of that name a previous start sent, and waits for its certificate.
+/// What a CSR asks for: the signer and the key usages.
+pub(crate) struct Signer {
+    pub(crate) name: &'static str,
+    pub(crate) usages: &'static [&'static str],
+}
+
+/// A kubelet client certificate (approved by kube-controller-manager for nodes).
+pub(crate) const CLIENT: Signer = Signer {
+    name: CLIENT_SIGNER,
+    usages: &CLIENT_USAGES,
+};
+
+/// Sends a CSR, named `name` (or `csr-<random>` when None, as a renewal's), or finds the
+/// one of that name a previous start sent, and waits for its certificate.
 pub(crate) async fn request_certificate(
     client: kube::Client,
     name: Option<&str>,
     request: String,
     spki: &[u8],
+    signer: &Signer,
 ) -> Result<String, CertificateError> {
     let api: Api<CertificateSigningRequest> = Api::all(client);
     let csr = CertificateSigningRequest {
@@ -254,8 +267,8 @@ pub(crate) async fn request_certificate(
         },
         spec: CertificateSigningRequestSpec {
             request: ByteString(request.into_bytes()),
-            signer_name: CLIENT_SIGNER.to_string(),
-            usages: Some(CLIENT_USAGES.iter().map(|u| u.to_string()).collect()),
+            signer_name: signer.name.to_string(),
+            usages: Some(signer.usages.iter().map(|u| u.to_string()).collect()),
             ..Default::default()
         },
         status: None,

@@ -21,7 +21,7 @@ use hyper::{Request, Response};
 use kube::client::Body;
 use rcgen::{KeyPair, PublicKeyData};
 
-use super::bootstrap::{client_csr, request_certificate};
+use super::bootstrap::{client_csr, request_certificate, CLIENT};
 use super::store::FileStore;
 use super::CertificateError;
 
@@ -81,7 +81,7 @@ pub(crate) fn rotatable(kubeconfig: &Path, cert_dir: &Path) -> bool {
 }
 
 /// (notBefore, notAfter) of the first certificate of a PEM file, in Unix seconds.
-fn validity(pem_file: &Path) -> Option<(i64, i64)> {
+pub(crate) fn validity(pem_file: &Path) -> Option<(i64, i64)> {
     let data = std::fs::read(pem_file).ok()?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(&data).ok()?;
     let cert = pem.parse_x509().ok()?;
@@ -96,29 +96,41 @@ pub(crate) fn rotation_deadline(not_before: i64, not_after: i64, random: f64) ->
 }
 
 async fn rotate(current: CurrentClient, kubeconfig: PathBuf, store: FileStore, cn: String) {
+    let path = store.current_path();
+    keep_renewed(&path, "client", || {
+        renew(&current, &kubeconfig, &store, &cn)
+    })
+    .await
+}
+
+/// Renews the certificate at `path` with `renew` at each rotation deadline, forever; at
+/// once when there is none (or it cannot be read). A failed renewal is tried again with a
+/// back-off doubling from 2 s to 5 min.
+pub(crate) async fn keep_renewed<F, Fut>(path: &Path, what: &'static str, mut renew: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), CertificateError>>,
+{
     loop {
-        let path = store.current_path();
-        let Some((not_before, not_after)) = validity(&path) else {
-            tracing::warn!(path = %path.display(), "cannot read the client certificate; rotation looks again in 1 min");
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            continue;
-        };
-        let deadline = rotation_deadline(not_before, not_after, rand::random::<f64>());
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        tracing::info!(
-            not_after,
-            rotate_at = deadline,
-            "client certificate rotation scheduled"
-        );
-        if deadline > now {
-            tokio::time::sleep(Duration::from_secs((deadline - now) as u64)).await;
+        if let Some((not_before, not_after)) = validity(path) {
+            let deadline = rotation_deadline(not_before, not_after, rand::random::<f64>());
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            tracing::info!(
+                certificate = what,
+                not_after,
+                rotate_at = deadline,
+                "certificate rotation scheduled"
+            );
+            if deadline > now {
+                tokio::time::sleep(Duration::from_secs((deadline - now) as u64)).await;
+            }
         }
         let mut delay = Duration::from_secs(2);
         loop {
-            match renew(&current, &kubeconfig, &store, &cn).await {
+            match renew().await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, retry_in = ?delay, "client certificate rotation failed");
+                    tracing::error!(certificate = what, error = %e, retry_in = ?delay, "certificate rotation failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(300));
                 }
@@ -137,8 +149,8 @@ async fn renew(
 ) -> Result<(), CertificateError> {
     let key = KeyPair::generate().map_err(|e| CertificateError::Request(e.to_string()))?;
     let request = client_csr(&key, cn)?;
-    let cert =
-        request_certificate(current.get(), None, request, &key.subject_public_key_info()).await?;
+    let spki = key.subject_public_key_info();
+    let cert = request_certificate(current.get(), None, request, &spki, &CLIENT).await?;
     let path = store.update(&cert, &key.serialize_pem())?;
     let client =
         crate::kubeclient::connect(kubeconfig)

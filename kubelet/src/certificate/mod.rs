@@ -3,6 +3,7 @@
 
 pub(crate) mod bootstrap;
 pub(crate) mod manager;
+pub mod serving;
 pub(crate) mod store;
 
 use std::path::PathBuf;

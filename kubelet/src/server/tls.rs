@@ -146,6 +146,39 @@ pub fn server_config(
     }
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| file_err("tlsPrivateKeyFile", &key_path, e))?;
+    let mut config = builder(cfg)?
+        .with_single_cert(certs, key)
+        .map_err(|e| file_err("tlsPrivateKeyFile", &key_path, e))?;
+    // HTTP/1.1 only: the streaming upgrades (SPDY, WebSocket) need it.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The configuration of the authenticated port whose certificate `resolver` gives at each
+/// handshake (serverTLSBootstrap: the one the cluster signed, rotated).
+pub(crate) fn server_config_with_resolver(
+    cfg: &ServerTls,
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = builder(cfg)?.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The key of a PEM private key for a rustls certificate (with the same provider).
+pub(crate) fn signing_key(
+    key_pem: &str,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+    let der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    provider::sign::any_supported_type(&der)
+}
+
+/// Everything of the authenticated port's configuration but its certificate: versions,
+/// cipher suites, client certificates.
+fn builder(
+    cfg: &ServerTls,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
     // ring, as the API client (kube with rustls + ring) already links it; rustls now flags
     // it for lacking post-quantum key exchange, which Go's TLS of the API server (1.20 to
     // 1.23) does not offer either. aws-lc-rs would add a C build (cmake) for that alone.
@@ -201,12 +234,7 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| file_err("tlsPrivateKeyFile", &key_path, e))?;
-    // HTTP/1.1 only: the streaming upgrades (SPDY, WebSocket) need it.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(builder)
 }
 
 /// The user a verified client certificate names: CN is the user, each O a group.
