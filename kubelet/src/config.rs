@@ -70,9 +70,17 @@ pub struct Flags {
     /// Node name to use instead of the hostname.
     #[arg(long = "hostname-override")]
     pub(crate) hostname_override: Option<String>,
-    /// Node IP address, reported as the pods' hostIP.
+    /// Node IP address, reported as the pods' hostIP; dual-stack: one IPv4 and one IPv6,
+    /// comma-separated, the first primary.
     #[arg(long = "node-ip")]
     pub node_ip: Option<String>,
+    /// The node's ID in its cloud (spec.providerID), as `providerID`.
+    #[arg(long = "provider-id")]
+    pub(crate) provider_id: Option<String>,
+    /// `external`: a cloud controller manager initializes the node (an `uninitialized`
+    /// taint at registration; addresses it sets are kept).
+    #[arg(long = "cloud-provider")]
+    pub(crate) cloud_provider: Option<String>,
     /// Log verbosity (0-10) as upstream's klog levels; RUST_LOG overrides it.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
@@ -245,6 +253,16 @@ pub struct ServerTls {
     pub(crate) authz_denied_ttl: Duration,
 }
 
+impl Config {
+    /// The node's IPs from `--node-ip`, the primary first.
+    pub fn node_ips(&self) -> Vec<IpAddr> {
+        self.node_ip
+            .into_iter()
+            .chain(self.secondary_node_ip)
+            .collect()
+    }
+}
+
 impl ServerTls {
     /// `serverTLSBootstrap`: the serving certificate comes from the cluster.
     pub fn tls_bootstrap(&self) -> bool {
@@ -304,6 +322,8 @@ pub(crate) struct KubeletConfiguration {
     /// Upstream's name is `podsPerCore`; `maxPodsPerCore` is this kubelet's older spelling.
     #[serde(alias = "podsPerCore")]
     pub(crate) max_pods_per_core: Option<i64>,
+    #[serde(rename = "providerID")]
+    pub(crate) provider_id: Option<String>,
     pub(crate) authentication: Option<AuthenticationConfig>,
     pub(crate) authorization: Option<AuthorizationConfig>,
     pub(crate) tls_cert_file: Option<PathBuf>,
@@ -372,6 +392,12 @@ pub struct Config {
     pub root_dir: PathBuf,
     pub node_name: String,
     pub node_ip: Option<IpAddr>,
+    /// The other family's address of a dual-stack `--node-ip`.
+    pub(crate) secondary_node_ip: Option<IpAddr>,
+    /// `providerID` / `--provider-id`: the Node's spec.providerID.
+    pub(crate) provider_id: Option<String>,
+    /// `--cloud-provider=external`.
+    pub(crate) external_cloud_provider: bool,
     pub(crate) resolv_conf: PathBuf,
     /// `clusterDNS`, `clusterDomain` and whether `resolvConf` was set empty.
     pub(crate) dns: crate::network::dns::ClusterDns,
@@ -463,6 +489,9 @@ impl Default for Config {
             root_dir: "/var/lib/kubelet".into(),
             node_name: String::new(),
             node_ip: None,
+            secondary_node_ip: None,
+            provider_id: None,
+            external_cloud_provider: false,
             resolv_conf: "/etc/resolv.conf".into(),
             dns: Default::default(),
             seccomp_default: false,
@@ -522,6 +551,28 @@ fn file_duration(field: &str, value: &str, default: Duration) -> Result<Duration
 
 fn parse_port(field: &str, value: i64) -> Result<u16, ConfigError> {
     u16::try_from(value).map_err(|_| invalid(field, value, "must be between 0 and 65535"))
+}
+
+/// `--node-ip`: one address, or one IPv4 and one IPv6 comma-separated (dual-stack).
+fn parse_node_ips(value: &str) -> Result<(Option<IpAddr>, Option<IpAddr>), ConfigError> {
+    let ips: Vec<IpAddr> = value
+        .split(',')
+        .map(|v| parse_ip("--node-ip", v.trim()))
+        .collect::<Result<_, _>>()?;
+    match ips[..] {
+        [ip] => Ok((Some(ip), None)),
+        [a, b] if a.is_ipv4() != b.is_ipv4() => Ok((Some(a), Some(b))),
+        [_, _] => Err(invalid(
+            "--node-ip",
+            value,
+            "dual-stack --node-ip must have one IPv4 and one IPv6 address",
+        )),
+        _ => Err(invalid(
+            "--node-ip",
+            value,
+            "at most two addresses (dual-stack)",
+        )),
+    }
 }
 
 fn parse_ip(field: &str, value: &str) -> Result<IpAddr, ConfigError> {
@@ -1204,7 +1255,24 @@ impl Config {
             }
         }
         if let Some(v) = &flags.node_ip {
-            c.node_ip = Some(parse_ip("--node-ip", v)?);
+            (c.node_ip, c.secondary_node_ip) = parse_node_ips(v)?;
+        }
+        if let Some(v) = &file.provider_id {
+            c.provider_id = Some(v.clone()).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = &flags.provider_id {
+            c.provider_id = Some(v.clone()).filter(|v| !v.is_empty());
+        }
+        match flags.cloud_provider.as_deref() {
+            None | Some("") => {}
+            Some("external") => c.external_cloud_provider = true,
+            Some(other) => {
+                return Err(invalid(
+                    "--cloud-provider",
+                    other,
+                    "only \"external\" is supported (in-tree cloud providers are not)",
+                ))
+            }
         }
         if let Some(v) = &flags.allowed_unsafe_sysctls {
             c.allowed_unsafe_sysctls = v.clone();
@@ -1595,6 +1663,49 @@ volumeStatsAggPeriod: 0s
             c.bootstrap_kubeconfig.as_deref(),
             Some(Path::new("/b.conf"))
         );
+        let c = Config::resolve(
+            &flags(&[
+                "--node-ip=10.0.0.1,fd00::1",
+                "--provider-id=nodus://n",
+                "--cloud-provider=external",
+                "--hostname-override",
+                "n",
+            ]),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.node_ips(),
+            [
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "fd00::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.provider_id.as_deref(), Some("nodus://n"));
+        assert!(c.external_cloud_provider);
+        let f = file("providerID: nodus://from-file\n").unwrap();
+        let c = Config::resolve(&flags(&["--hostname-override", "n"]), &f).unwrap();
+        assert_eq!(c.provider_id.as_deref(), Some("nodus://from-file"));
+        for (args, field, value) in [
+            (
+                ["--node-ip", "10.0.0.1,10.0.0.2"],
+                "--node-ip",
+                "10.0.0.1,10.0.0.2",
+            ),
+            (
+                ["--node-ip", "10.0.0.1,fd00::1,10.0.0.3"],
+                "--node-ip",
+                "fd00::1,10.0.0.3",
+            ),
+            (["--cloud-provider", "aws"], "--cloud-provider", "aws"),
+        ] {
+            let mut a = args.to_vec();
+            a.extend(["--hostname-override", "n"]);
+            let e = Config::resolve(&flags(&a), &Default::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains(value), "{e}");
+        }
         let f = file("serverTLSBootstrap: true\n").unwrap();
         let e = Config::resolve(&flags(&["--hostname-override", "n"]), &f)
             .unwrap_err()

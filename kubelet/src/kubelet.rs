@@ -147,7 +147,7 @@ impl Kubelet {
         );
         runtime.node_name = cfg.node_name.clone();
         runtime.max_per_pod_container = cfg.max_per_pod_container;
-        runtime.node_ip = cfg.node_ip.map(|ip| ip.to_string());
+        runtime.node_ips = cfg.node_ips().iter().map(|ip| ip.to_string()).collect();
         runtime.node = crate::nodestatus::allocatable(&cfg);
         runtime.events = events.clone();
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
@@ -160,7 +160,7 @@ impl Kubelet {
             status: status.clone(),
             backoff: Mutex::new(Backoff::new()),
             reasons: Mutex::new(HashMap::new()),
-            node_ip: cfg.node_ip.map(|ip| ip.to_string()),
+            node_ips: cfg.node_ips().iter().map(|ip| ip.to_string()).collect(),
             sync_frequency: cfg.sync_frequency,
             api,
             events,

@@ -64,7 +64,8 @@ pub(crate) struct Syncer {
     pub(crate) backoff: Mutex<Backoff>,
     /// Why the last start of a container failed (waiting reason, message), per pod UID.
     pub(crate) reasons: Mutex<HashMap<String, status_manager::StartFailures>>,
-    pub(crate) node_ip: Option<String>,
+    /// The node's IPs (`--node-ip`, the primary first): hostIP(s), host-network pod IPs.
+    pub(crate) node_ips: Vec<String>,
     pub(crate) sync_frequency: Duration,
     pub(crate) probes: ProbeManager,
     /// When each pod was first synced (None once its start was measured).
@@ -100,7 +101,7 @@ impl Syncer {
             &StatusInputs {
                 backoff,
                 reasons: Some(&reasons),
-                node_ip: self.node_ip.clone(),
+                node_ips: self.node_ips.clone(),
                 previous: previous.as_ref(),
                 now,
                 probes: Some(&probes),
@@ -206,7 +207,7 @@ impl Syncer {
         self.probes.update_pod(
             pod,
             &runtime_status,
-            crate::kuberuntime::status_pod_ips(pod, &runtime_status, self.node_ip.as_ref())
+            crate::kuberuntime::status_pod_ips(pod, &runtime_status, &self.node_ips)
                 .into_iter()
                 .next(),
         );
@@ -214,12 +215,8 @@ impl Syncer {
         if objects.api && !runtime_status.sandboxes.is_empty() {
             // configMap, secret and token updates reach running containers.
             let rt_fields = crate::envvars::RuntimeFields {
-                pod_ips: crate::kuberuntime::status_pod_ips(
-                    pod,
-                    &runtime_status,
-                    self.node_ip.as_ref(),
-                ),
-                host_ip: self.node_ip.clone(),
+                pod_ips: crate::kuberuntime::status_pod_ips(pod, &runtime_status, &self.node_ips),
+                host_ip: self.node_ips.first().cloned(),
                 node_name: self.runtime.node_name.clone(),
             };
             crate::volumes::refresh(
@@ -428,7 +425,7 @@ mod tests {
             status: StatusManager::new(),
             backoff: Mutex::new(Backoff::new()),
             reasons: Mutex::new(HashMap::new()),
-            node_ip: None,
+            node_ips: Vec::new(),
             sync_frequency: Duration::from_secs(10),
             api: None,
             events: EventRecorder::none(),

@@ -21,6 +21,7 @@ async fn node_registers_with_its_fields_and_renews_its_lease() {
         &[
             "--node-labels=nodus.io/pool=blue,example.com/rack=r1",
             "--register-with-taints=dedicated=nodus:NoSchedule",
+            "--provider-id=nodus://rack1/testnode",
         ],
     )
     .await
@@ -55,6 +56,10 @@ async fn node_registers_with_its_fields_and_renews_its_lease() {
     assert_eq!(labels["example.com/rack"], "r1");
     // The API server's TaintNodesByCondition admission adds node.kubernetes.io/not-ready
     // to a new node; ours is there beside it.
+    assert_eq!(
+        node.spec.as_ref().unwrap().provider_id.as_deref(),
+        Some("nodus://rack1/testnode")
+    );
     let taints = node.spec.as_ref().unwrap().taints.clone().unwrap();
     assert!(
         taints

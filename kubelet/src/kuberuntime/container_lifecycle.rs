@@ -47,7 +47,7 @@ impl RuntimeManager {
         }
         let rt_fields = crate::envvars::RuntimeFields {
             pod_ips: self.pod_ips(Some(pod), sandbox_id).await,
-            host_ip: self.node_ip.clone(),
+            host_ip: self.node_ips.first().cloned(),
             node_name: self.node_name.clone(),
         };
         let env = crate::envvars::make_env(pod, container, &rt_fields, &self.node, objects)

@@ -103,7 +103,8 @@ pub(crate) struct RuntimeManager {
     /// The node's allocatable resources (resource references, oom_score_adj).
     pub(crate) node: crate::resources::NodeAllocatable,
     pub(crate) node_name: String,
-    pub(crate) node_ip: Option<String>,
+    /// The node's IPs, the primary first.
+    pub(crate) node_ips: Vec<String>,
     /// Dead containers kept per container name (maxPerPodContainer).
     pub(crate) max_per_pod_container: u32,
     /// Pulled, Created, Started, Killing, Failed events.
@@ -148,11 +149,11 @@ fn sandbox_state(s: i32) -> SandboxState {
 pub(crate) fn with_host_network_ips(
     pod: &Pod,
     ips: Vec<String>,
-    node_ip: Option<&String>,
+    node_ips: &[String],
 ) -> Vec<String> {
     let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
     if ips.is_empty() && host_network {
-        node_ip.cloned().into_iter().collect()
+        node_ips.to_vec()
     } else {
         ips
     }
@@ -163,14 +164,14 @@ pub(crate) fn with_host_network_ips(
 pub(crate) fn status_pod_ips(
     pod: &Pod,
     runtime: &crate::container::PodStatus,
-    node_ip: Option<&String>,
+    node_ips: &[String],
 ) -> Vec<String> {
     let ips = runtime
         .sandboxes
         .first()
         .map(|s| s.ips.clone())
         .unwrap_or_default();
-    with_host_network_ips(pod, ips, node_ip)
+    with_host_network_ips(pod, ips, node_ips)
 }
 
 pub(crate) fn pod_grace(pod: &Pod) -> i64 {
@@ -196,7 +197,7 @@ impl RuntimeManager {
             container_cache: Mutex::new(HashMap::new()),
             node: crate::resources::NodeAllocatable::detect(),
             node_name: String::new(),
-            node_ip: None,
+            node_ips: Vec::new(),
             max_per_pod_container: 1,
             events: crate::events::EventRecorder::none(),
             pod_cgroups: true,
@@ -209,7 +210,7 @@ impl RuntimeManager {
     async fn pod_ips(&self, pod: Option<&Pod>, sandbox_id: &str) -> Vec<String> {
         let ips = self.sandbox_pod_ips(sandbox_id).await;
         match pod {
-            Some(pod) => with_host_network_ips(pod, ips, self.node_ip.as_ref()),
+            Some(pod) => with_host_network_ips(pod, ips, &self.node_ips),
             None => ips,
         }
     }

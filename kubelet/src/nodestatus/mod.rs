@@ -372,6 +372,69 @@ mod tests {
     }
 
     #[test]
+    fn identity_flags_reach_the_node_as_upstream_sets_them() {
+        let mut cfg = Config {
+            provider_id: Some("nodus://rack1/n1".into()),
+            external_cloud_provider: true,
+            node_ip: Some("10.0.0.5".parse().unwrap()),
+            secondary_node_ip: Some("fd00::5".parse().unwrap()),
+            ..Default::default()
+        };
+        let mut f = facts();
+        f.secondary_ip = cfg.secondary_node_ip;
+        let n = initial_node(&cfg, &f, &t(1));
+        let spec = n.spec.clone().unwrap();
+        assert_eq!(spec.provider_id.as_deref(), Some("nodus://rack1/n1"));
+        let taint = &spec.taints.unwrap()[0];
+        assert_eq!(
+            (
+                taint.key.as_str(),
+                taint.value.as_deref(),
+                taint.effect.as_str()
+            ),
+            (
+                "node.cloudprovider.kubernetes.io/uninitialized",
+                Some("true"),
+                "NoSchedule"
+            )
+        );
+        assert_eq!(
+            n.metadata.annotations.unwrap()["alpha.kubernetes.io/provided-node-ip"],
+            "10.0.0.5"
+        );
+        let addrs: Vec<(String, String)> = n
+            .status
+            .clone()
+            .unwrap()
+            .addresses
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.type_, a.address))
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                ("InternalIP".to_string(), "10.0.0.5".to_string()),
+                ("InternalIP".to_string(), "fd00::5".to_string()),
+                ("Hostname".to_string(), "n1".to_string()),
+            ]
+        );
+        // The cloud controller's addresses stay once it set them.
+        let mut previous = n.status.unwrap();
+        previous.addresses = Some(vec![k8s_openapi::api::core::v1::NodeAddress {
+            type_: "ExternalIP".into(),
+            address: "203.0.113.9".into(),
+        }]);
+        let st = node_status(&cfg, &f, Some(&previous), &t(2));
+        assert_eq!(st.addresses, previous.addresses);
+        // Without it, ours.
+        cfg.external_cloud_provider = false;
+        let st = node_status(&cfg, &f, Some(&previous), &t(2));
+        assert_eq!(st.addresses.unwrap().len(), 3);
+        assert!(initial_node(&cfg, &f, &t(1)).spec.unwrap().taints.is_none());
+    }
+
+    #[test]
     fn conditions_differ_on_status_or_reason_not_on_times() {
         use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
         let cond = |status: &str, reason: &str, at: &str| NodeCondition {

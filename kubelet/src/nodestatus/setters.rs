@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
     ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
-    NodeSpec, NodeStatus, NodeSystemInfo,
+    NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -40,6 +40,8 @@ pub(crate) struct NodeFacts {
     pub(crate) node_name: String,
     pub(crate) hostname: String,
     pub(crate) internal_ip: Option<IpAddr>,
+    /// The other family's address of a dual-stack node.
+    pub(crate) secondary_ip: Option<IpAddr>,
     pub(crate) cpus: i64,
     pub(crate) memory_bytes: i64,
     pub(crate) memory_available_bytes: i64,
@@ -64,6 +66,7 @@ impl Default for NodeFacts {
             node_name: String::new(),
             hostname: String::new(),
             internal_ip: None,
+            secondary_ip: None,
             cpus: 0,
             memory_bytes: 0,
             memory_available_bytes: 0,
@@ -309,7 +312,7 @@ pub(crate) fn node_status(
         .and_then(|p| p.conditions.clone())
         .unwrap_or_default();
     let mut addresses = Vec::new();
-    if let Some(ip) = f.internal_ip {
+    for ip in f.internal_ip.iter().chain(&f.secondary_ip) {
         addresses.push(NodeAddress {
             type_: "InternalIP".into(),
             address: ip.to_string(),
@@ -319,6 +322,16 @@ pub(crate) fn node_status(
         type_: "Hostname".into(),
         address: f.hostname.clone(),
     });
+    // With an external cloud provider, the addresses its controller set win (upstream
+    // sets its own only until there are some).
+    if cfg.external_cloud_provider {
+        if let Some(set) = previous
+            .and_then(|p| p.addresses.clone())
+            .filter(|a| !a.is_empty())
+        {
+            addresses = set;
+        }
+    }
     NodeStatus {
         addresses: Some(addresses),
         allocatable: Some(allocatable),
@@ -335,6 +348,12 @@ pub(crate) fn node_status(
     }
 }
 
+/// The taint a node registers with under `--cloud-provider=external`.
+pub(crate) const EXTERNAL_CLOUD_PROVIDER_TAINT: &str =
+    "node.cloudprovider.kubernetes.io/uninitialized";
+/// The annotation telling the cloud controller which address `--node-ip` chose.
+pub(crate) const PROVIDED_NODE_IP: &str = "alpha.kubernetes.io/provided-node-ip";
+
 /// The Node object a kubelet registers.
 pub(crate) fn initial_node(cfg: &Config, f: &NodeFacts, now: &Time) -> Node {
     let mut annotations = BTreeMap::new();
@@ -342,6 +361,19 @@ pub(crate) fn initial_node(cfg: &Config, f: &NodeFacts, now: &Time) -> Node {
         "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
         "true".to_string(),
     );
+    let mut taints = cfg.register_with_taints.clone();
+    if cfg.external_cloud_provider {
+        // The cloud controller removes it once it has initialized the node.
+        taints.push(Taint {
+            key: EXTERNAL_CLOUD_PROVIDER_TAINT.into(),
+            value: Some("true".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
+        if let Some(ip) = cfg.node_ip.filter(|ip| !ip.is_unspecified()) {
+            annotations.insert(PROVIDED_NODE_IP.to_string(), ip.to_string());
+        }
+    }
     Node {
         metadata: ObjectMeta {
             name: Some(f.node_name.clone()),
@@ -350,8 +382,8 @@ pub(crate) fn initial_node(cfg: &Config, f: &NodeFacts, now: &Time) -> Node {
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            taints: (!cfg.register_with_taints.is_empty())
-                .then(|| cfg.register_with_taints.clone()),
+            taints: (!taints.is_empty()).then_some(taints),
+            provider_id: cfg.provider_id.clone(),
             ..Default::default()
         }),
         status: Some(node_status(cfg, f, None, now)),
@@ -499,6 +531,7 @@ pub(super) fn machine_facts(cfg: &Config, root_dir: &std::path::Path) -> NodeFac
         node_name: cfg.node_name.clone(),
         hostname: cfg.node_name.clone(),
         internal_ip: cfg.node_ip.or_else(detect_internal_ip),
+        secondary_ip: cfg.secondary_node_ip,
         cpus: std::thread::available_parallelism()
             .map(|n| n.get() as i64)
             .unwrap_or(1),

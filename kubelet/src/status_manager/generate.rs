@@ -479,7 +479,8 @@ pub(crate) struct StatusInputs<'a> {
     pub(crate) backoff: &'a [BackoffWait],
     /// Why the last start of a container failed: name -> (reason, message).
     pub(crate) reasons: Option<&'a StartFailures>,
-    pub(crate) node_ip: Option<String>,
+    /// The node's IPs, the primary first.
+    pub(crate) node_ips: Vec<String>,
     pub(crate) previous: Option<&'a ApiPodStatus>,
     pub(crate) now: Nanos,
     /// Probe results by container ID (None: no probes known).
@@ -562,12 +563,18 @@ pub(crate) fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) ->
         ..c
     })
     .collect();
-    let ips = crate::kuberuntime::status_pod_ips(pod, runtime, inputs.node_ip.as_ref());
+    let ips = crate::kuberuntime::status_pod_ips(pod, runtime, &inputs.node_ips);
     ApiPodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
-        host_ip: inputs.node_ip.clone(),
-        host_ips: inputs.node_ip.clone().map(|ip| vec![HostIP { ip }]),
+        host_ip: inputs.node_ips.first().cloned(),
+        host_ips: (!inputs.node_ips.is_empty()).then(|| {
+            inputs
+                .node_ips
+                .iter()
+                .map(|ip| HostIP { ip: ip.clone() })
+                .collect()
+        }),
         pod_ip: ips.first().cloned(),
         pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
         start_time: prev
@@ -656,7 +663,7 @@ mod tests {
             &StatusInputs {
                 backoff,
                 reasons: None,
-                node_ip: Some("10.0.0.1".into()),
+                node_ips: vec!["10.0.0.1".into()],
                 previous: None,
                 now: 100 * S,
                 probes: None,
@@ -702,6 +709,28 @@ mod tests {
         let s = gen(&p, &r, &[]);
         assert_eq!(s.pod_ip.as_deref(), Some("10.0.0.1"));
         assert_eq!(s.pod_ips.unwrap()[0].ip, "10.0.0.1");
+    }
+
+    #[test]
+    fn a_dual_stack_node_reports_both_host_ips() {
+        let mut p = pod("Always", &[], &["a"]);
+        let mut r = runtime(vec![ctr("a", Running, 0, 5, 0)]);
+        r.sandboxes[0].ips.clear();
+        p.spec.as_mut().unwrap().host_network = Some(true);
+        let s = generate(
+            &p,
+            &r,
+            &StatusInputs {
+                node_ips: vec!["10.0.0.1".into(), "fd00::1".into()],
+                now: 100 * S,
+                ..Default::default()
+            },
+        );
+        assert_eq!(s.host_ip.as_deref(), Some("10.0.0.1"));
+        let host_ips: Vec<String> = s.host_ips.unwrap().into_iter().map(|h| h.ip).collect();
+        assert_eq!(host_ips, ["10.0.0.1", "fd00::1"]);
+        let pod_ips: Vec<String> = s.pod_ips.unwrap().into_iter().map(|h| h.ip).collect();
+        assert_eq!(pod_ips, ["10.0.0.1", "fd00::1"]);
     }
 
     #[test]
