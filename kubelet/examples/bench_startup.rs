@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use nodus_proto::runtime::v1 as cri;
 use nodus_proto::runtime::v1::image_service_client::ImageServiceClient;
 use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use nodus_testkit::procstat::{cpu_secs, rss_kib};
 use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
 use tonic::transport::Channel;
 
@@ -233,18 +234,6 @@ async fn wait_no_sandboxes(rt: &mut RuntimeServiceClient<Channel>) -> Result<()>
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) a process used so far, in seconds.
 /// The kubelet's read-only port in the node's network namespace (serves /metrics).
 const READ_ONLY_PORT: u16 = 10255;
 
@@ -268,28 +257,6 @@ fn runtime_operations(netns: &Path) -> HashMap<String, f64> {
             Some((op.to_string(), value))
         })
         .collect()
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let ticks = clk_tck();
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the ")" that ends the command name; utime and stime are 14 and 15.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let u: f64 = f.get(11)?.parse().ok()?;
-            let st: f64 = f.get(12)?.parse().ok()?;
-            Some((u + st) / ticks)
-        })
-        .unwrap_or(0.0)
-}
-
-fn clk_tck() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
 }
 
 struct KillOnDrop(std::process::Child);

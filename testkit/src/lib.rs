@@ -16,6 +16,7 @@ pub mod containerd;
 pub mod cri;
 pub mod images;
 pub mod netns;
+pub mod procstat;
 pub mod upstream_kubelet;
 pub mod wait;
 
