@@ -227,6 +227,29 @@ impl PrivateContainerd {
         self.wait_ready().await
     }
 
+    /// Kills containerd (SIGKILL, a crash: shims and containers live on) and starts it
+    /// again on the same root and state.
+    pub async fn crash_restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// PIDs of this instance's shims (their command line names its socket).
+    pub fn shim_pids(&self) -> Vec<u32> {
+        let address = self.socket().display().to_string();
+        crate::procstat::pids_named("containerd-shim")
+            .into_iter()
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&address))
+            })
+            .collect()
+    }
+
     fn write_layout(&self) -> Result<()> {
         for sub in [
             "root",
