@@ -211,9 +211,20 @@ async fn main() -> Result<()> {
     let mut samples = vec![("start", sample(&mut rt).await?)];
     let (mut cpu_first, mut cpu_last) = (0.0, 0.0);
     let started = Instant::now();
+    let log_tail = || {
+        let log = std::fs::read_to_string(ctrd.dir().join("kubelet.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
     for i in 0..cycles {
         let cpu0 = cpu_secs(pid);
-        cycle(&mut rt, 100 + i).await?;
+        if let Err(e) = cycle(&mut rt, 100 + i).await {
+            bail!(
+                "cycle {i}: {e}\n--- kubelet log tail ---\n{}\n{}",
+                log_tail(),
+                ctrd.log_tail(15)
+            );
+        }
         let used = cpu_secs(pid) - cpu0;
         if i < tenth {
             cpu_first += used;

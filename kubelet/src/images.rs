@@ -1,7 +1,8 @@
 //! Image garbage collection (upstream `ImageGCManager`): when the image filesystem is
 //! fuller than `imageGCHighThresholdPercent`, images no container uses are removed, least
 //! recently used first, until usage is down to `imageGCLowThresholdPercent`. Images seen
-//! for less than `imageMinimumGCAge`, pinned images and the sandbox image are kept.
+//! for less than `imageMinimumGCAge`, pinned images and the sandbox image (the kubelet's
+//! `--pod-infra-container-image` and the one the runtime is configured with) are kept.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -140,6 +141,17 @@ impl ImageGc {
         if usage < self.high_percent as u64 {
             return Ok(());
         }
+        // The runtime's own sandbox image is kept too: between pods nothing uses it, and a
+        // runtime without a registry to pull it from again could not start a pod.
+        match self.cri.sandbox_image().await {
+            Ok(Some(sandbox)) => {
+                for i in images.iter().filter(|i| i.repo_tags.contains(&sandbox)) {
+                    in_use.insert(i.id.clone());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot ask the runtime for its sandbox image"),
+        }
         let target = capacity * (100 - self.low_percent as u64) / 100;
         let to_free = target.saturating_sub(available);
         tracing::info!(
@@ -264,6 +276,17 @@ mod tests {
         assert_eq!(left, ["sha256:pause:1", "sha256:used:1"]);
         // The removed images are forgotten.
         assert_eq!(records.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn gc_keeps_the_sandbox_image_the_runtime_is_configured_with() {
+        let fake = runtime();
+        fake.set_sandbox_image("old:1");
+        gc(&fake, Duration::ZERO)
+            .once(&mut HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(fake.calls_of("RemoveImage"), ["sha256:older:1"]);
     }
 
     #[tokio::test]

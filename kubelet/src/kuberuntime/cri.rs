@@ -56,6 +56,9 @@ pub(crate) trait RuntimeService: Send + Sync {
     fn version(&self) -> CriFut<'_, cri::VersionResponse>;
     /// The runtime's conditions (RuntimeReady, NetworkReady).
     fn status(&self) -> CriFut<'_, cri::RuntimeStatus>;
+    /// The sandbox image the runtime is configured with (containerd's `sandboxImage`, in
+    /// its verbose Status), if it says.
+    fn sandbox_image(&self) -> CriFut<'_, Option<String>>;
     fn run_pod_sandbox(
         &self,
         config: cri::PodSandboxConfig,
@@ -149,6 +152,10 @@ impl Cri {
     /// The runtime's conditions (RuntimeReady, NetworkReady), for the node's Ready condition.
     pub(crate) async fn status(&self) -> Result<cri::RuntimeStatus, CriError> {
         self.runtime.status().await
+    }
+
+    pub(crate) async fn sandbox_image(&self) -> Result<Option<String>, CriError> {
+        self.runtime.sandbox_image().await
     }
 
     pub(crate) async fn run_pod_sandbox(

@@ -59,6 +59,8 @@ struct State {
     registry_auth: HashMap<String, (String, String)>,
     /// The credentials of every PullImage, in order.
     pull_auths: Vec<Option<cri::AuthConfig>>,
+    /// The sandbox image the verbose Status names.
+    sandbox_image: Option<String>,
 }
 
 impl State {
@@ -220,6 +222,10 @@ impl FakeRuntime {
     }
 
     /// The image filesystem ImageFsInfo reports.
+    pub(crate) fn set_sandbox_image(&self, image: &str) {
+        self.lock().sandbox_image = Some(image.to_string());
+    }
+
     pub(crate) fn set_image_fs(&self, mountpoint: &str) {
         self.lock().fs_info = vec![cri::FilesystemUsage {
             fs_id: Some(cri::FilesystemIdentifier {
@@ -493,6 +499,12 @@ impl RuntimeService for FakeRuntime {
         done(st.enter("Status", "").map(|_| cri::RuntimeStatus {
             conditions: vec![cond("RuntimeReady"), cond("NetworkReady")],
         }))
+    }
+
+    fn sandbox_image(&self) -> CriFut<'_, Option<String>> {
+        let mut st = self.lock();
+        let image = st.sandbox_image.clone();
+        done(st.enter("Status", "verbose").map(|_| image))
     }
 
     fn run_pod_sandbox(

@@ -152,6 +152,20 @@ impl RemoteRuntime {
         r.status.ok_or(CriError::Empty { op: "Status" })
     }
 
+    async fn sandbox_image(&self) -> Result<Option<String>, CriError> {
+        let r = self
+            .call("Status", LIST_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .status(cri::StatusRequest { verbose: true })
+                    .await
+            })
+            .await?;
+        Ok(r.info.get("config").and_then(|c| {
+            let config: serde_json::Value = serde_json::from_str(c).ok()?;
+            Some(config.get("sandboxImage")?.as_str()?.to_string())
+        }))
+    }
+
     async fn run_pod_sandbox(
         &self,
         config: cri::PodSandboxConfig,
@@ -490,6 +504,9 @@ impl RuntimeService for RemoteRuntime {
     }
     fn status(&self) -> CriFut<'_, cri::RuntimeStatus> {
         Box::pin(self.status())
+    }
+    fn sandbox_image(&self) -> CriFut<'_, Option<String>> {
+        Box::pin(self.sandbox_image())
     }
     fn run_pod_sandbox(
         &self,
