@@ -88,7 +88,7 @@ impl Node {
                 &format!(
                     "fileCheckFrequency: 20s\nreadOnlyPort: {READ_ONLY_PORT}\n\
                      healthzPort: {HEALTHZ_PORT}\nhealthzBindAddress: 127.0.0.1\n\
-                     {address}{eviction}{extra_config}",
+                     {address}{eviction}{image_gc}{extra_config}",
                     // Loopback unless the test serves the node's address (the API server
                     // reaches the kubelet API on its InternalIP).
                     address = if extra_config.contains("address:") {
@@ -103,6 +103,12 @@ impl Node {
                         ""
                     } else {
                         "evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}\n"
+                    },
+                    // Nor remove images for it: there is no registry to pull them again.
+                    image_gc = if extra_config.contains("imageGCHighThresholdPercent:") {
+                        ""
+                    } else {
+                        "imageGCHighThresholdPercent: 100\n"
                     },
                 ),
             ),
