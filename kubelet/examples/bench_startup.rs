@@ -488,25 +488,7 @@ async fn main() -> Result<()> {
             &format!("healthzPort: 0\nreadOnlyPort: {READ_ONLY_PORT}\naddress: 127.0.0.1\n"),
         ),
     )?;
-    let kubelet_bin = nodus_testkit::bin_path("kubelet");
-    let log = std::fs::File::create(ctrd.dir().join("kubelet.log"))?;
-    let kubelet = KillOnDrop(
-        Command::new("nsenter")
-            .arg(format!("--net={}", ctrd.node_netns().path().display()))
-            .arg("--")
-            .arg(&kubelet_bin)
-            .arg(format!("--config={}", config.display()))
-            .arg(format!(
-                "--root-dir={}",
-                ctrd.dir().join("kubelet").display()
-            ))
-            .arg(format!("--hostname-override={NODE}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", kubelet_bin.display()))?,
-    );
+    let kubelet = ctrd.spawn_kubelet(&config, NODE, &ctrd.dir().join("kubelet.log"))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Warm-up (first sandbox pays one-time costs): one of each, not counted.
@@ -570,14 +552,14 @@ async fn main() -> Result<()> {
     let names: Vec<String> = (0..burst).map(|i| format!("burst-{i}")).collect();
     let netns = ctrd.node_netns().path().to_path_buf();
     let ops_before = runtime_operations(&netns);
-    let cpu_before = cpu_secs(kubelet.0.id());
+    let cpu_before = cpu_secs(kubelet.pid());
     let wall_before = Instant::now();
     let mut t0s = HashMap::new();
     for n in &names {
         t0s.insert(n.clone(), write_manifest(&manifests, n)?);
     }
     let started = wait_started(&mut clients.rt, &names, Duration::from_secs(180)).await?;
-    let burst_cpu = cpu_secs(kubelet.0.id()) - cpu_before;
+    let burst_cpu = cpu_secs(kubelet.pid()) - cpu_before;
     let burst_wall = wall_before.elapsed().as_secs_f64();
     let mut calls: Vec<(String, f64)> = runtime_operations(&netns)
         .into_iter()
@@ -593,7 +575,7 @@ async fn main() -> Result<()> {
         .map(|n| (started[n] - t0s[n]) as f64 / 1e6)
         .collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss = rss_kib(kubelet.0.id());
+    let rss = rss_kib(kubelet.pid());
     for n in &names {
         std::fs::remove_file(manifests.join(format!("{n}.yaml")))?;
     }

@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nodus_proto::runtime::v1 as cri;
 use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
@@ -38,50 +38,6 @@ enum Fault {
     Kubelet,
     Containerd,
     Shim,
-}
-
-struct Kubelet {
-    child: Option<std::process::Child>,
-    cmd: Vec<String>,
-    log: PathBuf,
-}
-
-impl Kubelet {
-    fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        self.child = Some(
-            Command::new(&self.cmd[0])
-                .args(&self.cmd[1..])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("starting the kubelet")?,
-        );
-        Ok(())
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Kubelet {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Per pod name: (ready sandboxes, running containers).
@@ -248,20 +204,8 @@ async fn main() -> Result<()> {
              imageGCHighThresholdPercent: 100\n",
         ),
     )?;
-    let mut kubelet = Kubelet {
-        child: None,
-        cmd: vec![
-            "nsenter".into(),
-            format!("--net={}", ctrd.node_netns().path().display()),
-            "--".into(),
-            nodus_testkit::bin_path("kubelet").display().to_string(),
-            format!("--config={}", config.display()),
-            format!("--root-dir={}", ctrd.dir().join("kubelet").display()),
-            format!("--hostname-override={NODE}"),
-        ],
-        log: ctrd.dir().join("kubelet.log"),
-    };
-    kubelet.start()?;
+    let log = ctrd.dir().join("kubelet.log");
+    let mut kubelet = ctrd.spawn_kubelet(&config, NODE, &log)?;
     println!("chaos: {rounds} rounds per fault, {pods} pods per round; kill -9 at a random moment of the churn");
     println!(
         "{:<11} {:>9} {:>14} {:>14}  left after removal ({})",
@@ -288,7 +232,7 @@ async fn main() -> Result<()> {
             match fault {
                 Fault::Kubelet => {
                     kubelet.kill9();
-                    kubelet.start()?;
+                    kubelet = ctrd.spawn_kubelet(&config, NODE, &log)?;
                 }
                 Fault::Containerd => ctrd.crash_restart().await?,
                 Fault::Shim => {

@@ -7,10 +7,10 @@
 //! shims, sandboxes and leases back to zero, CPU per cycle flat).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nodus_proto::runtime::v1 as cri;
 use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use nodus_testkit::procstat::{cpu_secs, open_fds, pids_named, rss_kib};
@@ -113,17 +113,6 @@ struct Sample {
     veths: usize,
 }
 
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cycles = env("CYCLES", 500).max(10);
@@ -148,26 +137,8 @@ async fn main() -> Result<()> {
              imageGCHighThresholdPercent: 100\n",
         ),
     )?;
-    let kubelet_bin = nodus_testkit::bin_path("kubelet");
-    let log = std::fs::File::create(ctrd.dir().join("kubelet.log"))?;
-    let kubelet = KillOnDrop(
-        Command::new("nsenter")
-            .arg(format!("--net={}", ctrd.node_netns().path().display()))
-            .arg("--")
-            .arg(&kubelet_bin)
-            .arg(format!("--config={}", config.display()))
-            .arg(format!(
-                "--root-dir={}",
-                ctrd.dir().join("kubelet").display()
-            ))
-            .arg(format!("--hostname-override={NODE}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", kubelet_bin.display()))?,
-    );
-    let pid = kubelet.0.id();
+    let kubelet = ctrd.spawn_kubelet(&config, NODE, &ctrd.dir().join("kubelet.log"))?;
+    let pid = kubelet.pid();
     let shims_before = pids_named("containerd-shim").len();
     let netns = ctrd.node_netns().path().to_path_buf();
     let ipam = ctrd.cni_data_dir();

@@ -50,6 +50,15 @@ async fn wait_node_ready(n: &ApiNode) {
     .await;
 }
 
+/// A busybox pod of `default` bound by name, running `sh -c script`.
+fn pod_yaml(name: &str, script: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
+         automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    \
+         imagePullPolicy: IfNotPresent\n    command: [sh, -c, '{script}']\n"
+    )
+}
+
 /// (subject, issuer) of the first certificate in a PEM file.
 fn names_of(pem_file: &Path) -> (String, String) {
     let data = std::fs::read(pem_file).unwrap();
@@ -101,11 +110,7 @@ async fn a_node_bootstraps_its_client_certificate_from_a_token() {
     );
 
     // The node identity works: a pod bound to the node runs and reports its status.
-    let yaml = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: after-bootstrap, namespace: default}}\nspec:\n  \
-         automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    \
-         imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n"
-    );
+    let yaml = pod_yaml("after-bootstrap", "sleep 3600");
     n.create_pod("default", &yaml).await;
     n.wait_pod("default", "after-bootstrap", "Running", |p| {
         phase(p) == "Running"
@@ -215,11 +220,7 @@ async fn the_client_certificate_rotates_while_pods_keep_running() {
         return;
     };
     wait_node_ready(&n).await;
-    let yaml = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: steady, namespace: default}}\nspec:\n  \
-         automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    \
-         imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'echo up; sleep 3600']\n"
-    );
+    let yaml = pod_yaml("steady", "echo up; sleep 3600");
     n.create_pod("default", &yaml).await;
     let pod = n
         .wait_pod("default", "steady", "Running", |p| phase(p) == "Running")
@@ -319,11 +320,7 @@ async fn the_serving_certificate_comes_from_an_approved_csr() {
         return;
     };
     wait_node_ready(&n).await;
-    let yaml = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  \
-         automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    \
-         imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'echo started; sleep 3600']\n"
-    );
+    let yaml = pod_yaml("web", "echo started; sleep 3600");
     n.create_pod("default", &yaml).await;
     n.wait_pod("default", "web", "Running", |p| phase(p) == "Running")
         .await;

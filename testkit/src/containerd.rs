@@ -238,6 +238,35 @@ impl PrivateContainerd {
         self.wait_ready().await
     }
 
+    /// Starts our kubelet in this instance's node network namespace with `config`, its root
+    /// dir under this instance's directory and `node` as its name, logging to `log`
+    /// (appended). Stopped (SIGTERM, then waited for) when the returned guard drops.
+    pub fn spawn_kubelet(&self, config: &Path, node: &str, log: &Path) -> Result<Daemon> {
+        let bin = crate::bin_path("kubelet");
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| Error::io(log, e))?;
+        let err = out.try_clone().map_err(|e| Error::io(log, e))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.node.path().display()))
+            .arg("--")
+            .arg(&bin)
+            .arg(format!("--config={}", config.display()))
+            .arg(format!(
+                "--root-dir={}",
+                self.dir().join("kubelet").display()
+            ))
+            .arg(format!("--hostname-override={node}"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::io(&bin, e))?;
+        Ok(Daemon(Some(child)))
+    }
+
     /// PIDs of this instance's shims (their command line names its socket).
     pub fn shim_pids(&self) -> Vec<u32> {
         let address = self.socket().display().to_string();
@@ -572,4 +601,34 @@ pub fn built_images() -> Result<&'static [BuiltImage]> {
             command: "build images".into(),
             detail: detail.clone(),
         })
+}
+
+/// A process this harness started: SIGTERM and wait when dropped.
+pub struct Daemon(Option<Child>);
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL and wait (a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            cleanup::stop_pid(
+                c.id() as i32,
+                nix::sys::signal::Signal::SIGTERM,
+                Duration::from_secs(10),
+            );
+            let _ = c.wait();
+        }
+    }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use apiserver::{ControlPlane, ControlPlaneOptions};
-pub use containerd::{Cni, ContainerdOptions, PrivateContainerd};
+pub use containerd::{Cni, ContainerdOptions, Daemon, PrivateContainerd};
 pub use images::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 pub use netns::NodeNetns;
 pub use wait::{

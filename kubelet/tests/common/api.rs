@@ -59,14 +59,7 @@ impl ApiNode {
         if nodus_testkit::apiserver::skip_without_apiserver() {
             return None;
         }
-        let mut opts = containerd_options();
-        opts.in_node_netns = true;
-        let ctrd = nodus_testkit::PrivateContainerd::start(opts)
-            .await
-            .expect("private containerd");
-        ctrd.node_netns()
-            .enter_current_thread()
-            .expect("enter the node netns");
+        let ctrd = containerd_in_node_netns().await;
         let cp = ControlPlane::start().expect("control plane");
         let admin_kubeconfig = cp.admin_kubeconfig().expect("admin kubeconfig");
         let node_kubeconfig = cp.node_kubeconfig(NODE).expect("node kubeconfig");
@@ -101,14 +94,7 @@ impl ApiNode {
         if nodus_testkit::apiserver::skip_without_apiserver() {
             return None;
         }
-        let mut opts = containerd_options();
-        opts.in_node_netns = true;
-        let ctrd = nodus_testkit::PrivateContainerd::start(opts)
-            .await
-            .expect("private containerd");
-        ctrd.node_netns()
-            .enter_current_thread()
-            .expect("enter the node netns");
+        let ctrd = containerd_in_node_netns().await;
         let mut cp = ControlPlane::start_with(nodus_testkit::apiserver::ControlPlaneOptions {
             bootstrap_tokens: true,
             ..Default::default()
@@ -230,6 +216,19 @@ pub fn condition(p: &Pod, kind: &str) -> Option<String> {
         .iter()
         .find(|c| c.type_ == kind)
         .map(|c| c.status.clone())
+}
+
+/// A private containerd in the node's network namespace, which this test thread enters too.
+async fn containerd_in_node_netns() -> nodus_testkit::PrivateContainerd {
+    let mut opts = containerd_options();
+    opts.in_node_netns = true;
+    let ctrd = nodus_testkit::PrivateContainerd::start(opts)
+        .await
+        .expect("private containerd");
+    ctrd.node_netns()
+        .enter_current_thread()
+        .expect("enter the node netns");
+    ctrd
 }
 
 /// kubeadm's default bootstrap token (id `abcdef`).

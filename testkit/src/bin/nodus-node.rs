@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -15,7 +14,7 @@ use clap::{Parser, ValueEnum};
 use nodus_proto::runtime::v1::{
     ContainerState, ListContainersRequest, ListPodSandboxRequest, PodSandboxStatusRequest,
 };
-use nodus_testkit::{cleanup, Cni, ContainerdOptions, PrivateContainerd};
+use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd};
 use serde::Deserialize;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -45,19 +44,6 @@ struct Cli {
     /// How long to wait for the pods.
     #[arg(long, default_value_t = 120)]
     timeout_seconds: u64,
-}
-
-struct Kubelet(Child);
-
-impl Drop for Kubelet {
-    fn drop(&mut self) {
-        cleanup::stop_pid(
-            self.0.id() as i32,
-            nix::sys::signal::Signal::SIGTERM,
-            Duration::from_secs(10),
-        );
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -103,25 +89,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     )?;
     let kubelet_log = ctrd.dir().join("kubelet.log");
-    let log = std::fs::File::create(&kubelet_log)?;
-    let kubelet_bin = nodus_testkit::bin_path("kubelet");
-    let kubelet = Kubelet(
-        Command::new("nsenter")
-            .arg(format!("--net={}", ctrd.node_netns().path().display()))
-            .arg("--")
-            .arg(&kubelet_bin)
-            .arg(format!("--config={}", config.display()))
-            .arg(format!(
-                "--root-dir={}",
-                ctrd.dir().join("kubelet").display()
-            ))
-            .arg("--hostname-override=nodus-dev")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", kubelet_bin.display()))?,
-    );
+    let kubelet = ctrd.spawn_kubelet(&config, "nodus-dev", &kubelet_log)?;
     println!("kubelet: log {}", kubelet_log.display());
 
     let started = Instant::now();
