@@ -251,13 +251,15 @@ async fn the_client_certificate_rotates_while_pods_keep_running() {
             )
             .await;
         seen.push(target);
-        // The renewal was a CSR of the node itself, approved as selfnodeclient.
+        // The renewals were CSRs of the node itself, approved as selfnodeclient. There may be
+        // more than `round`: a new certificate whose random deadline (70 to 90% of its 7 min)
+        // falls before the backdated 5 min are over is renewed again at once.
         let renewals: Vec<CertificateSigningRequest> = csrs(&n)
             .await
             .into_iter()
             .filter(|c| c.spec.username.as_deref() == Some("system:node:testnode"))
             .collect();
-        assert_eq!(renewals.len(), round, "{renewals:?}");
+        assert!(renewals.len() >= round, "{renewals:?}");
         assert!(renewals
             .iter()
             .all(|c| condition(c, "Approved").as_deref() == Some("AutoApproved")));
