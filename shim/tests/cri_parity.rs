@@ -469,7 +469,24 @@ async fn container_stats_with_relative_cgroup_parent() {
     let relative = format!("nodus-rel-{}", nodus_testkit::unique_suffix());
     let parent = nodus_runtime::cgroups::Cgroup::resolve(Some(Path::new(&relative)), "")
         .expect("resolve the relative parent");
-    let _cleanup = RelativeParent(parent.dirs());
+    // runc on a hybrid host also makes the path in the v2 hierarchy (below our own v2
+    // cgroup) and leaves the parent there: that one goes too.
+    let mut dirs = parent.dirs();
+    let own_v2 = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("0::")
+                .map(|p| p.trim_start_matches('/').to_string())
+        });
+    if let Some(own) = own_v2 {
+        dirs.push(
+            Path::new("/sys/fs/cgroup/unified")
+                .join(own)
+                .join(&relative),
+        );
+    }
+    let _cleanup = RelativeParent(dirs);
     let mut pod = Pod::start_with("parity-relcg", false, |c| {
         c.linux.get_or_insert_with(Default::default).cgroup_parent = relative.clone();
     })
