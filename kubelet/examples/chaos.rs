@@ -9,29 +9,19 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use nodus_proto::runtime::v1 as cri;
 use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
-use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
+use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd};
 use tonic::transport::Channel;
 
+mod churn;
+
+use churn::{env, leases, manifest, veths};
+
 const NODE: &str = "chaos";
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn manifest(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']\n"
-    )
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
@@ -106,20 +96,8 @@ async fn leftovers(
         .into_inner()
         .containers
         .len();
-    let leases = files(&ctrd.cni_data_dir())
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-        })
-        .count();
-    let veths = Command::new("nsenter")
-        .arg(format!("--net={}", ctrd.node_netns().path().display()))
-        .args(["--", "ip", "-o", "link", "show", "type", "veth"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-        .unwrap_or(0);
+    let leases = leases(ctrd);
+    let veths = veths(ctrd);
     let dir = ctrd.dir().display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
@@ -149,19 +127,6 @@ async fn leftovers(
         mounts,
         pod_cgroups,
     ]))
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn dirs(dir: &Path) -> Vec<PathBuf> {

@@ -6,32 +6,20 @@
 //! Prints the figures and the growth from start to end (target: RSS and fds within 10%,
 //! shims, sandboxes and leases back to zero, CPU per cycle flat).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use nodus_proto::runtime::v1 as cri;
 use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use nodus_testkit::procstat::{cpu_secs, open_fds, pids_named, rss_kib};
-use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd, BUSYBOX_IMAGE};
+use nodus_testkit::{Cni, ContainerdOptions, PrivateContainerd};
 use tonic::transport::Channel;
 
+mod churn;
+
+use churn::{env, leases, manifest, veths};
+
 const NODE: &str = "soak";
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A pod that exits at once on SIGTERM (so a cycle is not its grace period).
-fn manifest(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']\n"
-    )
-}
 
 async fn running(rt: &mut RuntimeServiceClient<Channel>) -> Result<usize> {
     Ok(rt
@@ -67,41 +55,6 @@ async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> Result<bool>) -> Resu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
-}
-
-/// Files in the IPAM data dir that are leases (named by an address).
-fn leases(dir: &Path) -> usize {
-    walk(dir)
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-        })
-        .count()
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// veth interfaces in the node's network namespace.
-fn veths(netns: &Path) -> usize {
-    Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["--", "ip", "-o", "link", "show", "type", "veth"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-        .unwrap_or(0)
 }
 
 struct Sample {
@@ -140,8 +93,6 @@ async fn main() -> Result<()> {
     let kubelet = ctrd.spawn_kubelet(&config, NODE, &ctrd.dir().join("kubelet.log"))?;
     let pid = kubelet.pid();
     let shims_before = pids_named("containerd-shim").len();
-    let netns = ctrd.node_netns().path().to_path_buf();
-    let ipam = ctrd.cni_data_dir();
 
     let cycle = async |rt: &mut RuntimeServiceClient<Channel>, i: usize| -> Result<()> {
         let names: Vec<String> = (0..parallel).map(|k| format!("s{i}-{k}")).collect();
@@ -168,8 +119,8 @@ async fn main() -> Result<()> {
                 .len()
                 .saturating_sub(shims_before),
             sandboxes: sandboxes(rt).await?,
-            leases: leases(&ipam),
-            veths: veths(&netns),
+            leases: leases(&ctrd),
+            veths: veths(&ctrd),
         })
     };
 
