@@ -661,20 +661,31 @@ async fn probes_hooks_logs_and_metrics() {
     )
     .await;
     assert_eq!(rotations_seen, MAX_FILES - 1, "rotated files kept");
-    // Older rotated files are gzipped CRI logs (one may be removed as we look: take the
-    // first that opens).
-    let text = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
-        .find_map(|gz| {
-            let mut text = String::new();
-            let f = std::fs::File::open(gz).ok()?;
-            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text).ok()?;
-            Some(text)
-        })
-        .expect("a compressed rotated log");
+    // Older rotated files are gzipped CRI logs. A rotation removes the oldest `.gz` before it
+    // compresses the next one, so for a moment there may be none: look until one opens.
+    let text = node
+        .wait_for(
+            "a compressed rotated log",
+            Duration::from_secs(10),
+            || async {
+                std::fs::read_dir(&dir)
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+                    .find_map(|gz| {
+                        let mut text = String::new();
+                        let f = std::fs::File::open(gz).ok()?;
+                        std::io::Read::read_to_string(
+                            &mut flate2::read::GzDecoder::new(f),
+                            &mut text,
+                        )
+                        .ok()?;
+                        Some(text)
+                    })
+            },
+        )
+        .await;
     assert!(
         text.lines().all(|l| l.contains(" stdout F ")) && !text.is_empty(),
         "{text}"
