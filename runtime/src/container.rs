@@ -28,7 +28,7 @@ use crate::cgroups::Cgroup;
 use crate::error::{Context, Error, Result};
 use crate::namespaces::{self, Plan};
 use crate::util::{proc_stat, process_alive, rfc3339, write_atomic};
-use crate::{hooks, init, process, seccomp, spec, sync};
+use crate::{hooks, init, process, seccomp, spec, sync, userns};
 
 /// The runtime-spec version we implement.
 pub const OCI_VERSION: &str = "1.0.2";
@@ -192,7 +192,7 @@ impl Drop for CreateGuard {
 }
 
 /// clone(2) without CLONE_VM: like fork, plus new namespaces. Returns 0 in the child.
-fn clone_process(flags: CloneFlags) -> Result<i32> {
+pub(crate) fn clone_process(flags: CloneFlags) -> Result<i32> {
     let f = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: without CLONE_VM the child gets a copy of our (single-threaded) memory,
     // exactly as with fork(); a null stack means "continue on the current stack".
@@ -333,6 +333,21 @@ impl Runtime {
             })?),
             None => None,
         };
+        let userns = userns::UserNs::open(&b.spec, &plan)?;
+        let rootfs_tree = match &userns {
+            Some(u) => userns::idmapped_rootfs(&b.rootfs, &u.file, &u.uid_map)?,
+            None => None,
+        };
+        // In a joined user namespace the init makes its namespaces after joining it (a new
+        // pid namespace through a helper), not at clone time (see `userns`).
+        let joined_userns = userns.as_ref().filter(|u| u.joined);
+        let (clone_flags, unshare_after_user) = match joined_userns {
+            Some(_) => (
+                CloneFlags::empty(),
+                plan.clone_flags - CloneFlags::CLONE_NEWPID,
+            ),
+            None => (plan.clone_flags, CloneFlags::empty()),
+        };
         let linux = b.spec.linux().as_ref().expect("validated");
         let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
         let cgroup = Cgroup::resolve(linux.cgroups_path().as_deref(), &o.id)?;
@@ -394,30 +409,51 @@ impl Runtime {
             }
             None => None,
         };
-        let pid = clone_process(plan.clone_flags);
-        if let Ok(0) = pid {
-            drop(parent_sock);
-            init::run(init::InitArgs {
-                spec: &b.spec,
-                bundle: &b.dir,
-                rootfs: &b.rootfs,
-                plan: &plan,
-                joins,
-                sync: child_sock,
-                state_dir,
-                console,
-                no_pivot: o.no_pivot,
-                cgroup_sources: cgroup.mount_sources(),
-                seccomp: seccomp.as_ref(),
-            });
-        }
+        let args = init::InitArgs {
+            spec: &b.spec,
+            bundle: &b.dir,
+            rootfs: &b.rootfs,
+            plan: &plan,
+            joins,
+            unshare_after_user,
+            sync: child_sock,
+            state_dir,
+            console,
+            no_pivot: o.no_pivot,
+            cgroup_sources: cgroup.mount_sources(),
+            seccomp: seccomp.as_ref(),
+            rootfs_tree,
+        };
+        // The init closes our end of the sync socket: it must see EOF when we go.
+        let our_end = parent_sock.as_raw_fd();
+        let pid = match joined_userns {
+            Some(u) if plan.is_new(LinuxNamespaceType::Pid) => {
+                userns::clone_init_in_new_pidns(&u.file, || {
+                    // SAFETY: in the child, closing its copy of our fd.
+                    unsafe { libc::close(our_end) };
+                    init::run(args)
+                })
+            }
+            _ => {
+                let pid = clone_process(clone_flags);
+                if let Ok(0) = pid {
+                    // SAFETY: in the child, closing its copy of our fd.
+                    unsafe { libc::close(our_end) };
+                    init::run(args);
+                }
+                // Our copies of the init's fds (its end of the sync socket, the console).
+                drop(args);
+                pid
+            }
+        };
         if let Some(own) = saved_pidns {
             setns(&own, CloneFlags::CLONE_NEWPID).ctx(|| "restore pid namespace".into())?;
         }
         let pid = pid?;
-        drop(child_sock);
-        drop(console);
         guard.child = Some(pid);
+        if userns.as_ref().is_some_and(|u| !u.joined) {
+            userns::write_maps(pid, linux)?;
+        }
         cgroup.add_pid(pid)?;
         if let Some(adj) = process.oom_score_adj() {
             if let Err(e) = fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()) {
@@ -740,6 +776,8 @@ impl Runtime {
         let mut joins = vec![];
         let mut pid_ns = None;
         for t in [
+            // First: the others may belong to it.
+            LinuxNamespaceType::User,
             LinuxNamespaceType::Ipc,
             LinuxNamespaceType::Uts,
             LinuxNamespaceType::Network,

@@ -27,8 +27,10 @@ pub struct InitArgs<'a> {
     pub rootfs: &'a Path,
     /// Namespace plan.
     pub plan: &'a Plan,
-    /// Namespaces to join (opened by the runtime), except pid.
+    /// Namespaces to join (opened by the runtime), except pid; a user namespace first.
     pub joins: Vec<(CloneFlags, File)>,
+    /// New namespaces to make once in the joined user namespace (so they belong to it).
+    pub unshare_after_user: CloneFlags,
     /// Our end of the sync socket.
     pub sync: OwnedFd,
     /// O_PATH fd of the state directory holding `exec.fifo`.
@@ -41,6 +43,8 @@ pub struct InitArgs<'a> {
     pub cgroup_sources: Vec<(String, PathBuf)>,
     /// The compiled `linux.seccomp` filter.
     pub seccomp: Option<&'a seccomp::Filter>,
+    /// An idmapped copy of the rootfs mount, attached in place of the rootfs bind.
+    pub rootfs_tree: Option<OwnedFd>,
 }
 
 /// Run the init; never returns.
@@ -81,7 +85,36 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
     };
     // SAFETY: setsid has no memory-safety preconditions.
     unsafe { libc::setsid() };
-    for (flag, f) in &a.joins {
+    // The user namespace first: the others may belong to it. A helper that cloned us
+    // into a new pid namespace put us in it already (joining one's own fails).
+    for (_, f) in a
+        .joins
+        .iter()
+        .filter(|(t, _)| *t == CloneFlags::CLONE_NEWUSER)
+    {
+        if !same_namespace(f, "user") {
+            setns(f, CloneFlags::CLONE_NEWUSER).ctx(|| "join user namespace".into())?;
+        }
+    }
+    // In a user namespace, become its root: our IDs are still host root's, which it does
+    // not map, and files cannot be made with unmapped IDs (EOVERFLOW).
+    if a.plan.is_new(LinuxNamespaceType::User)
+        || a.joins.iter().any(|(t, _)| *t == CloneFlags::CLONE_NEWUSER)
+    {
+        let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
+        nix::unistd::setresgid(root.0, root.0, root.0)
+            .ctx(|| "setresgid 0 in the user namespace".into())?;
+        nix::unistd::setresuid(root.1, root.1, root.1)
+            .ctx(|| "setresuid 0 in the user namespace".into())?;
+    }
+    if !a.unshare_after_user.is_empty() {
+        unshare(a.unshare_after_user).ctx(|| format!("unshare {:?}", a.unshare_after_user))?;
+    }
+    for (flag, f) in a
+        .joins
+        .iter()
+        .filter(|(t, _)| *t != CloneFlags::CLONE_NEWUSER)
+    {
         setns(f, *flag).ctx(|| format!("join {flag:?} namespace"))?;
     }
     if a.plan.new_cgroup {
@@ -108,7 +141,7 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
     let own_mount_ns = a.plan.is_new(LinuxNamespaceType::Mount)
         || a.plan.joins(LinuxNamespaceType::Mount).is_some();
     if own_mount_ns {
-        rootfs::prepare_root(spec, a.rootfs)?;
+        rootfs::prepare_root(spec, a.rootfs, a.rootfs_tree.as_ref())?;
     }
     let cx = rootfs::Context2 {
         bundle: a.bundle,
@@ -201,4 +234,16 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
         seccomp::install(f)?;
     }
     Err(process::exec(&prog, process))
+}
+
+/// Whether `f` is the namespace of type `name` we are in.
+fn same_namespace(f: &File, name: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        f.metadata(),
+        std::fs::metadata(format!("/proc/self/ns/{name}")),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
 }

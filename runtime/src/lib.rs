@@ -23,6 +23,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod sync;
+pub mod userns;
 pub mod util;
 
 pub use container::{CreateOpts, ExecOpts, OciState, Runtime, Status};

@@ -618,7 +618,7 @@ fn features() -> serde_json::Value {
             "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
             "strictatime", "suid", "sync", "tmpcopyup", "unbindable"],
         "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false,
                        "unified": cgroups::is_unified()},
@@ -631,6 +631,8 @@ fn features() -> serde_json::Value {
                 "supportedFlags": seccomp::supported_flags(),
             },
             "apparmor": {"enabled": false},
+            // The rootfs of a user-namespaced container, when its owner is not mapped.
+            "mountExtensions": {"idmap": {"enabled": true}},
             "selinux": {"enabled": false},
         },
         "annotations": {"org.opencontainers.runtime-spec.features": "nodus-runtime"},

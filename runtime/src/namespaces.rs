@@ -67,9 +67,13 @@ impl Plan {
                 None => plan.clone_flags |= flag(ns.typ()),
             }
         }
-        // The mount namespace changes path lookups: join it after the others.
-        plan.join
-            .sort_by_key(|(t, _)| *t == LinuxNamespaceType::Mount);
+        // The user namespace first (the others may belong to it); the mount namespace
+        // changes path lookups: join it after the others.
+        plan.join.sort_by_key(|(t, _)| match t {
+            LinuxNamespaceType::User => 0,
+            LinuxNamespaceType::Mount => 2,
+            _ => 1,
+        });
         plan
     }
 

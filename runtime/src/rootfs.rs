@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -169,7 +170,7 @@ pub fn rootfs_propagation(spec: &Spec) -> Option<MsFlags> {
 /// Set the propagation of the whole tree (default rslave), make the rootfs a mount
 /// point of its own (bind onto itself) so pivot_root can use it. Only in a mount
 /// namespace of the container's own.
-pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
+pub fn prepare_root(spec: &Spec, rootfs: &Path, idmapped: Option<&OwnedFd>) -> Result<()> {
     let set = rootfs_propagation(spec);
     // As runc, the value goes on the old tree first: an rshared one keeps the copies
     // of the host's shared mounts in the host's peer groups, so binds from them
@@ -193,6 +194,9 @@ pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
         MsFlags::MS_PRIVATE
     };
     set_parent_mount_propagation(rootfs, parent)?;
+    if let Some(tree) = idmapped {
+        return crate::userns::move_mount(tree, rootfs);
+    }
     nix_ctx(
         mount(
             Some(rootfs),

@@ -169,7 +169,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
             ));
         }
         match ns.typ() {
-            LinuxNamespaceType::User | LinuxNamespaceType::Time => {
+            LinuxNamespaceType::Time => {
                 return Err(Error::config(
                     format!("{f}.type"),
                     format!("{} namespaces are not supported", ns.typ()),
@@ -325,14 +325,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
     }
     // linux.seccomp is checked by compiling it, which `create` does once before it makes
     // anything (compiling it here too would do that work twice on every create).
-    if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-    {
-        return Err(Error::config(
-            "linux.uidMappings",
-            "user namespaces are not supported",
-        ));
-    }
+    validate_id_mappings(linux)?;
     if let Some(h) = spec.hooks() {
         let groups = [
             ("prestart", h.prestart()),
@@ -354,6 +347,62 @@ pub fn validate(spec: &Spec) -> Result<()> {
                     return Err(Error::config(
                         format!("hooks.{name}[{i}].timeout"),
                         "must be positive",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `linux.uidMappings` and `linux.gidMappings` against the user namespace: a new one
+/// needs both (the runtime writes them), a joined one has its own already.
+fn validate_id_mappings(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    let user = linux
+        .namespaces()
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::User);
+    for (field, maps) in [
+        ("linux.uidMappings", linux.uid_mappings()),
+        ("linux.gidMappings", linux.gid_mappings()),
+    ] {
+        let maps = maps.as_deref().unwrap_or(&[]);
+        match user {
+            None if !maps.is_empty() => {
+                return Err(Error::config(
+                    field,
+                    "needs a user namespace in linux.namespaces",
+                ))
+            }
+            Some(n) if n.path().is_none() && maps.is_empty() => {
+                return Err(Error::config(
+                    field,
+                    "required with a new user namespace (no mapping given)",
+                ))
+            }
+            _ => {}
+        }
+        // The kernel's limit on lines in a map.
+        if maps.len() > 340 {
+            return Err(Error::config(
+                field,
+                format!("{} mappings, at most 340", maps.len()),
+            ));
+        }
+        for (i, m) in maps.iter().enumerate() {
+            if m.size() == 0 {
+                return Err(Error::config(
+                    format!("{field}[{i}].size"),
+                    "must be positive",
+                ));
+            }
+            for (what, start) in [("containerID", m.container_id()), ("hostID", m.host_id())] {
+                if start as u64 + m.size() as u64 > 1 << 32 {
+                    return Err(Error::config(
+                        format!("{field}[{i}]"),
+                        format!("{what} {start} + size {} passes 2^32", m.size()),
                     ));
                 }
             }

@@ -39,7 +39,35 @@ fn bad_configs_name_the_field_and_leave_nothing() {
             c["process"]["terminal"] = json!(true)
         }),
         ("linux.namespaces[5].type", |c| {
+            c["linux"]["namespaces"][5] = json!({"type": "time"})
+        }),
+        // A new user namespace needs both maps; maps need a user namespace.
+        ("linux.uidMappings", |c| {
             c["linux"]["namespaces"][5] = json!({"type": "user"})
+        }),
+        ("linux.gidMappings", |c| {
+            c["linux"]["namespaces"][5] = json!({"type": "user"});
+            c["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        }),
+        ("linux.uidMappings", |c| {
+            c["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        }),
+        ("linux.gidMappings[0].size", |c| {
+            c["linux"]["namespaces"][5] = json!({"type": "user"});
+            c["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+            c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 0}]);
+        }),
+        // The kernel refuses overlapping ranges when the runtime writes the map.
+        ("linux.uidMappings", |c| {
+            c["linux"]["namespaces"][5] = json!({"type": "user"});
+            c["linux"]["uidMappings"] = json!([
+                {"containerID": 0, "hostID": 300000, "size": 65536},
+                {"containerID": 10, "hostID": 500000, "size": 1}]);
+            c["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
         }),
         ("linux.namespaces[1].path", |c| {
             c["linux"]["namespaces"][1] =
