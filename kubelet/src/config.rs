@@ -178,6 +178,14 @@ pub struct Flags {
     pub(crate) tls_cipher_suites: Option<String>,
 }
 
+/// `userNamespaces` of a KubeletConfiguration.
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserNamespacesConfig {
+    /// Host IDs given to each pod with `hostUsers: false` (a multiple of 65536).
+    pub(crate) ids_per_pod: Option<i64>,
+}
+
 /// `authentication` of a KubeletConfiguration.
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -300,6 +308,7 @@ pub(crate) struct KubeletConfiguration {
     pub(crate) cluster_dns: Option<Vec<String>>,
     pub(crate) cluster_domain: Option<String>,
     pub(crate) seccomp_default: Option<bool>,
+    pub(crate) user_namespaces: Option<UserNamespacesConfig>,
     pub(crate) rotate_certificates: Option<bool>,
     pub(crate) allowed_unsafe_sysctls: Option<Vec<String>>,
     pub(crate) container_log_max_size: Option<String>,
@@ -403,6 +412,8 @@ pub struct Config {
     pub(crate) dns: crate::network::dns::ClusterDns,
     /// `seccompDefault`: RuntimeDefault for containers that name no seccomp profile.
     pub(crate) seccomp_default: bool,
+    /// `userNamespaces.idsPerPod`: host IDs per pod with `hostUsers: false`.
+    pub(crate) userns_ids_per_pod: u32,
     /// `rotateCertificates`: the client certificate of a bootstrapped kubeconfig is renewed
     /// through CSRs before it expires.
     pub(crate) rotate_certificates: bool,
@@ -495,6 +506,7 @@ impl Default for Config {
             resolv_conf: "/etc/resolv.conf".into(),
             dns: Default::default(),
             seccomp_default: false,
+            userns_ids_per_pod: 65536,
             rotate_certificates: false,
             allowed_unsafe_sysctls: Vec::new(),
             container_log_max_size: 10 << 20,
@@ -907,6 +919,18 @@ impl Config {
         }
         if let Some(v) = file.seccomp_default {
             c.seccomp_default = v;
+        }
+        if let Some(v) = file.user_namespaces.as_ref().and_then(|u| u.ids_per_pod) {
+            c.userns_ids_per_pod = u32::try_from(v)
+                .ok()
+                .filter(|n| *n > 0 && n % 65536 == 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "userNamespaces.idsPerPod",
+                        v,
+                        "must be a positive multiple of 65536",
+                    )
+                })?;
         }
         if let Some(v) = file.rotate_certificates {
             c.rotate_certificates = v;

@@ -49,6 +49,15 @@ pub struct Shared {
 }
 
 /// Why `/healthz` answers unhealthy.
+/// Why the kubelet cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Api(#[from] crate::kubeclient::ApiError),
+    #[error("create user namespace manager: {0}")]
+    UserNamespaces(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum HealthError {
     #[error("sync loop stalled for {elapsed:?}")]
@@ -88,7 +97,7 @@ pub struct Kubelet {
 impl Kubelet {
     /// Builds the kubelet; with `--kubeconfig` the API server client too (reading the
     /// kubeconfig is the only thing that can fail).
-    pub async fn new(cfg: Config) -> Result<Self, crate::kubeclient::ApiError> {
+    pub async fn new(cfg: Config) -> Result<Self, StartError> {
         let cri = Cri::new(&cfg.container_runtime_endpoint);
         let pods = PodManager::default();
         let status = StatusManager::new();
@@ -146,6 +155,20 @@ impl Kubelet {
             cfg.resolv_conf.clone(),
         );
         runtime.node_name = cfg.node_name.clone();
+        // As upstream, a kubelet whose user namespace range cannot serve maxPods pods, or
+        // finds a pod's mapping file it cannot honour, does not start.
+        runtime.userns = Some(
+            crate::userns_manager::kubelet_mappings("/etc/subuid", "/etc/subgid")
+                .and_then(|range| {
+                    crate::userns_manager::UsernsManager::new(
+                        cfg.root_dir.join("pods"),
+                        range,
+                        cfg.userns_ids_per_pod,
+                        cfg.max_pods,
+                    )
+                })
+                .map_err(|e| StartError::UserNamespaces(e.to_string()))?,
+        );
         runtime.max_per_pod_container = cfg.max_per_pod_container;
         runtime.node_ips = cfg.node_ips().iter().map(|ip| ip.to_string()).collect();
         runtime.node = crate::nodestatus::allocatable(&cfg);

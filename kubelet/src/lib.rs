@@ -51,5 +51,6 @@ pub(crate) mod status_manager;
 mod sync_loop;
 #[cfg(test)]
 mod testutil;
+pub(crate) mod userns_manager;
 pub mod version;
 pub(crate) mod volumes;

@@ -129,3 +129,60 @@ async fn apparmor_profile_without_apparmor_on_the_host_is_refused() {
         "Pod was rejected: Cannot enforce AppArmor: AppArmor is not enabled on the host"
     );
 }
+
+/// `hostUsers: false` through containerd: Debian's containerd 1.6 reports no runtime
+/// handlers (CRI 1.30's features), so, as upstream, the kubelet refuses to make the
+/// sandbox rather than run the pod as host root; the pod stays Pending, no user namespace
+/// IDs are kept for it, and the reason is in the log. With host namespaces the manifest
+/// itself is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_users_false_is_refused_where_the_runtime_cannot_make_user_namespaces() {
+    let node = Node::start().await;
+    let pod = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  hostUsers: false\n{extra}  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sleep, '3600']\n"
+        )
+    };
+    node.write_manifest("userns.yaml", &pod("userns", ""));
+    node.write_manifest(
+        "userns-hostnet.yaml",
+        &pod("userns-hostnet", "  hostNetwork: true\n"),
+    );
+    let refused = "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces: the handler \"\" is not known";
+    node.wait_for(
+        "the sandbox to be refused",
+        Duration::from_secs(60),
+        || async { node.log_text().contains(refused) },
+    )
+    .await;
+    let st = wait_status(&node, "userns", "the pod to be Pending", |s| {
+        s["phase"] == "Pending"
+    })
+    .await;
+    assert_eq!(
+        st["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating",
+        "{st}"
+    );
+    assert!(node.sandboxes("userns").await.is_empty());
+    let uid = node.api_pod("userns").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!node
+        .root_dir
+        .join("pods")
+        .join(&uid)
+        .join("userns")
+        .exists());
+    // The manifest with hostNetwork is not a pod at all.
+    node.wait_for(
+        "the hostNetwork manifest to be refused",
+        Duration::from_secs(30),
+        || async {
+            node.log_text().contains("spec.hostNetwork")
+                && node.log_text().contains("when `hostUsers` is false")
+        },
+    )
+    .await;
+    assert!(node.api_pod("userns-hostnet").is_none());
+}

@@ -59,6 +59,8 @@ pub(crate) trait RuntimeService: Send + Sync {
     /// The sandbox image the runtime is configured with (containerd's `sandboxImage`, in
     /// its verbose Status), if it says.
     fn sandbox_image(&self) -> CriFut<'_, Option<String>>;
+    /// The runtime handlers and their features (CRI 1.30+; empty from older runtimes).
+    fn runtime_handlers(&self) -> CriFut<'_, Vec<cri::RuntimeHandler>>;
     fn run_pod_sandbox(
         &self,
         config: cri::PodSandboxConfig,
@@ -156,6 +158,10 @@ impl Cri {
 
     pub(crate) async fn sandbox_image(&self) -> Result<Option<String>, CriError> {
         self.runtime.sandbox_image().await
+    }
+
+    pub(crate) async fn runtime_handlers(&self) -> Result<Vec<cri::RuntimeHandler>, CriError> {
+        self.runtime.runtime_handlers().await
     }
 
     pub(crate) async fn run_pod_sandbox(

@@ -1278,3 +1278,62 @@ async fn a_new_sandbox_runs_sidecars_and_init_containers_again_in_order() {
     n.sync(&p).await;
     assert_eq!(n.names("CreateContainer"), ["s1", "i1", "s2", "a"]);
 }
+
+#[tokio::test]
+async fn a_pod_without_host_users_gets_its_own_id_block_where_the_runtime_can_make_one() {
+    use nodus_proto::runtime::v1 as cri;
+    let n = node();
+    let p = pod_yaml("  hostUsers: false\n  containers:\n  - {name: a, image: 'i:1'}\n");
+    let userns_file = n.dir.path().join("root/pods").join(uid(&p)).join("userns");
+    // A runtime that reports no handlers (containerd 1.6): refused, nothing made.
+    let (st, a) = n.actions(&p).await;
+    let e =
+        n.rm.apply_pod_actions(&p, &st, &a, &n.backoff, &Default::default())
+            .await
+            .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces: the handler \"\" is not known"
+    );
+    assert_eq!(e.reason(), "CreatePodSandboxError");
+    assert!(n.fake.sandboxes().is_empty());
+    assert!(!userns_file.exists());
+    // Its default handler can: the sandbox and the container get the pod's block.
+    n.fake.set_runtime_handlers(vec![cri::RuntimeHandler {
+        name: String::new(),
+        features: Some(cri::RuntimeHandlerFeatures {
+            user_namespaces: true,
+            recursive_read_only_mounts: false,
+        }),
+    }]);
+    n.sync(&p).await;
+    let ns = n
+        .fake
+        .container_namespaces(&n.id("a"))
+        .and_then(|o| o.userns_options)
+        .expect("user namespace options");
+    assert_eq!(ns.mode, cri::NamespaceMode::Pod as i32);
+    assert_eq!(ns.uids, ns.gids);
+    let m = ns.uids[0];
+    assert_eq!((m.container_id, m.length), (0, 65536));
+    assert!(
+        m.host_id >= 65536 && m.host_id.is_multiple_of(65536),
+        "{m:?}"
+    );
+    let file = std::fs::read_to_string(&userns_file).unwrap();
+    assert!(
+        file.contains(&format!("\"hostId\":{}", m.host_id)),
+        "{file}"
+    );
+    // A pod that does not ask gets the node's.
+    let q = pod_yaml("  containers:\n  - {name: b, image: 'i:1'}\n");
+    n.sync(&q).await;
+    let ns = n
+        .fake
+        .container_namespaces(&n.id("b"))
+        .and_then(|o| o.userns_options);
+    assert_eq!(ns.map(|n| n.mode), Some(cri::NamespaceMode::Node as i32));
+    // Removing the pod frees its block.
+    n.rm.remove_pod(&uid(&p), Some(&p), None).await.unwrap();
+    assert!(!userns_file.exists());
+}

@@ -67,6 +67,9 @@ pub(crate) enum SyncError {
     PostStartHook(String),
     #[error("pod cgroup: {0}")]
     Cgroup(#[from] crate::resources::CgroupError),
+    /// The sandbox cannot be made (its user namespace, or RunPodSandbox failed).
+    #[error("Failed to create pod sandbox: {0}")]
+    CreateSandbox(String),
 }
 
 impl SyncError {
@@ -80,6 +83,7 @@ impl SyncError {
                 "CreateContainerConfigError"
             }
             SyncError::Cgroup(_) => "CreateContainerError",
+            SyncError::CreateSandbox(_) => "CreatePodSandboxError",
             SyncError::PostStartHook(_) => "PostStartHookError",
             SyncError::CreateContainer(_) => "CreateContainerError",
             SyncError::StartContainer(_) | SyncError::Cri(_) => "RunContainerError",
@@ -111,6 +115,8 @@ pub(crate) struct RuntimeManager {
     pub(crate) events: crate::events::EventRecorder,
     /// Create and remove pod cgroups (unit tests on the fake runtime turn this off).
     pub(crate) pod_cgroups: bool,
+    /// Host ID blocks of pods with `hostUsers: false` (None if the range cannot be used).
+    pub(crate) userns: Option<crate::userns_manager::UsernsManager>,
     /// Failed image pulls by `<pod uid>_<image>` (upstream's image back-off: 10 s doubling
     /// to 300 s).
     image_backoff: Mutex<Backoff>,
@@ -188,6 +194,8 @@ pub(crate) fn pod_grace(pod: &Pod) -> i64 {
 
 impl RuntimeManager {
     pub(crate) fn new(cri: Cri, paths: NodePaths, root_dir: PathBuf, resolv_conf: PathBuf) -> Self {
+        use crate::userns_manager::USERNS_UNIT;
+        let root_dir_pods = root_dir.join("pods");
         RuntimeManager {
             cri,
             paths,
@@ -203,7 +211,49 @@ impl RuntimeManager {
             pod_cgroups: true,
             image_backoff: Mutex::new(Backoff::new()),
             image_lookups: Mutex::new(HashMap::new()),
+            userns: crate::userns_manager::UsernsManager::new(
+                root_dir_pods,
+                (USERNS_UNIT, (1 << 32) - USERNS_UNIT as u64),
+                USERNS_UNIT,
+                110,
+            )
+            .inspect_err(|e| tracing::warn!(error = %e, "user namespaces unavailable"))
+            .ok(),
         }
+    }
+
+    /// The pod's CRI user namespace option: NODE, or its own block of IDs when it has
+    /// `hostUsers: false` and the runtime handler supports user namespaces.
+    async fn pod_user_namespace(
+        &self,
+        pod: &Pod,
+        handler: &str,
+    ) -> Result<api::UserNamespace, SyncError> {
+        let Some(m) = &self.userns else {
+            if pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
+                return Err(SyncError::CreateSandbox(
+                    "user namespaces are unavailable on this node (see the kubelet's log)".into(),
+                ));
+            }
+            return Ok(api::UserNamespace {
+                mode: api::NamespaceMode::Node as i32,
+                ..Default::default()
+            });
+        };
+        let supported = if pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
+            match self.cri.runtime_handlers().await {
+                Ok(hs) => hs
+                    .iter()
+                    .find(|h| h.name == handler)
+                    .map(|h| h.features.is_some_and(|f| f.user_namespaces))
+                    .ok_or_else(|| format!("the handler {handler:?} is not known")),
+                Err(e) => Err(format!("runtime handlers are not set: {e}")),
+            }
+        } else {
+            Ok(false)
+        };
+        m.get_or_create(pod, handler, supported)
+            .map_err(|e| SyncError::CreateSandbox(e.to_string()))
     }
 
     /// The pod's IPs: its sandbox's, or the node's for a host-network pod.
@@ -252,7 +302,34 @@ impl RuntimeManager {
             self.kill_pod(&uid, Some(pod), None).await?;
         }
         let resolv = self.node_resolv_conf();
-        let sandbox_config = sandbox::sandbox_config(pod, actions.attempt, &self.paths, &resolv)?;
+        let mut sandbox_config =
+            sandbox::sandbox_config(pod, actions.attempt, &self.paths, &resolv)?;
+        let handler = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.clone())
+            .unwrap_or_default();
+        let userns = match self.pod_user_namespace(pod, &handler).await {
+            Ok(u) => u,
+            Err(e) => {
+                self.events.pod_event(
+                    pod,
+                    None,
+                    crate::events::WARNING,
+                    "FailedCreatePodSandBox",
+                    e.to_string(),
+                );
+                return Err(e);
+            }
+        };
+        if let Some(ns) = sandbox_config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.userns_options = Some(userns);
+        }
         let sandbox_id = if actions.create_sandbox {
             let log_dir = PathBuf::from(&sandbox_config.log_directory);
             mkdir(&log_dir)?;
@@ -262,15 +339,23 @@ impl RuntimeManager {
                     &crate::resources::pod_cgroup_config(pod),
                 )?;
             }
-            let handler = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.runtime_class_name.clone())
-                .unwrap_or_default();
-            let id = self
+            let id = match self
                 .cri
                 .run_pod_sandbox(sandbox_config.clone(), handler)
-                .await?;
+                .await
+            {
+                Ok(id) => id,
+                Err(e) => {
+                    self.events.pod_event(
+                        pod,
+                        None,
+                        crate::events::WARNING,
+                        "FailedCreatePodSandBox",
+                        format!("Failed to create pod sandbox: {e}"),
+                    );
+                    return Err(e.into());
+                }
+            };
             tracing::info!(pod = %crate::pod_util::full_name(pod), %uid, sandbox = %id, attempt = actions.attempt, "sandbox started");
             id
         } else {
@@ -495,6 +580,9 @@ impl RuntimeManager {
             }
         }
         crate::volumes::teardown(&self.root_dir, uid);
+        if let Some(u) = &self.userns {
+            u.release(uid);
+        }
         remove_dir(&self.root_dir.join("pods").join(uid));
         Ok(())
     }

@@ -222,6 +222,18 @@ pub(crate) fn validate(pod: &Pod) -> Result<(), (String, String)> {
             );
         }
     }
+    // Upstream's validateHostUsers: a user namespace does not go with the host's others.
+    if spec.host_users == Some(false) {
+        for (field, host) in [
+            ("spec.hostNetwork", spec.host_network),
+            ("spec.HostPID", spec.host_pid),
+            ("spec.HostIPC", spec.host_ipc),
+        ] {
+            if host == Some(true) {
+                return bad(field, "forbidden: when `hostUsers` is false".into());
+            }
+        }
+    }
     if let Some(g) = spec.termination_grace_period_seconds {
         if g < 0 {
             return bad(
@@ -542,6 +554,29 @@ mod tests {
             "    imagePullPolicy: Sometimes\n    image: l",
         ));
         assert_eq!(e.field, "spec.containers[0].imagePullPolicy");
+
+        // A user namespace does not go with the host's network, PID or IPC namespaces.
+        for (host, field) in [
+            ("hostNetwork", "spec.hostNetwork"),
+            ("hostPID", "spec.HostPID"),
+            ("hostIPC", "spec.HostIPC"),
+        ] {
+            let e = one_error(&POD.replace(
+                "spec:\n",
+                &format!("spec:\n  hostUsers: false\n  {host}: true\n"),
+            ));
+            assert_eq!(
+                (e.field.as_str(), e.reason.as_str()),
+                (field, "forbidden: when `hostUsers` is false")
+            );
+        }
+        let (pods, errs) = load_manifest(
+            &POD.replace("spec:\n", "spec:\n  hostUsers: true\n  hostNetwork: true\n"),
+            Source::File,
+            "/m/x.yaml",
+            "n",
+        );
+        assert_eq!((pods.len(), errs.len()), (1, 0));
     }
 
     #[test]

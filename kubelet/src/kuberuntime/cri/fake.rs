@@ -61,6 +61,7 @@ struct State {
     pull_auths: Vec<Option<cri::AuthConfig>>,
     /// The sandbox image the verbose Status names.
     sandbox_image: Option<String>,
+    runtime_handlers: Vec<cri::RuntimeHandler>,
 }
 
 impl State {
@@ -222,6 +223,11 @@ impl FakeRuntime {
     }
 
     /// The image filesystem ImageFsInfo reports.
+    /// What Status reports as runtime handlers (none, as containerd 1.6, by default).
+    pub(crate) fn set_runtime_handlers(&self, handlers: Vec<cri::RuntimeHandler>) {
+        self.lock().runtime_handlers = handlers;
+    }
+
     pub(crate) fn set_sandbox_image(&self, image: &str) {
         self.lock().sandbox_image = Some(image.to_string());
     }
@@ -499,6 +505,12 @@ impl RuntimeService for FakeRuntime {
         done(st.enter("Status", "").map(|_| cri::RuntimeStatus {
             conditions: vec![cond("RuntimeReady"), cond("NetworkReady")],
         }))
+    }
+
+    fn runtime_handlers(&self) -> CriFut<'_, Vec<cri::RuntimeHandler>> {
+        let mut st = self.lock();
+        let h = st.runtime_handlers.clone();
+        done(st.enter("Status", "").map(|_| h))
     }
 
     fn sandbox_image(&self) -> CriFut<'_, Option<String>> {

@@ -152,6 +152,17 @@ impl RemoteRuntime {
         r.status.ok_or(CriError::Empty { op: "Status" })
     }
 
+    async fn runtime_handlers(&self) -> Result<Vec<cri::RuntimeHandler>, CriError> {
+        let r = self
+            .call("Status", LIST_TIMEOUT, |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .status(cri::StatusRequest { verbose: false })
+                    .await
+            })
+            .await?;
+        Ok(r.runtime_handlers)
+    }
+
     async fn sandbox_image(&self) -> Result<Option<String>, CriError> {
         let r = self
             .call("Status", LIST_TIMEOUT, |ch| async move {
@@ -507,6 +518,9 @@ impl RuntimeService for RemoteRuntime {
     }
     fn sandbox_image(&self) -> CriFut<'_, Option<String>> {
         Box::pin(self.sandbox_image())
+    }
+    fn runtime_handlers(&self) -> CriFut<'_, Vec<cri::RuntimeHandler>> {
+        Box::pin(self.runtime_handlers())
     }
     fn run_pod_sandbox(
         &self,
