@@ -130,17 +130,24 @@ async fn apparmor_profile_without_apparmor_on_the_host_is_refused() {
     );
 }
 
-/// `hostUsers: false` through containerd: Debian's containerd 1.6 reports no runtime
-/// handlers (CRI 1.30's features), so, as upstream, the kubelet refuses to make the
-/// sandbox rather than run the pod as host root; the pod stays Pending, no user namespace
-/// IDs are kept for it, and the reason is in the log. With host namespaces the manifest
-/// itself is refused.
+/// `hostUsers: false` through containerd. Where the runtime handler reports user namespace
+/// support (CRI 1.30's features: containerd 2, run by hand with `NODUS_CONTAINERD`), the
+/// pod runs in a user namespace of its own: its root is the first ID of the block the
+/// kubelet gave it, on the host as well (a file it makes on a hostPath is that ID's).
+/// Debian 12's containerd 1.6 reports no handlers: as upstream, the kubelet refuses to
+/// make the sandbox rather than run the pod as host root; the pod stays Pending and no IDs
+/// are kept for it. With host namespaces the manifest itself is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_users_false_is_refused_where_the_runtime_cannot_make_user_namespaces() {
+async fn host_users_false_runs_in_a_user_namespace_or_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let node = Node::start().await;
+    let shared = node.root_dir.parent().unwrap().join("userns-host");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
     let pod = |name: &str, extra: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  hostUsers: false\n{extra}  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sleep, '3600']\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  hostUsers: false\n{extra}  volumes:\n  - name: host\n    hostPath: {{path: {}}}\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    command: [sh, -c, 'cat /proc/self/uid_map; echo uid=$(id -u); touch /host/made; exec sleep 3600']\n    volumeMounts:\n    - {{name: host, mountPath: /host}}\n",
+            shared.display()
         )
     };
     node.write_manifest("userns.yaml", &pod("userns", ""));
@@ -148,39 +155,82 @@ async fn host_users_false_is_refused_where_the_runtime_cannot_make_user_namespac
         "userns-hostnet.yaml",
         &pod("userns-hostnet", "  hostNetwork: true\n"),
     );
-    let refused = "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces: the handler \"\" is not known";
-    node.wait_for(
-        "the sandbox to be refused",
-        Duration::from_secs(60),
-        || async { node.log_text().contains(refused) },
-    )
-    .await;
-    let st = wait_status(&node, "userns", "the pod to be Pending", |s| {
-        s["phase"] == "Pending"
-    })
-    .await;
-    assert_eq!(
-        st["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating",
-        "{st}"
-    );
-    assert!(node.sandboxes("userns").await.is_empty());
-    let uid = node.api_pod("userns").unwrap()["metadata"]["uid"]
-        .as_str()
+    let handlers = node
+        .rt()
+        .await
+        .status(nodus_proto::runtime::v1::StatusRequest { verbose: false })
+        .await
         .unwrap()
-        .to_string();
-    assert!(!node
-        .root_dir
-        .join("pods")
-        .join(&uid)
-        .join("userns")
-        .exists());
+        .into_inner()
+        .runtime_handlers;
+    let supported = handlers
+        .iter()
+        .any(|h| h.name.is_empty() && h.features.is_some_and(|f| f.user_namespaces));
+    let uid = || {
+        node.api_pod("userns").unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    if supported {
+        let c = node.wait_running("userns", 1).await;
+        let file: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(node.root_dir.join("pods").join(uid()).join("userns")).unwrap(),
+        )
+        .unwrap();
+        let first = file["uidMappings"][0]["hostId"].as_u64().unwrap() as u32;
+        assert!(first >= 65536 && first.is_multiple_of(65536), "{file}");
+        let made = shared.join("made");
+        node.wait_for(
+            "the pod's file on the hostPath",
+            Duration::from_secs(20),
+            || async { made.exists() },
+        )
+        .await;
+        let log_path = node.container_status(&c[0].id).await.unwrap().log_path;
+        let log = std::fs::read_to_string(log_path).unwrap();
+        let words: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .flat_map(|l| l.split_whitespace())
+            .collect();
+        assert_eq!(words, ["0", &first.to_string(), "65536", "uid=0"], "{log}");
+        let m = std::fs::metadata(&made).unwrap();
+        assert_eq!((m.uid(), m.gid()), (first, first));
+    } else {
+        // containerd 1.6 lists no handlers ("the handler \"\" is not known" follows);
+        // containerd 2 lists runc 1.1's without the feature (nothing follows).
+        let refused = "Failed to create pod sandbox: can't set `spec.hostUsers: false`, runtime does not support user namespaces";
+        node.wait_for(
+            "the sandbox to be refused",
+            Duration::from_secs(60),
+            || async { node.log_text().contains(refused) },
+        )
+        .await;
+        let st = wait_status(&node, "userns", "the pod to be Pending", |s| {
+            s["phase"] == "Pending"
+        })
+        .await;
+        assert_eq!(
+            st["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating",
+            "{st}"
+        );
+        assert!(node.sandboxes("userns").await.is_empty());
+        assert!(!node
+            .root_dir
+            .join("pods")
+            .join(uid())
+            .join("userns")
+            .exists());
+        assert!(!shared.join("made").exists());
+    }
     // The manifest with hostNetwork is not a pod at all.
     node.wait_for(
         "the hostNetwork manifest to be refused",
         Duration::from_secs(30),
         || async {
-            node.log_text().contains("spec.hostNetwork")
-                && node.log_text().contains("when `hostUsers` is false")
+            let log = node.log_text();
+            log.contains("spec.hostNetwork") && log.contains("when `hostUsers` is false")
         },
     )
     .await;

@@ -334,9 +334,12 @@ impl Runtime {
             None => None,
         };
         let userns = userns::UserNs::open(&b.spec, &plan)?;
-        let rootfs_tree = match &userns {
-            Some(u) => userns::idmapped_rootfs(&b.rootfs, &u.file, &u.uid_map)?,
-            None => None,
+        let (rootfs_tree, bind_trees) = match &userns {
+            Some(u) => (
+                userns::idmapped_rootfs(&b.rootfs, &u.file, &u.uid_map)?,
+                crate::rootfs::prepare_bind_sources(&b.spec, &b.dir)?,
+            ),
+            None => (None, Vec::new()),
         };
         // In a joined user namespace the init makes its namespaces after joining it (a new
         // pid namespace through a helper), not at clone time (see `userns`).
@@ -423,6 +426,7 @@ impl Runtime {
             cgroup_sources: cgroup.mount_sources(),
             seccomp: seccomp.as_ref(),
             rootfs_tree,
+            bind_trees,
         };
         // The init closes our end of the sync socket: it must see EOF when we go.
         let our_end = parent_sock.as_raw_fd();

@@ -45,6 +45,8 @@ pub struct InitArgs<'a> {
     pub seccomp: Option<&'a seccomp::Filter>,
     /// An idmapped copy of the rootfs mount, attached in place of the rootfs bind.
     pub rootfs_tree: Option<OwnedFd>,
+    /// Detached bind mounts by index in `mounts` (user namespaces; empty otherwise).
+    pub bind_trees: Vec<Option<OwnedFd>>,
 }
 
 /// Run the init; never returns.
@@ -148,6 +150,7 @@ fn setup(a: &InitArgs, ready: &std::cell::Cell<bool>) -> Result<std::convert::In
         rootfs: a.rootfs,
         cgroup_sources: &a.cgroup_sources,
         new_netns: a.plan.is_new(LinuxNamespaceType::Network),
+        bind_trees: &a.bind_trees,
     };
     rootfs::mount_all(spec, &cx)?;
     rootfs::setup_dev(spec, a.rootfs)?;

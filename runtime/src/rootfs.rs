@@ -157,6 +157,39 @@ pub struct Context2<'a> {
     pub cgroup_sources: &'a [(String, PathBuf)],
     /// Whether the container has its own network namespace (sysfs may be mounted).
     pub new_netns: bool,
+    /// Bind mounts the runtime prepared (detached), by index in `mounts`.
+    pub bind_trees: &'a [Option<OwnedFd>],
+}
+
+/// Detached copies of the bind mount sources, by index in `mounts`, for a container in a
+/// user namespace (see `userns::clone_tree`).
+pub fn prepare_bind_sources(spec: &Spec, bundle: &Path) -> Result<Vec<Option<OwnedFd>>> {
+    let mounts = spec.mounts().as_deref().unwrap_or(&[]);
+    mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let o = parse_options(m.options().as_deref().unwrap_or(&[]));
+            if !is_bind(m, &o) {
+                return Ok(None);
+            }
+            let src = bind_source(m, bundle);
+            crate::userns::clone_tree(&src, o.flags.contains(MsFlags::MS_REC))
+                .map(Some)
+                .map_err(|e| {
+                    Error::Other(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+                })
+        })
+        .collect()
+}
+
+fn bind_source(m: &Mount, bundle: &Path) -> PathBuf {
+    let src = m.source().clone().unwrap_or_default();
+    if src.is_absolute() {
+        src
+    } else {
+        bundle.join(src)
+    }
 }
 
 /// `linux.rootfsPropagation` as mount flags; `None` when unset (validated earlier).
@@ -297,7 +330,7 @@ fn is_bind(m: &Mount, o: &MountOptions) -> bool {
 /// Do the mounts of config.json in order.
 pub fn mount_all(spec: &Spec, cx: &Context2) -> Result<()> {
     for (i, m) in spec.mounts().as_deref().unwrap_or(&[]).iter().enumerate() {
-        mount_one(m, cx).map_err(|e| {
+        mount_one(m, cx, cx.bind_trees.get(i).and_then(Option::as_ref)).map_err(|e| {
             Error::Other(format!("mounts[{i}] ({}): {e}", m.destination().display()))
         })?;
     }
@@ -358,29 +391,36 @@ fn remount_bind(dest: &Path, flags: MsFlags) -> Result<()> {
     }
 }
 
-fn mount_one(m: &Mount, cx: &Context2) -> Result<()> {
+fn mount_one(m: &Mount, cx: &Context2, tree: Option<&OwnedFd>) -> Result<()> {
     let o = parse_options(m.options().as_deref().unwrap_or(&[]));
     let dest = secure_join(cx.rootfs, m.destination())?;
     let typ = m.typ().as_deref().unwrap_or("");
     let data = (!o.data.is_empty()).then_some(o.data.as_str());
     if is_bind(m, &o) {
-        let src = m.source().clone().unwrap_or_default();
-        let src = if src.is_absolute() {
-            src
-        } else {
-            cx.bundle.join(src)
+        let src = bind_source(m, cx.bundle);
+        let is_dir = match tree {
+            Some(t) => nix::sys::stat::fstat(t)
+                .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+                .ctx(|| format!("bind source {}", src.display()))?,
+            None => fs::metadata(&src)
+                .ctx(|| format!("bind source {}", src.display()))?
+                .is_dir(),
         };
-        let meta = fs::metadata(&src).ctx(|| format!("bind source {}", src.display()))?;
-        if meta.is_dir() {
+        if is_dir {
             ensure_dir(&dest)?;
         } else {
             ensure_file(&dest)?;
         }
-        let first = MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC);
-        nix_ctx(
-            mount(Some(&src), &dest, None::<&str>, first, None::<&str>),
-            || format!("bind {} to {}", src.display(), dest.display()),
-        )?;
+        match tree {
+            Some(t) => crate::userns::move_mount(t, &dest)?,
+            None => {
+                let first = MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC);
+                nix_ctx(
+                    mount(Some(&src), &dest, None::<&str>, first, None::<&str>),
+                    || format!("bind {} to {}", src.display(), dest.display()),
+                )?;
+            }
+        }
         remount_bind(&dest, o.flags)?;
     } else if typ == "cgroup" || typ == "cgroup2" {
         mount_cgroup(&dest, &o, cx)?;

@@ -232,22 +232,7 @@ pub(crate) fn idmapped_rootfs(
     if maps_host_id(uid_map, owner) {
         return Ok(None);
     }
-    let c = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::config("root.path", "contains a NUL byte"))?;
-    // SAFETY: open_tree reads a valid C string; it returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).ctx(|| format!("open_tree {}", rootfs.display()));
-    }
-    // SAFETY: fd was just returned to us by open_tree.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let tree = clone_tree(rootfs, false)?;
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_IDMAP,
         attr_clr: 0,
@@ -277,7 +262,27 @@ pub(crate) fn idmapped_rootfs(
     Ok(Some(tree))
 }
 
-/// Attach a detached mount `tree` (from [`idmapped_rootfs`]) at `dest`.
+/// A detached bind mount of `path` (recursive with `recursive`), made by the runtime in
+/// its own mount namespace. In a user namespace the init may not be able to look the path
+/// up (its directories belong to host root), and it could not bind from our namespace;
+/// it can attach a detached mount.
+pub(crate) fn clone_tree(path: &Path, recursive: bool) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Other(format!("{}: contains a NUL byte", path.display())))?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: open_tree reads a valid C string; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).ctx(|| format!("open_tree {}", path.display()));
+    }
+    // SAFETY: fd was just returned to us by open_tree.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attach a detached mount `tree` (from [`clone_tree`]) at `dest`.
 pub(crate) fn move_mount(tree: &OwnedFd, dest: &Path) -> Result<()> {
     let c = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::config("root.path", "contains a NUL byte"))?;
@@ -295,7 +300,7 @@ pub(crate) fn move_mount(tree: &OwnedFd, dest: &Path) -> Result<()> {
     };
     if r < 0 {
         return Err(io::Error::last_os_error())
-            .ctx(|| format!("move the idmapped rootfs to {}", dest.display()));
+            .ctx(|| format!("attach the mount prepared for {}", dest.display()));
     }
     Ok(())
 }

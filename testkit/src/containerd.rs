@@ -420,6 +420,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let mut path = vec![shim_dir];
+        // `$NODUS_CONTAINERD`: another containerd build (a newer Debian's, unpacked by
+        // hand), run with the runc shim beside it.
+        let binary = std::env::var_os("NODUS_CONTAINERD")
+            .filter(|b| !b.is_empty())
+            .map(PathBuf::from);
+        if let Some(dir) = binary.as_deref().and_then(Path::parent) {
+            path.push(dir.to_path_buf());
+        }
+        let binary = binary.unwrap_or_else(|| PathBuf::from("containerd"));
         path.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
         ));
@@ -439,10 +448,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             let mut c = Command::new("nsenter");
             c.arg(format!("--net={}", self.node.path().display()))
                 .arg("--")
-                .arg("containerd");
+                .arg(&binary);
             c
         } else {
-            Command::new("containerd")
+            Command::new(&binary)
         };
         let child = cmd
             .env("PATH", path)
