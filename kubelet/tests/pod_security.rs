@@ -172,6 +172,7 @@ async fn host_users_false_runs_in_a_user_namespace_or_is_refused() {
             .unwrap()
             .to_string()
     };
+    eprintln!("the default runtime handler supports user namespaces: {supported}");
     if supported {
         let c = node.wait_running("userns", 1).await;
         let file: serde_json::Value = serde_json::from_slice(

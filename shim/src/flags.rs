@@ -14,6 +14,8 @@ pub(crate) struct Flags {
     pub(crate) socket: Option<String>,
     pub(crate) debug: bool,
     pub(crate) version: bool,
+    /// `-info`: print the shim's RuntimeInfo (with the runtime's features) and exit.
+    pub(crate) info: bool,
     /// `start`, `delete`, or none (serve).
     pub(crate) action: Option<String>,
 }
@@ -41,7 +43,7 @@ impl Flags {
                 None => (stripped, None),
             };
             match name {
-                "debug" | "v" | "version" => {
+                "debug" | "v" | "version" | "info" => {
                     let on = match inline.as_deref() {
                         None | Some("true") | Some("1") => true,
                         Some("false") | Some("0") => false,
@@ -49,6 +51,8 @@ impl Flags {
                     };
                     if name == "debug" {
                         flags.debug = on;
+                    } else if name == "info" {
+                        flags.info = on;
                     } else {
                         flags.version = on;
                     }

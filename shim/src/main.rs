@@ -18,6 +18,7 @@ mod container;
 mod error;
 mod events;
 mod flags;
+mod info;
 mod logger;
 mod mount;
 mod process;
@@ -64,6 +65,15 @@ fn main() -> ExitCode {
     if flags.version {
         println!("containerd-shim-nodus-v2 {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if flags.info {
+        return match info::print() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containerd-shim-nodus-v2: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let result = match flags.action.as_deref() {
         Some("start") => start(&flags),
