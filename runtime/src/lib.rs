@@ -17,6 +17,7 @@ pub mod error;
 pub mod hooks;
 pub mod init;
 pub mod logging;
+mod mountapi;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;

@@ -162,7 +162,8 @@ pub struct Context2<'a> {
 }
 
 /// Detached copies of the bind mount sources, by index in `mounts`, for a container in a
-/// user namespace (see `userns::clone_tree`).
+/// user namespace: the init may not be able to look their paths up (their directories
+/// belong to host root) and could not bind from our mount namespace anyway.
 pub fn prepare_bind_sources(spec: &Spec, bundle: &Path) -> Result<Vec<Option<OwnedFd>>> {
     let mounts = spec.mounts().as_deref().unwrap_or(&[]);
     mounts
@@ -174,10 +175,14 @@ pub fn prepare_bind_sources(spec: &Spec, bundle: &Path) -> Result<Vec<Option<Own
                 return Ok(None);
             }
             let src = bind_source(m, bundle);
-            crate::userns::clone_tree(&src, o.flags.contains(MsFlags::MS_REC))
+            crate::mountapi::clone_tree(&src, o.flags.contains(MsFlags::MS_REC))
                 .map(Some)
-                .map_err(|e| {
-                    Error::Other(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+                .ctx(|| {
+                    format!(
+                        "mounts[{i}] ({}): open_tree {}",
+                        m.destination().display(),
+                        src.display()
+                    )
                 })
         })
         .collect()
@@ -228,7 +233,8 @@ pub fn prepare_root(spec: &Spec, rootfs: &Path, idmapped: Option<&OwnedFd>) -> R
     };
     set_parent_mount_propagation(rootfs, parent)?;
     if let Some(tree) = idmapped {
-        return crate::userns::move_mount(tree, rootfs);
+        return crate::mountapi::attach(tree, rootfs)
+            .ctx(|| format!("attach the idmapped rootfs to {}", rootfs.display()));
     }
     nix_ctx(
         mount(
@@ -412,7 +418,8 @@ fn mount_one(m: &Mount, cx: &Context2, tree: Option<&OwnedFd>) -> Result<()> {
             ensure_file(&dest)?;
         }
         match tree {
-            Some(t) => crate::userns::move_mount(t, &dest)?,
+            Some(t) => crate::mountapi::attach(t, &dest)
+                .ctx(|| format!("attach {} to {}", src.display(), dest.display()))?,
             None => {
                 let first = MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC);
                 nix_ctx(
@@ -771,42 +778,10 @@ fn mask_path(p: &Path) -> Result<()> {
 /// instead (runc does: masking `/bin/ls -> busybox` hides the shell and the container
 /// cannot start); the new mount API attaches /dev/null onto the link without following it.
 fn mask_symlink(p: &Path) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
-    let null = c"/dev/null";
-    let target = CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::config("linux.maskedPaths", format!("{p:?} holds a NUL byte")))?;
-    // SAFETY: open_tree(2) with a valid C string; the result is checked.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            null.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
-        )
-    };
-    if tree < 0 {
-        return Err(Errno::last()).ctx(|| format!("mask {}: open_tree /dev/null", p.display()));
-    }
-    // SAFETY: open_tree returned a new descriptor we own.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-    // No MOVE_MOUNT_T_SYMLINKS: the link is the mount point.
-    // SAFETY: move_mount(2) with a descriptor we own and valid C strings.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            std::os::fd::AsRawFd::as_raw_fd(&tree),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(Errno::last()).ctx(|| format!("mask {}", p.display()));
-    }
-    Ok(())
+    let null = crate::mountapi::clone_tree(Path::new("/dev/null"), false)
+        .ctx(|| format!("mask {}: open_tree /dev/null", p.display()))?;
+    // The link is the mount point (attach does not follow it).
+    crate::mountapi::attach(&null, p).ctx(|| format!("mask {}", p.display()))
 }
 
 fn readonly_path(p: &Path) -> Result<()> {

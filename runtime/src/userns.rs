@@ -16,8 +16,8 @@
 //! a new user namespace a throwaway one with the same maps serves.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -29,6 +29,7 @@ use oci_spec::runtime::{Linux, LinuxIdMapping, LinuxNamespaceType, Spec};
 
 use crate::container::clone_process;
 use crate::error::{Context, Error, Result};
+use crate::mountapi;
 use crate::namespaces::Plan;
 
 /// The container's user namespace, as the runtime sees it before the clone.
@@ -232,77 +233,15 @@ pub(crate) fn idmapped_rootfs(
     if maps_host_id(uid_map, owner) {
         return Ok(None);
     }
-    let tree = clone_tree(rootfs, false)?;
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: user.as_raw_fd() as u64,
-    };
-    let empty = c"";
-    // SAFETY: mount_setattr reads `attr` of the size we pass and an empty path.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
+    let tree =
+        mountapi::clone_tree(rootfs, false).ctx(|| format!("open_tree {}", rootfs.display()))?;
+    mountapi::set_idmap(&tree, user).ctx(|| {
+        format!(
+            "idmapped mount of root.path {} (owned by host uid {owner}, which linux.uidMappings does not map; the filesystem must support idmapped mounts)",
+            rootfs.display()
         )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error()).ctx(|| {
-            format!(
-                "idmapped mount of root.path {} (owned by host uid {owner}, which linux.uidMappings does not map; the filesystem must support idmapped mounts)",
-                rootfs.display()
-            )
-        });
-    }
+    })?;
     Ok(Some(tree))
-}
-
-/// A detached bind mount of `path` (recursive with `recursive`), made by the runtime in
-/// its own mount namespace. In a user namespace the init may not be able to look the path
-/// up (its directories belong to host root), and it could not bind from our namespace;
-/// it can attach a detached mount.
-pub(crate) fn clone_tree(path: &Path, recursive: bool) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::Other(format!("{}: contains a NUL byte", path.display())))?;
-    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: open_tree reads a valid C string; it returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).ctx(|| format!("open_tree {}", path.display()));
-    }
-    // SAFETY: fd was just returned to us by open_tree.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Attach a detached mount `tree` (from [`clone_tree`]) at `dest`.
-pub(crate) fn move_mount(tree: &OwnedFd, dest: &Path) -> Result<()> {
-    let c = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::config("root.path", "contains a NUL byte"))?;
-    let empty = c"";
-    // SAFETY: move_mount reads two valid C strings.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error())
-            .ctx(|| format!("attach the mount prepared for {}", dest.display()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
