@@ -334,12 +334,21 @@ impl Runtime {
             None => None,
         };
         let userns = userns::UserNs::open(&b.spec, &plan)?;
-        let (rootfs_tree, bind_trees) = match &userns {
-            Some(u) => (
-                userns::idmapped_rootfs(&b.rootfs, &u.file, &u.uid_map)?,
-                crate::rootfs::prepare_bind_sources(&b.spec, &b.dir)?,
-            ),
-            None => (None, Vec::new()),
+        let rootfs_tree = match &userns {
+            Some(u) => userns::idmapped_rootfs(&b.rootfs, &u.file, &u.uid_map)?,
+            None => None,
+        };
+        // Binds are prepared by us in a user namespace, and where a mount is idmapped.
+        let idmapped_mounts = b
+            .spec
+            .mounts()
+            .iter()
+            .flatten()
+            .any(|m| m.uid_mappings().as_ref().is_some_and(|v| !v.is_empty()));
+        let bind_trees = if userns.is_some() || idmapped_mounts {
+            crate::rootfs::prepare_bind_sources(&b.spec, &b.dir)?
+        } else {
+            Vec::new()
         };
         // In a joined user namespace the init makes its namespaces after joining it (a new
         // pid namespace through a helper), not at clone time (see `userns`).
@@ -456,7 +465,7 @@ impl Runtime {
         let pid = pid?;
         guard.child = Some(pid);
         if userns.as_ref().is_some_and(|u| !u.joined) {
-            userns::write_maps(pid, linux)?;
+            userns::write_maps(pid, &userns::Maps::of(linux))?;
         }
         cgroup.add_pid(pid)?;
         if let Some(adj) = process.oom_score_adj() {

@@ -175,15 +175,22 @@ pub fn prepare_bind_sources(spec: &Spec, bundle: &Path) -> Result<Vec<Option<Own
                 return Ok(None);
             }
             let src = bind_source(m, bundle);
-            crate::mountapi::clone_tree(&src, o.flags.contains(MsFlags::MS_REC))
-                .map(Some)
-                .ctx(|| {
-                    format!(
-                        "mounts[{i}] ({}): open_tree {}",
-                        m.destination().display(),
-                        src.display()
-                    )
-                })
+            let at = || format!("mounts[{i}] ({})", m.destination().display());
+            let tree = crate::mountapi::clone_tree(&src, o.flags.contains(MsFlags::MS_REC))
+                .ctx(|| format!("{}: open_tree {}", at(), src.display()))?;
+            // An idmapped bind (runtime-spec 1.1 `mounts[].uidMappings`): a user namespace
+            // with the mount's maps lends them to the mount.
+            if let (Some(uid), Some(gid)) = (m.uid_mappings(), m.gid_mappings()) {
+                let maps = crate::userns::Maps {
+                    uid,
+                    gid,
+                    field: format!("mounts[{i}]"),
+                };
+                let ns = crate::userns::UserNs::with_maps(&maps)?;
+                crate::mountapi::set_idmap(&tree, &ns.file)
+                    .ctx(|| format!("{}: idmapped mount of {}", at(), src.display()))?;
+            }
+            Ok(Some(tree))
         })
         .collect()
 }

@@ -326,6 +326,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
     // linux.seccomp is checked by compiling it, which `create` does once before it makes
     // anything (compiling it here too would do that work twice on every create).
     validate_id_mappings(linux)?;
+    validate_mount_id_mappings(spec)?;
     if let Some(h) = spec.hooks() {
         let groups = [
             ("prestart", h.prestart()),
@@ -357,6 +358,33 @@ pub fn validate(spec: &Spec) -> Result<()> {
 
 /// `linux.uidMappings` and `linux.gidMappings` against the user namespace: a new one
 /// needs both (the runtime writes them), a joined one has its own already.
+/// `mounts[i].uidMappings`/`gidMappings` (runtime-spec 1.1): both or neither, on a bind.
+fn validate_mount_id_mappings(spec: &Spec) -> Result<()> {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        let has = |v: &Option<Vec<_>>| v.as_ref().is_some_and(|v: &Vec<_>| !v.is_empty());
+        let (u, g) = (has(m.uid_mappings()), has(m.gid_mappings()));
+        if u != g {
+            let missing = if u { "gidMappings" } else { "uidMappings" };
+            return Err(Error::config(
+                format!("mounts[{i}].{missing}"),
+                "required with the other one (an idmapped mount maps both)",
+            ));
+        }
+        let bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        if u && !bind {
+            return Err(Error::config(
+                format!("mounts[{i}].uidMappings"),
+                "only a bind mount can be idmapped",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_id_mappings(linux: &oci_spec::runtime::Linux) -> Result<()> {
     let user = linux
         .namespaces()

@@ -65,16 +65,38 @@ fn maps_host_id(map: &[(u32, u32, u32)], id: u32) -> bool {
         .any(|&(_, out, len)| id >= out && (id as u64) < out as u64 + len as u64)
 }
 
-/// Write the config's uid and gid maps for the new user namespace of process `pid`.
-pub(crate) fn write_maps(pid: i32, linux: &Linux) -> Result<()> {
-    for (file, field, map) in [
-        ("uid_map", "linux.uidMappings", linux.uid_mappings()),
-        ("gid_map", "linux.gidMappings", linux.gid_mappings()),
+/// The maps of a new user namespace and the config fields they come from.
+pub(crate) struct Maps<'a> {
+    pub uid: &'a [LinuxIdMapping],
+    pub gid: &'a [LinuxIdMapping],
+    /// `linux` or `mounts[i]`: where uidMappings and gidMappings are.
+    pub field: String,
+}
+
+impl<'a> Maps<'a> {
+    /// The container's `linux.uidMappings` and `linux.gidMappings`.
+    pub(crate) fn of(linux: &'a Linux) -> Maps<'a> {
+        Maps {
+            uid: linux.uid_mappings().as_deref().unwrap_or(&[]),
+            gid: linux.gid_mappings().as_deref().unwrap_or(&[]),
+            field: "linux".into(),
+        }
+    }
+}
+
+/// Write `maps` for the new user namespace of process `pid`.
+pub(crate) fn write_maps(pid: i32, maps: &Maps) -> Result<()> {
+    for (file, name, map) in [
+        ("uid_map", "uidMappings", maps.uid),
+        ("gid_map", "gidMappings", maps.gid),
     ] {
-        let text = map_text(map.as_deref().unwrap_or(&[]));
+        let text = map_text(map);
         // One write: the kernel takes the whole map at once or not at all.
         std::fs::write(format!("/proc/{pid}/{file}"), &text).map_err(|e| {
-            Error::config(field, format!("{}: {e}", text.trim().replace('\n', ", ")))
+            Error::config(
+                format!("{}.{name}", maps.field),
+                format!("{}: {e}", text.trim().replace('\n', ", ")),
+            )
         })?;
     }
     Ok(())
@@ -95,17 +117,31 @@ impl UserNs {
     /// stood in for by a throwaway namespace with the config's maps.
     pub(crate) fn open(spec: &Spec, plan: &Plan) -> Result<Option<UserNs>> {
         let linux = spec.linux().as_ref().expect("validated");
-        let join = match plan.joins(LinuxNamespaceType::User) {
-            Some(p) => Some(File::open(p).map_err(|e| {
-                Error::config(
-                    "linux.namespaces[user].path",
-                    format!("{}: {e}", p.display()),
-                )
-            })?),
-            None if plan.is_new(LinuxNamespaceType::User) => None,
-            None => return Ok(None),
-        };
-        // A helper in the namespace lets us read its map (or write it, for a new one).
+        match plan.joins(LinuxNamespaceType::User) {
+            Some(p) => {
+                let f = File::open(p).map_err(|e| {
+                    Error::config(
+                        "linux.namespaces[user].path",
+                        format!("{}: {e}", p.display()),
+                    )
+                })?;
+                UserNs::helper(Some(&f), None).map(Some)
+            }
+            None if plan.is_new(LinuxNamespaceType::User) => {
+                UserNs::helper(None, Some(&Maps::of(linux))).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A user namespace with `maps` and nothing in it (for an idmapped mount).
+    pub(crate) fn with_maps(maps: &Maps) -> Result<UserNs> {
+        UserNs::helper(None, Some(maps))
+    }
+
+    /// A helper in the namespace (joining `join`, else making one with `maps`) lets us
+    /// read its map, or write it, and open it.
+    fn helper(join: Option<&File>, maps: Option<&Maps>) -> Result<UserNs> {
         let (go_rd, go_wr) = nix::unistd::pipe().ctx(|| "pipe".into())?;
         let (back_rd, back_wr) = nix::unistd::pipe().ctx(|| "pipe".into())?;
         let flags = match join {
@@ -116,7 +152,7 @@ impl UserNs {
         if pid == 0 {
             drop(go_wr);
             drop(back_rd);
-            let r = match &join {
+            let r = match join {
                 Some(f) => setns(f, CloneFlags::CLONE_NEWUSER).map_err(|e| e.to_string()),
                 None => Ok(()),
             };
@@ -125,9 +161,8 @@ impl UserNs {
         let guard = Helper(pid);
         drop(go_rd);
         drop(back_wr);
-        let joined = join.is_some();
-        if !joined {
-            write_maps(pid, linux)?;
+        if let (None, Some(maps)) = (join, maps) {
+            write_maps(pid, maps)?;
         }
         wait_report(back_rd)?;
         let file = File::open(format!("/proc/{pid}/ns/user"))
@@ -138,11 +173,11 @@ impl UserNs {
         // Closing our end of the go pipe lets the helper exit; the guard reaps it.
         drop(go_wr);
         drop(guard);
-        Ok(Some(UserNs {
+        Ok(UserNs {
             file,
-            joined,
+            joined: join.is_some(),
             uid_map,
-        }))
+        })
     }
 }
 

@@ -60,6 +60,23 @@ fn bad_configs_name_the_field_and_leave_nothing() {
                 json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
             c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 0}]);
         }),
+        ("mounts[7].gidMappings", |c| {
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/x", "type": "bind",
+                "source": "/tmp", "options": ["rbind"],
+                "uidMappings": [{"containerID": 0, "hostID": 300000, "size": 65536}]}))
+        }),
+        ("mounts[7].uidMappings", |c| {
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/x", "type": "tmpfs",
+                "source": "tmpfs",
+                "uidMappings": [{"containerID": 0, "hostID": 300000, "size": 65536}],
+                "gidMappings": [{"containerID": 0, "hostID": 300000, "size": 65536}]}))
+        }),
         // The kernel refuses overlapping ranges when the runtime writes the map.
         ("linux.uidMappings", |c| {
             c["linux"]["namespaces"][5] = json!({"type": "user"});

@@ -109,6 +109,32 @@ fn a_new_user_namespace_maps_root_to_the_host_range() {
 }
 
 #[test]
+fn an_idmapped_bind_shows_host_roots_files_as_the_containers_root() {
+    // runtime-spec 1.1 mounts[].uidMappings, as containerd 2 asks for volumes: the source
+    // belongs to host root and is not open to others, yet the container's root owns it.
+    let mut b = userns_bundle(&[
+        "sh",
+        "-c",
+        "stat -c %u /idm; touch /idm/made && echo idm-writable; touch /plain/made 2>/dev/null || echo plain-refused",
+    ]);
+    for d in ["idm", "plain"] {
+        fs::create_dir(b.path().join(d)).unwrap();
+        fs::set_permissions(b.path().join(d), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    b.edit(|c| {
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/idm", "type": "bind", "source": "idm", "options": ["rbind"],
+            "uidMappings": maps(), "gidMappings": maps()}));
+        m.push(json!({"destination": "/plain", "type": "bind", "source": "plain", "options": ["rbind"]}));
+    });
+    let (code, out) = b.run_to_end();
+    assert_eq!(code, 0, "{out}{}", b.stderr());
+    assert_eq!(out, "0\nidm-writable\nplain-refused\n", "{}", b.stderr());
+    // Through the idmapped mount the container's root writes as host root.
+    assert_eq!(fs::metadata(b.path().join("idm/made")).unwrap().uid(), 0);
+}
+
+#[test]
 fn a_pod_container_joins_the_sandboxes_user_namespace_by_path() {
     let sandbox = userns_bundle(&["sleep", "1000"]);
     let spid = sandbox.start().to_string();
