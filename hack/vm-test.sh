@@ -355,22 +355,26 @@ if [ -x "$target/debug/nodus-images" ]; then
 else
   log "warning: $target/debug/nodus-images not built (cargo build --workspace --bins); the node checks will FAIL"
 fi
-# The CRI parity e2e (shim/tests/cri_parity.rs) also runs in the guest: its newest test binary.
-parity=$(ls -t "$target"/debug/deps/cri_parity-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
-parity_guest=
-if [ -n "$parity" ]; then
-  if [ "$bin_dir" = /results/bin ]; then
-    cp "$parity" "$run/results/bin/cri_parity"
-    parity_guest=/results/bin/cri_parity
+# Host e2e test binaries also run in the guest (the newest of each): the CRI parity checks
+# (shim/tests/cri_parity.rs) and the pod security fields (kubelet/tests/pod_security.rs).
+guest_test_bin() { # name -> the guest's path of the host's newest test binary NAME, or nothing
+  local newest
+  newest=$(ls -t "$target"/debug/deps/"$1"-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+  if [ -z "$newest" ]; then
+    log "warning: no $1 test binary (cargo test --no-run); the $1 check will FAIL"
+  elif [ "$bin_dir" = /results/bin ]; then
+    cp "$newest" "$run/results/bin/$1"
+    echo "/results/bin/$1"
   else
-    parity_guest=$bin_dir/deps/${parity##*/}
+    echo "$bin_dir/deps/${newest##*/}"
   fi
-else
-  log "warning: no cri_parity test binary (cargo test -p nodus-shim --no-run); the cri_parity check will FAIL"
-fi
+}
+parity_guest=$(guest_test_bin cri_parity)
+pod_security_guest=$(guest_test_bin pod_security)
 {
   printf 'NODUS_VM_RUNTIMES=%q\n' "$runtimes"
   printf 'NODUS_VM_CRI_PARITY=%q\n' "$parity_guest"
+  printf 'NODUS_VM_POD_SECURITY=%q\n' "$pod_security_guest"
   printf 'NODUS_VM_CHECKS=%q\n' "$checks"
   printf 'NODUS_VM_BIN_DIR=%q\n' "$bin_dir"
   # The guest stops its checks itself a little before the host's bound.

@@ -11,6 +11,7 @@
 #   NODUS_VM_BIN_DIR   where the host's cargo binaries are (nodus-runtime)
 #   NODUS_VM_CRI_PARITY the host's shim/tests/cri_parity test binary (the cri_parity check)
 #   NODUS_VM_PARITY_RUNTIMES runtimes the cri_parity check runs it on, default "runc nodus-shim"
+#   NODUS_VM_POD_SECURITY the host's kubelet/tests/pod_security test binary (same runtimes)
 #   NODUS_VM_RESULTS   writable results directory (the `checks` file lands there)
 #   NODUS_VM_BOOT      which boot this is (guest-run.sh counts them on the guest's disk): boot 1
 #                      runs the checks up to the first of AFTER_REBOOT and asks for a reboot
@@ -20,7 +21,7 @@
 # Figures for the host's report (boot-to-ready times and the like): metric NAME VALUE.
 set -u
 
-ALL_CHECKS=(cgroup_v2 runtime containerd cri_parity node_install node_pods_running node_pod_network
+ALL_CHECKS=(cgroup_v2 runtime containerd cri_parity pod_security node_install node_pods_running node_pod_network
   node_overlay_rootfs node_cpu_limit node_memory_oom node_manifest_removed node_kubelet_restart
   node_reboot node_uninstall)
 # Checks that run on the second boot: on the first, prepare_<name> (if any) runs in its place and
@@ -425,36 +426,49 @@ check_containerd() {
   fi
 }
 
-# --- 3b. CRI features through containerd on pure cgroup v2 -------------------------------------
-# The host's cri_parity test binary (shim/tests/cri_parity.rs), run here on runc and on our shim:
-# stats, OOM kills and privileged devices on cgroup v2. It takes its binaries from a target-like
+# --- 3b. CRI features and pod security through containerd on pure cgroup v2 ------------------
+# Host e2e test binaries, run here on runc and on our shim: shim/tests/cri_parity.rs (stats, OOM
+# kills and privileged devices on cgroup v2) and kubelet/tests/pod_security.rs (seccomp,
+# sysctls, AppArmor, hostUsers through the kubelet). They take their binaries from a target-like
 # directory (testkit's bin_path) and the host's image archives (NODUS_TEST_IMAGES_DIR).
-check_cri_parity() {
-  local bin=${NODUS_VM_CRI_PARITY:-}
+run_test_binary() { # check name, test binary, the host binaries it needs...
+  local name=$1 bin=$2 b
+  shift 2
   if [ -z "$bin" ] || [ ! -x "$bin" ]; then
-    fail cri_parity "no cri_parity test binary from the host (${bin:-unset}): cargo test -p nodus-shim --no-run"
+    fail "$name" "no $name test binary from the host (${bin:-unset}): cargo test --no-run"
     return 0
   fi
-  local target=$WORK/parity-target images=$WORK/parity-images b
+  local target=$WORK/$name-target images=$WORK/$name-images
   mkdir -p "$target/debug/deps" "$images"
-  for b in containerd-shim-nodus-v2 nodus-runtime nodus-bridge; do
-    cp "$BIN_DIR/$b" "$target/debug/$b" || { fail cri_parity "no $b in $BIN_DIR"; return 0; }
+  # Links, not copies: $WORK is a small tmpfs and a debug kubelet is hundreds of MB.
+  for b in "$@"; do
+    [ -x "$BIN_DIR/$b" ] && ln -sf "$BIN_DIR/$b" "$target/debug/$b" ||
+      { fail "$name" "no $b in $BIN_DIR"; return 0; }
   done
-  cp "$bin" "$target/debug/deps/cri_parity"
+  ln -sf "$bin" "$target/debug/deps/$name"
   cp /nodus/build/images/pause.tar /nodus/build/images/busybox.tar "$images/" ||
-    { fail cri_parity "no image archives in /nodus/build/images"; return 0; }
+    { fail "$name" "no image archives in /nodus/build/images"; return 0; }
   local rt out rc
   for rt in ${NODUS_VM_PARITY_RUNTIMES:-runc nodus-shim}; do
     out=$(cd "$WORK" && CARGO_TARGET_DIR=$target NODUS_TEST_IMAGES_DIR=$images NODUS_TEST_RUNTIME=$rt \
-      RUST_BACKTRACE=0 timeout 900 "$target/debug/deps/cri_parity" --test-threads 2 2>&1)
+      RUST_BACKTRACE=0 timeout 900 "$target/debug/deps/$name" --test-threads 2 2>&1)
     rc=$?
     if [ "$rc" -eq 0 ]; then
-      pass "cri_parity.$rt" "$(echo "$out" | grep '^test result' | tail -1)"
+      pass "$name.$rt" "$(echo "$out" | grep '^test result' | tail -1)"
     else
-      fail "cri_parity.$rt" "exit $rc: $(echo "$out" | grep -E '^test .*FAILED|panicked at|^test result' | head -8 | tr '\n' ' ')"
+      fail "$name.$rt" "exit $rc: $(echo "$out" | grep -E '^test .*FAILED|panicked at|^test result' | head -8 | tr '\n' ' ')"
       echo "$out" | grep -A4 'panicked at' | head -40
     fi
   done
+}
+
+check_cri_parity() {
+  run_test_binary cri_parity "${NODUS_VM_CRI_PARITY:-}" containerd-shim-nodus-v2 nodus-runtime nodus-bridge
+}
+
+check_pod_security() {
+  run_test_binary pod_security "${NODUS_VM_POD_SECURITY:-}" containerd-shim-nodus-v2 nodus-runtime \
+    nodus-bridge kubelet
 }
 
 # --- 4. the node as users run it ----------------------------------------------------------------

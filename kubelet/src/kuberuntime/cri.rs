@@ -48,6 +48,13 @@ impl CriError {
     }
 }
 
+/// What CRI Status says about the runtime's handlers and its own features.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RuntimeFeatures {
+    pub(crate) handlers: Vec<cri::RuntimeHandler>,
+    pub(crate) features: Option<cri::RuntimeFeatures>,
+}
+
 /// The future of one CRI call.
 pub(crate) type CriFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, CriError>> + Send + 'a>>;
 
@@ -59,8 +66,9 @@ pub(crate) trait RuntimeService: Send + Sync {
     /// The sandbox image the runtime is configured with (containerd's `sandboxImage`, in
     /// its verbose Status), if it says.
     fn sandbox_image(&self) -> CriFut<'_, Option<String>>;
-    /// The runtime handlers and their features (CRI 1.30+; empty from older runtimes).
-    fn runtime_handlers(&self) -> CriFut<'_, Vec<cri::RuntimeHandler>>;
+    /// The runtime handlers and features Status reports (CRI 1.30+; none from older
+    /// runtimes).
+    fn runtime_features(&self) -> CriFut<'_, RuntimeFeatures>;
     fn run_pod_sandbox(
         &self,
         config: cri::PodSandboxConfig,
@@ -160,8 +168,8 @@ impl Cri {
         self.runtime.sandbox_image().await
     }
 
-    pub(crate) async fn runtime_handlers(&self) -> Result<Vec<cri::RuntimeHandler>, CriError> {
-        self.runtime.runtime_handlers().await
+    pub(crate) async fn runtime_features(&self) -> Result<RuntimeFeatures, CriError> {
+        self.runtime.runtime_features().await
     }
 
     pub(crate) async fn run_pod_sandbox(

@@ -241,8 +241,9 @@ impl RuntimeManager {
             });
         };
         let supported = if pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
-            match self.cri.runtime_handlers().await {
-                Ok(hs) => hs
+            match self.cri.runtime_features().await {
+                Ok(f) => f
+                    .handlers
                     .iter()
                     .find(|h| h.name == handler)
                     .map(|h| h.features.is_some_and(|f| f.user_namespaces))

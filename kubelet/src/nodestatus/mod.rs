@@ -76,6 +76,7 @@ impl NodeStatusManager {
             .map(|i| node_images(&i))
             .unwrap_or_default();
         f.runtime_ready = runtime_readiness(&self.cri.status().await);
+        f.runtime_features = self.cri.runtime_features().await.unwrap_or_default();
         f
     }
 
@@ -323,6 +324,48 @@ mod tests {
         assert_eq!(cs2[3].last_transition_time, Some(t(200)));
         assert_eq!(cs2[1].last_transition_time, Some(t(100)));
         assert_eq!(cs2[1].last_heartbeat_time, Some(t(200)));
+    }
+
+    #[test]
+    fn runtime_handlers_and_features_come_from_cri_status() {
+        use nodus_proto::runtime::v1 as cri;
+        let cfg = Config::default();
+        // containerd 1.6 reports neither: an empty list, no features.
+        let st = serde_json::to_value(node_status(&cfg, &facts(), None, &t(1))).unwrap();
+        assert_eq!(st.get("runtimeHandlers"), Some(&serde_json::json!([])));
+        assert_eq!(st.get("features"), None);
+        let mut f = facts();
+        f.runtime_features = crate::kuberuntime::cri::RuntimeFeatures {
+            handlers: vec![
+                cri::RuntimeHandler {
+                    name: String::new(),
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: true,
+                        user_namespaces: true,
+                    }),
+                },
+                cri::RuntimeHandler {
+                    name: "runc".into(),
+                    features: None,
+                },
+            ],
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+            }),
+        };
+        let st = serde_json::to_value(node_status(&cfg, &f, None, &t(1))).unwrap();
+        assert_eq!(
+            st["runtimeHandlers"],
+            serde_json::json!([
+                {"name": "", "features": {"recursiveReadOnlyMounts": true, "userNamespaces": true}},
+                {"name": "runc", "features": {"recursiveReadOnlyMounts": false, "userNamespaces": false}}
+            ])
+        );
+        assert_eq!(
+            st["features"],
+            serde_json::json!({"supplementalGroupsPolicy": true})
+        );
     }
 
     #[test]

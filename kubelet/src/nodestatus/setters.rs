@@ -56,6 +56,8 @@ pub(crate) struct NodeFacts {
     pub(crate) system: NodeSystemInfo,
     pub(crate) port: u16,
     pub(crate) images: Vec<ContainerImage>,
+    /// From CRI Status (1.30+): the handlers with their features, and the runtime's own.
+    pub(crate) runtime_features: crate::kuberuntime::cri::RuntimeFeatures,
     /// From CRI Status: (RuntimeReady, NetworkReady) and the message of a false one.
     pub(crate) runtime_ready: Result<(), NodeStatusError>,
 }
@@ -80,6 +82,7 @@ impl Default for NodeFacts {
             system: NodeSystemInfo::default(),
             port: 0,
             images: Vec::new(),
+            runtime_features: Default::default(),
             runtime_ready: Err(NodeStatusError::StatusNotChecked),
         }
     }
@@ -344,8 +347,35 @@ pub(crate) fn node_status(
         }),
         images: Some(f.images.clone()),
         node_info: Some(f.system.clone()),
+        runtime_handlers: Some(runtime_handlers(&f.runtime_features)),
+        features: f
+            .runtime_features
+            .features
+            .map(|r| k8s_openapi::api::core::v1::NodeFeatures {
+                supplemental_groups_policy: Some(r.supplemental_groups_policy),
+            }),
         ..Default::default()
     }
+}
+
+/// `status.runtimeHandlers`, as upstream's RuntimeHandlers setter makes them.
+fn runtime_handlers(
+    f: &crate::kuberuntime::cri::RuntimeFeatures,
+) -> Vec<k8s_openapi::api::core::v1::NodeRuntimeHandler> {
+    use k8s_openapi::api::core::v1::{NodeRuntimeHandler, NodeRuntimeHandlerFeatures};
+    f.handlers
+        .iter()
+        .map(|h| {
+            let feat = h.features.unwrap_or_default();
+            NodeRuntimeHandler {
+                name: Some(h.name.clone()),
+                features: Some(NodeRuntimeHandlerFeatures {
+                    recursive_read_only_mounts: Some(feat.recursive_read_only_mounts),
+                    user_namespaces: Some(feat.user_namespaces),
+                }),
+            }
+        })
+        .collect()
 }
 
 /// The taint a node registers with under `--cloud-provider=external`.

@@ -140,7 +140,8 @@ impl Node {
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.ctrd.node_netns().path().display()))
             .arg("--")
-            .arg(env!("CARGO_BIN_EXE_kubelet"))
+            // testkit finds it (in the VM tier the test runs from another target dir).
+            .arg(nodus_testkit::bin_path("kubelet"))
             .arg(format!("--config={}", self.config.display()))
             .arg(format!("--root-dir={}", self.root_dir.display()))
             .arg(format!("--hostname-override={NODE}"))

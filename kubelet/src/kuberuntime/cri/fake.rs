@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nodus_proto::runtime::v1 as cri;
 
-use super::{Cri, CriError, CriFut, ImageService, RuntimeService};
+use super::{Cri, CriError, CriFut, ImageService, RuntimeFeatures, RuntimeService};
 use crate::container::{now_nanos, Nanos};
 use crate::kuberuntime::labels;
 
@@ -507,10 +507,13 @@ impl RuntimeService for FakeRuntime {
         }))
     }
 
-    fn runtime_handlers(&self) -> CriFut<'_, Vec<cri::RuntimeHandler>> {
+    fn runtime_features(&self) -> CriFut<'_, RuntimeFeatures> {
         let mut st = self.lock();
-        let h = st.runtime_handlers.clone();
-        done(st.enter("Status", "").map(|_| h))
+        let f = RuntimeFeatures {
+            handlers: st.runtime_handlers.clone(),
+            features: None,
+        };
+        done(st.enter("Status", "").map(|_| f))
     }
 
     fn sandbox_image(&self) -> CriFut<'_, Option<String>> {

@@ -14,7 +14,7 @@ use nodus_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-use super::{CriError, CriFut, ImageService, RuntimeService, DEFAULT_TIMEOUT};
+use super::{CriError, CriFut, ImageService, RuntimeFeatures, RuntimeService, DEFAULT_TIMEOUT};
 
 const LIST_TIMEOUT: Duration = Duration::from_secs(15);
 const SANDBOX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -152,7 +152,7 @@ impl RemoteRuntime {
         r.status.ok_or(CriError::Empty { op: "Status" })
     }
 
-    async fn runtime_handlers(&self) -> Result<Vec<cri::RuntimeHandler>, CriError> {
+    async fn runtime_features(&self) -> Result<RuntimeFeatures, CriError> {
         let r = self
             .call("Status", LIST_TIMEOUT, |ch| async move {
                 RuntimeServiceClient::new(ch)
@@ -160,7 +160,10 @@ impl RemoteRuntime {
                     .await
             })
             .await?;
-        Ok(r.runtime_handlers)
+        Ok(RuntimeFeatures {
+            handlers: r.runtime_handlers,
+            features: r.features,
+        })
     }
 
     async fn sandbox_image(&self) -> Result<Option<String>, CriError> {
@@ -519,8 +522,8 @@ impl RuntimeService for RemoteRuntime {
     fn sandbox_image(&self) -> CriFut<'_, Option<String>> {
         Box::pin(self.sandbox_image())
     }
-    fn runtime_handlers(&self) -> CriFut<'_, Vec<cri::RuntimeHandler>> {
-        Box::pin(self.runtime_handlers())
+    fn runtime_features(&self) -> CriFut<'_, RuntimeFeatures> {
+        Box::pin(self.runtime_features())
     }
     fn run_pod_sandbox(
         &self,
