@@ -222,6 +222,18 @@ impl RuntimeManager {
         }
     }
 
+    /// Upstream's FailedCreatePodSandBox event (`message` starts "Failed to create pod
+    /// sandbox: ").
+    fn sandbox_failed(&self, pod: &Pod, message: String) {
+        self.events.pod_event(
+            pod,
+            None,
+            crate::events::WARNING,
+            "FailedCreatePodSandBox",
+            message,
+        );
+    }
+
     /// The pod's CRI user namespace option: NODE, or its own block of IDs when it has
     /// `hostUsers: false` and the runtime handler supports user namespaces.
     async fn pod_user_namespace(
@@ -313,13 +325,7 @@ impl RuntimeManager {
         let userns = match self.pod_user_namespace(pod, &handler).await {
             Ok(u) => u,
             Err(e) => {
-                self.events.pod_event(
-                    pod,
-                    None,
-                    crate::events::WARNING,
-                    "FailedCreatePodSandBox",
-                    e.to_string(),
-                );
+                self.sandbox_failed(pod, e.to_string());
                 return Err(e);
             }
         };
@@ -347,13 +353,7 @@ impl RuntimeManager {
             {
                 Ok(id) => id,
                 Err(e) => {
-                    self.events.pod_event(
-                        pod,
-                        None,
-                        crate::events::WARNING,
-                        "FailedCreatePodSandBox",
-                        format!("Failed to create pod sandbox: {e}"),
-                    );
+                    self.sandbox_failed(pod, format!("Failed to create pod sandbox: {e}"));
                     return Err(e.into());
                 }
             };

@@ -140,26 +140,24 @@ impl RemoteRuntime {
         .await
     }
 
+    /// One Status call; `verbose` adds containerd's `info` (its configuration).
+    async fn status_response(&self, verbose: bool) -> Result<cri::StatusResponse, CriError> {
+        self.call("Status", LIST_TIMEOUT, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .status(cri::StatusRequest { verbose })
+                .await
+        })
+        .await
+    }
+
     /// The runtime's conditions (RuntimeReady, NetworkReady), for the node's Ready condition.
     async fn status(&self) -> Result<cri::RuntimeStatus, CriError> {
-        let r = self
-            .call("Status", LIST_TIMEOUT, |ch| async move {
-                RuntimeServiceClient::new(ch)
-                    .status(cri::StatusRequest { verbose: false })
-                    .await
-            })
-            .await?;
+        let r = self.status_response(false).await?;
         r.status.ok_or(CriError::Empty { op: "Status" })
     }
 
     async fn runtime_features(&self) -> Result<RuntimeFeatures, CriError> {
-        let r = self
-            .call("Status", LIST_TIMEOUT, |ch| async move {
-                RuntimeServiceClient::new(ch)
-                    .status(cri::StatusRequest { verbose: false })
-                    .await
-            })
-            .await?;
+        let r = self.status_response(false).await?;
         Ok(RuntimeFeatures {
             handlers: r.runtime_handlers,
             features: r.features,
@@ -167,13 +165,7 @@ impl RemoteRuntime {
     }
 
     async fn sandbox_image(&self) -> Result<Option<String>, CriError> {
-        let r = self
-            .call("Status", LIST_TIMEOUT, |ch| async move {
-                RuntimeServiceClient::new(ch)
-                    .status(cri::StatusRequest { verbose: true })
-                    .await
-            })
-            .await?;
+        let r = self.status_response(true).await?;
         Ok(r.info.get("config").and_then(|c| {
             let config: serde_json::Value = serde_json::from_str(c).ok()?;
             Some(config.get("sandboxImage")?.as_str()?.to_string())
