@@ -332,7 +332,7 @@ mod tests {
         let cfg = Config::default();
         // containerd 1.6 reports neither: an empty list, no features.
         let st = serde_json::to_value(node_status(&cfg, &facts(), None, &t(1))).unwrap();
-        assert_eq!(st.get("runtimeHandlers"), Some(&serde_json::json!([])));
+        assert_eq!(st.get("runtimeHandlers"), None);
         assert_eq!(st.get("features"), None);
         let mut f = facts();
         f.runtime_features = crate::kuberuntime::cri::RuntimeFeatures {
@@ -366,6 +366,19 @@ mod tests {
             st["features"],
             serde_json::json!({"supplementalGroupsPolicy": true})
         );
+        // An API server that drops both fields (1.20) does not make every status a change:
+        // the kubelet would post each period without reading the server's conditions.
+        let ours = node_status(&cfg, &f, None, &t(1));
+        let mut server = ours.clone();
+        server.runtime_handlers = None;
+        server.features = None;
+        assert!(!status_changed(&server, &ours));
+        // One that keeps them sees a change of them.
+        let mut other = ours.clone();
+        other.features = Some(k8s_openapi::api::core::v1::NodeFeatures {
+            supplemental_groups_policy: Some(false),
+        });
+        assert!(status_changed(&other, &ours));
     }
 
     #[test]

@@ -347,7 +347,8 @@ pub(crate) fn node_status(
         }),
         images: Some(f.images.clone()),
         node_info: Some(f.system.clone()),
-        runtime_handlers: Some(runtime_handlers(&f.runtime_features)),
+        // None when empty: upstream's empty list is omitted from its JSON.
+        runtime_handlers: Some(runtime_handlers(&f.runtime_features)).filter(|h| !h.is_empty()),
         features: f
             .runtime_features
             .features
@@ -421,7 +422,7 @@ pub(crate) fn initial_node(cfg: &Config, f: &NodeFacts, now: &Time) -> Node {
 }
 
 /// True when two statuses differ in more than the heartbeat times.
-pub(crate) fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
+pub(crate) fn status_changed(server: &NodeStatus, ours: &NodeStatus) -> bool {
     let strip = |s: &NodeStatus| {
         let mut s = s.clone();
         for c in s.conditions.iter_mut().flatten() {
@@ -429,7 +430,17 @@ pub(crate) fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
         }
         s
     };
-    strip(a) != strip(b)
+    let mut ours = strip(ours);
+    // Fields an older API server drops (1.20 knows neither) would differ forever, and a
+    // status that always differs is posted every period without looking at the server's
+    // conditions first. The first report (always posted) gives a newer server both.
+    if server.runtime_handlers.is_none() {
+        ours.runtime_handlers = None;
+    }
+    if server.features.is_none() {
+        ours.features = None;
+    }
+    strip(server) != ours
 }
 
 /// True when a condition's status or reason differs between two node statuses (times and
