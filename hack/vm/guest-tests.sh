@@ -11,7 +11,7 @@
 #   NODUS_VM_BIN_DIR   where the host's cargo binaries are (nodus-runtime)
 #   NODUS_VM_CRI_PARITY the host's shim/tests/cri_parity test binary (the cri_parity check)
 #   NODUS_VM_PARITY_RUNTIMES runtimes the cri_parity check runs it on, default "runc nodus-shim"
-#   NODUS_VM_POD_SECURITY the host's kubelet/tests/pod_security test binary (same runtimes)
+#   NODUS_VM_POD_SECURITY the host's kubelet/tests/pod_security test binary (runc, nodus-shim, nodus)
 #   NODUS_VM_RESULTS   writable results directory (the `checks` file lands there)
 #   NODUS_VM_BOOT      which boot this is (guest-run.sh counts them on the guest's disk): boot 1
 #                      runs the checks up to the first of AFTER_REBOOT and asks for a reboot
@@ -431,9 +431,9 @@ check_containerd() {
 # kills and privileged devices on cgroup v2) and kubelet/tests/pod_security.rs (seccomp,
 # sysctls, AppArmor, hostUsers through the kubelet). They take their binaries from a target-like
 # directory (testkit's bin_path) and the host's image archives (NODUS_TEST_IMAGES_DIR).
-run_test_binary() { # check name, test binary, the host binaries it needs...
-  local name=$1 bin=$2 b
-  shift 2
+run_test_binary() { # check name, runtimes, test binary, the host binaries it needs...
+  local name=$1 runtimes=$2 bin=$3 b
+  shift 3
   if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     fail "$name" "no $name test binary from the host (${bin:-unset}): cargo test --no-run"
     return 0
@@ -449,7 +449,7 @@ run_test_binary() { # check name, test binary, the host binaries it needs...
   cp /nodus/build/images/pause.tar /nodus/build/images/busybox.tar "$images/" ||
     { fail "$name" "no image archives in /nodus/build/images"; return 0; }
   local rt out rc
-  for rt in ${NODUS_VM_PARITY_RUNTIMES:-runc nodus-shim}; do
+  for rt in $runtimes; do
     out=$(cd "$WORK" && CARGO_TARGET_DIR=$target NODUS_TEST_IMAGES_DIR=$images NODUS_TEST_RUNTIME=$rt \
       RUST_BACKTRACE=0 timeout 900 "$target/debug/deps/$name" --test-threads 2 2>&1)
     rc=$?
@@ -463,12 +463,14 @@ run_test_binary() { # check name, test binary, the host binaries it needs...
 }
 
 check_cri_parity() {
-  run_test_binary cri_parity "${NODUS_VM_CRI_PARITY:-}" containerd-shim-nodus-v2 nodus-runtime nodus-bridge
+  run_test_binary cri_parity "${NODUS_VM_PARITY_RUNTIMES:-runc nodus-shim}" "${NODUS_VM_CRI_PARITY:-}" \
+    containerd-shim-nodus-v2 nodus-runtime nodus-bridge
 }
 
+# On all three: runc, our shim, and runc's shim driving our runtime (issue 25 asks for each).
 check_pod_security() {
-  run_test_binary pod_security "${NODUS_VM_POD_SECURITY:-}" containerd-shim-nodus-v2 nodus-runtime \
-    nodus-bridge kubelet
+  run_test_binary pod_security "runc nodus-shim nodus" "${NODUS_VM_POD_SECURITY:-}" \
+    containerd-shim-nodus-v2 nodus-runtime nodus-bridge kubelet
 }
 
 # --- 4. the node as users run it ----------------------------------------------------------------
