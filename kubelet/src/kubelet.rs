@@ -48,7 +48,6 @@ pub struct Shared {
     pub(crate) node_name: String,
 }
 
-/// Why `/healthz` answers unhealthy.
 /// Why the kubelet cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -58,6 +57,7 @@ pub enum StartError {
     UserNamespaces(String),
 }
 
+/// Why `/healthz` answers unhealthy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum HealthError {
     #[error("sync loop stalled for {elapsed:?}")]

@@ -258,27 +258,29 @@ impl UsernsManager {
         }
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let mut st = lock(&self.state);
-        let first = match self.read(uid)? {
-            Some(f) => self.record(&mut st, uid, &f)?,
-            None => {
-                let first = self.allocate(&mut st).ok_or(UsernsError::Exhausted)?;
-                let m = IdMapping {
-                    host_id: first,
-                    container_id: 0,
-                    length: self.ids_per_pod,
-                };
-                let f = MappingsFile {
-                    uid_mappings: vec![m],
-                    gid_mappings: vec![m],
-                };
-                if let Err(e) = self.write(uid, &f) {
-                    st.used
-                        .remove(&(first / self.ids_per_pod - self.first_block));
-                    return Err(e);
-                }
-                st.by_pod.insert(uid.to_string(), first);
-                first
+        // Known pods (those on disk at start too) are answered from memory.
+        let first = if let Some(&first) = st.by_pod.get(uid) {
+            first
+        } else if let Some(f) = self.read(uid)? {
+            self.record(&mut st, uid, &f)?
+        } else {
+            let first = self.allocate(&mut st).ok_or(UsernsError::Exhausted)?;
+            let m = IdMapping {
+                host_id: first,
+                container_id: 0,
+                length: self.ids_per_pod,
+            };
+            let f = MappingsFile {
+                uid_mappings: vec![m],
+                gid_mappings: vec![m],
+            };
+            if let Err(e) = self.write(uid, &f) {
+                st.used
+                    .remove(&(first / self.ids_per_pod - self.first_block));
+                return Err(e);
             }
+            st.by_pod.insert(uid.to_string(), first);
+            first
         };
         let map = cri::IdMapping {
             host_id: first,

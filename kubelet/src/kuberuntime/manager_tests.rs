@@ -42,6 +42,15 @@ pub(crate) fn manager(fake: &Arc<FakeRuntime>, dir: &std::path::Path) -> Runtime
         dir.join("resolv.conf"),
     );
     rm.pod_cgroups = false;
+    rm.userns = Some(
+        crate::userns_manager::UsernsManager::new(
+            dir.join("root/pods"),
+            (65536, 110 * 65536),
+            65536,
+            110,
+        )
+        .unwrap(),
+    );
     rm
 }
 

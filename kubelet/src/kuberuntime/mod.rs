@@ -115,7 +115,8 @@ pub(crate) struct RuntimeManager {
     pub(crate) events: crate::events::EventRecorder,
     /// Create and remove pod cgroups (unit tests on the fake runtime turn this off).
     pub(crate) pod_cgroups: bool,
-    /// Host ID blocks of pods with `hostUsers: false` (None if the range cannot be used).
+    /// Host ID blocks of pods with `hostUsers: false`; the kubelet sets it from its
+    /// configuration (None: such pods are refused).
     pub(crate) userns: Option<crate::userns_manager::UsernsManager>,
     /// Failed image pulls by `<pod uid>_<image>` (upstream's image back-off: 10 s doubling
     /// to 300 s).
@@ -194,8 +195,6 @@ pub(crate) fn pod_grace(pod: &Pod) -> i64 {
 
 impl RuntimeManager {
     pub(crate) fn new(cri: Cri, paths: NodePaths, root_dir: PathBuf, resolv_conf: PathBuf) -> Self {
-        use crate::userns_manager::USERNS_UNIT;
-        let root_dir_pods = root_dir.join("pods");
         RuntimeManager {
             cri,
             paths,
@@ -211,14 +210,7 @@ impl RuntimeManager {
             pod_cgroups: true,
             image_backoff: Mutex::new(Backoff::new()),
             image_lookups: Mutex::new(HashMap::new()),
-            userns: crate::userns_manager::UsernsManager::new(
-                root_dir_pods,
-                (USERNS_UNIT, (1 << 32) - USERNS_UNIT as u64),
-                USERNS_UNIT,
-                110,
-            )
-            .inspect_err(|e| tracing::warn!(error = %e, "user namespaces unavailable"))
-            .ok(),
+            userns: None,
         }
     }
 
@@ -244,7 +236,7 @@ impl RuntimeManager {
         let Some(m) = &self.userns else {
             if pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
                 return Err(SyncError::CreateSandbox(
-                    "user namespaces are unavailable on this node (see the kubelet's log)".into(),
+                    "user namespaces are not configured on this node".into(),
                 ));
             }
             return Ok(api::UserNamespace {
