@@ -299,7 +299,7 @@ async fn peer_burst(upstream: bool, runtime: &str, burst: usize) -> Result<PeerF
     // machine's disk may be fuller than their defaults allow), no API server to ask.
     let common = "address: 127.0.0.1\nreadOnlyPort: 0\nhealthzPort: 0\n\
                   imageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 99\n\
-                  evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}\n\
+                  evictionHard: {memory.available: 100Mi, nodefs.available: 0%, imagefs.available: 0%}\n\
                   authentication: {webhook: {enabled: false}}\nauthorization: {mode: AlwaysAllow}\n";
     let root_dir = ctrd.dir().join("kubelet");
     let mut cmd = Command::new("nsenter");

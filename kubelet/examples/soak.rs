@@ -86,7 +86,7 @@ async fn main() -> Result<()> {
         ctrd.kubelet_config(
             &manifests,
             "healthzPort: 0\nreadOnlyPort: 0\naddress: 127.0.0.1\n\
-             evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}\n\
+             evictionHard: {memory.available: 100Mi, nodefs.available: 0%, imagefs.available: 0%}\n\
              imageGCHighThresholdPercent: 100\n",
         ),
     )?;

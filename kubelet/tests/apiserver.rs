@@ -17,7 +17,7 @@ use kube::api::Api;
 async fn node_registers_with_its_fields_and_renews_its_lease() {
     let Some(n) = ApiNode::start(
         "nodeLeaseDurationSeconds: 8\nnodeStatusUpdateFrequency: 2s\nmaxPods: 42\n\
-         kubeReserved: {cpu: 100m, memory: 50Mi}\n",
+         kubeReserved: {cpu: 100m, memory: 50Mi, ephemeral-storage: 1Gi}\n",
         &[
             "--node-labels=nodus.io/pool=blue,example.com/rack=r1",
             "--register-with-taints=dedicated=nodus:NoSchedule",
@@ -85,13 +85,23 @@ async fn node_registers_with_its_fields_and_renews_its_lease() {
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(cap["cpu"].0, cpus.to_string());
     assert_eq!(alloc["cpu"].0, format!("{}m", cpus * 1000 - 100));
-    for r in ["memory", "ephemeral-storage"] {
-        assert!(cap.contains_key(r) && alloc.contains_key(r), "{r}");
-        assert_ne!(
-            cap[r], alloc[r],
-            "{r}: reservations and eviction thresholds subtract"
-        );
-    }
+    // Reservations and the hard eviction thresholds subtract: memory 50Mi reserved + 100Mi
+    // evictionHard; ephemeral-storage 1Gi reserved (the test node's 0% nodefs threshold is no
+    // threshold).
+    let bytes = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| -> i64 {
+        let s = q.0.as_str();
+        for (suffix, shift) in [("Ki", 10), ("Mi", 20), ("Gi", 30), ("Ti", 40)] {
+            if let Some(n) = s.strip_suffix(suffix) {
+                return n.parse::<i64>().unwrap() << shift;
+            }
+        }
+        s.parse().unwrap()
+    };
+    assert_eq!(bytes(&cap["memory"]) - bytes(&alloc["memory"]), 150 << 20);
+    assert_eq!(
+        bytes(&cap["ephemeral-storage"]) - bytes(&alloc["ephemeral-storage"]),
+        1 << 30
+    );
     let info = st.node_info.unwrap();
     assert!(
         info.container_runtime_version.starts_with("containerd://"),

@@ -327,6 +327,44 @@ mod tests {
     }
 
     #[test]
+    fn disk_pressure_follows_nodefs_and_a_0_or_100_percent_threshold_is_off() {
+        let disk = |eviction: &[(&str, &str)], available: i64| {
+            let mut cfg = Config::default();
+            for (k, v) in eviction {
+                cfg.eviction_hard.insert(k.to_string(), v.to_string());
+            }
+            let mut f = facts();
+            f.fs_available_bytes = available;
+            let cs = conditions(&cfg, &f, &[], &t(100));
+            (cs[1].status.clone(), cs[1].reason.clone().unwrap())
+        };
+        let gib = 1i64 << 30;
+        // 100 GiB filesystem: 10% (the default) is 10 GiB.
+        assert_eq!(disk(&[], 11 * gib).0, "False");
+        assert_eq!(
+            disk(&[], 9 * gib),
+            ("True".to_string(), "KubeletHasDiskPressure".to_string())
+        );
+        assert_eq!(disk(&[("nodefs.available", "1%")], 9 * gib).0, "False");
+        assert_eq!(disk(&[("nodefs.available", "20Gi")], 19 * gib).0, "True");
+        // As upstream's parseThresholdStatement: 0% and 100% are no threshold at all.
+        assert_eq!(disk(&[("nodefs.available", "0%")], 0).0, "False");
+        assert_eq!(
+            disk(
+                &[("nodefs.available", "100%"), ("nodefs.inodesFree", "0%")],
+                gib
+            )
+            .0,
+            "False"
+        );
+        let mut cfg = Config::default();
+        cfg.eviction_hard
+            .insert("nodefs.available".into(), "100%".into());
+        let (_, alloc) = capacity_and_allocatable(&cfg, &facts());
+        assert_eq!(alloc["ephemeral-storage"].0, format!("{}Ki", 100u64 << 20));
+    }
+
+    #[test]
     fn runtime_handlers_and_features_come_from_cri_status() {
         use nodus_proto::runtime::v1 as cri;
         let cfg = Config::default();

@@ -118,8 +118,10 @@ pub(super) fn reserved(cfg: &Config, name: &str) -> i64 {
 
 /// A hard eviction threshold against `capacity` (a quantity or a percentage), in units.
 pub(super) fn threshold(cfg: &Config, signal: &str, capacity: i64) -> i64 {
-    match cfg.eviction_hard.get(signal) {
-        None => 0,
+    match cfg.eviction_hard.get(signal).map(String::as_str) {
+        // Upstream ignores a threshold of 0% or 100% (it would never or always fire): a
+        // node sets one to turn that signal off.
+        None | Some("0%" | "100%") => 0,
         Some(v) => match v.strip_suffix('%') {
             Some(p) => (p.parse::<f64>().unwrap_or(0.0) / 100.0 * capacity as f64) as i64,
             None => crate::resources::parse_milli(v)
@@ -201,7 +203,7 @@ pub(crate) fn conditions(
     let mem_low = f.memory_available_bytes < threshold(cfg, "memory.available", f.memory_bytes);
     let disk_low = f.fs_available_bytes < threshold(cfg, "nodefs.available", f.fs_bytes)
         || (f.fs_inodes > 0 && f.fs_inodes_free < threshold(cfg, "nodefs.inodesFree", f.fs_inodes));
-    let pid_low = cfg.eviction_hard.contains_key("pid.available")
+    let pid_low = threshold(cfg, "pid.available", f.pid_max) > 0
         && f.pid_max - f.pids_running < threshold(cfg, "pid.available", f.pid_max);
     let mut out = vec![
         if mem_low {

@@ -745,7 +745,7 @@ fn start_kubelet(
          anonymous: {{enabled: false}}\n\
          authorization:\n  mode: Webhook\n\
          imageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 99\n\
-         evictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}}\n",
+         evictionHard: {{memory.available: 100Mi, nodefs.available: 0%, imagefs.available: 0%}}\n",
         serving.cert.display(),
         serving.key.display(),
         cp.ca_path().display(),
