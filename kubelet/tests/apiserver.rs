@@ -378,39 +378,6 @@ async fn api_pod_runs_reports_status_and_is_deleted_gracefully() {
     assert!(killing, "a Killing event");
 }
 
-/// Runs `cmd` in the pod's first running container through CRI ExecSync: (exit, stdout).
-async fn exec(n: &ApiNode, uid: &str, cmd: &[&str]) -> (i32, String) {
-    use nodus_proto::runtime::v1 as cri;
-    let mut rt = n.node.rt().await;
-    let list = rt
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                label_selector: [("io.kubernetes.pod.uid".to_string(), uid.to_string())].into(),
-                state: Some(cri::ContainerStateValue {
-                    state: cri::ContainerState::ContainerRunning as i32,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
-    let Some(c) = list.first() else {
-        return (-1, String::new());
-    };
-    let r = rt
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: c.id.clone(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn config_map_secret_and_token_reach_the_pod_and_follow_updates() {
     use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -447,38 +414,35 @@ async fn config_map_secret_and_token_reach_the_pod_and_follow_updates() {
     n.wait_pod("default", "consumer", "Running", |p| phase(p) == "Running")
         .await;
     assert_eq!(
-        exec(&n, &uid, &["cat", "/etc/app/greeting"]).await,
+        n.exec(&uid, &["cat", "/etc/app/greeting"]).await,
         (0, "hello".into())
     );
     assert_eq!(
-        exec(&n, &uid, &["cat", "/etc/secret/password"]).await,
+        n.exec(&uid, &["cat", "/etc/secret/password"]).await,
         (0, "hunter2".into())
     );
-    let (_, mode) = exec(
-        &n,
-        &uid,
-        &["stat", "-L", "-c", "%a", "/etc/secret/password"],
-    )
-    .await;
+    let (_, mode) = n
+        .exec(&uid, &["stat", "-L", "-c", "%a", "/etc/secret/password"])
+        .await;
     assert_eq!(mode.trim(), "400");
-    let (_, env) = exec(&n, &uid, &["env"]).await;
+    let (_, env) = n.exec(&uid, &["env"]).await;
     for want in ["CFG_greeting=hello", "CFG_color=blue", "PASSWORD=hunter2"] {
         assert!(env.lines().any(|l| l == want), "{want} in {env}");
     }
     assert!(!env.contains("MISSING="), "{env}");
     // A volume cannot be written from the container.
-    let (code, _) = exec(&n, &uid, &["sh", "-c", "echo x > /etc/app/new"]).await;
+    let (code, _) = n.exec(&uid, &["sh", "-c", "echo x > /etc/app/new"]).await;
     assert_ne!(code, 0, "configMap volumes are read-only");
 
     // The service-account token: a JWT the API server accepts as this pod's account.
     let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
-    let (code, token) = exec(&n, &uid, &["cat", &format!("{sa_dir}/token")]).await;
+    let (code, token) = n.exec(&uid, &["cat", &format!("{sa_dir}/token")]).await;
     assert_eq!(code, 0);
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
-    let (_, ca) = exec(&n, &uid, &["cat", &format!("{sa_dir}/ca.crt")]).await;
+    let (_, ca) = n.exec(&uid, &["cat", &format!("{sa_dir}/ca.crt")]).await;
     assert_eq!(ca, n.cp.ca_pem());
     assert_eq!(
-        exec(&n, &uid, &["cat", &format!("{sa_dir}/namespace")])
+        n.exec(&uid, &["cat", &format!("{sa_dir}/namespace")])
             .await
             .1,
         "default"
@@ -524,7 +488,7 @@ async fn config_map_secret_and_token_reach_the_pod_and_follow_updates() {
         "the configMap update in the container",
         Duration::from_secs(30),
         || async {
-            (exec(&n, &uid, &["cat", "/etc/app/greeting"]).await.1 == "bonjour").then_some(())
+            (n.exec(&uid, &["cat", "/etc/app/greeting"]).await.1 == "bonjour").then_some(())
         },
     )
     .await;
@@ -532,15 +496,15 @@ async fn config_map_secret_and_token_reach_the_pod_and_follow_updates() {
         "the secret update in the container",
         Duration::from_secs(30),
         || async {
-            (exec(&n, &uid, &["cat", "/etc/secret/password"]).await.1 == "correct-horse")
+            (n.exec(&uid, &["cat", "/etc/secret/password"]).await.1 == "correct-horse")
                 .then_some(())
         },
     )
     .await;
-    let (_, link) = exec(&n, &uid, &["readlink", "/etc/app/greeting"]).await;
+    let (_, link) = n.exec(&uid, &["readlink", "/etc/app/greeting"]).await;
     assert_eq!(link.trim(), "..data/greeting");
     // The container that started before the update keeps its environment (as upstream).
-    let (_, env) = exec(&n, &uid, &["env"]).await;
+    let (_, env) = n.exec(&uid, &["env"]).await;
     assert!(env.lines().any(|l| l == "CFG_greeting=hello"), "{env}");
 
     // Secrets live on a tmpfs, never on the node's disk.

@@ -179,6 +179,39 @@ impl ApiNode {
             .unwrap_or_else(|e| self.fail(&format!("create pod: {e}")))
     }
 
+    /// Runs `cmd` in the pod's first running container through CRI ExecSync: (exit, stdout).
+    pub async fn exec(&self, uid: &str, cmd: &[&str]) -> (i32, String) {
+        use nodus_proto::runtime::v1 as cri;
+        let mut rt = self.node.rt().await;
+        let list = rt
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    label_selector: [("io.kubernetes.pod.uid".to_string(), uid.to_string())].into(),
+                    state: Some(cri::ContainerStateValue {
+                        state: cri::ContainerState::ContainerRunning as i32,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        let Some(c) = list.first() else {
+            return (-1, String::new());
+        };
+        let r = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: c.id.clone(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
+    }
+
     /// The pod once `f` holds for it.
     pub async fn wait_pod(
         &self,

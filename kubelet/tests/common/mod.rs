@@ -116,13 +116,14 @@ impl Node {
         )
         .unwrap();
         let log = ctrd.dir().join("kubelet.log");
+        let containerd_log = ctrd.log_path();
         let mut node = Node {
             ctrd,
             manifests,
             root_dir,
             config,
             log,
-            other_logs: Vec::new(),
+            other_logs: vec![("containerd", containerd_log)],
             kubelet: None,
             starts: 0,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
