@@ -43,6 +43,11 @@ pub(crate) struct ContainerStatus {
     pub(crate) hash: String,
     /// The `io.kubernetes.container.restartCount` annotation.
     pub(crate) restart_count: u32,
+    /// What the kubelet last applied to this container's cgroup (its actuated resources,
+    /// from the allocation manager); None when not known.
+    pub(crate) resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// The user the process runs as, when the runtime reports it (CRI 1.31+).
+    pub(crate) user: Option<k8s_openapi::api::core::v1::ContainerUser>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -172,6 +172,10 @@ impl Kubelet {
         runtime.max_per_pod_container = cfg.max_per_pod_container;
         runtime.node_ips = cfg.node_ips().iter().map(|ip| ip.to_string()).collect();
         runtime.node = crate::nodestatus::allocatable(&cfg);
+        runtime.allocation = Arc::new(crate::allocation_manager::AllocationManager::new(
+            Some(&cfg.root_dir),
+            runtime.node,
+        ));
         runtime.events = events.clone();
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let syncer = Arc::new(Syncer {

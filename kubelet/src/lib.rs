@@ -9,6 +9,7 @@
 
 pub(crate) mod active_deadline;
 mod admission;
+pub(crate) mod allocation_manager;
 
 pub(crate) mod backoff;
 pub mod certificate;

@@ -105,6 +105,10 @@ impl Syncer {
                 previous: previous.as_ref(),
                 now,
                 probes: Some(&probes),
+                resize: status_manager::generate::ResizeInputs {
+                    pending: self.runtime.allocation.pending(uid),
+                    error: self.runtime.allocation.error(uid),
+                },
             },
         );
         if api.phase.as_deref() == Some("Running") {
@@ -148,7 +152,10 @@ impl Syncer {
     ) -> Result<crate::container::PodStatus, CriError> {
         let since = lock(&self.last_sync).get(uid).copied();
         match tokio::time::timeout(CACHE_WAIT, self.cache.get_newer_than(uid, since)).await {
-            Ok(st) => Ok(st),
+            Ok(mut st) => {
+                self.runtime.fill_actuated(&mut st);
+                Ok(st)
+            }
             Err(_) => {
                 tracing::debug!(%uid, "pod cache not fresh, reading the runtime");
                 self.read_status(uid).await
@@ -163,6 +170,7 @@ impl Syncer {
         lock(&self.first_seen).remove(uid);
         lock(&self.last_sync).remove(uid);
         self.probes.forget_pod(uid);
+        self.runtime.allocation.remove_pod(uid);
         if let Some(api) = &self.api {
             api.objects.unregister_pod(uid);
         }
@@ -192,8 +200,48 @@ impl Syncer {
         (api.objects.prefetch(pod).await, true)
     }
 
+    /// The pod with its allocated resources, after deciding a resize its spec asks for;
+    /// the resize's events as upstream's (ResizeStarted, ResizeDeferred, ResizeInfeasible).
+    fn allocate(&self, pod: &Pod, uid: &str) -> Pod {
+        use crate::allocation_manager::{resize_message, Allocation};
+        let before = self.runtime.allocation.pending(uid);
+        let (allocated, decision) = self.runtime.allocation.allocate(pod);
+        match decision {
+            Allocation::Current => {}
+            Allocation::ResizeAdmitted => {
+                tracing::info!(pod = %crate::pod_util::full_name(pod), %uid, "pod resize admitted");
+                self.events.pod_event(
+                    pod,
+                    None,
+                    crate::events::NORMAL,
+                    "ResizeStarted",
+                    resize_message(pod, "Pod resize started", ""),
+                );
+            }
+            Allocation::ResizePending(p) if before.as_ref() != Some(&p) => {
+                tracing::info!(pod = %crate::pod_util::full_name(pod), %uid, reason = p.reason, message = %p.message, "pod resize pending");
+                let kind = if p.reason == crate::allocation_manager::INFEASIBLE {
+                    "ResizeInfeasible"
+                } else {
+                    "ResizeDeferred"
+                };
+                self.events.pod_event(
+                    pod,
+                    None,
+                    WARNING,
+                    kind,
+                    resize_message(pod, &format!("Pod resize {}", p.reason), &p.message),
+                );
+            }
+            Allocation::ResizePending(_) => {}
+        }
+        allocated
+    }
+
     async fn sync_once(&self, pod: &Pod) -> Duration {
         let uid = uid_of(pod).to_string();
+        let allocated = self.allocate(pod, &uid);
+        let pod = &allocated;
         let runtime_status = match self.cached_status(&uid).await {
             Ok(s) => s,
             Err(e) => {
@@ -292,6 +340,13 @@ impl Syncer {
                     if failed {
                         self.set_status(pod, &uid, &runtime_status, &actions.backoff, now);
                         return ERROR_REQUEUE;
+                    }
+                    // A resize changes no container's state, so no relist event brings it
+                    // to the status: report what was applied now.
+                    if !actions.containers_to_update.is_empty() {
+                        let mut st = runtime_status.clone();
+                        self.runtime.fill_actuated(&mut st);
+                        self.set_status(pod, &uid, &st, &actions.backoff, now);
                     }
                 }
             }
@@ -487,6 +542,65 @@ mod tests {
             syncer.status.get(uid_of(&pod)).and_then(|s| s.phase),
             Some("Running".to_string())
         );
+    }
+
+    #[tokio::test]
+    async fn a_resize_is_applied_once_and_reported_though_the_relist_sees_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = crate::kuberuntime::cri::fake::FakeRuntime::new();
+        let (syncer, pleg) = fake_node(&fake, dir.path());
+        let mut relist = crate::pleg::RelistState::default();
+        let sized = |cpu: &str| {
+            let mut p = crate::testutil::pod("Always", &[], &["a"]);
+            let q = k8s_openapi::apimachinery::pkg::api::resource::Quantity(cpu.into());
+            let m: std::collections::BTreeMap<_, _> = [("cpu".to_string(), q)].into();
+            p.spec.as_mut().unwrap().containers[0].resources =
+                Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                    requests: Some(m.clone()),
+                    limits: Some(m),
+                    ..Default::default()
+                });
+            Arc::new(p)
+        };
+        let shown = |uid: &str| {
+            let st = syncer.status.get(uid).unwrap();
+            let cpu = st.container_statuses.unwrap()[0]
+                .resources
+                .as_ref()
+                .unwrap()
+                .limits
+                .as_ref()
+                .unwrap()["cpu"]
+                .0
+                .clone();
+            let in_progress = st
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "PodResizeInProgress");
+            (cpu, in_progress)
+        };
+        let pod = sized("500m");
+        let uid = uid_of(&pod).to_string();
+        pleg.relist_once(&mut relist).await.unwrap();
+        syncer.sync_pod(&pod).await;
+        pleg.relist_once(&mut relist).await.unwrap();
+        syncer.sync_pod(&pod).await;
+        assert_eq!(shown(&uid), ("500m".to_string(), false));
+        let resized = sized("1");
+        pleg.relist_once(&mut relist).await.unwrap();
+        syncer.sync_pod(&resized).await;
+        assert_eq!(fake.count("UpdateContainerResources"), 1);
+        // Reported at once: no relist event would bring it.
+        assert_eq!(shown(&uid), ("1".to_string(), false));
+        // The relist sees no state change; the sync still knows what was applied.
+        for _ in 0..2 {
+            pleg.relist_once(&mut relist).await.unwrap();
+            syncer.sync_pod(&resized).await;
+        }
+        assert_eq!(fake.count("UpdateContainerResources"), 1);
+        assert_eq!(fake.count("StopContainer"), 0);
+        assert_eq!(shown(&uid), ("1".to_string(), false));
     }
 
     #[tokio::test]

@@ -329,6 +329,26 @@ pub(crate) struct PodCgroupConfig {
     pub(crate) memory_limit: Option<i64>,
 }
 
+impl PodCgroupConfig {
+    /// Each setting at the larger of the two (unlimited wins): a pod cgroup that holds both
+    /// sizes while its containers move from one to the other.
+    pub(crate) fn max(&self, other: &PodCgroupConfig) -> PodCgroupConfig {
+        let quota = |q: i64| if q <= 0 { i64::MAX } else { q };
+        PodCgroupConfig {
+            cpu_shares: self.cpu_shares.max(other.cpu_shares),
+            cpu_quota: match quota(self.cpu_quota).max(quota(other.cpu_quota)) {
+                i64::MAX => -1,
+                q => q,
+            },
+            cpu_period: self.cpu_period,
+            memory_limit: self
+                .memory_limit
+                .zip(other.memory_limit)
+                .map(|(a, b)| a.max(b)),
+        }
+    }
+}
+
 pub(crate) fn pod_cgroup_config(pod: &Pod) -> PodCgroupConfig {
     let qos = pod_qos(pod);
     let (cpu_req, _) = pod_requests(pod);

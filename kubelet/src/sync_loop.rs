@@ -180,6 +180,14 @@ impl Kubelet {
                         queue.remove(&uid);
                         self.syncer.forget_pod(&uid);
                         admission.rejected.remove(&uid);
+                        // Its resources are free: deferred resizes may fit now (upstream's
+                        // RetryPendingResizes).
+                        for p in pods.all() {
+                            let other = uid_of(&p);
+                            if self.syncer.runtime.allocation.pending(other).is_some() {
+                                request_sync(&mut workers, other, p.clone());
+                            }
+                        }
                         let being_deleted = pods.get(&uid).filter(|p| p.metadata.deletion_timestamp.is_some());
                         if let Some((pod, api)) = being_deleted.zip(self.syncer.api.as_ref()) {
                             // Gracefully deleted through the API: report, then delete the object.
@@ -215,6 +223,12 @@ impl Kubelet {
                         }
                     }
                     deleted.retain(|uid| pods.contains(uid));
+                    if pod_config.sources_ready(&expected) {
+                        self.syncer
+                            .runtime
+                            .allocation
+                            .retain_pods(|uid| pods.contains(uid) || workers.state(uid).is_some());
+                    }
                     if pod_config.sources_ready(&expected) && self.shared.pleg.relisted_once() {
                         for (uid, rp) in self.shared.pleg.runtime_pods() {
                             if !pods.contains(&uid) && workers.state(&uid).is_none() {
@@ -224,10 +238,12 @@ impl Kubelet {
                         }
                     }
                     self.syncer.backoff.lock().unwrap_or_else(|e| e.into_inner()).gc(now_nanos());
+                    // Sized by what each pod is allocated (a pending resize is not yet).
                     let running: Vec<Arc<Pod>> = pods
                         .all()
                         .into_iter()
                         .filter(|p| workers.state(uid_of(p)) == Some(WorkerState::Syncing))
+                        .map(|p| Arc::new(self.syncer.runtime.allocation.allocated_pod(&p)))
                         .collect();
                     qos.update(&running);
                 }

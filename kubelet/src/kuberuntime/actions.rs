@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::backoff::{self, Backoff};
 use crate::container::{ContainerState, ContainerStatus, Nanos, PodStatus, SandboxState};
-use crate::kuberuntime::labels::hash_container;
+use crate::kuberuntime::labels::{hash_container, legacy_hash_container};
 use crate::pod_util::{
     app_containers, ephemeral_containers, init_containers, is_sidecar, restart_policy, sidecars,
     RestartPolicy,
@@ -62,6 +62,16 @@ pub(crate) struct PodActions {
     pub(crate) containers_to_kill: Vec<ContainerToKill>,
     /// Containers (init or app) whose restart waits for back-off.
     pub(crate) backoff: Vec<BackoffWait>,
+    /// Running app containers whose resources change in place (UpdateContainerResources).
+    pub(crate) containers_to_update: Vec<ContainerToUpdate>,
+}
+
+/// A running container to resize in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainerToUpdate {
+    /// Index in `spec.containers`.
+    pub(crate) index: usize,
+    pub(crate) id: String,
 }
 
 impl PodActions {
@@ -74,6 +84,37 @@ impl PodActions {
             && self.containers_to_start.is_empty()
             && self.ephemeral_to_start.is_empty()
             && self.containers_to_kill.is_empty()
+            && self.containers_to_update.is_empty()
+    }
+}
+
+/// How a running container reaches its allocated resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resize {
+    InPlace,
+    Restart,
+}
+
+/// Upstream's `computePodResizeAction` for one running container: nothing when what the
+/// kubelet applied (`s.resources`, unknown for a container it did not start) has the
+/// allocated CPU and memory; a restart when a changed resource's `resizePolicy` says
+/// `RestartContainer`; otherwise an in-place update.
+fn resize_action(c: &Container, s: &ContainerStatus) -> Option<Resize> {
+    use crate::allocation_manager::cpu_memory;
+    let have = cpu_memory(Some(s.resources.as_ref()?));
+    let want = cpu_memory(c.resources.as_ref());
+    let cpu = (want.cpu_request, want.cpu_limit) != (have.cpu_request, have.cpu_limit);
+    let memory = (want.mem_request, want.mem_limit) != (have.mem_request, have.mem_limit);
+    let restarts = |resource: &str| {
+        c.resize_policy
+            .iter()
+            .flatten()
+            .any(|p| p.resource_name == resource && p.restart_policy == "RestartContainer")
+    };
+    match (cpu, memory) {
+        (false, false) => None,
+        _ if (cpu && restarts("cpu")) || (memory && restarts("memory")) => Some(Resize::Restart),
+        _ => Some(Resize::InPlace),
     }
 }
 
@@ -364,11 +405,11 @@ pub(crate) fn compute_pod_actions(
             Some(s) if s.state == ContainerState::Running => {
                 // Upstream restarts a probe-killed container unless restartPolicy is Never.
                 let restart = policy != RestartPolicy::Never;
-                if s.hash != hash_container(c) {
+                if s.hash != hash_container(c) && s.hash != legacy_hash_container(c) {
                     a.containers_to_kill.push(ContainerToKill {
                         id: s.id.clone(),
                         name: c.name.clone(),
-                        reason: "container spec changed".into(),
+                        reason: format!("Container {} definition changed", c.name),
                         grace: None,
                     });
                     to_start.push(i);
@@ -378,6 +419,23 @@ pub(crate) fn compute_pod_actions(
                         to_start.push(i);
                     }
                 } else {
+                    match resize_action(c, s) {
+                        Some(Resize::Restart) => {
+                            a.containers_to_kill.push(ContainerToKill {
+                                id: s.id.clone(),
+                                name: c.name.clone(),
+                                reason: format!("Container {} resize requires restart", c.name),
+                                grace: None,
+                            });
+                            to_start.push(i);
+                            continue;
+                        }
+                        Some(Resize::InPlace) => a.containers_to_update.push(ContainerToUpdate {
+                            index: i,
+                            id: s.id.clone(),
+                        }),
+                        None => {}
+                    }
                     keep += 1;
                 }
             }
@@ -484,6 +542,8 @@ mod tests {
             image_ref: String::new(),
             hash: hash_container(spec),
             restart_count: 0,
+            resources: spec.resources.clone(),
+            user: None,
         }
     }
 
@@ -500,6 +560,26 @@ mod tests {
 
     fn compute(pod: &Pod, st: &PodStatus) -> PodActions {
         compute_pod_actions(pod, st, &ProbeResults::new(), &Backoff::new(), 1_000 * S)
+    }
+
+    #[test]
+    fn an_upgraded_kubelet_keeps_containers_its_predecessor_hashed_whole() {
+        let p = pod("Always", &[], &["a"]);
+        let mut c = ctr(&p, "a", ContainerState::Running, 0, 1);
+        c.hash = legacy_hash_container(&app_containers(&p)[0]);
+        // Started before resources were recorded: no resize either.
+        c.resources = None;
+        let a = compute(&p, &status(vec![sandbox("sb", true, 0)], vec![c.clone()]));
+        assert!(a.is_noop(), "{a:?}");
+        // Another image is another container, under either hash.
+        let mut p2 = p.clone();
+        p2.spec.as_mut().unwrap().containers[0].image = Some("i:2".into());
+        let a = compute(&p2, &status(vec![sandbox("sb", true, 0)], vec![c]));
+        assert_eq!(
+            a.containers_to_kill[0].reason,
+            "Container a definition changed"
+        );
+        assert_eq!(a.containers_to_start, [0]);
     }
 
     use ContainerState::*;

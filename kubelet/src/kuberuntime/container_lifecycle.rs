@@ -186,6 +186,8 @@ impl RuntimeManager {
             lock(&self.container_cache).remove(&id);
             return Err(SyncError::StartContainer(e));
         }
+        self.allocation
+            .set_actuated(&uid, &container.name, container.resources.as_ref());
         if let Some(st) = own_status {
             // Running since at most now: the runtime stamped its startedAt before answering.
             let st = cri::ContainerStatus {

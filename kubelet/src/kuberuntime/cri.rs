@@ -89,6 +89,12 @@ pub(crate) trait RuntimeService: Send + Sync {
         sandbox_config: cri::PodSandboxConfig,
     ) -> CriFut<'a, String>;
     fn start_container<'a>(&'a self, id: &'a str) -> CriFut<'a, ()>;
+    /// Resizes a running container in place.
+    fn update_container_resources<'a>(
+        &'a self,
+        id: &'a str,
+        linux: cri::LinuxContainerResources,
+    ) -> CriFut<'a, ()>;
     /// The stop signal, then SIGKILL after `grace_secs`.
     fn stop_container<'a>(&'a self, id: &'a str, grace_secs: i64) -> CriFut<'a, ()>;
     fn remove_container<'a>(&'a self, id: &'a str) -> CriFut<'a, ()>;
@@ -216,6 +222,15 @@ impl Cri {
 
     pub(crate) async fn start_container(&self, id: &str) -> Result<(), CriError> {
         self.runtime.start_container(id).await
+    }
+
+    /// Resizes a running container in place.
+    pub(crate) async fn update_container_resources(
+        &self,
+        id: &str,
+        linux: cri::LinuxContainerResources,
+    ) -> Result<(), CriError> {
+        self.runtime.update_container_resources(id, linux).await
     }
 
     /// Stops a container: the stop signal, then SIGKILL after `grace_secs`.

@@ -70,11 +70,25 @@ pub(crate) fn container_labels(container: &Container, pod: &Pod) -> HashMap<Stri
     l
 }
 
-/// A hash of the container spec (hex of a u64, as upstream prints it). A running container
-/// whose hash differs from its spec's is restarted.
+/// A hash of what a running container cannot change (hex of a u64, as upstream prints it):
+/// its name and image, as upstream's `HashContainer` since 1.31. A running container whose
+/// hash differs from its spec's is restarted. The rest of a pod's spec is immutable in the
+/// API (a static pod's edit makes a new pod), except resources, which a resize changes in
+/// place.
 pub(crate) fn hash_container(container: &Container) -> String {
-    let json = serde_json::to_vec(container).unwrap_or_default();
-    let digest = Md5::digest(&json);
+    let fields = serde_json::json!({"image": container.image, "name": container.name});
+    hash_json(&serde_json::to_vec(&fields).unwrap_or_default())
+}
+
+/// The hash Nodus kubelets before in-place resize gave a container (its whole spec): a
+/// container one of them started and that still matches its spec is not restarted by an
+/// upgrade.
+pub(crate) fn legacy_hash_container(container: &Container) -> String {
+    hash_json(&serde_json::to_vec(container).unwrap_or_default())
+}
+
+fn hash_json(json: &[u8]) -> String {
+    let digest = Md5::digest(json);
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     format!("{:x}", u64::from_be_bytes(first))
@@ -187,8 +201,13 @@ mod tests {
         let c = p.spec.as_ref().unwrap().containers[0].clone();
         assert_eq!(hash_container(&c), hash_container(&c.clone()));
         let mut c2 = c.clone();
-        c2.args = Some(vec!["x".into()]);
+        c2.image = Some("other:2".into());
         assert_ne!(hash_container(&c), hash_container(&c2));
+        // Resources change in place (a resize), not by a restart.
+        let mut c3 = c.clone();
+        c3.resources = Some(Default::default());
+        c3.resize_policy = Some(Vec::new());
+        assert_eq!(hash_container(&c), hash_container(&c3));
         assert!(u64::from_str_radix(&hash_container(&c), 16).is_ok());
     }
 

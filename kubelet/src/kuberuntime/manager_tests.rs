@@ -428,10 +428,13 @@ async fn changed_spec_kills_and_restarts_the_container() {
     n.sync(&p).await;
     let old = n.id("a");
     let mut p2 = p.clone();
-    p2.spec.as_mut().unwrap().containers[0].args = Some(vec!["new".into()]);
+    p2.spec.as_mut().unwrap().containers[0].image = Some("i:2".into());
     let (a, _) = n.sync(&p2).await;
     assert_eq!(a.containers_to_kill.len(), 1);
-    assert_eq!(a.containers_to_kill[0].reason, "container spec changed");
+    assert_eq!(
+        a.containers_to_kill[0].reason,
+        "Container a definition changed"
+    );
     assert!(n.names("StopContainer")[0].starts_with(&format!("{old} ")));
     assert_eq!(n.containers(), [exited("a", 137), running("a")]);
     let ann = n.fake.container_annotations(&n.id("a"));
@@ -818,10 +821,10 @@ async fn the_status_of_a_container_the_kubelet_started_is_known_without_asking()
     // The same as the runtime's answer, but for startedAt, taken when StartContainer
     // answered (later than the runtime's, by little).
     let dir = tempfile::tempdir().unwrap();
-    let theirs = manager(&n.fake, dir.path())
-        .get_pod_status(&uid(&p))
-        .await
-        .unwrap();
+    let mut fresh = manager(&n.fake, dir.path());
+    // The same record of what was applied to the containers.
+    fresh.allocation = n.rm.allocation.clone();
+    let theirs = fresh.get_pod_status(&uid(&p)).await.unwrap();
     assert_eq!(n.fake.count("ContainerStatus"), 2);
     assert_eq!(ours.containers.len(), 2);
     for (o, t) in ours.containers.iter().zip(&theirs.containers) {
@@ -1345,4 +1348,206 @@ async fn a_pod_without_host_users_gets_its_own_id_block_where_the_runtime_can_ma
     // Removing the pod frees its block.
     n.rm.remove_pod(&uid(&p), Some(&p), None).await.unwrap();
     assert!(!userns_file.exists());
+}
+
+/// A pod whose container `a` has `cpu` and `memory` as requests and limits, memory resized
+/// by a restart.
+fn sized_pod(cpu: &str, memory: &str) -> Pod {
+    pod_yaml(&format!(
+        "  containers:\n  - name: a\n    image: 'i:1'\n    \
+         resources: {{requests: {{cpu: {cpu}, memory: {memory}}}, limits: {{cpu: {cpu}, memory: {memory}}}}}\n    \
+         resizePolicy: [{{resourceName: memory, restartPolicy: RestartContainer}}]\n"
+    ))
+}
+
+/// `p` with container `a` resized (the same UID, as the API server's resize subresource).
+fn resized(p: &Pod, cpu: &str, memory: &str) -> Pod {
+    let mut p2 = p.clone();
+    p2.spec.as_mut().unwrap().containers[0].resources =
+        sized_pod(cpu, memory).spec.unwrap().containers[0]
+            .resources
+            .clone();
+    p2
+}
+
+fn resize_status(n: &Node, p: &Pod, st: &PodStatus) -> k8s_openapi::api::core::v1::PodStatus {
+    let u = uid(p);
+    status_manager::generate(
+        p,
+        st,
+        &StatusInputs {
+            now: now_nanos(),
+            resize: status_manager::generate::ResizeInputs {
+                pending: n.rm.allocation.pending(&u),
+                error: n.rm.allocation.error(&u),
+            },
+            ..Default::default()
+        },
+    )
+}
+
+fn condition(s: &k8s_openapi::api::core::v1::PodStatus, kind: &str) -> Option<(String, String)> {
+    s.conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == kind)
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+}
+
+fn shown_cpu(s: &k8s_openapi::api::core::v1::PodStatus) -> (String, String) {
+    let c = &s.container_statuses.as_ref().unwrap()[0];
+    (
+        c.resources.as_ref().unwrap().limits.as_ref().unwrap()["cpu"]
+            .0
+            .clone(),
+        c.allocated_resources.as_ref().unwrap()["cpu"].0.clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_cpu_resize_updates_the_running_container_in_place() {
+    use crate::allocation_manager::Allocation;
+    let n = node();
+    let p = sized_pod("500m", "128Mi");
+    assert_eq!(n.rm.allocation.allocate(&p).1, Allocation::Current);
+    n.sync(&p).await;
+    let id = n.id("a");
+    assert_eq!(n.fake.container_resources(&id).unwrap().cpu_quota, 50_000);
+
+    let (p2, decision) = n.rm.allocation.allocate(&resized(&p, "1", "128Mi"));
+    assert_eq!(decision, Allocation::ResizeAdmitted);
+    let (st, a) = n.actions(&p2).await;
+    assert_eq!(
+        a.containers_to_update,
+        [super::actions::ContainerToUpdate {
+            index: 0,
+            id: id.clone()
+        }]
+    );
+    assert!(
+        a.containers_to_kill.is_empty() && a.containers_to_start.is_empty(),
+        "{a:?}"
+    );
+    // Allocated, not yet applied: in progress, the status shows the old size running.
+    let s = resize_status(&n, &p2, &st);
+    assert_eq!(
+        condition(&s, "PodResizeInProgress"),
+        Some((String::new(), String::new()))
+    );
+    assert_eq!(shown_cpu(&s), ("500m".to_string(), "1".to_string()));
+
+    n.fake.clear_calls();
+    n.sync(&p2).await;
+    assert_eq!(
+        n.names("UpdateContainerResources"),
+        std::slice::from_ref(&id)
+    );
+    assert_eq!(n.fake.count("StopContainer"), 0);
+    let r = n.fake.container_resources(&id).unwrap();
+    assert_eq!((r.cpu_quota, r.cpu_shares), (100_000, 1024));
+    assert_eq!(r.memory_limit_in_bytes, 128 << 20);
+    assert_eq!(n.containers(), [running("a")]);
+    let (st, a) = n.actions(&p2).await;
+    assert!(a.is_noop(), "{a:?}");
+    let s = resize_status(&n, &p2, &st);
+    assert_eq!(condition(&s, "PodResizeInProgress"), None);
+    assert_eq!(shown_cpu(&s), ("1".to_string(), "1".to_string()));
+}
+
+#[tokio::test]
+async fn a_memory_resize_whose_policy_says_restart_restarts_the_container() {
+    let n = node();
+    let p = sized_pod("500m", "128Mi");
+    n.rm.allocation.allocate(&p);
+    n.sync(&p).await;
+    let old = n.id("a");
+    let (p2, _) = n.rm.allocation.allocate(&resized(&p, "500m", "256Mi"));
+    let (a, _) = n.sync(&p2).await;
+    assert_eq!(
+        a.containers_to_kill[0].reason,
+        "Container a resize requires restart"
+    );
+    assert!(a.containers_to_update.is_empty());
+    assert_eq!(n.containers(), [exited("a", 137), running("a")]);
+    let new = n.id("a");
+    assert_ne!(new, old);
+    assert_eq!(
+        n.fake
+            .container_resources(&new)
+            .unwrap()
+            .memory_limit_in_bytes,
+        256 << 20
+    );
+    assert!(n.actions(&p2).await.1.is_noop());
+}
+
+#[tokio::test]
+async fn a_failed_resize_is_reported_and_tried_again() {
+    let n = node();
+    let p = sized_pod("500m", "128Mi");
+    n.rm.allocation.allocate(&p);
+    n.sync(&p).await;
+    let (p2, _) = n.rm.allocation.allocate(&resized(&p, "250m", "128Mi"));
+    n.fake
+        .inject_error("UpdateContainerResources", tonic::Code::Internal);
+    let (st, a) = n.actions(&p2).await;
+    let err =
+        n.rm.apply_pod_actions(&p2, &st, &a, &n.backoff, &Default::default())
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("UpdateContainerResources"),
+        "{err}"
+    );
+    let s = resize_status(&n, &p2, &n.status(&p2).await);
+    let (reason, message) = condition(&s, "PodResizeInProgress").unwrap();
+    assert_eq!(reason, "Error");
+    assert!(
+        message.starts_with("Failed to resize container a: "),
+        "{message}"
+    );
+    // The next sync tries again and succeeds; the error is gone.
+    n.sync(&p2).await;
+    assert_eq!(
+        n.fake.container_resources(&n.id("a")).unwrap().cpu_quota,
+        25_000
+    );
+    let s = resize_status(&n, &p2, &n.status(&p2).await);
+    assert_eq!(condition(&s, "PodResizeInProgress"), None);
+}
+
+#[tokio::test]
+async fn a_resize_beyond_the_node_is_infeasible_and_changes_nothing() {
+    use crate::allocation_manager::{AllocationManager, INFEASIBLE};
+    use crate::resources::NodeAllocatable;
+    let mut n = node();
+    n.rm.allocation = Arc::new(AllocationManager::new(
+        None,
+        NodeAllocatable {
+            cpu_milli: 2000,
+            memory: 4 << 30,
+        },
+    ));
+    let p = sized_pod("500m", "128Mi");
+    n.rm.allocation.allocate(&p);
+    n.sync(&p).await;
+    let (p2, _) = n.rm.allocation.allocate(&resized(&p, "3", "128Mi"));
+    // The pod runs at its allocation: nothing to do.
+    let (st, a) = n.actions(&p2).await;
+    assert!(a.is_noop(), "{a:?}");
+    let s = resize_status(&n, &p2, &st);
+    assert_eq!(
+        condition(&s, "PodResizePending"),
+        Some((
+            INFEASIBLE.to_string(),
+            "Node didn't have enough capacity: cpu, requested: 3000, capacity: 2000".to_string()
+        ))
+    );
+    assert_eq!(condition(&s, "PodResizeInProgress"), None);
+    assert_eq!(shown_cpu(&s), ("500m".to_string(), "500m".to_string()));
 }

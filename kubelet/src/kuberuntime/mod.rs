@@ -21,7 +21,7 @@ pub(crate) mod manager_tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
@@ -124,6 +124,9 @@ pub(crate) struct RuntimeManager {
     /// The ImageStatus calls in flight, by image: pods asking for the same image at once
     /// share one answer (nothing is kept once it is answered).
     image_lookups: Mutex<HashMap<String, image::ImageLookup>>,
+    /// Allocated and actuated resources (in-place resize); the kubelet sets one that
+    /// checkpoints in its root directory.
+    pub(crate) allocation: Arc<crate::allocation_manager::AllocationManager>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -211,6 +214,10 @@ impl RuntimeManager {
             image_backoff: Mutex::new(Backoff::new()),
             image_lookups: Mutex::new(HashMap::new()),
             userns: None,
+            allocation: Arc::new(crate::allocation_manager::AllocationManager::new(
+                None,
+                crate::resources::NodeAllocatable::detect(),
+            )),
         }
     }
 
@@ -378,6 +385,10 @@ impl RuntimeManager {
             )
             .await?;
         }
+        if !actions.containers_to_update.is_empty() {
+            self.resize_containers(pod, actions, &sandbox_config)
+                .await?;
+        }
         let mut results = StartResults::new();
         // The next init container, then sidecars to start again, one after the other.
         let inits = actions
@@ -461,6 +472,75 @@ impl RuntimeManager {
         }
         self.remove_old_containers(status).await;
         Ok(results)
+    }
+
+    /// Resizes running containers in place (upstream's `doPodResizeAction`): the pod
+    /// cgroup first grows to hold both the old and the new sizes, then each container gets
+    /// UpdateContainerResources, then the pod cgroup takes its new size. What each container
+    /// now runs with is recorded as actuated; a failure is reported and tried again by the
+    /// next sync.
+    async fn resize_containers(
+        &self,
+        pod: &Pod,
+        actions: &PodActions,
+        sandbox_config: &api::PodSandboxConfig,
+    ) -> Result<(), SyncError> {
+        let uid = crate::pod_util::uid_of(pod);
+        let apps = app_containers(pod);
+        let mut before = pod.clone();
+        if let Some(spec) = before.spec.as_mut() {
+            for u in &actions.containers_to_update {
+                spec.containers[u.index].resources =
+                    self.allocation.actuated(uid, &apps[u.index].name);
+            }
+        }
+        let cgroup = sandbox_config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .filter(|_| self.pod_cgroups);
+        let new_cfg = crate::resources::pod_cgroup_config(pod);
+        if let Some(cg) = &cgroup {
+            let both = crate::resources::pod_cgroup_config(&before).max(&new_cfg);
+            crate::resources::ensure_pod_cgroup(cg, &both)?;
+        }
+        let mut failed = None;
+        for u in &actions.containers_to_update {
+            let c = &apps[u.index];
+            let res = crate::resources::linux_container_resources(pod, c, &self.node)
+                .map_err(|e| SyncError::Config(e.to_string()))?;
+            tracing::info!(pod = %crate::pod_util::full_name(pod), container = %c.name, cpu_shares = res.cpu_shares, cpu_quota = res.cpu_quota, memory_limit = res.memory_limit_in_bytes, "resizing container in place");
+            match self.cri.update_container_resources(&u.id, res).await {
+                Ok(()) => self
+                    .allocation
+                    .set_actuated(uid, &c.name, c.resources.as_ref()),
+                Err(e) => failed = Some((c.name.clone(), e)),
+            }
+        }
+        if let Some((name, e)) = failed {
+            let message = format!("Failed to resize container {name}: {e}");
+            self.allocation.set_error(uid, Some(message.clone()));
+            self.events.pod_event(
+                pod,
+                None,
+                crate::events::WARNING,
+                "ResizeError",
+                crate::allocation_manager::resize_message(pod, "Pod resize error", &message),
+            );
+            return Err(e.into());
+        }
+        if let Some(cg) = &cgroup {
+            crate::resources::ensure_pod_cgroup(cg, &new_cfg)?;
+        }
+        self.allocation.set_error(uid, None);
+        self.events.pod_event(
+            pod,
+            None,
+            crate::events::NORMAL,
+            "ResizeCompleted",
+            crate::allocation_manager::resize_message(pod, "Pod resize completed", ""),
+        );
+        Ok(())
     }
 
     /// Stops every running container of the pod with its grace period, then its sandboxes.

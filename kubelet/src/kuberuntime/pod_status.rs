@@ -87,8 +87,18 @@ impl RuntimeManager {
             };
             status.containers.push(cs);
         }
+        self.fill_actuated(&mut status);
         status.sort();
         Ok(status)
+    }
+
+    /// Sets each container's `resources` to what the kubelet last applied to it. A status
+    /// from the pod cache is refreshed with this before use: the PLEG rebuilds a pod's
+    /// status only when a container changed state, and a resize changes none.
+    pub(crate) fn fill_actuated(&self, status: &mut PodStatus) {
+        for c in &mut status.containers {
+            c.resources = self.allocation.actuated(&status.uid, &c.name);
+        }
     }
 
     /// Records the status of a container the kubelet has just created or started, so the
@@ -148,6 +158,17 @@ impl RuntimeManager {
                 .cloned()
                 .unwrap_or_default(),
             restart_count: labels::restart_count(&c.annotations),
+            resources: None,
+            user: st.user.as_ref().and_then(|u| u.linux.as_ref()).map(|u| {
+                k8s_openapi::api::core::v1::ContainerUser {
+                    linux: Some(k8s_openapi::api::core::v1::LinuxContainerUser {
+                        uid: u.uid,
+                        gid: u.gid,
+                        supplemental_groups: Some(u.supplemental_groups.clone())
+                            .filter(|g| !g.is_empty()),
+                    }),
+                }
+            }),
         }
     }
 

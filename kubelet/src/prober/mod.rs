@@ -305,6 +305,8 @@ mod tests {
                 image_ref: String::new(),
                 hash: String::new(),
                 restart_count: 0,
+                resources: None,
+                user: None,
             }],
             ..Default::default()
         };

@@ -60,9 +60,24 @@ fn target(pod: &Pod, mirrors: &MirrorPods) -> Option<(String, String, String)> {
     Some((ns, name, mirror.metadata.uid.clone()?))
 }
 
-/// The patch: the status, with the UID as precondition.
+/// Conditions the kubelet sets only while they hold: a strategic merge keeps a listed
+/// condition the patch leaves out, so the patch deletes these when they are over.
+const TRANSIENT_CONDITIONS: [&str; 2] = ["PodResizePending", "PodResizeInProgress"];
+
+/// The patch: the status, with the UID as precondition (and deletions of the transient
+/// conditions that no longer hold; deleting an absent one changes nothing).
 pub(crate) fn status_patch(uid: &str, status: &ApiPodStatus) -> serde_json::Value {
-    serde_json::json!({"metadata": {"uid": uid}, "status": status})
+    let mut patch = serde_json::json!({"metadata": {"uid": uid}, "status": status});
+    let present = |kind: &str| status.conditions.iter().flatten().any(|c| c.type_ == kind);
+    let deletes: Vec<serde_json::Value> = TRANSIENT_CONDITIONS
+        .iter()
+        .filter(|k| !present(k))
+        .map(|k| serde_json::json!({"type": k, "$patch": "delete"}))
+        .collect();
+    if let Some(conditions) = patch["status"]["conditions"].as_array_mut() {
+        conditions.extend(deletes);
+    }
+    patch
 }
 
 /// Requests to the sync task.
@@ -244,6 +259,34 @@ mod tests {
         let p = status_patch("u-1", &st);
         assert_eq!(p["metadata"]["uid"], "u-1");
         assert_eq!(p["status"]["phase"], "Running");
+    }
+
+    #[test]
+    fn a_resize_condition_that_no_longer_holds_is_deleted() {
+        use k8s_openapi::api::core::v1::PodCondition;
+        let cond = |kind: &str| PodCondition {
+            type_: kind.into(),
+            status: "True".into(),
+            ..Default::default()
+        };
+        let st = ApiPodStatus {
+            conditions: Some(vec![cond("Ready"), cond("PodResizePending")]),
+            ..Default::default()
+        };
+        let p = status_patch("u-1", &st);
+        let list = p["status"]["conditions"].as_array().unwrap();
+        let kinds: Vec<(&str, Option<&str>)> = list
+            .iter()
+            .map(|c| (c["type"].as_str().unwrap(), c["$patch"].as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("Ready", None),
+                ("PodResizePending", None),
+                ("PodResizeInProgress", Some("delete"))
+            ]
+        );
     }
 
     #[test]

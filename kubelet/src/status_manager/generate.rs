@@ -94,10 +94,15 @@ fn container_status(
         return s;
     };
     s.restart_count = latest.restart_count as i32;
-    // What the running instance was given (no in-place resize: the spec's values).
-    let (resources, allocated) = resources(spec);
-    s.resources = resources;
+    // The spec is the allocated one; a running instance shows what was applied to it (an
+    // in-place resize in progress shows the old size until it is done).
+    let (resources_allocated, allocated) = resources(spec.resources.as_ref());
+    s.resources = match (&latest.state, &latest.resources) {
+        (ContainerState::Running, Some(actuated)) => resources(Some(actuated)).0,
+        _ => resources_allocated,
+    };
     s.allocated_resources = allocated;
+    s.user = latest.user.clone();
     s.container_id = Some(format!("{CONTAINER_ID_PREFIX}{}", latest.id));
     s.image_id = latest.image_ref.clone();
     let prev_terminated = previous
@@ -205,7 +210,7 @@ fn volume_mounts(spec: &Container) -> Option<Vec<VolumeMountStatus>> {
 /// `resources` (requests and limits of cpu and memory) and `allocatedResources` (the
 /// requests) of a started container, as upstream reports them for in-place resize.
 fn resources(
-    spec: &Container,
+    r: Option<&ResourceRequirements>,
 ) -> (
     Option<ResourceRequirements>,
     Option<BTreeMap<String, Quantity>>,
@@ -218,20 +223,64 @@ fn resources(
             .collect();
         (!out.is_empty()).then_some(out)
     };
-    let r = spec.resources.as_ref();
     // API defaulting: a limit without a request makes the request.
     let requests = keep(r.and_then(|r| r.requests.as_ref()))
         .or_else(|| keep(r.and_then(|r| r.limits.as_ref())));
     let limits = keep(r.and_then(|r| r.limits.as_ref()));
-    if requests.is_none() && limits.is_none() {
-        return (None, None);
-    }
+    // Always present, if empty, as upstream's: a 1.33+ API server takes a container status
+    // without it for a node that cannot resize, and refuses every resize of the pod.
     let resources = ResourceRequirements {
         requests: requests.clone(),
         limits,
         ..Default::default()
     };
     (Some(resources), requests)
+}
+
+/// Upstream's PodResizePending (a resize the node cannot take now) and PodResizeInProgress
+/// (allocated, not yet applied to every running container, or failed), present only while
+/// true.
+fn resize_conditions(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) -> Vec<PodCondition> {
+    use crate::allocation_manager::cpu_memory;
+    let mut out = Vec::new();
+    let generation = pod.metadata.generation;
+    if let Some(p) = &inputs.resize.pending {
+        out.push(PodCondition {
+            observed_generation: generation,
+            ..condition(
+                "PodResizePending",
+                true,
+                Some((p.reason, p.message.clone())),
+                inputs.previous,
+                inputs.now,
+            )
+        });
+    }
+    let resizable = app_containers(pod)
+        .iter()
+        .chain(sidecars(pod).map(|(_, c)| c));
+    let unapplied = resizable.into_iter().any(|c| {
+        runtime.find_container(&c.name).is_some_and(|s| {
+            s.state == ContainerState::Running
+                && s.resources
+                    .as_ref()
+                    .is_some_and(|a| cpu_memory(Some(a)) != cpu_memory(c.resources.as_ref()))
+        })
+    });
+    if unapplied || inputs.resize.error.is_some() {
+        let why = inputs.resize.error.clone().map(|e| ("Error", e));
+        out.push(PodCondition {
+            observed_generation: generation,
+            ..condition(
+                "PodResizeInProgress",
+                true,
+                why,
+                inputs.previous,
+                inputs.now,
+            )
+        });
+    }
+    out
 }
 
 /// Upstream's `getPhase` over generated statuses.
@@ -485,6 +534,15 @@ pub(crate) struct StatusInputs<'a> {
     pub(crate) now: Nanos,
     /// Probe results by container ID (None: no probes known).
     pub(crate) probes: Option<&'a crate::prober::ProbeResults>,
+    /// A resize that waits, and the last resize error (in-place resize conditions).
+    pub(crate) resize: ResizeInputs,
+}
+
+/// What the allocation manager knows of a pod's resize.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResizeInputs {
+    pub(crate) pending: Option<crate::allocation_manager::ResizePending>,
+    pub(crate) error: Option<String>,
 }
 
 /// Generates the API status of a pod from the runtime's view of it.
@@ -544,7 +602,7 @@ pub(crate) fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) ->
         .collect();
     let containers_ready = ready_condition("ContainersReady", &ready_set, phase, prev, inputs.now);
     let generation = pod.metadata.generation;
-    let conditions: Vec<PodCondition> = vec![
+    let mut conditions: Vec<PodCondition> = vec![
         condition(
             "PodReadyToStartContainers",
             sandbox_ready,
@@ -563,6 +621,7 @@ pub(crate) fn generate(pod: &Pod, runtime: &PodStatus, inputs: &StatusInputs) ->
         ..c
     })
     .collect();
+    conditions.extend(resize_conditions(pod, runtime, inputs));
     let ips = crate::kuberuntime::status_pod_ips(pod, runtime, &inputs.node_ips);
     ApiPodStatus {
         phase: Some(phase.into()),
@@ -635,6 +694,8 @@ mod tests {
                 ..Default::default()
             }),
             restart_count: restarts,
+            resources: None,
+            user: None,
         }
     }
 
@@ -667,6 +728,7 @@ mod tests {
                 previous: None,
                 now: 100 * S,
                 probes: None,
+                resize: Default::default(),
             },
         )
     }
@@ -996,6 +1058,23 @@ mod tests {
             (m.name.as_str(), m.mount_path.as_str(), m.read_only),
             ("data", "/data", Some(true))
         );
+        // A container without resources still reports them (empty: a 1.33+ API server
+        // reads a missing field as a node that cannot resize), and the runtime's user.
+        let p2 = pod("Always", &[], &["a"]);
+        let mut c = ctr("a", Running, 0, 5, 0);
+        let user = k8s_openapi::api::core::v1::ContainerUser {
+            linux: Some(k8s_openapi::api::core::v1::LinuxContainerUser {
+                uid: 1000,
+                gid: 1000,
+                supplemental_groups: Some(vec![1000, 4]),
+            }),
+        };
+        c.user = Some(user.clone());
+        let s = gen(&p2, &runtime(vec![c]), &[]);
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(cs.resources, Some(ResourceRequirements::default()));
+        assert_eq!(cs.allocated_resources, None);
+        assert_eq!(cs.user, Some(user));
     }
 
     #[test]

@@ -32,6 +32,8 @@ struct Ctr {
     status: cri::ContainerStatus,
     /// The namespaces the kubelet asked for.
     namespaces: Option<cri::NamespaceOption>,
+    /// The resources it was created with, or last updated to.
+    resources: Option<cri::LinuxContainerResources>,
 }
 
 #[derive(Default)]
@@ -329,6 +331,14 @@ impl FakeRuntime {
     }
 
     /// The annotations of a container.
+    /// The CRI resources a container was created with or last updated to.
+    pub(crate) fn container_resources(&self, id: &str) -> Option<cri::LinuxContainerResources> {
+        self.lock()
+            .containers
+            .get(id)
+            .and_then(|c| c.resources.clone())
+    }
+
     pub(crate) fn container_annotations(&self, id: &str) -> HashMap<String, String> {
         self.lock()
             .containers
@@ -436,6 +446,7 @@ impl FakeRuntime {
                 container,
                 status,
                 namespaces: None,
+                resources: None,
             },
         );
         id
@@ -639,6 +650,7 @@ impl RuntimeService for FakeRuntime {
             .as_ref()
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.clone());
+        let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
         let image = config.image.clone().unwrap_or_default();
         // containerd lists the image ID, and reports the first repo digest when the image
         // has one in ContainerStatus.
@@ -680,6 +692,7 @@ impl RuntimeService for FakeRuntime {
                 container,
                 status,
                 namespaces,
+                resources,
             },
         );
         done(Ok(id))
@@ -704,6 +717,29 @@ impl RuntimeService for FakeRuntime {
         c.container.state = cri::ContainerState::ContainerRunning as i32;
         c.status.state = cri::ContainerState::ContainerRunning as i32;
         c.status.started_at = now;
+        done(Ok(()))
+    }
+
+    fn update_container_resources<'a>(
+        &'a self,
+        id: &'a str,
+        linux: cri::LinuxContainerResources,
+    ) -> CriFut<'a, ()> {
+        let mut st = self.lock();
+        if let Err(e) = st.enter("UpdateContainerResources", id) {
+            return done(Err(e));
+        }
+        let Some(c) = st.containers.get_mut(id) else {
+            return done(Err(not_found("UpdateContainerResources", id)));
+        };
+        if c.status.state == cri::ContainerState::ContainerExited as i32 {
+            return done(Err(status(
+                "UpdateContainerResources",
+                tonic::Code::FailedPrecondition,
+                "container is not running",
+            )));
+        }
+        c.resources = Some(linux);
         done(Ok(()))
     }
 

@@ -281,6 +281,29 @@ impl RemoteRuntime {
         .map(|_| ())
     }
 
+    async fn update_container_resources(
+        &self,
+        id: &str,
+        linux: cri::LinuxContainerResources,
+    ) -> Result<(), CriError> {
+        let container_id = id.to_string();
+        self.call(
+            "UpdateContainerResources",
+            DEFAULT_TIMEOUT,
+            |ch| async move {
+                RuntimeServiceClient::new(ch)
+                    .update_container_resources(cri::UpdateContainerResourcesRequest {
+                        container_id,
+                        linux: Some(linux),
+                        ..Default::default()
+                    })
+                    .await
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Stops a container: the stop signal, then SIGKILL after `grace_secs`.
     async fn stop_container(&self, id: &str, grace_secs: i64) -> Result<(), CriError> {
         let container_id = id.to_string();
@@ -549,6 +572,13 @@ impl RuntimeService for RemoteRuntime {
     }
     fn start_container<'a>(&'a self, id: &'a str) -> CriFut<'a, ()> {
         Box::pin(self.start_container(id))
+    }
+    fn update_container_resources<'a>(
+        &'a self,
+        id: &'a str,
+        linux: cri::LinuxContainerResources,
+    ) -> CriFut<'a, ()> {
+        Box::pin(self.update_container_resources(id, linux))
     }
     fn stop_container<'a>(&'a self, id: &'a str, grace_secs: i64) -> CriFut<'a, ()> {
         Box::pin(self.stop_container(id, grace_secs))
