@@ -12,7 +12,7 @@ use nodus_proto::runtime::v1 as cri;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
-struct Entry {
+pub(crate) struct Entry {
     #[serde(default)]
     username: String,
     #[serde(default)]
@@ -127,17 +127,89 @@ fn decode_auth(auth: &str) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
-/// The credentials to try for `image`, most specific first, from the pod's pull secrets as
-/// `objects` holds them. Secrets that are missing or malformed are skipped with a warning,
-/// as upstream goes on without them.
+/// The entries of `list` that match an image's host and path, most specific first.
+fn matching(list: Vec<(String, Entry)>, host: &str, path: &str) -> Vec<cri::AuthConfig> {
+    let mut found: Vec<(usize, cri::AuthConfig)> = Vec::new();
+    for (key, e) in list {
+        let (k_host, k_path) = split_key(&key);
+        if !host_matches(&k_host, host) || !path_matches(&k_path, path) {
+            continue;
+        }
+        let (username, password) = if e.username.is_empty() && !e.auth.is_empty() {
+            decode_auth(&e.auth).unwrap_or_default()
+        } else {
+            (e.username, e.password)
+        };
+        // No server_address, as upstream sends none: containerd parses it as a URL,
+        // which a `host:port` key is not, and the match was made here already.
+        found.push((
+            k_host.len() + k_path.len(),
+            cri::AuthConfig {
+                username,
+                password,
+                ..Default::default()
+            },
+        ));
+    }
+    found.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
+    found.into_iter().map(|(_, a)| a).collect()
+}
+
+/// The node's own registry credentials (upstream's default keyring): the first of
+/// `<root-dir>/config.json`, `$HOME/.docker/config.json`, `/.docker/config.json`, then of the
+/// legacy `.dockercfg` in `<root-dir>`, `$HOME` and `/`. Read at each pull, so an edit
+/// counts at once; a malformed file is skipped with a warning (the search goes on, as
+/// upstream's).
+pub(crate) fn node_entries(root_dir: &std::path::Path) -> Vec<(String, Entry)> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let dirs: Vec<std::path::PathBuf> = [Some(root_dir.to_path_buf()), home.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut json_paths: Vec<std::path::PathBuf> = vec![root_dir.join("config.json")];
+    json_paths.extend(home.iter().map(|h| h.join(".docker/config.json")));
+    json_paths.push("/.docker/config.json".into());
+    for p in &json_paths {
+        if let Ok(raw) = std::fs::read(p) {
+            match serde_json::from_slice::<DockerConfigJson>(&raw) {
+                Ok(cfg) => return cfg.auths.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "node registry credentials: not a docker config.json");
+                }
+            }
+        }
+    }
+    for d in dirs
+        .iter()
+        .map(|d| d.as_path())
+        .chain([std::path::Path::new("/")])
+    {
+        let p = d.join(".dockercfg");
+        if let Ok(raw) = std::fs::read(&p) {
+            match serde_json::from_slice::<BTreeMap<String, Entry>>(&raw) {
+                Ok(cfg) => return cfg.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "node registry credentials: not a .dockercfg");
+                }
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// The credentials to try for `image`: those of the pod's pull secrets as `objects` holds
+/// them, then the node's (`node`, from [`node_entries`]), each most specific first.
+/// Secrets that are missing or malformed are skipped with a warning, as upstream goes on
+/// without them.
 pub(crate) fn for_image(
     pod: &Pod,
     image: &str,
     objects: &crate::objects::PodObjects,
+    node: Vec<(String, Entry)>,
 ) -> Vec<cri::AuthConfig> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let (host, path) = split_image(image);
-    let mut found: Vec<(usize, cri::AuthConfig)> = Vec::new();
+    let mut from_secrets: Vec<(String, Entry)> = Vec::new();
     let names = pod
         .spec
         .as_ref()
@@ -162,31 +234,11 @@ pub(crate) fn for_image(
                 continue;
             }
         };
-        for (key, e) in list {
-            let (k_host, k_path) = split_key(&key);
-            if !host_matches(&k_host, &host) || !path_matches(&k_path, &path) {
-                continue;
-            }
-            let (username, password) = if e.username.is_empty() && !e.auth.is_empty() {
-                decode_auth(&e.auth).unwrap_or_default()
-            } else {
-                (e.username, e.password)
-            };
-            let specificity = k_host.len() + k_path.len();
-            // No server_address, as upstream sends none: containerd parses it as a URL,
-            // which a `host:port` key is not, and the match was made here already.
-            found.push((
-                specificity,
-                cri::AuthConfig {
-                    username,
-                    password,
-                    ..Default::default()
-                },
-            ));
-        }
+        from_secrets.extend(list);
     }
-    found.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
-    found.into_iter().map(|(_, a)| a).collect()
+    let mut found = matching(from_secrets, &host, &path);
+    found.extend(matching(node, &host, &path));
+    found
 }
 
 #[cfg(test)]
@@ -253,20 +305,23 @@ mod tests {
         }}"#;
         let p = pod(&["regcred", "gone"]);
         let o = objects(vec![("regcred", secret(".dockerconfigjson", json))]);
-        let creds = for_image(&p, "registry.test:5000/team/app:1", &o);
+        let creds = for_image(&p, "registry.test:5000/team/app:1", &o, Vec::new());
         let users: Vec<&str> = creds.iter().map(|c| c.username.as_str()).collect();
         assert_eq!(users, ["u2", "u1"]);
         assert_eq!(creds[0].password, "p2");
         assert_eq!(creds[0].server_address, "");
-        let creds = for_image(&p, "registry.test:5000/solo/app", &o);
+        let creds = for_image(&p, "registry.test:5000/solo/app", &o, Vec::new());
         assert_eq!(creds.len(), 1);
         assert_eq!(
-            for_image(&p, "registry.test/app", &o).len(),
+            for_image(&p, "registry.test/app", &o, Vec::new()).len(),
             0,
             "another port"
         );
-        assert_eq!(for_image(&p, "a.wild.test/app", &o)[0].username, "w");
-        assert_eq!(for_image(&p, "busybox", &o).len(), 0);
+        assert_eq!(
+            for_image(&p, "a.wild.test/app", &o, Vec::new())[0].username,
+            "w"
+        );
+        assert_eq!(for_image(&p, "busybox", &o, Vec::new()).len(), 0);
     }
 
     #[test]
@@ -274,7 +329,7 @@ mod tests {
         let json = r#"{"https://index.docker.io/v1/": {"username": "hub", "password": "pw"}}"#;
         let p = pod(&["old"]);
         let o = objects(vec![("old", secret(".dockercfg", json))]);
-        let creds = for_image(&p, "busybox:1.29", &o);
+        let creds = for_image(&p, "busybox:1.29", &o, Vec::new());
         assert_eq!(creds.len(), 1);
         assert_eq!(creds[0].username, "hub");
     }
@@ -286,7 +341,7 @@ mod tests {
             ("bad", secret(".dockerconfigjson", "{not json")),
             ("notdocker", secret("password", "x")),
         ]);
-        assert!(for_image(&p, "registry.test/app", &o).is_empty());
+        assert!(for_image(&p, "registry.test/app", &o, Vec::new()).is_empty());
         let e = entries(&secret(".dockerconfigjson", "{not json")).unwrap_err();
         assert!(
             e.to_string()
@@ -295,5 +350,38 @@ mod tests {
         );
         let e = entries(&secret("password", "x")).unwrap_err();
         assert_eq!(e.to_string(), "neither .dockerconfigjson nor .dockercfg");
+    }
+
+    #[test]
+    fn node_credentials_come_after_the_pods_and_from_the_root_dir_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"auths": {"registry.test:5000": {"auth": "bm9kZTpub2RlcGFzcw=="}}}"#,
+        )
+        .unwrap();
+        let node = node_entries(dir.path());
+        let json = r#"{"auths": {"registry.test:5000": {"username": "pod", "password": "p"}}}"#;
+        let o = objects(vec![("a", secret(".dockerconfigjson", json))]);
+        let users: Vec<(String, String)> =
+            for_image(&pod(&["a"]), "registry.test:5000/x:1", &o, node)
+                .into_iter()
+                .map(|a| (a.username, a.password))
+                .collect();
+        assert_eq!(
+            users,
+            [
+                ("pod".to_string(), "p".to_string()),
+                ("node".to_string(), "nodepass".to_string())
+            ]
+        );
+        // Another registry: only what matches it (nothing here).
+        let node = node_entries(dir.path());
+        assert!(for_image(&pod(&[]), "other.test/x:1", &o, node).is_empty());
+        // A malformed root-dir file is skipped, whatever comes after it.
+        std::fs::write(dir.path().join("config.json"), b"{not json").unwrap();
+        assert!(!node_entries(dir.path())
+            .iter()
+            .any(|(k, _)| k == "registry.test:5000"));
     }
 }

@@ -17,6 +17,7 @@ pub mod cri;
 pub mod images;
 pub mod netns;
 pub mod procstat;
+pub mod registry;
 pub mod upstream_kubelet;
 pub mod wait;
 

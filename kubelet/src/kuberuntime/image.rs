@@ -104,11 +104,15 @@ impl RuntimeManager {
         );
         let start = std::time::Instant::now();
         // Each matching credential in turn, most specific first; none: anonymously.
-        let mut creds: Vec<Option<cri::AuthConfig>> =
-            crate::credentials::for_image(pod, &image, objects)
-                .into_iter()
-                .map(Some)
-                .collect();
+        let mut creds: Vec<Option<cri::AuthConfig>> = crate::credentials::for_image(
+            pod,
+            &image,
+            objects,
+            crate::credentials::node_entries(&self.root_dir),
+        )
+        .into_iter()
+        .map(Some)
+        .collect();
         if creds.is_empty() {
             creds.push(None);
         }

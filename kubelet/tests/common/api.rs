@@ -56,10 +56,19 @@ impl ApiNode {
         extra_config: impl FnOnce(&ControlPlane) -> String,
         extra_args: &[&str],
     ) -> Option<ApiNode> {
+        Self::start_with_containerd("", extra_config, extra_args).await
+    }
+
+    /// As `start_with`, with `containerd_config` (TOML) added to containerd's configuration.
+    pub async fn start_with_containerd(
+        containerd_config: &str,
+        extra_config: impl FnOnce(&ControlPlane) -> String,
+        extra_args: &[&str],
+    ) -> Option<ApiNode> {
         if nodus_testkit::apiserver::skip_without_apiserver() {
             return None;
         }
-        let ctrd = containerd_in_node_netns().await;
+        let ctrd = containerd_in_node_netns(containerd_config).await;
         let cp = ControlPlane::start().expect("control plane");
         let admin_kubeconfig = cp.admin_kubeconfig().expect("admin kubeconfig");
         let node_kubeconfig = cp.node_kubeconfig(NODE).expect("node kubeconfig");
@@ -94,7 +103,7 @@ impl ApiNode {
         if nodus_testkit::apiserver::skip_without_apiserver() {
             return None;
         }
-        let ctrd = containerd_in_node_netns().await;
+        let ctrd = containerd_in_node_netns("").await;
         let mut cp = ControlPlane::start_with(nodus_testkit::apiserver::ControlPlaneOptions {
             bootstrap_tokens: true,
             ..Default::default()
@@ -252,9 +261,10 @@ pub fn condition(p: &Pod, kind: &str) -> Option<String> {
 }
 
 /// A private containerd in the node's network namespace, which this test thread enters too.
-async fn containerd_in_node_netns() -> nodus_testkit::PrivateContainerd {
+async fn containerd_in_node_netns(extra_config: &str) -> nodus_testkit::PrivateContainerd {
     let mut opts = containerd_options();
     opts.in_node_netns = true;
+    opts.extra_config += extra_config;
     let ctrd = nodus_testkit::PrivateContainerd::start(opts)
         .await
         .expect("private containerd");
