@@ -27,6 +27,18 @@ pub(crate) struct ContainerToKill {
     pub(crate) grace: Option<i64>,
 }
 
+impl ContainerToKill {
+    /// A kill for a restart, with upstream's message: `{}` in `reason` is the container.
+    fn new(s: &ContainerStatus, reason: &str) -> Self {
+        ContainerToKill {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            reason: reason.replace("{}", &s.name),
+            grace: None,
+        }
+    }
+}
+
 /// A container held back by CrashLoopBackOff.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BackoffWait {
@@ -406,12 +418,8 @@ pub(crate) fn compute_pod_actions(
                 // Upstream restarts a probe-killed container unless restartPolicy is Never.
                 let restart = policy != RestartPolicy::Never;
                 if s.hash != hash_container(c) && s.hash != legacy_hash_container(c) {
-                    a.containers_to_kill.push(ContainerToKill {
-                        id: s.id.clone(),
-                        name: c.name.clone(),
-                        reason: format!("Container {} definition changed", c.name),
-                        grace: None,
-                    });
+                    a.containers_to_kill
+                        .push(ContainerToKill::new(s, "Container {} definition changed"));
                     to_start.push(i);
                 } else if let Some(k) = probe_kill(c, s, probes, restart) {
                     a.containers_to_kill.push(k);
@@ -421,12 +429,10 @@ pub(crate) fn compute_pod_actions(
                 } else {
                     match resize_action(c, s) {
                         Some(Resize::Restart) => {
-                            a.containers_to_kill.push(ContainerToKill {
-                                id: s.id.clone(),
-                                name: c.name.clone(),
-                                reason: format!("Container {} resize requires restart", c.name),
-                                grace: None,
-                            });
+                            a.containers_to_kill.push(ContainerToKill::new(
+                                s,
+                                "Container {} resize requires restart",
+                            ));
                             to_start.push(i);
                             continue;
                         }
