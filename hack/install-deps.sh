@@ -14,7 +14,7 @@ packages=(
   time                            # /usr/bin/time -v for peak RSS in benchmarks
   debootstrap e2fsprogs           # the VM tier's root filesystem (hack/vm-test.sh)
   etcd-server                     # the API-server tests' etcd (kube-apiserver: hack/kube-apiserver.sh)
-  docker-registry apache2-utils   # hack/conformance.sh: a real registry (in the test netns), htpasswd
+  docker-registry apache2-utils   # hack/conformance.sh and kubelet/tests/registry.rs: a real registry (in the test netns), htpasswd
   netcat-openbsd                  # hack/conformance.sh: the agnhost image's nc, as upstream's has
   g++                             # hack/fuzz.sh: libFuzzer (libfuzzer-sys builds it)
 )
