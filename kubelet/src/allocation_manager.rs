@@ -9,9 +9,10 @@
 //! `Infeasible` (more than the node has at all) or `Deferred` (more than is free now), and
 //! the pod keeps running at its allocated size.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
 use serde::{Deserialize, Serialize};
@@ -143,6 +144,17 @@ fn pod_allocation(pod: &Pod) -> PodAllocation {
     }
 }
 
+/// Whether every container of `pod` asks exactly the allocated resources.
+fn runs_at(pod: &Pod, a: &PodAllocation) -> bool {
+    all_containers(pod).all(|c| {
+        let allocated = a.containers.get(&c.name);
+        match &c.resources {
+            Some(r) => allocated == Some(r),
+            None => allocated == Some(&ResourceRequirements::default()),
+        }
+    })
+}
+
 /// `pod` with its containers' resources replaced by the allocated ones.
 fn with_allocation(pod: &Pod, a: &PodAllocation) -> Pod {
     let mut out = pod.clone();
@@ -220,13 +232,13 @@ impl AllocationManager {
     /// resize its spec asks for when the node has room (upstream's
     /// `handlePodResourcesResize` and `UpdatePodFromAllocation`). A pod seen for the first
     /// time (admission let it in) is allocated at its spec.
-    pub(crate) fn allocate(&self, pod: &Pod) -> (Pod, Allocation) {
+    pub(crate) fn allocate<'a>(&self, pod: &'a Pod) -> (Cow<'a, Pod>, Allocation) {
         let uid = uid_of(pod).to_string();
         let mut state = lock(&self.allocated);
         let Some(current) = state.pods.get(&uid) else {
             state.pods.insert(uid, pod_allocation(pod));
             self.save(ALLOCATED_STATE, &state);
-            return (pod.clone(), Allocation::Current);
+            return (Cow::Borrowed(pod), Allocation::Current);
         };
         let asks = resizable(pod).any(|c| {
             current
@@ -236,15 +248,15 @@ impl AllocationManager {
         });
         if !asks {
             lock(&self.pending).remove(&uid);
-            let same = all_containers(pod).all(|c| {
-                current.containers.get(&c.name) == Some(&c.resources.clone().unwrap_or_default())
-            });
-            if same {
-                return (pod.clone(), Allocation::Current);
+            if runs_at(pod, current) {
+                return (Cow::Borrowed(pod), Allocation::Current);
             }
             // Only what a resize cannot change differs (another spelling of the same
             // quantities, a non-resizable container): run at the allocation.
-            return (with_allocation(pod, current), Allocation::Current);
+            return (
+                Cow::Owned(with_allocation(pod, current)),
+                Allocation::Current,
+            );
         }
         let (cpu, memory) = resources::pod_requests(pod);
         let (mut used_cpu, mut used_memory) = (0i64, 0i64);
@@ -289,7 +301,7 @@ impl AllocationManager {
         };
         match pending {
             Some(p) => {
-                let allocated = with_allocation(pod, current);
+                let allocated = Cow::Owned(with_allocation(pod, current));
                 lock(&self.pending).insert(uid, p.clone());
                 (allocated, Allocation::ResizePending(p))
             }
@@ -298,16 +310,17 @@ impl AllocationManager {
                 self.save(ALLOCATED_STATE, &state);
                 lock(&self.pending).remove(&uid);
                 lock(&self.errors).remove(&uid);
-                (pod.clone(), Allocation::ResizeAdmitted)
+                (Cow::Borrowed(pod), Allocation::ResizeAdmitted)
             }
         }
     }
 
-    /// The pod with its allocated resources, deciding nothing (the QoS cgroups' sizes).
-    pub(crate) fn allocated_pod(&self, pod: &Pod) -> Pod {
+    /// The pod with its allocated resources, deciding nothing (the QoS cgroups' sizes):
+    /// the same `Arc` unless a resize is pending.
+    pub(crate) fn allocated_pod(&self, pod: &Arc<Pod>) -> Arc<Pod> {
         match lock(&self.allocated).pods.get(uid_of(pod)) {
-            Some(a) => with_allocation(pod, a),
-            None => pod.clone(),
+            Some(a) if !runs_at(pod, a) => Arc::new(with_allocation(pod, a)),
+            _ => pod.clone(),
         }
     }
 
@@ -427,12 +440,14 @@ mod tests {
         assert_eq!(m.allocate(&pod("a", "500m", "1Gi")).1, Allocation::Current);
         assert_eq!(m.allocate(&pod("b", "1", "1Gi")).1, Allocation::Current);
         // a: 500m -> 1 fits (1 + 1 of 2 CPUs).
-        let (p, d) = m.allocate(&pod("a", "1", "1Gi"));
+        let q = pod("a", "1", "1Gi");
+        let (p, d) = m.allocate(&q);
         assert_eq!(d, Allocation::ResizeAdmitted);
         assert_eq!(cpu_of(&p), "1");
         assert_eq!(m.allocate(&pod("a", "1", "1Gi")).1, Allocation::Current);
         // a: 1 -> 1500m does not fit beside b now: deferred, runs at 1.
-        let (p, d) = m.allocate(&pod("a", "1500m", "1Gi"));
+        let q = pod("a", "1500m", "1Gi");
+        let (p, d) = m.allocate(&q);
         assert_eq!(
             d,
             Allocation::ResizePending(ResizePending {
@@ -443,7 +458,8 @@ mod tests {
         assert_eq!(cpu_of(&p), "1");
         assert_eq!(m.pending("a").unwrap().reason, DEFERRED);
         // More than the node has: infeasible.
-        let (_, d) = m.allocate(&pod("a", "3", "1Gi"));
+        let q = pod("a", "3", "1Gi");
+        let (_, d) = m.allocate(&q);
         assert_eq!(
             d,
             Allocation::ResizePending(ResizePending {
@@ -454,7 +470,8 @@ mod tests {
         );
         // b goes away: the deferred resize fits.
         m.remove_pod("b");
-        let (p, d) = m.allocate(&pod("a", "1500m", "1Gi"));
+        let q = pod("a", "1500m", "1Gi");
+        let (p, d) = m.allocate(&q);
         assert_eq!(d, Allocation::ResizeAdmitted);
         assert_eq!(cpu_of(&p), "1500m");
         assert!(m.pending("a").is_none());
@@ -487,7 +504,8 @@ mod tests {
     fn the_same_quantity_spelled_differently_is_no_resize() {
         let m = AllocationManager::new(None, node());
         m.allocate(&pod("a", "1", "1Gi"));
-        let (p, d) = m.allocate(&pod("a", "1000m", "1024Mi"));
+        let q = pod("a", "1000m", "1024Mi");
+        let (p, d) = m.allocate(&q);
         assert_eq!(d, Allocation::Current);
         // The allocation's spelling stays what the kubelet runs.
         assert_eq!(cpu_of(&p), "1");

@@ -202,7 +202,7 @@ impl Syncer {
 
     /// The pod with its allocated resources, after deciding a resize its spec asks for;
     /// the resize's events as upstream's (ResizeStarted, ResizeDeferred, ResizeInfeasible).
-    fn allocate(&self, pod: &Pod, uid: &str) -> Pod {
+    fn allocate<'a>(&self, pod: &'a Pod, uid: &str) -> std::borrow::Cow<'a, Pod> {
         use crate::allocation_manager::{resize_message, Allocation};
         let before = self.runtime.allocation.pending(uid);
         let (allocated, decision) = self.runtime.allocation.allocate(pod);

@@ -243,7 +243,7 @@ impl Kubelet {
                         .all()
                         .into_iter()
                         .filter(|p| workers.state(uid_of(p)) == Some(WorkerState::Syncing))
-                        .map(|p| Arc::new(self.syncer.runtime.allocation.allocated_pod(&p)))
+                        .map(|p| self.syncer.runtime.allocation.allocated_pod(&p))
                         .collect();
                     qos.update(&running);
                 }

@@ -1419,7 +1419,8 @@ async fn a_cpu_resize_updates_the_running_container_in_place() {
     let id = n.id("a");
     assert_eq!(n.fake.container_resources(&id).unwrap().cpu_quota, 50_000);
 
-    let (p2, decision) = n.rm.allocation.allocate(&resized(&p, "1", "128Mi"));
+    let r = resized(&p, "1", "128Mi");
+    let (p2, decision) = n.rm.allocation.allocate(&r);
     assert_eq!(decision, Allocation::ResizeAdmitted);
     let (st, a) = n.actions(&p2).await;
     assert_eq!(
@@ -1466,7 +1467,8 @@ async fn a_memory_resize_whose_policy_says_restart_restarts_the_container() {
     n.rm.allocation.allocate(&p);
     n.sync(&p).await;
     let old = n.id("a");
-    let (p2, _) = n.rm.allocation.allocate(&resized(&p, "500m", "256Mi"));
+    let r = resized(&p, "500m", "256Mi");
+    let (p2, _) = n.rm.allocation.allocate(&r);
     let (a, _) = n.sync(&p2).await;
     assert_eq!(
         a.containers_to_kill[0].reason,
@@ -1492,7 +1494,8 @@ async fn a_failed_resize_is_reported_and_tried_again() {
     let p = sized_pod("500m", "128Mi");
     n.rm.allocation.allocate(&p);
     n.sync(&p).await;
-    let (p2, _) = n.rm.allocation.allocate(&resized(&p, "250m", "128Mi"));
+    let r = resized(&p, "250m", "128Mi");
+    let (p2, _) = n.rm.allocation.allocate(&r);
     n.fake
         .inject_error("UpdateContainerResources", tonic::Code::Internal);
     let (st, a) = n.actions(&p2).await;
@@ -1536,7 +1539,8 @@ async fn a_resize_beyond_the_node_is_infeasible_and_changes_nothing() {
     let p = sized_pod("500m", "128Mi");
     n.rm.allocation.allocate(&p);
     n.sync(&p).await;
-    let (p2, _) = n.rm.allocation.allocate(&resized(&p, "3", "128Mi"));
+    let r = resized(&p, "3", "128Mi");
+    let (p2, _) = n.rm.allocation.allocate(&r);
     // The pod runs at its allocation: nothing to do.
     let (st, a) = n.actions(&p2).await;
     assert!(a.is_noop(), "{a:?}");
