@@ -160,7 +160,8 @@ EOF
 }
 
 # The runtime under test: RT (name), RT_BIN, RT_ROOT (its --root).
-rt() { timeout -k 5 60 "$RT_BIN" --root "$RT_ROOT" "$@"; }
+# RT_GLOBAL: more global flags (rt_systemd sets --systemd-cgroup).
+rt() { timeout -k 5 60 "$RT_BIN" --root "$RT_ROOT" ${RT_GLOBAL:-} "$@"; }
 rt_status() { rt state "$1" 2>/dev/null | tr -d ' \n' | grep -o '"status":"[a-z]*"' | cut -d'"' -f4; }
 
 # start_container NAME ID: create + start a bundle in $WORK/$RT/ID; its output goes to out.log.
@@ -371,6 +372,45 @@ rt_devices() {
   [ -z "$left" ] || fail "$RT.devices_cleanup" "left behind: $left"
 }
 
+# The systemd cgroup driver (runc --systemd-cgroup): cgroupsPath "system.slice:nodus-vm:ID" is
+# the transient unit nodus-vm-ID.scope in system.slice, made through systemd's D-Bus API with
+# the init in it; the limits are in the scope's directory; delete leaves neither unit nor
+# directory.
+rt_systemd() {
+  local id=$RT-sd-$$ name=$RT.systemd_scope RT_GLOBAL=--systemd-cgroup
+  local unit=nodus-vm-$RT-sd-$$.scope pid want got active cpumax left=()
+  local dir=$CGROUP_ROOT/system.slice/$unit
+  write_bundle "$WORK/$RT/$id" "$id" '{ "cpu": { "quota": 20000, "period": 100000 } }' \
+    'echo started; sleep 600'
+  sed -i "s|\"cgroupsPath\": \"[^\"]*\"|\"cgroupsPath\": \"system.slice:nodus-vm:$id\"|" \
+    "$WORK/$RT/$id/config.json"
+  start_container "$name" "$id" || { rt delete --force "$id" > /dev/null 2>&1; return 0; }
+  pid=$(rt state "$id" 2>/dev/null | jq -r .pid)
+  want="0::/system.slice/$unit"
+  got=$(cat "/proc/$pid/cgroup" 2>/dev/null)
+  active=$(systemctl is-active "$unit" 2>/dev/null)
+  cpumax=$(cat "$dir/cpu.max" 2>/dev/null)
+  if [ "$got" = "$want" ] && [ "$active" = active ] && [ "$cpumax" = "20000 100000" ]; then
+    pass "$name" "init $pid in $got, unit $unit $active, cpu.max '$cpumax'"
+  else
+    fail "$name" "init ${pid:-?} in '$got' (want '$want'), unit $unit '$active', cpu.max '$cpumax'"
+  fi
+  rt kill "$id" SIGKILL > /dev/null 2>&1
+  for _ in $(seq 100); do
+    [ "$(rt_status "$id")" = stopped ] && break
+    sleep 0.1
+  done
+  rt delete "$id" > "$WORK/$RT/$id/delete.log" 2>&1 || left+=("delete failed: $(tail -c 200 "$WORK/$RT/$id/delete.log")")
+  [ "$(systemctl is-active "$unit" 2>/dev/null)" = active ] && left+=("unit $unit active")
+  [ -d "$dir" ] && left+=("directory $dir")
+  [ -n "$(rt_status "$id")" ] && left+=("state of $id")
+  if [ ${#left[@]} -gt 0 ]; then
+    fail "$RT.systemd_cleanup" "${left[*]}"
+  else
+    pass "$RT.systemd_cleanup" "after kill and delete: unit $(systemctl is-active "$unit" 2>/dev/null), no directory, no state"
+  fi
+}
+
 check_runtime() {
   make_busybox_rootfs "$WORK/busybox-rootfs"
   local RT RT_BIN RT_ROOT
@@ -382,7 +422,7 @@ check_runtime() {
     esac
     if [ -z "$RT_BIN" ] || [ ! -x "$RT_BIN" ]; then
       local sub
-      for sub in lifecycle cpu_max cpu_throttled memory_oom pids_max devices; do
+      for sub in lifecycle cpu_max cpu_throttled memory_oom pids_max devices systemd_scope; do
         fail "$RT.$sub" "runtime binary not found (${RT_BIN:-$RT}); build it on the host with cargo build --workspace --bins"
       done
       continue
@@ -392,7 +432,7 @@ check_runtime() {
     mkdir -p "$RT_ROOT"
     note "$RT: $RT_BIN ($("$RT_BIN" --version 2>&1 | head -1))"
     local sub t0
-    for sub in lifecycle cpu memory pids devices; do
+    for sub in lifecycle cpu memory pids devices systemd; do
       t0=$(uptime_s)
       "rt_$sub"
       note "$RT $sub took $(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"

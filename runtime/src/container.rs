@@ -403,7 +403,10 @@ impl Runtime {
         )
         .ctx(|| "chmod exec fifo".into())?;
         guard.cgroup = Some(cgroup.clone());
-        cgroup.create(linux.resources().as_ref())?;
+        // A systemd scope cannot start empty: it is made with the init, below.
+        if cgroup.systemd_unit().is_none() {
+            cgroup.create(linux.resources().as_ref())?;
+        }
         let state_dir: OwnedFd = open(
             &dir,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -467,7 +470,7 @@ impl Runtime {
         if userns.as_ref().is_some_and(|u| !u.joined) {
             userns::write_maps(pid, &userns::Maps::of(linux))?;
         }
-        cgroup.add_pid(pid)?;
+        cgroup.enter(pid, linux.resources().as_ref())?;
         if let Some(adj) = process.oom_score_adj() {
             if let Err(e) = fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()) {
                 tracing::warn!("process.oomScoreAdj {adj}: {e} (continuing)");

@@ -301,9 +301,8 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
         outln!("spec: {}", nodus_runtime::container::OCI_VERSION);
         return Ok(0);
     }
-    if o.has("systemd-cgroup") {
-        bail!("--systemd-cgroup: the systemd cgroup driver is not supported; use cgroupfs");
-    }
+    // --systemd-cgroup is accepted as runc's: a cgroupsPath in systemd's form
+    // (slice:prefix:name) is a systemd scope with or without it.
     let Some(cmd) = cmd else {
         bail!("no command given (see --help)");
     };
@@ -620,7 +619,7 @@ fn features() -> serde_json::Value {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false,
+            "cgroup": {"v1": true, "v2": true, "systemd": true, "systemdUser": false,
                        "unified": cgroups::is_unified()},
             "seccomp": {
                 "enabled": true,

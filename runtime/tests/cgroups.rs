@@ -218,6 +218,7 @@ fn v2_device_program_filters_replaces_and_goes_with_the_cgroup() {
     let cg = V2 {
         root: root.clone(),
         path: common::unique("nodus-devcg").into(),
+        systemd: None,
     };
     cg.create().unwrap();
     let dir = cg.dir();

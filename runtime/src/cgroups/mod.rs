@@ -5,10 +5,12 @@
 //! pure v2, anything else means v1 controllers at `/sys/fs/cgroup/<controller>`.
 //! `cgroupsPath` is read as runc reads it with the cgroupfs driver: an absolute path is
 //! taken from each hierarchy's root, a relative one from the runtime's own cgroup; when
-//! it is missing the container id is used (relative).
+//! it is missing the container id is used (relative). A path in systemd's form
+//! `slice:prefix:name` is a systemd scope (see [`systemd`]; pure v2 only).
 
 pub mod devices;
 pub mod stats;
+pub mod systemd;
 pub mod v1;
 pub mod v2;
 
@@ -89,10 +91,48 @@ impl Cgroup {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from(id),
         };
+        if let Some(unit) = path.to_str().and_then(systemd::Unit::parse) {
+            let unit = unit?;
+            if !is_unified_at(root) {
+                return Err(Error::config(
+                    "linux.cgroupsPath",
+                    format!(
+                        "{}: the systemd cgroup driver needs a pure cgroup v2 host",
+                        path.display()
+                    ),
+                ));
+            }
+            return Ok(Cgroup::V2(v2::V2 {
+                root: root.to_path_buf(),
+                path: unit.cgroup_path(),
+                systemd: Some(unit),
+            }));
+        }
         if is_unified_at(root) {
             Ok(Cgroup::V2(v2::V2::resolve(root, &path)?))
         } else {
             Ok(Cgroup::V1(v1::V1::resolve(root, &path)?))
+        }
+    }
+
+    /// The systemd unit that owns the cgroup (systemd driver), if any.
+    pub fn systemd_unit(&self) -> Option<&systemd::Unit> {
+        match self {
+            Cgroup::V2(c) => c.systemd.as_ref(),
+            Cgroup::V1(_) => None,
+        }
+    }
+
+    /// Puts `pid` (the container's init, waiting to be released) into the cgroup. With
+    /// cgroupfs the cgroup was made by [`Cgroup::create`] before; with systemd the scope
+    /// starts now, with `pid` as its first process, and takes `resources` after.
+    pub fn enter(&self, pid: i32, resources: Option<&LinuxResources>) -> Result<()> {
+        match self.systemd_unit() {
+            Some(unit) => {
+                unit.start(pid)?;
+                self.create(resources)
+            }
+            None => self.add_pid(pid),
         }
     }
 
@@ -181,6 +221,9 @@ impl Cgroup {
 
     /// Remove the cgroup directories, waiting briefly for exiting processes to leave.
     pub fn destroy(&self) -> Result<()> {
+        if let (Some(unit), Cgroup::V2(c)) = (self.systemd_unit(), self) {
+            unit.stop(&c.root)?;
+        }
         for dir in self.dirs() {
             rmdir_retry(&dir)?;
         }

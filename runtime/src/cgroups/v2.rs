@@ -22,6 +22,9 @@ pub struct V2 {
     pub root: PathBuf,
     /// Path below the mount.
     pub path: PathBuf,
+    /// With the systemd driver, the unit that owns the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<super::systemd::Unit>,
 }
 
 /// cpu.weight from cpu.shares, as runc converts: shares 2..262144 map linearly onto
@@ -101,6 +104,7 @@ impl V2 {
         Ok(V2 {
             root: root.to_path_buf(),
             path,
+            systemd: None,
         })
     }
 
@@ -315,6 +319,7 @@ mod tests {
         let cg = V2 {
             root: tmp.path().to_path_buf(),
             path: PathBuf::from("pod/ctr"),
+            systemd: None,
         };
         fs::write(tmp.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         fs::write(tmp.path().join("cgroup.subtree_control"), "").unwrap();
@@ -361,6 +366,7 @@ mod tests {
         let cg = V2 {
             root: tmp.path().to_path_buf(),
             path: PathBuf::new(),
+            systemd: None,
         };
         let w = |f: &str, v: &str| fs::write(tmp.path().join(f), v).unwrap();
         w("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 4\nnr_throttled 1\nthrottled_usec 20\n");
@@ -390,6 +396,7 @@ mod tests {
         let cg = V2 {
             root: tmp.path().to_path_buf(),
             path: PathBuf::new(),
+            systemd: None,
         };
         let mut u = std::collections::HashMap::new();
         u.insert("../escape".to_string(), "1".to_string());
