@@ -16,15 +16,21 @@
 #                 token's kubeconfig) becomes /etc/kubernetes/bootstrap-kubelet.conf and the
 #                 kubelet writes /etc/kubernetes/kubelet.conf itself from the certificate the
 #                 cluster signs (kept in /var/lib/kubelet/pki)
+#   cgroups       the systemd cgroup driver where systemd is the init system (kubeadm's default:
+#                 pod slices, container scopes; cgroupfs elsewhere): the kubelet's cgroupDriver
+#                 and containerd's SystemdCgroup always agree; a kept config.yaml's cgroupDriver
+#                 decides
 # With systemd running, enables and starts containerd, nodus-images and kubelet.
 #
 # usage: hack/install.sh [--root DIR] [--no-build] [--bin-dir target/release] [--demo]
 #                        [--kubeconfig FILE | --bootstrap-kubeconfig FILE]
+#                        [--cgroup-driver systemd|cgroupfs]
 #   --root DIR     install into DIR (an image being built); enables units there, starts nothing
 #   --no-build     use the binaries in --bin-dir and the images in build/images as they are
 #   --bin-dir DIR  where the binaries are (default target/release)
 #   --demo         also install the example static pods
 #   --kubeconfig   the node's kubeconfig (client certificate of system:node:<name>)
+#   --cgroup-driver  for a new config.yaml (default: systemd if systemd runs, or is in --root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +39,7 @@ build=1
 demo=0
 kubeconfig=""
 bootstrap=""
+driver=""
 bin_dir=target/release
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,6 +49,7 @@ while [ $# -gt 0 ]; do
     --demo) demo=1; shift ;;
     --kubeconfig) kubeconfig="${2:?--kubeconfig needs a file}"; shift 2 ;;
     --bootstrap-kubeconfig) bootstrap="${2:?--bootstrap-kubeconfig needs a file}"; shift 2 ;;
+    --cgroup-driver) driver="${2:?--cgroup-driver needs systemd or cgroupfs}"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "install: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -78,6 +86,30 @@ for i in pause busybox; do
 done
 
 r="$root"
+case "$driver" in
+  ""|systemd|cgroupfs) ;;
+  *) echo "install: --cgroup-driver $driver: supported values: systemd, cgroupfs" >&2; exit 2 ;;
+esac
+# The cgroup driver: a kept config.yaml's, else --cgroup-driver, else systemd where it is the
+# init system (of this machine, or of the --root image).
+kept_driver=""
+[ -f "$r/var/lib/kubelet/config.yaml" ] &&
+  kept_driver=$(sed -n 's/^cgroupDriver: *\([a-z]*\).*/\1/p' "$r/var/lib/kubelet/config.yaml" | head -n1)
+if [ -f "$r/var/lib/kubelet/config.yaml" ]; then
+  if [ -n "$driver" ] && [ "$driver" != "${kept_driver:-cgroupfs}" ]; then
+    echo "install: --cgroup-driver $driver, but the kept $r/var/lib/kubelet/config.yaml says cgroupDriver: ${kept_driver:-cgroupfs}" >&2
+    exit 2
+  fi
+  driver=${kept_driver:-cgroupfs}
+elif [ -z "$driver" ]; then
+  if { [ -z "$root" ] && [ -d /run/systemd/system ]; } || { [ -n "$root" ] && [ -x "$root/lib/systemd/systemd" ]; }; then
+    driver=systemd
+  else
+    driver=cgroupfs
+  fi
+fi
+systemd_cgroup=false
+[ "$driver" = systemd ] && systemd_cgroup=true
 # What changed, to restart only the services concerned (a re-run on an installed node is a no-op).
 changed_containerd=0 changed_kubelet=0 changed_images=0 changed_units=0
 # put MODE SRC DST [flag]: install SRC as DST if it differs; sets changed_<flag>=1 when it did.
@@ -103,13 +135,20 @@ done
 put 0644 hack/deploy/10-nodus.conflist "$r/etc/cni/net.d/10-nodus.conflist"
 
 cfg="$r/etc/containerd/config.toml"
-if [ -f "$cfg" ] && ! cmp -s "$cfg" hack/deploy/containerd-config.toml && [ ! -f "$cfg.nodus-orig" ]; then
+gen=$(mktemp -d)
+trap 'rm -rf "$gen"' EXIT
+sed "s/^\( *SystemdCgroup = \).*/\1$systemd_cgroup/" hack/deploy/containerd-config.toml > "$gen/containerd.toml"
+if [ -f "$cfg" ] && ! cmp -s "$cfg" "$gen/containerd.toml" && [ ! -f "$cfg.nodus-orig" ]; then
   cp -p "$cfg" "$cfg.nodus-orig"
 fi
-put 0644 hack/deploy/containerd-config.toml "$cfg" containerd
+put 0644 "$gen/containerd.toml" "$cfg" containerd
 
 # The operator's kubelet config is kept if it exists.
-[ -f "$r/var/lib/kubelet/config.yaml" ] || { install -m 0644 hack/deploy/kubelet-config.yaml "$r/var/lib/kubelet/config.yaml"; changed_kubelet=1; }
+if [ ! -f "$r/var/lib/kubelet/config.yaml" ]; then
+  sed "s/^cgroupDriver: .*/cgroupDriver: $driver/" hack/deploy/kubelet-config.yaml > "$gen/kubelet.yaml"
+  install -m 0644 "$gen/kubelet.yaml" "$r/var/lib/kubelet/config.yaml"
+  changed_kubelet=1
+fi
 put 0644 hack/deploy/kubelet.service "$r/etc/systemd/system/kubelet.service" units
 put 0644 hack/deploy/kubelet.service.d/10-nodus.conf "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf" units
 join="${kubeconfig:-$bootstrap}"
@@ -171,7 +210,7 @@ elif [ -d /run/systemd/system ]; then
     systemctl start nodus-images.service
   fi
   if [ "$changed_kubelet" = 1 ] || [ "$changed_units" = 1 ]; then systemctl restart kubelet.service; else systemctl start kubelet.service; fi
-  echo "install: containerd, nodus-images and kubelet enabled and running" \
+  echo "install: containerd, nodus-images and kubelet enabled and running, cgroup driver $driver" \
     "(restarted: containerd=$changed_containerd images=$changed_images kubelet=$((changed_kubelet | changed_units)))"
 else
   echo "install: files installed; systemd is not running here, so start containerd and" \

@@ -55,7 +55,9 @@ rm -rf "$r/usr/local/share/nodus"
 cfg="$r/etc/containerd/config.toml"
 if [ -f "$cfg.nodus-orig" ]; then
   mv -f "$cfg.nodus-orig" "$cfg"
-elif cmp -s "$cfg" "$here/deploy/containerd-config.toml"; then
+elif [ -f "$cfg" ] && sed 's/^\( *SystemdCgroup = \).*/\1false/' "$cfg" |
+    cmp -s - "$here/deploy/containerd-config.toml"; then
+  # Ours, with either cgroup driver.
   rm -f "$cfg"
 fi
 if [ "$live" = 1 ]; then

@@ -21,7 +21,7 @@
 # Figures for the host's report (boot-to-ready times and the like): metric NAME VALUE.
 set -u
 
-ALL_CHECKS=(cgroup_v2 runtime containerd cri_parity pod_security node_install node_pods_running node_pod_network
+ALL_CHECKS=(cgroup_v2 runtime containerd cri_parity pod_security node_install node_pods_running node_systemd_cgroups node_pod_network
   node_overlay_rootfs node_cpu_limit node_memory_oom node_manifest_removed node_kubelet_restart
   node_reboot node_uninstall)
 # Checks that run on the second boot: on the first, prepare_<name> (if any) runs in its place and

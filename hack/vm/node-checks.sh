@@ -79,9 +79,11 @@ check_node_install() {
   # The checks read GET /pods on the read-only port, which the shipped config leaves off as
   # upstream does: this test node turns it on as an operator would, in its config.yaml
   # (install.sh keeps an existing one).
+  # Its cgroupDriver is systemd, as kubeadm writes it: install.sh then sets containerd's
+  # SystemdCgroup to match.
   mkdir -p /var/lib/kubelet
-  sed 's/^readOnlyPort: .*/readOnlyPort: 10255/' "$REPO/hack/deploy/kubelet-config.yaml" \
-    >/var/lib/kubelet/config.yaml
+  sed -e 's/^readOnlyPort: .*/readOnlyPort: 10255/' -e 's/^cgroupDriver: .*/cgroupDriver: systemd/' \
+    "$REPO/hack/deploy/kubelet-config.yaml" >/var/lib/kubelet/config.yaml
   out=$(bash "$REPO/hack/install.sh" --no-build --bin-dir "$BIN_DIR" --demo 2>&1)
   rc=$?
   if [ "$rc" -ne 0 ]; then
@@ -142,6 +144,81 @@ check_node_pods_running() {
     fail node_pods_running "GET /pods says Running but containerd has no RUNNING task for: ${missing[*]}"
   else
     pass node_pods_running "$(awk -v a="$started" -v b="$t_ready" 'BEGIN { printf "%.1f", b - a }') s from kubelet start; GET /pods: $(pods_summary); ctr tasks RUNNING: ${ids[*]}"
+  fi
+}
+
+# --- the systemd cgroup driver: pod slices, container scopes ---------------------------------
+# sd_scope POD CONTAINER: "ok <scope path>" when the container's process sits in a systemd scope
+# cri-containerd-<id>.scope in its pod's slice kubepods[-<qos>]-pod<uid>.slice, both active;
+# else what is wrong.
+sd_scope() {
+  local pod=$1 c=$2 id pid cg uid slice scope qos
+  id=$(cid "$pod" "$c")
+  pid=$(task_pid "$id")
+  [ -n "$pid" ] || { echo "no running task for $pod/$c"; return; }
+  cg=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
+  uid=$(pod_q "$pod" .metadata.uid | tr - _)
+  qos=$(pod_q "$pod" .status.qosClass | tr '[:upper:]' '[:lower:]')
+  slice=/kubepods.slice
+  [ "$qos" = guaranteed ] || slice=$slice/kubepods-$qos.slice
+  slice=$slice/$(basename "$slice" .slice)-pod$uid.slice
+  scope=$slice/cri-containerd-$id.scope
+  if [ "$cg" != "$scope" ]; then
+    echo "$pod/$c in '$cg', expected '$scope'"
+  elif [ "$(systemctl is-active "$(basename "$slice")")" != active ] ||
+       [ "$(systemctl is-active "$(basename "$scope")")" != active ]; then
+    echo "$pod/$c: slice $(systemctl is-active "$(basename "$slice")"), scope $(systemctl is-active "$(basename "$scope")")"
+  else
+    echo "ok $scope"
+  fi
+}
+# sd_pods_gone CGROUP_PATH...: sd-shim and sd-nodus gone from GET /pods, and each path's unit
+# inactive and directory gone.
+sd_pods_gone() {
+  local path
+  [ -z "$(pod_q sd-shim .metadata.name)$(pod_q sd-nodus .metadata.name)" ] || return 1
+  for path in "$@"; do
+    [ "$(systemctl is-active "$(basename "$path")" 2>/dev/null)" != active ] || return 1
+    [ ! -d "$CGROUP_ROOT$path" ] || return 1
+  done
+}
+check_node_systemd_cgroups() {
+  local r out=() bad=() p paths=() quota
+  # The example pod on runc (SystemdCgroup = true), then a pod on our shim v2 and one on
+  # containerd's runc shim driving nodus-runtime.
+  cp "$REPO/hack/vm/manifests/sd-shim.yaml" "$REPO/hack/vm/manifests/sd-runc-shim.yaml" "$MANIFESTS/"
+  if ! wait_until 120 pods_running sd-shim sd-nodus; then
+    fail node_systemd_cgroups "sd-shim, sd-nodus not Running within 120 s: $(pods_summary); kubelet: $(journal_tail kubelet 6)"
+    rm -f "$MANIFESTS/sd-shim.yaml" "$MANIFESTS/sd-runc-shim.yaml"
+    return 0
+  fi
+  for p in web/httpd sd-shim/main sd-nodus/main; do
+    r=$(sd_scope "${p%/*}" "${p#*/}")
+    if [[ $r == ok* ]]; then
+      out+=("$p ${r#ok }")
+      [ "${p%/*}" = web ] || paths+=("$(dirname "${r#ok }")" "${r#ok }")
+    else
+      bad+=("$r")
+    fi
+  done
+  # limits.cpu 100m is 10% of a CPU: systemd shows the slice's quota as 100ms per second.
+  quota=$(systemctl show -p CPUQuotaPerSecUSec --value "$(basename "${paths[0]:-none}")" 2>/dev/null)
+  if [ ${#bad[@]} -gt 0 ]; then
+    fail node_systemd_cgroups "${bad[*]}"
+  elif [ "$quota" != 100ms ]; then
+    fail node_systemd_cgroups "sd-shim's slice ${paths[0]:-?}: CPUQuotaPerSecUSec '$quota', expected 100ms (limits.cpu 100m)"
+  else
+    pass node_systemd_cgroups "${out[*]}; sd-shim's slice CPUQuotaPerSecUSec=$quota"
+  fi
+  rm -f "$MANIFESTS/sd-shim.yaml" "$MANIFESTS/sd-runc-shim.yaml"
+  if wait_until 90 sd_pods_gone "${paths[@]}"; then
+    pass node_systemd_cgroups_removed "sd-shim, sd-nodus removed: their slices and scopes inactive, directories gone (${paths[*]})"
+  else
+    local left=()
+    for p in "${paths[@]}"; do
+      left+=("$(basename "$p") $(systemctl is-active "$(basename "$p")" 2>/dev/null)$([ -d "$CGROUP_ROOT$p" ] && echo ' (directory left)')")
+    done
+    fail node_systemd_cgroups_removed "90 s after their manifests went: ${left[*]}; pods: $(pods_summary)"
   fi
 }
 

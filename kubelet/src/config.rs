@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::cgroup_manager::CgroupDriver;
 use crate::duration;
 
 pub(crate) const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
@@ -390,6 +391,8 @@ pub struct Config {
     pub(crate) pod_logs_dir: PathBuf,
     /// Absolute cgroup under which pod cgroups are made (`<cgroupRoot>/kubepods/pod<uid>`).
     pub cgroup_root: String,
+    /// `cgroupDriver`: cgroupfs (default) or systemd (slices; cgroupRoot must be `/`).
+    pub cgroup_driver: CgroupDriver,
     pub(crate) max_pods: u32,
     /// 0 disables the read-only server (upstream's default; set it to serve `GET /pods`).
     pub read_only_port: u16,
@@ -491,6 +494,7 @@ impl Default for Config {
             container_runtime_endpoint: DEFAULT_RUNTIME_ENDPOINT.into(),
             pod_logs_dir: "/var/log/pods".into(),
             cgroup_root: "/".into(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
             max_pods: 110,
             read_only_port: 0,
             healthz_port: 10248,
@@ -748,15 +752,11 @@ fn check_cipher_suites(field: &str, v: &[String]) -> Result<Vec<String>, ConfigE
     Ok(v.to_vec())
 }
 
-fn check_cgroup_driver(field: &str, value: &str) -> Result<(), ConfigError> {
+fn check_cgroup_driver(field: &str, value: &str) -> Result<CgroupDriver, ConfigError> {
     match value {
-        "cgroupfs" => Ok(()),
-        "systemd" => Err(invalid(
-            field,
-            value,
-            "the systemd cgroup driver is not supported; use cgroupfs",
-        )),
-        _ => Err(invalid(field, value, "supported value: cgroupfs")),
+        "cgroupfs" => Ok(CgroupDriver::Cgroupfs),
+        "systemd" => Ok(CgroupDriver::Systemd),
+        _ => Err(invalid(field, value, "supported values: cgroupfs, systemd")),
     }
 }
 
@@ -890,7 +890,7 @@ impl Config {
             c.cgroup_root = normalize_cgroup_root("cgroupRoot", v)?;
         }
         if let Some(v) = &file.cgroup_driver {
-            check_cgroup_driver("cgroupDriver", v)?;
+            c.cgroup_driver = check_cgroup_driver("cgroupDriver", v)?;
         }
         if let Some(v) = file.max_pods {
             c.max_pods = u32::try_from(v)
@@ -1224,7 +1224,7 @@ impl Config {
             c.cgroup_root = normalize_cgroup_root("--cgroup-root", v)?;
         }
         if let Some(v) = &flags.cgroup_driver {
-            check_cgroup_driver("--cgroup-driver", v)?;
+            c.cgroup_driver = check_cgroup_driver("--cgroup-driver", v)?;
         }
         if let Some(v) = &flags.pod_logs_dir {
             if !v.is_absolute() {
@@ -1324,6 +1324,14 @@ impl Config {
             }
             None => default_node_name(),
         };
+        // The systemd driver's slices hang from the root slice.
+        if c.cgroup_driver == CgroupDriver::Systemd && c.cgroup_root != "/" {
+            return Err(invalid(
+                "cgroupRoot",
+                &c.cgroup_root,
+                "must be / with the systemd cgroup driver",
+            ));
+        }
         Ok(c)
     }
 }
@@ -1601,13 +1609,34 @@ volumeStatsAggPeriod: 0s
     }
 
     #[test]
+    fn the_systemd_driver_is_read_from_the_file_and_the_flag() {
+        let f = file("cgroupDriver: systemd\n").unwrap();
+        let c = Config::resolve(&flags(&["--hostname-override", "n"]), &f).unwrap();
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        let f = file("cgroupDriver: systemd\n").unwrap();
+        let c = Config::resolve(
+            &flags(&["--hostname-override", "n", "--cgroup-driver", "cgroupfs"]),
+            &f,
+        )
+        .unwrap();
+        assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs, "the flag wins");
+        let c = Config::resolve(&flags(&["--hostname-override", "n"]), &file("").unwrap());
+        assert_eq!(c.unwrap().cgroup_driver, CgroupDriver::Cgroupfs);
+    }
+
+    #[test]
     fn bad_values_name_field_and_value() {
         let e = err_text("fileCheckFrequency: 20x\n");
         assert!(e.contains("fileCheckFrequency") && e.contains("20x"), "{e}");
         let e = err_text("syncFrequency: \"10\"\n");
         assert!(e.contains("syncFrequency") && e.contains("\"10\""), "{e}");
-        let e = err_text("cgroupDriver: systemd\n");
-        assert!(e.contains("cgroupDriver") && e.contains("systemd"), "{e}");
+        let e = err_text("cgroupDriver: openrc\n");
+        assert!(
+            e.contains("cgroupDriver") && e.contains("openrc") && e.contains("systemd"),
+            "{e}"
+        );
+        let e = err_text("cgroupDriver: systemd\ncgroupRoot: /nodus\n");
+        assert!(e.contains("cgroupRoot") && e.contains("/nodus"), "{e}");
         let e = err_text("readOnlyPort: 70000\n");
         assert!(e.contains("readOnlyPort") && e.contains("70000"), "{e}");
         let e = err_text("maxPods: 0\n");
@@ -1639,15 +1668,12 @@ volumeStatsAggPeriod: 0s
     #[test]
     fn bad_flags_are_refused() {
         let e = Config::resolve(
-            &flags(&["--cgroup-driver", "systemd", "--hostname-override", "n"]),
+            &flags(&["--cgroup-driver", "sysv", "--hostname-override", "n"]),
             &Default::default(),
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("--cgroup-driver") && e.contains("systemd"),
-            "{e}"
-        );
+        assert!(e.contains("--cgroup-driver") && e.contains("sysv"), "{e}");
         let e = Config::resolve(
             &flags(&["--node-ip", "x.y", "--hostname-override", "n"]),
             &Default::default(),

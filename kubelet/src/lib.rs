@@ -13,6 +13,7 @@ pub(crate) mod allocation_manager;
 
 pub(crate) mod backoff;
 pub mod certificate;
+pub mod cgroup_manager;
 pub mod config;
 pub(crate) mod container;
 pub(crate) mod credentials;

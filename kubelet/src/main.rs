@@ -40,6 +40,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.root_dir)
         .with_context(|| format!("creating --root-dir {}", cfg.root_dir.display()))?;
     nodus_kubelet::resources::check_cgroup_root(&cfg.cgroup_root)?;
+    nodus_kubelet::cgroup_manager::set_driver(cfg.cgroup_driver)?;
     tokio::select! {
         () = nodus_kubelet::certificate::bootstrap(&cfg) => {}
         () = shutdown_signal() => return Ok(()),

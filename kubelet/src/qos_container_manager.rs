@@ -73,14 +73,10 @@ impl QosContainerManager {
         if self.last == Some(want) {
             return;
         }
-        let root = &self.cgroup_root;
-        let result = ensure_pod_cgroup(&format!("{root}/kubepods"), &want.kubepods)
-            .and_then(|()| {
-                ensure_pod_cgroup(&format!("{root}/kubepods/burstable"), &want.burstable)
-            })
-            .and_then(|()| {
-                ensure_pod_cgroup(&format!("{root}/kubepods/besteffort"), &want.besteffort)
-            });
+        let path = |parts: &[&str]| crate::cgroup_manager::cgroup_path(&self.cgroup_root, parts);
+        let result = ensure_pod_cgroup(&path(&["kubepods"]), &want.kubepods)
+            .and_then(|()| ensure_pod_cgroup(&path(&["kubepods", "burstable"]), &want.burstable))
+            .and_then(|()| ensure_pod_cgroup(&path(&["kubepods", "besteffort"]), &want.besteffort));
         match result {
             Ok(()) => {
                 tracing::debug!(?want, "QoS cgroups updated");

@@ -382,14 +382,15 @@ pub(crate) fn pod_cgroup_config(pod: &Pod) -> PodCgroupConfig {
     }
 }
 
-/// The pod's cgroup (cgroupfs, absolute) under `cgroup_root`.
+/// The pod's cgroup (absolute, in the driver's form) under `cgroup_root`.
 pub(crate) fn pod_cgroup_name(cgroup_root: &str, qos: QosClass, uid: &str) -> String {
-    let root = cgroup_root.trim_end_matches('/');
-    match qos {
-        QosClass::Guaranteed => format!("{root}/kubepods/pod{uid}"),
-        QosClass::Burstable => format!("{root}/kubepods/burstable/pod{uid}"),
-        QosClass::BestEffort => format!("{root}/kubepods/besteffort/pod{uid}"),
-    }
+    let pod = format!("pod{uid}");
+    let parts: &[&str] = match qos {
+        QosClass::Guaranteed => &["kubepods", &pod],
+        QosClass::Burstable => &["kubepods", "burstable", &pod],
+        QosClass::BestEffort => &["kubepods", "besteffort", &pod],
+    };
+    crate::cgroup_manager::cgroup_path(cgroup_root, parts)
 }
 
 /// Every cgroup a pod with this UID may have (its QoS class is not always known).
@@ -404,7 +405,7 @@ pub(crate) fn all_pod_cgroup_names(cgroup_root: &str, uid: &str) -> Vec<String> 
     .collect()
 }
 
-const CGROUP_FS: &str = "/sys/fs/cgroup";
+pub(crate) const CGROUP_FS: &str = "/sys/fs/cgroup";
 
 /// True when the host runs pure cgroup v2 (controllers listed at the top).
 pub(crate) fn is_cgroup_v2() -> bool {
@@ -443,16 +444,21 @@ fn check_cgroup_root_in(fs: &Path, root: &str, v2: bool) -> Result<(), ResourceE
     Ok(())
 }
 
+/// A pod or QoS cgroup that cannot be made or written.
 #[derive(Debug, thiserror::Error)]
-#[error("writing {value:?} to {path}: {source}")]
-pub(crate) struct CgroupError {
-    pub(crate) path: PathBuf,
-    pub(crate) value: String,
-    pub(crate) source: std::io::Error,
+pub enum CgroupError {
+    #[error("writing {value:?} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("{unit}{}{message}", if unit.is_empty() { "" } else { ": " })]
+    Systemd { unit: String, message: String },
 }
 
 fn write(path: PathBuf, value: String) -> Result<(), CgroupError> {
-    std::fs::write(&path, &value).map_err(|source| CgroupError {
+    std::fs::write(&path, &value).map_err(|source| CgroupError::Write {
         path,
         value,
         source,
@@ -460,7 +466,7 @@ fn write(path: PathBuf, value: String) -> Result<(), CgroupError> {
 }
 
 fn mkdir(path: PathBuf) -> Result<PathBuf, CgroupError> {
-    std::fs::create_dir_all(&path).map_err(|source| CgroupError {
+    std::fs::create_dir_all(&path).map_err(|source| CgroupError::Write {
         path: path.clone(),
         value: String::new(),
         source,
@@ -474,7 +480,9 @@ fn mkdir(path: PathBuf) -> Result<PathBuf, CgroupError> {
 pub(crate) fn ensure_pod_cgroup(name: &str, cfg: &PodCgroupConfig) -> Result<(), CgroupError> {
     let rel = name.trim_start_matches('/');
     let root = Path::new(CGROUP_FS);
-    if is_cgroup_v2() {
+    let v2 = is_cgroup_v2();
+    crate::cgroup_manager::ensure_unit(name, cfg, v2)?;
+    if v2 {
         // Enable cpu and memory on every ancestor so the pod cgroup gets the files.
         let mut cur = root.to_path_buf();
         for part in rel.split('/').filter(|p| !p.is_empty()) {

@@ -676,8 +676,10 @@ fn remove_dir(path: &Path) {
     }
 }
 
-/// Removes the (now empty) pod cgroup from every mounted hierarchy.
+/// Removes the (now empty) pod cgroup: its slice with systemd, then what is left of it in
+/// every mounted hierarchy.
 fn remove_pod_cgroup(cgroup: &str) {
+    crate::cgroup_manager::remove_unit(cgroup);
     let rel = cgroup.trim_start_matches('/');
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;

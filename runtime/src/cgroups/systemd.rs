@@ -8,6 +8,9 @@
 //! so that systemd leaves the cgroup's files to us: the limits are then written as with
 //! cgroupfs, in the scope's directory under the slice's. Stopping the unit removes the
 //! directory.
+//!
+//! The kubelet's systemd cgroup driver makes its pod and QoS slices with the same calls
+//! ([`ensure_slice`], [`stop_unit`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -98,68 +101,140 @@ impl Unit {
     /// Starts the unit as a transient one holding `pid`, and waits until `pid` is in it.
     pub fn start(&self, pid: i32) -> Result<()> {
         let conn = connect()?;
-        let manager = manager(&conn)?;
-        let props: Vec<(&str, Value)> = vec![
-            (
-                "Description",
-                Value::from(format!("nodus container {}", self.name)),
-            ),
-            ("Slice", Value::from(self.slice.as_str())),
-            ("Delegate", Value::from(true)),
-            ("PIDs", Value::from(vec![pid as u32])),
-            ("DefaultDependencies", Value::from(false)),
-            ("MemoryAccounting", Value::from(true)),
-            ("CPUAccounting", Value::from(true)),
-            ("TasksAccounting", Value::from(true)),
+        let props = [
+            Property::Str("Description", format!("nodus container {}", self.name)),
+            Property::Str("Slice", self.slice.clone()),
+            Property::Bool("Delegate", true),
+            Property::Pids(vec![pid as u32]),
+            Property::Bool("DefaultDependencies", false),
+            Property::Bool("MemoryAccounting", true),
+            Property::Bool("CPUAccounting", true),
+            Property::Bool("TasksAccounting", true),
         ];
-        let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
-        let _job: OwnedObjectPath = manager
-            .call(
-                "StartTransientUnit",
-                &(self.name.as_str(), "replace", props, aux),
-            )
+        start_transient(&conn, &self.name, &props)
             .map_err(|e| dbus_error(&format!("start unit {}", self.name), e))?;
-        // The reply comes when the job is queued; the move is done when /proc says so.
+        // The move is done when /proc says so.
         let want = format!("/{}", self.cgroup_path().display());
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
+        let moved = wait_for(START_TIMEOUT, || {
             let cgroups =
                 std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            if cgroups
+            cgroups
                 .lines()
                 .any(|l| l.split(':').nth(2) == Some(want.as_str()))
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Other(format!(
-                    "systemd did not move pid {pid} into {} within {START_TIMEOUT:?}",
-                    self.name
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        });
+        if moved {
+            Ok(())
+        } else {
+            Err(Error::Other(format!(
+                "systemd did not move pid {pid} into {} within {START_TIMEOUT:?}",
+                self.name
+            )))
         }
     }
 
     /// Stops the unit (a unit systemd no longer knows is fine: an empty scope is gone by
     /// itself) and waits briefly for its directory under `root` to go.
     pub fn stop(&self, root: &std::path::Path) -> Result<()> {
-        let conn = connect()?;
-        let manager = manager(&conn)?;
-        let stopped: zbus::Result<OwnedObjectPath> =
-            manager.call("StopUnit", &(self.name.as_str(), "replace"));
-        match stopped {
-            Ok(_) => {}
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => {}
-            Err(e) => return Err(dbus_error(&format!("stop unit {}", self.name), e)),
-        }
-        let dir = root.join(self.cgroup_path());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while dir.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        stop_unit(&self.name)?;
+        wait_for(STOP_TIMEOUT, || !root.join(self.cgroup_path()).exists());
         Ok(())
+    }
+}
+
+/// A property of a transient unit, as systemd's D-Bus API takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Property {
+    /// A string property (`Description`, `Slice`).
+    Str(&'static str, String),
+    /// A boolean property (`Delegate`, `CPUAccounting`...).
+    Bool(&'static str, bool),
+    /// An unsigned property (`CPUWeight`, `MemoryMax`, `CPUQuotaPerSecUSec`...;
+    /// `u64::MAX` is systemd's "infinity").
+    U64(&'static str, u64),
+    /// `PIDs`: the processes a scope starts with.
+    Pids(Vec<u32>),
+}
+
+impl Property {
+    fn to_value(&self) -> (&'static str, Value<'_>) {
+        match self {
+            Property::Str(k, v) => (k, Value::from(v.as_str())),
+            Property::Bool(k, v) => (k, Value::from(*v)),
+            Property::U64(k, v) => (k, Value::from(*v)),
+            Property::Pids(p) => ("PIDs", Value::from(p.clone())),
+        }
+    }
+}
+
+/// True when systemd is the init system (the test runc and sd_booted use).
+pub fn is_running() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+/// Makes the slice `name` with `props`, or sets `props` on it when systemd has it already
+/// (for the runtime only, as runc does). Returns once its cgroup exists under `root`.
+pub fn ensure_slice(root: &std::path::Path, name: &str, props: &[Property]) -> Result<()> {
+    let dir = root.join(slice_path(name).map_err(Error::Other)?);
+    let conn = connect()?;
+    match start_transient(&conn, name, props) {
+        Ok(()) => {}
+        Err(zbus::Error::MethodError(e, _, _))
+            if e.as_str() == "org.freedesktop.systemd1.UnitExists" =>
+        {
+            let values: Vec<_> = props.iter().map(Property::to_value).collect();
+            let _: () = manager(&conn)?
+                .call("SetUnitProperties", &(name, true, values))
+                .map_err(|e| dbus_error(&format!("set properties of {name}"), e))?;
+        }
+        Err(e) => return Err(dbus_error(&format!("start unit {name}"), e)),
+    }
+    if wait_for(START_TIMEOUT, || dir.is_dir()) {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "systemd started {name}, but {} did not appear within {START_TIMEOUT:?}",
+            dir.display()
+        )))
+    }
+}
+
+/// Stops the unit `name`; one systemd does not know (any more) is fine.
+pub fn stop_unit(name: &str) -> Result<()> {
+    let conn = connect()?;
+    let stopped: zbus::Result<OwnedObjectPath> =
+        manager(&conn)?.call("StopUnit", &(name, "replace"));
+    match stopped {
+        Ok(_) => Ok(()),
+        Err(zbus::Error::MethodError(e, _, _))
+            if e.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(dbus_error(&format!("stop unit {name}"), e)),
+    }
+}
+
+/// `StartTransientUnit(name, "replace", props, [])`. The reply comes when the job is
+/// queued, not done: callers wait for what they need (a process moved, a directory).
+fn start_transient(conn: &Connection, name: &str, props: &[Property]) -> zbus::Result<()> {
+    let values: Vec<_> = props.iter().map(Property::to_value).collect();
+    let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
+    let _job: OwnedObjectPath = Proxy::new(conn, DESTINATION, PATH, MANAGER)?
+        .call("StartTransientUnit", &(name, "replace", values, aux))?;
+    Ok(())
+}
+
+/// Polls `done` every 2 ms until it holds (true) or `timeout` passes (false).
+fn wait_for(timeout: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
