@@ -53,6 +53,10 @@ fn invalid(field: &str, value: impl ToString, reason: impl ToString) -> ConfigEr
     about = "Nodus kubelet: runs static pods through a CRI runtime"
 )]
 pub struct Flags {
+    /// Print the version and exit (upstream's `--version`; `--version=raw` as a struct;
+    /// kubeadm's preflight runs `kubelet --version`).
+    #[arg(long = "version", num_args = 0..=1, default_missing_value = "true", value_name = "true|false|raw")]
+    pub version: Option<String>,
     /// Path to a KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
     #[arg(long = "config")]
     pub(crate) config: Option<PathBuf>,
@@ -118,6 +122,18 @@ pub struct Flags {
     /// The sandbox image; image GC never removes it.
     #[arg(long = "pod-infra-container-image")]
     pub(crate) pod_infra_container_image: Option<String>,
+    /// Deprecated upstream (1.24, gone in 1.27): only `remote` (a CRI endpoint) was left;
+    /// kubeadm 1.20 to 1.26 still writes `--container-runtime=remote` in kubeadm-flags.env.
+    #[arg(long = "container-runtime")]
+    pub(crate) container_runtime: Option<String>,
+    /// Dockershim's network plugin (gone with it in 1.24; kubeadm passed `cni` for Docker).
+    /// Accepted with a warning: the runtime's CNI set-up is what runs.
+    #[arg(long = "network-plugin")]
+    pub(crate) network_plugin: Option<String>,
+    /// The resolver configuration pods inherit (resolvConf); kubeadm passes it where
+    /// systemd-resolved runs.
+    #[arg(long = "resolv-conf")]
+    pub(crate) resolv_conf: Option<PathBuf>,
     /// Dead containers kept per container name (upstream's
     /// --maximum-dead-containers-per-container, maxPerPodContainer).
     #[arg(long = "maximum-dead-containers-per-container")]
@@ -1239,6 +1255,30 @@ impl Config {
         if let Some(v) = &flags.pod_infra_container_image {
             c.pod_infra_container_image = v.clone();
         }
+        match flags.container_runtime.as_deref() {
+            None => {}
+            Some("remote") => c.warnings.push(
+                "--container-runtime has been deprecated: remote is the only valid value and \
+                 the flag will be removed (upstream 1.27)"
+                    .into(),
+            ),
+            Some(v) => {
+                return Err(invalid(
+                    "--container-runtime",
+                    v,
+                    "supported value: remote (a CRI runtime at --container-runtime-endpoint)",
+                ))
+            }
+        }
+        if let Some(v) = &flags.network_plugin {
+            c.warnings.push(format!(
+                "--network-plugin={v} is ignored: it configured dockershim, removed upstream in \
+                 1.24; the container runtime sets up the pod network"
+            ));
+        }
+        if let Some(v) = &flags.resolv_conf {
+            c.resolv_conf = v.clone();
+        }
         if let Some(v) = flags.maximum_dead_containers_per_container {
             c.max_per_pod_container = v;
         }
@@ -1662,6 +1702,46 @@ volumeStatsAggPeriod: 0s
         assert_eq!(
             c.warnings,
             ["KubeletConfiguration: strict decoding error: unknown field \"staticPodPth\" (ignored)"]
+        );
+    }
+
+    #[test]
+    fn the_flags_kubeadm_writes_are_accepted() {
+        // kubeadm 1.20's kubeadm-flags.env, and 1.20's for Docker.
+        let c = Config::resolve(
+            &flags(&[
+                "--container-runtime=remote",
+                "--container-runtime-endpoint=/run/containerd/containerd.sock",
+                "--resolv-conf=/run/systemd/resolve/resolv.conf",
+                "--network-plugin=cni",
+                "--pod-infra-container-image=k8s.gcr.io/pause:3.2",
+                "--hostname-override",
+                "n",
+            ]),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.container_runtime_endpoint,
+            "/run/containerd/containerd.sock"
+        );
+        assert_eq!(
+            c.resolv_conf,
+            PathBuf::from("/run/systemd/resolve/resolv.conf")
+        );
+        assert_eq!(c.pod_infra_container_image, "k8s.gcr.io/pause:3.2");
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("--container-runtime has been deprecated"));
+        assert!(c.warnings[1].contains("--network-plugin=cni is ignored"));
+        let e = Config::resolve(
+            &flags(&["--container-runtime=docker", "--hostname-override", "n"]),
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--container-runtime") && e.contains("docker"),
+            "{e}"
         );
     }
 

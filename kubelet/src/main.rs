@@ -98,6 +98,21 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
 fn main() {
     let flags = Flags::parse();
+    if let Some(v) = flags.version.as_deref().filter(|v| *v != "false") {
+        let version = nodus_kubelet::version::KUBELET_VERSION;
+        match v {
+            "true" => println!("Kubernetes {version}"),
+            "raw" => println!(
+                "version.Info{{GitVersion:\"{version}\", Platform:\"linux/{}\"}}",
+                nodus_kubelet::version::go_arch()
+            ),
+            _ => {
+                eprintln!("kubelet: --version {v:?}: supported values: true, false, raw");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     let cfg = match Config::load(&flags) {
         Ok(c) => c,
         Err(e) => {
