@@ -12,6 +12,12 @@
 #   --kubeconfig  joins a cluster: FILE becomes /etc/kubernetes/kubelet.conf (0600), its CA
 #                 /etc/kubernetes/pki/ca.crt, and the drop-in 20-kubeconfig.conf passes
 #                 --kubeconfig and the kubelet API's webhook authn/authz flags (as kubeadm)
+#   --join ARGS...  joins a cluster with `kubeadm join ARGS...` (kubeadm from PATH or $KUBEADM;
+#                 every argument after --join is kubeadm's): installs kubeadm's kubelet drop-in
+#                 (20-kubeadm.conf: bootstrap and node kubeconfigs, kubeadm-flags.env), starts
+#                 containerd but not the kubelet (kubeadm's preflight wants port 10250 free),
+#                 then kubeadm writes config.yaml from the cluster, restarts the kubelet and waits
+#                 for its TLS bootstrap
 #   --bootstrap-kubeconfig  joins by TLS bootstrap, as after `kubeadm join`: FILE (a bootstrap
 #                 token's kubeconfig) becomes /etc/kubernetes/bootstrap-kubelet.conf and the
 #                 kubelet writes /etc/kubernetes/kubelet.conf itself from the certificate the
@@ -24,7 +30,7 @@
 #
 # usage: hack/install.sh [--root DIR] [--no-build] [--bin-dir target/release] [--demo]
 #                        [--kubeconfig FILE | --bootstrap-kubeconfig FILE]
-#                        [--cgroup-driver systemd|cgroupfs]
+#                        [--cgroup-driver systemd|cgroupfs] [--join KUBEADM-JOIN-ARGS...]
 #   --root DIR     install into DIR (an image being built); enables units there, starts nothing
 #   --no-build     use the binaries in --bin-dir and the images in build/images as they are
 #   --bin-dir DIR  where the binaries are (default target/release)
@@ -40,6 +46,8 @@ demo=0
 kubeconfig=""
 bootstrap=""
 driver=""
+join_args=()
+joining=0
 bin_dir=target/release
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,6 +58,7 @@ while [ $# -gt 0 ]; do
     --kubeconfig) kubeconfig="${2:?--kubeconfig needs a file}"; shift 2 ;;
     --bootstrap-kubeconfig) bootstrap="${2:?--bootstrap-kubeconfig needs a file}"; shift 2 ;;
     --cgroup-driver) driver="${2:?--cgroup-driver needs systemd or cgroupfs}"; shift 2 ;;
+    --join) shift; joining=1; join_args=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "install: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -77,6 +86,13 @@ fi
 [ -z "$kubeconfig" ] || [ -f "$kubeconfig" ] || { echo "install: --kubeconfig $kubeconfig: no such file" >&2; exit 1; }
 [ -z "$bootstrap" ] || [ -f "$bootstrap" ] || { echo "install: --bootstrap-kubeconfig $bootstrap: no such file" >&2; exit 1; }
 [ -z "$kubeconfig" ] || [ -z "$bootstrap" ] || { echo "install: --kubeconfig and --bootstrap-kubeconfig: give one" >&2; exit 2; }
+if [ "$joining" = 1 ]; then
+  [ -z "$kubeconfig$bootstrap$root" ] || { echo "install: --join goes without --kubeconfig, --bootstrap-kubeconfig and --root" >&2; exit 2; }
+  [ ${#join_args[@]} -gt 0 ] || { echo "install: --join needs kubeadm join's arguments (API server endpoint, --token, discovery)" >&2; exit 2; }
+  kubeadm_bin=${KUBEADM:-$(command -v kubeadm || true)}
+  [ -n "$kubeadm_bin" ] && [ -x "$kubeadm_bin" ] || { echo "install: --join: no kubeadm in PATH (or set KUBEADM)" >&2; exit 1; }
+  [ -d /run/systemd/system ] || { echo "install: --join: kubeadm join restarts kubelet.service, so systemd must be running" >&2; exit 1; }
+fi
 for b in containerd-shim-nodus-v2 nodus-bridge; do
   [ -x "$bin_dir/$b" ] || { echo "install: $bin_dir/$b missing (build first)" >&2; exit 1; }
 done
@@ -143,8 +159,8 @@ if [ -f "$cfg" ] && ! cmp -s "$cfg" "$gen/containerd.toml" && [ ! -f "$cfg.nodus
 fi
 put 0644 "$gen/containerd.toml" "$cfg" containerd
 
-# The operator's kubelet config is kept if it exists.
-if [ ! -f "$r/var/lib/kubelet/config.yaml" ]; then
+# The operator's kubelet config is kept if it exists; kubeadm join writes the cluster's.
+if [ "$joining" = 0 ] && [ ! -f "$r/var/lib/kubelet/config.yaml" ]; then
   sed "s/^cgroupDriver: .*/cgroupDriver: $driver/" hack/deploy/kubelet-config.yaml > "$gen/kubelet.yaml"
   install -m 0644 "$gen/kubelet.yaml" "$r/var/lib/kubelet/config.yaml"
   changed_kubelet=1
@@ -152,7 +168,9 @@ fi
 put 0644 hack/deploy/kubelet.service "$r/etc/systemd/system/kubelet.service" units
 put 0644 hack/deploy/kubelet.service.d/10-nodus.conf "$r/etc/systemd/system/kubelet.service.d/10-nodus.conf" units
 join="${kubeconfig:-$bootstrap}"
-if [ -n "$join" ]; then
+if [ "$joining" = 1 ]; then
+  put 0644 hack/deploy/kubelet.service.d/20-kubeadm.conf "$r/etc/systemd/system/kubelet.service.d/20-kubeconfig.conf" units
+elif [ -n "$join" ]; then
   if [ -n "$kubeconfig" ]; then
     put 0600 "$kubeconfig" "$r/etc/kubernetes/kubelet.conf" kubelet
     dropin=hack/deploy/kubelet.service.d/20-kubeconfig.conf
@@ -198,6 +216,21 @@ if [ -n "$root" ]; then
     ln -sfn /etc/systemd/system/kubelet.service "$root/etc/systemd/system/multi-user.target.wants/kubelet.service"
   }
   echo "install: installed into $root (units enabled, nothing started)"
+elif [ "$joining" = 1 ]; then
+  [ "$changed_units" = 0 ] || systemctl daemon-reload
+  systemctl enable --quiet "${units[@]}"
+  systemctl stop kubelet.service
+  if [ "$changed_containerd" = 1 ]; then systemctl restart containerd.service; else systemctl start containerd.service; fi
+  systemctl restart nodus-images.service
+  echo "install: Nodus installed (cgroup driver $driver); running $kubeadm_bin join ${join_args[*]}"
+  "$kubeadm_bin" join "${join_args[@]}"
+  # kubeadm wrote the cluster's kubelet config: its cgroupDriver must be containerd's.
+  joined_driver=$(sed -n 's/^cgroupDriver: *\([a-z]*\).*/\1/p' /var/lib/kubelet/config.yaml | head -n1)
+  if [ "${joined_driver:-cgroupfs}" != "$driver" ]; then
+    echo "install: WARNING: the cluster's kubelet config says cgroupDriver: ${joined_driver:-cgroupfs}, containerd was set up for $driver;" \
+      "run hack/install.sh --cgroup-driver ${joined_driver:-cgroupfs} (or set cgroupDriver in the kubelet-config ConfigMap)" >&2
+  fi
+  echo "install: joined; kubelet.service runs with /etc/kubernetes/kubelet.conf"
 elif [ -d /run/systemd/system ]; then
   [ "$changed_units" = 0 ] || systemctl daemon-reload
   systemctl enable --quiet "${units[@]}"

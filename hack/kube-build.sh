@@ -5,7 +5,7 @@
 # API server stays at build/kube-apiserver/kube-apiserver, where hack/kube-apiserver.sh
 # always put it): a second run prints the paths at once.
 #
-#   bash hack/kube-build.sh kube-apiserver kube-controller-manager kube-scheduler kubelet \
+#   bash hack/kube-build.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm \
 #        e2e.test ginkgo agnhost nonewprivs
 #
 # Only Debian's archive is used: deb-src comes from a private apt directory (build/apt), so
@@ -24,7 +24,7 @@ log() { echo "kube-build.sh: $*" >&2; }
 # The make target (package path in the tree) of each binary we know.
 what_of() {
   case "$1" in
-    kube-apiserver | kube-controller-manager | kube-scheduler | kubelet) echo "cmd/$1" ;;
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kubeadm) echo "cmd/$1" ;;
     e2e.test) echo test/e2e/e2e.test ;;
     ginkgo) echo vendor/github.com/onsi/ginkgo/ginkgo ;;
     agnhost | nonewprivs) echo "test/images/$1" ;;

@@ -24,7 +24,7 @@
 set -euo pipefail
 
 # Bump when the way the cached artifacts are built changes (part of every cache key).
-VM_TIER_VERSION=1
+VM_TIER_VERSION=2
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 vmdir=$repo/build/vm
@@ -57,7 +57,7 @@ HOST_PACKAGES=(debootstrap e2fsprogs xz-utils busybox-static util-linux coreutil
 QEMU_DEBS=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
 # The guest's packages (debootstrap --variant=minbase --include=...).
 GUEST_PACKAGES=(systemd systemd-sysv dbus containerd runc crun containernetworking-plugins iproute2
-  nftables iptables kmod procps iputils-ping busybox-static util-linux jq curl)
+  nftables iptables kmod procps iputils-ping busybox-static util-linux jq curl etcd-server conntrack)
 # Kernel modules carried in the image (with their dependencies). The first group is loaded by the
 # initramfs to reach the root filesystem and the 9p shares; the rest load on demand or through
 # /etc/modules-load.d in the guest.
@@ -222,6 +222,9 @@ build_image() {
   local mods=$rootfs/lib/modules/$kver
   mkdir -p "$rootfs/lib/modules"
   cp -a "$kernel_dir/root/lib/modules/$kver" "$mods"
+  # The kernel's config, where Debian puts it (kubeadm's preflight reads it).
+  mkdir -p "$rootfs/boot"
+  cp "$kernel_dir/root/boot/config-$kver" "$rootfs/boot/"
   chroot "$rootfs" depmod "$kver"
   resolve_modules() { # prints the .ko paths (inside the guest) in load order
     local m
@@ -354,6 +357,14 @@ if [ -x "$target/debug/nodus-images" ]; then
     log "warning: nodus-images build failed; the node checks will miss the images"
 else
   log "warning: $target/debug/nodus-images not built (cargo build --workspace --bins); the node checks will FAIL"
+fi
+# The kubeadm join check's control plane: kube-apiserver, kube-controller-manager, kube-scheduler
+# and kubeadm from Debian's Kubernetes source (cached in build/kube-apiserver), kubectl
+# (build/kubectl); the guest reads them from the repository share.
+if [ -z "$checks" ] || [[ " $checks " == *" node_kubeadm_join "* ]]; then
+  bash "$repo/hack/kube-build.sh" kube-apiserver kube-controller-manager kube-scheduler kubeadm > /dev/null ||
+    log "warning: hack/kube-build.sh failed; node_kubeadm_join will FAIL"
+  bash "$repo/hack/kubectl.sh" > /dev/null || log "warning: hack/kubectl.sh failed; node_kubeadm_join will FAIL"
 fi
 # Host e2e test binaries also run in the guest (the newest of each): the CRI parity checks
 # (shim/tests/cri_parity.rs) and the pod security fields (kubelet/tests/pod_security.rs).

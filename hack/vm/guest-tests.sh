@@ -23,10 +23,10 @@ set -u
 
 ALL_CHECKS=(cgroup_v2 runtime containerd cri_parity pod_security node_install node_pods_running node_systemd_cgroups node_pod_network
   node_overlay_rootfs node_cpu_limit node_memory_oom node_manifest_removed node_kubelet_restart
-  node_reboot node_uninstall)
+  node_reboot node_uninstall node_kubeadm_join)
 # Checks that run on the second boot: on the first, prepare_<name> (if any) runs in its place and
 # asks guest-run.sh for a reboot (results/reboot-request); node_uninstall follows the reboot check.
-AFTER_REBOOT=(node_reboot node_uninstall)
+AFTER_REBOOT=(node_reboot node_uninstall node_kubeadm_join)
 BOOT=${NODUS_VM_BOOT:-1}
 RUNTIMES=${NODUS_VM_RUNTIMES:-runc nodus}
 BIN_DIR=${NODUS_VM_BIN_DIR:-/nodus/target/debug}

@@ -448,3 +448,172 @@ check_node_uninstall() {
     fail node_uninstall "uninstall.sh exit $rc; left: ${left[*]:-none}; containers $containers; kubelet $(systemctl is-active kubelet); containerd $(systemctl is-active containerd); output: $(echo "$out" | tail -c 300 | tr '\n' ' ')"
   fi
 }
+
+# --- kubeadm join, as an operator joins a node ---------------------------------------------------
+# A control plane on this machine, prepared as `kubeadm init` would with its phases (certs,
+# kubeconfigs, the kubeadm-config and kubelet-config ConfigMaps, a bootstrap token, cluster-info),
+# from binaries built out of Debian's Kubernetes source on the host (hack/vm-test.sh builds them):
+# Debian's etcd, kube-apiserver, kube-controller-manager (CSR approver and signer, bootstrap
+# signer) and kube-scheduler, each a transient unit, and the control-plane node as an object only.
+# Then the operator's path:
+# `hack/install.sh --join <kubeadm join arguments>`; the node must be Ready, and a pod the scheduler
+# puts on it must run in a systemd scope of its pod's slice.
+KUBE_BUILD=$REPO/build/kube-apiserver
+JOIN_TOKEN=nodus1.0123456789abcdef
+# kubeadm wants the API server on a non-loopback address of the default route's interface: this
+# VM has no network, so the check gives it a dummy interface and a default route over it.
+CP_IP=10.99.0.1
+kube() { timeout 60 "$WORK/kube/kubectl" --kubeconfig /etc/kubernetes/admin.conf "$@"; }
+apiserver_ready() { [ "$(kube get --raw /readyz 2>/dev/null)" = ok ]; }
+node_ready() {
+  [ "$(kube get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+cluster_info_signed() {
+  kube -n kube-public get configmap cluster-info -o jsonpath='{.data}' 2>/dev/null | grep -q "jws-kubeconfig-${JOIN_TOKEN%%.*}"
+}
+joined_pod_running() { [ "$(kube get pod joined -o jsonpath='{.status.phase}' 2>/dev/null)" = Running ]; }
+joined_pod_gone() { ! kube get pod joined > /dev/null 2>&1 && [ -z "$(ctr_k containers ls -q 2>/dev/null)" ]; }
+check_node_kubeadm_join() {
+  local k=$WORK/kube b out rc t0 unit
+  mkdir -p "$k"
+  for b in "$KUBE_BUILD/kube-apiserver" "$KUBE_BUILD"/bin/{kube-controller-manager,kube-scheduler,kubeadm} \
+      "$REPO/build/kubectl/kubectl"; do
+    if [ ! -x "$b" ]; then
+      fail node_kubeadm_join "$b missing: hack/vm-test.sh builds it (hack/kube-build.sh, hack/kubectl.sh)"
+      return 0
+    fi
+    cp "$b" "$k/"
+  done
+  if ! ip -4 addr show | grep -q "inet $CP_IP/"; then
+    ip link add nodus-vm0 type dummy && ip addr add "$CP_IP/24" dev nodus-vm0 && ip link set nodus-vm0 up &&
+      { ip route show default | grep -q . || ip route add default via 10.99.0.254 dev nodus-vm0 onlink; } ||
+      { fail node_kubeadm_join "cannot give the VM an address for the API server"; return 0; }
+  fi
+  cat > "$k/kubeadm.yaml" <<YAML
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: InitConfiguration
+localAPIEndpoint: {advertiseAddress: $CP_IP, bindPort: 6443}
+bootstrapTokens: [{token: $JOIN_TOKEN, ttl: 1h}]
+nodeRegistration: {name: nodus-cp, criSocket: /run/containerd/containerd.sock}
+---
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: ClusterConfiguration
+kubernetesVersion: v1.20.2
+controlPlaneEndpoint: $CP_IP:6443
+etcd: {external: {endpoints: [http://127.0.0.1:2379]}}
+networking: {serviceSubnet: 10.96.0.0/16, podSubnet: 10.244.0.0/16}
+---
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: systemd
+# This VM's small disk: no disk-pressure eviction.
+evictionHard: {memory.available: 100Mi, nodefs.available: 0%, imagefs.available: 0%}
+YAML
+  t0=$(uptime_s)
+  out=$( { "$k/kubeadm" init phase certs all --config "$k/kubeadm.yaml" &&
+    for c in admin controller-manager scheduler; do
+      "$k/kubeadm" init phase kubeconfig "$c" --config "$k/kubeadm.yaml" || exit 1
+    done; } 2>&1)
+  if [ $? -ne 0 ]; then
+    fail node_kubeadm_join "kubeadm init phase certs/kubeconfig: $(echo "$out" | tail -c 400 | tr '\n' ' ')"
+    return 0
+  fi
+  systemctl start etcd
+  local p=/etc/kubernetes/pki
+  systemd-run --quiet --unit=nodus-vm-apiserver "$k/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
+    --secure-port=6443 --insecure-port=0 --advertise-address=$CP_IP --client-ca-file=$p/ca.crt --tls-cert-file=$p/apiserver.crt \
+    --tls-private-key-file=$p/apiserver.key --kubelet-client-certificate=$p/apiserver-kubelet-client.crt \
+    --kubelet-client-key=$p/apiserver-kubelet-client.key --enable-bootstrap-token-auth=true \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --service-cluster-ip-range=10.96.0.0/16 --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file=$p/sa.pub --service-account-signing-key-file=$p/sa.key \
+    --allow-privileged=true --profiling=false
+  if ! wait_until 180 apiserver_ready; then
+    fail node_kubeadm_join "kube-apiserver not ready in 180 s: $(journal_tail nodus-vm-apiserver 8)"
+    return 0
+  fi
+  metric "kubeadm join: control plane ready" "$(since "$t0") s after the certificates"
+  systemd-run --quiet --unit=nodus-vm-controller-manager "$k/kube-controller-manager" \
+    --kubeconfig=/etc/kubernetes/controller-manager.conf --leader-elect=false --port=0 --secure-port=0 \
+    --controllers=csrapproving,csrsigning,csrcleaner,bootstrapsigner,tokencleaner,serviceaccount,nodelifecycle \
+    --cluster-signing-cert-file=$p/ca.crt --cluster-signing-key-file=$p/ca.key \
+    --use-service-account-credentials=true --service-account-private-key-file=$p/sa.key \
+    --root-ca-file=$p/ca.crt
+  systemd-run --quiet --unit=nodus-vm-scheduler "$k/kube-scheduler" \
+    --kubeconfig=/etc/kubernetes/scheduler.conf --leader-elect=false --port=0
+  # The control-plane node kubeadm init would have registered (its kubelet is not part of the
+  # test): upload-config annotates it (once it has its hostname label). Tainted as kubeadm marks
+  # it, so nothing is scheduled there.
+  kube apply -f - > /dev/null <<YAML
+apiVersion: v1
+kind: Node
+metadata: {name: nodus-cp, labels: {kubernetes.io/hostname: nodus-cp, node-role.kubernetes.io/master: ""}}
+spec: {taints: [{key: node-role.kubernetes.io/master, effect: NoSchedule}]}
+YAML
+  out=$( { "$k/kubeadm" init phase upload-config all --config "$k/kubeadm.yaml" &&
+    "$k/kubeadm" init phase bootstrap-token --config "$k/kubeadm.yaml"; } 2>&1)
+  if [ $? -ne 0 ]; then
+    fail node_kubeadm_join "kubeadm init phase upload-config/bootstrap-token: $(echo "$out" | tail -c 400 | tr '\n' ' ')"
+    return 0
+  fi
+  # kubeadm join's discovery checks the token's JWS signature of cluster-info, which the
+  # controller manager's bootstrap signer adds.
+  if ! wait_until 120 cluster_info_signed; then
+    fail node_kubeadm_join "cluster-info not signed for token ${JOIN_TOKEN%%.*} in 120 s; controller manager $(systemctl is-active nodus-vm-controller-manager): $(journal_tail nodus-vm-controller-manager 8)"
+    return 0
+  fi
+  # The operator's part. Preflight errors let through: crictl (FileExisting-crictl, CRI), which
+  # Debian 12 does not package; the control plane's CA on this same machine
+  # (FileAvailable--etc-kubernetes-pki-ca.crt); the version skew (KubeletVersion: our kubelet
+  # reports v1.34, kubeadm 1.20 wants one no newer than the control plane).
+  sysctl -qw net.ipv4.ip_forward=1
+  t0=$(uptime_s)
+  out=$(PATH=$k:$PATH bash "$REPO/hack/install.sh" --no-build --bin-dir "$BIN_DIR" --join "$CP_IP:6443" \
+    --token "$JOIN_TOKEN" --discovery-token-unsafe-skip-ca-verification \
+    --cri-socket /run/containerd/containerd.sock --ignore-preflight-errors=FileExisting-crictl,CRI,FileAvailable--etc-kubernetes-pki-ca.crt,KubeletVersion 2>&1)
+  rc=$?
+  echo "$out" | tail -n 25
+  if [ "$rc" -ne 0 ]; then
+    fail node_kubeadm_join "hack/install.sh --join exited $rc: $(echo "$out" | tail -c 700 | tr '\n' ' '); kubelet: $(journal_tail kubelet 6)"
+    return 0
+  fi
+  metric "kubeadm join" "$(since "$t0") s (install.sh --join)"
+  if ! wait_until 120 node_ready; then
+    fail node_kubeadm_join "joined, but node $NODE_NAME not Ready in 120 s: $(kube get node -o wide 2>&1 | tail -n +2 | tr -s ' ' | tr '\n' ' '); kubelet: $(journal_tail kubelet 6)"
+    return 0
+  fi
+  pass node_kubeadm_join "install.sh --join (kubeadm join $CP_IP:6443 --token ...) in $(since "$t0") s: node $NODE_NAME Ready; $(readlink /var/lib/kubelet/pki/kubelet-client-current.pem); kubeadm-flags.env: $(cut -c1-120 /var/lib/kubelet/kubeadm-flags.env)"
+  kube apply -f - > /dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: joined, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 2
+  automountServiceAccountToken: false
+  containers:
+  - {name: main, image: localhost/nodus/busybox:1.35, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}
+YAML
+  if ! wait_until 120 joined_pod_running; then
+    fail node_kubeadm_join_pod "pod 'joined' not Running in 120 s: $(kube get pod joined -o wide 2>&1 | tail -n +2); events: $(kube get events --field-selector involvedObject.name=joined -o jsonpath='{range .items[*]}{.reason}: {.message}; {end}' 2>&1 | tail -c 400)"
+  else
+    local node id pid cg uid
+    node=$(kube get pod joined -o jsonpath='{.spec.nodeName}')
+    id=$(kube get pod joined -o jsonpath='{.status.containerStatuses[0].containerID}' | sed 's|^.*://||')
+    uid=$(kube get pod joined -o jsonpath='{.metadata.uid}' | tr - _)
+    pid=$(task_pid "$id")
+    cg=$(sed -n 's/^0:://p' "/proc/${pid:-0}/cgroup" 2>/dev/null)
+    unit=kubepods-besteffort-pod$uid.slice
+    if [ "$node" = "$NODE_NAME" ] &&
+        [ "$cg" = "/kubepods.slice/kubepods-besteffort.slice/$unit/cri-containerd-$id.scope" ] &&
+        [ "$(systemctl is-active "$unit")" = active ]; then
+      pass node_kubeadm_join_pod "pod 'joined' scheduled to $node and Running, its container in $cg"
+    else
+      fail node_kubeadm_join_pod "pod 'joined' on '$node', container ${id:0:12} pid ${pid:-?} in '$cg' (slice $unit $(systemctl is-active "$unit"))"
+    fi
+  fi
+  kube delete pod joined --wait=false > /dev/null 2>&1
+  wait_until 60 joined_pod_gone || note "kubeadm join: pod 'joined' still there 60 s after its deletion"
+  for unit in nodus-vm-scheduler nodus-vm-controller-manager nodus-vm-apiserver etcd; do
+    systemctl stop "$unit" 2>/dev/null
+  done
+}
