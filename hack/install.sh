@@ -222,7 +222,8 @@ elif [ "$joining" = 1 ]; then
   systemctl stop kubelet.service
   if [ "$changed_containerd" = 1 ]; then systemctl restart containerd.service; else systemctl start containerd.service; fi
   systemctl restart nodus-images.service
-  echo "install: Nodus installed (cgroup driver $driver); running $kubeadm_bin join ${join_args[*]}"
+  # Not the arguments: they hold the bootstrap token.
+  echo "install: Nodus installed (cgroup driver $driver); running $kubeadm_bin join"
   "$kubeadm_bin" join "${join_args[@]}"
   # kubeadm wrote the cluster's kubelet config: its cgroupDriver must be containerd's.
   joined_driver=$(sed -n 's/^cgroupDriver: *\([a-z]*\).*/\1/p' /var/lib/kubelet/config.yaml | head -n1)
