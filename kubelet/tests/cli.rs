@@ -56,14 +56,52 @@ fn unknown_config_field_is_a_warning_naming_it() {
 }
 
 #[test]
-fn systemd_cgroup_driver_is_refused_clearly() {
-    let f = config("cgroupDriver: systemd\n");
+fn an_unknown_cgroup_driver_is_refused_naming_it() {
+    let f = config("cgroupDriver: openrc\n");
     let (code, err) = run(&["--config", f.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("cgroupDriver") && err.contains("systemd") && err.contains("cgroupfs"),
+        err.contains("cgroupDriver") && err.contains("openrc") && err.contains("cgroupfs, systemd"),
         "{err}"
     );
+}
+
+#[test]
+fn the_systemd_driver_needs_systemd_as_init() {
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        eprintln!("SKIP: systemd is init here; the VM tier runs the kubelet on the systemd driver");
+        return;
+    }
+    let f = config("cgroupDriver: systemd\n");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(&[
+        "--config",
+        f.path().to_str().unwrap(),
+        "--root-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "systemd cgroup flag passed, but systemd support for managing cgroups is not available"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_is_printed_as_upstream_prints_it() {
+    // kubeadm's preflight runs `kubelet --version` and parses "Kubernetes vX.Y.Z".
+    let out = Command::new(env!("CARGO_BIN_EXE_kubelet"))
+        .arg("--version")
+        .output()
+        .expect("run kubelet");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.starts_with("Kubernetes v1."), "{text}");
+    let (code, err) = run(&["--version=yes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--version") && err.contains("yes"), "{err}");
 }
 
 #[test]
