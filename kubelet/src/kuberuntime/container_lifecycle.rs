@@ -45,16 +45,8 @@ impl RuntimeManager {
             self.verify_non_root(pod, container, &user, &image_ref)
                 .await?;
         }
-        // Asking the sandbox's IPs costs a PodSandboxStatus between RunPodSandbox and the
-        // first CreateContainer; in a burst of 30 that call waits behind the runtime's other
-        // work. Only a container that shows the IPs to its processes waits for them.
-        let pod_ips = if crate::pod_util::uses_pod_ips(pod, container) {
-            self.pod_ips(Some(pod), sandbox_id).await
-        } else {
-            super::with_host_network_ips(pod, Vec::new(), &self.node_ips)
-        };
         let rt_fields = crate::envvars::RuntimeFields {
-            pod_ips,
+            pod_ips: self.pod_ips(Some(pod), sandbox_id).await,
             host_ip: self.node_ips.first().cloned(),
             node_name: self.node_name.clone(),
         };
