@@ -92,6 +92,8 @@ if [ "$joining" = 1 ]; then
   kubeadm_bin=${KUBEADM:-$(command -v kubeadm || true)}
   [ -n "$kubeadm_bin" ] && [ -x "$kubeadm_bin" ] || { echo "install: --join: no kubeadm in PATH (or set KUBEADM)" >&2; exit 1; }
   [ -d /run/systemd/system ] || { echo "install: --join: kubeadm join restarts kubelet.service, so systemd must be running" >&2; exit 1; }
+  # A second run must not stop a joined node's kubelet only to have kubeadm's preflight refuse.
+  [ ! -f /etc/kubernetes/kubelet.conf ] || { echo "install: --join: this node has joined a cluster already (/etc/kubernetes/kubelet.conf exists); run kubeadm reset first, or hack/install.sh without --join to update Nodus" >&2; exit 2; }
 fi
 for b in containerd-shim-nodus-v2 nodus-bridge; do
   [ -x "$bin_dir/$b" ] || { echo "install: $bin_dir/$b missing (build first)" >&2; exit 1; }
@@ -108,9 +110,10 @@ case "$driver" in
 esac
 # The cgroup driver: a kept config.yaml's, else --cgroup-driver, else systemd where it is the
 # init system (of this machine, or of the --root image).
+# cgroup_driver_of FILE: the cgroupDriver a KubeletConfiguration sets (quoted or not), if any.
+cgroup_driver_of() { sed -n "s/^cgroupDriver: *[\"']\{0,1\}\([a-z]*\).*/\1/p" "$1" | head -n1; }
 kept_driver=""
-[ -f "$r/var/lib/kubelet/config.yaml" ] &&
-  kept_driver=$(sed -n 's/^cgroupDriver: *\([a-z]*\).*/\1/p' "$r/var/lib/kubelet/config.yaml" | head -n1)
+[ -f "$r/var/lib/kubelet/config.yaml" ] && kept_driver=$(cgroup_driver_of "$r/var/lib/kubelet/config.yaml")
 if [ -f "$r/var/lib/kubelet/config.yaml" ]; then
   if [ -n "$driver" ] && [ "$driver" != "${kept_driver:-cgroupfs}" ]; then
     echo "install: --cgroup-driver $driver, but the kept $r/var/lib/kubelet/config.yaml says cgroupDriver: ${kept_driver:-cgroupfs}" >&2
@@ -118,7 +121,9 @@ if [ -f "$r/var/lib/kubelet/config.yaml" ]; then
   fi
   driver=${kept_driver:-cgroupfs}
 elif [ -z "$driver" ]; then
-  if { [ -z "$root" ] && [ -d /run/systemd/system ]; } || { [ -n "$root" ] && [ -x "$root/lib/systemd/systemd" ]; }; then
+  # Nodus runs the systemd driver on pure cgroup v2 only (as the kubelet and runtime check).
+  if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ] &&
+      { { [ -z "$root" ] && [ -d /run/systemd/system ]; } || { [ -n "$root" ] && [ -x "$root/lib/systemd/systemd" ]; }; }; then
     driver=systemd
   else
     driver=cgroupfs
@@ -154,7 +159,9 @@ cfg="$r/etc/containerd/config.toml"
 gen=$(mktemp -d)
 trap 'rm -rf "$gen"' EXIT
 sed "s/^\( *SystemdCgroup = \).*/\1$systemd_cgroup/" hack/deploy/containerd-config.toml > "$gen/containerd.toml"
-if [ -f "$cfg" ] && ! cmp -s "$cfg" "$gen/containerd.toml" && [ ! -f "$cfg.nodus-orig" ]; then
+# Ours with either driver is not the original to keep.
+if [ -f "$cfg" ] && [ ! -f "$cfg.nodus-orig" ] &&
+    ! sed 's/^\( *SystemdCgroup = \).*/\1false/' "$cfg" | cmp -s - hack/deploy/containerd-config.toml; then
   cp -p "$cfg" "$cfg.nodus-orig"
 fi
 put 0644 "$gen/containerd.toml" "$cfg" containerd
@@ -226,7 +233,7 @@ elif [ "$joining" = 1 ]; then
   echo "install: Nodus installed (cgroup driver $driver); running $kubeadm_bin join"
   "$kubeadm_bin" join "${join_args[@]}"
   # kubeadm wrote the cluster's kubelet config: its cgroupDriver must be containerd's.
-  joined_driver=$(sed -n 's/^cgroupDriver: *\([a-z]*\).*/\1/p' /var/lib/kubelet/config.yaml | head -n1)
+  joined_driver=$(cgroup_driver_of /var/lib/kubelet/config.yaml)
   if [ "${joined_driver:-cgroupfs}" != "$driver" ]; then
     echo "install: WARNING: the cluster's kubelet config says cgroupDriver: ${joined_driver:-cgroupfs}, containerd was set up for $driver;" \
       "run hack/install.sh --cgroup-driver ${joined_driver:-cgroupfs} (or set cgroupDriver in the kubelet-config ConfigMap)" >&2

@@ -211,8 +211,17 @@ check_node_systemd_cgroups() {
     pass node_systemd_cgroups "${out[*]}; sd-shim's slice CPUQuotaPerSecUSec=$quota"
   fi
   rm -f "$MANIFESTS/sd-shim.yaml" "$MANIFESTS/sd-runc-shim.yaml"
+  # sd-nodus is Burstable: its arrival and removal resize kubepods-burstable.slice, which
+  # exists already, through SetUnitProperties; none of the QoS updates may fail.
+  local qos_failed
   if wait_until 90 sd_pods_gone "${paths[@]}"; then
-    pass node_systemd_cgroups_removed "sd-shim, sd-nodus removed: their slices and scopes inactive, directories gone (${paths[*]})"
+    sleep 3   # the next QoS update (every housekeeping, 2 s)
+    qos_failed=$(journalctl -u kubelet --no-pager -o cat 2>/dev/null | grep -c "cannot update the QoS cgroups")
+  fi
+  if [ "${qos_failed:-x}" != 0 ] && [ -n "${qos_failed:-}" ]; then
+    fail node_systemd_cgroups_removed "sd-shim, sd-nodus removed, but the kubelet logged $qos_failed failed QoS slice updates: $(journalctl -u kubelet --no-pager -o cat | grep -m1 'cannot update the QoS cgroups' | tail -c 300)"
+  elif [ -n "${qos_failed:-}" ]; then
+    pass node_systemd_cgroups_removed "sd-shim, sd-nodus removed: their slices and scopes inactive, directories gone (${paths[*]}); kubepods-burstable.slice CPUWeight now $(systemctl show -p CPUWeight --value kubepods-burstable.slice), no failed QoS update"
   else
     local left=()
     for p in "${paths[@]}"; do

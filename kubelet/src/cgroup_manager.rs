@@ -41,6 +41,15 @@ pub fn set_driver(driver: CgroupDriver) -> Result<(), CgroupError> {
                 .into(),
         });
     }
+    // The runtime makes systemd scopes on pure cgroup v2 only; so do the slices here.
+    if driver == CgroupDriver::Systemd && !crate::resources::is_cgroup_v2() {
+        return Err(CgroupError::Systemd {
+            unit: String::new(),
+            message: "cgroupDriver systemd: Nodus runs it on pure cgroup v2 hosts only (this \
+                      host mounts cgroup v1 hierarchies); use cgroupfs"
+                .into(),
+        });
+    }
     let _ = DRIVER.set(driver);
     Ok(())
 }
@@ -84,14 +93,14 @@ fn path_for(driver: CgroupDriver, root: &str, parts: &[&str]) -> String {
 
 /// With systemd, makes the slice at `path` or gives it `cfg` (a resize); with cgroupfs,
 /// nothing (the caller makes the directories). The caller writes the files afterwards.
-pub(crate) fn ensure_unit(path: &str, cfg: &PodCgroupConfig, v2: bool) -> Result<(), CgroupError> {
+pub(crate) fn ensure_unit(path: &str, cfg: &PodCgroupConfig) -> Result<(), CgroupError> {
     let Some(unit) = systemd_unit(path) else {
         return Ok(());
     };
     systemd::ensure_slice(
         Path::new(crate::resources::CGROUP_FS),
         unit,
-        &properties(cfg, v2),
+        &properties(cfg),
     )
     .map_err(|e| CgroupError::Systemd {
         unit: unit.to_string(),
@@ -116,10 +125,10 @@ fn systemd_unit(path: &str) -> Option<&str> {
     path.rsplit('/').next().filter(|u| u.ends_with(".slice"))
 }
 
-/// The unit properties for `cfg`, as runc's systemd manager sets them: CPU weight (v2) or
-/// shares (v1), the quota per second (rounded up to whole percents, systemd's unit), the
-/// period, the memory limit; u64::MAX is "infinity".
-fn properties(cfg: &PodCgroupConfig, v2: bool) -> Vec<Property> {
+/// The unit properties for `cfg`, as runc's systemd manager sets them on cgroup v2: CPU
+/// weight, the quota per second (rounded up to whole percents, systemd's unit), the period,
+/// the memory limit; u64::MAX is "infinity".
+fn properties(cfg: &PodCgroupConfig) -> Vec<Property> {
     let mut props = vec![
         Property::Str("Description", "Kubernetes pods and QoS classes".into()),
         Property::Bool("DefaultDependencies", false),
@@ -128,14 +137,10 @@ fn properties(cfg: &PodCgroupConfig, v2: bool) -> Vec<Property> {
         Property::Bool("TasksAccounting", true),
     ];
     let shares = cfg.cpu_shares.max(2) as u64;
-    if v2 {
-        props.push(Property::U64(
-            "CPUWeight",
-            1 + ((shares - 2) * 9999) / 262_142,
-        ));
-    } else {
-        props.push(Property::U64("CPUShares", shares));
-    }
+    props.push(Property::U64(
+        "CPUWeight",
+        1 + ((shares - 2) * 9999) / 262_142,
+    ));
     let period = cfg.cpu_period.max(1) as u64;
     let per_sec = if cfg.cpu_quota > 0 {
         (cfg.cpu_quota as u64 * 1_000_000 / period).div_ceil(10_000) * 10_000
@@ -148,10 +153,7 @@ fn properties(cfg: &PodCgroupConfig, v2: bool) -> Vec<Property> {
         .memory_limit
         .map(|m| m.max(0) as u64)
         .unwrap_or(u64::MAX);
-    props.push(Property::U64(
-        if v2 { "MemoryMax" } else { "MemoryLimit" },
-        memory,
-    ));
+    props.push(Property::U64("MemoryMax", memory));
     props
 }
 
@@ -188,7 +190,7 @@ mod tests {
             cpu_period: 100_000,
             memory_limit: Some(64 << 20),
         };
-        let props = properties(&cfg, true);
+        let props = properties(&cfg);
         assert!(props.contains(&Property::U64("CPUWeight", 10)), "{props:?}");
         assert!(props.contains(&Property::U64("CPUQuotaPerSecUSec", 250_000)));
         assert!(props.contains(&Property::U64("CPUQuotaPeriodUSec", 100_000)));
@@ -198,16 +200,16 @@ mod tests {
             cpu_quota: 1_000,
             ..cfg
         };
-        assert!(properties(&tiny, true).contains(&Property::U64("CPUQuotaPerSecUSec", 10_000)));
+        assert!(properties(&tiny).contains(&Property::U64("CPUQuotaPerSecUSec", 10_000)));
         let unlimited = PodCgroupConfig {
             cpu_shares: 2,
             cpu_quota: -1,
             memory_limit: None,
             ..cfg
         };
-        let props = properties(&unlimited, false);
-        assert!(props.contains(&Property::U64("CPUShares", 2)), "{props:?}");
+        let props = properties(&unlimited);
+        assert!(props.contains(&Property::U64("CPUWeight", 1)), "{props:?}");
         assert!(props.contains(&Property::U64("CPUQuotaPerSecUSec", u64::MAX)));
-        assert!(props.contains(&Property::U64("MemoryLimit", u64::MAX)));
+        assert!(props.contains(&Property::U64("MemoryMax", u64::MAX)));
     }
 }

@@ -1278,6 +1278,7 @@ impl Config {
         }
         if let Some(v) = &flags.resolv_conf {
             c.resolv_conf = v.clone();
+            c.dns.no_resolv_conf = v.as_os_str().is_empty();
         }
         if let Some(v) = flags.maximum_dead_containers_per_container {
             c.max_per_pod_container = v;

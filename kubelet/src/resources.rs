@@ -480,9 +480,8 @@ fn mkdir(path: PathBuf) -> Result<PathBuf, CgroupError> {
 pub(crate) fn ensure_pod_cgroup(name: &str, cfg: &PodCgroupConfig) -> Result<(), CgroupError> {
     let rel = name.trim_start_matches('/');
     let root = Path::new(CGROUP_FS);
-    let v2 = is_cgroup_v2();
-    crate::cgroup_manager::ensure_unit(name, cfg, v2)?;
-    if v2 {
+    crate::cgroup_manager::ensure_unit(name, cfg)?;
+    if is_cgroup_v2() {
         // Enable cpu and memory on every ancestor so the pod cgroup gets the files.
         let mut cur = root.to_path_buf();
         for part in rel.split('/').filter(|p| !p.is_empty()) {

@@ -753,6 +753,9 @@ impl Runtime {
         if self.status(&s) == Status::Stopped {
             return Err(Error::State("container not running".into()));
         }
+        if let Some(unit) = s.cgroup.systemd_unit() {
+            unit.set_resources(r)?;
+        }
         s.cgroup.apply(r)?;
         // Keep the saved config in step (read by `exec` and later updates).
         let mut cur = s.resources.clone().unwrap_or_default();

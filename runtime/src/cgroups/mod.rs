@@ -129,7 +129,7 @@ impl Cgroup {
     pub fn enter(&self, pid: i32, resources: Option<&LinuxResources>) -> Result<()> {
         match self.systemd_unit() {
             Some(unit) => {
-                unit.start(pid)?;
+                unit.start(pid, resources)?;
                 self.create(resources)
             }
             None => self.add_pid(pid),
@@ -222,7 +222,10 @@ impl Cgroup {
     /// Remove the cgroup directories, waiting briefly for exiting processes to leave.
     pub fn destroy(&self) -> Result<()> {
         if let (Some(unit), Cgroup::V2(c)) = (self.systemd_unit(), self) {
-            unit.stop(&c.root)?;
+            // The directory goes below even when systemd cannot be asked.
+            if let Err(e) = unit.stop(&c.root) {
+                tracing::warn!("{e}");
+            }
         }
         for dir in self.dirs() {
             rmdir_retry(&dir)?;

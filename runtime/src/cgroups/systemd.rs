@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use zbus::blocking::{Connection, Proxy};
 use zbus::zvariant::{OwnedObjectPath, Value};
@@ -98,10 +99,13 @@ impl Unit {
         p
     }
 
-    /// Starts the unit as a transient one holding `pid`, and waits until `pid` is in it.
-    pub fn start(&self, pid: i32) -> Result<()> {
+    /// Starts the unit as a transient one holding `pid` with the limits of `resources`, and
+    /// waits until `pid` is in it. systemd is given the limits too, not only the files:
+    /// it writes its own values back whenever it applies the unit's settings again (a
+    /// daemon-reload), and would otherwise lift them.
+    pub fn start(&self, pid: i32, resources: Option<&LinuxResources>) -> Result<()> {
         let conn = connect()?;
-        let props = [
+        let mut props = vec![
             Property::Str("Description", format!("nodus container {}", self.name)),
             Property::Str("Slice", self.slice.clone()),
             Property::Bool("Delegate", true),
@@ -111,6 +115,7 @@ impl Unit {
             Property::Bool("CPUAccounting", true),
             Property::Bool("TasksAccounting", true),
         ];
+        props.extend(resources.map(resource_properties).unwrap_or_default());
         start_transient(&conn, &self.name, &props)
             .map_err(|e| dbus_error(&format!("start unit {}", self.name), e))?;
         // The move is done when /proc says so.
@@ -139,6 +144,58 @@ impl Unit {
         wait_for(STOP_TIMEOUT, || !root.join(self.cgroup_path()).exists());
         Ok(())
     }
+
+    /// Gives the running unit new limits (the runtime's `update`), as [`Unit::start`] does.
+    pub fn set_resources(&self, resources: &LinuxResources) -> Result<()> {
+        let props = resource_properties(resources);
+        if props.is_empty() {
+            return Ok(());
+        }
+        let conn = connect()?;
+        set_properties(&conn, &self.name, &props)
+    }
+}
+
+/// The unit properties for an OCI `linux.resources`, as runc's systemd driver sets them:
+/// the CPU weight from the shares, the quota per second (rounded up to whole percents,
+/// systemd's unit) and the period, the memory and tasks limits (-1: u64::MAX, infinity).
+/// What is not set stays out.
+pub fn resource_properties(r: &LinuxResources) -> Vec<Property> {
+    let mut props = Vec::new();
+    if let Some(cpu) = r.cpu() {
+        if let Some(shares) = cpu.shares().filter(|&s| s > 0) {
+            props.push(Property::U64(
+                "CPUWeight",
+                super::v2::shares_to_weight(shares),
+            ));
+        }
+        let period = cpu.period().filter(|&p| p > 0);
+        match cpu.quota() {
+            Some(q) if q > 0 => {
+                let period = period.unwrap_or(100_000);
+                let per_sec = (q as u64 * 1_000_000 / period).div_ceil(10_000) * 10_000;
+                props.push(Property::U64("CPUQuotaPerSecUSec", per_sec));
+            }
+            Some(_) => props.push(Property::U64("CPUQuotaPerSecUSec", u64::MAX)),
+            None => {}
+        }
+        if let Some(p) = period {
+            props.push(Property::U64("CPUQuotaPeriodUSec", p));
+        }
+    }
+    let limit = |v: i64| if v < 0 { u64::MAX } else { v as u64 };
+    if let Some(m) = r
+        .memory()
+        .as_ref()
+        .and_then(|m| m.limit())
+        .filter(|&l| l != 0)
+    {
+        props.push(Property::U64("MemoryMax", limit(m)));
+    }
+    if let Some(p) = r.pids().as_ref().map(|p| p.limit()).filter(|&l| l != 0) {
+        props.push(Property::U64("TasksMax", limit(p)));
+    }
+    props
 }
 
 /// A property of a transient unit, as systemd's D-Bus API takes it.
@@ -156,6 +213,18 @@ pub enum Property {
 }
 
 impl Property {
+    /// Properties systemd takes only when it makes a unit.
+    fn creation_only(&self) -> bool {
+        let name = match self {
+            Property::Str(k, _) | Property::Bool(k, _) | Property::U64(k, _) => *k,
+            Property::Pids(_) => "PIDs",
+        };
+        matches!(
+            name,
+            "Description" | "Slice" | "Delegate" | "PIDs" | "DefaultDependencies"
+        )
+    }
+
     fn to_value(&self) -> (&'static str, Value<'_>) {
         match self {
             Property::Str(k, v) => (k, Value::from(v.as_str())),
@@ -171,8 +240,10 @@ pub fn is_running() -> bool {
     std::path::Path::new("/run/systemd/system").is_dir()
 }
 
-/// Makes the slice `name` with `props`, or sets `props` on it when systemd has it already
-/// (for the runtime only, as runc does). Returns once its cgroup exists under `root`.
+/// Makes the slice `name` with `props`, or, when systemd has it already, sets those of
+/// `props` a running unit takes (for the runtime only, as runc does; `Description`,
+/// `DefaultDependencies` and the like are refused then). Returns once its cgroup exists
+/// under `root`.
 pub fn ensure_slice(root: &std::path::Path, name: &str, props: &[Property]) -> Result<()> {
     let dir = root.join(slice_path(name).map_err(Error::Other)?);
     let conn = connect()?;
@@ -181,10 +252,12 @@ pub fn ensure_slice(root: &std::path::Path, name: &str, props: &[Property]) -> R
         Err(zbus::Error::MethodError(e, _, _))
             if e.as_str() == "org.freedesktop.systemd1.UnitExists" =>
         {
-            let values: Vec<_> = props.iter().map(Property::to_value).collect();
-            let _: () = manager(&conn)?
-                .call("SetUnitProperties", &(name, true, values))
-                .map_err(|e| dbus_error(&format!("set properties of {name}"), e))?;
+            let settable: Vec<Property> = props
+                .iter()
+                .filter(|p| !p.creation_only())
+                .cloned()
+                .collect();
+            set_properties(&conn, name, &settable)?;
         }
         Err(e) => return Err(dbus_error(&format!("start unit {name}"), e)),
     }
@@ -198,20 +271,34 @@ pub fn ensure_slice(root: &std::path::Path, name: &str, props: &[Property]) -> R
     }
 }
 
-/// Stops the unit `name`; one systemd does not know (any more) is fine.
+/// Stops the unit `name`; one systemd does not know (any more) is fine. A unit that ended
+/// failed (an OOM kill, a stop timeout) is reset too: systemd would keep it loaded, and a
+/// new unit of the same name would be refused.
 pub fn stop_unit(name: &str) -> Result<()> {
     let conn = connect()?;
-    let stopped: zbus::Result<OwnedObjectPath> =
-        manager(&conn)?.call("StopUnit", &(name, "replace"));
+    let manager = manager(&conn)?;
+    let no_such = |e: &zbus::Error| {
+        matches!(e, zbus::Error::MethodError(n, _, _)
+            if n.as_str() == "org.freedesktop.systemd1.NoSuchUnit")
+    };
+    let stopped: zbus::Result<OwnedObjectPath> = manager.call("StopUnit", &(name, "replace"));
     match stopped {
-        Ok(_) => Ok(()),
-        Err(zbus::Error::MethodError(e, _, _))
-            if e.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(dbus_error(&format!("stop unit {name}"), e)),
+        Ok(_) => {}
+        Err(e) if no_such(&e) => return Ok(()),
+        Err(e) => return Err(dbus_error(&format!("stop unit {name}"), e)),
     }
+    // Only a failed unit can be reset; any other answer changes nothing.
+    let _: zbus::Result<()> = manager.call("ResetFailedUnit", &(name,));
+    Ok(())
+}
+
+/// `SetUnitProperties(name, runtime = true, props)`.
+fn set_properties(conn: &Connection, name: &str, props: &[Property]) -> Result<()> {
+    let values: Vec<_> = props.iter().map(Property::to_value).collect();
+    let _: () = manager(conn)?
+        .call("SetUnitProperties", &(name, true, values))
+        .map_err(|e| dbus_error(&format!("set properties of {name}"), e))?;
+    Ok(())
 }
 
 /// `StartTransientUnit(name, "replace", props, [])`. The reply comes when the job is
@@ -294,6 +381,41 @@ mod tests {
         for bad in ["a--b.slice", "-a.slice", "a-.slice", "a.scope", ".slice"] {
             assert!(slice_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn container_limits_become_unit_properties() {
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"cpu": {"shares": 1024, "quota": 20000, "period": 100000},
+                "memory": {"limit": 33554432}, "pids": {"limit": 10}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            resource_properties(&r),
+            [
+                Property::U64("CPUWeight", 39),
+                Property::U64("CPUQuotaPerSecUSec", 200_000),
+                Property::U64("CPUQuotaPeriodUSec", 100_000),
+                Property::U64("MemoryMax", 33_554_432),
+                Property::U64("TasksMax", 10),
+            ]
+        );
+        let unlimited: LinuxResources = serde_json::from_str(
+            r#"{"cpu": {"quota": -1}, "memory": {"limit": -1}, "pids": {"limit": -1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            resource_properties(&unlimited),
+            [
+                Property::U64("CPUQuotaPerSecUSec", u64::MAX),
+                Property::U64("MemoryMax", u64::MAX),
+                Property::U64("TasksMax", u64::MAX),
+            ]
+        );
+        assert!(resource_properties(&LinuxResources::default()).is_empty());
+        // What a running unit is given again leaves out what only a new unit takes.
+        assert!(Property::Bool("DefaultDependencies", false).creation_only());
+        assert!(!Property::U64("MemoryMax", 1).creation_only());
     }
 
     #[test]
