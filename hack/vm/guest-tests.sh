@@ -422,7 +422,7 @@ check_runtime() {
     esac
     if [ -z "$RT_BIN" ] || [ ! -x "$RT_BIN" ]; then
       local sub
-      for sub in lifecycle cpu_max cpu_throttled memory_oom pids_max devices systemd_scope; do
+      for sub in lifecycle cpu_max cpu_throttled memory_oom pids_max devices systemd_scope systemd_cleanup; do
         fail "$RT.$sub" "runtime binary not found (${RT_BIN:-$RT}); build it on the host with cargo build --workspace --bins"
       done
       continue
