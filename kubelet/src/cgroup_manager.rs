@@ -108,9 +108,15 @@ pub(crate) fn ensure_unit(path: &str, cfg: &PodCgroupConfig) -> Result<(), Cgrou
     })
 }
 
-/// With systemd, stops the slice at `path` (systemd removes its directory).
+/// With systemd, stops the slice at `path` (systemd removes its directory). A pod's removal
+/// tries the paths of all three QoS classes: only one exists, and only it costs a D-Bus call.
 pub(crate) fn remove_unit(path: &str) {
-    if let Some(unit) = systemd_unit(path) {
+    let exists = || {
+        Path::new(crate::resources::CGROUP_FS)
+            .join(path.trim_start_matches('/'))
+            .is_dir()
+    };
+    if let Some(unit) = systemd_unit(path).filter(|_| exists()) {
         if let Err(e) = systemd::stop_unit(unit) {
             tracing::warn!(%unit, error = %e, "cannot stop the pod's slice");
         }

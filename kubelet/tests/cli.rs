@@ -20,6 +20,19 @@ fn config(text: &str) -> tempfile::NamedTempFile {
     f
 }
 
+/// Runs the kubelet with the config `text` and a private --root-dir (it makes the directory
+/// before the checks that stop it).
+fn run_config(text: &str) -> (i32, String) {
+    let f = config(text);
+    let dir = tempfile::tempdir().unwrap();
+    run(&[
+        "--config",
+        f.path().to_str().unwrap(),
+        "--root-dir",
+        dir.path().to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn bad_duration_in_config_exits_1_naming_field_and_value() {
     let f = config("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nfileCheckFrequency: 20parsecs\n");
@@ -35,14 +48,8 @@ fn bad_duration_in_config_exits_1_naming_field_and_value() {
 fn unknown_config_field_is_a_warning_naming_it() {
     // As upstream: decoded leniently, the field named in a warning. The missing cgroupRoot
     // then stops the kubelet before it touches anything, so this test ends.
-    let f = config("staticPodPth: /etc/kubernetes/manifests\ncgroupRoot: /nodus-no-such-cgroup\n");
-    let dir = tempfile::tempdir().unwrap();
-    let (code, err) = run(&[
-        "--config",
-        f.path().to_str().unwrap(),
-        "--root-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let (code, err) =
+        run_config("staticPodPth: /etc/kubernetes/manifests\ncgroupRoot: /nodus-no-such-cgroup\n");
     assert!(
         err.contains("strict decoding error: unknown field \"staticPodPth\""),
         "{err}"
@@ -72,14 +79,7 @@ fn the_systemd_driver_needs_systemd_as_init() {
         eprintln!("SKIP: systemd is init here; the VM tier runs the kubelet on the systemd driver");
         return;
     }
-    let f = config("cgroupDriver: systemd\n");
-    let dir = tempfile::tempdir().unwrap();
-    let (code, err) = run(&[
-        "--config",
-        f.path().to_str().unwrap(),
-        "--root-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let (code, err) = run_config("cgroupDriver: systemd\n");
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(
