@@ -64,7 +64,8 @@ impl RuntimeManager {
             .map_err(|e| SyncError::Config(e.to_string()))?;
         let log_dir = PathBuf::from(&sandbox_config.log_directory).join(&container.name);
         mkdir(&log_dir)?;
-        let mut mounts = crate::volumes::container_mounts(container, &volumes)
+        let sub_paths = crate::volumes::sub_paths_dir(&self.root_dir, &uid);
+        let mut mounts = crate::volumes::container_mounts(container, &volumes, &sub_paths)
             .map_err(|e| SyncError::Config(e.to_string()))?;
         if let Some(path) = container
             .termination_message_path

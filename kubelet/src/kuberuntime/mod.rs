@@ -652,11 +652,13 @@ impl RuntimeManager {
                 remove_pod_cgroup(&cg);
             }
         }
-        crate::volumes::teardown(&self.root_dir, uid);
+        let unmounted = crate::volumes::teardown(&self.root_dir, uid);
         if let Some(u) = &self.userns {
             u.release(uid);
         }
-        remove_dir(&self.root_dir.join("pods").join(uid));
+        if unmounted {
+            remove_dir(&self.root_dir.join("pods").join(uid));
+        }
         Ok(())
     }
 }

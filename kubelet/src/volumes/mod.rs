@@ -22,11 +22,13 @@ mod api_data;
 mod empty_dir;
 mod host_path;
 mod mounts;
+mod subpath;
 pub(crate) use api_data::VolumeInputs;
 use api_data::*;
 use empty_dir::*;
 use host_path::*;
 pub(crate) use mounts::container_mounts;
+pub(crate) use subpath::sub_paths_dir;
 
 pub(crate) const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
 pub(crate) const DOWNWARD_API: &str = "kubernetes.io~downward-api";
@@ -169,8 +171,10 @@ pub(crate) fn prepare(
     Ok(out)
 }
 
-/// Unmounts the pod's memory-backed volumes (before its directory is removed).
-pub(crate) fn teardown(root_dir: &Path, uid: &str) {
+/// Unmounts the pod's `subPath` mounts and memory-backed volumes (before its directory is
+/// removed). False when a `subPath` mount stays: the directory must then stay too.
+pub(crate) fn teardown(root_dir: &Path, uid: &str) -> bool {
+    let sub_paths_gone = subpath::unmount_all(root_dir, uid);
     for plugin in TMPFS_PLUGINS {
         let dir = pod_volumes_dir(root_dir, uid).join(plugin);
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -185,6 +189,7 @@ pub(crate) fn teardown(root_dir: &Path, uid: &str) {
             }
         }
     }
+    sub_paths_gone
 }
 
 #[cfg(test)]
@@ -194,14 +199,18 @@ mod tests {
     use nodus_proto::runtime::v1 as cri;
     use std::os::unix::fs::PermissionsExt;
 
-    fn mount_with_sub_path(volume: &HostVolume, sub: &str) -> Result<Vec<cri::Mount>, VolumeError> {
+    fn mount_with_sub_path(
+        volume: &HostVolume,
+        sub: &str,
+        sub_paths: &Path,
+    ) -> Result<Vec<cri::Mount>, VolumeError> {
         let container: Container = serde_json::from_value(serde_json::json!({
             "name": "c",
             "volumeMounts": [{"name": "v", "mountPath": "/data", "subPath": sub}],
         }))
         .unwrap();
         let volumes = HashMap::from([("v".to_string(), volume.clone())]);
-        container_mounts(&container, &volumes)
+        container_mounts(&container, &volumes, sub_paths)
     }
 
     #[test]
@@ -215,12 +224,20 @@ mod tests {
             read_only: false,
             writable_dir: true,
         };
-        let mounts = mount_with_sub_path(&v, "a/b").unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the subPath bind mount needs root");
+            return;
+        }
+        let subs = dir.path().join("volume-subpaths");
+        let mounts = mount_with_sub_path(&v, "a/b", &subs).unwrap();
         let made = base.join("a/b");
-        assert_eq!(
-            mounts[0].host_path,
-            made.canonicalize().unwrap().display().to_string()
-        );
+        // The runtime gets the kubelet's bind mount of the made directory.
+        let target = subs.join("v/c/0");
+        std::fs::write(made.join("seen"), "yes").unwrap();
+        let seen = std::fs::read_to_string(target.join("seen"));
+        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+        assert_eq!(mounts[0].host_path, target.display().to_string());
+        assert_eq!(seen.unwrap(), "yes");
         for d in [base.join("a"), made] {
             let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
             assert_eq!(mode, 0o751, "{}", d.display());
@@ -239,7 +256,9 @@ mod tests {
             read_only: false,
             writable_dir: true,
         };
-        let e = mount_with_sub_path(&v, "link/new").unwrap_err().to_string();
+        let e = mount_with_sub_path(&v, "link/new", &dir.path().join("subs"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("link/new") && e.contains("outside"), "{e}");
         assert!(
             !outside.join("new").exists(),
@@ -255,7 +274,9 @@ mod tests {
             read_only: true,
             writable_dir: false,
         };
-        let e = mount_with_sub_path(&v, "nope").unwrap_err().to_string();
+        let e = mount_with_sub_path(&v, "nope", &dir.path().join("subs"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("\"nope\"") && e.contains("does not exist"),
             "{e}"

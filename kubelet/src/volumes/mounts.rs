@@ -10,13 +10,15 @@ use nodus_proto::runtime::v1 as cri;
 #[allow(unused_imports)]
 use super::*;
 
-/// The CRI mounts of `container`'s `volumeMounts`.
+/// The CRI mounts of `container`'s `volumeMounts`. A `subPath` is bind-mounted below
+/// `sub_paths` (the pod's `volume-subpaths` directory) and the runtime gets that mount.
 pub(crate) fn container_mounts(
     container: &Container,
     volumes: &HashMap<String, HostVolume>,
+    sub_paths: &Path,
 ) -> Result<Vec<cri::Mount>, VolumeError> {
     let mut out = Vec::new();
-    for m in container.volume_mounts.iter().flatten() {
+    for (index, m) in container.volume_mounts.iter().flatten().enumerate() {
         let v = volumes.get(&m.name).ok_or_else(|| {
             invalid(
                 &m.name,
@@ -29,24 +31,28 @@ pub(crate) fn container_mounts(
         let mut host = v.path.clone();
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             check_relative(&m.name, "subPath", sub)?;
-            host = host.join(sub);
+            let base = v.path.canonicalize().map_err(io(&m.name, &v.path))?;
+            host = base.join(sub);
             if !host.exists() {
                 if v.writable_dir {
-                    make_sub_path(&m.name, sub, &v.path, &host)?;
+                    make_sub_path(&m.name, sub, &base, &host)?;
                 } else {
                     return Err(invalid(&m.name, format!("subPath {sub:?} does not exist")));
                 }
             }
             // A symlink must not lead out of the volume.
             let real = host.canonicalize().map_err(io(&m.name, &host))?;
-            let base = v.path.canonicalize().map_err(io(&m.name, &v.path))?;
             if !real.starts_with(&base) {
                 return Err(invalid(
                     &m.name,
                     format!("subPath {sub:?} leads outside the volume"),
                 ));
             }
-            host = real;
+            let target = sub_paths
+                .join(&m.name)
+                .join(&container.name)
+                .join(index.to_string());
+            host = subpath::bind(&m.name, sub, &base, &real, &target)?;
         }
         out.push(cri::Mount {
             container_path: m.mount_path.clone(),
@@ -66,36 +72,41 @@ pub(crate) fn container_mounts(
 /// Creates a missing `subPath` directory as upstream does: with the mode of the volume's
 /// own directory (what a user creating it by hand would get), and only when its nearest
 /// existing ancestor lies inside the volume, so a symlink cannot make it create outside.
+/// `base` is the volume's resolved path.
 pub(super) fn make_sub_path(
     volume: &str,
     sub: &str,
     base: &Path,
     host: &Path,
 ) -> Result<(), VolumeError> {
-    let real_base = base.canonicalize().map_err(io(volume, base))?;
     let mut existing = host;
+    let mut missing = Vec::new();
     while !existing.exists() {
-        existing = existing.parent().unwrap_or(base);
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        missing.push(name);
+        existing = parent;
     }
+    missing.reverse();
     let real = existing.canonicalize().map_err(io(volume, existing))?;
-    if !real.starts_with(&real_base) {
+    if !real.starts_with(base) {
         return Err(invalid(
             volume,
             format!("subPath {sub:?} leads outside the volume"),
         ));
     }
-    let mode = std::fs::metadata(&real_base)
+    let mode = std::fs::metadata(base)
         .map_err(io(volume, base))?
         .permissions()
         .mode()
         & 0o7777;
-    std::fs::create_dir_all(host).map_err(io(volume, host))?;
-    // Every directory made here gets the volume's mode, whatever the umask.
-    let mut dir = host;
-    while dir != existing {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(io(volume, dir))?;
-        dir = dir.parent().unwrap_or(existing);
-    }
-    Ok(())
+    subpath::make_dir(
+        volume,
+        sub,
+        base,
+        &real,
+        &missing,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+    )
 }
