@@ -7,8 +7,9 @@
 pub(crate) mod apiserver;
 pub(crate) mod file;
 pub(crate) mod http;
+mod validation;
 
-use std::collections::BTreeMap;
+pub(crate) use validation::validate;
 
 use k8s_openapi::api::core::v1::{Pod, Toleration};
 use md5::{Digest, Md5};
@@ -156,10 +157,14 @@ fn decode_value(value: serde_yaml::Value, origin: &str) -> Vec<Result<Pod, Manif
 fn decode_pod(value: serde_yaml::Value, origin: &str) -> Result<Pod, ManifestError> {
     if let Some(v) = value.get("apiVersion") {
         if v.as_str() != Some("v1") {
+            let shown = match v.as_str() {
+                Some(s) => format!("{s:?}"),
+                None => format!("{v:?}"),
+            };
             return Err(merr(
                 origin,
                 "apiVersion",
-                format!("unsupported value {v:?}, expected \"v1\""),
+                format!("unsupported value {shown}, expected \"v1\""),
             ));
         }
     }
@@ -169,159 +174,6 @@ fn decode_pod(value: serde_yaml::Value, origin: &str) -> Result<Pod, ManifestErr
     })?;
     validate(&pod).map_err(|(field, reason)| merr(origin, field, reason))?;
     Ok(pod)
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// Validates what this kubelet relies on; returns (field, reason) on the first problem.
-pub(crate) fn validate(pod: &Pod) -> Result<(), (String, String)> {
-    let bad = |f: &str, r: String| Err((f.to_string(), r));
-    match pod.metadata.name.as_deref() {
-        None | Some("") => return bad("metadata.name", "required value".into()),
-        Some(n) if !is_dns_subdomain(n) => {
-            return bad(
-                "metadata.name",
-                format!("invalid value {n:?}: must be a lowercase RFC 1123 subdomain"),
-            )
-        }
-        _ => {}
-    }
-    if let Some(ns) = pod.metadata.namespace.as_deref() {
-        if !is_dns_label(ns) {
-            return bad(
-                "metadata.namespace",
-                format!("invalid value {ns:?}: must be a lowercase RFC 1123 label"),
-            );
-        }
-    }
-    let Some(spec) = &pod.spec else {
-        return bad("spec", "required value".into());
-    };
-    if spec.containers.is_empty() {
-        return bad(
-            "spec.containers",
-            "required value: at least one container".into(),
-        );
-    }
-    if let Some(p) = spec.restart_policy.as_deref() {
-        if !matches!(p, "Always" | "OnFailure" | "Never") {
-            return bad(
-                "spec.restartPolicy",
-                format!("unsupported value {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
-            );
-        }
-    }
-    // Upstream's validateHostUsers: a user namespace does not go with the host's others.
-    if spec.host_users == Some(false) {
-        for (field, host) in [
-            ("spec.hostNetwork", spec.host_network),
-            ("spec.HostPID", spec.host_pid),
-            ("spec.HostIPC", spec.host_ipc),
-        ] {
-            if host == Some(true) {
-                return bad(field, "forbidden: when `hostUsers` is false".into());
-            }
-        }
-    }
-    if let Some(g) = spec.termination_grace_period_seconds {
-        if g < 0 {
-            return bad(
-                "spec.terminationGracePeriodSeconds",
-                format!("invalid value {g}: must be >= 0"),
-            );
-        }
-    }
-    let mut names = std::collections::HashSet::new();
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| ("spec.initContainers", c));
-    let app = spec.containers.iter().map(|c| ("spec.containers", c));
-    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
-    for (list, c) in init.chain(app) {
-        let i = index.entry(list).or_default();
-        let at = format!("{list}[{i}]");
-        *i += 1;
-        if !is_dns_label(&c.name) {
-            return bad(
-                &format!("{at}.name"),
-                if c.name.is_empty() {
-                    "required value".into()
-                } else {
-                    format!(
-                        "invalid value {:?}: must be a lowercase RFC 1123 label",
-                        c.name
-                    )
-                },
-            );
-        }
-        if !names.insert(c.name.as_str()) {
-            return bad(
-                &format!("{at}.name"),
-                format!("duplicate value {:?}", c.name),
-            );
-        }
-        match c.image.as_deref() {
-            None | Some("") => return bad(&format!("{at}.image"), "required value".into()),
-            Some(img) if img.trim() != img => {
-                return bad(
-                    &format!("{at}.image"),
-                    format!("invalid value {img:?}: leading or trailing whitespace"),
-                )
-            }
-            _ => {}
-        }
-        if let Some(p) = c.image_pull_policy.as_deref() {
-            if !matches!(p, "Always" | "IfNotPresent" | "Never") {
-                return bad(
-                    &format!("{at}.imagePullPolicy"),
-                    format!("unsupported value {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""),
-                );
-            }
-        }
-        for (j, port) in c.ports.iter().flatten().enumerate() {
-            if !(1..=65535).contains(&port.container_port) {
-                return bad(
-                    &format!("{at}.ports[{j}].containerPort"),
-                    format!(
-                        "invalid value {}: must be between 1 and 65535",
-                        port.container_port
-                    ),
-                );
-            }
-            if let Some(hp) = port.host_port {
-                if !(0..=65535).contains(&hp) {
-                    return bad(
-                        &format!("{at}.ports[{j}].hostPort"),
-                        format!("invalid value {hp}: must be between 0 and 65535"),
-                    );
-                }
-            }
-            if let Some(p) = port.protocol.as_deref() {
-                if !matches!(p, "TCP" | "UDP" | "SCTP") {
-                    return bad(
-                        &format!("{at}.ports[{j}].protocol"),
-                        format!(
-                            "unsupported value {p:?}: supported values: \"TCP\", \"UDP\", \"SCTP\""
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Upstream's `generatePodName`: the manifest's name suffixed with the node name.
