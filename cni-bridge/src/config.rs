@@ -416,6 +416,15 @@ pub fn parse(stdin: &[u8], env: &Env) -> Result<NetConf> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    // The name is a directory's (IPAM data): at most NAME_MAX bytes, and an error about a
+    // longer one must not carry all of it.
+    if name.len() > 255 {
+        return Err(CniError::config(format!(
+            "name: {:?}... ({} bytes) is too long: at most 255 bytes",
+            name.chars().take(32).collect::<String>(),
+            name.len()
+        )));
+    }
     if !name_ok {
         return Err(CniError::config(format!(
             "name: {name:?} is not a valid network name"
@@ -643,6 +652,20 @@ mod tests {
         assert_eq!(ipam.requested.len(), 2);
         assert_eq!(ipam.routes[1].gw.unwrap().to_string(), "fd00:1::99");
         assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
+    }
+
+    #[test]
+    fn a_long_name_is_refused_with_a_short_error() {
+        for name in ["n".repeat(10 << 20), "é".repeat(200)] {
+            let conf = serde_json::json!({"cniVersion": "1.0.0", "name": name});
+            let e = parse(conf.to_string().as_bytes(), &env("")).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG);
+            assert!(
+                e.msg.starts_with("name: ") && e.msg.len() < 200,
+                "{}",
+                e.msg
+            );
+        }
     }
 
     #[test]

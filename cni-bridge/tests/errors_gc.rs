@@ -30,6 +30,17 @@ fn bad_input_gives_spec_codes_and_leaves_nothing() {
     bad_subnet["ipam"]["ranges"] = json!([[{"subnet": "10.210.0.0/40"}]]);
     let mut no_name = good.clone();
     no_name.as_object_mut().unwrap().remove("name");
+    // Hostile configs: each a copy of the good one with one field set.
+    let with = |pointer: &str, v: serde_json::Value| {
+        let mut c = good.clone();
+        *c.pointer_mut(pointer).unwrap() = v;
+        c.to_string().into_bytes()
+    };
+    let with_key = |key: &str, v: serde_json::Value| {
+        let mut c = good.clone();
+        c[key] = v;
+        c.to_string().into_bytes()
+    };
 
     struct Case<'a> {
         what: &'a str,
@@ -95,6 +106,84 @@ fn bad_input_gives_spec_codes_and_leaves_nothing() {
             unset: &[],
             code: 7,
             field: "ipam.ranges[0][0].subnet",
+        },
+        Case {
+            what: "a network name with a path",
+            stdin: with("/name", json!("../../etc")),
+            netns: &pod_path,
+            unset: &[],
+            code: 7,
+            field: "name: \"../../etc\"",
+        },
+        Case {
+            what: "a 10 MB network name",
+            stdin: with("/name", json!("n".repeat(10 << 20))),
+            netns: &pod_path,
+            unset: &[],
+            code: 7,
+            field: "name",
+        },
+        Case {
+            what: "a bridge name with a slash",
+            stdin: with_key("bridge", json!("br/../x")),
+            netns: &pod_path,
+            unset: &[],
+            code: 7,
+            field: "bridge",
+        },
+        Case {
+            what: "an MTU out of range",
+            stdin: with_key("mtu", json!(10)),
+            netns: &pod_path,
+            unset: &[],
+            code: 7,
+            field: "mtu: 10",
+        },
+        Case {
+            what: "a VLAN out of range",
+            stdin: with_key("vlan", json!(5000)),
+            netns: &pod_path,
+            unset: &[],
+            code: 7,
+            field: "vlan: 5000",
+        },
+        Case {
+            what: "ipMasq of the wrong type",
+            stdin: with_key("ipMasq", json!("yes")),
+            netns: &pod_path,
+            unset: &[],
+            code: 6,
+            field: "invalid type",
+        },
+        Case {
+            what: "a gateway outside its subnet",
+            stdin: with(
+                "/ipam/ranges/0/0",
+                json!({"subnet": "10.210.0.0/24", "gateway": "10.9.9.1"}),
+            ),
+            netns: &pod_path,
+            unset: &[],
+            code: 7,
+            field: "10.9.9.1",
+        },
+        Case {
+            what: "a range that ends before it starts",
+            stdin: with(
+                "/ipam/ranges/0/0",
+                json!({"subnet": "10.210.0.0/24", "rangeStart": "10.210.0.200", "rangeEnd": "10.210.0.10"}),
+            ),
+            netns: &pod_path,
+            unset: &[],
+            code: 7,
+            field: "10.210.0.200",
+        },
+        Case {
+            what: "a multicast MAC",
+            stdin: with_key("args", json!({"cni": {"mac": "01:00:5e:00:00:01"}})),
+            netns: &pod_path,
+            unset: &[],
+            code: 7,
+            field: "args.cni.mac",
         },
         Case {
             what: "netns path missing",

@@ -224,6 +224,13 @@ pub fn validate(spec: &Spec) -> Result<()> {
         ("hostname", spec.hostname()),
         ("domainname", spec.domainname()),
     ] {
+        // The kernel's limit (__NEW_UTS_LEN): sethostname/setdomainname refuse longer.
+        if let Some(h) = set.as_deref().filter(|h| h.len() > 64) {
+            return Err(Error::config(
+                field,
+                format!("{} bytes, more than the kernel's 64", h.len()),
+            ));
+        }
         if set.as_deref().is_some_and(|h| !h.is_empty()) && !has.contains(&LinuxNamespaceType::Uts)
         {
             return Err(Error::config(

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 
-use common::Bundle;
+use common::{unique, Bundle};
 use serde_json::{json, Value};
 
 type Edit = fn(&mut Value);
@@ -284,4 +284,47 @@ fn closed_stdout_ends_quietly_without_a_panic() {
         out.status
     );
     assert_eq!(out.status.signal(), None);
+}
+
+/// A rootfs symlink to a host directory, and mounts whose destination goes through it or
+/// climbs with `..`: every mount lands inside the rootfs (resolved as if the rootfs were
+/// `/`), and the host directory is never touched. A 10 MB hostname is refused with a short
+/// error naming the field.
+#[test]
+fn hostile_paths_stay_inside_the_rootfs() {
+    let host_dir = std::env::temp_dir().join(unique("nodus-host-target"));
+    fs::create_dir_all(&host_dir).unwrap();
+    let mut b = Bundle::new(&["sh", "-c", "ls /escape/m1 /m2 > /dev/null && echo inside"]);
+    std::os::unix::fs::symlink(&host_dir, b.rootfs().join("escape")).unwrap();
+    b.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/escape/m1", "type": "tmpfs", "source": "tmpfs"}));
+        mounts.push(json!({"destination": "/../../../m2", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let (code, out) = b.run_to_end();
+    let host_entries: Vec<_> = fs::read_dir(&host_dir).unwrap().flatten().collect();
+    let _ = fs::remove_dir_all(&host_dir);
+    assert_eq!((code, out.trim()), (0, "inside"), "{}", b.stderr());
+    assert!(
+        host_entries.is_empty(),
+        "made on the host: {host_entries:?}"
+    );
+    assert!(b
+        .rootfs()
+        .join(host_dir.strip_prefix("/").unwrap())
+        .join("m1")
+        .is_dir());
+    assert!(!std::path::Path::new("/m2").exists());
+
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| c["hostname"] = json!("h".repeat(10 << 20)));
+    let o = b.rt(&["create", "--bundle", b.path().to_str().unwrap(), &b.id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("hostname") && err.len() < 4096,
+        "{} bytes",
+        err.len()
+    );
+    assert!(!b.state_root().join(&b.id).exists());
 }
