@@ -12,6 +12,7 @@
 //! - [`logging`]: runc-style log lines for containerd's runc shim.
 
 pub mod cgroups;
+pub mod cli;
 pub mod container;
 pub mod error;
 pub mod hooks;
