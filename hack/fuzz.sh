@@ -2,7 +2,8 @@
 # Fuzzing (libFuzzer through cargo fuzz) of every parser that takes input from outside: pod
 # manifests, KubeletConfiguration + flags, quantities/durations/URLs/resolv.conf, the kubelet
 # API's query strings, the CRI log format, a CNI call's environment + network config +
-# prevResult, OCI config.json. Targets are in fuzz/fuzz_targets, seeds in fuzz/corpus/<target>.
+# prevResult, OCI config.json, the runtime's command line, the shim's task API requests.
+# Targets are in fuzz/fuzz_targets, seeds in fuzz/corpus/<target>.
 #
 #   hack/fuzz.sh [SECONDS]     each target for SECONDS (default 60); FUZZ_TARGETS="a b" picks
 #

@@ -37,7 +37,7 @@ pub(crate) struct ProcessIo {
     pub(crate) stderr: Stdio,
 }
 
-fn fifo_path(uri: &str) -> Result<&str> {
+pub(crate) fn fifo_path(uri: &str) -> Result<&str> {
     if let Some(rest) = uri.strip_prefix("fifo://") {
         return Ok(rest);
     }

@@ -20,7 +20,7 @@ use crate::stdio::{self, StdioPaths};
 type TtrpcResult<T> = ttrpc::Result<T>;
 
 /// Names used in file names must be plain (containerd's IDs are).
-fn check_name(field: &str, value: &str) -> Result<()> {
+pub(crate) fn check_name(field: &str, value: &str) -> Result<()> {
     if value.is_empty()
         || value.len() > 256
         || value == "."
@@ -34,8 +34,54 @@ fn check_name(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// What Create must carry before anything is made: a plain ID and a bundle; no checkpoint.
+pub(crate) fn check_create(req: &api::CreateTaskRequest) -> Result<()> {
+    check_name("id", &req.id)?;
+    if req.bundle.is_empty() {
+        return Err(Error::InvalidArgument("bundle is empty".into()));
+    }
+    if !req.checkpoint.is_empty() {
+        return Err(Error::Unimplemented(
+            "restoring from a checkpoint is not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An Exec's plain exec ID and its spec, which must be JSON (the runtime reads it as a
+/// runtime-spec Process when the exec starts).
+pub(crate) fn check_exec(req: &api::ExecProcessRequest) -> Result<Vec<u8>> {
+    check_name("exec_id", &req.exec_id)?;
+    let spec = req
+        .spec
+        .as_ref()
+        .map(|a| a.value.clone())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::InvalidArgument("exec spec is empty".into()))?;
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&spec) {
+        return Err(Error::InvalidArgument(format!(
+            "exec spec is not runtime-spec Process JSON: {e}"
+        )));
+    }
+    Ok(spec)
+}
+
+/// An Update's resources: runtime-spec LinuxResources JSON, refused here when it is not
+/// (rather than by the runtime command it is piped to).
+pub(crate) fn check_update(req: &api::UpdateTaskRequest) -> Result<Vec<u8>> {
+    let resources = req
+        .resources
+        .as_ref()
+        .map(|a| a.value.clone())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::InvalidArgument("update: resources are empty".into()))?;
+    nodus_runtime::spec::parse_json::<oci_spec::runtime::LinuxResources>(&resources, "resources")
+        .map_err(|e| Error::InvalidArgument(format!("update: {e}")))?;
+    Ok(resources)
+}
+
 /// A signal number as Kill carries it, if it is one.
-fn signal_number(signal: u32) -> Result<i32> {
+pub(crate) fn signal_number(signal: u32) -> Result<i32> {
     i32::try_from(signal)
         .ok()
         .filter(|s| (1..=64).contains(s))
@@ -54,16 +100,7 @@ impl containerd_shim_protos::Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         tracing::debug!(id = %req.id, bundle = %req.bundle, "create");
-        check_name("id", &req.id)?;
-        if req.bundle.is_empty() {
-            return Err(Error::InvalidArgument("bundle is empty".into()).into());
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented(
-                "restoring from a checkpoint is not supported".into(),
-            )
-            .into());
-        }
+        check_create(&req)?;
         let pid = self.0.create(CreateRequest {
             id: &req.id,
             bundle: PathBuf::from(&req.bundle),
@@ -123,19 +160,7 @@ impl containerd_shim_protos::Task for TaskService {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        check_name("exec_id", &req.exec_id)?;
-        let spec = req
-            .spec
-            .as_ref()
-            .map(|a| a.value.clone())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| Error::InvalidArgument("exec spec is empty".into()))?;
-        if let Err(e) = serde_json::from_slice::<serde_json::Value>(&spec) {
-            return Err(Error::InvalidArgument(format!(
-                "exec spec is not runtime-spec Process JSON: {e}"
-            ))
-            .into());
-        }
+        let spec = check_exec(&req)?;
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -193,12 +218,7 @@ impl containerd_shim_protos::Task for TaskService {
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        let resources = req
-            .resources
-            .as_ref()
-            .map(|a| a.value.clone())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| Error::InvalidArgument("update: resources are empty".into()))?;
+        let resources = check_update(&req)?;
         self.0.update(&req.id, resources)?;
         Ok(api::Empty::default())
     }
@@ -259,6 +279,26 @@ mod tests {
             assert!(
                 matches!(check_name("id", bad), Err(Error::InvalidArgument(_))),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn update_resources_must_be_linux_resources_json() {
+        let req = |value: &[u8]| api::UpdateTaskRequest {
+            id: "c1".into(),
+            resources: MessageField::some(Any {
+                value: value.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(check_update(&req(br#"{"pids":{"limit":10}}"#)).is_ok());
+        for bad in [&b""[..], b"{not json", br#"{"pids":{"limit":"ten"}}"#] {
+            assert!(
+                matches!(check_update(&req(bad)), Err(Error::InvalidArgument(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
             );
         }
     }
