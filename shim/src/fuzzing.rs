@@ -40,7 +40,8 @@ pub fn task_request(data: &[u8]) {
                 if let Ok(spec) = task::check_exec(&req) {
                     stdio(&req.stdin, &req.stdout, &req.stderr);
                     let _ = nodus_runtime::spec::parse_json::<oci_spec::runtime::Process>(
-                        &spec, "exec spec",
+                        &spec,
+                        "exec spec",
                     );
                 }
             }

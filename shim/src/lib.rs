@@ -98,6 +98,17 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long a shim holding no container waits before it exits (an orphan, see
+/// `Service::wait_shutdown`): 60 s, or `NODUS_SHIM_IDLE_EXIT_SECONDS` (tests).
+fn idle_exit() -> std::time::Duration {
+    let secs = std::env::var("NODUS_SHIM_IDLE_EXIT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(60);
+    std::time::Duration::from_secs(secs)
+}
+
 /// `unix:///run/containerd/s/<sha256(address/namespace/grouping)>`, as containerd's shims
 /// name their sockets (so `ctr`/containerd tooling finds them where it expects).
 fn socket_address(containerd_address: &str, namespace: &str, grouping: &str) -> String {
@@ -332,7 +343,7 @@ fn serve(flags: &Flags) -> Result<()> {
     server.start().context("ttrpc server")?;
     tracing::info!(id = %flags.id, namespace = %flags.namespace, "shim serving");
 
-    service.wait_shutdown();
+    service.wait_shutdown(idle_exit());
     tracing::info!("shutting down");
     if let Some(socket) = &flags.socket {
         let _ = fs::remove_file(socket_path(socket));

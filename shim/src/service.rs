@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task as ev;
@@ -35,6 +36,8 @@ struct State {
     /// Exits of children not (yet) known as tasks: runtime commands, or a process that
     /// exited before its pid was read.
     unclaimed: HashMap<i32, i32>,
+    /// Creates under way (their container is not in `containers` yet).
+    creating: usize,
 }
 
 impl State {
@@ -57,6 +60,16 @@ pub(crate) struct Service {
     state: Mutex<State>,
     exited: Condvar,
     shutdown: (Mutex<bool>, Condvar),
+}
+
+/// A Create under way; see [`Service::creating`].
+pub(crate) struct Creating<'a>(&'a Service);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.creating = state.creating.saturating_sub(1);
+    }
 }
 
 impl ChildWaiter for Service {
@@ -91,13 +104,42 @@ impl Service {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Blocks until Shutdown finds no task left.
-    pub(crate) fn wait_shutdown(&self) {
+    /// Blocks until Shutdown finds no task left, or until the shim has held no container
+    /// (and created none) for `idle_exit`. The second is an orphan: containerd died between
+    /// `start` and Create (or cleaned the bundle up as a dead shim's meanwhile), and no one
+    /// will ever call it again; containerd's own Create follows `start` within milliseconds.
+    pub(crate) fn wait_shutdown(&self, idle_exit: Duration) {
         let (lock, cond) = &self.shutdown;
-        let mut done = lock.lock().unwrap_or_else(|p| p.into_inner());
-        while !*done {
-            done = cond.wait(done).unwrap_or_else(|p| p.into_inner());
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let done = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if *done {
+                return;
+            }
+            let (done, _) = cond
+                .wait_timeout(done, idle_exit / 4)
+                .unwrap_or_else(|p| p.into_inner());
+            if *done {
+                return;
+            }
+            drop(done);
+            let idle = {
+                let state = self.lock();
+                state.containers.is_empty() && state.creating == 0
+            };
+            if !idle {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= idle_exit {
+                tracing::info!(?idle_exit, "no container for this long: exiting");
+                return;
+            }
         }
+    }
+
+    /// Marks a Create under way until the returned guard drops (see [`Self::wait_shutdown`]).
+    pub(crate) fn creating(&self) -> Creating<'_> {
+        self.lock().creating += 1;
+        Creating(self)
     }
 
     /// Shutdown: ends `wait_shutdown` if no container is left.

@@ -1017,3 +1017,41 @@ async fn exec_through_the_cri_stream_server() {
     cri::stop_and_remove_sandbox(&mut rt, &pod).await.unwrap();
     wait_shims_gone(&ctrd).await;
 }
+
+/// A shim `start`ed for a task that never comes (containerd died between `start` and
+/// Create, as the chaos runs showed) exits by itself once it has held no container for its
+/// idle period, and removes its socket. (The other tests keep the 60 s default: their
+/// shims live as long as their pods.)
+#[test]
+fn an_orphan_shim_exits_when_idle() {
+    let bundle = tempfile::tempdir().unwrap();
+    std::fs::write(bundle.path().join("config.json"), "{}").unwrap();
+    let id = format!("orphan-{}", nodus_testkit::unique_suffix());
+    let out = std::process::Command::new(nodus_testkit::bin_path(SHIM))
+        .current_dir(bundle.path())
+        .env("NODUS_SHIM_IDLE_EXIT_SECONDS", "2")
+        .args(["-namespace", "k8s.io", "-id", &id])
+        .args([
+            "-address",
+            "/nonexistent/containerd.sock",
+            "-publish-binary",
+            "/bin/true",
+        ])
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let address = String::from_utf8(out.stdout).unwrap();
+    let socket = PathBuf::from(address.strip_prefix("unix://").unwrap());
+    let pid: i32 = std::fs::read_to_string(bundle.path().join("shim.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(socket.exists() && Path::new(&format!("/proc/{pid}")).exists());
+    // Two idle periods and a check interval, with room for a loaded machine.
+    wait_until(Duration::from_secs(20), "the orphan shim to exit", || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z ")
+    });
+    assert!(!socket.exists(), "{} left", socket.display());
+}

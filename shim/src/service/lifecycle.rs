@@ -35,6 +35,7 @@ impl Service {
                 "container {id}: already exists"
             )));
         }
+        let _creating = self.creating();
         let rootfs = req.bundle.join("rootfs");
         mount::mount_rootfs(req.rootfs, &rootfs)?;
         let result =
