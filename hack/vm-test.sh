@@ -380,12 +380,26 @@ guest_test_bin() { # name -> the guest's path of the host's newest test binary N
     echo "$bin_dir/deps/${newest##*/}"
   fi
 }
+# The chaos example (kubelet/examples/chaos.rs; cargo test builds examples) for the chaos check.
+chaos_guest=
+if [ -x "$target/debug/examples/chaos" ]; then
+  if [ "$bin_dir" = /results/bin ]; then
+    cp "$target/debug/examples/chaos" "$run/results/bin/chaos"
+    chaos_guest=/results/bin/chaos
+  else
+    chaos_guest=$bin_dir/examples/chaos
+  fi
+else
+  log "warning: no $target/debug/examples/chaos (cargo test builds it); the chaos check will FAIL"
+fi
 parity_guest=$(guest_test_bin cri_parity)
 pod_security_guest=$(guest_test_bin pod_security)
 {
   printf 'NODUS_VM_RUNTIMES=%q\n' "$runtimes"
   printf 'NODUS_VM_CRI_PARITY=%q\n' "$parity_guest"
   printf 'NODUS_VM_POD_SECURITY=%q\n' "$pod_security_guest"
+  printf 'NODUS_VM_CHAOS=%q\n' "$chaos_guest"
+  printf 'NODUS_VM_CHAOS_ROUNDS=%q\n' "${NODUS_VM_CHAOS_ROUNDS:-2}"
   printf 'NODUS_VM_CHECKS=%q\n' "$checks"
   printf 'NODUS_VM_BIN_DIR=%q\n' "$bin_dir"
   # The guest stops its checks itself a little before the host's bound.

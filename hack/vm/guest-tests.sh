@@ -12,6 +12,8 @@
 #   NODUS_VM_CRI_PARITY the host's shim/tests/cri_parity test binary (the cri_parity check)
 #   NODUS_VM_PARITY_RUNTIMES runtimes the cri_parity check runs it on, default "runc nodus-shim"
 #   NODUS_VM_POD_SECURITY the host's kubelet/tests/pod_security test binary (runc, nodus-shim, nodus)
+#   NODUS_VM_CHAOS      the host's kubelet/examples/chaos binary (the chaos check); with
+#                       NODUS_VM_CHAOS_ROUNDS (default 2) and NODUS_VM_CHAOS_RUNTIMES
 #   NODUS_VM_RESULTS   writable results directory (the `checks` file lands there)
 #   NODUS_VM_BOOT      which boot this is (guest-run.sh counts them on the guest's disk): boot 1
 #                      runs the checks up to the first of AFTER_REBOOT and asks for a reboot
@@ -21,7 +23,7 @@
 # Figures for the host's report (boot-to-ready times and the like): metric NAME VALUE.
 set -u
 
-ALL_CHECKS=(cgroup_v2 runtime containerd cri_parity pod_security node_install node_pods_running node_systemd_cgroups node_pod_network
+ALL_CHECKS=(cgroup_v2 runtime containerd cri_parity pod_security chaos node_install node_pods_running node_systemd_cgroups node_pod_network
   node_overlay_rootfs node_cpu_limit node_memory_oom node_manifest_removed node_kubelet_restart
   node_reboot node_uninstall node_kubeadm_join)
 # Checks that run on the second boot: on the first, prepare_<name> (if any) runs in its place and
@@ -511,6 +513,36 @@ check_cri_parity() {
 check_pod_security() {
   run_test_binary pod_security "runc nodus-shim nodus" "${NODUS_VM_POD_SECURITY:-}" \
     containerd-shim-nodus-v2 nodus-runtime nodus-bridge kubelet
+}
+
+# kill -9 chaos on this kernel (pure cgroup v2, systemd as init): the host's chaos example
+# (kubelet/examples/chaos.rs, built by cargo test) on a private containerd with nodus-bridge, on
+# runc and on our shim. NODUS_VM_CHAOS_ROUNDS rounds per fault (2 in CI, 20 for the figures).
+check_chaos() {
+  local bin=${NODUS_VM_CHAOS:-} target=$WORK/chaos-target images=$WORK/chaos-images b rt out rc
+  if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    fail chaos "no chaos example binary from the host (${bin:-unset}): cargo test builds it"
+    return 0
+  fi
+  mkdir -p "$target/debug/examples" "$images"
+  for b in containerd-shim-nodus-v2 nodus-runtime nodus-bridge kubelet; do
+    [ -x "$BIN_DIR/$b" ] && ln -sf "$BIN_DIR/$b" "$target/debug/$b" ||
+      { fail chaos "no $b in $BIN_DIR"; return 0; }
+  done
+  ln -sf "$bin" "$target/debug/examples/chaos"
+  cp /nodus/build/images/pause.tar /nodus/build/images/busybox.tar "$images/" ||
+    { fail chaos "no image archives in /nodus/build/images"; return 0; }
+  for rt in ${NODUS_VM_CHAOS_RUNTIMES:-runc nodus-shim}; do
+    out=$(cd "$WORK" && CARGO_TARGET_DIR=$target NODUS_TEST_IMAGES_DIR=$images NODUS_TEST_RUNTIME=$rt \
+      ROUNDS=${NODUS_VM_CHAOS_ROUNDS:-2} PODS=5 timeout 1200 "$target/debug/examples/chaos" 2>&1)
+    rc=$?
+    echo "$out" | grep -vE '^\s*$' | tail -8
+    if [ "$rc" -eq 0 ]; then
+      pass "chaos.$rt" "$(echo "$out" | awk '/^(Kubelet|Containerd|Shim|CniAdd|CniDel) /{printf "%s %s kills, %s converged; ", $1, $2, $3}')"
+    else
+      fail "chaos.$rt" "exit $rc: $(echo "$out" | grep -E 'round [0-9]+:|Error' | head -4 | tr '\n' ' ')"
+    fi
+  done
 }
 
 # --- 4. the node as users run it ----------------------------------------------------------------

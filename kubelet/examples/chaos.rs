@@ -1,11 +1,13 @@
 //! Chaos benchmark (not a test; run by `hack/chaos.sh`): pod churn through our kubelet on a
 //! private containerd with nodus-bridge, with a `kill -9` at a random moment of each round:
-//! the kubelet (then restarted), containerd (then restarted), or one shim. ROUNDS rounds per
-//! fault (default 20), PODS pods per round (default 5). After each round it checks that the
-//! node converged (every manifest's pod runs exactly once: one ready sandbox, one running
-//! container) and, once the manifests are removed, that nothing is left: sandboxes,
-//! containers, IPAM leases, veths, shims, mounts and pod cgroups of this instance. Prints
-//! the counts per fault.
+//! the kubelet (then restarted), containerd (then restarted), one shim, or the CNI plugin
+//! in the middle of an ADD (once the pod's interface exists) or of a DEL (through a wrapper
+//! in the CNI bin dir). ROUNDS rounds per fault (default 20), PODS pods per round (default
+//! 5). After each round it checks that the node converged (every manifest's pod runs
+//! exactly once: one ready sandbox, one running container) and, once the manifests are
+//! removed, that nothing is left: sandboxes, containers, IPAM leases, veths, nft chains and
+//! rules, network namespaces, shims, runtime state dirs, mounts and pod cgroups of this
+//! instance. Prints the counts per fault. `FAULTS` picks faults by name (default all).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,85 @@ enum Fault {
     Kubelet,
     Containerd,
     Shim,
+    CniAdd,
+    CniDel,
+}
+
+const FAULTS: [Fault; 5] = [
+    Fault::Kubelet,
+    Fault::Containerd,
+    Fault::Shim,
+    Fault::CniAdd,
+    Fault::CniDel,
+];
+
+/// Replaces the instance's nodus-bridge with a wrapper that, when `<arm>.ADD` or
+/// `<arm>.DEL` exists and it claims it (a rename: one call per arming), runs the plugin in
+/// the background and `kill -9`s it: during ADD once the pod's interface exists in its
+/// netns (the plugin is single-stepped in slices of about 0.1 ms to find that moment,
+/// then killed 0 to 3 slices later), during DEL after 0 to 19 ms. A kill that landed (the
+/// plugin died of it rather than finishing first) appends a line to `<arm>.landed`; one
+/// that came too late arms the next call again.
+fn install_cni_wrapper(ctrd: &PrivateContainerd, arm: &Path) -> Result<()> {
+    let plugin = format!(
+        "nsenter --net={} {}",
+        ctrd.node_netns().path().display(),
+        nodus_testkit::bin_path("nodus-bridge").display()
+    );
+    let arm = arm.display();
+    let script = format!(
+        r#"#!/bin/bash
+if [ "$CNI_COMMAND" = ADD ] || [ "$CNI_COMMAND" = DEL ]; then
+  if mv "{arm}.$CNI_COMMAND" "{arm}.$CNI_COMMAND.$$" 2>/dev/null; then
+    exec 3<&0
+    {plugin} "$@" <&3 3<&- &
+    pid=$!
+    if [ "$CNI_COMMAND" = ADD ]; then
+      # Single-step the plugin in slices of about 0.1 ms (SIGSTOP/SIGCONT; bash reaps it
+      # when it ends), looking for the pod's interface between slices; then 0 to 3 slices
+      # more, and the kill.
+      kill -STOP "$pid" 2>/dev/null
+      extra=$((RANDOM % 4))
+      for _ in $(seq 20000); do
+        read -r _ _ st _ < "/proc/$pid/stat" 2>/dev/null || break
+        [ "$st" = Z ] && break
+        if nsenter --net="$CNI_NETNS" ip link show "$CNI_IFNAME" >/dev/null 2>&1; then
+          [ "$extra" = 0 ] && break
+          extra=$((extra - 1))
+        fi
+        kill -CONT "$pid" 2>/dev/null
+        for ((i = 0; i < 300; i++)); do :; done
+        kill -STOP "$pid" 2>/dev/null
+      done
+    else
+      sleep "0.0$((RANDOM % 20))"
+    fi
+    kill -9 "$pid" 2>/dev/null
+    kill -CONT "$pid" 2>/dev/null
+    wait "$pid"
+    rc=$?
+    # A kill that came too late (the plugin had finished) arms the next call instead.
+    if [ "$rc" = 137 ]; then
+      echo "$CNI_COMMAND $CNI_CONTAINERID" >> "{arm}.landed"
+    else
+      touch "{arm}.$CNI_COMMAND"
+    fi
+    exit "$rc"
+  fi
+fi
+exec {plugin} "$@"
+"#
+    );
+    let path = ctrd.cni_bin_dir().join("nodus-bridge");
+    std::fs::write(&path, script)?;
+    Ok(())
+}
+
+/// Lines of `<arm>.landed`: the kills of the plugin that landed so far.
+fn landed(arm: &Path) -> usize {
+    std::fs::read_to_string(arm.with_extension("landed"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
 }
 
 /// Per pod name: (ready sandboxes, running containers).
@@ -66,19 +147,69 @@ async fn census(rt: &mut RuntimeServiceClient<Channel>) -> Result<HashMap<String
     Ok(out)
 }
 
-/// What the instance still holds: (sandboxes, containers, leases, veths, shims, mounts,
-/// pod cgroups).
-struct Leftovers([usize; 7]);
+/// What the instance still holds, named by [`LEFTOVER_NAMES`].
+struct Leftovers([usize; 11]);
 
-const LEFTOVER_NAMES: [&str; 7] = [
+const LEFTOVER_NAMES: [&str; 11] = [
     "sandboxes",
     "containers",
     "leases",
     "veths",
+    "nft chains",
+    "nft rules",
+    "netns",
     "shims",
+    "runtime dirs",
     "mounts",
     "pod cgroups",
 ];
+
+/// Chains and rules in the node netns' `nodus` tables (the plugin's masquerade state).
+fn nft_objects(ctrd: &PrivateContainerd) -> (usize, usize) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ctrd.node_netns().path().display()))
+        .args(["--", "nft", "-j", "list", "ruleset"])
+        .output();
+    let Ok(json) = out.map(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout)) else {
+        return (0, 0);
+    };
+    let items = json
+        .ok()
+        .and_then(|j| j["nftables"].as_array().cloned())
+        .unwrap_or_default();
+    let count = |kind: &str| items.iter().filter(|i| i[kind]["table"] == "nodus").count();
+    (count("chain"), count("rule"))
+}
+
+/// What a failed round left, by name: the shims' command lines and the runtime state dirs.
+fn describe_leftovers(ctrd: &PrivateContainerd) {
+    for pid in ctrd.shim_pids() {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        eprintln!(
+            "  shim {pid}: {}",
+            String::from_utf8_lossy(&cmd).replace('\0', " ")
+        );
+    }
+    for (root, name) in [("runc", "k8s.io"), ("nodus", "k8s.io"), ("state", "k8s.io")] {
+        for d in dirs(&ctrd.dir().join(root))
+            .iter()
+            .filter(|d| d.file_name().is_some_and(|n| n == name))
+        {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                eprintln!("  runtime dir {}", e.path().display());
+            }
+        }
+    }
+}
+
+/// Entries of every directory named `name` below `dir` (netns files, task bundles).
+fn entries_of(dir: &Path, name: &str) -> usize {
+    dirs(dir)
+        .iter()
+        .filter(|d| d.file_name().is_some_and(|n| n == name))
+        .map(|d| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0))
+        .sum()
+}
 
 async fn leftovers(
     ctrd: &PrivateContainerd,
@@ -98,6 +229,12 @@ async fn leftovers(
         .len();
     let leases = leases(ctrd);
     let veths = veths(ctrd);
+    let (chains, rules) = nft_objects(ctrd);
+    let netns = entries_of(&ctrd.dir().join("state"), "netns");
+    // The runtimes' state (runc's and ours, per namespace) and containerd's task bundles.
+    let runtime_dirs = entries_of(&ctrd.dir().join("runc"), "k8s.io")
+        + entries_of(&ctrd.dir().join("nodus"), "k8s.io")
+        + entries_of(&ctrd.dir().join("state"), "k8s.io");
     let dir = ctrd.dir().display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
@@ -123,7 +260,11 @@ async fn leftovers(
         containers,
         leases,
         veths,
+        chains,
+        rules,
+        netns,
         ctrd.shim_pids().len(),
+        runtime_dirs,
         mounts,
         pod_cgroups,
     ]))
@@ -170,30 +311,55 @@ async fn main() -> Result<()> {
         ),
     )?;
     let log = ctrd.dir().join("kubelet.log");
+    let arm = ctrd.dir().join("chaos-arm");
+    install_cni_wrapper(&ctrd, &arm)?;
+    let faults: Vec<Fault> = match std::env::var("FAULTS") {
+        Ok(names) if !names.trim().is_empty() => {
+            let mut out = Vec::new();
+            for n in names.split([' ', ',']).filter(|n| !n.is_empty()) {
+                match FAULTS
+                    .iter()
+                    .find(|f| format!("{f:?}").eq_ignore_ascii_case(n))
+                {
+                    Some(f) => out.push(*f),
+                    None => bail!("FAULTS: unknown fault {n:?} (known: {FAULTS:?})"),
+                }
+            }
+            out
+        }
+        _ => FAULTS.to_vec(),
+    };
     let mut kubelet = ctrd.spawn_kubelet(&config, NODE, &log)?;
     println!("chaos: {rounds} rounds per fault, {pods} pods per round; kill -9 at a random moment of the churn");
     println!(
-        "{:<11} {:>9} {:>14} {:>14}  left after removal ({})",
+        "{:<11} {:>6} {:>9} {:>14} {:>14}  left after removal ({})",
         "fault",
+        "kills",
         "converged",
         "max converge s",
         "max removal s",
         LEFTOVER_NAMES.join(", ")
     );
     let mut failed = false;
-    for fault in [Fault::Kubelet, Fault::Containerd, Fault::Shim] {
+    for fault in faults {
         let (mut converged, mut max_converge, mut max_removal) = (0, 0.0f64, 0.0f64);
-        let mut left = [0usize; 7];
+        let mut left = [0usize; LEFTOVER_NAMES.len()];
+        let landed_before = landed(&arm);
         for round in 0..rounds {
             let names: Vec<String> = (0..pods)
                 .map(|k| format!("{}-{round}-{k}", format!("{fault:?}").to_lowercase()))
                 .collect();
+            if fault == Fault::CniAdd {
+                std::fs::write(arm.with_extension("ADD"), "")?;
+            }
             for n in &names {
                 let tmp = manifests.join(format!(".{n}.tmp"));
                 std::fs::write(&tmp, manifest(n))?;
                 std::fs::rename(&tmp, manifests.join(format!("{n}.yaml")))?;
             }
-            tokio::time::sleep(random_delay(Duration::from_millis(1500))).await;
+            if !matches!(fault, Fault::CniAdd | Fault::CniDel) {
+                tokio::time::sleep(random_delay(Duration::from_millis(1500))).await;
+            }
             match fault {
                 Fault::Kubelet => {
                     kubelet.kill9();
@@ -209,6 +375,8 @@ async fn main() -> Result<()> {
                         );
                     }
                 }
+                // Armed before the manifests (ADD) or before their removal (DEL).
+                Fault::CniAdd | Fault::CniDel => {}
             }
             let mut rt = ctrd.runtime().await?;
             // Converged: each pod exactly one ready sandbox and one running container.
@@ -228,6 +396,9 @@ async fn main() -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             max_converge = max_converge.max(t0.elapsed().as_secs_f64());
+            if fault == Fault::CniDel {
+                std::fs::write(arm.with_extension("DEL"), "")?;
+            }
             for n in &names {
                 std::fs::remove_file(manifests.join(format!("{n}.yaml")))?;
             }
@@ -246,15 +417,25 @@ async fn main() -> Result<()> {
                     "{fault:?} round {round}: left after 120 s: {:?}",
                     LEFTOVER_NAMES.iter().zip(left_now.0).collect::<Vec<_>>()
                 );
+                describe_leftovers(&ctrd);
                 failed = true;
             }
             for (a, b) in left.iter_mut().zip(left_now.0) {
                 *a += b;
             }
         }
+        // Disarm what no call claimed (a DEL armed after the last pod went, say).
+        for cmd in ["ADD", "DEL"] {
+            let _ = std::fs::remove_file(arm.with_extension(cmd));
+        }
+        let kills = match fault {
+            Fault::CniAdd | Fault::CniDel => landed(&arm) - landed_before,
+            _ => rounds,
+        };
         println!(
-            "{:<11} {:>6}/{rounds:<2} {:>14.1} {:>14.1}  {}",
+            "{:<11} {:>6} {:>6}/{rounds:<2} {:>14.1} {:>14.1}  {}",
             format!("{fault:?}"),
+            kills,
             converged,
             max_converge,
             max_removal,
