@@ -43,9 +43,10 @@ const FAULTS: [Fault; 5] = [
 ];
 
 /// Replaces the instance's nodus-bridge with a wrapper that, when `<arm>.ADD` or
-/// `<arm>.DEL` exists and it claims it (a rename: one call per arming), runs the plugin in
+/// `<arm>.DEL` exists and it claims it (a rename; the file holds how many calls to kill,
+/// and what is left goes back), runs the plugin in
 /// the background and `kill -9`s it: during ADD once the pod's interface exists in its
-/// netns (the plugin is single-stepped in slices of about 0.1 ms to find that moment,
+/// netns (the plugin is single-stepped in slices of microseconds to find that moment,
 /// then killed 0 to 3 slices later), during DEL after 0 to 19 ms. A kill that landed (the
 /// plugin died of it rather than finishing first) appends a line to `<arm>.landed`; one
 /// that came too late arms the next call again.
@@ -59,14 +60,21 @@ fn install_cni_wrapper(ctrd: &PrivateContainerd, arm: &Path) -> Result<()> {
     let script = format!(
         r#"#!/bin/bash
 if [ "$CNI_COMMAND" = ADD ] || [ "$CNI_COMMAND" = DEL ]; then
-  if mv "{arm}.$CNI_COMMAND" "{arm}.$CNI_COMMAND.$$" 2>/dev/null; then
+  armed="{arm}.$CNI_COMMAND"
+  if mv "$armed" "$armed.$$" 2>/dev/null; then
+    # The arming holds how many calls to kill: take one, leave the rest armed.
+    n=$(cat "$armed.$$" 2>/dev/null)
+    rm -f "$armed.$$"
+    if [ "${{n:-1}}" -gt 1 ] 2>/dev/null; then
+      echo $((n - 1)) > "$armed.tmp$$" && mv "$armed.tmp$$" "$armed"
+    fi
     exec 3<&0
     {plugin} "$@" <&3 3<&- &
     pid=$!
     if [ "$CNI_COMMAND" = ADD ]; then
-      # Single-step the plugin in slices of about 0.1 ms (SIGSTOP/SIGCONT; bash reaps it
-      # when it ends), looking for the pod's interface between slices; then 0 to 3 slices
-      # more, and the kill.
+      # Single-step the plugin in slices of a few microseconds (SIGCONT then SIGSTOP at
+      # once; bash reaps it when it ends), looking for the pod's interface between slices;
+      # then 0 to 3 slices more, and the kill.
       kill -STOP "$pid" 2>/dev/null
       extra=$((RANDOM % 4))
       for _ in $(seq 20000); do
@@ -77,7 +85,6 @@ if [ "$CNI_COMMAND" = ADD ] || [ "$CNI_COMMAND" = DEL ]; then
           extra=$((extra - 1))
         fi
         kill -CONT "$pid" 2>/dev/null
-        for ((i = 0; i < 300; i++)); do :; done
         kill -STOP "$pid" 2>/dev/null
       done
     else
@@ -90,8 +97,8 @@ if [ "$CNI_COMMAND" = ADD ] || [ "$CNI_COMMAND" = DEL ]; then
     # A kill that came too late (the plugin had finished) arms the next call instead.
     if [ "$rc" = 137 ]; then
       echo "$CNI_COMMAND $CNI_CONTAINERID" >> "{arm}.landed"
-    else
-      touch "{arm}.$CNI_COMMAND"
+    elif [ ! -e "$armed" ]; then
+      echo 1 > "$armed.tmp$$" && mv "$armed.tmp$$" "$armed"
     fi
     exit "$rc"
   fi
@@ -350,7 +357,8 @@ async fn main() -> Result<()> {
                 .map(|k| format!("{}-{round}-{k}", format!("{fault:?}").to_lowercase()))
                 .collect();
             if fault == Fault::CniAdd {
-                std::fs::write(arm.with_extension("ADD"), "")?;
+                // Every pod's ADD is armed: the kills that land are counted.
+                std::fs::write(arm.with_extension("ADD"), pods.to_string())?;
             }
             for n in &names {
                 let tmp = manifests.join(format!(".{n}.tmp"));
@@ -397,7 +405,7 @@ async fn main() -> Result<()> {
             }
             max_converge = max_converge.max(t0.elapsed().as_secs_f64());
             if fault == Fault::CniDel {
-                std::fs::write(arm.with_extension("DEL"), "")?;
+                std::fs::write(arm.with_extension("DEL"), "1")?;
             }
             for n in &names {
                 std::fs::remove_file(manifests.join(format!("{n}.yaml")))?;
