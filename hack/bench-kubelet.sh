@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): kubelet pod startup latency, manifest written -> container started
-# (CRI started_at), for 1 pod (RUNS times) and a burst of BURST pods, next to the floor (the
-# same CRI calls made directly by a small client in the same run, same private containerd).
+# (CRI started_at), for 1 pod (RUNS times) and BURSTS bursts of BURST pods, next to the floor
+# (the same CRI calls made directly by a small client in the same run, same private
+# containerd; for the bursts also the matched floor, whose requests are our kubelet's).
 # Prints p50/p99, ratios ours/floor and the kubelet's RSS with the burst running; then ours
 # beside the upstream kubelet (burst wall time, kubelet CPU and RSS, ratios upstream/ours).
 #
