@@ -400,6 +400,7 @@ pod_security_guest=$(guest_test_bin pod_security)
   printf 'NODUS_VM_POD_SECURITY=%q\n' "$pod_security_guest"
   printf 'NODUS_VM_CHAOS=%q\n' "$chaos_guest"
   printf 'NODUS_VM_CHAOS_ROUNDS=%q\n' "${NODUS_VM_CHAOS_ROUNDS:-2}"
+  printf 'NODUS_VM_CHAOS_RUNTIMES=%q\n' "${NODUS_VM_CHAOS_RUNTIMES:-runc nodus-shim}"
   printf 'NODUS_VM_CHECKS=%q\n' "$checks"
   printf 'NODUS_VM_BIN_DIR=%q\n' "$bin_dir"
   # The guest stops its checks itself a little before the host's bound.
