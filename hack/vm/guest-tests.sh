@@ -537,7 +537,7 @@ check_chaos() {
     { fail chaos "no image archives in /nodus/build/images"; return 0; }
   for rt in ${NODUS_VM_CHAOS_RUNTIMES:-runc nodus-shim}; do
     (cd "$WORK" && CARGO_TARGET_DIR=$target NODUS_TEST_IMAGES_DIR=$images NODUS_TEST_RUNTIME=$rt \
-      ROUNDS=${NODUS_VM_CHAOS_ROUNDS:-2} PODS=5 timeout 3600 "$target/debug/examples/chaos" \
+      ROUNDS=${NODUS_VM_CHAOS_ROUNDS:-2} PODS=5 CONVERGE_SECONDS=600 timeout 3600 "$target/debug/examples/chaos" \
       > "$RESULTS/chaos.$rt.log" 2>&1)
     rc=$?
     out=$(cat "$RESULTS/chaos.$rt.log")
