@@ -68,6 +68,12 @@ impl Runtime {
         })
     }
 
+    /// Whether the runtime still has state for container `id` (containerd's cleanup of a
+    /// shim it believes dead runs `delete`, which removes it from under a live shim).
+    pub(crate) fn has_state(&self, id: &str) -> bool {
+        self.root.join(id).exists()
+    }
+
     fn command(&self, log: Option<&Path>, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);

@@ -104,10 +104,12 @@ impl Service {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Blocks until Shutdown finds no task left, or until the shim has held no container
-    /// (and created none) for `idle_exit`. The second is an orphan: containerd died between
-    /// `start` and Create (or cleaned the bundle up as a dead shim's meanwhile), and no one
-    /// will ever call it again; containerd's own Create follows `start` within milliseconds.
+    /// Blocks until Shutdown finds no task left, or until the shim has held no live
+    /// container (and created none) for `idle_exit`. The second is an orphan, which no one
+    /// will call again: containerd died between `start` and Create, or it gave a task up
+    /// as a dead shim's (a Create cancelled half-way, when the kubelet was killed) and its
+    /// cleanup (`delete`) removed the runtime state of the containers this shim still
+    /// lists. containerd's own Create follows `start` within milliseconds.
     pub(crate) fn wait_shutdown(&self, idle_exit: Duration) {
         let (lock, cond) = &self.shutdown;
         let mut idle_since: Option<Instant> = None;
@@ -125,7 +127,11 @@ impl Service {
             drop(done);
             let idle = {
                 let state = self.lock();
-                state.containers.is_empty() && state.creating == 0
+                state.creating == 0
+                    && state
+                        .containers
+                        .keys()
+                        .all(|id| !self.runtime.has_state(id))
             };
             if !idle {
                 idle_since = None;
