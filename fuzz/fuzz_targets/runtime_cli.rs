@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = opts.num::<u32>("preserve-fds");
     let _ = cli::exec_process(&opts, Default::default());
     let _ = cli::update_resources(&opts, Default::default());
-    let _ = cli::interval_secs(&opts);
+    let _ = cli::interval(&opts);
     if let Some(signal) = opts.pos.get(1) {
         let _ = nodus_runtime::util::parse_signal(signal);
     }

@@ -106,7 +106,8 @@ if [ "$CNI_COMMAND" = ADD ] || [ "$CNI_COMMAND" = DEL ]; then
         fi
       done
     else
-      sleep "0.0$((RANDOM % 20))"
+      printf -v pause '0.%03d' $((RANDOM % 20))
+      sleep "$pause"
     fi
     kill -9 "$pid" 2>/dev/null
     wait "$pid"

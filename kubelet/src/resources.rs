@@ -72,6 +72,8 @@ pub(crate) fn parse_milli(q: &str) -> Result<i128, QuantityError> {
     // (multiplier numerator, power of ten) relative to milli-units.
     let (mul, exp10): (i128, i32) = match suffix {
         "" => (1, 3),
+        "n" => (1, -6),
+        "u" => (1, -3),
         "m" => (1, 0),
         "k" => (1, 6),
         "M" => (1, 9),
@@ -587,6 +589,9 @@ mod tests {
     #[test]
     fn quantities() {
         assert_eq!(parse_milli("500m").unwrap(), 500);
+        // Upstream's micro and nano suffixes, rounded up to whole milli-units.
+        assert_eq!(parse_milli("250000u").unwrap(), 250);
+        assert_eq!(parse_milli("1n").unwrap(), 1);
         assert_eq!(parse_milli("1.5").unwrap(), 1500);
         assert_eq!(parse_milli("2").unwrap(), 2000);
         assert_eq!(parse_milli("128Mi").unwrap(), 128 * 1024 * 1024 * 1000);

@@ -368,14 +368,15 @@ pub fn update_resources(o: &Opts, mut r: LinuxResources) -> Result<LinuxResource
     Ok(r)
 }
 
-/// `events --interval`: seconds, as `5s` or `0.5`.
-pub fn interval_secs(o: &Opts) -> Result<f64, CliError> {
+/// `events --interval`: seconds, as `5s` or `0.5`, at least 0.1 s.
+pub fn interval(o: &Opts) -> Result<std::time::Duration, CliError> {
     let interval = o.val("interval").unwrap_or_else(|| "5s".into());
     interval
         .trim_end_matches('s')
         .parse::<f64>()
         .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
+        .filter(|s| *s >= 0.0)
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s.max(0.1)).ok())
         .ok_or_else(|| bad("interval", &interval, "give seconds like 5s"))
 }
 
@@ -432,12 +433,14 @@ mod tests {
         for (v, ok) in [
             ("5s", Some(5.0)),
             ("0.5", Some(0.5)),
+            ("0", Some(0.1)),
             ("infs", None),
             ("NaN", None),
             ("-1s", None),
+            ("1e20", None),
         ] {
             let (o, _) = args(&["events", "--interval", v, "c1"]).unwrap();
-            assert_eq!(interval_secs(&o).ok(), ok, "{v}");
+            assert_eq!(interval(&o).ok().map(|d| d.as_secs_f64()), ok, "{v}");
         }
     }
 

@@ -226,7 +226,7 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
         "features" => outln!("{}", serde_json::to_string_pretty(&features())?),
         "events" => {
             let id = o.id("events")?;
-            let secs = cli::interval_secs(&o)?;
+            let interval = cli::interval(&o)?;
             loop {
                 // runc's event shape: {"type":"stats","id":..,"data":{cpu, memory, pids}}.
                 let v = serde_json::json!({"type": "stats", "id": id, "data": rt.stats(&id)?});
@@ -236,7 +236,7 @@ fn run(o: Opts, cmd: Option<String>) -> anyhow::Result<u8> {
                 if o.has("stats") {
                     break;
                 }
-                std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.1)));
+                std::thread::sleep(interval);
                 if rt.state(&id)?.status == Status::Stopped {
                     break;
                 }

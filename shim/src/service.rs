@@ -38,6 +38,10 @@ struct State {
     unclaimed: HashMap<i32, i32>,
     /// Creates under way (their container is not in `containers` yet).
     creating: usize,
+    /// When a Create or a Delete last ended (the idle exit counts from there).
+    last_active: Option<Instant>,
+    /// Set when the shim decided to exit idle: a Create that comes after is refused.
+    closing: bool,
 }
 
 impl State {
@@ -69,6 +73,7 @@ impl Drop for Creating<'_> {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.creating = state.creating.saturating_sub(1);
+        Service::touch(&mut state);
     }
 }
 
@@ -112,7 +117,7 @@ impl Service {
     /// lists. containerd's own Create follows `start` within milliseconds.
     pub(crate) fn wait_shutdown(&self, idle_exit: Duration) {
         let (lock, cond) = &self.shutdown;
-        let mut idle_since: Option<Instant> = None;
+        let serving_since = Instant::now();
         loop {
             let done = lock.lock().unwrap_or_else(|p| p.into_inner());
             if *done {
@@ -125,27 +130,40 @@ impl Service {
                 return;
             }
             drop(done);
-            let idle = {
-                let state = self.lock();
-                state.creating == 0
-                    && state
-                        .containers
-                        .keys()
-                        .all(|id| !self.runtime.has_state(id))
-            };
-            if !idle {
-                idle_since = None;
-            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= idle_exit {
-                tracing::info!(?idle_exit, "no container for this long: exiting");
+            // Decided under the state lock, with `closing` set in the same step, so that
+            // no Create can begin between the decision and the exit.
+            let mut state = self.lock();
+            let quiet = state.last_active.unwrap_or(serving_since).elapsed() >= idle_exit;
+            if quiet
+                && state.creating == 0
+                && state
+                    .containers
+                    .keys()
+                    .all(|id| !self.runtime.has_state(id))
+            {
+                state.closing = true;
+                tracing::info!(?idle_exit, "no live container for this long: exiting");
                 return;
             }
         }
     }
 
-    /// Marks a Create under way until the returned guard drops (see [`Self::wait_shutdown`]).
-    pub(crate) fn creating(&self) -> Creating<'_> {
-        self.lock().creating += 1;
-        Creating(self)
+    /// Marks a Create under way until the returned guard drops (see [`Self::wait_shutdown`]);
+    /// refused once the shim is exiting idle.
+    pub(crate) fn creating(&self) -> Result<Creating<'_>> {
+        let mut state = self.lock();
+        if state.closing {
+            return Err(Error::FailedPrecondition(
+                "the shim is exiting (it held no live container for its idle period)".into(),
+            ));
+        }
+        state.creating += 1;
+        Ok(Creating(self))
+    }
+
+    /// Notes that a container came or went (the idle exit counts from the last such moment).
+    fn touch(state: &mut State) {
+        state.last_active = Some(Instant::now());
     }
 
     /// Shutdown: ends `wait_shutdown` if no container is left.

@@ -65,7 +65,7 @@ impl RuntimeManager {
         let log_dir = PathBuf::from(&sandbox_config.log_directory).join(&container.name);
         mkdir(&log_dir)?;
         let sub_paths = crate::volumes::sub_paths_dir(&self.root_dir, &uid);
-        let mut mounts = crate::volumes::container_mounts(container, &volumes, &sub_paths)
+        let mut mounts = crate::volumes::container_mounts(container, &volumes, &sub_paths, &env)
             .map_err(|e| SyncError::Config(e.to_string()))?;
         if let Some(path) = container
             .termination_message_path

@@ -210,7 +210,7 @@ mod tests {
         }))
         .unwrap();
         let volumes = HashMap::from([("v".to_string(), volume.clone())]);
-        container_mounts(&container, &volumes, sub_paths)
+        container_mounts(&container, &volumes, sub_paths, &[])
     }
 
     #[test]
@@ -264,6 +264,47 @@ mod tests {
             !outside.join("new").exists(),
             "nothing made outside the volume"
         );
+    }
+
+    #[test]
+    fn sub_path_expr_is_expanded_with_the_container_env_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("vol");
+        std::fs::create_dir(&base).unwrap();
+        let v = HostVolume {
+            path: base.clone(),
+            read_only: false,
+            writable_dir: true,
+        };
+        let container = |expr: &str| -> Container {
+            serde_json::from_value(serde_json::json!({
+                "name": "c",
+                "volumeMounts": [{"name": "v", "mountPath": "/data", "subPathExpr": expr}],
+            }))
+            .unwrap()
+        };
+        let volumes = HashMap::from([("v".to_string(), v)]);
+        let subs = dir.path().join("subs");
+        // A variable whose value climbs out is refused after the expansion.
+        let env = [("POD".to_string(), "../outside".to_string())];
+        let e = container_mounts(&container("$(POD)"), &volumes, &subs, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("subPathExpr") && e.contains("../outside"), "{e}");
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the subPath bind mount needs root");
+            return;
+        }
+        let env = [("POD".to_string(), "web-1".to_string())];
+        let mounts = container_mounts(&container("logs/$(POD)"), &volumes, &subs, &env).unwrap();
+        let target = subs.join("v/c/0");
+        let made = base.join("logs/web-1");
+        assert!(made.is_dir());
+        std::fs::write(made.join("seen"), "yes").unwrap();
+        let seen = std::fs::read_to_string(target.join("seen"));
+        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+        assert_eq!(mounts[0].host_path, target.display().to_string());
+        assert_eq!(seen.unwrap(), "yes");
     }
 
     #[test]

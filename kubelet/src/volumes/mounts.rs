@@ -10,12 +10,14 @@ use nodus_proto::runtime::v1 as cri;
 #[allow(unused_imports)]
 use super::*;
 
-/// The CRI mounts of `container`'s `volumeMounts`. A `subPath` is bind-mounted below
-/// `sub_paths` (the pod's `volume-subpaths` directory) and the runtime gets that mount.
+/// The CRI mounts of `container`'s `volumeMounts`. A `subPath` (or a `subPathExpr`,
+/// expanded with the container's `env` as upstream does) is bind-mounted below `sub_paths`
+/// (the pod's `volume-subpaths` directory) and the runtime gets that mount.
 pub(crate) fn container_mounts(
     container: &Container,
     volumes: &HashMap<String, HostVolume>,
     sub_paths: &Path,
+    env: &[(String, String)],
 ) -> Result<Vec<cri::Mount>, VolumeError> {
     let mut out = Vec::new();
     for (index, m) in container.volume_mounts.iter().flatten().enumerate() {
@@ -29,8 +31,21 @@ pub(crate) fn container_mounts(
             )
         })?;
         let mut host = v.path.clone();
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            check_relative(&m.name, "subPath", sub)?;
+        let nonempty = |s: &&str| !s.is_empty();
+        let sub = match (
+            m.sub_path.as_deref().filter(nonempty),
+            m.sub_path_expr.as_deref().filter(nonempty),
+        ) {
+            (Some(sub), _) => Some(("subPath", sub.to_string())),
+            (None, Some(expr)) => {
+                let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                Some(("subPathExpr", crate::envvars::expand(expr, &lookup)))
+            }
+            (None, None) => None,
+        };
+        if let Some((field, sub)) = &sub {
+            let sub = sub.as_str();
+            check_relative(&m.name, field, sub)?;
             let base = v.path.canonicalize().map_err(io(&m.name, &v.path))?;
             host = base.join(sub);
             if !host.exists() {

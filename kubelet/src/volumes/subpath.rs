@@ -18,7 +18,7 @@ use nix::errno::Errno;
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::{fchmod, fstat, mkdirat, Mode, SFlag};
 
-use super::{invalid, io, is_mountpoint, VolumeError};
+use super::{invalid, io, VolumeError};
 
 /// `<root-dir>/pods/<uid>/volume-subpaths`.
 pub(crate) fn sub_paths_dir(root_dir: &Path, uid: &str) -> PathBuf {
@@ -112,10 +112,7 @@ fn mount_fd(volume: &str, fd: &OwnedFd, real: &Path, target: &Path) -> Result<()
         std::fs::create_dir_all(parent).map_err(io(volume, parent))?;
     }
     // A container started again gets a fresh mount of what is there now.
-    if is_mountpoint(target) {
-        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
-            .map_err(|e| io(volume, target)(e.into()))?;
-    }
+    unmount(target).map_err(|e| io(volume, target)(e.into()))?;
     match std::fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() == is_dir => {}
         Ok(m) => {
@@ -166,11 +163,9 @@ pub(crate) fn unmount_all(root_dir: &Path, uid: &str) -> bool {
     for volume in read_dir(&dir) {
         for container in read_dir(&volume) {
             for target in read_dir(&container) {
-                if is_mountpoint(&target) {
-                    if let Err(e) = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
-                        warn(&target, "cannot unmount subPath", &e);
-                        continue;
-                    }
+                if let Err(e) = unmount(&target) {
+                    warn(&target, "cannot unmount subPath", &e);
+                    continue;
                 }
                 let removed = if target.is_dir() {
                     std::fs::remove_dir(&target)
@@ -193,6 +188,22 @@ pub(crate) fn unmount_all(root_dir: &Path, uid: &str) -> bool {
         warn(&dir, "cannot remove subPath mount point", &e);
     }
     ok
+}
+
+/// Unmounts everything stacked at `target` (nothing when nothing is). umount2 answers
+/// EINVAL for a path that is not a mount point: that ends it, whatever mountinfo spells
+/// (a root dir given through a symlink, spaces written as `\040`).
+fn unmount(target: &Path) -> nix::Result<()> {
+    loop {
+        match nix::mount::umount2(
+            target,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        ) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn read_dir(dir: &Path) -> Vec<PathBuf> {
@@ -270,7 +281,7 @@ mod tests {
             e.contains("\"dir\"") && e.contains("became a symlink"),
             "{e}"
         );
-        assert!(!is_mountpoint(&target));
+        assert!(!super::super::is_mountpoint(&target));
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl Service {
                 "container {id}: already exists"
             )));
         }
-        let _creating = self.creating();
+        let _creating = self.creating()?;
         let rootfs = req.bundle.join("rootfs");
         mount::mount_rootfs(req.rootfs, &rootfs)?;
         let result =
@@ -201,6 +201,7 @@ impl Service {
             return Err(Error::not_found(id, ""));
         };
         state.pids.retain(|_, (cid, _)| cid != id);
+        Service::touch(&mut state);
         c.clean_up(id);
         let (exit_status, exited_at) = c.final_exit();
         self.publisher.publish(Event::Delete(ev::TaskDelete {
